@@ -1,0 +1,333 @@
+/*
+ * master.c: the master process.
+ *
+ * It runs no relay traffic and no libuv loop: signals arrive on a
+ * signalfd and poll() waits for them or for the next respawn, so a worker
+ * forked from here inherits no event-loop state.
+ */
+#include "core/xrayd.h"
+#include "core/log.h"
+#include "core/master.h"
+#include "core/shm.h"
+#include "core/worker.h"
+#include "event/listener.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define XR_MAX_GENS 16
+#define XR_RESPAWN_FAST_MS 2000 /* a worker that dies younger backs off */
+#define XR_RESPAWN_MAX_MS 5000
+#define XR_FAST_STOP_MS 5000
+
+typedef struct {
+    pid_t pid;
+    xr_gen_t *gen;
+    int retiring;
+    int64_t started;
+} xr_proc_t;
+
+static struct {
+    xr_proc_t procs[XR_SHM_WORKERS];
+    xr_gen_t *gens[XR_MAX_GENS]; /* gens[0] is current; others are retiring */
+    const char *conf_path;
+    int sigfd;
+    int stopping;          /* 1: graceful (QUIT), 2: fast (TERM/INT) */
+    int64_t stop_deadline;
+    int pending_respawn;
+    int64_t respawn_at;
+    int64_t respawn_delay;
+    char pid_path[4096];
+} xr_m;
+
+static int xr_master_nprocs(const xr_gen_t *g)
+{
+    int n = 0;
+    for (int i = 0; i < XR_SHM_WORKERS; i++)
+        if (xr_m.procs[i].pid > 0 && (g == NULL || xr_m.procs[i].gen == g))
+            n++;
+    return n;
+}
+
+static int xr_master_spawn(xr_gen_t *g)
+{
+    int slot = -1;
+    for (int i = 0; i < XR_SHM_WORKERS; i++)
+        if (xr_m.procs[i].pid == 0) {
+            slot = i;
+            break;
+        }
+    if (slot < 0) {
+        xr_log(XR_LOG_ALERT, "no free worker slot (more than %d workers alive)", XR_SHM_WORKERS);
+        return XR_ERROR;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        xr_log_errno(XR_LOG_ALERT, errno, "fork() failed");
+        return XR_ERROR;
+    }
+    if (pid == 0)
+        xr_worker_main(g, slot, xr_m.sigfd);
+    xr_m.procs[slot].pid = pid;
+    xr_m.procs[slot].gen = g;
+    xr_m.procs[slot].retiring = 0;
+    xr_m.procs[slot].started = xr_mono_ms();
+    xr_log(XR_LOG_NOTICE, "start worker process %d", (int) pid);
+    return XR_OK;
+}
+
+static void xr_master_signal_gen(const xr_gen_t *g, int sig, int only_live)
+{
+    for (int i = 0; i < XR_SHM_WORKERS; i++) {
+        xr_proc_t *p = &xr_m.procs[i];
+        if (p->pid > 0 && (g == NULL || p->gen == g) && !(only_live && p->retiring))
+            kill(p->pid, sig);
+    }
+}
+
+/* Drop generations no worker runs any more, and their listeners. */
+static void xr_master_collect_gens(void)
+{
+    for (int k = 1; k < XR_MAX_GENS; k++) {
+        xr_gen_t *g = xr_m.gens[k];
+        if (g == NULL || xr_master_nprocs(g) > 0)
+            continue;
+        xr_log(XR_LOG_INFO, "configuration generation %llu retired", (unsigned long long) g->number);
+        xr_gen_free(g);
+        xr_m.gens[k] = NULL;
+    }
+    xr_listeners_close_unused(xr_m.gens, XR_MAX_GENS);
+}
+
+static void xr_master_reap(void)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        int slot = -1;
+        for (int i = 0; i < XR_SHM_WORKERS; i++)
+            if (xr_m.procs[i].pid == pid)
+                slot = i;
+        if (slot < 0)
+            continue;
+        xr_proc_t *p = &xr_m.procs[slot];
+        int expected = p->retiring || xr_m.stopping;
+        if (WIFSIGNALED(status))
+            xr_log(expected && WTERMSIG(status) == SIGTERM ? XR_LOG_NOTICE : XR_LOG_ALERT,
+                   "worker process %d exited on signal %d%s", (int) pid, WTERMSIG(status),
+                   WCOREDUMP(status) ? " (core dumped)" : "");
+        else
+            xr_log(WEXITSTATUS(status) == 0 && expected ? XR_LOG_NOTICE : XR_LOG_ALERT,
+                   "worker process %d exited with code %d", (int) pid, WEXITSTATUS(status));
+        xr_shm_reap_worker(slot);
+        int respawn = !expected && p->gen == xr_m.gens[0];
+        int64_t lived = xr_mono_ms() - p->started;
+        memset(p, 0, sizeof(*p));
+        if (respawn) {
+            /* A worker that keeps dying young must not turn the master
+             * into a fork loop. */
+            if (lived < XR_RESPAWN_FAST_MS)
+                xr_m.respawn_delay = xr_m.respawn_delay
+                                         ? XR_MIN(xr_m.respawn_delay * 2, XR_RESPAWN_MAX_MS)
+                                         : 100;
+            else
+                xr_m.respawn_delay = 0;
+            xr_m.pending_respawn++;
+            xr_m.respawn_at = xr_mono_ms() + xr_m.respawn_delay;
+            if (xr_m.respawn_delay)
+                xr_log(XR_LOG_NOTICE, "respawning a worker in %lldms",
+                       (long long) xr_m.respawn_delay);
+        }
+    }
+    xr_master_collect_gens();
+}
+
+static void xr_master_reload(void)
+{
+    char err[1024];
+    xr_log(XR_LOG_NOTICE, "reloading configuration from %s", xr_m.conf_path);
+    xr_gen_t *g = xr_gen_load(xr_m.conf_path, err, sizeof(err));
+    if (g == NULL) {
+        xr_log(XR_LOG_ERR, "reload failed, keeping the running configuration: %s", err);
+        return;
+    }
+    int free_slot = -1;
+    for (int k = 1; k < XR_MAX_GENS; k++)
+        if (xr_m.gens[k] == NULL) {
+            free_slot = k;
+            break;
+        }
+    if (free_slot < 0) {
+        xr_log(XR_LOG_ERR, "reload refused: %d generations are still draining", XR_MAX_GENS - 1);
+        xr_gen_free(g);
+        return;
+    }
+    if (xr_shm_assign(g, err, sizeof(err)) != XR_OK ||
+        xr_listeners_open(g, err, sizeof(err)) != XR_OK) {
+        xr_log(XR_LOG_ERR, "reload failed, keeping the running configuration: %s", err);
+        xr_gen_free(g);
+        xr_listeners_close_unused(xr_m.gens, XR_MAX_GENS);
+        return;
+    }
+    if (strcmp(g->main.error_log, xr_m.gens[0]->main.error_log) != 0 ||
+        g->main.log_level != xr_m.gens[0]->main.log_level) {
+        if (xr_log_open(g->main.error_log, (xr_log_level_t) g->main.log_level) != XR_OK)
+            xr_log_errno(XR_LOG_ERR, errno, "cannot open error log \"%s\", keeping the old one",
+                         g->main.error_log);
+    }
+    if (strcmp(g->main.pid, xr_m.pid_path) != 0)
+        xr_log(XR_LOG_WARN, "a new pid file path takes effect after a restart, not a reload");
+
+    xr_gen_t *old = xr_m.gens[0];
+    g->number = old->number + 1;
+    xr_m.gens[free_slot] = old;
+    xr_m.gens[0] = g;
+    xr_m.pending_respawn = 0;
+    xr_m.respawn_delay = 0;
+
+    /* New workers first: the listening sockets never stop accepting. */
+    int n = xr_gen_workers(g);
+    for (int i = 0; i < n; i++)
+        xr_master_spawn(g);
+    for (int i = 0; i < XR_SHM_WORKERS; i++)
+        if (xr_m.procs[i].pid > 0 && xr_m.procs[i].gen == old)
+            xr_m.procs[i].retiring = 1;
+    xr_master_signal_gen(old, SIGQUIT, 0);
+    xr_log(XR_LOG_NOTICE, "configuration generation %llu is live", (unsigned long long) g->number);
+}
+
+static int xr_master_write_pid(const char *path)
+{
+    char tmp[4200], buf[32];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return XR_ERROR;
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int) getpid());
+    if (write(fd, buf, (size_t) n) != n || close(fd) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return XR_ERROR;
+    }
+    return XR_OK;
+}
+
+static void xr_master_handle_signal(int sig)
+{
+    switch (sig) {
+    case SIGCHLD:
+        xr_master_reap();
+        break;
+    case SIGHUP:
+        if (!xr_m.stopping)
+            xr_master_reload();
+        break;
+    case SIGQUIT:
+        if (xr_m.stopping)
+            break;
+        xr_log(XR_LOG_NOTICE, "graceful shutdown requested");
+        xr_m.stopping = 1;
+        xr_master_signal_gen(NULL, SIGQUIT, 0);
+        break;
+    case SIGTERM:
+    case SIGINT:
+        if (xr_m.stopping == 2)
+            break;
+        xr_log(XR_LOG_NOTICE, "shutting down (signal %d)", sig);
+        xr_m.stopping = 2;
+        xr_m.stop_deadline = xr_mono_ms() + XR_FAST_STOP_MS;
+        xr_master_signal_gen(NULL, SIGTERM, 0);
+        break;
+    case SIGUSR1:
+        xr_log(XR_LOG_NOTICE, "reopening logs");
+        xr_log_reopen();
+        for (xr_filter_conf_t *f = xr_m.gens[0]->filters; f; f = f->next_in_gen)
+            if (f->module->reopen)
+                f->module->reopen(f->conf);
+        xr_master_signal_gen(NULL, SIGUSR1, 0);
+        break;
+    case SIGUSR2:
+        xr_log(XR_LOG_NOTICE, "binary upgrade (SIGUSR2) is not implemented in this version; ignored");
+        break;
+    default:
+        break;
+    }
+}
+
+int xr_master_run(xr_gen_t *g, const char *conf_path)
+{
+    char err[1024];
+    memset(&xr_m, 0, sizeof(xr_m));
+    xr_m.conf_path = conf_path;
+    xr_m.gens[0] = g;
+    g->number = 1;
+    snprintf(xr_m.pid_path, sizeof(xr_m.pid_path), "%s", g->main.pid);
+
+    sigset_t set;
+    sigemptyset(&set);
+    int sigs[] = {SIGCHLD, SIGHUP, SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
+    for (size_t i = 0; i < XR_ARRAY_SIZE(sigs); i++)
+        sigaddset(&set, sigs[i]);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    xr_m.sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (xr_m.sigfd < 0) {
+        xr_log_errno(XR_LOG_EMERG, errno, "signalfd() failed");
+        return 1;
+    }
+    if (xr_master_write_pid(xr_m.pid_path) != XR_OK) {
+        xr_log_errno(XR_LOG_EMERG, errno, "cannot write pid file \"%s\"", xr_m.pid_path);
+        return 1;
+    }
+    (void) err;
+
+    xr_log(XR_LOG_NOTICE, "xrayd/%s started, %d workers, configuration %s", XR_VERSION,
+           xr_gen_workers(g), conf_path);
+    int n = xr_gen_workers(g);
+    for (int i = 0; i < n; i++)
+        xr_master_spawn(g);
+
+    for (;;) {
+        if (xr_m.stopping && xr_master_nprocs(NULL) == 0)
+            break;
+        int64_t now = xr_mono_ms();
+        if (xr_m.pending_respawn > 0 && !xr_m.stopping && now >= xr_m.respawn_at) {
+            while (xr_m.pending_respawn > 0) {
+                xr_m.pending_respawn--;
+                xr_master_spawn(xr_m.gens[0]);
+            }
+        }
+        if (xr_m.stopping == 2 && now >= xr_m.stop_deadline) {
+            xr_log(XR_LOG_WARN, "workers did not stop in %dms, killing them", XR_FAST_STOP_MS);
+            xr_master_signal_gen(NULL, SIGKILL, 0);
+            xr_m.stop_deadline = now + 1000;
+        }
+        int timeout = -1;
+        if (xr_m.pending_respawn > 0 && !xr_m.stopping)
+            timeout = (int) XR_MAX(0, xr_m.respawn_at - now);
+        if (xr_m.stopping == 2)
+            timeout = (int) XR_MAX(0, xr_m.stop_deadline - now);
+        struct pollfd pfd = {xr_m.sigfd, POLLIN, 0};
+        int rc = poll(&pfd, 1, timeout);
+        if (rc < 0 && errno != EINTR) {
+            xr_log_errno(XR_LOG_ALERT, errno, "poll() failed in the master");
+            sleep(1);
+            continue;
+        }
+        struct signalfd_siginfo si;
+        while (read(xr_m.sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si))
+            xr_master_handle_signal((int) si.ssi_signo);
+    }
+
+    xr_log(XR_LOG_NOTICE, "exiting");
+    unlink(xr_m.pid_path);
+    for (int k = 0; k < XR_MAX_GENS; k++)
+        if (xr_m.gens[k] != NULL)
+            xr_gen_free(xr_m.gens[k]);
+    close(xr_m.sigfd);
+    return 0;
+}

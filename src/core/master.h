@@ -1,0 +1,14 @@
+/*
+ * master.h: the master process: opens listeners, runs and supervises
+ * workers, and turns signals into reloads and stops.
+ */
+#ifndef XR_MASTER_H
+#define XR_MASTER_H
+
+#include "core/gen.h"
+
+/* Serve generation g (loaded from conf_path) until stopped.  Returns the
+ * process exit status. */
+int xr_master_run(xr_gen_t *g, const char *conf_path);
+
+#endif

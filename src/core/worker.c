@@ -1,0 +1,266 @@
+/*
+ * worker.c: a worker process: one libuv loop that accepts on the
+ * generation's listeners and runs relays until told to stop.
+ */
+#include "core/xrayd.h"
+#include "core/log.h"
+#include "core/shm.h"
+#include "core/worker.h"
+#include "event/listener.h"
+#include "relay/relay.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define XR_ACCEPT_BATCH 64
+#define XR_ACCEPT_RETRY_MS 50
+
+int xr_worker_slot;
+
+typedef struct {
+    uv_poll_t poll;
+    int fd;
+    int active;
+    xr_relay_rt_t *rt;
+} xr_wlistener_t;
+
+static struct {
+    uv_loop_t loop;
+    xr_gen_t *gen;
+    xr_relay_rt_t *rts;
+    xr_wlistener_t *ls;
+    size_t nls;
+    xr_list_t relays;
+    size_t nrelays;
+    int stopping; /* 1: graceful, 2: fast */
+    uv_signal_t sig[5];
+    uv_timer_t drain, retry;
+    int retry_armed;
+} xr_w;
+
+static void xr_worker_accept_cb(uv_poll_t *h, int status, int events);
+
+static void xr_worker_finish(void)
+{
+    uv_stop(&xr_w.loop);
+}
+
+void xr_worker_relay_added(xr_relay_t *r)
+{
+    xr_list_insert_tail(&xr_w.relays, &r->link);
+    xr_w.nrelays++;
+}
+
+void xr_worker_relay_removed(xr_relay_t *r)
+{
+    xr_list_remove(&r->link);
+    xr_w.nrelays--;
+    if (xr_w.stopping && xr_w.nrelays == 0)
+        xr_worker_finish();
+}
+
+static void xr_worker_listen(xr_wlistener_t *l, int on)
+{
+    if (l->fd < 0 || l->active == on)
+        return;
+    l->active = on;
+    if (on)
+        uv_poll_start(&l->poll, UV_READABLE, xr_worker_accept_cb);
+    else
+        uv_poll_stop(&l->poll);
+}
+
+static void xr_worker_retry_cb(uv_timer_t *t)
+{
+    xr_w.retry_armed = 0;
+    if (xr_w.stopping)
+        return;
+    for (size_t i = 0; i < xr_w.nls; i++)
+        xr_worker_listen(&xr_w.ls[i], 1);
+}
+
+static void xr_worker_pause(xr_relay_rt_t *rt, uint64_t ms)
+{
+    for (size_t i = 0; i < xr_w.nls; i++)
+        if (rt == NULL || xr_w.ls[i].rt == rt)
+            xr_worker_listen(&xr_w.ls[i], 0);
+    if (!xr_w.retry_armed) {
+        xr_w.retry_armed = 1;
+        uv_timer_start(&xr_w.retry, xr_worker_retry_cb, ms, 0);
+    }
+}
+
+static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
+{
+    xr_wlistener_t *l = xr_container_of(h, xr_wlistener_t, poll);
+    xr_relay_rt_t *rt = l->rt;
+    const xr_relay_conf_t *rc = rt->rc;
+
+    if (xr_w.stopping)
+        return;
+    for (int i = 0; i < XR_ACCEPT_BATCH; i++) {
+        if (atomic_load(&xr_shm->active[rc->slot]) >= rc->max_connections) {
+            /* Leave the rest queued in the backlog: waiting beats refusing. */
+            xr_worker_pause(rt, XR_ACCEPT_RETRY_MS);
+            return;
+        }
+        struct sockaddr_storage sa;
+        socklen_t len = sizeof(sa);
+        int fd = accept4(l->fd, (struct sockaddr *) &sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK)
+                return;
+            if (err == EINTR || err == ECONNABORTED)
+                continue;
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+                xr_log_errno(XR_LOG_ERR, err, "accept() on relay %s failed; pausing 500ms",
+                             rc->name);
+                xr_worker_pause(NULL, 500);
+                return;
+            }
+            xr_log_errno(XR_LOG_ERR, err, "accept() on relay %s failed", rc->name);
+            return;
+        }
+        uint64_t id = atomic_fetch_add(&xr_shm->next_id, 1) + 1;
+        xr_relay_start(&xr_w.loop, rt, fd, &sa, id);
+    }
+}
+
+static void xr_worker_close_listeners(void)
+{
+    for (size_t i = 0; i < xr_w.nls; i++) {
+        xr_wlistener_t *l = &xr_w.ls[i];
+        if (l->fd < 0)
+            continue;
+        uv_poll_stop(&l->poll);
+        close(l->fd); /* our copy only: the master keeps the socket */
+        l->fd = -1;
+        uv_close((uv_handle_t *) &l->poll, NULL);
+    }
+    uv_timer_stop(&xr_w.retry);
+}
+
+static void xr_worker_close_all(const char *why)
+{
+    while (!xr_list_empty(&xr_w.relays)) {
+        xr_relay_t *r = xr_container_of(xr_w.relays.next, xr_relay_t, link);
+        xr_relay_close(r, "%s", why);
+    }
+}
+
+static void xr_worker_drain_cb(uv_timer_t *t)
+{
+    xr_log(XR_LOG_NOTICE, "drain_timeout reached, closing %zu connections", xr_w.nrelays);
+    xr_worker_close_all("worker shutdown");
+}
+
+static void xr_worker_signal_cb(uv_signal_t *h, int signum)
+{
+    switch (signum) {
+    case SIGQUIT:
+        if (xr_w.stopping)
+            return;
+        xr_w.stopping = 1;
+        xr_log(XR_LOG_NOTICE, "gracefully shutting down, %zu connections to finish",
+               xr_w.nrelays);
+        xr_worker_close_listeners();
+        if (xr_w.nrelays == 0) {
+            xr_worker_finish();
+            return;
+        }
+        uv_timer_start(&xr_w.drain, xr_worker_drain_cb, (uint64_t) xr_w.gen->main.drain_timeout,
+                       0);
+        break;
+    case SIGTERM:
+    case SIGINT:
+        xr_w.stopping = 2;
+        xr_worker_close_listeners();
+        xr_worker_close_all("worker shutdown");
+        xr_worker_finish();
+        break;
+    case SIGUSR1:
+        xr_log_reopen();
+        for (xr_filter_conf_t *f = xr_w.gen->filters; f; f = f->next_in_gen)
+            if (f->module->reopen)
+                f->module->reopen(f->conf);
+        break;
+    default:
+        break;
+    }
+}
+
+void xr_worker_main(xr_gen_t *g, int slot, int close_fd)
+{
+    xr_log_set_pid();
+    xr_worker_slot = slot;
+    if (close_fd >= 0)
+        close(close_fd);
+    /* The master blocks signals for its signalfd; a worker takes them. */
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
+    /* A worker without its master has nobody to supervise or reload it. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() == 1)
+        _exit(0);
+    xr_listeners_close_foreign(g);
+
+    memset(&xr_w, 0, sizeof(xr_w));
+    xr_w.gen = g;
+    xr_list_init(&xr_w.relays);
+    if (uv_loop_init(&xr_w.loop) != 0) {
+        xr_log(XR_LOG_EMERG, "uv_loop_init() failed in worker");
+        _exit(2);
+    }
+    static const int sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1};
+    for (size_t i = 0; i < XR_ARRAY_SIZE(sigs); i++) {
+        uv_signal_init(&xr_w.loop, &xr_w.sig[i]);
+        uv_signal_start(&xr_w.sig[i], xr_worker_signal_cb, sigs[i]);
+    }
+    uv_timer_init(&xr_w.loop, &xr_w.drain);
+    uv_timer_init(&xr_w.loop, &xr_w.retry);
+
+    for (xr_filter_conf_t *f = g->filters; f; f = f->next_in_gen)
+        if (f->module->init_worker && f->module->init_worker(f->conf) != XR_OK) {
+            xr_log(XR_LOG_EMERG, "filter \"%s\" failed to start in the worker", f->module->name);
+            _exit(2);
+        }
+
+    xr_w.rts = xr_calloc(g->nrelays, sizeof(xr_relay_rt_t));
+    size_t nls = 0;
+    for (size_t r = 0; r < g->nrelays; r++) {
+        xr_relay_rt_init(&xr_w.rts[r], g->relays[r]);
+        nls += g->relays[r]->listen.n;
+    }
+    xr_w.ls = xr_calloc(nls, sizeof(xr_wlistener_t));
+    for (size_t r = 0; r < g->nrelays; r++) {
+        for (size_t i = 0; i < g->relays[r]->listen.n; i++) {
+            xr_wlistener_t *l = &xr_w.ls[xr_w.nls++];
+            l->rt = &xr_w.rts[r];
+            l->fd = xr_listeners_fd(&g->relays[r]->listen.items[i]);
+            if (l->fd < 0 || uv_poll_init_socket(&xr_w.loop, &l->poll, l->fd) != 0) {
+                xr_log(XR_LOG_EMERG, "no socket for %s in the worker",
+                       g->relays[r]->listen.items[i].text);
+                _exit(2);
+            }
+            xr_worker_listen(l, 1);
+        }
+    }
+    xr_log(XR_LOG_NOTICE, "worker process started (generation %llu)",
+           (unsigned long long) g->number);
+
+    uv_run(&xr_w.loop, UV_RUN_DEFAULT);
+
+    for (xr_filter_conf_t *f = g->filters; f; f = f->next_in_gen)
+        if (f->module->exit_worker)
+            f->module->exit_worker(f->conf);
+    xr_log(XR_LOG_NOTICE, "worker process exiting");
+    exit(0);
+}

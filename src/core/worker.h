@@ -1,0 +1,16 @@
+/*
+ * worker.h: worker processes.
+ */
+#ifndef XR_WORKER_H
+#define XR_WORKER_H
+
+#include "core/gen.h"
+
+/* The shared-memory slot of this worker (set in the child). */
+extern int xr_worker_slot;
+
+/* Run a worker on generation g in a freshly forked child; never returns.
+ * close_fd is a master-only descriptor to close (its signalfd). */
+void xr_worker_main(xr_gen_t *g, int slot, int close_fd) __attribute__((noreturn));
+
+#endif

@@ -1,0 +1,138 @@
+/*
+ * listener.c: the master's table of listening sockets.
+ */
+#include "core/xrayd.h"
+#include "event/listener.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define XR_MAX_LISTENERS 1024
+
+typedef struct {
+    struct sockaddr_storage sa;
+    socklen_t len;
+    int fd;
+    int backlog;
+    char text[64];
+} xr_listen_sock_t;
+
+static xr_listen_sock_t xr_ls[XR_MAX_LISTENERS];
+static size_t xr_nls;
+
+static xr_listen_sock_t *xr_ls_find(const xr_addr_t *a)
+{
+    for (size_t i = 0; i < xr_nls; i++)
+        if (xr_ls[i].fd >= 0 && xr_ls[i].len == a->len && memcmp(&xr_ls[i].sa, &a->sa, a->len) == 0)
+            return &xr_ls[i];
+    return NULL;
+}
+
+int xr_listeners_fd(const xr_addr_t *a)
+{
+    xr_listen_sock_t *l = xr_ls_find(a);
+    return l ? l->fd : -1;
+}
+
+static int xr_listen_one(const xr_addr_t *a, int backlog, char *err, size_t errsize)
+{
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errsize, "socket() for %s failed (%d: %s)", a->text, errno, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (a->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *) &a->sa, a->len) != 0) {
+        snprintf(err, errsize, "bind() to %s failed (%d: %s)", a->text, errno, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, backlog) != 0) {
+        snprintf(err, errsize, "listen() on %s failed (%d: %s)", a->text, errno, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int xr_listeners_open(xr_gen_t *g, char *err, size_t errsize)
+{
+    for (size_t r = 0; r < g->nrelays; r++) {
+        xr_relay_conf_t *rc = g->relays[r];
+        for (size_t i = 0; i < rc->listen.n; i++) {
+            const xr_addr_t *a = &rc->listen.items[i];
+            xr_listen_sock_t *l = xr_ls_find(a);
+            if (l != NULL) {
+                if (l->backlog != (int) rc->backlog) {
+                    listen(l->fd, (int) rc->backlog); /* Linux resizes the queue in place */
+                    l->backlog = (int) rc->backlog;
+                }
+                continue;
+            }
+            int fd = xr_listen_one(a, (int) rc->backlog, err, errsize);
+            if (fd < 0)
+                return XR_ERROR;
+            size_t slot = xr_nls;
+            for (size_t k = 0; k < xr_nls; k++)
+                if (xr_ls[k].fd < 0) {
+                    slot = k;
+                    break;
+                }
+            if (slot == XR_MAX_LISTENERS) {
+                close(fd);
+                snprintf(err, errsize, "more than %d listen addresses", XR_MAX_LISTENERS);
+                return XR_ERROR;
+            }
+            if (slot == xr_nls)
+                xr_nls++;
+            l = &xr_ls[slot];
+            memcpy(&l->sa, &a->sa, a->len);
+            l->len = a->len;
+            l->fd = fd;
+            l->backlog = (int) rc->backlog;
+            snprintf(l->text, sizeof(l->text), "%s", a->text);
+        }
+    }
+    return XR_OK;
+}
+
+static int xr_gen_uses(const xr_gen_t *g, const xr_listen_sock_t *l)
+{
+    for (size_t r = 0; r < g->nrelays; r++)
+        for (size_t i = 0; i < g->relays[r]->listen.n; i++) {
+            const xr_addr_t *a = &g->relays[r]->listen.items[i];
+            if (a->len == l->len && memcmp(&a->sa, &l->sa, a->len) == 0)
+                return 1;
+        }
+    return 0;
+}
+
+void xr_listeners_close_unused(xr_gen_t *const *gens, size_t n)
+{
+    for (size_t k = 0; k < xr_nls; k++) {
+        if (xr_ls[k].fd < 0)
+            continue;
+        int used = 0;
+        for (size_t g = 0; g < n && !used; g++)
+            used = gens[g] != NULL && xr_gen_uses(gens[g], &xr_ls[k]);
+        if (!used) {
+            close(xr_ls[k].fd);
+            xr_ls[k].fd = -1;
+        }
+    }
+}
+
+void xr_listeners_close_foreign(const xr_gen_t *g)
+{
+    for (size_t k = 0; k < xr_nls; k++)
+        if (xr_ls[k].fd >= 0 && !xr_gen_uses(g, &xr_ls[k])) {
+            close(xr_ls[k].fd);
+            xr_ls[k].fd = -1;
+        }
+}

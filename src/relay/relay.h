@@ -1,0 +1,91 @@
+/*
+ * relay.h: the relay engine (DESIGN "The relay engine").  A relay joins
+ * two ends (0: the client, 1: the upstream) with one bounded buffer per
+ * direction, runs the filter chain on every byte, honours half-close and
+ * accounts every byte.  Every front door ends in xr_relay_start().
+ */
+#ifndef XR_RELAY_H
+#define XR_RELAY_H
+
+#include <sys/types.h>
+#include <uv.h>
+
+#include "core/xrayd.h"
+#include "relay/buf.h"
+#include "relay/upstream.h"
+
+typedef struct xr_end_s xr_end_t;
+typedef struct xr_relay_s xr_relay_t;
+
+/* How bytes move through an end: plain TCP now, TLS records later.  read
+ * and write return bytes, 0 for EOF (read), or -1 with errno (EAGAIN when
+ * the socket is not ready). */
+typedef struct {
+    ssize_t (*read)(xr_end_t *e, void *buf, size_t len);
+    ssize_t (*write)(xr_end_t *e, const void *buf, size_t len);
+    int (*shutdown_wr)(xr_end_t *e);
+    const char *name; /* "tcp", "tls" */
+} xr_end_ops_t;
+
+extern const xr_end_ops_t xr_end_tcp_ops;
+
+struct xr_end_s {
+    uv_poll_t poll;
+    int fd;
+    int events;            /* UV_READABLE | UV_WRITABLE being polled */
+    unsigned inited : 1;   /* poll handle initialised */
+    unsigned rd_eof : 1;   /* read returned 0 */
+    unsigned wr_shut : 1;  /* shutdown_wr done */
+    const xr_end_ops_t *ops;
+    void *data;            /* the end's own state (TLS) */
+};
+
+typedef struct {
+    uint32_t off; /* start of the held region */
+    int idx;      /* filter that holds it */
+} xr_hold_t;
+
+typedef struct {
+    xr_buf_t *buf;    /* NULL while nothing is in flight */
+    xr_hold_t *holds; /* regions held by filters, oldest first */
+    int nholds;
+    unsigned done : 1; /* source ended and the far side was shut down */
+} xr_dir_t;
+
+typedef enum { XR_RELAY_CONNECTING = 0, XR_RELAY_RUNNING, XR_RELAY_CLOSED } xr_relay_state_t;
+
+struct xr_relay_s {
+    xr_session_t s;        /* what modules see; s._core points here */
+    xr_end_t end[2];
+    xr_dir_t dir[2];       /* XR_DIR_UP: end 0 -> end 1; XR_DIR_DOWN: back */
+    uv_timer_t timer;      /* connect, then idle timeout */
+    xr_relay_rt_t *rt;
+    const xr_relay_conf_t *conf;
+    xr_list_t link;        /* in the worker's list of relays */
+    unsigned char *fstate; /* filter states, rt->state_off apart */
+    const char *action;    /* for the log: "connecting to upstream" ... */
+    uint64_t tried;        /* upstream servers tried */
+    int64_t last_active;   /* uv_now() of the last byte moved */
+    int peer;              /* upstream server index, -1 before */
+    int tries;
+    int opened;            /* filters whose open hook ran */
+    int pending_closes;    /* handles still closing */
+    xr_relay_state_t state;
+    int shm_counted;
+};
+
+/* Take an accepted client socket (non-blocking) into a new relay of rt's
+ * block and start connecting upstream.  The relay owns fd from here on,
+ * also on failure. */
+void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
+                    const struct sockaddr_storage *client, uint64_t id);
+
+/* Close with a reason (printf format), run close and log hooks, free when
+ * the handles are closed.  Safe to call twice. */
+void xr_relay_close(xr_relay_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Hooks the worker provides. */
+void xr_worker_relay_added(xr_relay_t *r);
+void xr_worker_relay_removed(xr_relay_t *r);
+
+#endif
