@@ -17,8 +17,8 @@ typedef struct {
 } xr_accesslog_conf_t;
 
 static const xr_directive_t xr_accesslog_directives[] = {
-    {"path", XR_CTX_FILTER, XR_T_PATH, offsetof(xr_accesslog_conf_t, path), NULL, 0, 0, NULL,
-     NULL, XR_DIR_REQUIRED, "File the JSON lines are appended to."},
+    {"path", XR_CTX_FILTER, XR_T_PATH, offsetof(xr_accesslog_conf_t, path), NULL, 0, 0, NULL, NULL,
+     XR_DIR_REQUIRED, "File the JSON lines are appended to."},
     XR_DIRECTIVES_END};
 
 static int xr_accesslog_open(const char *path)
@@ -94,7 +94,8 @@ static void xr_accesslog_log(void *conf, void *state, xr_session_t *s)
     struct tm tm;
     gmtime_r(&secs, &tm);
     off += strftime(line, cap, "{\"time\":\"%Y-%m-%dT%H:%M:%S", &tm);
-    off += (size_t) snprintf(line + off, cap - off, ".%03dZ\",\"listener\":", (int) (s->end_ms % 1000));
+    off += (size_t) snprintf(line + off, cap - off,
+                             ".%03dZ\",\"listener\":", (int) (s->end_ms % 1000));
     off = xr_json_str(line, cap, off, s->listener);
     off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ",\"client\":");
     off = xr_json_str(line, cap, off, xr_addr_format(&s->client, a, sizeof(a)));
@@ -123,22 +124,21 @@ static void xr_accesslog_log(void *conf, void *state, xr_session_t *s)
     }
 }
 
-xr_module_t xr_log_module = {
-    XR_MODULE_HEAD,
-    "log",
-    "1.0",
-    xr_accesslog_directives,
-    sizeof(xr_accesslog_conf_t),
-    xr_accesslog_init_conf,
-    xr_accesslog_free_conf,
-    NULL,
-    NULL,
-    xr_accesslog_reopen,
-    0,
-    NULL,
-    NULL,
-    NULL,
-    xr_accesslog_log,
-    {0}};
+xr_module_t xr_log_module = {XR_MODULE_HEAD,
+                             "log",
+                             "1.0",
+                             xr_accesslog_directives,
+                             sizeof(xr_accesslog_conf_t),
+                             xr_accesslog_init_conf,
+                             xr_accesslog_free_conf,
+                             NULL,
+                             NULL,
+                             xr_accesslog_reopen,
+                             0,
+                             NULL,
+                             NULL,
+                             NULL,
+                             xr_accesslog_log,
+                             {0}};
 
 XR_MODULE_EXPORT(xr_log_module);

@@ -143,8 +143,7 @@ static const xr_sig_pattern_t *xr_sig_find(const xr_sig_conf_t *c, const unsigne
     return NULL;
 }
 
-static xr_filter_rc_t xr_sig_data(void *conf, void *state, xr_session_t *s, int dir,
-                                  xr_chunk_t *c)
+static xr_filter_rc_t xr_sig_data(void *conf, void *state, xr_session_t *s, int dir, xr_chunk_t *c)
 {
     xr_sig_conf_t *sc = conf;
     xr_sig_state_t *st = state;
@@ -166,8 +165,8 @@ static xr_filter_rc_t xr_sig_data(void *conf, void *state, xr_session_t *s, int 
     if (hit != NULL) {
         snprintf(s->close_reason, sizeof(s->close_reason), "signature \"%.60s\" matched",
                  hit->label);
-        xr_log_session(XR_LOG_WARN, s, "signature \"%s\" matched in the %s direction",
-                       hit->label, dir == XR_DIR_UP ? "client-to-upstream" : "upstream-to-client");
+        xr_log_session(XR_LOG_WARN, s, "signature \"%s\" matched in the %s direction", hit->label,
+                       dir == XR_DIR_UP ? "client-to-upstream" : "upstream-to-client");
         return XR_FILTER_CLOSE;
     }
     if (keep > 0) {
@@ -200,22 +199,21 @@ static void xr_sig_close(void *conf, void *state, xr_session_t *s)
     st->tail[0] = st->tail[1] = NULL;
 }
 
-xr_module_t xr_signature_module = {
-    XR_MODULE_HEAD,
-    "signature",
-    "1.0",
-    xr_sig_directives,
-    sizeof(xr_sig_conf_t),
-    NULL,
-    NULL,
-    NULL,
-    NULL,
-    NULL,
-    sizeof(xr_sig_state_t),
-    NULL,
-    xr_sig_data,
-    xr_sig_close,
-    NULL,
-    {0}};
+xr_module_t xr_signature_module = {XR_MODULE_HEAD,
+                                   "signature",
+                                   "1.0",
+                                   xr_sig_directives,
+                                   sizeof(xr_sig_conf_t),
+                                   NULL,
+                                   NULL,
+                                   NULL,
+                                   NULL,
+                                   NULL,
+                                   sizeof(xr_sig_state_t),
+                                   NULL,
+                                   xr_sig_data,
+                                   xr_sig_close,
+                                   NULL,
+                                   {0}};
 
 XR_MODULE_EXPORT(xr_signature_module);

@@ -23,15 +23,15 @@
 
 /* The build signature covers the layouts a module reads directly. */
 #define XR__STR2(x) #x
-#define XR__STR(x) XR__STR2(x)
-#define XR_BUILD_SIGNATURE                                                     \
-    "xrayd-abi" XR__STR(XR_MODULE_ABI) "/ptr" XR__STR(__SIZEOF_POINTER__)     \
-    "/long" XR__STR(__SIZEOF_LONG__)
+#define XR__STR(x)  XR__STR2(x)
+#define XR_BUILD_SIGNATURE                                                                         \
+    "xrayd-abi" XR__STR(XR_MODULE_ABI) "/ptr" XR__STR(__SIZEOF_POINTER__) "/long" XR__STR(         \
+        __SIZEOF_LONG__)
 
 /* Return codes shared by the core and modules. */
-#define XR_OK 0
-#define XR_ERROR -1
-#define XR_AGAIN -2
+#define XR_OK       0
+#define XR_ERROR    -1
+#define XR_AGAIN    -2
 #define XR_DECLINED -3
 
 /* Results of a data hook. */
@@ -43,7 +43,7 @@ typedef enum {
 } xr_filter_rc_t;
 
 /* Directions of a relay. */
-#define XR_DIR_UP 0   /* client -> upstream */
+#define XR_DIR_UP   0 /* client -> upstream */
 #define XR_DIR_DOWN 1 /* upstream -> client */
 
 /*
@@ -52,14 +52,14 @@ typedef enum {
  * XR_FILTER_CLOSE or denies in open.
  */
 typedef struct xr_session_s {
-    uint64_t id;               /* connection id, as in the error log "*id" */
-    const char *listener;      /* the relay block's name */
+    uint64_t id;          /* connection id, as in the error log "*id" */
+    const char *listener; /* the relay block's name */
     struct sockaddr_storage client;
     struct sockaddr_storage local;    /* where the client connected to */
     struct sockaddr_storage upstream; /* family 0 until chosen */
-    const char *identity;      /* peer certificate identity or NULL */
-    int64_t start_ms;          /* wall clock, ms since the epoch */
-    int64_t end_ms;            /* set before close/log hooks */
+    const char *identity;             /* peer certificate identity or NULL */
+    int64_t start_ms;                 /* wall clock, ms since the epoch */
+    int64_t end_ms;                   /* set before close/log hooks */
     /* Byte counters per direction (XR_DIR_UP, XR_DIR_DOWN). */
     uint64_t read_total[2];
     uint64_t written_total[2];
@@ -80,29 +80,25 @@ typedef struct {
 typedef struct xr_conf_s xr_conf_t; /* parsing context; opaque */
 typedef struct xr_node_s xr_node_t; /* one YAML node with its position */
 
-typedef enum {
-    XR_NODE_SCALAR = 1,
-    XR_NODE_SEQ,
-    XR_NODE_MAP
-} xr_node_type_t;
+typedef enum { XR_NODE_SCALAR = 1, XR_NODE_SEQ, XR_NODE_MAP } xr_node_type_t;
 
 typedef enum {
-    XR_T_FLAG = 1,   /* on/off, yes/no, true/false -> int */
-    XR_T_INT,        /* integer within [min, max] -> int64_t */
-    XR_T_SIZE,       /* 64k, 1m, 4096 -> int64_t bytes */
-    XR_T_DURATION,   /* 500ms, 5s, 2m, 1h -> int64_t milliseconds */
-    XR_T_STRING,     /* -> char * */
-    XR_T_PATH,       /* -> char *, made absolute against the file's dir */
-    XR_T_ENUM,       /* one of enums[] -> int index */
-    XR_T_ADDR,       /* host:port -> xr_addr_t */
-    XR_T_ADDR_LIST,  /* one address or a sequence -> xr_addr_list_t */
-    XR_T_STR_LIST,   /* one string or a sequence -> xr_str_list_t */
-    XR_T_CUSTOM      /* set() does everything */
+    XR_T_FLAG = 1,  /* on/off, yes/no, true/false -> int */
+    XR_T_INT,       /* integer within [min, max] -> int64_t */
+    XR_T_SIZE,      /* 64k, 1m, 4096 -> int64_t bytes */
+    XR_T_DURATION,  /* 500ms, 5s, 2m, 1h -> int64_t milliseconds */
+    XR_T_STRING,    /* -> char * */
+    XR_T_PATH,      /* -> char *, made absolute against the file's dir */
+    XR_T_ENUM,      /* one of enums[] -> int index */
+    XR_T_ADDR,      /* host:port -> xr_addr_t */
+    XR_T_ADDR_LIST, /* one address or a sequence -> xr_addr_list_t */
+    XR_T_STR_LIST,  /* one string or a sequence -> xr_str_list_t */
+    XR_T_CUSTOM     /* set() does everything */
 } xr_dir_type_t;
 
 /* Where a directive may appear. */
-#define XR_CTX_MAIN 0x01
-#define XR_CTX_RELAY 0x02
+#define XR_CTX_MAIN   0x01
+#define XR_CTX_RELAY  0x02
 #define XR_CTX_FILTER 0x04
 
 /* Directive flags. */
@@ -134,23 +130,26 @@ typedef int (*xr_dir_set_cb)(xr_conf_t *cf, const xr_node_t *node, void *conf,
 
 struct xr_directive_s {
     const char *name;
-    unsigned contexts;       /* XR_CTX_* where it may appear */
+    unsigned contexts; /* XR_CTX_* where it may appear */
     xr_dir_type_t type;
-    size_t offset;           /* slot in the block's conf struct */
-    const char *def;         /* default in config syntax, or NULL */
-    int64_t min, max;        /* bounds for INT, SIZE, DURATION (0,0 = none) */
-    const char *const *enums;/* NULL-terminated, for XR_T_ENUM */
-    xr_dir_set_cb set;       /* XR_T_CUSTOM only */
-    unsigned flags;          /* XR_DIR_* */
-    const char *doc;         /* one line, for --list-directives and docs */
+    size_t offset;            /* slot in the block's conf struct */
+    const char *def;          /* default in config syntax, or NULL */
+    int64_t min, max;         /* bounds for INT, SIZE, DURATION (0,0 = none) */
+    const char *const *enums; /* NULL-terminated, for XR_T_ENUM */
+    xr_dir_set_cb set;        /* XR_T_CUSTOM only */
+    unsigned flags;           /* XR_DIR_* */
+    const char *doc;          /* one line, for --list-directives and docs */
 };
 
-#define XR_DIRECTIVES_END { NULL, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, NULL }
+#define XR_DIRECTIVES_END                                                                          \
+    {                                                                                              \
+        NULL, 0, 0, 0, NULL, 0, 0, NULL, NULL, 0, NULL                                             \
+    }
 
 /* Node accessors: modules never see libyaml. */
 xr_node_type_t xr_node_type(const xr_node_t *n);
-const char *xr_node_str(const xr_node_t *n);      /* scalar text or NULL */
-size_t xr_node_len(const xr_node_t *n);           /* items or pairs */
+const char *xr_node_str(const xr_node_t *n);                  /* scalar text or NULL */
+size_t xr_node_len(const xr_node_t *n);                       /* items or pairs */
 const xr_node_t *xr_node_item(const xr_node_t *n, size_t i);  /* sequence */
 const xr_node_t *xr_node_key(const xr_node_t *n, size_t i);   /* mapping */
 const xr_node_t *xr_node_value(const xr_node_t *n, size_t i); /* mapping */
@@ -162,7 +161,7 @@ int xr_conf_error(xr_conf_t *cf, const xr_node_t *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Memory that lives as long as the configuration generation. */
-void *xr_conf_alloc(xr_conf_t *cf, size_t size);       /* zeroed */
+void *xr_conf_alloc(xr_conf_t *cf, size_t size); /* zeroed */
 char *xr_conf_strdup(xr_conf_t *cf, const char *s, size_t len);
 
 /* Typed parsers (XR_OK or XR_ERROR with the error reported at n). */
@@ -189,21 +188,20 @@ typedef enum {
 
 /* Write one line to the error log; s may be NULL, else its id and action
  * are added. */
-void xr_log_session(xr_log_level_t level, const xr_session_t *s,
-                    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void xr_log_session(xr_log_level_t level, const xr_session_t *s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Format an address as "1.2.3.4:80" or "[::1]:80" into buf (>= 64 bytes). */
-const char *xr_addr_format(const struct sockaddr_storage *sa, char *buf,
-                           size_t size);
+const char *xr_addr_format(const struct sockaddr_storage *sa, char *buf, size_t size);
 
 /* ---- the module --------------------------------------------------------- */
 
 typedef struct xr_module_s xr_module_t;
 
 struct xr_module_s {
-    uint32_t abi;             /* XR_MODULE_ABI at build time */
-    const char *signature;    /* XR_BUILD_SIGNATURE at build time */
-    const char *name;         /* as written in `filters:` */
+    uint32_t abi;          /* XR_MODULE_ABI at build time */
+    const char *signature; /* XR_BUILD_SIGNATURE at build time */
+    const char *name;      /* as written in `filters:` */
     const char *version;
 
     const xr_directive_t *directives; /* context XR_CTX_FILTER */
@@ -225,8 +223,7 @@ struct xr_module_s {
     /* A new relay: XR_OK, or XR_DECLINED to deny (set s->close_reason). */
     int (*open)(void *conf, void *state, xr_session_t *s);
     /* Bytes crossing in direction dir (XR_DIR_UP or XR_DIR_DOWN). */
-    xr_filter_rc_t (*data)(void *conf, void *state, xr_session_t *s, int dir,
-                           xr_chunk_t *c);
+    xr_filter_rc_t (*data)(void *conf, void *state, xr_session_t *s, int dir, xr_chunk_t *c);
     /* End of an opened relay; counters are final. */
     void (*close)(void *conf, void *state, xr_session_t *s);
     /* After every close hook has run: write a record. */

@@ -16,7 +16,7 @@
 
 #define XR_CONF_MAX_DEPTH 64
 #define XR_CONF_MAX_NODES 200000
-#define XR_CONF_MAX_FILE (16u << 20)
+#define XR_CONF_MAX_FILE  (16u << 20)
 
 void xr_conf_init(xr_conf_t *cf, xr_pool_t *p)
 {
@@ -44,9 +44,15 @@ int xr_conf_error(xr_conf_t *cf, const xr_node_t *n, const char *fmt, ...)
     return XR_ERROR;
 }
 
-void *xr_conf_alloc(xr_conf_t *cf, size_t size) { return xr_pool_alloc(cf->pool, size); }
+void *xr_conf_alloc(xr_conf_t *cf, size_t size)
+{
+    return xr_pool_alloc(cf->pool, size);
+}
 
-int xr_conf_dry_run(const xr_conf_t *cf) { return cf->dry_run; }
+int xr_conf_dry_run(const xr_conf_t *cf)
+{
+    return cf->dry_run;
+}
 
 char *xr_conf_strdup(xr_conf_t *cf, const char *s, size_t len)
 {
@@ -55,9 +61,18 @@ char *xr_conf_strdup(xr_conf_t *cf, const char *s, size_t len)
 
 /* ---- node accessors ------------------------------------------------------ */
 
-xr_node_type_t xr_node_type(const xr_node_t *n) { return n->type; }
-const char *xr_node_str(const xr_node_t *n) { return n->type == XR_NODE_SCALAR ? n->str : NULL; }
-size_t xr_node_len(const xr_node_t *n) { return n->type == XR_NODE_SCALAR ? 0 : n->n; }
+xr_node_type_t xr_node_type(const xr_node_t *n)
+{
+    return n->type;
+}
+const char *xr_node_str(const xr_node_t *n)
+{
+    return n->type == XR_NODE_SCALAR ? n->str : NULL;
+}
+size_t xr_node_len(const xr_node_t *n)
+{
+    return n->type == XR_NODE_SCALAR ? 0 : n->n;
+}
 
 const xr_node_t *xr_node_item(const xr_node_t *n, size_t i)
 {
@@ -148,12 +163,11 @@ static xr_node_t *xr_conf_parse_yaml(xr_conf_t *cf, const char *name, const unsi
         }
         xr_node_t *n = NULL;
         switch (ev.type) {
-        case YAML_STREAM_END_EVENT:
-            done = 1;
-            break;
+        case YAML_STREAM_END_EVENT: done = 1; break;
         case YAML_DOCUMENT_START_EVENT:
             if (root != NULL) {
-                xr_node_t at = {.file = file, .line = (int) ev.start_mark.line + 1,
+                xr_node_t at = {.file = file,
+                                .line = (int) ev.start_mark.line + 1,
                                 .col = (int) ev.start_mark.column + 1};
                 xr_conf_error(cf, &at, "a configuration file holds one YAML document");
                 yaml_event_delete(&ev);
@@ -161,7 +175,8 @@ static xr_node_t *xr_conf_parse_yaml(xr_conf_t *cf, const char *name, const unsi
             }
             break;
         case YAML_ALIAS_EVENT: {
-            xr_node_t at = {.file = file, .line = (int) ev.start_mark.line + 1,
+            xr_node_t at = {.file = file,
+                            .line = (int) ev.start_mark.line + 1,
                             .col = (int) ev.start_mark.column + 1};
             xr_conf_error(cf, &at, "YAML aliases are not supported");
             yaml_event_delete(&ev);
@@ -181,11 +196,8 @@ static xr_node_t *xr_conf_parse_yaml(xr_conf_t *cf, const char *name, const unsi
             n = xr_node_new(cf, XR_NODE_MAP, file, &ev.start_mark);
             break;
         case YAML_SEQUENCE_END_EVENT:
-        case YAML_MAPPING_END_EVENT:
-            depth--;
-            break;
-        default:
-            break;
+        case YAML_MAPPING_END_EVENT: depth--; break;
+        default: break;
         }
         yaml_event_delete(&ev);
 
@@ -260,7 +272,8 @@ xr_node_t *xr_conf_parse_file(xr_conf_t *cf, const char *path, const xr_node_t *
         return NULL;
     }
     struct stat st;
-    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (off_t) XR_CONF_MAX_FILE) {
+    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_size > (off_t) XR_CONF_MAX_FILE) {
         fclose(fp);
         if (at != NULL)
             return xr_conf_error(cf, at, "\"%s\" is not a regular file under 16 MiB", path), NULL;
@@ -314,9 +327,18 @@ int xr_conf_parse_size(xr_conf_t *cf, const xr_node_t *n, int64_t *out)
     int64_t mul = 1;
     switch (tolower((unsigned char) *e)) {
     case '\0': break;
-    case 'k': mul = 1024; e++; break;
-    case 'm': mul = 1024 * 1024; e++; break;
-    case 'g': mul = 1024 * 1024 * 1024; e++; break;
+    case 'k':
+        mul = 1024;
+        e++;
+        break;
+    case 'm':
+        mul = 1024 * 1024;
+        e++;
+        break;
+    case 'g':
+        mul = 1024 * 1024 * 1024;
+        e++;
+        break;
     default:
         return xr_conf_error(cf, n, "invalid size \"%s\" (use e.g. 4096, 64k, 1m, 1g)", n->str);
     }
@@ -356,8 +378,7 @@ int xr_conf_parse_duration(xr_conf_t *cf, const xr_node_t *n, int64_t *out)
     *out = v * mul;
     return XR_OK;
 bad:
-    return xr_conf_error(cf, n, "invalid duration \"%s\" (use e.g. 500ms, 5s, 2m, 1h, 1d)",
-                         n->str);
+    return xr_conf_error(cf, n, "invalid duration \"%s\" (use e.g. 500ms, 5s, 2m, 1h, 1d)", n->str);
 }
 
 char *xr_conf_path(xr_conf_t *cf, const xr_node_t *n, const char *path)
@@ -431,8 +452,7 @@ int xr_conf_parse_addr(xr_conf_t *cf, const xr_node_t *n, xr_addr_t *out)
     xr_addr_format(&out->sa, out->text, sizeof(out->text));
     return XR_OK;
 bad:
-    return xr_conf_error(cf, n,
-                         "invalid address \"%s\" (use host:port, [ipv6]:port or *:port)", s);
+    return xr_conf_error(cf, n, "invalid address \"%s\" (use host:port, [ipv6]:port or *:port)", s);
 }
 
 const char *xr_addr_format(const struct sockaddr_storage *sa, char *buf, size_t size)
@@ -546,8 +566,7 @@ int xr_conf_set(xr_conf_t *cf, const xr_directive_t *d, const xr_node_t *n, void
         *(int64_t *) slot = v;
         return XR_OK;
     case XR_T_DURATION:
-        if (xr_conf_parse_duration(cf, n, &v) != XR_OK ||
-            xr_conf_check_range(cf, d, n, v) != XR_OK)
+        if (xr_conf_parse_duration(cf, n, &v) != XR_OK || xr_conf_check_range(cf, d, n, v) != XR_OK)
             return XR_ERROR;
         *(int64_t *) slot = v;
         return XR_OK;
@@ -578,8 +597,7 @@ int xr_conf_set(xr_conf_t *cf, const xr_directive_t *d, const xr_node_t *n, void
                                      d->enums[i]);
         return xr_conf_error(cf, n, "\"%s\" is not one of: %s", n->str, list);
     }
-    case XR_T_ADDR:
-        return xr_conf_parse_addr(cf, n, slot);
+    case XR_T_ADDR: return xr_conf_parse_addr(cf, n, slot);
     case XR_T_ADDR_LIST: {
         xr_addr_list_t *l = slot;
         size_t cnt = n->type == XR_NODE_SEQ ? n->n : 1;
@@ -590,8 +608,8 @@ int xr_conf_set(xr_conf_t *cf, const xr_directive_t *d, const xr_node_t *n, void
         l->items = xr_conf_alloc(cf, cnt * sizeof(xr_addr_t));
         l->n = cnt;
         for (size_t i = 0; i < cnt; i++)
-            if (xr_conf_parse_addr(cf, n->type == XR_NODE_SEQ ? n->items[i] : n,
-                                   &l->items[i]) != XR_OK)
+            if (xr_conf_parse_addr(cf, n->type == XR_NODE_SEQ ? n->items[i] : n, &l->items[i]) !=
+                XR_OK)
                 return XR_ERROR;
         return XR_OK;
     }
@@ -612,8 +630,7 @@ int xr_conf_set(xr_conf_t *cf, const xr_directive_t *d, const xr_node_t *n, void
         }
         return XR_OK;
     }
-    case XR_T_CUSTOM:
-        return d->set(cf, n, base, d);
+    case XR_T_CUSTOM: return d->set(cf, n, base, d);
     }
     return xr_conf_error(cf, n, "internal error: directive type %d", (int) d->type);
 }
@@ -626,8 +643,8 @@ int xr_conf_defaults(xr_conf_t *cf, const xr_directive_t *table, unsigned ctx, v
     for (const xr_directive_t *d = table; d->name; d++) {
         if (!(d->contexts & ctx) || d->def == NULL)
             continue;
-        xr_node_t n = {.type = XR_NODE_SCALAR, .file = "<default>", .line = 0, .col = 0,
-                       .key = d->name};
+        xr_node_t n = {
+            .type = XR_NODE_SCALAR, .file = "<default>", .line = 0, .col = 0, .key = d->name};
         n.str = (char *) d->def;
         n.slen = strlen(d->def);
         void *base = target ? target(cf, d, block) : block;
@@ -754,8 +771,7 @@ int xr_conf_block(xr_conf_t *cf, const xr_node_t *map, const xr_directive_t *tab
     }
 
     for (size_t j = 0; j < ntable; j++)
-        if ((table[j].flags & XR_DIR_REQUIRED) && (table[j].contexts & ctx) &&
-            !((seen >> j) & 1)) {
+        if ((table[j].flags & XR_DIR_REQUIRED) && (table[j].contexts & ctx) && !((seen >> j) & 1)) {
             cf->ctx = saved_ctx;
             return xr_conf_error(cf, map, "missing required directive \"%s\"", table[j].name);
         }

@@ -14,14 +14,14 @@
 
 struct xr_node_s {
     xr_node_type_t type;
-    const char *file;   /* the file the node came from */
-    int line, col;      /* 1-based */
-    const char *key;    /* the mapping key this node is (under), for errors */
-    char *str;          /* scalar text, NUL-terminated */
+    const char *file; /* the file the node came from */
+    int line, col;    /* 1-based */
+    const char *key;  /* the mapping key this node is (under), for errors */
+    char *str;        /* scalar text, NUL-terminated */
     size_t slen;
-    int quoted;         /* scalar was quoted in the source */
-    size_t n;           /* sequence items, or mapping pairs */
-    xr_node_t **items;  /* sequence: n items; mapping: keys[2i], values[2i+1] */
+    int quoted;        /* scalar was quoted in the source */
+    size_t n;          /* sequence items, or mapping pairs */
+    xr_node_t **items; /* sequence: n items; mapping: keys[2i], values[2i+1] */
 };
 
 /* Internal directive flags, beside the public XR_DIR_REQUIRED. */
@@ -32,16 +32,15 @@ struct xr_conf_s {
     xr_pool_t *pool;
     char err[1024];
     int failed;
-    void *user;           /* the generation being built */
-    unsigned ctx;         /* XR_CTX_* of the block being parsed */
+    void *user;                               /* the generation being built */
+    unsigned ctx;                             /* XR_CTX_* of the block being parsed */
     const xr_directive_t *const *hint_tables; /* for "did you mean" and levels */
-    size_t nodes;         /* nodes made so far (bounded) */
-    int dry_run;          /* parse only: modules open no files */
+    size_t nodes;                             /* nodes made so far (bounded) */
+    int dry_run;                              /* parse only: modules open no files */
 };
 
 /* Resolve where directive d of a block is stored. */
-typedef void *(*xr_conf_target_cb)(xr_conf_t *cf, const xr_directive_t *d,
-                                   void *block);
+typedef void *(*xr_conf_target_cb)(xr_conf_t *cf, const xr_directive_t *d, void *block);
 
 /* Set up a parsing context on pool p (owned by the caller). */
 void xr_conf_init(xr_conf_t *cf, xr_pool_t *p);
@@ -50,19 +49,19 @@ void xr_conf_init(xr_conf_t *cf, xr_pool_t *p);
  * `at`, if not NULL, is the node that asked for the file (include), used
  * for the position of "cannot open" errors. */
 xr_node_t *xr_conf_parse_file(xr_conf_t *cf, const char *path, const xr_node_t *at);
-xr_node_t *xr_conf_parse_buffer(xr_conf_t *cf, const char *name,
-                                const unsigned char *buf, size_t len);
+xr_node_t *xr_conf_parse_buffer(xr_conf_t *cf, const char *name, const unsigned char *buf,
+                                size_t len);
 
 /* Apply every default of the directives allowed in ctx to block. */
-int xr_conf_defaults(xr_conf_t *cf, const xr_directive_t *table, unsigned ctx,
-                     void *block, xr_conf_target_cb target);
+int xr_conf_defaults(xr_conf_t *cf, const xr_directive_t *table, unsigned ctx, void *block,
+                     xr_conf_target_cb target);
 
 /* Dispatch every key of map to table (entries allowed in ctx).  Unknown
  * keys, keys from another level, duplicate keys and missing required
  * directives are errors.  `set`, if not NULL, gets bit i for each table
  * entry i that the map set (table size must be <= 64). */
-int xr_conf_block(xr_conf_t *cf, const xr_node_t *map, const xr_directive_t *table,
-                  unsigned ctx, void *block, xr_conf_target_cb target, uint64_t *set);
+int xr_conf_block(xr_conf_t *cf, const xr_node_t *map, const xr_directive_t *table, unsigned ctx,
+                  void *block, xr_conf_target_cb target, uint64_t *set);
 
 /* Set one directive from a node, by its type. */
 int xr_conf_set(xr_conf_t *cf, const xr_directive_t *d, const xr_node_t *n, void *slot_base);

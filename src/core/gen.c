@@ -19,11 +19,11 @@ static int xr_set_include(xr_conf_t *cf, const xr_node_t *n, void *conf, const x
 static int xr_set_relay(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 
-static const char *const xr_balance_names[] = {"round_robin", "least_conn", "random",
-                                               "source_hash", NULL};
+static const char *const xr_balance_names[] = {"round_robin", "least_conn", "random", "source_hash",
+                                               NULL};
 
-#define M XR_CTX_MAIN
-#define R XR_CTX_RELAY
+#define M     XR_CTX_MAIN
+#define R     XR_CTX_RELAY
 #define MO(f) offsetof(xr_main_conf_t, f)
 #define RO(f) offsetof(xr_relay_conf_t, f)
 
@@ -61,20 +61,19 @@ const xr_directive_t xr_core_directives[] = {
      "Connect attempts per connection across servers (0: each server once)."},
     {"upstream_max_fails", R, XR_T_INT, RO(upstream_max_fails), "1", 1, 1000, NULL, NULL, 0,
      "Failed connects that mark a server down for upstream_fail_timeout."},
-    {"upstream_fail_timeout", R, XR_T_DURATION, RO(upstream_fail_timeout), "10s", 0, 86400000,
-     NULL, NULL, 0, "How long a failed server is skipped."},
-    {"backlog", R, XR_T_INT, RO(backlog), "511", 1, 65535, NULL, NULL, 0,
-     "Listen queue length."},
+    {"upstream_fail_timeout", R, XR_T_DURATION, RO(upstream_fail_timeout), "10s", 0, 86400000, NULL,
+     NULL, 0, "How long a failed server is skipped."},
+    {"backlog", R, XR_T_INT, RO(backlog), "511", 1, 65535, NULL, NULL, 0, "Listen queue length."},
     {"filters", R, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_filters, 0,
      "The filter chain: module names, or NAME: {options}, in order."},
     {"buffer_size", M | R, XR_T_SIZE, RO(buffer_size), "64k", 1024, 16 << 20, NULL, NULL, 0,
      "Bytes buffered per direction of a relay while the far side is slow."},
-    {"connect_timeout", M | R, XR_T_DURATION, RO(connect_timeout), "5s", 1, 3600000, NULL,
-     NULL, 0, "Time allowed to connect to an upstream server."},
-    {"idle_timeout", M | R, XR_T_DURATION, RO(idle_timeout), "10m", 1, 604800000, NULL, NULL,
-     0, "A relay with no bytes in either direction for this long is closed."},
-    {"max_connections", M | R, XR_T_INT, RO(max_connections), "10000", 1, 1000000, NULL, NULL,
-     0, "Concurrent connections per relay block, across workers; more wait in the backlog."},
+    {"connect_timeout", M | R, XR_T_DURATION, RO(connect_timeout), "5s", 1, 3600000, NULL, NULL, 0,
+     "Time allowed to connect to an upstream server."},
+    {"idle_timeout", M | R, XR_T_DURATION, RO(idle_timeout), "10m", 1, 604800000, NULL, NULL, 0,
+     "A relay with no bytes in either direction for this long is closed."},
+    {"max_connections", M | R, XR_T_INT, RO(max_connections), "10000", 1, 1000000, NULL, NULL, 0,
+     "Concurrent connections per relay block, across workers; more wait in the backlog."},
     {"tcp_nodelay", M | R, XR_T_FLAG, RO(tcp_nodelay), "on", 0, 0, NULL, NULL, 0,
      "Disable Nagle's algorithm on both ends."},
     XR_DIRECTIVES_END};
@@ -171,11 +170,13 @@ static int xr_set_relay(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_
 {
     xr_gen_t *g = cf->user;
     if (n->type != XR_NODE_SEQ)
-        return xr_conf_error(cf, n, "expected a sequence of relay blocks (each item starts with \"- \")");
+        return xr_conf_error(cf, n,
+                             "expected a sequence of relay blocks (each item starts with \"- \")");
     for (size_t i = 0; i < n->n; i++) {
         const xr_node_t *b = n->items[i];
         if (b->type != XR_NODE_MAP)
-            return xr_conf_error(cf, b, "expected a relay block (a mapping with listen and upstream)");
+            return xr_conf_error(cf, b,
+                                 "expected a relay block (a mapping with listen and upstream)");
         xr_relay_conf_t *rc = xr_relay_new(cf, g);
         rc->node = b;
         if (xr_conf_defaults(cf, xr_core_directives, XR_CTX_RELAY, rc, NULL) != XR_OK ||
@@ -192,7 +193,8 @@ static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const x
     xr_gen_t *g = cf->user;
     xr_relay_conf_t *rc = conf;
     if (n->type != XR_NODE_SEQ)
-        return xr_conf_error(cf, n, "expected a sequence of filters (each item starts with \"- \")");
+        return xr_conf_error(cf, n,
+                             "expected a sequence of filters (each item starts with \"- \")");
     rc->filters = xr_conf_alloc(cf, (n->n ? n->n : 1) * sizeof(xr_filter_conf_t));
     rc->nfilters = 0;
     for (size_t i = 0; i < n->n; i++) {
@@ -202,8 +204,8 @@ static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const x
         } else if (e->type == XR_NODE_MAP && e->n == 1) {
             name = e->items[0];
             opts = e->items[1];
-            if (opts->type == XR_NODE_SCALAR && (opts->slen == 0 || strcmp(opts->str, "~") == 0 ||
-                                                 strcmp(opts->str, "null") == 0))
+            if (opts->type == XR_NODE_SCALAR &&
+                (opts->slen == 0 || strcmp(opts->str, "~") == 0 || strcmp(opts->str, "null") == 0))
                 opts = NULL;
         } else {
             return xr_conf_error(cf, e, "a filter is NAME or NAME: {options}");
@@ -215,9 +217,10 @@ static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const x
             for (size_t j = 0; xr_builtin_modules[j] && off < sizeof(list); j++)
                 off += (size_t) snprintf(list + off, sizeof(list) - off, "%s%s", j ? ", " : "",
                                          xr_builtin_modules[j]->name);
-            return xr_conf_error(cf, name,
-                                 "unknown filter module \"%s\" (built in: %s; load others with load_module)",
-                                 name->str, list);
+            return xr_conf_error(
+                cf, name,
+                "unknown filter module \"%s\" (built in: %s; load others with load_module)",
+                name->str, list);
         }
         xr_filter_conf_t *f = &rc->filters[rc->nfilters++];
         f->module = m;
@@ -233,8 +236,7 @@ static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const x
         } else {
             for (const xr_directive_t *md = dirs; md->name; md++)
                 if (md->flags & XR_DIR_REQUIRED)
-                    return xr_conf_error(cf, name, "filter \"%s\" needs \"%s\"", m->name,
-                                         md->name);
+                    return xr_conf_error(cf, name, "filter \"%s\" needs \"%s\"", m->name, md->name);
         }
         if (m->init_conf != NULL && m->init_conf(cf, e, f->conf) != XR_OK) {
             if (!cf->failed)
@@ -342,8 +344,8 @@ static int xr_listen_conflict(const xr_addr_t *a, const xr_addr_t *b)
 {
     if (a->sa.ss_family != b->sa.ss_family || xr_addr_port(&a->sa) != xr_addr_port(&b->sa))
         return 0;
-    return a->len == b->len && (memcmp(&a->sa, &b->sa, a->len) == 0 || xr_addr_wild(&a->sa) ||
-                                xr_addr_wild(&b->sa));
+    return a->len == b->len &&
+           (memcmp(&a->sa, &b->sa, a->len) == 0 || xr_addr_wild(&a->sa) || xr_addr_wild(&b->sa));
 }
 
 static int xr_gen_validate(xr_conf_t *cf, xr_gen_t *g)

@@ -21,7 +21,7 @@ typedef enum {
 /* One entry of a relay's `filters:`. */
 typedef struct xr_filter_conf_s {
     const xr_module_t *module;
-    void *conf;                   /* module->conf_size bytes */
+    void *conf; /* module->conf_size bytes */
     const xr_node_t *node;
     struct xr_filter_conf_s *next_in_gen; /* every instance, for worker hooks */
 } xr_filter_conf_t;
@@ -60,9 +60,9 @@ typedef struct {
 typedef struct xr_gen_s {
     xr_pool_t *pool;
     char *file;
-    uint64_t number;           /* 1, 2, ... as reloads happen (master sets) */
+    uint64_t number; /* 1, 2, ... as reloads happen (master sets) */
     xr_main_conf_t main;
-    xr_relay_conf_t defaults;  /* top-level values relays inherit */
+    xr_relay_conf_t defaults; /* top-level values relays inherit */
     xr_relay_conf_t **relays;
     size_t nrelays, relays_cap;
     xr_dynmod_t *modules;      /* loaded with load_module, newest first */

@@ -10,9 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
-const char *const xr_log_level_names[] = {"emerg", "alert", "crit", "error",
-                                          "warn",  "notice", "info", "debug",
-                                          NULL};
+const char *const xr_log_level_names[] = {"emerg",  "alert", "crit",  "error", "warn",
+                                          "notice", "info",  "debug", NULL};
 
 static struct {
     int fd;
@@ -55,13 +54,25 @@ int xr_log_reopen(void)
     return XR_OK;
 }
 
-void xr_log_set_level(xr_log_level_t level) { xr_log_state.level = level; }
-xr_log_level_t xr_log_get_level(void) { return xr_log_state.level; }
-int xr_log_fd(void) { return xr_log_state.fd; }
-void xr_log_set_pid(void) { xr_log_state.pid = getpid(); }
+void xr_log_set_level(xr_log_level_t level)
+{
+    xr_log_state.level = level;
+}
+xr_log_level_t xr_log_get_level(void)
+{
+    return xr_log_state.level;
+}
+int xr_log_fd(void)
+{
+    return xr_log_state.fd;
+}
+void xr_log_set_pid(void)
+{
+    xr_log_state.pid = getpid();
+}
 
-static void xr_log_write(xr_log_level_t level, const xr_session_t *s, int err,
-                         const char *fmt, va_list ap)
+static void xr_log_write(xr_log_level_t level, const xr_session_t *s, int err, const char *fmt,
+                         va_list ap)
 {
     char line[2048];
     size_t n = 0, cap = sizeof(line) - 1; /* room for '\n' */

@@ -23,8 +23,7 @@ void xr_log_set_pid(void);
 /* Names: "emerg" .. "debug"; index = level. */
 extern const char *const xr_log_level_names[];
 
-void xr_log(xr_log_level_t level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void xr_log(xr_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* As xr_log, appending ": strerror(err) (err)" like nginx. */
 void xr_log_errno(xr_log_level_t level, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -35,10 +34,10 @@ size_t xr__log_session_context(const xr_session_t *s, char *buf, size_t size);
 #define xr_log_enabled(level) ((level) <= xr_log_get_level())
 
 #ifdef XR_DEBUG
-#define xr_debug(...) xr_log(XR_LOG_DEBUG, __VA_ARGS__)
+#define xr_debug(...)            xr_log(XR_LOG_DEBUG, __VA_ARGS__)
 #define xr_debug_session(s, ...) xr_log_session(XR_LOG_DEBUG, s, __VA_ARGS__)
 #else
-#define xr_debug(...) ((void) 0)
+#define xr_debug(...)            ((void) 0)
 #define xr_debug_session(s, ...) ((void) 0)
 #endif
 

@@ -62,8 +62,8 @@ static int xr_send_signal(xr_gen_t *g, const char *name)
     }
     FILE *fp = fopen(g->main.pid, "r");
     if (fp == NULL) {
-        fprintf(stderr, "xrayd: cannot open pid file \"%s\": %s (is xrayd running?)\n",
-                g->main.pid, strerror(errno));
+        fprintf(stderr, "xrayd: cannot open pid file \"%s\": %s (is xrayd running?)\n", g->main.pid,
+                strerror(errno));
         return 1;
     }
     int pid = 0;

@@ -20,10 +20,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define XR_MAX_GENS 16
+#define XR_MAX_GENS        16
 #define XR_RESPAWN_FAST_MS 2000 /* a worker that dies younger backs off */
-#define XR_RESPAWN_MAX_MS 5000
-#define XR_FAST_STOP_MS 5000
+#define XR_RESPAWN_MAX_MS  5000
+#define XR_FAST_STOP_MS    5000
 
 typedef struct {
     pid_t pid;
@@ -37,7 +37,7 @@ static struct {
     xr_gen_t *gens[XR_MAX_GENS]; /* gens[0] is current; others are retiring */
     const char *conf_path;
     int sigfd;
-    int stopping;          /* 1: graceful (QUIT), 2: fast (TERM/INT) */
+    int stopping; /* 1: graceful (QUIT), 2: fast (TERM/INT) */
     int64_t stop_deadline;
     int pending_respawn;
     int64_t respawn_at;
@@ -97,7 +97,8 @@ static void xr_master_collect_gens(void)
         xr_gen_t *g = xr_m.gens[k];
         if (g == NULL || xr_master_nprocs(g) > 0)
             continue;
-        xr_log(XR_LOG_INFO, "configuration generation %llu retired", (unsigned long long) g->number);
+        xr_log(XR_LOG_INFO, "configuration generation %llu retired",
+               (unsigned long long) g->number);
         xr_gen_free(g);
         xr_m.gens[k] = NULL;
     }
@@ -132,9 +133,8 @@ static void xr_master_reap(void)
             /* A worker that keeps dying young must not turn the master
              * into a fork loop. */
             if (lived < XR_RESPAWN_FAST_MS)
-                xr_m.respawn_delay = xr_m.respawn_delay
-                                         ? XR_MIN(xr_m.respawn_delay * 2, XR_RESPAWN_MAX_MS)
-                                         : 100;
+                xr_m.respawn_delay =
+                    xr_m.respawn_delay ? XR_MIN(xr_m.respawn_delay * 2, XR_RESPAWN_MAX_MS) : 100;
             else
                 xr_m.respawn_delay = 0;
             xr_m.pending_respawn++;
@@ -219,9 +219,7 @@ static int xr_master_write_pid(const char *path)
 static void xr_master_handle_signal(int sig)
 {
     switch (sig) {
-    case SIGCHLD:
-        xr_master_reap();
-        break;
+    case SIGCHLD: xr_master_reap(); break;
     case SIGHUP:
         if (!xr_m.stopping)
             xr_master_reload();
@@ -251,10 +249,10 @@ static void xr_master_handle_signal(int sig)
         xr_master_signal_gen(NULL, SIGUSR1, 0);
         break;
     case SIGUSR2:
-        xr_log(XR_LOG_NOTICE, "binary upgrade (SIGUSR2) is not implemented in this version; ignored");
+        xr_log(XR_LOG_NOTICE,
+               "binary upgrade (SIGUSR2) is not implemented in this version; ignored");
         break;
-    default:
-        break;
+    default: break;
     }
 }
 

@@ -34,8 +34,7 @@ int xr_module_check(const xr_module_t *m, char *buf, size_t size)
         if (!(d->contexts & XR_CTX_FILTER) || d->offset + 1 > m->conf_size + 1 ||
             (d->type == XR_T_CUSTOM && d->set == NULL) ||
             (d->type == XR_T_ENUM && d->enums == NULL)) {
-            snprintf(buf, size, "module \"%s\": directive \"%s\" is malformed", m->name,
-                     d->name);
+            snprintf(buf, size, "module \"%s\": directive \"%s\" is malformed", m->name, d->name);
             return XR_ERROR;
         }
     }

@@ -12,8 +12,8 @@ static char *xr_shm_names[XR_SHM_RELAYS];
 
 int xr_shm_init(void)
 {
-    void *p = mmap(NULL, sizeof(xr_shm_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
+    void *p =
+        mmap(NULL, sizeof(xr_shm_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return XR_ERROR;
     xr_shm = p;

@@ -11,7 +11,7 @@
 #include "core/gen.h"
 
 #define XR_SHM_WORKERS 160
-#define XR_SHM_RELAYS 256
+#define XR_SHM_RELAYS  256
 
 typedef struct {
     _Atomic uint64_t next_id;                /* connection ids */

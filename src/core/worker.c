@@ -15,7 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define XR_ACCEPT_BATCH 64
+#define XR_ACCEPT_BATCH    64
 #define XR_ACCEPT_RETRY_MS 50
 
 int xr_worker_slot;
@@ -165,15 +165,13 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
         if (xr_w.stopping)
             return;
         xr_w.stopping = 1;
-        xr_log(XR_LOG_NOTICE, "gracefully shutting down, %zu connections to finish",
-               xr_w.nrelays);
+        xr_log(XR_LOG_NOTICE, "gracefully shutting down, %zu connections to finish", xr_w.nrelays);
         xr_worker_close_listeners();
         if (xr_w.nrelays == 0) {
             xr_worker_finish();
             return;
         }
-        uv_timer_start(&xr_w.drain, xr_worker_drain_cb, (uint64_t) xr_w.gen->main.drain_timeout,
-                       0);
+        uv_timer_start(&xr_w.drain, xr_worker_drain_cb, (uint64_t) xr_w.gen->main.drain_timeout, 0);
         break;
     case SIGTERM:
     case SIGINT:
@@ -188,8 +186,7 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
             if (f->module->reopen)
                 f->module->reopen(f->conf);
         break;
-    default:
-        break;
+    default: break;
     }
 }
 

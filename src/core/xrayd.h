@@ -15,12 +15,11 @@
 
 #include "xrayd_module.h"
 
-#define xr_container_of(ptr, type, member)                                     \
-    ((type *) ((char *) (ptr) - offsetof(type, member)))
+#define xr_container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
 
 #define XR_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-#define XR_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define XR_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define XR_MIN(a, b)     ((a) < (b) ? (a) : (b))
+#define XR_MAX(a, b)     ((a) > (b) ? (a) : (b))
 
 /* Allocation that cannot fail: xrayd aborts on out-of-memory rather than
  * limping on with half-built state. */
@@ -39,8 +38,14 @@ typedef struct xr_list_s {
     struct xr_list_s *next, *prev;
 } xr_list_t;
 
-static inline void xr_list_init(xr_list_t *h) { h->next = h->prev = h; }
-static inline int xr_list_empty(const xr_list_t *h) { return h->next == h; }
+static inline void xr_list_init(xr_list_t *h)
+{
+    h->next = h->prev = h;
+}
+static inline int xr_list_empty(const xr_list_t *h)
+{
+    return h->next == h;
+}
 static inline void xr_list_insert_tail(xr_list_t *h, xr_list_t *n)
 {
     n->prev = h->prev;

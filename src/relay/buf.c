@@ -6,7 +6,7 @@
 
 #include <sys/mman.h>
 
-#define XR_BUF_CLASSES 4
+#define XR_BUF_CLASSES  4
 #define XR_BUF_POOL_MIN 8
 
 typedef struct {

@@ -128,11 +128,10 @@ void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
         if (rc->filters[i].module->log)
             rc->filters[i].module->log(rc->filters[i].conf, xr_relay_fstate(r, i), &r->s);
 
-    xr_debug_session(&r->s, "relay closed: %s, up %llu/%llu, down %llu/%llu", r->s.close_reason,
-                     (unsigned long long) r->s.read_total[0],
-                     (unsigned long long) r->s.written_total[0],
-                     (unsigned long long) r->s.read_total[1],
-                     (unsigned long long) r->s.written_total[1]);
+    xr_debug_session(
+        &r->s, "relay closed: %s, up %llu/%llu, down %llu/%llu", r->s.close_reason,
+        (unsigned long long) r->s.read_total[0], (unsigned long long) r->s.written_total[0],
+        (unsigned long long) r->s.read_total[1], (unsigned long long) r->s.written_total[1]);
     free(r->fstate);
     r->fstate = NULL;
     xr_dir_release(&r->dir[0]);
@@ -155,12 +154,11 @@ static void xr_relay_timer_cb(uv_timer_t *t)
     xr_relay_t *r = t->data;
     if (r->state == XR_RELAY_CONNECTING) {
         char a[64];
-        xr_log_session(XR_LOG_WARN, &r->s, "upstream %s timed out (connect_timeout %lldms)",
-                       xr_addr_format((const struct sockaddr_storage *) &r->conf->upstream
-                                          .items[r->peer]
-                                          .sa,
-                                      a, sizeof(a)),
-                       (long long) r->conf->connect_timeout);
+        xr_log_session(
+            XR_LOG_WARN, &r->s, "upstream %s timed out (connect_timeout %lldms)",
+            xr_addr_format((const struct sockaddr_storage *) &r->conf->upstream.items[r->peer].sa,
+                           a, sizeof(a)),
+            (long long) r->conf->connect_timeout);
         xr_relay_attempt_failed(r);
         return;
     }
@@ -223,7 +221,8 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
     for (size_t i = 0; i < rc->nfilters; i++) {
         const xr_module_t *m = rc->filters[i].module;
         r->opened = (int) i + 1;
-        if (m->open != NULL && m->open(rc->filters[i].conf, xr_relay_fstate(r, i), &r->s) != XR_OK) {
+        if (m->open != NULL &&
+            m->open(rc->filters[i].conf, xr_relay_fstate(r, i), &r->s) != XR_OK) {
             if (r->s.close_reason[0] == '\0')
                 snprintf(r->s.close_reason, sizeof(r->s.close_reason), "denied by %s", m->name);
             xr_log_session(XR_LOG_NOTICE, &r->s, "connection denied: %s", r->s.close_reason);
@@ -381,8 +380,8 @@ static int xr_relay_filter(xr_relay_t *r, int d, uint32_t off)
             if (f->module->data == NULL)
                 continue;
             xr_chunk_t c = {b->data + rstart, b->end - rstart, b->cap - rstart};
-            xr_filter_rc_t frc = f->module->data(f->conf, xr_relay_fstate(r, (size_t) i), &r->s,
-                                                 d, &c);
+            xr_filter_rc_t frc =
+                f->module->data(f->conf, xr_relay_fstate(r, (size_t) i), &r->s, d, &c);
             if (c.len > c.cap) {
                 xr_log_session(XR_LOG_ALERT, &r->s, "filter \"%s\" overran its chunk",
                                f->module->name);
@@ -391,8 +390,7 @@ static int xr_relay_filter(xr_relay_t *r, int d, uint32_t off)
             }
             b->end = rstart + (uint32_t) c.len;
             switch (frc) {
-            case XR_FILTER_PASS:
-                break;
+            case XR_FILTER_PASS: break;
             case XR_FILTER_HOLD:
                 if (dr->holds == NULL)
                     dr->holds = xr_calloc((size_t) nf, sizeof(xr_hold_t));
@@ -401,9 +399,7 @@ static int xr_relay_filter(xr_relay_t *r, int d, uint32_t off)
                 dr->nholds++;
                 b->filt = dr->holds[0].off;
                 return XR_OK;
-            case XR_FILTER_DROP:
-                b->end = rstart;
-                break;
+            case XR_FILTER_DROP: b->end = rstart; break;
             case XR_FILTER_CLOSE:
             default:
                 if (r->s.close_reason[0] == '\0')
@@ -502,8 +498,7 @@ static int xr_relay_pump(xr_relay_t *r, int d)
                 xr_dir_compact(dr);
             } else if (b->filt == b->start) {
                 xr_log_session(XR_LOG_WARN, &r->s,
-                               "filters held a whole buffer (%u bytes) without passing it",
-                               b->cap);
+                               "filters held a whole buffer (%u bytes) without passing it", b->cap);
                 xr_relay_close(r, "filter held more than buffer_size");
                 return XR_ERROR;
             } else {
@@ -540,8 +535,7 @@ static int xr_relay_pump(xr_relay_t *r, int d)
         if (b != NULL && b->filt < b->end) {
             /* A filter still holds bytes it never passed: they are not
              * forwarded unchecked. */
-            xr_log_session(XR_LOG_INFO, &r->s,
-                           "%u held bytes discarded at end of stream from %s",
+            xr_log_session(XR_LOG_INFO, &r->s, "%u held bytes discarded at end of stream from %s",
                            b->end - b->filt, xr_end_name(d));
             b->end = b->filt;
             dr->nholds = 0;

@@ -32,12 +32,12 @@ extern const xr_end_ops_t xr_end_tcp_ops;
 struct xr_end_s {
     uv_poll_t poll;
     int fd;
-    int events;            /* UV_READABLE | UV_WRITABLE being polled */
-    unsigned inited : 1;   /* poll handle initialised */
-    unsigned rd_eof : 1;   /* read returned 0 */
-    unsigned wr_shut : 1;  /* shutdown_wr done */
+    int events;           /* UV_READABLE | UV_WRITABLE being polled */
+    unsigned inited : 1;  /* poll handle initialised */
+    unsigned rd_eof : 1;  /* read returned 0 */
+    unsigned wr_shut : 1; /* shutdown_wr done */
     const xr_end_ops_t *ops;
-    void *data;            /* the end's own state (TLS) */
+    void *data; /* the end's own state (TLS) */
 };
 
 typedef struct {
@@ -55,10 +55,10 @@ typedef struct {
 typedef enum { XR_RELAY_CONNECTING = 0, XR_RELAY_RUNNING, XR_RELAY_CLOSED } xr_relay_state_t;
 
 struct xr_relay_s {
-    xr_session_t s;        /* what modules see; s._core points here */
+    xr_session_t s; /* what modules see; s._core points here */
     xr_end_t end[2];
-    xr_dir_t dir[2];       /* XR_DIR_UP: end 0 -> end 1; XR_DIR_DOWN: back */
-    uv_timer_t timer;      /* connect, then idle timeout */
+    xr_dir_t dir[2];  /* XR_DIR_UP: end 0 -> end 1; XR_DIR_DOWN: back */
+    uv_timer_t timer; /* connect, then idle timeout */
     xr_relay_rt_t *rt;
     const xr_relay_conf_t *conf;
     xr_list_t link;        /* in the worker's list of relays */
@@ -68,8 +68,8 @@ struct xr_relay_s {
     int64_t last_active;   /* uv_now() of the last byte moved */
     int peer;              /* upstream server index, -1 before */
     int tries;
-    int opened;            /* filters whose open hook ran */
-    int pending_closes;    /* handles still closing */
+    int opened;         /* filters whose open hook ran */
+    int pending_closes; /* handles still closing */
     xr_relay_state_t state;
     int shm_counted;
 };

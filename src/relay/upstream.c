@@ -57,15 +57,9 @@ int xr_upstream_pick(xr_relay_rt_t *rt, uint64_t tried, const struct sockaddr_st
     size_t start;
 
     switch (rt->rc->balance) {
-    case XR_BALANCE_RANDOM:
-        start = (size_t) random();
-        break;
-    case XR_BALANCE_SOURCE_HASH:
-        start = xr_addr_hash(client);
-        break;
-    default:
-        start = rt->rr++;
-        break;
+    case XR_BALANCE_RANDOM: start = (size_t) random(); break;
+    case XR_BALANCE_SOURCE_HASH: start = xr_addr_hash(client); break;
+    default: start = rt->rr++; break;
     }
     for (size_t k = 0; k < n; k++) {
         size_t i = (start + k) % n;

@@ -11,7 +11,7 @@
 typedef struct {
     int64_t down_until; /* monotonic ms */
     int64_t fails;
-    int64_t active;     /* relays of this worker on this server */
+    int64_t active; /* relays of this worker on this server */
 } xr_peer_t;
 
 /* A relay block's state in one worker. */
@@ -19,8 +19,8 @@ typedef struct xr_relay_rt_s {
     const xr_relay_conf_t *rc;
     xr_peer_t *peers;
     size_t rr;
-    int64_t active;        /* this worker's relays of this block */
-    size_t *state_off;     /* per filter: offset of its per-relay state */
+    int64_t active;    /* this worker's relays of this block */
+    size_t *state_off; /* per filter: offset of its per-relay state */
     size_t state_total;
     int has_data_filters;
 } xr_relay_rt_t;
