@@ -492,6 +492,13 @@ static void xr_list_table(FILE *out, const xr_directive_t *t, const char *module
                 strcat(ctx, ctx[0] ? ",relay" : "relay");
         }
         const char *type = xr_dir_type_name(d->type);
+        /* Custom setters take shapes the generic names do not cover. */
+        static const char *const shapes[][2] = {
+            {"workers", "auto|number"}, {"include", "paths"},          {"load_module", "paths"},
+            {"relay", "relay blocks"},  {"filters", "filter entries"}, {"patterns", "patterns"}};
+        for (size_t k = 0; d->type == XR_T_CUSTOM && k < XR_ARRAY_SIZE(shapes); k++)
+            if (strcmp(d->name, shapes[k][0]) == 0)
+                type = shapes[k][1];
         if (d->type == XR_T_ENUM) {
             static char buf[256];
             size_t off = 0;

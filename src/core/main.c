@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -200,6 +201,13 @@ int main(int argc, char **argv)
                 strerror(errno));
         xr_gen_free(g);
         return 1;
+    }
+    /* Two descriptors per relay: take the whole hard limit, as a distro's
+     * default soft limit of 1024 would cap a worker at ~500 relays. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
     }
     if (xr_shm_init() != XR_OK || xr_shm_assign(g, err, sizeof(err)) != XR_OK) {
         xr_log_errno(XR_LOG_EMERG, errno, "cannot set up shared counters");
