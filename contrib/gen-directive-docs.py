@@ -1,0 +1,661 @@
+#!/usr/bin/env python3
+"""Generate html-docs/directives.html from `xrayd --list-directives`.
+
+The directive tables in the C sources are the one source of truth for a
+directive's name, contexts, type, default and one-line description; this
+script renders them, adding the longer prose and examples kept in EXTRA
+below.  The generated page is committed, and t/test_15_docs.py fails when
+it differs from what this script produces, so the manual cannot drift from
+the binary.
+
+Usage:
+    python3 contrib/gen-directive-docs.py [BINARY [OUTPUT]]
+    python3 contrib/gen-directive-docs.py objs/xrayd > html-docs/directives.html
+    python3 contrib/gen-directive-docs.py objs/xrayd html-docs/directives.html
+
+BINARY defaults to objs/xrayd; OUTPUT defaults to standard output.
+Only the Python standard library is used.
+"""
+
+import html
+import os
+import subprocess
+import sys
+
+# ---------------------------------------------------------------------------
+# Longer text per directive.  Keys are the directive name for core
+# directives and "MODULE/NAME" for a filter module's directives.  Each value
+# may hold:
+#   "syntax":  the value part of the syntax line, HTML (overrides the type)
+#   "text":    paragraphs of HTML shown after the one-line description
+#   "example": a YAML example, plain text (escaped here)
+#   "required": True if the directive must be given (--list-directives
+#               does not say so)
+# The one-line description itself always comes from the binary.
+# ---------------------------------------------------------------------------
+
+EXTRA = {
+    # ---- top level ------------------------------------------------------
+    "workers": {
+        "syntax": "<code>auto</code> | <i>number</i>",
+        "text": """
+<p>The number of worker processes. Each worker is one event loop that
+accepts connections on every listening socket and relays them; the master
+process itself relays nothing. <code>auto</code> starts one worker per
+online CPU (at most 64), which is right for most machines; a number may be
+1 to 512.</p>
+<p>A change takes effect on reload: the new generation of workers is started
+with the new count and the old workers drain (see
+<a href="process.html#reload">reload</a>).</p>""",
+        "example": "workers: 2",
+    },
+    "daemon": {
+        "text": """
+<p>With <code>off</code> (the default) xrayd stays in the foreground, which
+is what systemd (<code>Type=simple</code>), containers and the test suite
+want. With <code>on</code> the master detaches from the terminal and runs in
+the background; use <a href="#d-pid">pid</a> and
+<code>xrayd -s</code> to signal it afterwards.</p>""",
+        "example": "daemon: on\npid: /run/xrayd.pid",
+    },
+    "pid": {
+        "text": """
+<p>The file the master writes its process id to at start-up and removes when
+it exits. The default, <code>/run/xrayd.pid</code>, needs root; the shipped
+<code>conf/xrayd.yaml</code> uses <code>/tmp/xrayd.pid</code> so it runs
+as any user. <code>xrayd -s reload|stop|quit|reopen -c FILE</code> reads the
+pid from the <code>pid</code> file named in <code>FILE</code>, so the same
+configuration file must be given to <code>-s</code> as to the running
+daemon. A relative path is resolved against the directory of the YAML file
+that contains it.</p>""",
+        "example": "pid: /run/xrayd.pid",
+    },
+    "error_log": {
+        "syntax": "<code>stderr</code> | <i>path</i>",
+        "text": """
+<p>Where the error log goes: <code>stderr</code>, or a file that is opened
+for appending (and created with mode 0644 if needed). The format of its lines
+is described in <a href="logging.html#error-log">Logging</a>. After a log
+rotation, send <code>SIGUSR1</code> (or run <code>xrayd -s reopen</code>) so
+every process reopens the file.</p>""",
+        "example": "error_log: /var/log/xrayd/error.log",
+    },
+    "log_level": {
+        "text": """
+<p>The least severe level written to the error log; every more severe level
+is written too. <code>debug</code> lines exist only in a binary configured
+with <code>./configure --with-debug</code>; in other builds that level
+behaves as <code>info</code> plus nothing.</p>""",
+        "example": "log_level: notice",
+    },
+    "drain_timeout": {
+        "text": """
+<p>After a reload or a graceful stop (<code>SIGQUIT</code>), the old worker
+processes stop accepting new connections but keep relaying the ones they
+have. <code>drain_timeout</code> bounds how long they may do so: when it
+expires, the connections still open are closed (their access-log
+<code>reason</code> is <code>"worker shutdown"</code>) and the old workers
+exit. <code>0</code> closes them at once; the longest is <code>1d</code>.
+The value of the configuration the retiring workers run with applies.</p>""",
+        "example": "drain_timeout: 30s",
+    },
+    "load_module": {
+        "syntax": "<i>path</i> | <code>[</code><i>path</i>, ...<code>]</code>",
+        "text": """
+<p>Loads filter modules built as shared objects (see
+<a href="modules.html">Modules</a>). A loaded module's name can then be used
+in a relay block's <a href="#d-filters">filters</a>. The loader checks the
+module's ABI version and build signature and refuses a module built for
+another xrayd, naming the file and both versions; the error is reported at
+this directive's position, and <code>xrayd -t</code> reports it too.</p>
+<p>The built-in modules (<code>log</code>, <code>signature</code>) need no
+<code>load_module</code>; a loaded module with the same name as a built-in
+one replaces it. Loading two modules with the same name is an error. Modules
+are loaded before any relay block is read, wherever
+<code>load_module</code> stands in the file. A relative path is resolved
+against the directory of the YAML file that contains it.</p>""",
+        "example": "load_module:\n  - /usr/local/lib/xrayd/modules/mymod.so",
+    },
+    "include": {
+        "syntax": "<i>path</i> | <code>[</code><i>path</i>, ...<code>]</code>",
+        "text": """
+<p>Merges other YAML files into this one. Each included file must be a
+top-level mapping; its directives are merged into the top level, and the
+entries of its <a href="#d-relay">relay</a> list are appended to the
+relay blocks already declared. Other directives may be set only once in
+all the files together: a second <code>buffer_size</code> in an included
+file is a <code>duplicate directive</code> error that names the first
+one's position. (<code>include</code>, <code>load_module</code> and
+<code>relay</code> may repeat.)</p>
+<p>A path may be a glob (<code>conf.d/*.yaml</code>, matched in sorted
+order); a glob that matches nothing is fine, a plain path that does not
+exist is an error. A relative path is resolved against the directory of the
+file that holds the <code>include</code>. Included files may include
+others, up to 8 levels deep. Errors in an included file are reported with
+that file's name, line and column.</p>""",
+        "example": "include: conf.d/*.yaml",
+    },
+    "relay": {
+        "syntax": "<code>[</code> <i>relay block</i>, ... <code>]</code>",
+        "text": """
+<p>The list of relay blocks. Each block is a mapping that accepts the
+directives whose context includes <code>relay</code>: at least
+<a href="#d-listen">listen</a> and <a href="#d-upstream">upstream</a>, and
+optionally a <a href="#d-name">name</a>, balancing and failure settings,
+a <a href="#d-filters">filter chain</a>, and any of the inheritable
+directives, which override the top-level value for this block only.</p>
+<p>Every connection accepted on one of the block's listen addresses is
+relayed to one of its upstream servers: bytes from the client go
+<em>up</em>, bytes from the upstream go <em>down</em>, each direction
+through the block's filter chain. Half-close is honoured: when one side
+finishes sending (FIN), the other side's write half is shut down once
+everything before it has been delivered, and the relay ends when both
+directions have ended.</p>""",
+        "example": (
+            "relay:\n"
+            "  - name: web\n"
+            "    listen: 127.0.0.1:8080\n"
+            "    upstream: [10.0.0.1:80, 10.0.0.2:80]\n"
+            "    balance: least_conn\n"
+            "    filters:\n"
+            "      - log: {path: /var/log/xrayd/web.log}"),
+    },
+
+    # ---- inheritable (top level and relay blocks) ------------------------
+    "buffer_size": {
+        "text": """
+<p>The size of the buffer for each direction of a relayed connection. When
+the receiving side is slower than the sending side and the buffer is full,
+xrayd stops reading from the sender until the buffer drains
+(backpressure), so a connection never uses more than this per direction
+for data in flight. Larger buffers help throughput on long fat links; smaller
+ones lower memory per busy connection. An idle connection holds no buffer
+at all: a direction takes one from a pool when bytes arrive and gives it
+back once they are delivered. From <code>1k</code> to <code>16m</code>.</p>
+<p>A filter that holds bytes (see <a href="modules.html#chain">the filter
+chain</a>) holds them in this space, too.</p>""",
+        "example": "buffer_size: 256k",
+    },
+    "connect_timeout": {
+        "text": """
+<p>How long to wait for a TCP connection to an upstream server to be
+established (at most <code>1h</code>). When it expires, the attempt counts as a failure of that
+server (see <a href="#d-upstream_max_fails">upstream_max_fails</a>) and the
+next server is tried, as far as <a href="#d-upstream_tries">upstream_tries</a>
+allows; when no attempt succeeds the client connection is closed with the
+reason <code>"upstream connect failed"</code>.</p>""",
+        "example": "connect_timeout: 2s",
+    },
+    "idle_timeout": {
+        "text": """
+<p>A relayed connection on which no byte is read or written, in either
+direction, for this long is closed, with the reason
+<code>"idle timeout"</code> (at most <code>7d</code>). The clock starts once the upstream connection
+is established; before that, <a href="#d-connect_timeout">connect_timeout</a>
+applies.</p>""",
+        "example": "idle_timeout: 1h",
+    },
+    "max_connections": {
+        "text": """
+<p>The greatest number of connections a relay block relays at once, counted
+across all worker processes (1 to 1000000). While a block is at its limit, its workers
+stop accepting, so further connections wait in the kernel's listen queue
+(see <a href="#d-backlog">backlog</a>) until a relay ends; none is accepted
+and then dropped. Set at the top level, it is inherited by every relay block
+as that block's own limit (it is not one limit shared by all blocks).</p>""",
+        "example": "max_connections: 1000",
+    },
+    "tcp_nodelay": {
+        "text": """
+<p>Sets <code>TCP_NODELAY</code> on both the client and the upstream
+connection, so small writes go out at once instead of waiting for Nagle's
+algorithm. Leave it on for interactive protocols; turning it off may save
+packets for bulk transfers of small writes.</p>""",
+        "example": "tcp_nodelay: off",
+    },
+
+    # ---- relay block ---------------------------------------------------
+    "name": {
+        "text": """
+<p>The relay block's name. It appears in the error log
+(<code>relay: NAME</code>), in the access log's <code>listener</code> field,
+and is handed to filter modules as <code>s-&gt;listener</code>. Without it,
+a block is named after its first <a href="#d-listen">listen</a> address.
+Two blocks with the same name are an error.</p>""",
+        "example": "name: web",
+    },
+    "listen": {
+        "required": True,
+        "syntax": "<i>address</i> | <code>[</code><i>address</i>, ...<code>]</code>",
+        "text": """
+<p>The addresses to accept connections on, each written
+<code>HOST:PORT</code>: <code>127.0.0.1:8080</code>,
+<code>"[::1]:8080"</code> (quote it: YAML would read an unquoted
+<code>[</code> as the start of a list) or <code>*:8080</code> for every
+IPv4 address. A host name is resolved once, when the configuration is
+loaded. The master opens the listening sockets; every worker accepts on
+them. The same address in two places (or a wildcard and a specific
+address on the same port) is an error that names both positions.</p>""",
+        "example": "listen:\n  - 127.0.0.1:8080\n  - \"[::1]:8080\"",
+    },
+    "upstream": {
+        "required": True,
+        "syntax": "<i>address</i> | <code>[</code><i>address</i>, ...<code>]</code>",
+        "text": """
+<p>The servers connections are relayed to, each written
+<code>HOST:PORT</code> as for <a href="#d-listen">listen</a>. With more
+than one server, <a href="#d-balance">balance</a> picks the server for each
+connection.</p>""",
+        "example": "upstream:\n  - 10.0.0.1:443\n  - 10.0.0.2:443",
+    },
+    "balance": {
+        "text": """
+<p>How a server is chosen from <a href="#d-upstream">upstream</a> for a new
+connection:</p>
+<ul>
+<li><code>round_robin</code>: each server in turn (each worker keeps its own
+turn, and the workers start at different servers);</li>
+<li><code>least_conn</code>: the server with the fewest active connections
+of this worker;</li>
+<li><code>random</code>: a server chosen at random;</li>
+<li><code>source_hash</code>: a server chosen by a hash of the client's IP
+address (not its port), so one client keeps reaching the same server while
+the set of servers and their health are unchanged.</li>
+</ul>
+<p>Servers marked down (see
+<a href="#d-upstream_max_fails">upstream_max_fails</a>) are skipped: the
+next server in the same order is taken. When every server not yet tried for
+this connection is marked down, one of them is tried anyway rather than
+failing the client.</p>""",
+        "example": "balance: source_hash",
+    },
+    "upstream_tries": {
+        "text": """
+<p>How many servers to try for one connection before giving up. When a
+connection to a server cannot be established (refused, unreachable, or
+<a href="#d-connect_timeout">connect_timeout</a>), the next server is tried,
+as <a href="#d-balance">balance</a> picks it among the servers not yet tried
+for this connection. <code>0</code> means each server once; a number larger
+than the number of servers (up to 100) goes round them again. Each failure is logged
+(<code>[error] connect() to upstream ... failed</code> or <code>[warn]
+upstream ... timed out</code>); when the tries are used up, the client
+connection is closed with the reason <code>"upstream connect failed"</code>.
+Only connection establishment is retried: once connected, a failure of the
+upstream ends the client connection.</p>""",
+        "example": "upstream_tries: 2",
+    },
+    "upstream_max_fails": {
+        "text": """
+<p>The number of consecutive failed connection attempts to one server (1 to
+1000) after which that server is marked down for
+<a href="#d-upstream_fail_timeout">upstream_fail_timeout</a>: new
+connections skip it (see <a href="#d-balance">balance</a>) until the time
+is up. A successful connection resets the count. This is passive health
+checking, kept by each worker for itself: one worker may have marked a server
+down while another has not yet. While every server is down, connections
+are still attempted rather than refused.</p>""",
+        "example": "upstream_max_fails: 3\nupstream_fail_timeout: 30s",
+    },
+    "upstream_fail_timeout": {
+        "text": """
+<p>How long a server is skipped once it has failed
+<a href="#d-upstream_max_fails">upstream_max_fails</a> connection attempts in
+a row. <code>0</code> never marks a server down.</p>""",
+        "example": "upstream_fail_timeout: 30s",
+    },
+    "backlog": {
+        "text": """
+<p>The <code>backlog</code> argument of <code>listen(2)</code> for the relay
+block's listening sockets: how many fully established connections the
+kernel queues before a worker accepts them (1 to 65535; the kernel caps it
+at <code>net.core.somaxconn</code>). Connections held back by
+<a href="#d-max_connections">max_connections</a> wait here. A changed
+value is applied to an existing socket on reload.</p>""",
+        "example": "backlog: 4096",
+    },
+    "filters": {
+        "syntax": ("<code>[</code> <i>name</i> | <code>{</code><i>name</i>: "
+                   "<code>{</code><i>directives</i><code>}}</code>, ... <code>]</code>"),
+        "text": """
+<p>The relay block's filter chain: an ordered list of filter modules, each
+either a bare name or a one-key mapping from the name to the module's
+directives. In both directions the bytes pass the filters in the order
+listed (see <a href="modules.html#chain">the filter chain</a>). The same
+module may appear in the chains of several blocks, each with its own
+directives; its directives are listed below under its name.</p>""",
+        "example": (
+            "filters:\n"
+            "  - signature:\n"
+            "      patterns: [\"/etc/passwd\"]\n"
+            "  - log:\n"
+            "      path: /var/log/xrayd/access.log"),
+    },
+
+    # ---- module log ----------------------------------------------------
+    "log/path": {
+        "required": True,
+        "text": """
+<p>The access log: one JSON object per line for every finished relay, with
+its addresses, byte counts, duration and the reason it ended (the fields are
+described in <a href="logging.html#access-log">Logging</a>). The file is
+created with mode 0640 if needed and opened for appending when the
+configuration is loaded, so an unwritable path is a configuration error;
+send <code>SIGUSR1</code> to reopen it after rotation. A relative path is
+resolved against the directory of the YAML file. This directive is
+required.</p>""",
+        "example": "filters:\n  - log:\n      path: /var/log/xrayd/access.log",
+    },
+
+    # ---- module signature ------------------------------------------------
+    "signature/patterns": {
+        "required": True,
+        "syntax": ("<code>[</code> <i>string</i> | <code>{hex: </code><i>hex</i><code>}</code> | "
+                   "<code>{literal: </code><i>string</i><code>, name: </code><i>label</i>"
+                   "<code>}</code>, ... <code>]</code>"),
+        "text": """
+<p>Byte patterns that must not cross the relay: a non-empty list. An item is
+a literal string, a mapping <code>{hex: "de ad be ef"}</code> (hex digits;
+spaces and colons between them are ignored), or
+<code>{literal: "...", name: "label"}</code>; <code>name</code> may be given
+with <code>hex</code> too, and an item has exactly one of <code>hex</code>
+and <code>literal</code>. A pattern is 1 to 1024 bytes long.</p>
+<p>A pattern is found even when it is split across several reads: the filter
+remembers the last bytes of each direction (one less than the longest
+pattern). When a pattern is seen, the relay is closed, the chunk that
+completes the pattern is not forwarded, and the error log gets a
+<code>[warn]</code> line <code>signature "LABEL" matched in the
+client-to-upstream direction</code> (or upstream-to-client), where LABEL is
+the <code>name</code>, else the literal, else <code>hex:</code> followed by
+the hex text as written. The access log's <code>reason</code> is
+<code>signature "LABEL" matched</code>, with LABEL cut to 60 bytes.</p>""",
+        "example": (
+            "filters:\n"
+            "  - signature:\n"
+            "      patterns:\n"
+            "        - \"/etc/passwd\"\n"
+            "        - {hex: \"90 90 90 90 90 90 90 90\", name: nop-sled}\n"
+            "      direction: up"),
+    },
+    "signature/direction": {
+        "text": """
+<p><code>up</code> is client to upstream, <code>down</code> upstream to
+client. A direction that is not inspected costs nothing: its bytes pass the
+filter untouched.</p>""",
+        "example": "direction: up",
+    },
+}
+
+# How each type reported by --list-directives is written in a syntax line.
+TYPE_SYNTAX = {
+    "flag": "<code>on</code> | <code>off</code>",
+    "number": "<i>number</i>",
+    "size": "<i>size</i>",
+    "duration": "<i>time</i>",
+    "string": "<i>string</i>",
+    "path": "<i>path</i>",
+    "enum": "<i>name</i>",
+    "address": "<i>address</i>",
+    "addresses": "<i>address</i> | <code>[</code><i>address</i>, ...<code>]</code>",
+    "strings": "<i>string</i> | <code>[</code><i>string</i>, ...<code>]</code>",
+    "paths": "<i>path</i> | <code>[</code><i>path</i>, ...<code>]</code>",
+    "block": "<i>value</i>",
+}
+
+NAV = [
+    ("index.html", "xrayd"),
+    ("getting-started.html", "Getting started"),
+    ("directives.html", "Directives"),
+    ("modules.html", "Modules"),
+    ("process.html", "Processes &amp; signals"),
+    ("logging.html", "Logging"),
+]
+
+CORE_GROUPS = [
+    ("main", "Top level", frozenset(["main"]),
+     "These appear only at the top level of the configuration file."),
+    ("inherited", "Top level and relay blocks", frozenset(["main", "relay"]),
+     "Set at the top level, these are the defaults of every relay block; a "
+     "relay block may set its own value, which applies to that block only."),
+    ("relay", "Relay blocks", frozenset(["relay"]),
+     "These appear inside an entry of the <a href=\"#d-relay\">relay</a> list."),
+]
+
+esc = html.escape
+
+
+class Directive:
+    def __init__(self, name, contexts, dtype, default, doc, module=None):
+        self.name = name
+        self.contexts = contexts
+        self.type = dtype
+        self.default = default
+        self.doc = doc
+        self.module = module
+
+    @property
+    def anchor(self):
+        if self.module:
+            return "d-%s-%s" % (self.module, self.name)
+        return "d-" + self.name
+
+    @property
+    def key(self):
+        return "%s/%s" % (self.module, self.name) if self.module else self.name
+
+
+def parse(text):
+    """Parse --list-directives output into a list of Directive objects.
+
+    A directive whose contexts name filter modules becomes one entry per
+    module (anchor d-MODULE-NAME); any other becomes one core entry
+    (anchor d-NAME)."""
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t", 4)
+        if len(fields) != 5:
+            raise ValueError("--list-directives line %d has %d fields, want 5: %r"
+                             % (lineno, len(fields), line))
+        name, contexts, dtype, default, doc = (f.strip() for f in fields)
+        ctx = [c.strip() for c in contexts.split(",") if c.strip()]
+        modules = [c[len("filter:"):] for c in ctx if c.startswith("filter:")]
+        core_ctx = [c for c in ctx if not c.startswith("filter:")]
+        if core_ctx:
+            out.append(Directive(name, core_ctx, dtype, default, doc))
+        for m in modules:
+            out.append(Directive(name, ["filter:" + m], dtype, default, doc, m))
+    return out
+
+
+def syntax_value(d):
+    extra = EXTRA.get(d.key, {})
+    if "syntax" in extra:
+        return extra["syntax"]
+    t = d.type
+    if t in TYPE_SYNTAX:
+        return TYPE_SYNTAX[t]
+    # An enum may be reported as "a|b|c", "enum:a|b|c" or "enum(a|b|c)".
+    for prefix in ("enum:", "enum(", "enum="):
+        if t.startswith(prefix):
+            t = t[len(prefix):].rstrip(")")
+    if "|" in t:
+        return " | ".join("<code>%s</code>" % esc(v) for v in t.split("|"))
+    return "<i>%s</i>" % esc(t)
+
+
+def render_directive(d):
+    extra = EXTRA.get(d.key, {})
+    ctx = ", ".join(esc(c) for c in d.contexts)
+    if extra.get("required"):
+        default = "&mdash; (required)"
+    elif d.default in ("-", ""):
+        default = "&mdash;"
+    else:
+        default = "<code>%s: %s</code>" % (esc(d.name), esc(d.default))
+    doc = d.doc if d.doc not in ("", "-") else "(undocumented)"
+    parts = [
+        '<div class="directive" id="%s">' % d.anchor,
+        "<h3>%s</h3>" % esc(d.name),
+        '<table class="syntax">',
+        "<tr><th>Syntax:</th><td><code>%s:</code> %s</td></tr>"
+        % (esc(d.name), syntax_value(d)),
+        "<tr><th>Default:</th><td>%s</td></tr>" % default,
+        "<tr><th>Context:</th><td>%s</td></tr>" % ctx,
+        "</table>",
+        "<p>%s</p>" % esc(doc),
+    ]
+    if extra.get("text"):
+        parts.append(extra["text"].strip())
+    if extra.get("example"):
+        parts.append("<p>Example:</p>")
+        parts.append("<pre><code>%s</code></pre>" % esc(extra["example"]))
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def page(title, here, body):
+    nav = []
+    for href, label in NAV:
+        cls = []
+        if href == "index.html":
+            cls.append("brand")
+        if href == here:
+            cls.append("here")
+        c = ' class="%s"' % " ".join(cls) if cls else ""
+        nav.append('<a href="%s"%s>%s</a>' % (href, c, label))
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        "<title>%s &mdash; xrayd</title>\n"
+        '<link rel="stylesheet" href="xrayd.css">\n'
+        "</head>\n<body>\n<nav>%s</nav>\n<main>\n%s\n</main>\n"
+        "<footer>This page is generated by contrib/gen-directive-docs.py from "
+        "<code>xrayd --list-directives</code>; edit the directive tables or the "
+        "script, not this file.</footer>\n"
+        "</body>\n</html>\n" % (esc(title), "".join(nav), body)
+    )
+
+
+def render(directives):
+    core = [d for d in directives if not d.module]
+    modules = sorted(set(d.module for d in directives if d.module))
+
+    groups = []
+    placed = set()
+    for gid, title, ctxset, intro in CORE_GROUPS:
+        members = sorted((d for d in core if frozenset(d.contexts) == ctxset),
+                         key=lambda d: d.name)
+        placed.update(id(d) for d in members)
+        if members:
+            groups.append((gid, title, intro, members))
+    others = sorted((d for d in core if id(d) not in placed), key=lambda d: d.name)
+    if others:
+        groups.append(("other", "Other", "", others))
+    for m in modules:
+        members = sorted((d for d in directives if d.module == m), key=lambda d: d.name)
+        groups.append(("m-" + m, "Module " + m,
+                       "Directives of the <code>%s</code> filter, written inside its "
+                       "entry in <a href=\"#d-filters\">filters</a>: "
+                       "<code>- %s: {...}</code>." % (esc(m), esc(m)),
+                       members))
+
+    out = ["<h1>Directive reference</h1>",
+           "<p>Every directive xrayd and its built-in filter modules accept. The "
+           "configuration is one YAML file (plus what it "
+           "<a href=\"#d-include\">includes</a>); "
+           "<code>xrayd -t -c FILE</code> checks it and reports the first error as "
+           "<code>FILE:LINE:COL: \"directive\": reason</code>. "
+           "A worked example is <code>conf/xrayd.yaml</code> in the source tree; "
+           "<a href=\"getting-started.html\">Getting started</a> walks through it.</p>",
+           '<h2 id="values">Values</h2>',
+           "<table>",
+           "<tr><th>type</th><th>written as</th></tr>",
+           "<tr><td><i>size</i></td><td>bytes, with an optional suffix "
+           "<code>k</code>, <code>m</code>, <code>g</code> (powers of 1024, either case): "
+           "<code>4096</code>, <code>64k</code>, <code>1m</code>, <code>1g</code></td></tr>",
+           "<tr><td><i>time</i></td><td>a number and a unit <code>ms</code>, "
+           "<code>s</code>, <code>m</code>, <code>h</code>, <code>d</code>: "
+           "<code>500ms</code>, <code>5s</code>, <code>2m</code>, <code>1h</code>, "
+           "<code>1d</code>; a bare number is seconds</td></tr>",
+           "<tr><td><code>on</code> | <code>off</code></td><td>also <code>yes</code>/"
+           "<code>no</code>, <code>true</code>/<code>false</code></td></tr>",
+           "<tr><td><i>address</i></td><td><code>HOST:PORT</code>: "
+           "<code>127.0.0.1:8080</code>, <code>\"[::1]:8080\"</code>, "
+           "<code>*:8080</code></td></tr>",
+           "<tr><td><i>path</i></td><td>a file name; a relative one is resolved "
+           "against the directory of the YAML file that contains it</td></tr>",
+           "</table>",
+           "<p>The <em>Context</em> of a directive says where it may appear: "
+           "<code>main</code> is the top level of the file, <code>relay</code> an "
+           "entry of the <a href=\"#d-relay\">relay</a> list, "
+           "<code>filter:NAME</code> the directives of filter module NAME in a "
+           "relay block's <a href=\"#d-filters\">filters</a>. A directive in the "
+           "wrong place, an unknown directive or a value of the wrong type is "
+           "an error at start-up, on <code>-t</code> and on reload.</p>",
+           '<h2 id="index">Index</h2>']
+    for gid, title, _intro, members in groups:
+        links = ", ".join('<a href="#%s"><code>%s</code></a>' % (d.anchor, esc(d.name))
+                          for d in members)
+        out.append('<p><a href="#%s">%s</a>: %s</p>' % (gid, esc(title), links))
+    for gid, title, intro, members in groups:
+        out.append('<h2 id="%s">%s</h2>' % (gid, esc(title)))
+        if intro:
+            out.append("<p>%s</p>" % intro)
+        for d in members:
+            out.append(render_directive(d))
+    return page("Directive reference", "directives.html", "\n".join(out))
+
+
+def list_directives(binary):
+    r = subprocess.run([binary, "--list-directives"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError("%s --list-directives exited %d: %s"
+                           % (binary, r.returncode, r.stderr.decode(errors="replace")))
+    return r.stdout.decode("utf-8")
+
+
+def main(argv):
+    if len(argv) > 1 and argv[1] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if len(argv) > 3:
+        print("usage: gen-directive-docs.py [BINARY [OUTPUT]]", file=sys.stderr)
+        return 2
+    binary = argv[1] if len(argv) > 1 else "objs/xrayd"
+    if len(argv) <= 1 and not os.path.exists(binary):
+        # Run from elsewhere: fall back to the repository's build.
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        binary = os.path.join(repo, "objs", "xrayd")
+    directives = parse(list_directives(binary))
+
+    for d in directives:
+        if d.doc in ("", "-"):
+            print("gen-directive-docs: warning: %s has no doc line" % d.key,
+                  file=sys.stderr)
+    known = set(d.key for d in directives)
+    for k in sorted(set(EXTRA) - known):
+        print("gen-directive-docs: warning: EXTRA[%r] names no directive" % k,
+              file=sys.stderr)
+
+    text = render(directives)
+    # The quick start serves this manual through xrayd with the shipped
+    # configuration, whose signature filter closes any stream carrying
+    # "/etc/passwd".  Write the examples' pattern with a character
+    # reference: it reads and copies the same, but the bytes differ, so
+    # the manual can be browsed through the demo relay.
+    text = text.replace("/etc/passwd", "/etc/&#112;asswd")
+    if len(argv) > 2:
+        tmp = argv[2] + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, argv[2])
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
