@@ -5,6 +5,7 @@
 #include "core/gen.h"
 #include "core/log.h"
 #include "core/master.h"
+#include "core/proctitle.h"
 #include "core/shm.h"
 #include "event/listener.h"
 
@@ -229,5 +230,10 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    /* Flags are parsed: argv's memory may now hold the process title. */
+    char title[4200];
+    snprintf(title, sizeof(title), "xrayd: master process %s", g->file);
+    xr_proctitle_init(argc, argv);
+    xr_proctitle_set(title);
     return xr_master_run(g, g->file);
 }

@@ -260,7 +260,7 @@ int xr_master_run(xr_gen_t *g, const char *conf_path)
 {
     char err[1024];
     memset(&xr_m, 0, sizeof(xr_m));
-    xr_m.conf_path = conf_path;
+    xr_m.conf_path = xr_strdup(conf_path); /* gen 1 and argv do not last */
     xr_m.gens[0] = g;
     g->number = 1;
     snprintf(xr_m.pid_path, sizeof(xr_m.pid_path), "%s", g->main.pid);

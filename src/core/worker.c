@@ -4,6 +4,7 @@
  */
 #include "core/xrayd.h"
 #include "core/log.h"
+#include "core/proctitle.h"
 #include "core/shm.h"
 #include "core/worker.h"
 #include "event/listener.h"
@@ -193,6 +194,7 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
 void xr_worker_main(xr_gen_t *g, int slot, int close_fd)
 {
     xr_log_set_pid();
+    xr_proctitle_set("xrayd: worker process");
     xr_worker_slot = slot;
     if (close_fd >= 0)
         close(close_fd);
