@@ -77,7 +77,7 @@ static int xr_sig_set_patterns(xr_conf_t *cf, const xr_node_t *n, void *conf,
         const char *name = NULL;
         if (xr_node_type(it) == XR_NODE_SCALAR) {
             p->bytes = (unsigned char *) xr_node_str(it);
-            p->len = strlen(xr_node_str(it));
+            p->len = xr_node_slen(it);
         } else if (xr_node_type(it) == XR_NODE_MAP) {
             const xr_node_t *hex = NULL, *lit = NULL, *nm = NULL;
             for (size_t k = 0; k < xr_node_len(it); k++) {
@@ -108,7 +108,7 @@ static int xr_sig_set_patterns(xr_conf_t *cf, const xr_node_t *n, void *conf,
                 }
             } else {
                 p->bytes = (unsigned char *) xr_node_str(lit);
-                p->len = strlen(xr_node_str(lit));
+                p->len = xr_node_slen(lit);
             }
             if (nm != NULL)
                 name = xr_node_str(nm);

@@ -148,7 +148,9 @@ struct xr_directive_s {
 
 /* Node accessors: modules never see libyaml. */
 xr_node_type_t xr_node_type(const xr_node_t *n);
-const char *xr_node_str(const xr_node_t *n);                  /* scalar text or NULL */
+const char *xr_node_str(const xr_node_t *n); /* scalar text or NULL */
+/* Scalar length in bytes: a quoted scalar may hold "\0". */
+size_t xr_node_slen(const xr_node_t *n);
 size_t xr_node_len(const xr_node_t *n);                       /* items or pairs */
 const xr_node_t *xr_node_item(const xr_node_t *n, size_t i);  /* sequence */
 const xr_node_t *xr_node_key(const xr_node_t *n, size_t i);   /* mapping */

@@ -69,6 +69,10 @@ const char *xr_node_str(const xr_node_t *n)
 {
     return n->type == XR_NODE_SCALAR ? n->str : NULL;
 }
+size_t xr_node_slen(const xr_node_t *n)
+{
+    return n->type == XR_NODE_SCALAR ? n->slen : 0;
+}
 size_t xr_node_len(const xr_node_t *n)
 {
     return n->type == XR_NODE_SCALAR ? 0 : n->n;
@@ -438,6 +442,8 @@ int xr_conf_parse_addr(xr_conf_t *cf, const xr_node_t *n, xr_addr_t *out)
         out->len = sizeof(*sin6);
     } else {
         struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+        if (cf->dry_run)
+            hints.ai_flags = AI_NUMERICHOST; /* the fuzz target must not do DNS */
         int rc = getaddrinfo(host, NULL, &hints, &res);
         if (rc != 0 || res == NULL)
             return xr_conf_error(cf, n, "host \"%s\" not found: %s", host, gai_strerror(rc));

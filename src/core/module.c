@@ -4,6 +4,7 @@
  */
 #include "core/xrayd.h"
 #include "core/module.h"
+#include "core/conf.h"
 
 #include <dlfcn.h>
 #include <stdio.h>
@@ -31,7 +32,9 @@ int xr_module_check(const xr_module_t *m, char *buf, size_t size)
         return XR_ERROR;
     }
     for (const xr_directive_t *d = m->directives; d && d->name; d++) {
-        if (!(d->contexts & XR_CTX_FILTER) || d->offset + 1 > m->conf_size + 1 ||
+        /* A slot must lie wholly inside the conf the core allocates. */
+        if (!(d->contexts & XR_CTX_FILTER) ||
+            d->offset + xr_directive_slot_size(d) > m->conf_size ||
             (d->type == XR_T_CUSTOM && d->set == NULL) ||
             (d->type == XR_T_ENUM && d->enums == NULL)) {
             snprintf(buf, size, "module \"%s\": directive \"%s\" is malformed", m->name, d->name);

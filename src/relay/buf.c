@@ -16,6 +16,7 @@ typedef struct {
 } xr_buf_class_t;
 
 static xr_buf_class_t xr_buf_classes[XR_BUF_CLASSES];
+static size_t xr_buf_unpooled; /* buffers of a size no class had room for */
 
 static size_t xr_buf_map_size(uint32_t cap)
 {
@@ -57,6 +58,9 @@ xr_buf_t *xr_buf_get(size_t cap)
     }
     if (k != NULL)
         k->in_use++;
+    else
+        xr_buf_unpooled++;
+    b->cls = k != NULL ? (int32_t) (k - xr_buf_classes) : -1;
     b->next = NULL;
     b->start = b->filt = b->end = 0;
     return b;
@@ -66,10 +70,11 @@ void xr_buf_put(xr_buf_t *b)
 {
     if (b == NULL)
         return;
-    xr_buf_class_t *k = NULL;
-    for (int i = 0; i < XR_BUF_CLASSES; i++)
-        if (xr_buf_classes[i].cap == b->cap)
-            k = &xr_buf_classes[i];
+    /* Only the class that counted a buffer may take it back: the size it
+     * was got at may since belong to another class. */
+    xr_buf_class_t *k = b->cls >= 0 ? &xr_buf_classes[b->cls] : NULL;
+    if (k == NULL)
+        xr_buf_unpooled--;
     if (k != NULL) {
         k->in_use--;
         /* Keep about half as many spare as are in use: enough to absorb
@@ -112,6 +117,7 @@ void xr_buf_trim(void)
 void xr_buf_stats(xr_buf_stats_t *st)
 {
     memset(st, 0, sizeof(*st));
+    st->in_use = xr_buf_unpooled;
     for (int i = 0; i < XR_BUF_CLASSES; i++) {
         st->in_use += xr_buf_classes[i].in_use;
         st->pooled += xr_buf_classes[i].pooled;

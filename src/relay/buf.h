@@ -17,7 +17,8 @@ typedef struct xr_buf_s {
     struct xr_buf_s *next; /* pool free list */
     uint32_t cap;
     uint32_t start, filt, end;
-    uint32_t _pad[3];
+    int32_t cls; /* pool class that counts it, or -1 (unpooled) */
+    uint32_t _pad[2];
     unsigned char data[];
 } xr_buf_t;
 

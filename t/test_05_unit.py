@@ -1,0 +1,88 @@
+"""C unit tests and the fuzz corpus, run as ordinary tests (STYLE 19, 21).
+
+Every objs/t/unit/test_* binary (built by `make` from t/unit/test_*.c) is
+one test here: it must exit 0 and print a complete TAP plan with every
+line "ok".  Then fuzz/corpus/conf/ is replayed through
+objs/fuzz/fuzz_conf_replay, the fuzz target linked with a plain driver, so
+an input that once crashed the configuration loader stays fixed.
+
+Binaries are taken from $XRAYD_OBJS (default: <repo>/objs).
+"""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+OBJS = Path(os.environ.get("XRAYD_OBJS") or REPO / "objs").resolve()
+UNIT_DIR = OBJS / "t" / "unit"
+CORPUS = REPO / "fuzz" / "corpus" / "conf"
+REPLAY = OBJS / "fuzz" / "fuzz_conf_replay"
+
+TIMEOUT = 600
+
+
+def _unit_binaries():
+    srcs = sorted((REPO / "t" / "unit").glob("test_*.c"))
+    return [s.stem for s in srcs]
+
+
+def _check_tap(out):
+    """Parse TAP output; return (planned, results, problems)."""
+    problems = []
+    plan = re.search(r"^1\.\.(\d+)$", out, re.M)
+    if plan is None:
+        return 0, [], ["no TAP plan line"]
+    planned = int(plan.group(1))
+    results = re.findall(r"^(ok|not ok) (\d+) - (\S+)", out, re.M)
+    if len(results) != planned:
+        problems.append("plan says %d tests, %d ran" % (planned, len(results)))
+    for i, (status, num, name) in enumerate(results, 1):
+        if int(num) != i:
+            problems.append("test %s numbered out of order" % num)
+        if status != "ok":
+            problems.append("not ok: " + name)
+    return planned, results, problems
+
+
+@pytest.mark.parametrize("name", _unit_binaries())
+def test_unit(name):
+    exe = UNIT_DIR / name
+    if not exe.exists():
+        pytest.fail("%s is not built (run make)" % exe)
+    env = dict(os.environ, XRAYD_OBJS=str(OBJS))
+    p = subprocess.run([str(exe)], cwd=str(REPO), env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=TIMEOUT, text=True,
+                       errors="replace")
+    planned, results, problems = _check_tap(p.stdout)
+    report = "%s exited %d\n--- stdout\n%s--- stderr\n%s" % (
+        name, p.returncode, p.stdout, p.stderr[-4000:])
+    assert p.returncode == 0, report
+    assert planned > 0, report
+    assert not problems, "\n".join(problems) + "\n" + report
+
+
+def test_every_unit_source_is_built():
+    """A t/unit/test_*.c that the Makefile did not build is a lost test."""
+    missing = [n for n in _unit_binaries() if not (UNIT_DIR / n).exists()]
+    assert not missing, "not built: %s" % missing
+
+
+def test_fuzz_corpus_replays():
+    files = sorted(p for p in CORPUS.iterdir() if p.is_file())
+    assert files, "empty corpus: %s" % CORPUS
+    if not REPLAY.exists():
+        pytest.fail("%s is not built (run make)" % REPLAY)
+    # One process per file, so a crash names its input.
+    failed = []
+    for f in files:
+        p = subprocess.run([str(REPLAY), str(f)], cwd=str(REPO),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=60, text=True, errors="replace")
+        if p.returncode != 0 or "replayed 1 inputs" not in p.stdout:
+            failed.append("%s: exit %d\n%s%s" % (f.name, p.returncode, p.stdout,
+                                                 p.stderr[-2000:]))
+    assert not failed, "\n".join(failed)
