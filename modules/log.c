@@ -33,9 +33,13 @@ static int xr_accesslog_init_conf(xr_conf_t *cf, const xr_node_t *node, void *co
     if (xr_conf_dry_run(cf))
         return XR_OK;
     c->fd = xr_accesslog_open(c->path);
-    if (c->fd < 0)
-        return xr_conf_error(cf, xr_node_get(node, "log") ? xr_node_get(node, "log") : node,
-                             "cannot open access log \"%s\": %s", c->path, strerror(errno));
+    if (c->fd < 0) {
+        /* Point at the path's value: that is what the operator fixes. */
+        const xr_node_t *opts = xr_node_get(node, "log");
+        const xr_node_t *at = opts ? xr_node_get(opts, "path") : NULL;
+        return xr_conf_error(cf, at ? at : node, "cannot open access log \"%s\": %s", c->path,
+                             strerror(errno));
+    }
     return XR_OK;
 }
 

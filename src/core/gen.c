@@ -18,6 +18,7 @@ static int xr_set_load_module(xr_conf_t *cf, const xr_node_t *n, void *conf,
 static int xr_set_include(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 static int xr_set_relay(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
+static int xr_set_error_log(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 
 static const char *const xr_balance_names[] = {"round_robin", "least_conn", "random", "source_hash",
                                                NULL};
@@ -40,7 +41,7 @@ const xr_directive_t xr_core_directives[] = {
      "Number of worker processes, or auto for one per CPU."},
     {"pid", M, XR_T_PATH, MO(pid), "/run/xrayd.pid", 0, 0, NULL, NULL, 0,
      "File the master writes its process id to; -s reads it."},
-    {"error_log", M, XR_T_STRING, MO(error_log), "stderr", 0, 0, NULL, NULL, 0,
+    {"error_log", M, XR_T_CUSTOM, MO(error_log), "stderr", 0, 0, NULL, xr_set_error_log, 0,
      "Where the error log goes: stderr or a file path."},
     {"log_level", M, XR_T_ENUM, MO(log_level), "info", 0, 0, xr_log_level_names, NULL, 0,
      "Least severe level written to the error log."},
@@ -113,6 +114,17 @@ static int xr_set_workers(xr_conf_t *cf, const xr_node_t *n, void *conf, const x
         (void) v;
     }
     return xr_conf_set(cf, &num, n, conf);
+}
+
+static int xr_set_error_log(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d)
+{
+    if (n->type == XR_NODE_SCALAR && strcmp(n->str, "stderr") == 0) {
+        *(char **) ((char *) conf + d->offset) = n->str;
+        return XR_OK;
+    }
+    xr_directive_t path = *d;
+    path.type = XR_T_PATH;
+    return xr_conf_set(cf, &path, n, conf);
 }
 
 static int xr_set_load_module(xr_conf_t *cf, const xr_node_t *n, void *conf,
@@ -494,8 +506,9 @@ static void xr_list_table(FILE *out, const xr_directive_t *t, const char *module
         const char *type = xr_dir_type_name(d->type);
         /* Custom setters take shapes the generic names do not cover. */
         static const char *const shapes[][2] = {
-            {"workers", "auto|number"}, {"include", "paths"},          {"load_module", "paths"},
-            {"relay", "relay blocks"},  {"filters", "filter entries"}, {"patterns", "patterns"}};
+            {"error_log", "stderr|path"}, {"workers", "auto|number"}, {"include", "paths"},
+            {"load_module", "paths"},     {"relay", "relay blocks"},  {"filters", "filter entries"},
+            {"patterns", "patterns"}};
         for (size_t k = 0; d->type == XR_T_CUSTOM && k < XR_ARRAY_SIZE(shapes); k++)
             if (strcmp(d->name, shapes[k][0]) == 0)
                 type = shapes[k][1];

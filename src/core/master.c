@@ -102,7 +102,6 @@ static void xr_master_collect_gens(void)
         xr_gen_free(g);
         xr_m.gens[k] = NULL;
     }
-    xr_listeners_close_unused(xr_m.gens, XR_MAX_GENS);
 }
 
 static void xr_master_reap(void)
@@ -171,7 +170,7 @@ static void xr_master_reload(void)
         xr_listeners_open(g, err, sizeof(err)) != XR_OK) {
         xr_log(XR_LOG_ERR, "reload failed, keeping the running configuration: %s", err);
         xr_gen_free(g);
-        xr_listeners_close_unused(xr_m.gens, XR_MAX_GENS);
+        xr_listeners_close_unused(xr_m.gens, 1);
         return;
     }
     if (strcmp(g->main.error_log, xr_m.gens[0]->main.error_log) != 0 ||
@@ -198,6 +197,9 @@ static void xr_master_reload(void)
         if (xr_m.procs[i].pid > 0 && xr_m.procs[i].gen == old)
             xr_m.procs[i].retiring = 1;
     xr_master_signal_gen(old, SIGQUIT, 0);
+    /* A listener the new configuration dropped must refuse at once, not
+     * queue connections nobody will accept while old workers drain. */
+    xr_listeners_close_unused(xr_m.gens, 1);
     xr_log(XR_LOG_NOTICE, "configuration generation %llu is live", (unsigned long long) g->number);
 }
 
@@ -230,6 +232,7 @@ static void xr_master_handle_signal(int sig)
         xr_log(XR_LOG_NOTICE, "graceful shutdown requested");
         xr_m.stopping = 1;
         xr_master_signal_gen(NULL, SIGQUIT, 0);
+        xr_listeners_close_unused(NULL, 0); /* new connections are refused */
         break;
     case SIGTERM:
     case SIGINT:
@@ -239,6 +242,7 @@ static void xr_master_handle_signal(int sig)
         xr_m.stopping = 2;
         xr_m.stop_deadline = xr_mono_ms() + XR_FAST_STOP_MS;
         xr_master_signal_gen(NULL, SIGTERM, 0);
+        xr_listeners_close_unused(NULL, 0);
         break;
     case SIGUSR1:
         xr_log(XR_LOG_NOTICE, "reopening logs");

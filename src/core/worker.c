@@ -8,6 +8,7 @@
 #include "core/shm.h"
 #include "core/worker.h"
 #include "event/listener.h"
+#include "event/reactor.h"
 #include "relay/relay.h"
 
 #include <signal.h>
@@ -222,6 +223,10 @@ void xr_worker_main(xr_gen_t *g, int slot, int close_fd)
     for (size_t i = 0; i < XR_ARRAY_SIZE(sigs); i++) {
         uv_signal_init(&xr_w.loop, &xr_w.sig[i]);
         uv_signal_start(&xr_w.sig[i], xr_worker_signal_cb, sigs[i]);
+    }
+    if (xr_reactor_init(&xr_w.loop) != XR_OK) {
+        xr_log_errno(XR_LOG_EMERG, errno, "cannot create the worker's epoll set");
+        _exit(2);
     }
     uv_timer_init(&xr_w.loop, &xr_w.drain);
     uv_timer_init(&xr_w.loop, &xr_w.retry);

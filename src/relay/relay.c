@@ -3,13 +3,15 @@
  *
  * Bytes move in pump(): write what is pending, then read more into the
  * same buffer, run the new bytes through the filter chain, repeat a few
- * times.  A direction stops reading when its buffer is full
- * (backpressure) and its buffer goes back to the pool as soon as it is
- * empty, so an idle relay holds no buffer at all.
+ * times.  Sockets are edge-triggered (event/reactor.h): an end remembers
+ * it is readable or writable until a call says EAGAIN.  A direction stops
+ * reading when its buffer is full (backpressure) and its buffer goes back
+ * to the pool as soon as it is empty, so an idle relay holds no buffer.
  */
 #include "core/xrayd.h"
 #include "core/log.h"
 #include "core/shm.h"
+#include "core/worker.h"
 #include "relay/relay.h"
 
 #include <netinet/in.h>
@@ -21,26 +23,25 @@
 
 #define XR_PUMP_ROUNDS 8
 
-static void xr_relay_poll_cb(uv_poll_t *h, int status, int events);
+static void xr_relay_io_cb(xr_io_t *io, uint32_t events);
 static void xr_relay_connect(xr_relay_t *r);
 static void xr_relay_attempt_failed(xr_relay_t *r);
-static void xr_relay_update(xr_relay_t *r);
 
 /* ---- plain TCP ends ------------------------------------------------------ */
 
 static ssize_t xr_tcp_read(xr_end_t *e, void *buf, size_t len)
 {
-    return read(e->fd, buf, len);
+    return read(e->io.fd, buf, len);
 }
 
 static ssize_t xr_tcp_write(xr_end_t *e, const void *buf, size_t len)
 {
-    return send(e->fd, buf, len, MSG_NOSIGNAL);
+    return send(e->io.fd, buf, len, MSG_NOSIGNAL);
 }
 
 static int xr_tcp_shutdown_wr(xr_end_t *e)
 {
-    return shutdown(e->fd, SHUT_WR);
+    return shutdown(e->io.fd, SHUT_WR);
 }
 
 const xr_end_ops_t xr_end_tcp_ops = {xr_tcp_read, xr_tcp_write, xr_tcp_shutdown_wr, "tcp"};
@@ -70,28 +71,21 @@ static void *xr_relay_fstate(xr_relay_t *r, size_t i)
     return r->fstate ? r->fstate + r->rt->state_off[i] : NULL;
 }
 
-static void xr_relay_handle_closed(uv_handle_t *h)
+/* The timer is the relay's last handle: free when it is closed, which is
+ * after the current batch of socket events, so none can point at freed
+ * memory. */
+static void xr_relay_timer_closed(uv_handle_t *h)
 {
-    xr_relay_t *r = h->data;
-    if (--r->pending_closes == 0)
-        free(r);
+    free(h->data);
 }
 
-static void xr_end_close(xr_relay_t *r, xr_end_t *e)
+static void xr_end_close(xr_end_t *e)
 {
-    if (e->inited) {
-        uv_poll_stop(&e->poll);
-        e->events = 0;
+    if (e->io.fd >= 0) {
+        close(e->io.fd); /* also leaves the epoll set */
+        e->io.fd = -1;
     }
-    if (e->fd >= 0) {
-        close(e->fd);
-        e->fd = -1;
-    }
-    if (e->inited) {
-        e->inited = 0;
-        r->pending_closes++;
-        uv_close((uv_handle_t *) &e->poll, xr_relay_handle_closed);
-    }
+    e->readable = e->writable = 0;
 }
 
 static void xr_dir_release(xr_dir_t *d)
@@ -116,8 +110,9 @@ void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
     }
     r->s.end_ms = xr_wall_ms();
     uv_timer_stop(&r->timer);
-    xr_end_close(r, &r->end[0]);
-    xr_end_close(r, &r->end[1]);
+    xr_reactor_unpost(&r->posted);
+    xr_end_close(&r->end[0]);
+    xr_end_close(&r->end[1]);
 
     const xr_relay_conf_t *rc = r->conf;
     for (int i = 0; i < r->opened; i++)
@@ -140,12 +135,10 @@ void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
         r->rt->peers[r->peer].active--;
     r->rt->active--;
     if (r->shm_counted) {
-        extern int xr_worker_slot;
         atomic_fetch_sub(&xr_shm->active[r->conf->slot], 1);
         atomic_fetch_sub(&xr_shm->worker_active[xr_worker_slot][r->conf->slot], 1);
     }
-    r->pending_closes++;
-    uv_close((uv_handle_t *) &r->timer, xr_relay_handle_closed);
+    uv_close((uv_handle_t *) &r->timer, xr_relay_timer_closed);
     xr_worker_relay_removed(r);
 }
 
@@ -154,11 +147,9 @@ static void xr_relay_timer_cb(uv_timer_t *t)
     xr_relay_t *r = t->data;
     if (r->state == XR_RELAY_CONNECTING) {
         char a[64];
-        xr_log_session(
-            XR_LOG_WARN, &r->s, "upstream %s timed out (connect_timeout %lldms)",
-            xr_addr_format((const struct sockaddr_storage *) &r->conf->upstream.items[r->peer].sa,
-                           a, sizeof(a)),
-            (long long) r->conf->connect_timeout);
+        xr_log_session(XR_LOG_WARN, &r->s, "upstream %s timed out (connect_timeout %lldms)",
+                       xr_addr_format(&r->conf->upstream.items[r->peer].sa, a, sizeof(a)),
+                       (long long) r->conf->connect_timeout);
         xr_relay_attempt_failed(r);
         return;
     }
@@ -177,7 +168,6 @@ static void xr_relay_timer_cb(uv_timer_t *t)
 void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
                     const struct sockaddr_storage *client, uint64_t id)
 {
-    extern int xr_worker_slot;
     const xr_relay_conf_t *rc = rt->rc;
     xr_relay_t *r = xr_calloc(1, sizeof(*r));
     r->s.id = id;
@@ -188,13 +178,16 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
     r->rt = rt;
     r->conf = rc;
     r->peer = -1;
-    r->end[0].fd = fd;
-    r->end[1].fd = -1;
-    r->end[0].ops = &xr_end_tcp_ops;
-    r->end[1].ops = &xr_end_tcp_ops;
+    for (int i = 0; i < 2; i++) {
+        r->end[i].io.fd = -1;
+        r->end[i].relay = r;
+        r->end[i].ops = &xr_end_tcp_ops;
+    }
     r->last_active = (int64_t) uv_now(loop);
-    socklen_t len = sizeof(r->s.local);
-    getsockname(fd, (struct sockaddr *) &r->s.local, &len);
+    if (rt->has_log_hooks) {
+        socklen_t len = sizeof(r->s.local);
+        getsockname(fd, (struct sockaddr *) &r->s.local, &len);
+    }
     if (rc->tcp_nodelay) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -208,12 +201,14 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
     r->shm_counted = 1;
     xr_worker_relay_added(r);
 
-    if (uv_poll_init_socket(loop, &r->end[0].poll, fd) != 0) {
+    if (xr_io_add(&r->end[0].io, fd, xr_relay_io_cb) != XR_OK) {
+        int err = errno;
+        close(fd);
+        xr_log_session(XR_LOG_ERR, &r->s, "cannot watch the client socket (%d: %s)", err,
+                       strerror(err));
         xr_relay_close(r, "cannot watch client socket");
         return;
     }
-    r->end[0].poll.data = r;
-    r->end[0].inited = 1;
 
     if (rt->state_total > 0)
         r->fstate = xr_calloc(1, rt->state_total);
@@ -235,6 +230,8 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
 
 /* ---- connecting upstream ------------------------------------------------- */
 
+static int xr_relay_pump(xr_relay_t *r, int d);
+
 static void xr_relay_connected(xr_relay_t *r)
 {
     const xr_addr_t *a = &r->conf->upstream.items[r->peer];
@@ -246,40 +243,18 @@ static void xr_relay_connected(xr_relay_t *r)
     r->last_active = (int64_t) uv_now(r->timer.loop);
     uv_timer_start(&r->timer, xr_relay_timer_cb, (uint64_t) r->conf->idle_timeout, 0);
     xr_debug_session(&r->s, "connected to upstream");
-    xr_relay_update(r);
+    /* The client may have sent while we connected: its edge is long gone. */
+    r->end[0].readable = 1;
+    if (xr_relay_pump(r, XR_DIR_UP) == XR_OK)
+        xr_relay_pump(r, XR_DIR_DOWN);
 }
 
-static void xr_relay_retry_closed_cb(uv_handle_t *h)
-{
-    xr_relay_t *r = h->data;
-    r->pending_closes--;
-    if (r->state == XR_RELAY_CONNECTING)
-        xr_relay_connect(r);
-    else if (r->pending_closes == 0)
-        free(r);
-}
-
-/* The attempt on end[1] failed: drop its socket, then try the next server
- * once the poll handle is closed (libuv cannot re-point a handle). */
+/* The attempt on end[1] failed: drop its socket, try the next server. */
 static void xr_relay_attempt_failed(xr_relay_t *r)
 {
-    xr_end_t *e = &r->end[1];
     xr_upstream_result(r->rt, r->peer, 0, xr_mono_ms());
     uv_timer_stop(&r->timer);
-    if (e->inited) {
-        uv_poll_stop(&e->poll);
-        close(e->fd);
-        e->fd = -1;
-        e->inited = 0;
-        e->events = 0;
-        r->pending_closes++;
-        uv_close((uv_handle_t *) &e->poll, xr_relay_retry_closed_cb);
-        return;
-    }
-    if (e->fd >= 0) {
-        close(e->fd);
-        e->fd = -1;
-    }
+    xr_end_close(&r->end[1]);
     xr_relay_connect(r);
 }
 
@@ -296,7 +271,6 @@ static void xr_relay_connect(xr_relay_t *r)
 {
     const xr_relay_conf_t *rc = r->conf;
     xr_end_t *e = &r->end[1];
-    uv_loop_t *loop = r->timer.loop;
     int64_t max_tries = rc->upstream_tries ? rc->upstream_tries : (int64_t) rc->upstream.n;
 
     r->action = "connecting to upstream";
@@ -324,27 +298,21 @@ static void xr_relay_connect(xr_relay_t *r)
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
-        e->fd = fd;
-        int rv = connect(fd, (const struct sockaddr *) &a->sa, a->len);
-        if (rv != 0 && errno != EINPROGRESS) {
-            int err = errno;
-            xr_relay_connect_failed(r, err);
-            return; /* connect_failed moves on to the next server */
+        e->io.fd = fd;
+        e->readable = e->writable = e->rdhup = 0;
+        if (connect(fd, (const struct sockaddr *) &a->sa, a->len) != 0 && errno != EINPROGRESS) {
+            xr_relay_connect_failed(r, errno);
+            return; /* it moved on to the next server */
         }
-        if (uv_poll_init_socket(loop, &e->poll, fd) != 0) {
-            close(fd);
-            e->fd = -1;
+        if (xr_io_add(&e->io, fd, xr_relay_io_cb) != XR_OK) {
+            int err = errno;
+            xr_end_close(e);
+            xr_log_session(XR_LOG_ERR, &r->s, "cannot watch the upstream socket (%d: %s)", err,
+                           strerror(err));
             xr_relay_close(r, "cannot watch upstream socket");
             return;
         }
-        e->poll.data = r;
-        e->inited = 1;
-        if (rv == 0) {
-            xr_relay_connected(r);
-            return;
-        }
-        e->events = UV_WRITABLE;
-        uv_poll_start(&e->poll, UV_WRITABLE, xr_relay_poll_cb);
+        /* Connected or not, the edge for EPOLLOUT tells. */
         uv_timer_start(&r->timer, xr_relay_timer_cb, (uint64_t) rc->connect_timeout, 0);
         return;
     }
@@ -443,46 +411,47 @@ static void xr_dir_compact(xr_dir_t *dr)
         dr->holds[i].off -= moved;
 }
 
-/* Room to read into: free space at the end, or enough already written at
- * the front that moving the rest down is worth it. */
-static int xr_buf_has_room(const xr_buf_t *b)
+static void xr_relay_posted_cb(xr_posted_t *p)
 {
-    return b == NULL || b->end < b->cap ||
-           (b->start > 0 && (b->start >= b->cap / 2 || b->filt == b->start));
+    xr_relay_t *r = xr_container_of(p, xr_relay_t, posted);
+    if (r->state == XR_RELAY_RUNNING && xr_relay_pump(r, XR_DIR_UP) == XR_OK)
+        xr_relay_pump(r, XR_DIR_DOWN);
 }
 
-/* Move bytes in direction d.  Returns XR_ERROR if the relay closed. */
+/* Move bytes in direction d as far as the sockets allow.  Returns XR_ERROR
+ * if the relay closed. */
 static int xr_relay_pump(xr_relay_t *r, int d)
 {
     xr_dir_t *dr = &r->dir[d];
     xr_end_t *src = &r->end[d], *dst = &r->end[1 - d];
-    int short_read = 0, blocked = 0;
+    int round;
 
-    for (int round = 0; round < XR_PUMP_ROUNDS; round++) {
+    for (round = 0; round < XR_PUMP_ROUNDS; round++) {
         xr_buf_t *b = dr->buf;
-        if (!blocked && b != NULL && b->filt > b->start) {
+        if (b != NULL && b->filt > b->start && dst->writable) {
             ssize_t n = dst->ops->write(dst, b->data + b->start, b->filt - b->start);
             if (n < 0) {
                 if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                     xr_relay_io_error(r, "writing to", 1 - d, errno);
                     return XR_ERROR;
                 }
-                blocked = 1;
+                if (errno != EINTR)
+                    dst->writable = 0;
             } else {
                 b->start += (uint32_t) n;
                 r->s.written_total[d] += (uint64_t) n;
                 r->last_active = (int64_t) uv_now(r->timer.loop);
-                /* A short write means the far side is full: keep reading
-                 * into the free space only. */
+                /* A short write means the far side is full: the next
+                 * EPOLLOUT edge says when it has room. */
                 if (b->filt > b->start)
-                    blocked = 1;
+                    dst->writable = 0;
             }
         }
         if (b != NULL && b->start == b->end) {
             xr_buf_put(b);
             dr->buf = b = NULL;
         }
-        if (short_read || src->rd_eof)
+        if (!src->readable || src->rd_eof)
             break;
         if (b == NULL) {
             b = dr->buf = xr_buf_get((size_t) r->conf->buffer_size);
@@ -514,21 +483,30 @@ static int xr_relay_pump(xr_relay_t *r, int d)
             r->last_active = (int64_t) uv_now(r->timer.loop);
             if (xr_relay_filter(r, d, off) != XR_OK)
                 return XR_ERROR;
-            if ((size_t) n < want)
-                short_read = 1; /* drained the socket: write, then wait */
+            /* A short read drained the socket; after a FIN keep reading
+             * until read() says 0, or the EOF would never be seen. */
+            if ((size_t) n < want && !src->rdhup)
+                src->readable = 0;
             continue;
         }
         if (n == 0) {
             src->rd_eof = 1;
             continue; /* one more round writes what is pending */
         }
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            break;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            src->readable = 0;
+            continue;
+        }
         if (errno == EINTR)
             continue;
         xr_relay_io_error(r, "reading from", d, errno);
         return XR_ERROR;
     }
+    /* Out of rounds while still moving: let other relays run first, then
+     * come back.  No new edge arrives for bytes already in a socket, nor
+     * for a socket that is still writable. */
+    if (round == XR_PUMP_ROUNDS)
+        xr_reactor_post(&r->posted, xr_relay_posted_cb);
 
     if (src->rd_eof && !dr->done) {
         xr_buf_t *b = dr->buf;
@@ -560,46 +538,27 @@ static int xr_relay_pump(xr_relay_t *r, int d)
     return XR_OK;
 }
 
-static void xr_end_want(xr_relay_t *r, xr_end_t *e, int events)
+static void xr_relay_io_cb(xr_io_t *io, uint32_t events)
 {
-    if (!e->inited || e->events == events)
-        return;
-    e->events = events;
-    if (events == 0)
-        uv_poll_stop(&e->poll);
-    else
-        uv_poll_start(&e->poll, events, xr_relay_poll_cb);
-}
-
-static void xr_relay_update(xr_relay_t *r)
-{
-    for (int w = 0; w < 2; w++) {
-        xr_end_t *e = &r->end[w];
-        const xr_dir_t *in = &r->dir[w], *out = &r->dir[1 - w];
-        int ev = 0;
-        const xr_buf_t *b = in->buf;
-        if (!e->rd_eof && xr_buf_has_room(b))
-            ev |= UV_READABLE;
-        if (out->buf != NULL && out->buf->filt > out->buf->start)
-            ev |= UV_WRITABLE;
-        xr_end_want(r, e, ev);
-    }
-}
-
-static void xr_relay_poll_cb(uv_poll_t *h, int status, int events)
-{
-    xr_relay_t *r = h->data;
-    int which = h == &r->end[1].poll;
-    xr_end_t *e = &r->end[which];
+    xr_end_t *e = xr_container_of(io, xr_end_t, io);
+    xr_relay_t *r = e->relay;
+    int which = e == &r->end[1];
 
     if (r->state == XR_RELAY_CLOSED)
         return;
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        e->readable = 1;
+    if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+        e->writable = 1;
+    if (events & (EPOLLRDHUP | EPOLLHUP))
+        e->rdhup = 1;
+
     if (r->state == XR_RELAY_CONNECTING) {
+        if (!which || !e->writable)
+            return; /* client bytes wait in the kernel until we are connected */
         int err = 0;
         socklen_t len = sizeof(err);
-        if (status < 0)
-            err = -status;
-        else if (getsockopt(e->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        if (getsockopt(e->io.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
             err = errno;
         if (err != 0) {
             xr_relay_connect_failed(r, err);
@@ -609,14 +568,17 @@ static void xr_relay_poll_cb(uv_poll_t *h, int status, int events)
         xr_relay_connected(r);
         return;
     }
-    if (status < 0) {
-        xr_relay_io_error(r, "polling", which, -status);
-        return;
+    if (events & EPOLLERR) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(e->io.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err != 0 && err != ECONNRESET && err != EPIPE) {
+            xr_relay_io_error(r, "connection to", which, err);
+            return;
+        }
+        /* A reset is seen by the read or write below, in order. */
     }
-    /* Readable: bytes from this end; writable: bytes waiting for it. */
-    if ((events & (UV_READABLE | UV_DISCONNECT)) && xr_relay_pump(r, which) != XR_OK)
-        return;
-    if ((events & UV_WRITABLE) && xr_relay_pump(r, 1 - which) != XR_OK)
-        return;
-    xr_relay_update(r);
+    /* Bytes from this end, and bytes waiting for it. */
+    if (xr_relay_pump(r, which) == XR_OK)
+        xr_relay_pump(r, 1 - which);
 }

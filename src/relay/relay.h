@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "core/xrayd.h"
+#include "event/reactor.h"
 #include "relay/buf.h"
 #include "relay/upstream.h"
 
@@ -30,10 +31,11 @@ typedef struct {
 extern const xr_end_ops_t xr_end_tcp_ops;
 
 struct xr_end_s {
-    uv_poll_t poll;
-    int fd;
-    int events;           /* UV_READABLE | UV_WRITABLE being polled */
-    unsigned inited : 1;  /* poll handle initialised */
+    xr_io_t io; /* io.fd is the socket, -1 when none */
+    xr_relay_t *relay;
+    unsigned readable : 1; /* an edge said so and no EAGAIN since */
+    unsigned writable : 1;
+    unsigned rdhup : 1;   /* the peer's FIN arrived: read until 0 */
     unsigned rd_eof : 1;  /* read returned 0 */
     unsigned wr_shut : 1; /* shutdown_wr done */
     const xr_end_ops_t *ops;
@@ -62,14 +64,14 @@ struct xr_relay_s {
     xr_relay_rt_t *rt;
     const xr_relay_conf_t *conf;
     xr_list_t link;        /* in the worker's list of relays */
+    xr_posted_t posted;    /* queued to read more after this batch */
     unsigned char *fstate; /* filter states, rt->state_off apart */
     const char *action;    /* for the log: "connecting to upstream" ... */
     uint64_t tried;        /* upstream servers tried */
     int64_t last_active;   /* uv_now() of the last byte moved */
     int peer;              /* upstream server index, -1 before */
     int tries;
-    int opened;         /* filters whose open hook ran */
-    int pending_closes; /* handles still closing */
+    int opened; /* filters whose open hook ran */
     xr_relay_state_t state;
     int shm_counted;
 };

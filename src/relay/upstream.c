@@ -18,6 +18,8 @@ void xr_relay_rt_init(xr_relay_rt_t *rt, const xr_relay_conf_t *rc)
         off += (rc->filters[i].module->state_size + 15) & ~(size_t) 15;
         if (rc->filters[i].module->data != NULL)
             rt->has_data_filters = 1;
+        if (rc->filters[i].module->log != NULL)
+            rt->has_log_hooks = 1;
     }
     rt->state_total = off;
     /* Workers start at different servers so round robin spreads at once. */

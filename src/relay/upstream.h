@@ -23,6 +23,7 @@ typedef struct xr_relay_rt_s {
     size_t *state_off; /* per filter: offset of its per-relay state */
     size_t state_total;
     int has_data_filters;
+    int has_log_hooks; /* then the session's local address is wanted */
 } xr_relay_rt_t;
 
 void xr_relay_rt_init(xr_relay_rt_t *rt, const xr_relay_conf_t *rc);

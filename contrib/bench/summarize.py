@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""summarize.py RAW ENV LOGDIR - tables for contrib/bench/run.sh.
+
+RAW has one measurement per line: "RUN RELAY METRIC VALUE" (VALUE may be NA).
+Values are medians over the runs; ratios are the median of the per-run ratios
+(each run measures every relay back to back, so a per-run ratio cancels drift).
+LOGDIR holds the relays' logs; xrayd's error logs are scanned for problems."""
+import collections, glob, os, re, statistics, sys
+
+raw_path, env_path, log_dir = sys.argv[1:4]
+data = collections.defaultdict(dict)          # (relay, metric) -> {run: value}
+for line in open(raw_path):
+    p = line.split()
+    if len(p) != 4:
+        continue
+    run, relay, metric, val = p
+    try:
+        data[(relay, metric)][int(run)] = float(val)
+    except ValueError:
+        data[(relay, metric)][int(run)] = None
+runs = sorted({r for d in data.values() for r in d})
+
+
+def vals(relay, metric):
+    return [v for v in data.get((relay, metric), {}).values() if v is not None]
+
+
+def med(relay, metric):
+    v = vals(relay, metric)
+    return statistics.median(v) if v else None
+
+
+def spread(relay, metric):
+    v = vals(relay, metric)
+    m = statistics.median(v) if v else None
+    if len(v) < 2 or not m:
+        return None
+    return (max(v) - min(v)) / abs(m) * 100
+
+
+def ratio(a, b, metric):
+    per_run = []
+    da, db = data.get((a, metric), {}), data.get((b, metric), {})
+    for r in runs:
+        x, y = da.get(r), db.get(r)
+        if x is not None and y:
+            per_run.append(x / y)
+    return statistics.median(per_run) if per_run else None
+
+
+def total(relay, metric):
+    v = vals(relay, metric)
+    return int(sum(v)) if v else None
+
+
+def fmt(x, nd=2):
+    if x is None:
+        return "NA"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{nd}f}"
+
+
+def cell(relay, metric, nd=2):
+    m = med(relay, metric)
+    s = spread(relay, metric)
+    return fmt(m, nd) + (f" ({s:.0f}%)" if s is not None else "")
+
+
+LABEL = {"direct": "direct (no relay)", "xrayd": "xrayd workers:2", "xrayd_w1": "xrayd workers:1",
+         "haproxy": "haproxy mode tcp", "nginx": "nginx stream", "socat": "socat -b 131072"}
+relays = [r for r in LABEL if any(k[0] == r for k in data)]
+
+out = []
+w = out.append
+w("=" * 100)
+w("xrayd relay benchmark - medians over %d run(s); (N%%) = spread (max-min)/median" % len(runs))
+if os.path.exists(env_path):
+    for line in open(env_path):
+        w("  " + line.rstrip())
+w("")
+w("%-20s %15s %13s %16s %15s %12s %8s %8s %9s" % (
+    "relay", "iperf3 Gbit/s", "CPU-s/GB", "KiB/idle conn", "conn/s", "CPU-us/conn", "p50 ms", "p99 ms", "fails i/c"))
+for r in relays:
+    kib = cell(r, "idle_kib_per_conn")
+    if r == "socat" and med(r, "idle_kib_per_conn") is not None:
+        kib += " PSS"
+    fi, fc = total(r, "idle_fails"), total(r, "cps_fails")
+    w("%-20s %15s %13s %16s %15s %12s %8s %8s %9s" % (
+        LABEL[r], cell(r, "gbps"), "-" if r == "direct" else cell(r, "cpu_s_per_gb", 3),
+        "-" if r == "direct" else kib, cell(r, "cps", 0),
+        "-" if r == "direct" else cell(r, "cps_cpu_us_per_conn", 1),
+        fmt(med(r, "cps_p50_ms"), 3), fmt(med(r, "cps_p99_ms"), 3),
+        "%s/%s" % ("-" if fi is None else fi, "NA" if fc is None else fc)))
+w("  KiB/idle conn = RSS delta of the relay process tree (master + workers) / connections held")
+w("  (socat forks per connection, so its figure is the PSS delta). 'fails i/c' = connections that")
+w("  failed, summed over runs: idle test / conn/s test. CPU-s/GB and CPU-us/conn = utime+stime of")
+w("  the relay tree during the iperf3 run / the conn/s run; p50/p99 = latency of one short connection.")
+w("")
+
+# ratios xrayd / peers
+pairs = [(a, b) for a in ("xrayd", "xrayd_w1") for b in ("haproxy", "nginx", "socat")
+         if a in relays and b in relays]
+if pairs:
+    w("%-24s %12s %12s %14s %12s %12s" % ("ratio (median per run)", "Gbit/s", "CPU-s/GB", "KiB/idle conn",
+                                          "conn/s", "CPU-us/conn"))
+    for a, b in pairs:
+        w("%-24s %12s %12s %14s %12s %12s" % (
+            f"{a} / {b}", fmt(ratio(a, b, "gbps")), fmt(ratio(a, b, "cpu_s_per_gb")),
+            fmt(ratio(a, b, "idle_kib_per_conn")), fmt(ratio(a, b, "cps")),
+            fmt(ratio(a, b, "cps_cpu_us_per_conn"))))
+    w("  (Gbit/s and conn/s: higher is better; CPU-s/GB, KiB and CPU-us/conn: lower is better)")
+    w("")
+
+# aims from the issue: xrayd (workers: 2) against haproxy
+def verdict(ok):
+    if ok == "info":
+        return ""
+    return "NA" if ok is None else ("PASS" if ok else "FAIL")
+
+
+aims = []
+r_t = ratio("xrayd", "haproxy", "gbps")
+aims.append(("throughput Gbit/s", med("xrayd", "gbps"), med("haproxy", "gbps"), r_t,
+             ">= 1.2x haproxy", None if r_t is None else r_t >= 1.2))
+r_c = ratio("xrayd", "haproxy", "cpu_s_per_gb")
+aims.append(("relay CPU-s per GB", med("xrayd", "cpu_s_per_gb"), med("haproxy", "cpu_s_per_gb"), r_c,
+             "<= haproxy's (0.84 ref)", None if r_c is None else r_c <= 1.0))
+k = med("xrayd", "idle_kib_per_conn")
+aims.append(("KiB per idle conn", k, med("haproxy", "idle_kib_per_conn"),
+             ratio("xrayd", "haproxy", "idle_kib_per_conn"), "<= 3 KiB", None if k is None else k <= 3.0))
+r_s = ratio("xrayd", "haproxy", "cps")
+aims.append(("conn/s", med("xrayd", "cps"), med("haproxy", "cps"), r_s,
+             "> haproxy", None if r_s is None else r_s > 1.0))
+r_u = ratio("xrayd", "haproxy", "cps_cpu_us_per_conn")
+aims.append(("(info) CPU-us/conn", med("xrayd", "cps_cpu_us_per_conn"), med("haproxy", "cps_cpu_us_per_conn"),
+             r_u, "(no aim; lower=better)", "info"))
+w("AIMS (xrayd workers:2 vs haproxy)")
+w("%-20s %12s %12s %10s   %-24s %s" % ("metric", "xrayd", "haproxy", "ratio", "aim", "result"))
+for name, x, h, rr, aim, ok in aims:
+    w("%-20s %12s %12s %10s   %-24s %s" % (name, fmt(x, 3), fmt(h, 3), fmt(rr), aim, verdict(ok)))
+w("")
+
+# xrayd's own logs
+for f in (sorted(glob.glob(os.path.join(log_dir, "xrayd*.error.log"))) + sorted(
+                glob.glob(os.path.join(log_dir, "xrayd*.stderr.log")))):
+    lines = [l.rstrip("\n") for l in open(f, errors="replace")]
+    if not lines and f.endswith(".stderr.log"):
+        continue
+    levels = collections.Counter()
+    bad = collections.Counter()
+    for l in lines:
+        m = re.search(r"\[(debug|info|notice|warn|error|crit|alert|emerg)\]", l)
+        if m:
+            levels[m.group(1)] += 1
+        if not m or m.group(1) in ("warn", "error", "crit", "alert", "emerg"):
+            norm = re.sub(r"^\S+Z ", "", l)
+            norm = re.sub(r"\] \d+: ", "] PID: ", norm)
+            norm = re.sub(r"\*\d+", "*CID", norm)
+            norm = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:P", norm)
+            if norm.strip():
+                bad[norm] += 1
+    w("log %s: %d lines; %s" % (os.path.basename(f), len(lines),
+                                ", ".join(f"{k}={v}" for k, v in sorted(levels.items())) or "no levelled lines"))
+    for msg, n in bad.most_common(8):
+        w("   %5dx %s" % (n, msg[:160]))
+w("=" * 100)
+print("\n".join(out))
