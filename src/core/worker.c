@@ -104,7 +104,10 @@ static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
     if (xr_w.stopping)
         return;
     for (int i = 0; i < XR_ACCEPT_BATCH; i++) {
-        if (atomic_load(&xr_shm->active[rc->slot]) >= rc->max_connections) {
+        /* Reserve the slot before accepting: a check-then-count would let
+         * two workers both take the last one. */
+        if (atomic_fetch_add(&xr_shm->active[rc->slot], 1) >= rc->max_connections) {
+            atomic_fetch_sub(&xr_shm->active[rc->slot], 1);
             /* Leave the rest queued in the backlog: waiting beats refusing. */
             xr_worker_pause(rt, XR_ACCEPT_RETRY_MS);
             return;
@@ -114,6 +117,7 @@ static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
         int fd = accept4(l->fd, (struct sockaddr *) &sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int err = errno;
+            atomic_fetch_sub(&xr_shm->active[rc->slot], 1);
             if (err == EAGAIN || err == EWOULDBLOCK)
                 return;
             if (err == EINTR || err == ECONNABORTED)
@@ -128,7 +132,7 @@ static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
             return;
         }
         uint64_t id = atomic_fetch_add(&xr_shm->next_id, 1) + 1;
-        xr_relay_start(&xr_w.loop, rt, fd, &sa, id);
+        xr_relay_start(&xr_w.loop, rt, fd, &sa, id); /* takes over the reserved slot */
     }
 }
 

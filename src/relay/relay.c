@@ -195,7 +195,7 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
     uv_timer_init(loop, &r->timer);
     r->timer.data = r;
     rt->active++;
-    atomic_fetch_add(&xr_shm->active[rc->slot], 1);
+    /* The worker reserved xr_shm->active[] before accepting. */
     atomic_fetch_add(&xr_shm->worker_active[xr_worker_slot][rc->slot], 1);
     atomic_fetch_add(&xr_shm->accepted[rc->slot], 1);
     r->shm_counted = 1;

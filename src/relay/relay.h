@@ -78,7 +78,7 @@ struct xr_relay_s {
 
 /* Take an accepted client socket (non-blocking) into a new relay of rt's
  * block and start connecting upstream.  The relay owns fd from here on,
- * also on failure. */
+ * also on failure, and the slot the caller reserved in xr_shm->active. */
 void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
                     const struct sockaddr_storage *client, uint64_t id);
 
