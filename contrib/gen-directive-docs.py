@@ -408,6 +408,7 @@ NAV = [
     ("modules.html", "Modules"),
     ("process.html", "Processes &amp; signals"),
     ("logging.html", "Logging"),
+    ("pki.html", "Certificates"),
 ]
 
 CORE_GROUPS = [
@@ -421,6 +422,18 @@ CORE_GROUPS = [
 ]
 
 esc = html.escape
+
+
+# Nested blocks of a relay, listed like modules (anchor d-BLOCK-NAME).
+BLOCKS = {
+    "tls": ("TLS on the listen side",
+            "Directives of a relay block's <a href=\"#d-tls\">tls</a> mapping: the "
+            "listeners accept TLS 1.2 with these settings."),
+    "upstream_tls": ("TLS to the upstream",
+                     "Directives of a relay block's <a href=\"#d-upstream_tls\">"
+                     "upstream_tls</a> mapping: xrayd speaks TLS 1.2 to the upstream "
+                     "servers with these settings."),
+}
 
 
 class Directive:
@@ -460,11 +473,14 @@ def parse(text):
         name, contexts, dtype, default, doc = (f.strip() for f in fields)
         ctx = [c.strip() for c in contexts.split(",") if c.strip()]
         modules = [c[len("filter:"):] for c in ctx if c.startswith("filter:")]
-        core_ctx = [c for c in ctx if not c.startswith("filter:")]
+        blocks = [c for c in ctx if c in BLOCKS]
+        core_ctx = [c for c in ctx if not c.startswith("filter:") and c not in BLOCKS]
         if core_ctx:
             out.append(Directive(name, core_ctx, dtype, default, doc))
         for m in modules:
             out.append(Directive(name, ["filter:" + m], dtype, default, doc, m))
+        for b in blocks:
+            out.append(Directive(name, [b], dtype, default, doc, b))
     return out
 
 
@@ -553,7 +569,13 @@ def render(directives):
     others = sorted((d for d in core if id(d) not in placed), key=lambda d: d.name)
     if others:
         groups.append(("other", "Other", "", others))
+    for b in BLOCKS:
+        members = sorted((d for d in directives if d.module == b), key=lambda d: d.name)
+        if members:
+            groups.append(("b-" + b, BLOCKS[b][0], BLOCKS[b][1], members))
     for m in modules:
+        if m in BLOCKS:
+            continue
         members = sorted((d for d in directives if d.module == m), key=lambda d: d.name)
         groups.append(("m-" + m, "Module " + m,
                        "Directives of the <code>%s</code> filter, written inside its "
@@ -590,6 +612,8 @@ def render(directives):
            "<p>The <em>Context</em> of a directive says where it may appear: "
            "<code>main</code> is the top level of the file, <code>relay</code> an "
            "entry of the <a href=\"#d-relay\">relay</a> list, "
+           "<code>tls</code> and <code>upstream_tls</code> the mappings of those "
+           "names in a relay block, "
            "<code>filter:NAME</code> the directives of filter module NAME in a "
            "relay block's <a href=\"#d-filters\">filters</a>. A directive in the "
            "wrong place, an unknown directive or a value of the wrong type is "

@@ -4,13 +4,16 @@ Every objs/t/unit/test_* binary (built by `make` from t/unit/test_*.c) is
 one test here: it must exit 0 and print a complete TAP plan with every
 line "ok".  Then fuzz/corpus/conf/ is replayed through
 objs/fuzz/fuzz_conf_replay, the fuzz target linked with a plain driver, so
-an input that once crashed the configuration loader stays fixed.
+an input that once crashed the configuration loader stays fixed; and
+fuzz/corpus/record/ through fuzz/fuzz_record.c, which this file compiles
+itself with the Makefile's flags until the Makefile builds it.
 
 Binaries are taken from $XRAYD_OBJS (default: <repo>/objs).
 """
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -21,6 +24,7 @@ OBJS = Path(os.environ.get("XRAYD_OBJS") or REPO / "objs").resolve()
 UNIT_DIR = OBJS / "t" / "unit"
 CORPUS = REPO / "fuzz" / "corpus" / "conf"
 REPLAY = OBJS / "fuzz" / "fuzz_conf_replay"
+RECORD_CORPUS = REPO / "fuzz" / "corpus" / "record"
 
 TIMEOUT = 600
 
@@ -76,13 +80,58 @@ def test_fuzz_corpus_replays():
     assert files, "empty corpus: %s" % CORPUS
     if not REPLAY.exists():
         pytest.fail("%s is not built (run make)" % REPLAY)
-    # One process per file, so a crash names its input.
+    failed = _replay_each(REPLAY, files)
+    assert not failed, "\n".join(failed)
+
+
+def _make_vars():
+    """CC, CFLAGS, LDFLAGS and LIBS as ./configure wrote them."""
+    makefile = REPO / "Makefile"
+    if not makefile.exists():
+        pytest.fail("%s is missing (run ./configure)" % makefile)
+    found = {}
+    for line in makefile.read_text().splitlines():
+        m = re.match(r"^(CC|CFLAGS|LDFLAGS|LIBS)\s*=(.*)$", line)
+        if m and m.group(1) not in found:
+            found[m.group(1)] = m.group(2).strip()
+    missing = {"CC", "CFLAGS", "LDFLAGS", "LIBS"} - set(found)
+    assert not missing, "Makefile lacks %s" % sorted(missing)
+    return found
+
+
+def _replay_each(replay, files):
+    """Run a replay binary once per file, so a crash names its input."""
     failed = []
     for f in files:
-        p = subprocess.run([str(REPLAY), str(f)], cwd=str(REPO),
+        p = subprocess.run([str(replay), str(f)], cwd=str(REPO),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            timeout=60, text=True, errors="replace")
         if p.returncode != 0 or "replayed 1 inputs" not in p.stdout:
             failed.append("%s: exit %d\n%s%s" % (f.name, p.returncode, p.stdout,
                                                  p.stderr[-2000:]))
+    return failed
+
+
+def test_fuzz_record_corpus_replays(tmp_path):
+    """fuzz/fuzz_record.c + fuzz/replay.c, built here as the Makefile builds
+    fuzz_conf_replay (same compiler and flags, against objs/libxrayd.a),
+    must get through every committed record input."""
+    files = sorted(p for p in RECORD_CORPUS.iterdir() if p.is_file())
+    assert files, "empty corpus: %s" % RECORD_CORPUS
+    lib = OBJS / "libxrayd.a"
+    if not lib.exists():
+        pytest.fail("%s is not built (run make)" % lib)
+    v = _make_vars()
+    exe = tmp_path / "fuzz_record_replay"
+    # The Makefile's -I paths are relative to the top directory; objs may
+    # be elsewhere ($XRAYD_OBJS), so name it explicitly first.
+    cmd = (shlex.split(v["CC"]) + ["-I" + str(OBJS)] + shlex.split(v["CFLAGS"])
+           + shlex.split(v["LDFLAGS"])
+           + ["-o", str(exe), "fuzz/fuzz_record.c", "fuzz/replay.c", str(lib)]
+           + shlex.split(v["LIBS"]))
+    p = subprocess.run(cmd, cwd=str(REPO), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=300, text=True,
+                       errors="replace")
+    assert p.returncode == 0, "%s\n%s%s" % (" ".join(cmd), p.stdout, p.stderr)
+    failed = _replay_each(exe, files)
     assert not failed, "\n".join(failed)

@@ -77,14 +77,20 @@ def html_pages():
     return sorted(f for f in os.listdir(DOCS) if f.endswith(".html"))
 
 
+# Nested blocks of a relay block; their directives are anchored d-BLOCK-NAME.
+BLOCKS = ("tls", "upstream_tls")
+
+
 def expected_anchors(rows):
     for name, contexts, _type, _default, _doc in rows:
         ctx = [c.strip() for c in contexts.split(",") if c.strip()]
         modules = [c[len("filter:"):] for c in ctx if c.startswith("filter:")]
-        if any(not c.startswith("filter:") for c in ctx):
+        if any(not c.startswith("filter:") and c not in BLOCKS for c in ctx):
             yield name, "d-" + name
         for m in modules:
             yield "%s (filter %s)" % (name, m), "d-%s-%s" % (m, name)
+        for b in (c for c in ctx if c in BLOCKS):
+            yield "%s (%s)" % (name, b), "d-%s-%s" % (b, name)
 
 
 def test_every_directive_has_a_doc_line():
@@ -92,7 +98,7 @@ def test_every_directive_has_a_doc_line():
     missing = [r[0] + " (" + r[1] + ")" for r in rows if r[4] in ("", "-")]
     assert not missing, "directives without a doc line: " + ", ".join(missing)
     bad_ctx = [r[0] for r in rows
-               if not all(c in ("main", "relay") or c.startswith("filter:")
+               if not all(c in ("main", "relay") + BLOCKS or c.startswith("filter:")
                           for c in r[1].split(","))]
     assert not bad_ctx, "directives with an unknown context: " + ", ".join(bad_ctx)
 

@@ -687,6 +687,10 @@ size_t xr_conf_distance(const char *a, const char *b)
 
 static const char *xr_ctx_name(unsigned ctx)
 {
+    if (ctx & XR_CTX_TLS_SERVER)
+        return "a tls block";
+    if (ctx & XR_CTX_TLS_CLIENT)
+        return "an upstream_tls block";
     if (ctx & XR_CTX_RELAY)
         return "a relay block";
     if (ctx & XR_CTX_MAIN)

@@ -24,6 +24,10 @@ struct xr_node_s {
     xr_node_t **items; /* sequence: n items; mapping: keys[2i], values[2i+1] */
 };
 
+/* Where TLS directives appear (beside XR_CTX_MAIN/RELAY/FILTER). */
+#define XR_CTX_TLS_SERVER 0x08 /* relay: tls: {...} */
+#define XR_CTX_TLS_CLIENT 0x10 /* relay: upstream_tls: {...} */
+
 /* Internal directive flags, beside the public XR_DIR_REQUIRED. */
 #define XR_DIR_EARLY 0x100 /* dispatched before the other keys of a block */
 #define XR_DIR_MULTI 0x200 /* may repeat (across includes); setter appends */

@@ -4,6 +4,7 @@
 #include "core/xrayd.h"
 #include "core/gen.h"
 #include "core/log.h"
+#include "tls/tls.h"
 
 #include <glob.h>
 #include <netinet/in.h>
@@ -67,6 +68,10 @@ const xr_directive_t xr_core_directives[] = {
     {"backlog", R, XR_T_INT, RO(backlog), "511", 1, 65535, NULL, NULL, 0, "Listen queue length."},
     {"filters", R, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_filters, 0,
      "The filter chain: module names, or NAME: {options}, in order."},
+    {"tls", R, XR_T_CUSTOM, RO(tls), NULL, 0, 0, NULL, xr_tls_set_server, 0,
+     "Accept TLS on the listen addresses: certificate, key, client_ca, allow ..."},
+    {"upstream_tls", R, XR_T_CUSTOM, RO(upstream_tls), NULL, 0, 0, NULL, xr_tls_set_client, 0,
+     "Speak TLS to the upstream servers: ca, verify, certificate, key, server_name ..."},
     {"buffer_size", M | R, XR_T_SIZE, RO(buffer_size), "64k", 1024, 16 << 20, NULL, NULL, 0,
      "Bytes buffered per direction of a relay while the far side is slow."},
     {"connect_timeout", M | R, XR_T_DURATION, RO(connect_timeout), "5s", 1, 3600000, NULL, NULL, 0,
@@ -82,7 +87,8 @@ const xr_directive_t xr_core_directives[] = {
 #undef M
 #undef R
 
-static const xr_directive_t *const xr_hint_tables[] = {xr_core_directives, NULL};
+static const xr_directive_t *const xr_hint_tables[] = {xr_core_directives, xr_tls_server_directives,
+                                                       xr_tls_client_directives, NULL};
 
 static void *xr_gen_target(xr_conf_t *cf, const xr_directive_t *d, void *block)
 {
@@ -373,6 +379,12 @@ static int xr_gen_validate(xr_conf_t *cf, xr_gen_t *g)
                 memcpy((char *) rc + d->offset, (char *) &g->defaults + d->offset,
                        xr_directive_slot_size(d));
         }
+        if ((rc->tls != NULL || rc->upstream_tls != NULL) && rc->buffer_size < 32768) {
+            /* A whole TLS record (16 KiB + overhead) must fit a buffer. */
+            const xr_node_t *bs = xr_node_get(rc->node, "buffer_size");
+            return xr_conf_error(cf, bs ? bs : rc->node,
+                                 "a relay with TLS needs buffer_size of at least 32k");
+        }
         for (size_t a = 0; a < rc->listen.n; a++) {
             for (size_t r2 = 0; r2 <= r; r2++) {
                 xr_relay_conf_t *o = g->relays[r2];
@@ -471,10 +483,21 @@ xr_gen_t *xr_gen_load_buffer(const unsigned char *buf, size_t len, char *err, si
     return xr_gen_finish(&cf, g, xr_gen_build(&cf, g, root), err, errsize);
 }
 
+void xr_gen_add_cleanup(xr_gen_t *g, void (*fn)(void *), void *arg)
+{
+    xr_cleanup_t *c = xr_pool_alloc(g->pool, sizeof(*c));
+    c->fn = fn;
+    c->arg = arg;
+    c->next = g->cleanups;
+    g->cleanups = c;
+}
+
 void xr_gen_free(xr_gen_t *g)
 {
     if (g == NULL)
         return;
+    for (xr_cleanup_t *c = g->cleanups; c; c = c->next)
+        c->fn(c->arg);
     for (xr_filter_conf_t *f = g->filters; f; f = f->next_in_gen)
         if (f->module && f->module->free_conf)
             f->module->free_conf(f->conf);
@@ -491,12 +514,14 @@ int xr_gen_workers(const xr_gen_t *g)
     return n > 0 ? (int) XR_MIN(n, 64) : 1;
 }
 
-static void xr_list_table(FILE *out, const xr_directive_t *t, const char *module)
+/* label names the block (filter:NAME, tls, upstream_tls); NULL: from
+ * the directive's contexts. */
+static void xr_list_table(FILE *out, const xr_directive_t *t, const char *label)
 {
     for (const xr_directive_t *d = t; d && d->name; d++) {
         char ctx[64] = "";
-        if (module != NULL) {
-            snprintf(ctx, sizeof(ctx), "filter:%s", module);
+        if (label != NULL) {
+            snprintf(ctx, sizeof(ctx), "%s", label);
         } else {
             if (d->contexts & XR_CTX_MAIN)
                 strcat(ctx, "main");
@@ -506,8 +531,10 @@ static void xr_list_table(FILE *out, const xr_directive_t *t, const char *module
         const char *type = xr_dir_type_name(d->type);
         /* Custom setters take shapes the generic names do not cover. */
         static const char *const shapes[][2] = {
-            {"error_log", "stderr|path"}, {"workers", "auto|number"}, {"include", "paths"},
-            {"load_module", "paths"},     {"relay", "relay blocks"},  {"filters", "filter entries"},
+            {"error_log", "stderr|path"}, {"workers", "auto|number"},
+            {"include", "paths"},         {"load_module", "paths"},
+            {"relay", "relay blocks"},    {"filters", "filter entries"},
+            {"tls", "tls block"},         {"upstream_tls", "tls block"},
             {"patterns", "patterns"}};
         for (size_t k = 0; d->type == XR_T_CUSTOM && k < XR_ARRAY_SIZE(shapes); k++)
             if (strcmp(d->name, shapes[k][0]) == 0)
@@ -528,6 +555,11 @@ static void xr_list_table(FILE *out, const xr_directive_t *t, const char *module
 void xr_gen_list_directives(FILE *out)
 {
     xr_list_table(out, xr_core_directives, NULL);
-    for (size_t i = 0; xr_builtin_modules[i]; i++)
-        xr_list_table(out, xr_builtin_modules[i]->directives, xr_builtin_modules[i]->name);
+    xr_list_table(out, xr_tls_server_directives, "tls");
+    xr_list_table(out, xr_tls_client_directives, "upstream_tls");
+    for (size_t i = 0; xr_builtin_modules[i]; i++) {
+        char label[80];
+        snprintf(label, sizeof(label), "filter:%s", xr_builtin_modules[i]->name);
+        xr_list_table(out, xr_builtin_modules[i]->directives, label);
+    }
 }

@@ -26,6 +26,8 @@ typedef struct xr_filter_conf_s {
     struct xr_filter_conf_s *next_in_gen; /* every instance, for worker hooks */
 } xr_filter_conf_t;
 
+struct xr_tls_conf_s;
+
 typedef struct xr_relay_conf_s {
     uint64_t set; /* bit i: core directive i was written in this block */
     char *name;
@@ -43,9 +45,11 @@ typedef struct xr_relay_conf_s {
     int64_t backlog;
     xr_filter_conf_t *filters;
     size_t nfilters;
-    const xr_node_t *node; /* the block, for positions */
-    size_t index;          /* in gen->relays */
-    int slot;              /* shared-memory counter slot, set by the master */
+    struct xr_tls_conf_s *tls;          /* listen side, or NULL */
+    struct xr_tls_conf_s *upstream_tls; /* upstream side, or NULL */
+    const xr_node_t *node;              /* the block, for positions */
+    size_t index;                       /* in gen->relays */
+    int slot;                           /* shared-memory counter slot, set by the master */
 } xr_relay_conf_t;
 
 typedef struct {
@@ -57,6 +61,12 @@ typedef struct {
     int64_t drain_timeout;
 } xr_main_conf_t;
 
+typedef struct xr_cleanup_s {
+    void (*fn)(void *arg);
+    void *arg;
+    struct xr_cleanup_s *next;
+} xr_cleanup_t;
+
 typedef struct xr_gen_s {
     xr_pool_t *pool;
     char *file;
@@ -67,7 +77,11 @@ typedef struct xr_gen_s {
     size_t nrelays, relays_cap;
     xr_dynmod_t *modules;      /* loaded with load_module, newest first */
     xr_filter_conf_t *filters; /* every filter instance */
+    xr_cleanup_t *cleanups;    /* run by xr_gen_free, newest first */
 } xr_gen_t;
+
+/* Run fn(arg) when g is freed (for what the arena cannot free). */
+void xr_gen_add_cleanup(xr_gen_t *g, void (*fn)(void *), void *arg);
 
 /* Parse, validate and prepare a whole generation from path.  On error
  * returns NULL and writes the one-sentence error into err. */

@@ -13,6 +13,7 @@
 #include "core/shm.h"
 #include "core/worker.h"
 #include "relay/relay.h"
+#include "tls/tls.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -24,6 +25,7 @@
 #define XR_PUMP_ROUNDS 8
 
 static void xr_relay_io_cb(xr_io_t *io, uint32_t events);
+static void xr_relay_open(xr_relay_t *r);
 static void xr_relay_connect(xr_relay_t *r);
 static void xr_relay_attempt_failed(xr_relay_t *r);
 
@@ -44,7 +46,8 @@ static int xr_tcp_shutdown_wr(xr_end_t *e)
     return shutdown(e->io.fd, SHUT_WR);
 }
 
-const xr_end_ops_t xr_end_tcp_ops = {xr_tcp_read, xr_tcp_write, xr_tcp_shutdown_wr, "tcp"};
+const xr_end_ops_t xr_end_tcp_ops = {xr_tcp_read, xr_tcp_write, xr_tcp_shutdown_wr, NULL, NULL,
+                                     NULL,        "tcp"};
 
 /* ---- logging context ----------------------------------------------------- */
 
@@ -85,7 +88,16 @@ static void xr_end_close(xr_end_t *e)
         close(e->io.fd); /* also leaves the epoll set */
         e->io.fd = -1;
     }
-    e->readable = e->writable = 0;
+    e->readable = e->writable = e->rdhup = 0;
+}
+
+/* Release the end's own state (TLS); after the log hooks, which may read
+ * the identity it holds. */
+static void xr_end_free(xr_end_t *e)
+{
+    if (e->ops->free != NULL)
+        e->ops->free(e);
+    e->ops = &xr_end_tcp_ops;
 }
 
 static void xr_dir_release(xr_dir_t *d)
@@ -129,6 +141,9 @@ void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
         (unsigned long long) r->s.read_total[1], (unsigned long long) r->s.written_total[1]);
     free(r->fstate);
     r->fstate = NULL;
+    r->s.identity = NULL;
+    xr_end_free(&r->end[0]);
+    xr_end_free(&r->end[1]);
     xr_dir_release(&r->dir[0]);
     xr_dir_release(&r->dir[1]);
     if (r->peer >= 0 && r->s.upstream.ss_family != 0)
@@ -151,6 +166,13 @@ static void xr_relay_timer_cb(uv_timer_t *t)
                        xr_addr_format(&r->conf->upstream.items[r->peer].sa, a, sizeof(a)),
                        (long long) r->conf->connect_timeout);
         xr_relay_attempt_failed(r);
+        return;
+    }
+    if (r->state == XR_RELAY_TLS_ACCEPT || r->state == XR_RELAY_TLS_CONNECT) {
+        int up = r->state == XR_RELAY_TLS_CONNECT;
+        xr_log_session(XR_LOG_INFO, &r->s, "TLS handshake with the %s timed out",
+                       up ? "upstream" : "client");
+        xr_relay_close(r, "TLS handshake timeout");
         return;
     }
     if (r->state != XR_RELAY_RUNNING)
@@ -183,6 +205,7 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
         r->end[i].relay = r;
         r->end[i].ops = &xr_end_tcp_ops;
     }
+    r->state = XR_RELAY_CONNECTING;
     r->last_active = (int64_t) uv_now(loop);
     if (rt->has_log_hooks) {
         socklen_t len = sizeof(r->s.local);
@@ -210,6 +233,25 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
         return;
     }
 
+    if (rc->tls != NULL) {
+        r->state = XR_RELAY_TLS_ACCEPT;
+        r->action = "TLS handshake with the client";
+        if (xr_tls_end_start(&r->end[0], rc->tls) != XR_OK) {
+            xr_relay_close(r, "out of memory");
+            return;
+        }
+        uv_timer_start(&r->timer, xr_relay_timer_cb, (uint64_t) rc->connect_timeout, 0);
+        return; /* the ClientHello's edge continues in xr_relay_io_cb */
+    }
+    xr_relay_open(r);
+}
+
+/* The client is known (and authenticated, with TLS): run the filters'
+ * open hooks, then go upstream. */
+static void xr_relay_open(xr_relay_t *r)
+{
+    const xr_relay_rt_t *rt = r->rt;
+    const xr_relay_conf_t *rc = r->conf;
     if (rt->state_total > 0)
         r->fstate = xr_calloc(1, rt->state_total);
     r->action = "opening filters";
@@ -232,12 +274,31 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
 
 static int xr_relay_pump(xr_relay_t *r, int d);
 
+static void xr_relay_running(xr_relay_t *r);
+static int xr_relay_tls_step(xr_relay_t *r, int which);
+
 static void xr_relay_connected(xr_relay_t *r)
 {
     const xr_addr_t *a = &r->conf->upstream.items[r->peer];
     xr_upstream_result(r->rt, r->peer, 1, xr_mono_ms());
     memcpy(&r->s.upstream, &a->sa, a->len);
     r->rt->peers[r->peer].active++;
+    if (r->conf->upstream_tls != NULL) {
+        r->state = XR_RELAY_TLS_CONNECT;
+        r->action = "TLS handshake with the upstream";
+        if (xr_tls_end_start(&r->end[1], r->conf->upstream_tls) != XR_OK) {
+            xr_relay_close(r, "out of memory");
+            return;
+        }
+        uv_timer_start(&r->timer, xr_relay_timer_cb, (uint64_t) r->conf->connect_timeout, 0);
+        xr_relay_tls_step(r, 1); /* the ClientHello goes out now */
+        return;
+    }
+    xr_relay_running(r);
+}
+
+static void xr_relay_running(xr_relay_t *r)
+{
     r->state = XR_RELAY_RUNNING;
     r->action = "relaying";
     r->last_active = (int64_t) uv_now(r->timer.loop);
@@ -398,7 +459,17 @@ static const char *xr_end_name(int which)
 
 static void xr_relay_io_error(xr_relay_t *r, const char *op, int which, int err)
 {
-    int level = (err == ECONNRESET || err == EPIPE) ? XR_LOG_INFO : XR_LOG_ERR;
+    xr_end_t *e = &r->end[which];
+    const char *why = e->ops->why ? e->ops->why(e) : NULL;
+    /* Peers that vanish or misbehave are the peers' business: info.  A
+     * failure of our own making is an error. */
+    int level = (err == ECONNRESET || err == EPIPE || why != NULL) ? XR_LOG_INFO : XR_LOG_ERR;
+    if (why != NULL) {
+        xr_log_session((xr_log_level_t) level, &r->s, "%s %s failed: %s", op, xr_end_name(which),
+                       why);
+        xr_relay_close(r, "%s %s: %s", op, xr_end_name(which), why);
+        return;
+    }
     xr_log_session((xr_log_level_t) level, &r->s, "%s %s failed (%d: %s)", op, xr_end_name(which),
                    err, strerror(err));
     xr_relay_close(r, "%s %s: %s", op, xr_end_name(which), strerror(err));
@@ -426,6 +497,13 @@ static int xr_relay_pump(xr_relay_t *r, int d)
     xr_end_t *src = &r->end[d], *dst = &r->end[1 - d];
     int round;
 
+    if (dst->ops->flush != NULL && dst->writable && dst->ops->flush(dst) != 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            xr_relay_io_error(r, "writing to", 1 - d, errno);
+            return XR_ERROR;
+        }
+        dst->writable = 0;
+    }
     for (round = 0; round < XR_PUMP_ROUNDS; round++) {
         xr_buf_t *b = dr->buf;
         if (b != NULL && b->filt > b->start && dst->writable) {
@@ -497,6 +575,15 @@ static int xr_relay_pump(xr_relay_t *r, int d)
             src->readable = 0;
             continue;
         }
+        if (errno == ENOBUFS) {
+            /* Not room for one more record: make room, or wait for the far
+             * side to drain (the socket stays readable). */
+            if (b->start > 0 && b->filt == b->end) {
+                xr_dir_compact(dr);
+                continue;
+            }
+            break;
+        }
         if (errno == EINTR)
             continue;
         xr_relay_io_error(r, "reading from", d, errno);
@@ -522,15 +609,20 @@ static int xr_relay_pump(xr_relay_t *r, int d)
             xr_buf_put(b);
             dr->buf = NULL;
             if (!dst->wr_shut) {
-                dst->wr_shut = 1;
                 if (dst->ops->shutdown_wr(dst) != 0 && errno != ENOTCONN) {
+                    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                        dst->writable = 0; /* close_notify waits for room */
+                        goto out;
+                    }
                     xr_relay_io_error(r, "shutting down", 1 - d, errno);
                     return XR_ERROR;
                 }
+                dst->wr_shut = 1;
             }
             dr->done = 1;
         }
     }
+out:
     if (r->dir[0].done && r->dir[1].done) {
         xr_relay_close(r, "done");
         return XR_ERROR;
@@ -553,6 +645,11 @@ static void xr_relay_io_cb(xr_io_t *io, uint32_t events)
     if (events & (EPOLLRDHUP | EPOLLHUP))
         e->rdhup = 1;
 
+    if (r->state == XR_RELAY_TLS_ACCEPT || r->state == XR_RELAY_TLS_CONNECT) {
+        if (which == (r->state == XR_RELAY_TLS_CONNECT))
+            xr_relay_tls_step(r, which);
+        return;
+    }
     if (r->state == XR_RELAY_CONNECTING) {
         if (!which || !e->writable)
             return; /* client bytes wait in the kernel until we are connected */
@@ -581,4 +678,39 @@ static void xr_relay_io_cb(xr_io_t *io, uint32_t events)
     /* Bytes from this end, and bytes waiting for it. */
     if (xr_relay_pump(r, which) == XR_OK)
         xr_relay_pump(r, 1 - which);
+}
+
+/* Advance the TLS handshake on end `which`.  Returns XR_ERROR if the relay
+ * closed. */
+static int xr_relay_tls_step(xr_relay_t *r, int which)
+{
+    xr_end_t *e = &r->end[which];
+    int rc = xr_tls_end_handshake(e);
+    if (rc == XR_AGAIN)
+        return XR_OK;
+    if (rc != XR_OK) {
+        xr_log_session(XR_LOG_INFO, &r->s, "TLS handshake with the %s failed: %s",
+                       xr_end_name(which), xr_tls_end_why(e));
+        xr_relay_close(r, "TLS %s: %s", xr_end_name(which), xr_tls_end_why(e));
+        return XR_ERROR;
+    }
+    uv_timer_stop(&r->timer);
+    xr_log_session(XR_LOG_INFO, &r->s, "TLS with the %s established (%s, %s)%s%s",
+                   xr_end_name(which), e->ops->name,
+                   xr_tls_end_resumed(e) ? "resumed" : "full handshake",
+                   xr_tls_end_identity(e) ? ", peer " : "",
+                   xr_tls_end_identity(e) ? xr_tls_end_identity(e) : "");
+    if (which == 0) {
+        r->s.identity = xr_tls_end_identity(e);
+        if (xr_tls_end_allowed(e, r->conf->tls) != XR_OK) {
+            xr_log_session(XR_LOG_NOTICE, &r->s, "connection denied: %s", xr_tls_end_why(e));
+            xr_relay_close(r, "denied: %s", xr_tls_end_why(e));
+            return XR_ERROR;
+        }
+        r->state = XR_RELAY_CONNECTING;
+        xr_relay_open(r);
+        return r->state == XR_RELAY_CLOSED ? XR_ERROR : XR_OK;
+    }
+    xr_relay_running(r);
+    return r->state == XR_RELAY_CLOSED ? XR_ERROR : XR_OK;
 }

@@ -22,9 +22,21 @@ typedef struct xr_relay_s xr_relay_t;
  * and write return bytes, 0 for EOF (read), or -1 with errno (EAGAIN when
  * the socket is not ready). */
 typedef struct {
+    /* read: errno ENOBUFS when len cannot hold one more record. */
     ssize_t (*read)(xr_end_t *e, void *buf, size_t len);
+    /* write: returns the cleartext taken; an end may keep some of it
+     * queued (sealed) and send it from flush. */
     ssize_t (*write)(xr_end_t *e, const void *buf, size_t len);
+    /* shutdown_wr: -1 with EAGAIN while queued bytes wait for room. */
     int (*shutdown_wr)(xr_end_t *e);
+    /* flush: send what write queued; 0 when nothing is left, -1 with
+     * errno (EAGAIN: wait for writable).  NULL: nothing is ever queued. */
+    int (*flush)(xr_end_t *e);
+    /* why: a better reason than strerror(errno) for the last failure, or
+     * NULL. */
+    const char *(*why)(xr_end_t *e);
+    /* free: release the end's own state (the fd is closed by the relay). */
+    void (*free)(xr_end_t *e);
     const char *name; /* "tcp", "tls" */
 } xr_end_ops_t;
 
@@ -54,7 +66,13 @@ typedef struct {
     unsigned done : 1; /* source ended and the far side was shut down */
 } xr_dir_t;
 
-typedef enum { XR_RELAY_CONNECTING = 0, XR_RELAY_RUNNING, XR_RELAY_CLOSED } xr_relay_state_t;
+typedef enum {
+    XR_RELAY_TLS_ACCEPT = 0, /* TLS handshake with the client */
+    XR_RELAY_CONNECTING,     /* connecting to an upstream server */
+    XR_RELAY_TLS_CONNECT,    /* TLS handshake with the upstream */
+    XR_RELAY_RUNNING,
+    XR_RELAY_CLOSED
+} xr_relay_state_t;
 
 struct xr_relay_s {
     xr_session_t s; /* what modules see; s._core points here */
