@@ -10,6 +10,7 @@
 #include "event/listener.h"
 #include "event/reactor.h"
 #include "relay/relay.h"
+#include "tls/tls.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -227,6 +228,10 @@ void xr_worker_main(xr_gen_t *g, int slot, int close_fd)
     for (size_t i = 0; i < XR_ARRAY_SIZE(sigs); i++) {
         uv_signal_init(&xr_w.loop, &xr_w.sig[i]);
         uv_signal_start(&xr_w.sig[i], xr_worker_signal_cb, sigs[i]);
+    }
+    if (xr_tls_worker_init() != XR_OK) {
+        xr_log(XR_LOG_EMERG, "cannot reseed the random generator in the worker");
+        _exit(2);
     }
     if (xr_reactor_init(&xr_w.loop) != XR_OK) {
         xr_log_errno(XR_LOG_EMERG, errno, "cannot create the worker's epoll set");
