@@ -10,7 +10,6 @@
 
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ssl.h>
-#include <mbedtls/ssl_cache.h>
 #include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
@@ -41,7 +40,6 @@ typedef struct xr_tls_conf_s {
     mbedtls_pk_context pk;
     mbedtls_x509_crt ca_chain;
     mbedtls_ssl_ticket_context ticket;
-    mbedtls_ssl_cache_context cache;
     int *suites;
     int built;
     int has_crt, has_ca, has_ticket;

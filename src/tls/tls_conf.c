@@ -6,11 +6,11 @@
 #include "core/xrayd.h"
 #include "core/gen.h"
 #include "core/log.h"
+#include "tls/session_cache.h"
 #include "tls/tls.h"
 
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
-#include <mbedtls/ssl_cache.h>
 #include <mbedtls/ssl_ciphersuites.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -171,7 +171,6 @@ static int xr_tls_build(xr_conf_t *cf, xr_tls_conf_t *t)
     mbedtls_x509_crt_init(&t->ca_chain);
     mbedtls_pk_init(&t->pk);
     mbedtls_ssl_ticket_init(&t->ticket);
-    mbedtls_ssl_cache_init(&t->cache);
     t->built = 1;
 
     if (t->certificate != NULL) {
@@ -223,11 +222,9 @@ static int xr_tls_build(xr_conf_t *cf, xr_tls_conf_t *t)
         t->has_ticket = 1;
     }
     if (t->is_server && t->session_cache) {
-        /* Each worker keeps its own cache (a copy made at fork); tickets
-         * resume across workers. */
-        mbedtls_ssl_cache_set_timeout(&t->cache, (int) (t->session_timeout / 1000));
-        mbedtls_ssl_conf_session_cache(&t->ssl, &t->cache, mbedtls_ssl_cache_get,
-                                       mbedtls_ssl_cache_set);
+        if (xr_session_cache_init() != XR_OK)
+            return xr_conf_error(cf, t->node, "cannot map the session cache: %s", strerror(errno));
+        mbedtls_ssl_conf_session_cache(&t->ssl, t, xr_session_cache_get, xr_session_cache_set);
     }
     if (!t->is_server)
         mbedtls_ssl_conf_session_tickets(&t->ssl, t->session_tickets
@@ -240,7 +237,6 @@ void xr_tls_conf_free(xr_tls_conf_t *t)
 {
     if (t == NULL || !t->built)
         return;
-    mbedtls_ssl_cache_free(&t->cache);
     if (t->has_client_session)
         mbedtls_ssl_session_free(&t->client_session);
     mbedtls_ssl_ticket_free(&t->ticket);
