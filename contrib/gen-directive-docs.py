@@ -313,6 +313,66 @@ at <code>net.core.somaxconn</code>). Connections held back by
 value is applied to an existing socket on reload.</p>""",
         "example": "backlog: 4096",
     },
+    "tls": {
+        "text": """
+<p>Makes the block's listeners speak TLS 1.2. mbedTLS performs the handshake
+(ECDHE with ECDSA or RSA certificates) and X.509 verification; once it is
+done, xrayd frees the mbedTLS context and seals and opens application data
+itself with libsodium (AES-256-GCM, RFC 5288, or ChaCha20-Poly1305, RFC
+7905), so an idle TLS connection costs about what a plain one does. Suites
+the record layer does not implement stay on mbedTLS's records.</p>
+<p>With <a href="#d-tls-client_ca">client_ca</a> the client must present a
+certificate that chains to it, is within its validity and carries the
+digitalSignature key usage and the clientAuth extended key usage;
+<a href="#d-tls-allow">allow</a> then narrows who may connect. Refusals are
+logged with the reason (expired, other CA, not in allow, not TLS ...). The
+peer's identity appears in the error log and in the access log's
+<code>identity</code> field. The handshake must finish within
+<a href="#d-connect_timeout">connect_timeout</a>. Renegotiation is refused;
+close_notify is sent and answered; a connection that ends without one is
+logged as such.</p>""",
+        "example": "tls:\n  certificate: pki/front.crt\n  key: pki/front.key\n  client_ca: pki/ca.crt\n  allow: [\"CN=app-*\", \"sha256:3f1a9c0e2b7d4e55\"]",
+    },
+    "upstream_tls": {
+        "text": """
+<p>Makes connections to the upstream servers TLS 1.2, with the same split as
+<a href="#d-tls">tls</a>: mbedTLS for the handshake, xrayd's record layer for
+the bytes. The upstream's certificate is verified against
+<a href="#d-upstream_tls-ca">ca</a> (and its name against
+<a href="#d-upstream_tls-server_name">server_name</a>, also sent as SNI);
+a client certificate is presented when one is configured. Each worker keeps
+the last session per upstream block and offers it on the next connection,
+so repeat connections resume without public-key operations.</p>""",
+        "example": "upstream_tls:\n  ca: pki/ca.crt\n  server_name: backend.internal\n  certificate: pki/relay.crt\n  key: pki/relay.key",
+    },
+    "tls/allow": {
+        "text": """
+<p>Each entry is a pattern with shell wildcards (<code>*</code>,
+<code>?</code>, <code>[...]</code>). A client is let in when any entry
+matches its certificate's whole subject (<code>CN=app1,O=Acme</code>, most
+specific part first, as <code>xray pki show</code> prints it), one part of
+it (<code>CN=app-*</code>, <code>O=Acme</code>), one subjectAltName
+(<code>DNS:*.internal</code>, <code>IP:198.18.0.5</code>) or, written
+<code>sha256:HEX</code> with at least 16 hex digits, the SHA-256 of its
+public key (<code>xray pki show</code> prints it). Only verified
+certificates are matched; an empty list lets every verified client in.</p>""",
+    },
+    "tls/verify_client": {
+        "text": """
+<p><code>required</code> (the default when <a href="#d-tls-client_ca">client_ca</a>
+is set) refuses clients without a valid certificate; <code>optional</code>
+lets them in, unauthenticated, but a presented certificate must still be
+valid to count as an identity; <code>off</code> (the default without
+client_ca) asks for none.</p>""",
+    },
+    "tls/session_tickets": {
+        "text": """
+<p>Tickets are sealed with keys made when the configuration is loaded and
+shared by all workers; mbedTLS rotates them every
+<a href="#d-tls-session_timeout">session_timeout</a>. The session cache
+(<a href="#d-tls-session_cache">session_cache</a>) is shared by all workers
+too, so a client resumes by session id whichever worker it reaches.</p>""",
+    },
     "filters": {
         "syntax": ("<code>[</code> <i>name</i> | <code>{</code><i>name</i>: "
                    "<code>{</code><i>directives</i><code>}}</code>, ... <code>]</code>"),
