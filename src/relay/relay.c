@@ -31,14 +31,26 @@ static void xr_relay_attempt_failed(xr_relay_t *r);
 
 /* ---- plain TCP ends ------------------------------------------------------ */
 
+/* Each end keeps its own readiness flags: only it knows what a short
+ * count means (for TLS, fewer cleartext bytes than asked is normal). */
 static ssize_t xr_tcp_read(xr_end_t *e, void *buf, size_t len)
 {
-    return read(e->io.fd, buf, len);
+    ssize_t n = read(e->io.fd, buf, len);
+    /* A short read drained the socket; after a FIN keep reading until
+     * read() says 0, or the EOF would never be seen. */
+    if (n > 0 && (size_t) n < len && !e->rdhup)
+        e->readable = 0;
+    return n;
 }
 
 static ssize_t xr_tcp_write(xr_end_t *e, const void *buf, size_t len)
 {
-    return send(e->io.fd, buf, len, MSG_NOSIGNAL);
+    ssize_t n = send(e->io.fd, buf, len, MSG_NOSIGNAL);
+    /* A short write means the socket is full: the next EPOLLOUT edge says
+     * when it has room. */
+    if (n >= 0 && (size_t) n < len)
+        e->writable = 0;
+    return n;
 }
 
 static int xr_tcp_shutdown_wr(xr_end_t *e)
@@ -519,10 +531,6 @@ static int xr_relay_pump(xr_relay_t *r, int d)
                 b->start += (uint32_t) n;
                 r->s.written_total[d] += (uint64_t) n;
                 r->last_active = (int64_t) uv_now(r->timer.loop);
-                /* A short write means the far side is full: the next
-                 * EPOLLOUT edge says when it has room. */
-                if (b->filt > b->start)
-                    dst->writable = 0;
             }
         }
         if (b != NULL && b->start == b->end) {
@@ -561,10 +569,6 @@ static int xr_relay_pump(xr_relay_t *r, int d)
             r->last_active = (int64_t) uv_now(r->timer.loop);
             if (xr_relay_filter(r, d, off) != XR_OK)
                 return XR_ERROR;
-            /* A short read drained the socket; after a FIN keep reading
-             * until read() says 0, or the EOF would never be seen. */
-            if ((size_t) n < want && !src->rdhup)
-                src->readable = 0;
             continue;
         }
         if (n == 0) {

@@ -200,6 +200,12 @@ static int xr_tls_build(xr_conf_t *cf, xr_tls_conf_t *t)
     mbedtls_ssl_conf_min_version(&t->ssl, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
     mbedtls_ssl_conf_max_version(&t->ssl, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
     mbedtls_ssl_conf_ciphersuites(&t->ssl, t->suites);
+    /* mbedTLS 2.28 prefers P-521 (slow) and still offers 192/224-bit
+     * curves; use the fast, strong ones, as OpenSSL does. */
+    static const mbedtls_ecp_group_id curves[] = {MBEDTLS_ECP_DP_CURVE25519,
+                                                  MBEDTLS_ECP_DP_SECP256R1,
+                                                  MBEDTLS_ECP_DP_SECP384R1, MBEDTLS_ECP_DP_NONE};
+    mbedtls_ssl_conf_curves(&t->ssl, curves);
     mbedtls_ssl_conf_export_keys_ext_cb(&t->ssl, xr_tls_export_keys, NULL);
 #if defined(MBEDTLS_SSL_RENEGOTIATION)
     mbedtls_ssl_conf_renegotiation(&t->ssl, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
