@@ -12,6 +12,13 @@
  *       opens N connections (at most PARALLEL being set up at once), each sends
  *       32 B and waits for the echo; then writes the number that succeeded to
  *       READYFILE (atomically) and holds them until SIGTERM or MAX_SECS.
+ *   benchtool seq PORT N
+ *       N sequential connections (connect + send 32 B + read the 32 B echo +
+ *       close), each bounded by 5 s, the whole by 150 s. Prints "ok: N",
+ *       "fails: N", "median_ms", "p99_ms", "mean_ms", "max_ms".
+ *   benchtool burst PORT N
+ *       N such connections started at once (non-blocking); prints "total_ms"
+ *       (first connect() to the last echo), "ok", "fails", "median_ms", "p99_ms".
  *
  * Build: cc -O2 -o benchtool benchtool.c
  */
@@ -308,6 +315,85 @@ static int run_idle(int port, int n, const char *ready, double max_secs, int par
     return 0;
 }
 
+/* ---------------------------------------------------- latency: seq, burst */
+static void print_lat(double *lat, int n, int fails)
+{
+    double sum = 0;
+    qsort(lat, n, sizeof *lat, cmpd);
+    for (int i = 0; i < n; i++) sum += lat[i];
+    printf("ok: %d\nfails: %d\n", n, fails);
+    if (n) {
+        /* nearest rank: p99 of 500 is the 495th smallest */
+        int k99 = (int)(0.99 * n + 0.999999) - 1;
+        if (k99 < 0) k99 = 0;
+        printf("median_ms: %.3f\np99_ms: %.3f\nmean_ms: %.3f\nmax_ms: %.3f\n",
+               n % 2 ? lat[n / 2] : (lat[n / 2 - 1] + lat[n / 2]) / 2, lat[k99], sum / n, lat[n - 1]);
+    } else
+        printf("median_ms: NA\np99_ms: NA\nmean_ms: NA\nmax_ms: NA\n");
+}
+
+/* run connections [0, n) of cs until all finished or timed out; latencies in lat */
+static int drive(int ep, struct cconn *cs, int n, double *lat, int *nlat, double t_ref)
+{
+    struct epoll_event evs[256];
+    int left = n, fails = 0;
+    while (left > 0 && !stop_flag) {
+        int k = epoll_wait(ep, evs, 256, 100);
+        double t = now();
+        for (int i = 0; i < k; i++) {
+            struct cconn *c = evs[i].data.ptr;
+            int r = step_conn(ep, c);
+            if (r == 0) continue;
+            if (r > 0) lat[(*nlat)++] = (t - (t_ref > 0 ? t_ref : c->t0)) * 1000.0;
+            else fails++;
+            drop_conn(ep, c);
+            left--;
+        }
+        for (int i = 0; i < n; i++) {
+            struct cconn *c = &cs[i];
+            if (c->state != ST_FREE && t - c->t0 > CONN_TIMEOUT) { fails++; drop_conn(ep, c); left--; }
+        }
+    }
+    for (int i = 0; i < n; i++) if (cs[i].state != ST_FREE) { fails++; drop_conn(ep, &cs[i]); }
+    return fails;
+}
+
+static int run_seq(int port, int n)
+{
+    struct sockaddr_in a = loop_addr(port);
+    int ep = epoll_create1(EPOLL_CLOEXEC), nlat = 0, fails = 0;
+    double *lat = calloc(n > 0 ? n : 1, sizeof *lat), deadline = now() + 150;
+    struct cconn c;
+    if (!lat) die("calloc");
+    for (int i = 0; i < n && !stop_flag; i++) {
+        if (now() > deadline) { fails += n - i; break; }
+        c.fd = -1;
+        if (start_conn(ep, &c, &a) < 0) { fails++; continue; }
+        fails += drive(ep, &c, 1, lat, &nlat, 0);
+    }
+    print_lat(lat, nlat, fails);
+    return 0;
+}
+
+static int run_burst(int port, int n)
+{
+    struct sockaddr_in a = loop_addr(port);
+    int ep = epoll_create1(EPOLL_CLOEXEC), nlat = 0, fails = 0, started = 0;
+    struct cconn *cs = calloc(n, sizeof *cs);
+    double *lat = calloc(n > 0 ? n : 1, sizeof *lat);
+    if (!cs || !lat) die("calloc");
+    double t0 = now();
+    for (int i = 0; i < n; i++) {
+        cs[i].fd = -1;
+        if (start_conn(ep, &cs[i], &a) < 0) { fails++; cs[i].state = ST_FREE; }
+        else started++;
+    }
+    fails += drive(ep, cs, n, lat, &nlat, t0);
+    printf("total_ms: %.3f\n", (now() - t0) * 1000.0);
+    print_lat(lat, nlat, fails);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct sigaction sa;
@@ -324,7 +410,11 @@ int main(int argc, char **argv)
     if (argc >= 6 && !strcmp(argv[1], "idle"))
         return run_idle(atoi(argv[2]), atoi(argv[3]), argv[4], atof(argv[5]),
                         argc > 6 ? atoi(argv[6]) : 100);
+    if (argc >= 4 && !strcmp(argv[1], "seq"))
+        return run_seq(atoi(argv[2]), atoi(argv[3]));
+    if (argc >= 4 && !strcmp(argv[1], "burst"))
+        return run_burst(atoi(argv[2]), atoi(argv[3]));
     fprintf(stderr, "usage: benchtool echo PORT MAX_SECS | load PORT CONC SECS | "
-                    "idle PORT N READYFILE MAX_SECS [PARALLEL]\n");
+                    "idle PORT N READYFILE MAX_SECS [PARALLEL] | seq PORT N | burst PORT N\n");
     return 2;
 }

@@ -7,6 +7,9 @@
 #      held idle; KiB/conn = RSS delta of the relay process tree / connections held
 #   3. connections per second: BENCH_SECS s of short connections (connect, 32 B
 #      echo, close), CONC in flight, through each relay
+#   4. TLS (test "tls"): contrib/bench/tls.sh, run last - xrayd's TLS ends against
+#      HAProxy and stunnel (one hop, 3-link re-encryption chain, connect latency,
+#      memory per idle TLS end); its results go to $OUT/tls
 # Every measurement is repeated RUNS times (relays interleaved within a run) and the
 # median is reported. See contrib/bench/README.md. Installs nothing; a missing peer
 # is reported as NA.
@@ -22,7 +25,8 @@ CONC=${CONC:-50}
 XRAYD_BIN=${XRAYD_BIN:-$ROOT/objs/xrayd}
 XRAYD_BUFFER_SIZE=${XRAYD_BUFFER_SIZE:-64k}
 RELAYS=${RELAYS:-xrayd xrayd_w1 haproxy nginx socat}
-TESTS=${TESTS:-tput idle cps}
+TESTS=${TESTS:-tput idle cps tls}
+PLAIN_TESTS=$(echo " $TESTS " | sed 's/ tls / /g; s/^ *//; s/ *$//')
 PY=${PY:-python3}
 
 # Fixed ports, away from contrib/../bench-peers (15201-15830)
@@ -312,7 +316,7 @@ for ((run = 1; run <= RUNS; run++)); do
   # rotate the relay order every run, so no relay is always measured first or last
   k=$(( (run - 1) % ${#RELAY_LIST[@]} ))
   ORDER="${RELAY_LIST[*]:k} ${RELAY_LIST[*]:0:k}"
-  for t in $TESTS; do
+  for t in $PLAIN_TESTS; do
     CUR_TEST=$t
     log "run $run/$RUNS: $t"
     case $t in
@@ -329,5 +333,12 @@ log "measurements took $(( $(date +%s) - T0 )) s"
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine adds noise)" >>"$OUT/env.txt"
 stop_all
 
-"$PY" "$HERE/summarize.py" "$RAW" "$OUT/env.txt" "$OUT/logs" | tee "$OUT/summary.txt"
+[ -n "$PLAIN_TESTS" ] &&
+  "$PY" "$HERE/summarize.py" "$RAW" "$OUT/env.txt" "$OUT/logs" | tee "$OUT/summary.txt"
+
+if [[ " $TESTS " == *" tls "* ]]; then
+  log "TLS part: contrib/bench/tls.sh (output in $OUT/tls)"
+  RUNS=$RUNS BENCH_SECS=$BENCH_SECS N_IDLE=$N_IDLE PY=$PY XRAYD_BIN=${XRAYD_ORIG:-$XRAYD_BIN} \
+    XRAYD_BUFFER_SIZE=$XRAYD_BUFFER_SIZE BENCH_OUT="$OUT/tls" bash "$HERE/tls.sh"
+fi
 exit 0

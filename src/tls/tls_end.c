@@ -222,6 +222,9 @@ static ssize_t xr_tls_read(xr_end_t *e, void *buf, size_t len)
             continue; /* only part of a record so far: read on */
         case XR_REC_CLOSE_NOTIFY:
             t->eof = 1;
+            /* No edge will come for an end already seen: the next read
+             * must run and return 0. */
+            e->readable = 1;
             return (ssize_t) plain; /* 0 when nothing came before it */
         case XR_REC_ALERT:
             return xr_tls_fail_read(e, ECONNRESET, 0, "peer sent alert %d", alert[1]);
@@ -416,7 +419,9 @@ static void xr_tls_handshake_failed(xr_tls_end_t *t, int rc)
     char err[96];
     mbedtls_strerror(rc, err, sizeof(err));
     uint32_t flags = t->ssl ? mbedtls_ssl_get_verify_result(t->ssl) : 0;
-    if (rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0 && flags != (uint32_t) -1) {
+    /* mbedTLS reports a key usage mismatch as a bad Certificate message,
+     * with the reason only in the verify flags: prefer those. */
+    if (flags != 0 && flags != (uint32_t) -1) {
         char info[256];
         mbedtls_x509_crt_verify_info(info, sizeof(info), "", flags);
         for (char *p = info; *p; p++)
