@@ -262,7 +262,6 @@ static void xr_master_handle_signal(int sig)
 
 int xr_master_run(xr_gen_t *g, const char *conf_path)
 {
-    char err[1024];
     memset(&xr_m, 0, sizeof(xr_m));
     xr_m.conf_path = xr_strdup(conf_path); /* gen 1 and argv do not last */
     xr_m.gens[0] = g;
@@ -285,7 +284,6 @@ int xr_master_run(xr_gen_t *g, const char *conf_path)
         xr_log_errno(XR_LOG_EMERG, errno, "cannot write pid file \"%s\"", xr_m.pid_path);
         return 1;
     }
-    (void) err;
 
     xr_log(XR_LOG_NOTICE, "xrayd/%s started, %d workers, configuration %s", XR_VERSION,
            xr_gen_workers(g), conf_path);

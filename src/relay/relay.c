@@ -286,6 +286,13 @@ static void xr_relay_open(xr_relay_t *r)
 
 static int xr_relay_pump(xr_relay_t *r, int d);
 
+/* Move bytes both ways, `first` first, stopping if the relay closes. */
+static void xr_relay_pump_both(xr_relay_t *r, int first)
+{
+    if (xr_relay_pump(r, first) == XR_OK)
+        xr_relay_pump(r, 1 - first);
+}
+
 static void xr_relay_running(xr_relay_t *r);
 static int xr_relay_tls_step(xr_relay_t *r, int which);
 
@@ -318,8 +325,7 @@ static void xr_relay_running(xr_relay_t *r)
     xr_debug_session(&r->s, "connected to upstream");
     /* The client may have sent while we connected: its edge is long gone. */
     r->end[0].readable = 1;
-    if (xr_relay_pump(r, XR_DIR_UP) == XR_OK)
-        xr_relay_pump(r, XR_DIR_DOWN);
+    xr_relay_pump_both(r, XR_DIR_UP);
 }
 
 /* The attempt on end[1] failed: drop its socket, try the next server. */
@@ -497,8 +503,8 @@ static void xr_dir_compact(xr_dir_t *dr)
 static void xr_relay_posted_cb(xr_posted_t *p)
 {
     xr_relay_t *r = xr_container_of(p, xr_relay_t, posted);
-    if (r->state == XR_RELAY_RUNNING && xr_relay_pump(r, XR_DIR_UP) == XR_OK)
-        xr_relay_pump(r, XR_DIR_DOWN);
+    if (r->state == XR_RELAY_RUNNING)
+        xr_relay_pump_both(r, XR_DIR_UP);
 }
 
 /* Move bytes in direction d as far as the sockets allow.  Returns XR_ERROR
@@ -680,8 +686,7 @@ static void xr_relay_io_cb(xr_io_t *io, uint32_t events)
         /* A reset is seen by the read or write below, in order. */
     }
     /* Bytes from this end, and bytes waiting for it. */
-    if (xr_relay_pump(r, which) == XR_OK)
-        xr_relay_pump(r, 1 - which);
+    xr_relay_pump_both(r, which);
 }
 
 /* Advance the TLS handshake on end `which`.  Returns XR_ERROR if the relay

@@ -153,10 +153,11 @@ static void xr_tls_send_alert(xr_end_t *e, uint8_t level, uint8_t desc)
     xr_tls_flush(e); /* best effort: the relay is about to close */
 }
 
-static ssize_t xr_tls_fail_read(xr_end_t *e, int err, uint8_t alert, const char *fmt, int arg)
+/* Fail a read: remember why, tell the peer (alert 0: no alert), set errno. */
+static ssize_t xr_tls_fail_read(xr_end_t *e, int err, uint8_t alert, const char *why)
 {
     xr_tls_end_t *t = xr_tls(e);
-    snprintf(t->why, sizeof(t->why), fmt, arg);
+    snprintf(t->why, sizeof(t->why), "%s", why);
     if (alert != 0)
         xr_tls_send_alert(e, XR_TLS_ALERT_FATAL, alert);
     errno = err;
@@ -184,7 +185,7 @@ static ssize_t xr_tls_read(xr_end_t *e, void *buf, size_t len)
             return -1;
         if (n == 0) {
             if (stashed > 0)
-                return xr_tls_fail_read(e, EPROTO, 0, "connection closed inside a record%.0d", 0);
+                return xr_tls_fail_read(e, EPROTO, 0, "connection closed inside a record");
             /* No close_notify: the peer may have been cut off.  The FIN
              * still ends the stream, and the log says how it ended. */
             snprintf(t->why, sizeof(t->why), "closed without close_notify");
@@ -226,20 +227,25 @@ static ssize_t xr_tls_read(xr_end_t *e, void *buf, size_t len)
              * must run and return 0. */
             e->readable = 1;
             return (ssize_t) plain; /* 0 when nothing came before it */
-        case XR_REC_ALERT:
-            return xr_tls_fail_read(e, ECONNRESET, 0, "peer sent alert %d", alert[1]);
+        case XR_REC_ALERT: {
+            char why[32];
+            snprintf(why, sizeof(why), "peer sent alert %d", alert[1]);
+            return xr_tls_fail_read(e, ECONNRESET, 0, why);
+        }
         case XR_REC_HANDSHAKE:
             /* Renegotiation: refuse it, then end the connection. */
             xr_tls_send_alert(e, XR_TLS_ALERT_WARNING, XR_TLS_NO_RENEGOTIATION);
-            return xr_tls_fail_read(e, EPROTO, 0, "renegotiation refused%.0d", 0);
+            return xr_tls_fail_read(e, EPROTO, 0, "renegotiation refused");
         case XR_REC_ERR_MAC:
             return xr_tls_fail_read(e, EBADMSG, XR_TLS_BAD_RECORD_MAC,
-                                    "bad record MAC (tampered or corrupt record)%.0d", 0);
-        case XR_REC_ERR_OVERSIZE:
-            return xr_tls_fail_read(e, EMSGSIZE, XR_TLS_RECORD_OVERFLOW,
-                                    "record longer than %d bytes", XR_REC_MAX_CIPHER);
+                                    "bad record MAC (tampered or corrupt record)");
+        case XR_REC_ERR_OVERSIZE: {
+            char why[48];
+            snprintf(why, sizeof(why), "record longer than %d bytes", XR_REC_MAX_CIPHER);
+            return xr_tls_fail_read(e, EMSGSIZE, XR_TLS_RECORD_OVERFLOW, why);
+        }
         case XR_REC_ERR_FORMAT:
-        default: return xr_tls_fail_read(e, EPROTO, XR_TLS_DECODE_ERROR, "malformed record%.0d", 0);
+        default: return xr_tls_fail_read(e, EPROTO, XR_TLS_DECODE_ERROR, "malformed record");
         }
     }
 }
