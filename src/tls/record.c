@@ -1,6 +1,7 @@
 /*
  * record.c: TLS 1.2 application-data records sealed and opened with
- * libsodium (DESIGN "TLS").
+ * libsodium (DESIGN "TLS"), or for AES-256-GCM with xrayd's vector
+ * implementation (gcm.c) where the CPU has VAES and VPCLMULQDQ.
  *
  * The data path does no allocation and no copy beyond the one memmove that
  * makes opened plaintext contiguous: seal encrypts straight from the
@@ -9,6 +10,8 @@
  * consumed.
  */
 #include "tls/record.h"
+
+#include "tls/gcm.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -76,9 +79,14 @@ static int xr__dir_init(xr_rec_dir_t *d, xr_aead_t aead, const unsigned char *ke
     if (aead != XR_AEAD_AES256GCM)
         return 0;
     /* The expanded key schedule and GHASH powers are computed once per
-     * connection; libsodium wants the state 16-byte aligned, which malloc
-     * does not promise everywhere.  512 is a multiple of 16, as
-     * aligned_alloc requires. */
+     * connection. */
+    if (xr_gcm_available()) {
+        d->vgcm = xr_gcm_new(d->key);
+        return d->vgcm != NULL ? 0 : -1;
+    }
+    /* libsodium wants its state 16-byte aligned, which malloc does not
+     * promise everywhere.  512 is a multiple of 16, as aligned_alloc
+     * requires. */
     d->gcm = aligned_alloc(16, sizeof(crypto_aead_aes256gcm_state));
     if (d->gcm == NULL)
         return -1;
@@ -116,6 +124,7 @@ static void xr__dir_free(xr_rec_dir_t *d)
         sodium_memzero(d->gcm, sizeof(crypto_aead_aes256gcm_state));
         free(d->gcm);
     }
+    xr_gcm_free(d->vgcm);
     sodium_memzero(d, sizeof(*d));
 }
 
@@ -150,8 +159,11 @@ static size_t xr__seal_one(xr_rec_t *r, uint8_t type, const unsigned char *in, s
         memcpy(nonce + 4, aad, 8);
         memcpy(out + XR_REC_HEADER, aad, 8);
         unsigned char *c = out + XR_REC_HEADER + XR_REC_GCM_EXPLICIT;
-        crypto_aead_aes256gcm_encrypt_detached_afternm(c, c + n, NULL, in, n, aad, XR_REC_AAD, NULL,
-                                                       nonce, d->gcm);
+        if (d->vgcm != NULL)
+            xr_gcm_seal(d->vgcm, c, c + n, in, n, aad, XR_REC_AAD, nonce);
+        else
+            crypto_aead_aes256gcm_encrypt_detached_afternm(c, c + n, NULL, in, n, aad, XR_REC_AAD,
+                                                           NULL, nonce, d->gcm);
     } else {
         unsigned char nonce[12];
         xr__chacha_nonce(nonce, d->iv, d->seq);
@@ -241,8 +253,11 @@ xr_rec_status_t xr_rec_open(xr_rec_t *r, unsigned char *buf, size_t len, size_t 
             memcpy(nonce, d->iv, 4);
             memcpy(nonce + 4, h + XR_REC_HEADER, XR_REC_GCM_EXPLICIT);
             m = h + XR_REC_HEADER + XR_REC_GCM_EXPLICIT;
-            rc = crypto_aead_aes256gcm_decrypt_detached_afternm(m, NULL, m, n, m + n, aad,
-                                                                XR_REC_AAD, nonce, d->gcm);
+            if (d->vgcm != NULL)
+                rc = xr_gcm_open(d->vgcm, m, m, n, m + n, aad, XR_REC_AAD, nonce);
+            else
+                rc = crypto_aead_aes256gcm_decrypt_detached_afternm(m, NULL, m, n, m + n, aad,
+                                                                    XR_REC_AAD, nonce, d->gcm);
         } else {
             unsigned char nonce[12];
             xr__chacha_nonce(nonce, d->iv, d->seq);

@@ -2,7 +2,8 @@
  * record.h: xrayd's TLS 1.2 record layer for application data (DESIGN
  * "TLS").  mbedTLS does the handshake; its key export callback hands over
  * the key block, the sequence numbers are read from the finished context,
- * and from then on records are sealed and opened here with libsodium:
+ * and from then on records are sealed and opened here with libsodium (or,
+ * for AES-GCM on CPUs with VAES, with gcm.c):
  * AES-256-GCM per RFC 5288 (nonce = 4-byte salt || 8-byte explicit nonce
  * sent in the record, overhead 24 bytes) and ChaCha20-Poly1305 per RFC
  * 7905 (nonce = 12-byte IV XOR the sequence number, overhead 16 bytes).
@@ -30,8 +31,9 @@ typedef enum { XR_AEAD_NONE = 0, XR_AEAD_AES256GCM, XR_AEAD_CHACHA20 } xr_aead_t
 typedef struct {
     uint64_t seq;
     unsigned char key[32];
-    unsigned char iv[12]; /* GCM: 4-byte salt then zeros; ChaCha: 12 bytes */
-    void *gcm;            /* libsodium precomputed AES-GCM state (aligned), or NULL */
+    unsigned char iv[12];    /* GCM: 4-byte salt then zeros; ChaCha: 12 bytes */
+    void *gcm;               /* libsodium precomputed AES-GCM state (aligned), or NULL */
+    struct xr_gcm_key *vgcm; /* or the vector implementation's (gcm.h) */
 } xr_rec_dir_t;
 
 typedef struct {

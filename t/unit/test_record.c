@@ -406,13 +406,15 @@ TEST(init_rejects_what_it_cannot_do)
 
     if (xr_rec_available(XR_AEAD_AES256GCM)) {
         ASSERT_EQ(xr_rec_init(&r, XR_AEAD_AES256GCM, 1, kb, 32, 4, 0, 0), 0);
-        ASSERT_NOT_NULL(r.rx.gcm);
+        /* One of the two implementations holds the expanded key. */
+        ASSERT_TRUE((r.rx.gcm != NULL) != (r.rx.vgcm != NULL));
         ASSERT_EQ((uintptr_t) r.rx.gcm % 16, 0);
         ASSERT_MEMEQ(r.rx.iv, kb + 64, 4);
         ASSERT_MEMEQ(r.tx.iv, kb + 68, 4);
         xr_rec_free(&r);
         ASSERT_NULL(r.rx.gcm);
         ASSERT_NULL(r.tx.gcm);
+        ASSERT_NULL(r.rx.vgcm);
     }
 }
 
