@@ -103,6 +103,7 @@ XR_GCM_TARGET static void xr__expand(const unsigned char key[32], __m128i rk[15]
 XR_GCM_TARGET static inline __m128i xr__aes1(const __m128i rk[15], __m128i x)
 {
     x = _mm_xor_si128(x, rk[0]);
+#pragma GCC unroll 16
     for (int r = 1; r < 14; r++)
         x = _mm_aesenc_si128(x, rk[r]);
     return _mm_aesenclast_si128(x, rk[14]);
@@ -167,6 +168,7 @@ XR_GCM_TARGET static inline __m128i xr__ghash(const xr_gcm_key_t *k, __m128i y, 
     const unsigned char *pw = k->hpow[16 - m];
     __m512i lo = _mm512_setzero_si512(), mid = lo, hi = lo;
     x[0] = _mm512_xor_si512(x[0], _mm512_inserti32x4(_mm512_setzero_si512(), y, 0));
+#pragma GCC unroll 4
     for (unsigned g = 0; g * 4 < m; g++) {
         unsigned left = m - g * 4;
         __mmask8 lanes = left >= 4 ? 0xff : (__mmask8) ((1u << (2 * left)) - 1);
@@ -196,13 +198,14 @@ XR_GCM_TARGET static int xr__gcm_init(xr_gcm_key_t *k, const unsigned char key[3
 }
 
 /* Keystream for four blocks of counters (reflected) in c. */
-#define XR__AES4(out, c, rk, rev)                                                                  \
-    do {                                                                                           \
-        __m512i b_ = _mm512_xor_si512(_mm512_shuffle_epi8((c), (rev)), (rk)[0]);                   \
-        for (int r_ = 1; r_ < 14; r_++)                                                            \
-            b_ = _mm512_aesenc_epi128(b_, (rk)[r_]);                                               \
-        (out) = _mm512_aesenclast_epi128(b_, (rk)[14]);                                            \
-    } while (0)
+XR_GCM_TARGET static inline __m512i xr__aes4(const __m512i rk[15], __m512i c, __m512i rev)
+{
+    __m512i b = _mm512_xor_si512(_mm512_shuffle_epi8(c, rev), rk[0]);
+#pragma GCC unroll 16
+    for (int r = 1; r < 14; r++)
+        b = _mm512_aesenc_epi128(b, rk[r]);
+    return _mm512_aesenclast_epi128(b, rk[14]);
+}
 
 XR_GCM_TARGET static void xr__gcm_crypt(const xr_gcm_key_t *k, unsigned char *out,
                                         const unsigned char *in, size_t n, const unsigned char *aad,
@@ -213,6 +216,7 @@ XR_GCM_TARGET static void xr__gcm_crypt(const xr_gcm_key_t *k, unsigned char *ou
         _mm512_broadcast_i32x4(_mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
     __m512i rk[15];
     __m128i rk1[15];
+#pragma GCC unroll 16
     for (int i = 0; i < 15; i++) {
         rk1[i] = _mm_loadu_si128((const __m128i *) k->rk[i]);
         rk[i] = _mm512_broadcast_i32x4(rk1[i]);
@@ -252,13 +256,16 @@ XR_GCM_TARGET static void xr__gcm_crypt(const xr_gcm_key_t *k, unsigned char *ou
                             _mm512_loadu_si512(k->hpow[8]), _mm512_loadu_si512(k->hpow[12])};
     while (n >= 256) {
         __m512i ks[4], lo = _mm512_setzero_si512(), mid = lo, hi = lo;
+#pragma GCC unroll 16
         for (int g = 0; g < 4; g++) {
             ks[g] = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, rev), rk[0]);
             ctr = _mm512_add_epi32(ctr, four);
         }
         if (pending)
             prev[0] = _mm512_xor_si512(prev[0], _mm512_inserti32x4(_mm512_setzero_si512(), y, 0));
+#pragma GCC unroll 16
         for (int r = 1; r < 14; r++) {
+#pragma GCC unroll 16
             for (int g = 0; g < 4; g++)
                 ks[g] = _mm512_aesenc_epi128(ks[g], rk[r]);
             if (pending && r <= 4)
@@ -266,6 +273,7 @@ XR_GCM_TARGET static void xr__gcm_crypt(const xr_gcm_key_t *k, unsigned char *ou
             if (pending && r == 8)
                 y = xr__reduce(xr__fold(lo), xr__fold(mid), xr__fold(hi));
         }
+#pragma GCC unroll 16
         for (int g = 0; g < 4; g++) {
             ks[g] = _mm512_aesenclast_epi128(ks[g], rk[14]);
             __m512i d = _mm512_loadu_si512(in + 64 * g);
@@ -288,7 +296,7 @@ XR_GCM_TARGET static void xr__gcm_crypt(const xr_gcm_key_t *k, unsigned char *ou
             size_t bytes = n - g * 64 < 64 ? n - g * 64 : 64;
             __mmask64 mask = bytes == 64 ? ~(__mmask64) 0 : ((__mmask64) 1 << bytes) - 1;
             __m512i ks;
-            XR__AES4(ks, ctr, rk, rev);
+            ks = xr__aes4(rk, ctr, rev);
             ctr = _mm512_add_epi32(ctr, four);
             __m512i d = _mm512_maskz_loadu_epi8(mask, in + 64 * g);
             __m512i o = _mm512_xor_si512(d, ks);
