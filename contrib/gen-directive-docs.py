@@ -318,9 +318,13 @@ value is applied to an existing socket on reload.</p>""",
 <p>Makes the block's listeners speak TLS 1.2. mbedTLS performs the handshake
 (ECDHE with ECDSA or RSA certificates) and X.509 verification; once it is
 done, xrayd frees the mbedTLS context and seals and opens application data
-itself with libsodium (AES-256-GCM, RFC 5288, or ChaCha20-Poly1305, RFC
-7905), so an idle TLS connection costs about what a plain one does. Suites
-the record layer does not implement stay on mbedTLS's records.</p>
+itself (AES-256-GCM, RFC 5288, or ChaCha20-Poly1305, RFC 7905), so an idle
+TLS connection costs about what a plain one does. AES-256-GCM runs on
+xrayd's own VAES/VPCLMULQDQ code where the CPU has those instructions
+(<code>xrayd -V</code> says which), else on libsodium; ChaCha20-Poly1305 is
+libsodium's. Setting the environment variable <code>XRAYD_AES=sodium</code>
+forces libsodium. Suites the record layer does not implement stay on
+mbedTLS's records.</p>
 <p>With <a href="#d-tls-client_ca">client_ca</a> the client must present a
 certificate that chains to it, is within its validity and carries the
 digitalSignature key usage and the clientAuth extended key usage;

@@ -8,6 +8,7 @@
 #include "core/proctitle.h"
 #include "core/shm.h"
 #include "event/listener.h"
+#include "tls/gcm.h"
 
 #include <fcntl.h>
 #include <mbedtls/version.h>
@@ -43,6 +44,8 @@ static void xr_version(void)
     printf("built with libuv %s (running %s), mbedTLS %s, libyaml %s, libsodium %s\n",
            UV_VERSION_MAJOR == 1 ? uv_version_string() : "?", uv_version_string(), mbed,
            yaml_get_version_string(), sodium_version_string());
+    printf("TLS record AES-256-GCM: %s\n",
+           xr_gcm_available() ? "VAES/VPCLMULQDQ (xrayd's)" : "libsodium");
     printf("module ABI %d, build signature %s\n", XR_MODULE_ABI, XR_BUILD_SIGNATURE);
     printf("compiler: %s\n", XR_CC);
     printf("configure arguments:%s%s\n", XR_CONFIGURE_ARGS[0] ? " " : "", XR_CONFIGURE_ARGS);
