@@ -371,9 +371,18 @@ client_ca) asks for none.</p>""",
     },
     "tls/session_tickets": {
         "text": """
-<p>Tickets are sealed with keys made when the configuration is loaded and
-shared by all workers; mbedTLS rotates them every
-<a href="#d-tls-session_timeout">session_timeout</a>. The session cache
+<p>Tickets are sealed (XChaCha20-Poly1305) with a key per period of
+<a href="#d-tls-session_timeout">session_timeout</a>, derived from a secret
+the master draws at start and keeps in memory only. Every worker, and every
+worker started by a reload, derives the same key for the same period, so a
+ticket resumes on whichever worker the client reaches; a ticket opens in
+its own period and the next, and never later than session_timeout after
+the session began. Each key also covers the listener's certificate, CAs,
+<a href="#d-tls-verify_client">verify_client</a> and
+<a href="#d-tls-allow">allow</a>: a ticket does not resume on a listener
+that trusts differently, nor after a reload that changed those. A restart
+draws a new secret, so outstanding tickets then cost one full handshake.
+The session cache
 (<a href="#d-tls-session_cache">session_cache</a>) is shared by all workers
 too, so a client resumes by session id whichever worker it reaches.</p>""",
     },

@@ -310,6 +310,65 @@ def test_listener_resumption_sess_in(xrayd, cleanup, pki, tmp_path, how):
         print("resumed on workers", pids)
 
 
+def _resume(p, pki, sess):
+    r = th.s_client(p, pki, cert="app-1", extra=["-sess_in", str(sess)])
+    assert r.returncode == 0, r.stderr
+    return b"Reused, TLSv1.2" in r.stdout
+
+
+def test_listener_ticket_across_rotation(xrayd, cleanup, pki, tmp_path):
+    """Ticket keys are derived per period from one secret, so a ticket
+    minted late in one period still resumes in the next, on every worker
+    (two workers, six connections), until session_timeout has passed since
+    the session began.  The first wait lets a rotation happen first: with
+    independently rotating keys per worker this used to fall back to full
+    handshakes."""
+    echo = xf.EchoServer()
+    cleanup.append(echo)
+    x = xrayd()
+    life = 4
+    p = tls_listener_conf(x, pki, echo.port, workers=2,
+                          extra_tls="      session_timeout: %ds\n" % life)
+    x.start()
+    time.sleep(life + 0.2)
+    while not (life - 1.2 <= time.time() % life < life - 0.8):  # late in a period
+        time.sleep(0.05)
+    sess = tmp_path / "sess.pem"
+    r = th.s_client(p, pki, cert="app-1", extra=["-sess_out", str(sess)])
+    assert r.returncode == 0 and b"New, TLSv1.2" in r.stdout, r.stderr
+    minted = time.time()
+    while int(time.time()) // life == int(minted) // life:  # into the next period
+        time.sleep(0.05)
+    for i in range(6):
+        assert time.time() - minted < life - 0.5, "too slow to prove anything"
+        assert _resume(p, pki, sess), "connection %d after rotation not resumed" % i
+    x.wait_log(r"TLS with the client established \(tls, resumed\)", count=6)
+    time.sleep(max(0.0, minted + life + 1.1 - time.time()))
+    assert not _resume(p, pki, sess), "a ticket older than session_timeout resumed"
+
+
+def test_listener_ticket_survives_reload_not_trust_change(xrayd, cleanup, pki, tmp_path):
+    """Tickets outlive a SIGHUP that keeps the listener's trust settings
+    (new workers derive the same keys), and die with one that changes them
+    (here: an allow list with one more pattern)."""
+    echo = xf.EchoServer()
+    cleanup.append(echo)
+    x = xrayd()
+    p = tls_listener_conf(x, pki, echo.port, workers=2)
+    x.start()
+    sess = tmp_path / "sess.pem"
+    r = th.s_client(p, pki, cert="app-1", extra=["-sess_out", str(sess)])
+    assert r.returncode == 0 and b"New, TLSv1.2" in r.stdout, r.stderr
+    x.reload()
+    assert _resume(p, pki, sess), "a ticket did not survive an unchanged reload"
+    # (the helper moves the listener to a new port; the port is not part
+    # of what a ticket is bound to, the allow list is)
+    p2 = tls_listener_conf(x, pki, echo.port, workers=2, allow=("CN=app-*", "CN=ops-*"))
+    x.reload()
+    assert not _resume(p2, pki, sess), "a ticket resumed after the allow list changed"
+    x.wait_log(r"TLS with the client established \(tls, full handshake\)", count=2)
+
+
 @pytest.mark.parametrize("how", ["ticket", "session_id"])
 def test_upstream_resumption(xrayd, cleanup, pki, tmp_path, how):
     """xrayd resumes its session with s_server: ticket, or session id

@@ -10,12 +10,12 @@
 
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ssl.h>
-#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
 #include "core/conf.h"
 #include "relay/buf.h"
 #include "tls/record.h"
+#include "tls/ticket.h"
 
 typedef enum { XR_VERIFY_OFF = 0, XR_VERIFY_OPTIONAL, XR_VERIFY_REQUIRED } xr_verify_t;
 
@@ -39,7 +39,7 @@ typedef struct xr_tls_conf_s {
     mbedtls_x509_crt crt;
     mbedtls_pk_context pk;
     mbedtls_x509_crt ca_chain;
-    mbedtls_ssl_ticket_context ticket;
+    xr_ticket_t ticket;
     int *suites;
     int built;
     int has_crt, has_ca, has_ticket;

@@ -12,6 +12,7 @@
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/ssl_ciphersuites.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -163,6 +164,26 @@ static int xr_tls_fail(xr_conf_t *cf, const xr_tls_conf_t *t, const char *key, i
     return xr_conf_error(cf, at ? at : t->node, "%s \"%s\": %s", what, path, msg);
 }
 
+/* What a session resumed on this listener was trusted under: its own
+ * certificate, the CAs and verification it checks clients with, and its
+ * allow list.  Tickets are bound to it (ticket.h). */
+static void xr_tls_trust_digest(const xr_tls_conf_t *t, unsigned char out[32])
+{
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    for (const mbedtls_x509_crt *c = t->has_crt ? &t->crt : NULL; c != NULL; c = c->next)
+        crypto_generichash_update(&h, c->raw.p, c->raw.len);
+    crypto_generichash_update(&h, (const unsigned char *) "|ca|", 4);
+    for (const mbedtls_x509_crt *c = t->has_ca ? &t->ca_chain : NULL; c != NULL; c = c->next)
+        crypto_generichash_update(&h, c->raw.p, c->raw.len);
+    unsigned char v = (unsigned char) t->verify;
+    crypto_generichash_update(&h, &v, 1);
+    for (size_t i = 0; i < t->allow.n; i++)
+        crypto_generichash_update(&h, (const unsigned char *) t->allow.items[i],
+                                  strlen(t->allow.items[i]) + 1);
+    crypto_generichash_final(&h, out, 32);
+}
+
 static int xr_tls_build(xr_conf_t *cf, xr_tls_conf_t *t)
 {
     int rc;
@@ -170,7 +191,6 @@ static int xr_tls_build(xr_conf_t *cf, xr_tls_conf_t *t)
     mbedtls_x509_crt_init(&t->crt);
     mbedtls_x509_crt_init(&t->ca_chain);
     mbedtls_pk_init(&t->pk);
-    mbedtls_ssl_ticket_init(&t->ticket);
     t->built = 1;
 
     if (t->certificate != NULL) {
@@ -218,13 +238,12 @@ static int xr_tls_build(xr_conf_t *cf, xr_tls_conf_t *t)
     if (t->has_crt && (rc = mbedtls_ssl_conf_own_cert(&t->ssl, &t->crt, &t->pk)) != 0)
         return xr_tls_fail(cf, t, "certificate", rc, "cannot use certificate", t->certificate);
     if (t->is_server && t->session_tickets) {
-        rc = mbedtls_ssl_ticket_setup(&t->ticket, mbedtls_ctr_drbg_random, xr_tls_drbg(),
-                                      MBEDTLS_CIPHER_AES_256_GCM,
-                                      (uint32_t) (t->session_timeout / 1000));
-        if (rc != 0)
-            return xr_conf_error(cf, t->node, "cannot set up session tickets (-0x%04x)", -rc);
-        mbedtls_ssl_conf_session_tickets_cb(&t->ssl, mbedtls_ssl_ticket_write,
-                                            mbedtls_ssl_ticket_parse, &t->ticket);
+        unsigned char what[32];
+        xr_tls_trust_digest(t, what);
+        if (xr_ticket_init(&t->ticket, what, sizeof(what),
+                           (uint32_t) (t->session_timeout / 1000)) != XR_OK)
+            return xr_conf_error(cf, t->node, "session_timeout must be at least 1s for tickets");
+        mbedtls_ssl_conf_session_tickets_cb(&t->ssl, xr_ticket_write, xr_ticket_parse, &t->ticket);
         t->has_ticket = 1;
     }
     if (t->is_server && t->session_cache) {
@@ -245,7 +264,7 @@ void xr_tls_conf_free(xr_tls_conf_t *t)
         return;
     if (t->has_client_session)
         mbedtls_ssl_session_free(&t->client_session);
-    mbedtls_ssl_ticket_free(&t->ticket);
+    xr_ticket_free(&t->ticket);
     mbedtls_ssl_config_free(&t->ssl);
     mbedtls_x509_crt_free(&t->crt);
     mbedtls_x509_crt_free(&t->ca_chain);
