@@ -5,8 +5,9 @@ one test here: it must exit 0 and print a complete TAP plan with every
 line "ok".  Then fuzz/corpus/conf/ is replayed through
 objs/fuzz/fuzz_conf_replay, the fuzz target linked with a plain driver, so
 an input that once crashed the configuration loader stays fixed; and
-fuzz/corpus/record/ through fuzz/fuzz_record.c, which this file compiles
-itself with the Makefile's flags until the Makefile builds it.
+fuzz/corpus/record/ and fuzz/corpus/gcm/ through fuzz/fuzz_record.c and
+fuzz/fuzz_gcm.c, which this file compiles itself with the Makefile's flags
+until the Makefile builds them.
 
 Binaries are taken from $XRAYD_OBJS (default: <repo>/objs).
 """
@@ -25,6 +26,7 @@ UNIT_DIR = OBJS / "t" / "unit"
 CORPUS = REPO / "fuzz" / "corpus" / "conf"
 REPLAY = OBJS / "fuzz" / "fuzz_conf_replay"
 RECORD_CORPUS = REPO / "fuzz" / "corpus" / "record"
+GCM_CORPUS = REPO / "fuzz" / "corpus" / "gcm"
 
 TIMEOUT = 600
 
@@ -120,26 +122,40 @@ def _replay_each(replay, files):
     return failed
 
 
-def test_fuzz_record_corpus_replays(tmp_path):
-    """fuzz/fuzz_record.c + fuzz/replay.c, built here as the Makefile builds
-    fuzz_conf_replay (same compiler and flags, against objs/libxrayd.a),
-    must get through every committed record input."""
-    files = sorted(p for p in RECORD_CORPUS.iterdir() if p.is_file())
-    assert files, "empty corpus: %s" % RECORD_CORPUS
+def _build_replay(target, tmp_path):
+    """fuzz/<target>.c + fuzz/replay.c, built as the Makefile builds
+    fuzz_conf_replay (same compiler and flags, against objs/libxrayd.a)."""
     lib = OBJS / "libxrayd.a"
     if not lib.exists():
         pytest.fail("%s is not built (run make)" % lib)
     v = _make_vars()
-    exe = tmp_path / "fuzz_record_replay"
+    exe = tmp_path / (target + "_replay")
     # The Makefile's -I paths are relative to the top directory; objs may
     # be elsewhere ($XRAYD_OBJS), so name it explicitly first.
     cmd = (shlex.split(v["CC"]) + ["-I" + str(OBJS)] + shlex.split(v["CFLAGS"])
            + shlex.split(v["LDFLAGS"])
-           + ["-o", str(exe), "fuzz/fuzz_record.c", "fuzz/replay.c", str(lib)]
+           + ["-o", str(exe), "fuzz/%s.c" % target, "fuzz/replay.c", str(lib)]
            + shlex.split(v["LIBS"]))
     p = subprocess.run(cmd, cwd=str(REPO), stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=300, text=True,
                        errors="replace")
     assert p.returncode == 0, "%s\n%s%s" % (" ".join(cmd), p.stdout, p.stderr)
-    failed = _replay_each(exe, files)
+    return exe
+
+
+def test_fuzz_record_corpus_replays(tmp_path):
+    """fuzz/fuzz_record.c must get through every committed record input."""
+    files = sorted(p for p in RECORD_CORPUS.iterdir() if p.is_file())
+    assert files, "empty corpus: %s" % RECORD_CORPUS
+    failed = _replay_each(_build_replay("fuzz_record", tmp_path), files)
+    assert not failed, "\n".join(failed)
+
+
+def test_fuzz_gcm_corpus_replays(tmp_path):
+    """fuzz/fuzz_gcm.c: on every committed input the vector AES-256-GCM
+    seals as libsodium does, opens what it sealed and refuses a flipped
+    bit (a no-op on a CPU without VAES/VPCLMULQDQ)."""
+    files = sorted(p for p in GCM_CORPUS.iterdir() if p.is_file())
+    assert files, "empty corpus: %s" % GCM_CORPUS
+    failed = _replay_each(_build_replay("fuzz_gcm", tmp_path), files)
     assert not failed, "\n".join(failed)

@@ -1,0 +1,159 @@
+/*
+ * fuzz_gcm.c: differential libFuzzer target for the vector AES-256-GCM
+ * (src/tls/gcm.c) against libsodium's crypto_aead_aes256gcm, the fallback
+ * the record layer uses on other CPUs and the reference for this one.
+ *
+ * Input layout:
+ *   32 bytes    the key
+ *   12 bytes    the nonce; its first four bytes also choose the bit that
+ *               is flipped below (bytes 0-2 the position, byte 3 the bit)
+ *   1 byte      a = byte % 65, the length of the additional data
+ *   a bytes     the additional data
+ *   the rest    the plaintext (up to XR_FUZZ_GCM_MAX bytes; longer
+ *               inputs are ignored)
+ * Shorter inputs are ignored.
+ *
+ * Checked on every input: xr_gcm_seal gives libsodium's ciphertext and
+ * tag, out of place and in place; xr_gcm_open in place gives back the
+ * plaintext; with one bit flipped in the ciphertext, the tag or the
+ * additional data, xr_gcm_open returns -1 and zeroes its output.  Every
+ * buffer is allocated at its exact length, so the sanitizers see a read
+ * or write past one.  On a CPU without VAES/VPCLMULQDQ, or with
+ * XRAYD_AES=sodium, or without libsodium's AES-GCM, there is nothing to
+ * compare and every input is a no-op.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "tls/gcm.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define XR_FUZZ_GCM_MAX  20000
+#define XR_FUZZ_GCM_AAD  64
+#define XR_FUZZ_GCM_HEAD (32 + 12 + 1)
+
+/* What was being checked, for the report when a check fails. */
+static size_t xr_fuzz_n, xr_fuzz_aadlen;
+
+#define XR_FUZZ_CHECK(c)                                                                           \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr,                                                                        \
+                    "fuzz_gcm.c:%d: check failed: %s (plaintext %zu bytes, aad %zu bytes)\n",      \
+                    __LINE__, #c, xr_fuzz_n, xr_fuzz_aadlen);                                      \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* Compare n bytes; on a difference, say where before the check aborts. */
+static int xr_fuzz_same(const char *what, const unsigned char *a, const unsigned char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (a[i] != b[i]) {
+            fprintf(stderr, "fuzz_gcm.c: %s differs first at byte %zu of %zu (%02x, want %02x)\n",
+                    what, i, n, a[i], b[i]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static unsigned char *xr_fuzz_alloc(size_t n)
+{
+    unsigned char *p = malloc(n);
+    if (p == NULL && n > 0)
+        abort();
+    return p;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static int ready = -1;
+    static crypto_aead_aes256gcm_state st;
+    if (ready < 0) {
+        if (sodium_init() < 0)
+            abort();
+        ready = xr_gcm_available() && crypto_aead_aes256gcm_is_available();
+    }
+    if (!ready || size < XR_FUZZ_GCM_HEAD)
+        return 0;
+
+    const unsigned char *key = data, *nonce = data + 32;
+    size_t aadlen = data[44] % (XR_FUZZ_GCM_AAD + 1);
+    if (size - XR_FUZZ_GCM_HEAD < aadlen)
+        return 0;
+    size_t n = size - XR_FUZZ_GCM_HEAD - aadlen;
+    if (n > XR_FUZZ_GCM_MAX)
+        return 0;
+    xr_fuzz_n = n;
+    xr_fuzz_aadlen = aadlen;
+
+    unsigned char *aad = xr_fuzz_alloc(aadlen), *m = xr_fuzz_alloc(n);
+    unsigned char *want = xr_fuzz_alloc(n), *c = xr_fuzz_alloc(n), *w = xr_fuzz_alloc(n);
+    unsigned char want_tag[16], tag[16];
+    if (aadlen > 0)
+        memcpy(aad, data + XR_FUZZ_GCM_HEAD, aadlen);
+    if (n > 0)
+        memcpy(m, data + XR_FUZZ_GCM_HEAD + aadlen, n);
+
+    xr_gcm_key_t *k = xr_gcm_new(key);
+    XR_FUZZ_CHECK(k != NULL);
+    XR_FUZZ_CHECK(crypto_aead_aes256gcm_beforenm(&st, key) == 0);
+    XR_FUZZ_CHECK(crypto_aead_aes256gcm_encrypt_detached_afternm(want, want_tag, NULL, m, n, aad,
+                                                                 aadlen, NULL, nonce, &st) == 0);
+
+    /* Out of place, then in place. */
+    xr_gcm_seal(k, c, tag, m, n, aad, aadlen, nonce);
+    XR_FUZZ_CHECK(xr_fuzz_same("ciphertext", c, want, n));
+    XR_FUZZ_CHECK(xr_fuzz_same("tag", tag, want_tag, 16));
+    if (n > 0)
+        memcpy(w, m, n);
+    memset(tag, 0, sizeof(tag));
+    xr_gcm_seal(k, w, tag, w, n, aad, aadlen, nonce);
+    XR_FUZZ_CHECK(xr_fuzz_same("in-place ciphertext", w, want, n));
+    XR_FUZZ_CHECK(xr_fuzz_same("in-place tag", tag, want_tag, 16));
+
+    /* Opened in place, the plaintext comes back. */
+    XR_FUZZ_CHECK(xr_gcm_open(k, w, w, n, want_tag, aad, aadlen, nonce) == 0);
+    XR_FUZZ_CHECK(xr_fuzz_same("opened plaintext", w, m, n));
+
+    /* One bit flipped in the ciphertext, the tag or the additional data is
+     * refused, and the output wiped. */
+    size_t span = n + 16 + aadlen;
+    size_t at = ((size_t) nonce[0] | (size_t) nonce[1] << 8 | (size_t) nonce[2] << 16) % span;
+    unsigned char bit = (unsigned char) (1u << (nonce[3] & 7));
+    const char *region;
+    size_t off;
+    if (n > 0)
+        memcpy(w, want, n);
+    memcpy(tag, want_tag, 16);
+    if (at < n) {
+        region = "ciphertext", off = at;
+        w[off] ^= bit;
+    } else if (at < n + 16) {
+        region = "tag", off = at - n;
+        tag[off] ^= bit;
+    } else {
+        region = "aad", off = at - n - 16;
+        aad[off] ^= bit;
+    }
+    int r = xr_gcm_open(k, w, w, n, tag, aad, aadlen, nonce);
+    if (r != -1 || (n > 0 && (w[0] != 0 || memcmp(w, w + 1, n - 1) != 0)))
+        fprintf(stderr, "fuzz_gcm.c: bit %u of %s byte %zu flipped: open returned %d\n",
+                nonce[3] & 7u, region, off, r);
+    XR_FUZZ_CHECK(r == -1);
+    for (size_t i = 0; i < n; i++)
+        XR_FUZZ_CHECK(w[i] == 0);
+
+    xr_gcm_free(k);
+    free(aad);
+    free(m);
+    free(want);
+    free(c);
+    free(w);
+    return 0;
+}
