@@ -135,6 +135,88 @@ others, up to 8 levels deep. Errors in an included file are reported with
 that file's name, line and column.</p>""",
         "example": "include: conf.d/*.yaml",
     },
+    "agent": {
+        "syntax": "<code>agent:</code> <i>agent block</i>",
+        "text": """
+<p>Runs the XRAY agent: the service that applications' libraries and
+other agents reach over mutually authenticated TLS, speaking
+<a href="protocol.html">the XRAY protocol</a>. One worker process serves
+it (its log line says "serving the agent"); if that worker dies, its
+replacement takes over and reloads the leases from
+<a href="#d-agent-state_file">state_file</a>.</p>
+<p>This version serves server binding (XRAY &sect;5.1): a library
+registers a server socket with REGISTER and receives its official address
+- the local address when it is public, else an address and port leased
+from <a href="#d-agent-official_pool">official_pool</a> when the local
+address lies in one of <a href="#d-agent-networks">networks</a>. Leases
+last <a href="#d-agent-lease_time">lease_time</a> unless refreshed (the
+agent tells libraries to send a heartbeat every third of it). Connection
+setup (CONNECT, relay points, links between agents) is not served yet: a
+CONNECT is answered with the error UNREACHABLE and a message saying
+so.</p>
+<p>Who may do what is the <a href="#d-applications">applications</a>
+policy: a library whose certificate no application matches is refused at
+once, with the reason in the log.</p>""",
+        "example": (
+            "agent:\n"
+            "  listen: 198.19.0.2:7000\n"
+            "  tls:\n"
+            "    certificate: /etc/xrayd/agent.crt\n"
+            "    key: /etc/xrayd/agent.key\n"
+            "    client_ca: /etc/xrayd/ca.crt\n"
+            "  networks: [198.18.2.0/24]\n"
+            "  official_pool: [\"198.19.0.2:20000-20999\"]\n"
+            "  state_file: /var/lib/xrayd/agent.state"),
+    },
+    "applications": {
+        "syntax": "<code>[</code> <i>application</i>, ... <code>]</code>",
+        "text": """
+<p>The agent's policy, closed by default. Each entry names an application,
+says which certificates are it (<a href="#d-application-match">match</a>:
+the same patterns as a listener's <a href="#d-tls-allow">allow</a>), and
+what it may do: register servers
+(<a href="#d-application-inbound">inbound</a>), connect where
+(<a href="#d-application-outbound">outbound</a>), with which filter chain
+its relay points run, within which limits. The first entry whose patterns
+match a certificate is the application. Every refusal is logged with the
+application and the rule (or the missing one).</p>""",
+        "example": (
+            "applications:\n"
+            "  - name: web\n"
+            "    match: [\"CN=web-*\"]\n"
+            "    inbound: on\n"
+            "    filters: [signature: {patterns: [\"/etc/passwd\"]}]\n"
+            "  - name: backup-client\n"
+            "    match: [\"sha256:3f2a9c0e1b7d4a55\"]\n"
+            "    outbound: [\"198.18.2.0/24:873\"]"),
+    },
+    "application/outbound": {
+        "text": """
+<p>Each rule is <code>ADDR[/PREFIX][:PORTS]</code>: an IPv4 address or
+network, or an IPv6 one in brackets (<code>[2001:db8::]/32:443</code>), or
+<code>*</code> for every address; PORTS is one port, <code>LO-HI</code>,
+or <code>*</code> (the default). A network with host bits set below its
+prefix is refused as a likely typo. No rule means no outbound
+connections.</p>
+<p>Loopback, unspecified (0.0.0.0/8, ::), link-local, multicast and
+broadcast destinations, and the agent's own addresses, are refused even
+when a wide rule such as <code>*:443</code> covers them: a rule must name
+them, that is lie inside them (<code>127.0.0.1:9000</code>,
+<code>198.19.0.2/32:22</code>). A relay that reaches its own host's
+loopback is how a TURN server was turned into a proxy into its own network
+(CVE-2020-26262). IPv4-mapped IPv6 addresses are judged as the IPv4
+address they carry.</p>""",
+    },
+    "agent/state_file": {
+        "text": """
+<p>The agent writes its leases here (a text file, mode 0600, replaced
+atomically; a failed write, such as a full disk, keeps the previous file
+and is logged and retried every second). After a restart or a crash of
+its worker, every lease that has not run out stays reserved for its holder,
+recognised by its public key: another server asking for an address gets a
+different one, and the holder, registering again with its old address as
+<code>prior</code>, gets it back.</p>""",
+    },
     "relay": {
         "syntax": "<code>[</code> <i>relay block</i>, ... <code>]</code>",
         "text": """
@@ -482,6 +564,7 @@ NAV = [
     ("process.html", "Processes &amp; signals"),
     ("logging.html", "Logging"),
     ("pki.html", "Certificates"),
+    ("protocol.html", "Protocol"),
 ]
 
 CORE_GROUPS = [
@@ -506,6 +589,16 @@ BLOCKS = {
                      "Directives of a relay block's <a href=\"#d-upstream_tls\">"
                      "upstream_tls</a> mapping: xrayd speaks TLS 1.2 to the upstream "
                      "servers with these settings."),
+    "agent": ("The XRAY agent",
+              "Directives of the top-level <a href=\"#d-agent\">agent</a> mapping: "
+              "where libraries reach the agent, its TLS, the private networks it serves "
+              "and the official addresses it leases (see <a href=\"protocol.html\">the "
+              "protocol</a>)."),
+    "application": ("Applications",
+                    "Directives of each entry of the top-level "
+                    "<a href=\"#d-applications\">applications</a> list: the agent's "
+                    "policy. An identity no entry matches may do nothing; an entry may do "
+                    "only what it says."),
 }
 
 

@@ -5,9 +5,9 @@ one test here: it must exit 0 and print a complete TAP plan with every
 line "ok".  Then fuzz/corpus/conf/ is replayed through
 objs/fuzz/fuzz_conf_replay, the fuzz target linked with a plain driver, so
 an input that once crashed the configuration loader stays fixed; and
-fuzz/corpus/record/ and fuzz/corpus/gcm/ through fuzz/fuzz_record.c and
-fuzz/fuzz_gcm.c, which this file compiles itself with the Makefile's flags
-until the Makefile builds them.
+fuzz/corpus/record/, fuzz/corpus/gcm/ and fuzz/corpus/proto/ through
+fuzz/fuzz_record.c, fuzz/fuzz_gcm.c and fuzz/fuzz_proto.c, which this file
+compiles itself with the Makefile's flags until the Makefile builds them.
 
 Binaries are taken from $XRAYD_OBJS (default: <repo>/objs).
 """
@@ -27,6 +27,7 @@ CORPUS = REPO / "fuzz" / "corpus" / "conf"
 REPLAY = OBJS / "fuzz" / "fuzz_conf_replay"
 RECORD_CORPUS = REPO / "fuzz" / "corpus" / "record"
 GCM_CORPUS = REPO / "fuzz" / "corpus" / "gcm"
+PROTO_CORPUS = REPO / "fuzz" / "corpus" / "proto"
 
 TIMEOUT = 600
 
@@ -158,4 +159,14 @@ def test_fuzz_gcm_corpus_replays(tmp_path):
     files = sorted(p for p in GCM_CORPUS.iterdir() if p.is_file())
     assert files, "empty corpus: %s" % GCM_CORPUS
     failed = _replay_each(_build_replay("fuzz_gcm", tmp_path), files)
+    assert not failed, "\n".join(failed)
+
+
+def test_fuzz_proto_corpus_replays(tmp_path):
+    """fuzz/fuzz_proto.c: every committed stream decodes the same whole,
+    byte by byte and in chunks, and every frame it accepts encodes back to
+    exactly its bytes."""
+    files = sorted(p for p in PROTO_CORPUS.iterdir() if p.is_file())
+    assert files, "empty corpus: %s" % PROTO_CORPUS
+    failed = _replay_each(_build_replay("fuzz_proto", tmp_path), files)
     assert not failed, "\n".join(failed)

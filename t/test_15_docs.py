@@ -77,8 +77,9 @@ def html_pages():
     return sorted(f for f in os.listdir(DOCS) if f.endswith(".html"))
 
 
-# Nested blocks of a relay block; their directives are anchored d-BLOCK-NAME.
-BLOCKS = ("tls", "upstream_tls")
+# Nested blocks (of a relay block, or the agent's); their directives are
+# anchored d-BLOCK-NAME.
+BLOCKS = ("tls", "upstream_tls", "agent", "application")
 
 
 def expected_anchors(rows):

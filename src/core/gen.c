@@ -3,6 +3,7 @@
  */
 #include "core/xrayd.h"
 #include "core/gen.h"
+#include "agent/agent.h"
 #include "core/log.h"
 #include "tls/tls.h"
 
@@ -50,6 +51,10 @@ const xr_directive_t xr_core_directives[] = {
      "How long retiring workers may keep relaying after reload or quit."},
     {"relay", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_relay, XR_DIR_MULTI,
      "Relay blocks: listeners and the upstreams they relay to."},
+    {"agent", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_agent_set, 0,
+     "Run the XRAY agent: its control address, TLS, networks and official pool."},
+    {"applications", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_agent_set_applications, 0,
+     "The agent's policy: applications by certificate, what each may do."},
 
     {"name", R, XR_T_STRING, RO(name), NULL, 0, 0, NULL, NULL, 0,
      "Name of the relay block in logs and statistics (default: first listen address)."},
@@ -87,8 +92,9 @@ const xr_directive_t xr_core_directives[] = {
 #undef M
 #undef R
 
-static const xr_directive_t *const xr_hint_tables[] = {xr_core_directives, xr_tls_server_directives,
-                                                       xr_tls_client_directives, NULL};
+static const xr_directive_t *const xr_hint_tables[] = {
+    xr_core_directives,  xr_tls_server_directives, xr_tls_client_directives,
+    xr_agent_directives, xr_app_directives,        NULL};
 
 static void *xr_gen_target(xr_conf_t *cf, const xr_directive_t *d, void *block)
 {
@@ -208,13 +214,19 @@ static int xr_set_relay(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_
 
 static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d)
 {
-    xr_gen_t *g = cf->user;
     xr_relay_conf_t *rc = conf;
+    return xr_gen_filters(cf, n, &rc->filters, &rc->nfilters);
+}
+
+int xr_gen_filters(xr_conf_t *cf, const xr_node_t *n, xr_filter_conf_t **filters, size_t *nfilters)
+{
+    xr_gen_t *g = cf->user;
     if (n->type != XR_NODE_SEQ)
         return xr_conf_error(cf, n,
                              "expected a sequence of filters (each item starts with \"- \")");
-    rc->filters = xr_conf_alloc(cf, (n->n ? n->n : 1) * sizeof(xr_filter_conf_t));
-    rc->nfilters = 0;
+    xr_filter_conf_t *fs = xr_conf_alloc(cf, (n->n ? n->n : 1) * sizeof(xr_filter_conf_t));
+    *filters = fs;
+    *nfilters = 0;
     for (size_t i = 0; i < n->n; i++) {
         const xr_node_t *e = n->items[i], *name, *opts = NULL;
         if (e->type == XR_NODE_SCALAR) {
@@ -240,7 +252,7 @@ static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const x
                 "unknown filter module \"%s\" (built in: %s; load others with load_module)",
                 name->str, list);
         }
-        xr_filter_conf_t *f = &rc->filters[rc->nfilters++];
+        xr_filter_conf_t *f = &fs[(*nfilters)++];
         f->module = m;
         f->node = e;
         f->conf = xr_conf_alloc(cf, m->conf_size ? m->conf_size : 1);
@@ -260,7 +272,7 @@ static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const x
             if (!cf->failed)
                 xr_conf_error(cf, e, "filter \"%s\" refused its configuration", m->name);
             f->module = NULL; /* free_conf must not run on a half-built conf */
-            rc->nfilters--;
+            (*nfilters)--;
             return XR_ERROR;
         }
         f->next_in_gen = g->filters;
@@ -429,10 +441,11 @@ static xr_gen_t *xr_gen_build(xr_conf_t *cf, xr_gen_t *g, xr_node_t *root)
         XR_OK)
         return NULL;
     g->defaults.set = seen;
-    if (xr_gen_validate(cf, g) != XR_OK)
+    if (xr_gen_validate(cf, g) != XR_OK || xr_agent_validate(cf, g) != XR_OK)
         return NULL;
-    if (g->nrelays == 0) {
-        xr_conf_error(cf, root, "no relay blocks: nothing to do (add a \"relay:\" list)");
+    if (g->nrelays == 0 && g->agent == NULL) {
+        xr_conf_error(cf, root,
+                      "no relay blocks and no agent: nothing to do (add a \"relay:\" list)");
         return NULL;
     }
     return g;
@@ -535,7 +548,8 @@ static void xr_list_table(FILE *out, const xr_directive_t *t, const char *label)
             {"include", "paths"},         {"load_module", "paths"},
             {"relay", "relay blocks"},    {"filters", "filter entries"},
             {"tls", "tls block"},         {"upstream_tls", "tls block"},
-            {"patterns", "patterns"}};
+            {"agent", "agent block"},     {"applications", "application entries"},
+            {"outbound", "rules"},        {"patterns", "patterns"}};
         for (size_t k = 0; d->type == XR_T_CUSTOM && k < XR_ARRAY_SIZE(shapes); k++)
             if (strcmp(d->name, shapes[k][0]) == 0)
                 type = shapes[k][1];
@@ -557,6 +571,8 @@ void xr_gen_list_directives(FILE *out)
     xr_list_table(out, xr_core_directives, NULL);
     xr_list_table(out, xr_tls_server_directives, "tls");
     xr_list_table(out, xr_tls_client_directives, "upstream_tls");
+    xr_list_table(out, xr_agent_directives, "agent");
+    xr_list_table(out, xr_app_directives, "application");
     for (size_t i = 0; xr_builtin_modules[i]; i++) {
         char label[80];
         snprintf(label, sizeof(label), "filter:%s", xr_builtin_modules[i]->name);

@@ -75,10 +75,17 @@ typedef struct xr_gen_s {
     xr_relay_conf_t defaults; /* top-level values relays inherit */
     xr_relay_conf_t **relays;
     size_t nrelays, relays_cap;
-    xr_dynmod_t *modules;      /* loaded with load_module, newest first */
-    xr_filter_conf_t *filters; /* every filter instance */
-    xr_cleanup_t *cleanups;    /* run by xr_gen_free, newest first */
+    xr_dynmod_t *modules;          /* loaded with load_module, newest first */
+    xr_filter_conf_t *filters;     /* every filter instance */
+    xr_cleanup_t *cleanups;        /* run by xr_gen_free, newest first */
+    struct xr_agent_conf_s *agent; /* the agent: block, or NULL */
+    struct xr_policy_s *policy;    /* applications:, or NULL */
+    const xr_node_t *policy_node;
 } xr_gen_t;
+
+/* Parse a `filters:` sequence into a chain allocated from the generation
+ * (relay blocks and agent applications use it).  XR_OK or XR_ERROR. */
+int xr_gen_filters(xr_conf_t *cf, const xr_node_t *n, xr_filter_conf_t **filters, size_t *nfilters);
 
 /* Run fn(arg) when g is freed (for what the arena cannot free). */
 void xr_gen_add_cleanup(xr_gen_t *g, void (*fn)(void *), void *arg);

@@ -29,6 +29,7 @@ typedef struct {
     pid_t pid;
     xr_gen_t *gen;
     int retiring;
+    int agent; /* serves the generation's agent */
     int64_t started;
 } xr_proc_t;
 
@@ -66,13 +67,20 @@ static int xr_master_spawn(xr_gen_t *g)
         xr_log(XR_LOG_ALERT, "no free worker slot (more than %d workers alive)", XR_SHM_WORKERS);
         return XR_ERROR;
     }
+    /* One worker of a generation serves its agent, so the agent's tables
+     * live in one process; a replacement for it takes the role over. */
+    int agent = g->agent != NULL;
+    for (int i = 0; i < XR_SHM_WORKERS && agent; i++)
+        if (xr_m.procs[i].pid > 0 && xr_m.procs[i].gen == g && xr_m.procs[i].agent)
+            agent = 0;
     pid_t pid = fork();
     if (pid < 0) {
         xr_log_errno(XR_LOG_ALERT, errno, "fork() failed");
         return XR_ERROR;
     }
     if (pid == 0)
-        xr_worker_main(g, slot, xr_m.sigfd);
+        xr_worker_main(g, slot, agent, xr_m.sigfd);
+    xr_m.procs[slot].agent = agent;
     xr_m.procs[slot].pid = pid;
     xr_m.procs[slot].gen = g;
     xr_m.procs[slot].retiring = 0;

@@ -3,6 +3,7 @@
  * generation's listeners and runs relays until told to stop.
  */
 #include "core/xrayd.h"
+#include "agent/agent.h"
 #include "core/log.h"
 #include "core/proctitle.h"
 #include "core/shm.h"
@@ -139,6 +140,7 @@ static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
 
 static void xr_worker_close_listeners(void)
 {
+    xr_agent_stop();
     for (size_t i = 0; i < xr_w.nls; i++) {
         xr_wlistener_t *l = &xr_w.ls[i];
         if (l->fd < 0)
@@ -197,7 +199,7 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
     }
 }
 
-void xr_worker_main(xr_gen_t *g, int slot, int close_fd)
+void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd)
 {
     xr_log_set_pid();
     xr_proctitle_set("xrayd: worker process");
@@ -266,8 +268,15 @@ void xr_worker_main(xr_gen_t *g, int slot, int close_fd)
             xr_worker_listen(l, 1);
         }
     }
-    xr_log(XR_LOG_NOTICE, "worker process started (generation %llu)",
-           (unsigned long long) g->number);
+    if (agent) {
+        int fd = xr_listeners_fd(&g->agent->listen);
+        if (fd < 0 || xr_agent_start(&xr_w.loop, g, fd) != XR_OK) {
+            xr_log(XR_LOG_EMERG, "cannot start the agent on %s", g->agent->listen.text);
+            _exit(2);
+        }
+    }
+    xr_log(XR_LOG_NOTICE, "worker process started (generation %llu)%s",
+           (unsigned long long) g->number, agent ? ", serving the agent" : "");
 
     uv_run(&xr_w.loop, UV_RUN_DEFAULT);
 

@@ -10,7 +10,8 @@
 extern int xr_worker_slot;
 
 /* Run a worker on generation g in a freshly forked child; never returns.
- * close_fd is a master-only descriptor to close (its signalfd). */
-void xr_worker_main(xr_gen_t *g, int slot, int close_fd) __attribute__((noreturn));
+ * With agent, it also serves g's agent.  close_fd is a master-only
+ * descriptor to close (its signalfd). */
+void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd) __attribute__((noreturn));
 
 #endif

@@ -3,6 +3,7 @@
  */
 #include "core/xrayd.h"
 #include "event/listener.h"
+#include "agent/agent.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -61,55 +62,77 @@ static int xr_listen_one(const xr_addr_t *a, int backlog, char *err, size_t errs
     return fd;
 }
 
+/* Every address g listens on, with its backlog: the relay blocks', then
+ * the agent's.  Returns how many (at most cap). */
+static size_t xr_gen_listens(const xr_gen_t *g, const xr_addr_t **addrs, int *backlogs, size_t cap)
+{
+    size_t n = 0;
+    for (size_t r = 0; r < g->nrelays; r++)
+        for (size_t i = 0; i < g->relays[r]->listen.n && n < cap; i++) {
+            addrs[n] = &g->relays[r]->listen.items[i];
+            backlogs[n++] = (int) g->relays[r]->backlog;
+        }
+    if (g->agent != NULL && n < cap) {
+        addrs[n] = &g->agent->listen;
+        backlogs[n++] = 511;
+    }
+    return n;
+}
+
 int xr_listeners_open(xr_gen_t *g, char *err, size_t errsize)
 {
-    for (size_t r = 0; r < g->nrelays; r++) {
-        xr_relay_conf_t *rc = g->relays[r];
-        for (size_t i = 0; i < rc->listen.n; i++) {
-            const xr_addr_t *a = &rc->listen.items[i];
-            xr_listen_sock_t *l = xr_ls_find(a);
-            if (l != NULL) {
-                if (l->backlog != (int) rc->backlog) {
-                    listen(l->fd, (int) rc->backlog); /* Linux resizes the queue in place */
-                    l->backlog = (int) rc->backlog;
-                }
-                continue;
+    const xr_addr_t *addrs[XR_MAX_LISTENERS + 1];
+    int backlogs[XR_MAX_LISTENERS + 1];
+    size_t count = xr_gen_listens(g, addrs, backlogs, XR_MAX_LISTENERS + 1);
+    if (count > XR_MAX_LISTENERS) {
+        snprintf(err, errsize, "more than %d listen addresses", XR_MAX_LISTENERS);
+        return XR_ERROR;
+    }
+    for (size_t i = 0; i < count; i++) {
+        const xr_addr_t *a = addrs[i];
+        int backlog = backlogs[i];
+        xr_listen_sock_t *l = xr_ls_find(a);
+        if (l != NULL) {
+            if (l->backlog != backlog) {
+                listen(l->fd, backlog); /* Linux resizes the queue in place */
+                l->backlog = backlog;
             }
-            int fd = xr_listen_one(a, (int) rc->backlog, err, errsize);
-            if (fd < 0)
-                return XR_ERROR;
-            size_t slot = xr_nls;
-            for (size_t k = 0; k < xr_nls; k++)
-                if (xr_ls[k].fd < 0) {
-                    slot = k;
-                    break;
-                }
-            if (slot == XR_MAX_LISTENERS) {
-                close(fd);
-                snprintf(err, errsize, "more than %d listen addresses", XR_MAX_LISTENERS);
-                return XR_ERROR;
-            }
-            if (slot == xr_nls)
-                xr_nls++;
-            l = &xr_ls[slot];
-            memcpy(&l->sa, &a->sa, a->len);
-            l->len = a->len;
-            l->fd = fd;
-            l->backlog = (int) rc->backlog;
-            snprintf(l->text, sizeof(l->text), "%s", a->text);
+            continue;
         }
+        int fd = xr_listen_one(a, backlog, err, errsize);
+        if (fd < 0)
+            return XR_ERROR;
+        size_t slot = xr_nls;
+        for (size_t k = 0; k < xr_nls; k++)
+            if (xr_ls[k].fd < 0) {
+                slot = k;
+                break;
+            }
+        if (slot == XR_MAX_LISTENERS) {
+            close(fd);
+            snprintf(err, errsize, "more than %d listen addresses", XR_MAX_LISTENERS);
+            return XR_ERROR;
+        }
+        if (slot == xr_nls)
+            xr_nls++;
+        l = &xr_ls[slot];
+        memcpy(&l->sa, &a->sa, a->len);
+        l->len = a->len;
+        l->fd = fd;
+        l->backlog = backlog;
+        snprintf(l->text, sizeof(l->text), "%s", a->text);
     }
     return XR_OK;
 }
 
 static int xr_gen_uses(const xr_gen_t *g, const xr_listen_sock_t *l)
 {
-    for (size_t r = 0; r < g->nrelays; r++)
-        for (size_t i = 0; i < g->relays[r]->listen.n; i++) {
-            const xr_addr_t *a = &g->relays[r]->listen.items[i];
-            if (a->len == l->len && memcmp(&a->sa, &l->sa, a->len) == 0)
-                return 1;
-        }
+    const xr_addr_t *addrs[XR_MAX_LISTENERS + 1];
+    int backlogs[XR_MAX_LISTENERS + 1];
+    size_t count = xr_gen_listens(g, addrs, backlogs, XR_MAX_LISTENERS + 1);
+    for (size_t i = 0; i < count; i++)
+        if (addrs[i]->len == l->len && memcmp(&addrs[i]->sa, &l->sa, addrs[i]->len) == 0)
+            return 1;
     return 0;
 }
 

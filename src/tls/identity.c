@@ -5,6 +5,7 @@
 #include "tls/identity.h"
 
 #include <arpa/inet.h>
+#include <fnmatch.h>
 #include <mbedtls/asn1.h>
 #include <mbedtls/ecp.h>
 #include <mbedtls/oid.h>
@@ -258,4 +259,23 @@ int xr_identity_from_crt(const mbedtls_x509_crt *crt, xr_identity_t *out)
     for (size_t i = 0; i < sizeof(digest); i++)
         xr_sb_hexbyte(&sb, digest[i], 0);
     return rc;
+}
+
+int xr_identity_match(const xr_identity_t *id, const char *pat)
+{
+    if (strncmp(pat, "sha256:", 7) == 0) {
+        size_t n = strlen(pat + 7);
+        return n >= 16 && strncasecmp(pat + 7, id->pubkey_sha256, n) == 0;
+    }
+    if (fnmatch(pat, id->subject, 0) == 0)
+        return 1;
+    for (int which = 0; which < 2; which++) {
+        char list[XR_IDENTITY_SANS_MAX];
+        snprintf(list, sizeof(list), "%s", which == 0 ? id->subject : id->sans);
+        char *save = NULL;
+        for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+            if (fnmatch(pat, tok, 0) == 0)
+                return 1;
+    }
+    return 0;
 }

@@ -63,4 +63,10 @@ int xr_identity_format_sans(const mbedtls_x509_crt *crt, char *buf, size_t size)
 /* SHA-256 of crt's DER SubjectPublicKeyInfo, raw (32 bytes). */
 void xr_identity_pubkey_sha256(const mbedtls_x509_crt *crt, unsigned char digest[32]);
 
+/* Does pattern match id?  A pattern is the key ("sha256:HEX", a prefix of
+ * at least 16 digits), the whole subject, one of its RDNs ("CN=app-*"), or
+ * one SAN ("DNS:*.example"), with shell wildcards.  Used by a listener's
+ * allow and by the agent's applications. */
+int xr_identity_match(const xr_identity_t *id, const char *pattern);
+
 #endif /* XR_IDENTITY_H */

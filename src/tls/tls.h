@@ -14,6 +14,7 @@
 
 #include "core/conf.h"
 #include "relay/buf.h"
+#include "tls/identity.h"
 #include "tls/record.h"
 #include "tls/ticket.h"
 
@@ -43,6 +44,7 @@ typedef struct xr_tls_conf_s {
     int *suites;
     int built;
     int has_crt, has_ca, has_ticket;
+    int keep_peer; /* keep the peer's parsed identity (the agent matches on it) */
     /* Client side, per worker (each has its own copy after fork): the
      * last session with this upstream, offered for resumption. */
     mbedtls_ssl_session client_session;
@@ -73,6 +75,9 @@ const char *xr_tls_end_identity(struct xr_end_s *e);
  * with the reason in xr_tls_end_why(e). */
 int xr_tls_end_allowed(struct xr_end_s *e, const xr_tls_conf_t *t);
 const char *xr_tls_end_why(struct xr_end_s *e);
+/* The peer's verified identity, when the configuration keeps it
+ * (keep_peer, or a listener's allow list before the check), else NULL. */
+const xr_identity_t *xr_tls_end_peer(struct xr_end_s *e);
 /* Was the last handshake an abbreviated (resumed) one? */
 int xr_tls_end_resumed(struct xr_end_s *e);
 

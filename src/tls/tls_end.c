@@ -15,7 +15,6 @@
 #include "tls/identity.h"
 #include "tls/tls.h"
 
-#include <fnmatch.h>
 #include <mbedtls/error.h>
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/ssl_internal.h>
@@ -463,7 +462,7 @@ static void xr_tls_read_identity(xr_tls_end_t *t, char *idbuf, size_t size, xr_i
         t->peer_verified = 0; /* a truncated name must never match */
     snprintf(idbuf, size, "%s sha256:%.16s%s", peer->subject, peer->pubkey_sha256,
              t->peer_verified ? "" : " (unverified)");
-    *have_peer = t->conf->is_server && t->conf->allow.n > 0;
+    *have_peer = (t->conf->is_server && t->conf->allow.n > 0) || t->conf->keep_peer;
 }
 
 int xr_tls_end_handshake(xr_end_t *e)
@@ -541,6 +540,12 @@ int xr_tls_end_handshake(xr_end_t *e)
     return rc;
 }
 
+const xr_identity_t *xr_tls_end_peer(xr_end_t *e)
+{
+    xr_tls_end_t *t = xr_tls(e);
+    return t != NULL && t->peer_verified ? t->peer : NULL;
+}
+
 const char *xr_tls_end_identity(xr_end_t *e)
 {
     xr_tls_end_t *t = xr_tls(e);
@@ -559,35 +564,13 @@ int xr_tls_end_resumed(xr_end_t *e)
     return t ? t->resumed : 0;
 }
 
-/* An allow entry matches the key ("sha256:HEX", a prefix of at least 16
- * digits), the whole subject, one of its RDNs ("CN=app-*"), or one SAN
- * ("DNS:*.example"), with shell wildcards. */
-static int xr_tls_match(const xr_identity_t *id, const char *pat)
-{
-    if (strncmp(pat, "sha256:", 7) == 0) {
-        size_t n = strlen(pat + 7);
-        return n >= 16 && strncasecmp(pat + 7, id->pubkey_sha256, n) == 0;
-    }
-    if (fnmatch(pat, id->subject, 0) == 0)
-        return 1;
-    for (int which = 0; which < 2; which++) {
-        char list[XR_IDENTITY_SANS_MAX];
-        snprintf(list, sizeof(list), "%s", which == 0 ? id->subject : id->sans);
-        char *save = NULL;
-        for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-            if (fnmatch(pat, tok, 0) == 0)
-                return 1;
-    }
-    return 0;
-}
-
 int xr_tls_end_allowed(xr_end_t *e, const xr_tls_conf_t *c)
 {
     xr_tls_end_t *t = xr_tls(e);
     int ok = c->allow.n == 0;
     if (!ok && t->peer != NULL && t->peer_verified)
         for (size_t i = 0; i < c->allow.n && !ok; i++)
-            ok = xr_tls_match(t->peer, c->allow.items[i]);
+            ok = xr_identity_match(t->peer, c->allow.items[i]);
     if (!ok)
         snprintf(t->why, sizeof(t->why), "client %s is not in allow",
                  t->identity ? t->identity : "without a certificate");

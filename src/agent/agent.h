@@ -1,0 +1,54 @@
+/*
+ * agent.h: the XRAY agent (DESIGN "The agent"): the `agent:` block and
+ * the control service that libraries talk to (html-docs/protocol.html).
+ *
+ * This version serves server binding (XRAY §5.1): HELLO, REGISTER,
+ * REFRESH, UNREGISTER, with official addresses leased from the pool, soft
+ * state kept alive by heartbeats and persisted in the state file.  One
+ * worker (slot 0) serves the agent, so its tables need no sharing.
+ */
+#ifndef XR_AGENT_H
+#define XR_AGENT_H
+
+#include <uv.h>
+
+#include "agent/lease.h"
+#include "agent/policy.h"
+#include "core/gen.h"
+
+#define XR_CTX_AGENT 0x40
+
+typedef struct xr_agent_conf_s {
+    xr_addr_t listen;
+    struct xr_tls_conf_s *tls;
+    xr_str_list_t networks_text;
+    xr_str_list_t pool_text;
+    int64_t lease_time;
+    char *state_file;
+    int64_t handshake_timeout;
+    /* parsed */
+    xr_net_rule_t *networks;
+    size_t nnetworks;
+    xr_pool_range_t *pool;
+    size_t npool;
+    const xr_node_t *node;
+} xr_agent_conf_t;
+
+extern const xr_directive_t xr_agent_directives[];
+
+/* Setters of the top-level `agent` and `applications` keys. */
+int xr_agent_set(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
+int xr_agent_set_applications(xr_conf_t *cf, const xr_node_t *n, void *conf,
+                              const xr_directive_t *d);
+/* Checks across keys, after the whole file is read. */
+int xr_agent_validate(xr_conf_t *cf, xr_gen_t *g);
+
+/* In the agent's worker: serve the control protocol on listen_fd. */
+int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd);
+/* Stop accepting; close every control session (leases stay in the state
+ * file for the next agent). */
+void xr_agent_stop(void);
+/* Sessions still open (the worker waits for none when stopping). */
+size_t xr_agent_sessions(void);
+
+#endif

@@ -1,0 +1,75 @@
+/*
+ * policy.h: the agent's `applications:` - who an application is (its
+ * certificate), what it may do (register servers, connect where), which
+ * filters its relay points run, and its limits (XRAY §4, DESIGN "The
+ * agent").
+ *
+ * Closed by default: an identity no entry matches may do nothing, and an
+ * outbound destination must be allowed by a rule.  Destinations that would
+ * turn a relay into an attack tool - loopback, unspecified, link-local,
+ * multicast, broadcast, the agent's own addresses - are refused even when a
+ * wide rule covers them, unless a rule names them (lies inside them): a
+ * TURN server was abused exactly this way (CVE-2020-26262).
+ */
+#ifndef XR_POLICY_H
+#define XR_POLICY_H
+
+#include "agent/proto.h"
+#include "core/conf.h"
+#include "core/gen.h"
+#include "tls/identity.h"
+
+/* An outbound rule: ADDR[/PREFIX][:PORTS] (see html-docs). */
+typedef struct {
+    uint8_t family; /* 4 or 6 */
+    uint8_t prefix; /* bits */
+    uint8_t addr[16];
+    uint16_t port_lo, port_hi;
+    const char *text; /* as written, for logs */
+} xr_net_rule_t;
+
+typedef struct xr_app_conf_s {
+    char *name;
+    xr_str_list_t match;
+    int inbound;
+    xr_net_rule_t *outbound;
+    size_t noutbound;
+    int64_t max_relays;
+    int64_t max_registrations;
+    xr_filter_conf_t *filters;
+    size_t nfilters;
+    const xr_node_t *node;
+} xr_app_conf_t;
+
+typedef struct xr_policy_s {
+    xr_app_conf_t **apps;
+    size_t napps;
+} xr_policy_t;
+
+/* The directives of one `applications:` entry (context "application"). */
+extern const xr_directive_t xr_app_directives[];
+
+/* Parse the value of `applications:` (a sequence of entries) into p,
+ * allocating from cf's pool.  XR_OK, or XR_ERROR with cf->err set. */
+int xr_policy_parse(xr_conf_t *cf, const xr_node_t *seq, xr_policy_t *p);
+
+/* Parse one outbound rule; XR_OK, or XR_ERROR with a reason in why. */
+int xr_net_rule_parse(const char *text, xr_net_rule_t *r, char *why, size_t whylen);
+
+/* Does rule r cover address and port a? */
+int xr_net_rule_covers(const xr_net_rule_t *r, const xr_paddr_t *a);
+
+/* The first application whose match patterns match id, or NULL. */
+const xr_app_conf_t *xr_policy_find(const xr_policy_t *p, const xr_identity_t *id);
+
+/* May app connect to dst?  XR_OK with the allowing rule in why, or
+ * XR_DECLINED with a sentence naming the application, the destination and
+ * the rule (or its absence) in why.  self lists the agent's own addresses
+ * (port 0 in each: any port). */
+int xr_policy_outbound(const xr_app_conf_t *app, const xr_paddr_t *dst, const xr_paddr_t *self,
+                       size_t nself, char *why, size_t whylen);
+
+/* "198.18.2.1:80" or "[2001:db8::1]:443" into buf. */
+const char *xr_paddr_str(const xr_paddr_t *a, char *buf, size_t size);
+
+#endif

@@ -1,0 +1,278 @@
+"""The XRAY agent's control service through the real binary: server
+binding (XRAY §5.1) - HELLO, REGISTER, REFRESH, UNREGISTER - with official
+addresses leased from the pool, soft state (expiry, heartbeats), the state
+file across a crash of the agent's worker, the policy's refusals, and bad
+frames.  The client is t/agent_client.py, written from the protocol page."""
+
+import os
+import re
+import signal
+import socket
+import struct
+import time
+
+import pytest
+
+import agent_client as ac
+import tls_helpers as th
+import xrayd_fixture as xf
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return th.Pki(tmp_path_factory.mktemp("pki"))
+
+
+POOL = "198.19.0.2:20000-20002"
+
+
+def agent_conf(x, pki, lease="30s", extra_apps="", state=True, workers=2, max_regs=3):
+    p = x.listen_port()
+    body = """
+agent:
+  listen: 127.0.0.1:${p}
+  tls:
+    certificate: %s
+    key: %s
+    client_ca: %s
+  networks: [198.18.2.0/24]
+  official_pool: ["%s"]
+  lease_time: %s
+%s
+applications:
+  - name: app
+    match: ["CN=app-*"]
+    inbound: on
+    max_registrations: %d
+  - name: relay-a
+    match: ["CN=relay-a"]
+%s""" % (pki.crt("localhost"), pki.key("localhost"), pki.ca, POOL, lease,
+         "  state_file: ${tmp}/agent.state" if state else "", max_regs, extra_apps)
+    x.write_conf(body, p=p, workers=workers)
+    return p
+
+
+def test_register_refresh_unregister(xrayd, pki):
+    x = xrayd()
+    p = agent_conf(x, pki)
+    x.start()
+    x.wait_log(r"agent: serving on 127\.0\.0\.1:%d \(2 application\(s\), 1 pool range\(s\)\)" % p)
+    s = ac.Session(p, pki)
+    assert s.version == 1 and s.heartbeat_ms == 10000
+    # a private local address gets the first free pool address
+    h1, lease, off1 = s.register(("198.18.2.2", 8080))
+    assert lease == 30000 and off1 == ("198.19.0.2", 20000)
+    h2, _, off2 = s.register(("198.18.2.2", 8081))
+    assert off2 == ("198.19.0.2", 20001) and h2 != h1
+    # UDP has its own namespace of official addresses
+    _, _, off3 = s.register(("198.18.2.2", 8080), proto=17)
+    assert off3 == ("198.19.0.2", 20000)
+    assert s.refresh(h1) == 30000
+    s.unregister(h1)
+    with pytest.raises(ac.AgentError) as e:
+        s.refresh(h1)
+    assert e.value.name == "NO_SUCH_ADDRESS"
+    # the freed address is handed out again
+    _, _, again = s.register(("198.18.2.3", 9000))
+    assert again == ("198.19.0.2", 20000)
+    x.wait_log(r"agent: app CN=app-1 sha256:\w+ registered 198\.18\.2\.2:8080/tcp as "
+               r"198\.19\.0\.2:20000 \(handle \d+, leased\)")
+    x.wait_log(r"agent: app unregistered 198\.19\.0\.2:20000")
+    s.close()
+
+
+def test_public_address_is_its_own_official_address(xrayd, pki):
+    x = xrayd()
+    p = agent_conf(x, pki)
+    x.start()
+    s = ac.Session(p, pki)
+    _, _, off = s.register(("198.19.0.7", 443))
+    assert off == ("198.19.0.7", 443)
+    x.wait_log(r"registered 198\.19\.0\.7:443/tcp as 198\.19\.0\.7:443 \(handle \d+, public\)")
+    s.close()
+
+
+def test_policy_refusals(xrayd, pki):
+    x = xrayd()
+    p = agent_conf(x, pki)
+    x.start()
+    # a certificate no application matches: refused right after TLS
+    s = ac.Session(p, pki, cert="intruder", hello=False)
+    with pytest.raises(ac.AgentError) as e:
+        s.hello()
+    assert e.value.name == "NOT_AUTHORIZED"
+    s.close()
+    x.wait_log(r"agent: 127\.0\.0\.1:\d+ \(CN=intruder sha256:\w+\) refused: no application "
+               r"matches its certificate")
+    # inbound off
+    s = ac.Session(p, pki, cert="relay-a")
+    with pytest.raises(ac.AgentError) as e:
+        s.register(("198.18.2.2", 80))
+    assert e.value.name == "NOT_AUTHORIZED" and "inbound: off" in e.value.message
+    x.wait_log(r"REGISTER 198\.18\.2\.2:80 by CN=relay-a .* refused: application \"relay-a\" "
+               r"has inbound off")
+    # connection setup is not served yet: a plain error, not a hang
+    with pytest.raises(ac.AgentError) as e:
+        s.connect(("198.19.0.2", 20000))
+    assert e.value.name == "UNREACHABLE"
+    s.close()
+    # max_registrations: 3
+    s = ac.Session(p, pki)
+    for port in (1, 2, 3):
+        s.register(("198.19.0.9", port))
+    with pytest.raises(ac.AgentError) as e:
+        s.register(("198.19.0.9", 4))
+    assert e.value.name == "OVER_LIMIT"
+    s.close()
+
+
+def test_pool_exhausted(xrayd, pki):
+    x = xrayd()
+    p = agent_conf(x, pki, max_regs=10)
+    x.start()
+    s = ac.Session(p, pki)
+    got = [s.register(("198.18.2.2", 100 + i))[2] for i in range(3)]
+    assert [g[1] for g in got] == [20000, 20001, 20002]
+    with pytest.raises(ac.AgentError) as e:
+        s.register(("198.18.2.2", 200))
+    assert e.value.name == "OVER_LIMIT" and "exhausted" in e.value.message
+    s.close()
+
+
+@pytest.mark.parametrize("bad,why", [
+    (ac.frame(0x66, b""), "type"),
+    (ac.frame(ac.HELLO, struct.pack(">HHB", 1, 1, 1) + ac.pstr("x"), flags=1), "flags"),
+    (struct.pack(">BBH", ac.HELLO, 0, 5000), "length"),
+    (ac.frame(ac.HELLO, struct.pack(">HHB", 1, 1, 9) + ac.pstr("x")), "role"),
+    (ac.frame(ac.HELLO, struct.pack(">HHB", 1, 1, 1) + ac.pstr("a\x01b")), "software"),
+])
+def test_bad_frames_are_refused_and_logged(xrayd, pki, bad, why):
+    x = xrayd()
+    p = agent_conf(x, pki)
+    x.start()
+    s = ac.Session(p, pki, hello=False)
+    s.send_raw(bad)
+    with pytest.raises(ac.AgentError) as e:
+        s.expect(ac.HELLO_OK)
+    assert e.value.name == "PROTOCOL" and why in e.value.message
+    with pytest.raises((EOFError, ConnectionError, OSError)):
+        s.read()
+    s.close()
+    x.wait_log(r"agent: invalid frame from 127\.0\.0\.1:\d+, CN=app-1 .*: bad %s" % why)
+    # nothing else disturbed
+    t = ac.Session(p, pki)
+    t.register(("198.18.2.2", 1))
+    t.close()
+
+
+def test_frames_before_hello_and_versions(xrayd, pki):
+    x = xrayd()
+    p = agent_conf(x, pki)
+    x.start()
+    s = ac.Session(p, pki, hello=False)
+    s.send_raw(ac.frame(ac.REFRESH, struct.pack(">IQ", 1, 1)))
+    with pytest.raises(ac.AgentError) as e:
+        s.expect(ac.REFRESHED)
+    assert e.value.name == "PROTOCOL" and "expected HELLO" in e.value.message
+    s.close()
+    s = ac.Session(p, pki, hello=False)
+    with pytest.raises(ac.AgentError) as e:
+        s.hello(lo=2, hi=3)
+    assert e.value.name == "VERSION"
+    s.close()
+    # a library offering 1..5 gets 1
+    s = ac.Session(p, pki, hello=False)
+    assert s.hello(lo=1, hi=5) == 1
+    s.close()
+
+
+def test_plain_tcp_and_silence_are_dropped(xrayd, pki):
+    x = xrayd()
+    p = agent_conf(x, pki)
+    x.write_conf(x.conf.read_text().replace("lease_time: 30s",
+                                            "lease_time: 30s\n  handshake_timeout: 500ms"),
+                 header=False)
+    x.start()
+    c = socket.create_connection(("127.0.0.1", p), 5)
+    c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    c.settimeout(5)
+    try:
+        c.recv(100)  # an alert, EOF or a reset: what matters is the log line
+    except OSError:
+        pass
+    c.close()
+    x.wait_log(r"agent: TLS handshake with 127\.0\.0\.1:\d+ failed")
+    silent = socket.create_connection(("127.0.0.1", p), 5)
+    x.wait_log(r"did not finish TLS and HELLO within 500 ms", timeout=10)
+    silent.close()
+
+
+def test_lease_expires_without_heartbeat(xrayd, pki):
+    x = xrayd()
+    p = agent_conf(x, pki, lease="1s")
+    x.start()
+    s = ac.Session(p, pki)
+    h, lease, off = s.register(("198.18.2.2", 80))
+    assert lease == 1000
+    # heartbeats keep it alive
+    for _ in range(3):
+        time.sleep(0.5)
+        s.refresh(h)
+    time.sleep(2.6)
+    x.wait_log(r"agent: lease of 198\.19\.0\.2:20000 \(app\) expired without a heartbeat")
+    with pytest.raises(ac.AgentError):
+        s.refresh(h)
+    s.close()
+
+
+def test_leases_survive_a_crash_of_the_agent(xrayd, pki):
+    """kill -9 of the agent's worker: the replacement loads the state file,
+    keeps the official address reserved for its holder (another app asking
+    gets another address), and the holder re-registering with `prior` gets
+    its address back."""
+    x = xrayd()
+    p = agent_conf(x, pki)
+    x.start()
+    s = ac.Session(p, pki, cert="app-1")
+    _, _, off = s.register(("198.18.2.2", 80))
+    assert off == ("198.19.0.2", 20000)
+    time.sleep(1.5)  # the state file is written on the next 1 s tick
+    state = (x.tmp / "agent.state").read_text()
+    assert state.startswith("xrayd-leases 1\n") and "198.19.0.2:20000" in state, state
+    assert oct((x.tmp / "agent.state").stat().st_mode & 0o777) == "0o600"
+    line = x.wait_log(r"worker process started.*serving the agent")[-1]
+    pid = int(re.search(r"\] (\d+): worker process started", line).group(1))
+    assert pid in x.worker_pids()
+    x.allow_log(r"exited on signal 9\b")
+    os.kill(pid, signal.SIGKILL)
+    x.wait_log(r"agent: 1 lease\(s\) from .*agent\.state held for their holders", timeout=20)
+    s.close()
+    # a server that does not name the reserved address gets another one
+    o = ac.Session(p, pki, cert="app-1")
+    _, _, other = o.register(("198.18.2.3", 80))
+    assert other == ("198.19.0.2", 20001)
+    # the holder comes back naming its address
+    _, _, back = o.register(("198.18.2.2", 80), prior=("198.19.0.2", 20000))
+    assert back == ("198.19.0.2", 20000)
+    o.close()
+
+
+def test_config_errors(pki, tmp_path):
+    cases = [
+        ("agent:\n  listen: 127.0.0.1:1\n  tls:\n    certificate: %s\n    key: %s\n"
+         % (pki.crt("localhost"), pki.key("localhost")),
+         r"needs client_ca and verify_client: required"),
+        ("applications:\n  - name: a\n    match: x\nrelay:\n  - listen: 127.0.0.1:1\n"
+         "    upstream: 127.0.0.1:2\n", r":2:3: \"applications\": .*add an agent block"),
+        ("agent:\n  listen: 127.0.0.1:1\n  tls:\n    certificate: %s\n    key: %s\n"
+         "    client_ca: %s\n  networks: [198.18.2.0/24]\n"
+         % (pki.crt("localhost"), pki.key("localhost"), pki.ca), r"add official_pool"),
+        ("agent:\n  listen: 127.0.0.1:1\n  tls:\n    certificate: %s\n    key: %s\n"
+         "    client_ca: %s\n  official_pool: [\"198.19.0.2\"]\n"
+         % (pki.crt("localhost"), pki.key("localhost"), pki.ca), r"ADDR:PORT-PORT"),
+    ]
+    for body, want in cases:
+        f = tmp_path / "c.yaml"
+        f.write_text(body)
+        r = xf.run_xrayd("-t", "-c", f)
+        assert r.returncode != 0 and re.search(want, r.stderr), (body, r.stderr)
