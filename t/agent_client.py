@@ -54,9 +54,10 @@ class AgentError(Exception):
 class Session:
     """One control connection: TLS with a client certificate, then frames."""
 
-    def __init__(self, port, pki, cert="app-1", hello=True, timeout=10):
-        ctx = th.client_ctx(pki, cert=cert)
-        raw = socket.create_connection(("127.0.0.1", port), timeout)
+    def __init__(self, port, pki, cert="app-1", hello=True, timeout=10, host="127.0.0.1",
+                 ctx=None):
+        ctx = ctx or th.client_ctx(pki, cert=cert)
+        raw = socket.create_connection((host, port), timeout)
         self.s = ctx.wrap_socket(raw, server_hostname="localhost")
         self.s.settimeout(timeout)
         self.next_id = 1
@@ -131,3 +132,33 @@ class Session:
         rid = self._id()
         self.send_raw(frame(CONNECT, struct.pack(">IB", rid, proto) + addr(dst)))
         return self.expect(CONNECT_OK)
+
+
+def _main(argv):
+    """Run inside a test namespace: register one server socket and print
+    the official address as JSON.
+    agent_client.py HOST:PORT CA CERT KEY LOCAL_IP:PORT [PRIOR_IP:PORT]"""
+    import json
+    import ssl
+    host, port = argv[0].rsplit(":", 1)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(argv[1])
+    ctx.load_cert_chain(argv[2], argv[3])
+    def hp(a):
+        h, p = a.rsplit(":", 1)
+        return (h, int(p))
+    prior = hp(argv[5]) if len(argv) > 5 else None
+    try:
+        s = Session(int(port), None, host=host, ctx=ctx)
+        handle, lease, off = s.register(hp(argv[4]), prior=prior)
+        print(json.dumps({"official": "%s:%d" % off, "lease_ms": lease}))
+    except (AgentError, OSError, EOFError) as e:
+        print(json.dumps({"error": str(e)}))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(_main(sys.argv[1:]))
