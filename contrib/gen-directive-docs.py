@@ -207,6 +207,20 @@ loopback is how a TURN server was turned into a proxy into its own network
 (CVE-2020-26262). IPv4-mapped IPv6 addresses are judged as the IPv4
 address they carry.</p>""",
     },
+    "agent/admin_socket": {
+        "text": """
+<p>A UNIX socket, created mode 0600, on which the agent answers
+<code>xray status</code>:</p>
+<pre><code>xray status --socket /run/xrayd-agent.sock          # text
+xray status --socket /run/xrayd-agent.sock --json   # one JSON object
+XRAY_ADMIN_SOCKET=/run/xrayd-agent.sock xray status</code></pre>
+<p>It shows the registrations (official and local address, protocol,
+application, whether the holder is connected or the address is reserved
+for it, time to expiry), the official pool's use, control sessions, TLS
+handshakes (full and resumed) and counters (registered, refreshed,
+unregistered, expired, refused, protocol errors). A reload's new agent
+takes the path over. Without this directive there is no socket.</p>""",
+    },
     "agent/state_file": {
         "text": """
 <p>The agent writes its leases here (a text file, mode 0600, replaced

@@ -4,11 +4,13 @@ addresses leased from the pool, soft state (expiry, heartbeats), the state
 file across a crash of the agent's worker, the policy's refusals, and bad
 frames.  The client is t/agent_client.py, written from the protocol page."""
 
+import json
 import os
 import re
 import signal
 import socket
 import struct
+import subprocess
 import time
 
 import pytest
@@ -38,6 +40,7 @@ agent:
   networks: [198.18.2.0/24]
   official_pool: ["%s"]
   lease_time: %s
+  admin_socket: ${tmp}/agent.sock
 %s
 applications:
   - name: app
@@ -276,3 +279,52 @@ def test_config_errors(pki, tmp_path):
         f.write_text(body)
         r = xf.run_xrayd("-t", "-c", f)
         assert r.returncode != 0 and re.search(want, r.stderr), (body, r.stderr)
+
+
+def xray_status(x, *args):
+    r = subprocess.run([str(th.XRAY), "status", "--socket", str(x.tmp / "agent.sock"),
+                        *args], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_xray_status(xrayd, pki):
+    """`xray status` reads the agent's admin socket (0600): registrations
+    with their holders, sessions, handshakes and counters, as text and as
+    JSON; a reload's new agent takes the socket over."""
+    x = xrayd()
+    p = agent_conf(x, pki)
+    x.start()
+    sock = x.tmp / "agent.sock"
+    xf.wait_until(sock.exists, 10, what="the admin socket")
+    assert oct(sock.stat().st_mode & 0o777) == "0o600"
+    s = ac.Session(p, pki)
+    s.register(("198.18.2.2", 8080))
+    s.register(("198.19.0.7", 443))
+    bad = ac.Session(p, pki, cert="intruder", hello=False)
+    with pytest.raises(ac.AgentError):
+        bad.hello()
+    bad.close()
+    text = xray_status(x)
+    assert re.search(r"^agent 127\.0\.0\.1:%d  pid \d+  generation 1" % p, text, re.M), text
+    assert "official pool: 3 addresses, 1 leased" in text, text
+    assert re.search(r"198\.19\.0\.2:20000 +198\.18\.2\.2:8080 +tcp +app +connected", text), text
+    assert re.search(r"198\.19\.0\.7:443 +198\.19\.0\.7:443 +tcp +app +connected", text), text
+    assert "registered 2" in text and "refused 1" in text, text
+    doc = json.loads(xray_status(x, "--json"))
+    assert doc["pool"] == {"size": 3, "leased": 1}
+    assert doc["counters"]["registered"] == 2 and doc["counters"]["refused"] == 1
+    assert doc["counters"]["full_handshakes"] + doc["counters"]["resumed_handshakes"] == 2
+    assert {r["official"] for r in doc["registrations"]} == {"198.19.0.2:20000", "198.19.0.7:443"}
+    assert all(r["holder"] == "connected" for r in doc["registrations"])
+    s.close()
+    # the session is gone: its registrations stay, reserved, until they expire
+    xf.wait_until(lambda: all(r["holder"] == "reserved" for r in
+                              json.loads(xray_status(x, "--json"))["registrations"]),
+                  10, what="registrations to be orphaned")
+    x.reload()
+    xf.wait_until(lambda: json.loads(xray_status(x, "--json"))["generation"] == 2, 15,
+                  what="the new agent on the admin socket")
+    r = subprocess.run([str(th.XRAY), "status"], capture_output=True, text=True,
+                       env=dict(os.environ, XRAY_ADMIN_SOCKET=""), timeout=30)
+    assert r.returncode == 2 and "--socket" in r.stderr

@@ -21,6 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +45,8 @@ const xr_directive_t xr_agent_directives[] = {
      "Where leases are kept across restarts (none: in memory only)."},
     {"handshake_timeout", A, XR_T_DURATION, GO(handshake_timeout), "10s", 100, 600000, NULL, NULL,
      0, "Time a new control connection has for TLS and HELLO."},
+    {"admin_socket", A, XR_T_PATH, GO(admin_socket), NULL, 0, 0, NULL, NULL, 0,
+     "UNIX socket (mode 0600) that `xray status` reads the agent's state from."},
     XR_DIRECTIVES_END};
 
 #undef A
@@ -143,6 +148,13 @@ static struct {
     xr_leases_t leases;
     int dirty;
     int running;
+    int64_t started;
+    xr_io_t admin;
+    ino_t admin_ino; /* of the path we bound, to remove only our own */
+    struct {
+        uint64_t sessions, full, resumed, registered, refreshed, unregistered, expired, refused,
+            protocol_errors;
+    } n;
 } xr_ag;
 
 static int xr_ctl_flush(xr_ctl_t *c);
@@ -239,6 +251,7 @@ static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
     uint32_t id = m->u.reg.id;
     xr_paddr_str(&m->u.reg.local, la, sizeof(la));
     if (!c->app->inbound) {
+        xr_ag.n.refused++;
         xr_log(XR_LOG_NOTICE,
                "agent: REGISTER %s by %s refused: application \"%s\" has inbound off", la, c->who,
                c->app->name);
@@ -247,6 +260,7 @@ static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
         return;
     }
     if (xr_leases_count(&xr_ag.leases, c->app->name) >= (size_t) c->app->max_registrations) {
+        xr_ag.n.refused++;
         xr_log(XR_LOG_NOTICE, "agent: REGISTER %s by %s refused: max_registrations %lld reached",
                la, c->who, (long long) c->app->max_registrations);
         xr_ctl_error(c, id, XR_PERR_OVER_LIMIT, "max_registrations (%lld) reached",
@@ -263,11 +277,13 @@ static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
                                        &m->u.reg.prior, c->key, c->app->name, c, xr_wall_ms(),
                                        xr_ag.conf->lease_time, &err, why, sizeof(why));
     if (l == NULL) {
+        xr_ag.n.refused++;
         xr_log(XR_LOG_NOTICE, "agent: REGISTER %s by %s refused: %s", la, c->who, why);
         xr_ctl_error(c, id, err, "%s", why);
         return;
     }
     xr_ag.dirty = 1;
+    xr_ag.n.registered++;
     xr_log(XR_LOG_INFO, "agent: %s %s registered %s/%s as %s (handle %llu, %s)", c->app->name,
            c->who, la, m->u.reg.proto == XR_PROTO_TCP ? "tcp" : "udp",
            xr_paddr_str(&l->official, oa, sizeof(oa)), (unsigned long long) l->handle,
@@ -318,6 +334,7 @@ static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
         }
         l->expires = xr_wall_ms() + xr_ag.conf->lease_time;
         xr_ag.dirty = 1;
+        xr_ag.n.refreshed++;
         r.type = XR_MSG_REFRESHED;
         r.u.refreshed.id = m->u.refresh.id;
         r.u.refreshed.lease_ms = (uint32_t) xr_ag.conf->lease_time;
@@ -336,6 +353,7 @@ static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
                xr_paddr_str(&l->official, oa, sizeof(oa)));
         xr_leases_release(&xr_ag.leases, l);
         xr_ag.dirty = 1;
+        xr_ag.n.unregistered++;
         r.type = XR_MSG_UNREGISTERED;
         r.u.done.id = m->u.refresh.id;
         xr_ctl_send(c, &r);
@@ -366,6 +384,7 @@ static void xr_ctl_input(xr_ctl_t *c)
         if (st != XR_PROTO_OK) {
             xr_log(XR_LOG_NOTICE, "agent: invalid frame from %s%s%s (type 0x%02x): bad %s", c->peer,
                    c->who[0] ? ", " : "", c->who, c->in[off], why);
+            xr_ag.n.protocol_errors++;
             xr_ctl_error(c, 0, XR_PERR_PROTOCOL, "invalid frame: bad %s", why);
             xr_ctl_flush(c);
             xr_ctl_close(c, "protocol error");
@@ -394,12 +413,17 @@ static void xr_ctl_run(xr_ctl_t *c)
             xr_ctl_close(c, "TLS handshake failed");
             return;
         }
+        if (xr_tls_end_resumed(&c->end))
+            xr_ag.n.resumed++;
+        else
+            xr_ag.n.full++;
         const xr_identity_t *id = xr_tls_end_peer(&c->end);
         const char *ident = xr_tls_end_identity(&c->end);
         snprintf(c->who, sizeof(c->who), "%s", ident ? ident : "no certificate");
         c->app =
             id != NULL && xr_ag.gen->policy != NULL ? xr_policy_find(xr_ag.gen->policy, id) : NULL;
         if (c->app == NULL) {
+            xr_ag.n.refused++;
             xr_log(XR_LOG_NOTICE, "agent: %s (%s) refused: no application matches its certificate",
                    c->peer, c->who);
             c->state = XR_CTL_READY;
@@ -481,6 +505,7 @@ static void xr_agent_accept(xr_io_t *io, uint32_t events)
         c->timer.data = c;
         xr_list_insert_tail(&xr_ag.sessions, &c->link);
         xr_ag.nsessions++;
+        xr_ag.n.sessions++;
         if (xr_io_add(&c->end.io, fd, xr_ctl_io) != XR_OK) {
             close(fd);
             xr_ctl_close(c, "cannot watch the socket");
@@ -501,6 +526,7 @@ static void xr_agent_accept(xr_io_t *io, uint32_t events)
 static void xr_agent_expired(xr_lease_t *l, void *arg)
 {
     char oa[80];
+    xr_ag.n.expired++;
     xr_log(XR_LOG_INFO, "agent: lease of %s (%s) expired without a heartbeat",
            xr_paddr_str(&l->official, oa, sizeof(oa)), l->app);
 }
@@ -525,6 +551,191 @@ static void xr_agent_tick(uv_timer_t *t)
     xr_agent_save();
 }
 
+/* ---- the admin socket: `xray status` --------------------------------------- */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int failed;
+} xr_sb_t;
+
+static void xr_sb_add(xr_sb_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void xr_sb_add(xr_sb_t *b, const char *fmt, ...)
+{
+    for (int attempt = 0; attempt < 2 && !b->failed; attempt++) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->failed = 1;
+            return;
+        }
+        if (b->p != NULL && b->len + (size_t) n < b->cap) {
+            b->len += (size_t) n;
+            return;
+        }
+        size_t ncap = (b->cap ? b->cap * 2 : 4096) + (size_t) n;
+        char *np = realloc(b->p, ncap);
+        if (np == NULL) {
+            b->failed = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = ncap;
+    }
+}
+
+/* A JSON string; the fields are printable already (addresses, names,
+ * hex), but a name from the configuration may hold a quote. */
+static void xr_sb_json(xr_sb_t *b, const char *s)
+{
+    xr_sb_add(b, "\"");
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char) *s;
+        if (ch == '"' || ch == '\\')
+            xr_sb_add(b, "\\%c", ch);
+        else if (ch < 0x20)
+            xr_sb_add(b, "\\u%04x", ch);
+        else
+            xr_sb_add(b, "%c", ch);
+    }
+    xr_sb_add(b, "\"");
+}
+
+static size_t xr_pool_size(void)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < xr_ag.conf->npool; i++)
+        n += (size_t) (xr_ag.conf->pool[i].hi - xr_ag.conf->pool[i].lo) + 1;
+    return n;
+}
+
+static void xr_agent_status(xr_sb_t *b, int json)
+{
+    int64_t now = xr_wall_ms();
+    size_t leased = 0;
+    for (size_t i = 0; i < xr_ag.leases.n; i++)
+        leased += xr_ag.leases.l[i].leased;
+    static const char *const counters[] = {"sessions",   "full_handshakes", "resumed_handshakes",
+                                           "registered", "refreshed",       "unregistered",
+                                           "expired",    "refused",         "protocol_errors"};
+    uint64_t values[] = {xr_ag.n.sessions,   xr_ag.n.full,      xr_ag.n.resumed,
+                         xr_ag.n.registered, xr_ag.n.refreshed, xr_ag.n.unregistered,
+                         xr_ag.n.expired,    xr_ag.n.refused,   xr_ag.n.protocol_errors};
+    if (json) {
+        xr_sb_add(b, "{\"version\":\"%s\",\"pid\":%ld,\"generation\":%llu,\"listen\":", XR_VERSION,
+                  (long) getpid(), (unsigned long long) xr_ag.gen->number);
+        xr_sb_json(b, xr_ag.conf->listen.text);
+        xr_sb_add(b,
+                  ",\"uptime_ms\":%lld,\"open_sessions\":%zu,\"pool\":{\"size\":%zu,"
+                  "\"leased\":%zu},\"counters\":{",
+                  (long long) (now - xr_ag.started), xr_ag.nsessions, xr_pool_size(), leased);
+        for (size_t i = 0; i < XR_ARRAY_SIZE(values); i++)
+            xr_sb_add(b, "%s\"%s\":%llu", i ? "," : "", counters[i],
+                      (unsigned long long) values[i]);
+        xr_sb_add(b, "},\"registrations\":[");
+        for (size_t i = 0; i < xr_ag.leases.n; i++) {
+            const xr_lease_t *l = &xr_ag.leases.l[i];
+            char o[80], lo[80];
+            xr_sb_add(b, "%s{\"official\":", i ? "," : "");
+            xr_sb_json(b, xr_paddr_str(&l->official, o, sizeof(o)));
+            xr_sb_add(b, ",\"local\":");
+            xr_sb_json(b, xr_paddr_str(&l->local, lo, sizeof(lo)));
+            xr_sb_add(b, ",\"proto\":\"%s\",\"leased\":%s,\"application\":",
+                      l->proto == XR_PROTO_TCP ? "tcp" : "udp", l->leased ? "true" : "false");
+            xr_sb_json(b, l->app);
+            xr_sb_add(b, ",\"key\":\"%s\",\"holder\":\"%s\",\"expires_in_ms\":%lld}", l->key,
+                      l->owner ? "connected" : "reserved", (long long) (l->expires - now));
+        }
+        /* Relay points and peers come with connection setup (XRAY §5.2). */
+        xr_sb_add(b, "],\"relay_points\":[],\"peers\":[]}\n");
+        return;
+    }
+    xr_sb_add(b, "agent %s  pid %ld  generation %llu  up %lld s\n", xr_ag.conf->listen.text,
+              (long) getpid(), (unsigned long long) xr_ag.gen->number,
+              (long long) ((now - xr_ag.started) / 1000));
+    xr_sb_add(b,
+              "control sessions: %zu open, %llu in all; TLS handshakes: %llu full, %llu "
+              "resumed\n",
+              xr_ag.nsessions, (unsigned long long) xr_ag.n.sessions,
+              (unsigned long long) xr_ag.n.full, (unsigned long long) xr_ag.n.resumed);
+    xr_sb_add(b, "official pool: %zu addresses, %zu leased\n", xr_pool_size(), leased);
+    xr_sb_add(b, "counters:");
+    for (size_t i = 3; i < XR_ARRAY_SIZE(values); i++)
+        xr_sb_add(b, " %s %llu%s", counters[i], (unsigned long long) values[i],
+                  i + 1 < XR_ARRAY_SIZE(values) ? "," : "\n");
+    xr_sb_add(b, "registrations: %zu\n", xr_ag.leases.n);
+    if (xr_ag.leases.n > 0)
+        xr_sb_add(b, "  %-24s %-24s %-5s %-16s %-10s %s\n", "OFFICIAL", "LOCAL", "PROTO",
+                  "APPLICATION", "HOLDER", "EXPIRES");
+    for (size_t i = 0; i < xr_ag.leases.n; i++) {
+        const xr_lease_t *l = &xr_ag.leases.l[i];
+        char o[80], lo[80];
+        xr_sb_add(b, "  %-24s %-24s %-5s %-16s %-10s in %lld s\n",
+                  xr_paddr_str(&l->official, o, sizeof(o)), xr_paddr_str(&l->local, lo, sizeof(lo)),
+                  l->proto == XR_PROTO_TCP ? "tcp" : "udp", l->app,
+                  l->owner ? "connected" : "reserved", (long long) ((l->expires - now) / 1000));
+    }
+    xr_sb_add(b, "relay points: 0 (connection setup is not served yet)\npeers: 0\n");
+}
+
+/* One short request line ("status" or "status json"), one answer, close.
+ * The socket is 0600, so only root (or the agent's user) asks. */
+static void xr_agent_admin(xr_io_t *io, uint32_t events)
+{
+    for (int k = 0; k < 16; k++) {
+        int fd = accept4(io->fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        struct timeval tv = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        char req[64];
+        ssize_t n = recv(fd, req, sizeof(req) - 1, 0);
+        req[n > 0 ? n : 0] = '\0';
+        req[strcspn(req, "\r\n")] = '\0';
+        xr_sb_t b = {0};
+        if (strcmp(req, "status") == 0 || strcmp(req, "status json") == 0)
+            xr_agent_status(&b, strcmp(req, "status json") == 0);
+        else
+            xr_sb_add(&b, "error: unknown request \"%.40s\" (try \"status\")\n", req);
+        for (size_t off = 0; !b.failed && off < b.len;) {
+            ssize_t w = send(fd, b.p + off, b.len - off, MSG_NOSIGNAL);
+            if (w <= 0)
+                break;
+            off += (size_t) w;
+        }
+        free(b.p);
+        close(fd);
+    }
+}
+
+static int xr_agent_admin_open(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    /* A reload's new agent takes the path over from the old one. */
+    unlink(path);
+    mode_t old = umask(0177);
+    int rc = bind(fd, (struct sockaddr *) &sa, sizeof(sa));
+    umask(old);
+    if (rc != 0 || listen(fd, 16) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
 {
     memset(&xr_ag, 0, sizeof(xr_ag));
@@ -547,6 +758,22 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
         return XR_ERROR;
     }
     xr_ag.running = 1;
+    xr_ag.started = xr_wall_ms();
+    xr_ag.admin.fd = -1;
+    if (g->agent->admin_socket != NULL) {
+        int afd = xr_agent_admin_open(g->agent->admin_socket);
+        struct stat st;
+        if (afd >= 0 && stat(g->agent->admin_socket, &st) == 0)
+            xr_ag.admin_ino = st.st_ino;
+        if (afd < 0 || xr_io_add(&xr_ag.admin, afd, xr_agent_admin) != XR_OK) {
+            /* Status is a convenience: the agent serves without it. */
+            xr_log(XR_LOG_ERR, "agent: cannot open admin_socket %s: %s", g->agent->admin_socket,
+                   strerror(errno));
+            if (afd >= 0)
+                close(afd);
+            xr_ag.admin.fd = -1;
+        }
+    }
     uv_timer_init(loop, &xr_ag.tick);
     uv_timer_start(&xr_ag.tick, xr_agent_tick, 1000, 1000);
     uv_unref((uv_handle_t *) &xr_ag.tick);
@@ -563,6 +790,15 @@ void xr_agent_stop(void)
         return;
     xr_ag.running = 0;
     xr_io_del(&xr_ag.lio);
+    if (xr_ag.admin.fd >= 0) {
+        /* Remove the path only if it is still ours (a reload's new agent
+         * may have bound it already). */
+        struct stat there;
+        if (stat(xr_ag.conf->admin_socket, &there) == 0 && there.st_ino == xr_ag.admin_ino)
+            unlink(xr_ag.conf->admin_socket);
+        close(xr_ag.admin.fd);
+        xr_ag.admin.fd = -1;
+    }
     while (!xr_list_empty(&xr_ag.sessions)) {
         xr_ctl_t *c = xr_container_of(xr_ag.sessions.next, xr_ctl_t, link);
         xr_ctl_close(c, "agent stopping");

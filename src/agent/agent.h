@@ -26,6 +26,7 @@ typedef struct xr_agent_conf_s {
     int64_t lease_time;
     char *state_file;
     int64_t handshake_timeout;
+    char *admin_socket;
     /* parsed */
     xr_net_rule_t *networks;
     size_t nnetworks;

@@ -6,6 +6,7 @@
  */
 #include "core/xrayd.h"
 #include "cli/pki.h"
+#include "cli/status.h"
 
 #include <mbedtls/version.h>
 #include <sodium.h>
@@ -22,6 +23,7 @@ typedef struct {
 /* New subcommands (connect, listen, status, tun) add a row here. */
 static const xr_xray_cmd_t xr_xray_cmds[] = {
     {"pki", xr_pki_main, "make a CA, issue agent and application certificates, show identities"},
+    {"status", xr_status_main, "show an agent's registrations, sessions and counters"},
 };
 
 static void xr_xray_usage(FILE *out)
