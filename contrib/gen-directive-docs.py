@@ -578,6 +578,7 @@ NAV = [
     ("process.html", "Processes &amp; signals"),
     ("logging.html", "Logging"),
     ("pki.html", "Certificates"),
+    ("agent.html", "Agent"),
     ("protocol.html", "Protocol"),
 ]
 

@@ -328,3 +328,71 @@ def test_xray_status(xrayd, pki):
     r = subprocess.run([str(th.XRAY), "status"], capture_output=True, text=True,
                        env=dict(os.environ, XRAY_ADMIN_SOCKET=""), timeout=30)
     assert r.returncode == 2 and "--socket" in r.stderr
+
+
+class _Reaper:
+    """For the cleanup fixture: kill a process that is still running."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def _xray_listen(x, pki, agent_port, port, cert="app-1", extra=()):
+    return subprocess.Popen(
+        [str(th.XRAY), "listen", str(port), "--bind", "127.0.0.1", "--agent",
+         "127.0.0.1:%d" % agent_port, "--agent-name", "localhost", "--cert", pki.crt(cert),
+         "--key", pki.key(cert), "--ca", pki.ca, *extra],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _stderr_until(proc, regex, timeout=15):
+    lines = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if re.search(regex, line):
+            return line
+    raise AssertionError("no %r in xray listen's output:\n%s" % (regex, "".join(lines)))
+
+
+def test_xray_listen_binds_through_the_agent(xrayd, pki, cleanup):
+    """`xray listen` registers its socket (a public local address is its own
+    official address), serves connections with --exec, keeps the lease
+    alive with heartbeats, and unregisters on SIGTERM."""
+    x = xrayd()
+    p = agent_conf(x, pki, lease="1500ms")
+    x.start()
+    port = xf.free_port()
+    proc = _xray_listen(x, pki, p, port, extra=["--exec", "cat"])
+    cleanup.append(_Reaper(proc))
+    line = _stderr_until(proc, r"fully bound")
+    assert "official 127.0.0.1:%d (local 127.0.0.1:%d)" % (port, port) in line, line
+    with socket.create_connection(("127.0.0.1", port), 5) as c:
+        c.sendall(b"hello through xray listen\n")
+        c.shutdown(socket.SHUT_WR)
+        assert xf.recv_all(c) == b"hello through xray listen\n"
+    time.sleep(2.5)  # longer than the lease: only heartbeats keep it
+    regs = json.loads(xray_status(x, "--json"))["registrations"]
+    assert [(r["official"], r["holder"]) for r in regs] == [("127.0.0.1:%d" % port, "connected")]
+    assert json.loads(xray_status(x, "--json"))["counters"]["refreshed"] >= 2
+    proc.send_signal(signal.SIGTERM)
+    _stderr_until(proc, r"unregistered")
+    assert proc.wait(10) == 0
+    assert json.loads(xray_status(x, "--json"))["registrations"] == []
+
+
+def test_xray_listen_refused(xrayd, pki):
+    x = xrayd()
+    p = agent_conf(x, pki)
+    x.start()
+    proc = _xray_listen(x, pki, p, xf.free_port(), cert="relay-a")
+    out = proc.communicate(timeout=20)[1]
+    assert proc.returncode == 1 and "refused: NOT_AUTHORIZED" in out and "inbound: off" in out, out

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,3 +107,101 @@ applications:
     bad = [l for l in text.splitlines()
            if re.search(r"\[(alert|crit|emerg)\]", l) and "exited on signal 9" not in l]
     assert not bad, text
+
+
+def _agent_conf(tmp, pki, pub):
+    conf = tmp / "agent.yaml"
+    conf.write_text("""
+workers: 2
+daemon: off
+pid: %(tmp)s/xrayd.pid
+error_log: %(tmp)s/error.log
+log_level: info
+agent:
+  listen: 0.0.0.0:7000
+  tls:
+    certificate: %(crt)s
+    key: %(key)s
+    client_ca: %(ca)s
+  networks: [198.18.2.0/24]
+  official_pool: ["%(pub)s:20000-20009"]
+  state_file: %(tmp)s/agent.state
+  lease_time: 3s
+applications:
+  - name: server
+    match: ["CN=app-*"]
+    inbound: on
+""" % dict(tmp=tmp, crt=pki.crt("localhost"), key=pki.key("localhost"), ca=pki.ca, pub=pub))
+    return conf
+
+
+class _Lines:
+    """Lines of a process's stderr, read by a thread (never blocks a test)."""
+
+    def __init__(self, proc):
+        import threading
+        self.lines = []
+        self.t = threading.Thread(target=self._run, args=(proc,), daemon=True)
+        self.t.start()
+
+    def _run(self, proc):
+        for line in proc.stderr:
+            self.lines.append(line)
+
+    def wait(self, regex, timeout=20, start=0):
+        def found():
+            for i, line in enumerate(self.lines[start:], start):
+                if re.search(regex, line):
+                    return (i, line)
+            return None
+        return _wait(found, timeout, "%r in %s" % (regex, "".join(self.lines)))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("topology", [{"b2": True}], indirect=True)
+def test_xray_listen_in_b_half_bound_and_back(topology, pki, tmp_path):
+    """XRAY §5.1 and §6 with the real tool: `xray listen` in b is fully
+    bound through the agent on natb; b2 reaches it directly (same network,
+    no agent needed); the agent goes away: the socket is half bound, keeps
+    its official address and still serves b2; the agent comes back (state
+    file): the socket is fully bound again with the same official address."""
+    t = topology
+    pub = t.pub_addr("natb")
+    log = tmp_path / "error.log"
+    conf = _agent_conf(tmp_path, pki, pub)
+    master = t.popen("natb", [str(xf.XRAYD_BIN), "-c", str(conf)])
+    _wait(lambda: log.exists() and "agent: serving on" in log.read_text(), 20, "the agent")
+
+    listener = t.popen("b", [str(th.XRAY), "listen", "8080", "--agent",
+                             "%s:7000" % t.addr("natb"), "--agent-name", "localhost",
+                             "--cert", pki.crt("app-1"), "--key", pki.key("app-1"),
+                             "--ca", pki.ca, "--private", "198.18.2.0/24", "--exec", "cat"],
+                       stderr=subprocess.PIPE, text=True)
+    out = _Lines(listener)
+    i, line = out.wait(r"fully bound: official")
+    assert "official %s:20000 (local 198.18.2.2:8080)" % pub in line, line
+
+    def echo_from_b2(payload):
+        code = ("import socket,sys; c=socket.create_connection(('198.18.2.2',8080),5);"
+                "c.sendall(sys.argv[1].encode()); c.shutdown(socket.SHUT_WR); d=b''\n"
+                "while True:\n b=c.recv(4096)\n if not b: break\n d+=b\n"
+                "print(d.decode())")
+        r = t.run("b2", [sys.executable, "-c", code, payload], timeout=20)
+        return r.stdout.strip()
+
+    assert echo_from_b2("intra-network") == "intra-network"
+
+    master.send_signal(signal.SIGTERM)
+    master.wait(timeout=20)
+    i, line = out.wait(r"half bound", start=i + 1)
+    assert "official %s:20000" % pub in line, line
+    assert echo_from_b2("still serving") == "still serving"
+
+    master = t.popen("natb", [str(xf.XRAYD_BIN), "-c", str(conf)])
+    i, line = out.wait(r"fully bound again", start=i + 1, timeout=30)
+    assert "official %s:20000" % pub in line, line
+    listener.send_signal(signal.SIGTERM)
+    out.wait(r"unregistered", start=i + 1)
+    assert listener.wait(timeout=10) == 0
+    master.send_signal(signal.SIGTERM)
+    master.wait(timeout=20)

@@ -1,0 +1,444 @@
+/*
+ * listen.c: `xray listen PORT` - a server socket that binds through its
+ * agent (XRAY §5.1) and serves connections like netcat: one at a time on
+ * stdin/stdout, or a command per connection with --exec.
+ *
+ * The socket's binding state follows §5.1.  Fully bound: registered,
+ * holding an official address, refreshed every heartbeat.  When the agent
+ * is lost it becomes half bound: it keeps its official address and serves
+ * what needs no agent, and retries REGISTER naming that address until the
+ * agent takes it back (an agent that restarted gives it back from its
+ * state file).  Locally bound: the agent was unreachable at start and the
+ * local address is private, so there is no official address, and there
+ * will not be one (it would change under the application's feet).
+ * Lines on stderr report every transition; "official ADDR" is the line a
+ * script waits for.
+ */
+#include "core/xrayd.h"
+#include "agent/policy.h"
+#include "cli/listen.h"
+#include "lib/client.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef enum { XR_LOCALLY_BOUND, XR_HALF_BOUND, XR_FULLY_BOUND } xr_bound_t;
+
+static volatile sig_atomic_t xr_listen_stop;
+
+static void xr_listen_signal(int sig)
+{
+    xr_listen_stop = sig;
+}
+
+static int64_t xr_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void xr_listen_usage(FILE *out)
+{
+    fprintf(out, "usage: xray listen PORT [--bind ADDR] [--agent HOST:PORT] [--agent-name NAME]\n"
+                 "                   --cert FILE --key FILE --ca FILE [--exec CMD]\n"
+                 "                   [--private CIDR[,CIDR...]]\n"
+                 "\n"
+                 "Listen on PORT, register the socket with the XRAY agent and report its official\n"
+                 "address; serve connections on stdin/stdout, or run CMD (sh -c) per connection\n"
+                 "with the connection as its stdin and stdout.\n"
+                 "\n"
+                 "  --agent     the agent (default: $XRAY_AGENT, else the first line of\n"
+                 "              /etc/xray/agent)\n"
+                 "  --agent-name  the name the agent's certificate carries (default: its host)\n"
+                 "  --private   networks whose addresses are private, for the binding state when\n"
+                 "              the agent cannot be reached (default: 10/8, 172.16/12,\n"
+                 "              192.168/16, 100.64/10, fc00::/7)\n");
+}
+
+static const char *xr_default_agent(char *buf, size_t n)
+{
+    const char *e = getenv("XRAY_AGENT");
+    if (e != NULL && e[0] != '\0')
+        return e;
+    FILE *f = fopen("/etc/xray/agent", "re");
+    if (f == NULL)
+        return NULL;
+    char *ok = fgets(buf, (int) n, f);
+    fclose(f);
+    if (ok == NULL)
+        return NULL;
+    buf[strcspn(buf, " \t\r\n")] = '\0';
+    return buf[0] ? buf : NULL;
+}
+
+typedef struct {
+    xr_net_rule_t rules[16];
+    size_t n;
+} xr_private_t;
+
+static int xr_private_parse(xr_private_t *p, const char *list, char *err, size_t errlen)
+{
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", list);
+    p->n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (p->n == XR_ARRAY_SIZE(p->rules)) {
+            snprintf(err, errlen, "--private: at most %zu networks", XR_ARRAY_SIZE(p->rules));
+            return -1;
+        }
+        /* the rule keeps a pointer to its text: keep a copy */
+        char *copy = strdup(tok);
+        if (copy == NULL || xr_net_rule_parse(copy, &p->rules[p->n], err, errlen) != XR_OK) {
+            free(copy);
+            return -1;
+        }
+        p->n++;
+    }
+    return 0;
+}
+
+static int xr_is_private_addr(const xr_private_t *p, const xr_paddr_t *a)
+{
+    xr_paddr_t probe = *a;
+    probe.port = 1;
+    for (size_t i = 0; i < p->n; i++)
+        if (xr_net_rule_covers(&p->rules[i], &probe))
+            return 1;
+    return 0;
+}
+
+typedef struct {
+    xr_client_t *client;
+    xr_bound_t state;
+    int listen_fd;
+    xr_paddr_t local, official;
+    uint64_t handle;
+    uint32_t lease_ms;
+    int64_t next; /* next heartbeat or retry */
+    int64_t retry_ms;
+    int bound_to_any;
+    uint16_t port;
+} xr_listen_t;
+
+/* The local address to register: the bound one, or, for a wildcard bind,
+ * the address of the interface that reaches the agent. */
+static void xr_listen_local(xr_listen_t *l)
+{
+    struct sockaddr_storage ss;
+    if (l->bound_to_any && xr_client_local(l->client, &ss) == 0) {
+        xr_paddr_from_sockaddr(&l->local, &ss);
+        l->local.port = l->port;
+    }
+}
+
+/* REGISTER (naming prior when we have an official address).  1 when bound,
+ * 0 when the agent could not be reached, -1 when it refused. */
+static int xr_listen_register(xr_listen_t *l, char *err, size_t errlen)
+{
+    int perr = 0;
+    if (!xr_client_is_open(l->client) && xr_client_open(l->client, &perr, err, errlen) < 0)
+        return perr ? -1 : 0;
+    xr_listen_local(l);
+    xr_msg_t req = {.type = XR_MSG_REGISTER}, r;
+    req.u.reg.proto = XR_PROTO_TCP;
+    req.u.reg.local = l->local;
+    if (l->state == XR_HALF_BOUND)
+        req.u.reg.prior = l->official;
+    if (xr_client_call(l->client, &req, &r, &perr, err, errlen) < 0)
+        return perr ? -1 : 0;
+    if (r.type != XR_MSG_REGISTERED) {
+        snprintf(err, errlen, "the agent answered REGISTER with %s", xr_proto_type_name(r.type));
+        return -1;
+    }
+    char a[80], b[80];
+    if (l->state == XR_HALF_BOUND &&
+        memcmp(&r.u.registered.official, &l->official, sizeof(l->official)) != 0)
+        fprintf(stderr,
+                "xray listen: warning: the agent moved the official address from %s to %s\n",
+                xr_paddr_str(&l->official, a, sizeof(a)),
+                xr_paddr_str(&r.u.registered.official, b, sizeof(b)));
+    l->official = r.u.registered.official;
+    l->handle = r.u.registered.handle;
+    l->lease_ms = r.u.registered.lease_ms;
+    return 1;
+}
+
+static void xr_listen_report(const xr_listen_t *l, const char *how)
+{
+    char a[80], b[80];
+    xr_paddr_str(&l->local, b, sizeof(b));
+    if (l->state == XR_LOCALLY_BOUND)
+        fprintf(stderr, "xray listen: locally bound to %s: %s\n", b, how);
+    else
+        fprintf(stderr, "xray listen: %s bound%s: official %s (local %s)\n",
+                l->state == XR_FULLY_BOUND ? "fully" : "half", how,
+                xr_paddr_str(&l->official, a, sizeof(a)), b);
+    fflush(stderr);
+}
+
+/* Heartbeats and retries; returns -1 to exit (a refusal). */
+static int xr_listen_tick(xr_listen_t *l)
+{
+    char err[300];
+    int64_t now = xr_now_ms();
+    if (now < l->next || l->state == XR_LOCALLY_BOUND)
+        return 0;
+    if (l->state == XR_FULLY_BOUND) {
+        int perr = 0;
+        xr_msg_t req = {.type = XR_MSG_REFRESH}, r;
+        req.u.refresh.handle = l->handle;
+        if (xr_client_call(l->client, &req, &r, &perr, err, sizeof(err)) == 0) {
+            l->next = now + xr_client_heartbeat_ms(l->client);
+            return 0;
+        }
+        /* Lost the agent, or it forgot us: keep the address, win it back. */
+        fprintf(stderr, "xray listen: heartbeat failed: %s\n", err);
+        l->state = XR_HALF_BOUND;
+        l->retry_ms = 250;
+        xr_listen_report(l, " (agent lost, retrying)");
+        if (perr == XR_PERR_NO_SUCH_ADDRESS)
+            l->next = now; /* re-register at once on this connection */
+        else
+            l->next = now + l->retry_ms;
+        return 0;
+    }
+    int rc = xr_listen_register(l, err, sizeof(err));
+    if (rc > 0) {
+        l->state = XR_FULLY_BOUND;
+        l->next = now + xr_client_heartbeat_ms(l->client);
+        xr_listen_report(l, " again");
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "xray listen: the agent refused: %s\n", err);
+        return -1;
+    }
+    l->retry_ms = l->retry_ms < 5000 ? l->retry_ms * 2 : 5000;
+    l->next = now + l->retry_ms;
+    return 0;
+}
+
+/* Copy between the connection and stdin/stdout until it ends, keeping the
+ * binding alive meanwhile. */
+static int xr_listen_serve(xr_listen_t *l, int fd)
+{
+    char buf[16384];
+    int in_open = 1;
+    for (;;) {
+        if (xr_listen_stop)
+            return 0;
+        struct pollfd p[2] = {{fd, POLLIN, 0}, {in_open ? 0 : -1, POLLIN, 0}};
+        int64_t wait = l->state == XR_LOCALLY_BOUND ? 1000 : l->next - xr_now_ms();
+        int n = poll(p, 2, (int) (wait < 0 ? 0 : wait > 1000 ? 1000 : wait));
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (xr_listen_tick(l) < 0)
+            return -1;
+        if (n <= 0)
+            continue;
+        if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+            ssize_t r = read(fd, buf, sizeof(buf));
+            if (r <= 0)
+                return 0;
+            if (write(1, buf, (size_t) r) != r)
+                return -1;
+        }
+        if (in_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t r = read(0, buf, sizeof(buf));
+            if (r <= 0) {
+                in_open = 0;
+                shutdown(fd, SHUT_WR);
+            } else {
+                for (ssize_t off = 0; off < r;) {
+                    ssize_t w = write(fd, buf + off, (size_t) (r - off));
+                    if (w <= 0)
+                        return 0;
+                    off += w;
+                }
+            }
+        }
+    }
+}
+
+static void xr_listen_exec(int fd, const char *cmd)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fd, 0);
+        dup2(fd, 1);
+        close(fd);
+        signal(SIGPIPE, SIG_DFL);
+        execl("/bin/sh", "sh", "-c", cmd, (char *) NULL);
+        _exit(127);
+    }
+    if (pid < 0)
+        fprintf(stderr, "xray listen: fork() failed: %s\n", strerror(errno));
+    close(fd);
+}
+
+int xr_listen_main(int argc, char **argv)
+{
+    xr_client_conf_t cf = {.timeout_ms = 5000};
+    const char *bind_addr = "0.0.0.0", *exec_cmd = NULL, *port_s = NULL;
+    const char *private_list = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,"
+                               "[fc00::]/7";
+    char agent_buf[256], err[300];
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **slot = strcmp(a, "--bind") == 0         ? &bind_addr
+                            : strcmp(a, "--agent") == 0      ? &cf.agent
+                            : strcmp(a, "--agent-name") == 0 ? &cf.agent_name
+                            : strcmp(a, "--cert") == 0       ? &cf.cert
+                            : strcmp(a, "--key") == 0        ? &cf.key
+                            : strcmp(a, "--ca") == 0         ? &cf.ca
+                            : strcmp(a, "--exec") == 0       ? &exec_cmd
+                            : strcmp(a, "--private") == 0    ? &private_list
+                                                             : NULL;
+        if (slot != NULL && i + 1 < argc) {
+            *slot = argv[++i];
+        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            xr_listen_usage(stdout);
+            return 0;
+        } else if (a[0] != '-' && port_s == NULL) {
+            port_s = a;
+        } else {
+            fprintf(stderr, "xray listen: unexpected argument \"%s\"\n", a);
+            xr_listen_usage(stderr);
+            return 2;
+        }
+    }
+    char *end;
+    long port = port_s ? strtol(port_s, &end, 10) : 0;
+    if (port_s == NULL || *end != '\0' || port < 1 || port > 65535) {
+        fprintf(stderr, "xray listen: give a PORT (1-65535)\n");
+        return 2;
+    }
+    if (cf.agent == NULL)
+        cf.agent = xr_default_agent(agent_buf, sizeof(agent_buf));
+    if (cf.agent == NULL || cf.cert == NULL || cf.key == NULL || cf.ca == NULL) {
+        fprintf(stderr, "xray listen: needs --cert, --key, --ca and an agent (--agent, "
+                        "$XRAY_AGENT or /etc/xray/agent)\n");
+        return 2;
+    }
+    xr_private_t priv;
+    if (xr_private_parse(&priv, private_list, err, sizeof(err)) < 0) {
+        fprintf(stderr, "xray listen: --private: %s\n", err);
+        return 2;
+    }
+
+    xr_listen_t l = {.retry_ms = 250, .port = (uint16_t) port};
+    struct sockaddr_storage ss = {0};
+    socklen_t sslen;
+    if (strchr(bind_addr, ':') != NULL) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *) &ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t) port);
+        sslen = sizeof(*s6);
+        if (inet_pton(AF_INET6, bind_addr, &s6->sin6_addr) != 1)
+            sslen = 0;
+        l.bound_to_any = IN6_IS_ADDR_UNSPECIFIED(&s6->sin6_addr);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *) &ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t) port);
+        sslen = sizeof(*s4);
+        if (inet_pton(AF_INET, bind_addr, &s4->sin_addr) != 1)
+            sslen = 0;
+        l.bound_to_any = s4->sin_addr.s_addr == htonl(INADDR_ANY);
+    }
+    if (sslen == 0) {
+        fprintf(stderr, "xray listen: --bind %s is not an IP address\n", bind_addr);
+        return 2;
+    }
+    int one = 1;
+    l.listen_fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l.listen_fd < 0 ||
+        setsockopt(l.listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(l.listen_fd, (struct sockaddr *) &ss, sslen) != 0 || listen(l.listen_fd, 64) != 0) {
+        fprintf(stderr, "xray listen: cannot listen on %s port %ld: %s\n", bind_addr, port,
+                strerror(errno));
+        return 1;
+    }
+    xr_paddr_from_sockaddr(&l.local, &ss);
+
+    l.client = xr_client_new(&cf, err, sizeof(err));
+    if (l.client == NULL) {
+        fprintf(stderr, "xray listen: %s\n", err);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGCHLD, SIG_IGN); /* --exec children reap themselves */
+    struct sigaction sa = {.sa_handler = xr_listen_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    int rc = xr_listen_register(&l, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "xray listen: the agent refused: %s\n", err);
+        xr_client_free(l.client);
+        return 1;
+    }
+    if (rc > 0) {
+        l.state = XR_FULLY_BOUND;
+        l.next = xr_now_ms() + xr_client_heartbeat_ms(l.client);
+        xr_listen_report(&l, "");
+    } else {
+        fprintf(stderr, "xray listen: %s\n", err);
+        xr_listen_local(&l);
+        if (xr_is_private_addr(&priv, &l.local)) {
+            l.state = XR_LOCALLY_BOUND;
+            xr_listen_report(&l, "no agent, so no official address; connections from this "
+                                 "network only");
+        } else {
+            l.state = XR_HALF_BOUND;
+            l.official = l.local;
+            l.next = xr_now_ms() + l.retry_ms;
+            xr_listen_report(&l, " (no agent yet, retrying)");
+        }
+    }
+
+    int status = 0;
+    while (!xr_listen_stop) {
+        struct pollfd p = {l.listen_fd, POLLIN, 0};
+        int64_t wait = l.state == XR_LOCALLY_BOUND ? 1000 : l.next - xr_now_ms();
+        int n = poll(&p, 1, (int) (wait < 0 ? 0 : wait > 1000 ? 1000 : wait));
+        if (xr_listen_tick(&l) < 0) {
+            status = 1;
+            break;
+        }
+        if (n <= 0 || !(p.revents & POLLIN))
+            continue;
+        int fd = accept4(l.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        if (exec_cmd != NULL) {
+            xr_listen_exec(fd, exec_cmd);
+        } else {
+            if (xr_listen_serve(&l, fd) < 0)
+                status = 1;
+            close(fd);
+        }
+    }
+    if (l.state == XR_FULLY_BOUND && xr_client_is_open(l.client)) {
+        int perr;
+        xr_msg_t req = {.type = XR_MSG_UNREGISTER}, r;
+        req.u.refresh.handle = l.handle;
+        if (xr_client_call(l.client, &req, &r, &perr, err, sizeof(err)) == 0)
+            fprintf(stderr, "xray listen: unregistered\n");
+    }
+    xr_client_free(l.client);
+    close(l.listen_fd);
+    return status;
+}
