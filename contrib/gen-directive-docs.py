@@ -144,16 +144,29 @@ other agents reach over mutually authenticated TLS, speaking
 it (its log line says "serving the agent"); if that worker dies, its
 replacement takes over and reloads the leases from
 <a href="#d-agent-state_file">state_file</a>.</p>
-<p>This version serves server binding (XRAY &sect;5.1): a library
-registers a server socket with REGISTER and receives its official address
-- the local address when it is public, else an address and port leased
-from <a href="#d-agent-official_pool">official_pool</a> when the local
-address lies in one of <a href="#d-agent-networks">networks</a>. Leases
-last <a href="#d-agent-lease_time">lease_time</a> unless refreshed (the
-agent tells libraries to send a heartbeat every third of it). Connection
-setup (CONNECT, relay points, links between agents) is not served yet: a
-CONNECT is answered with the error UNREACHABLE and a message saying
-so.</p>
+<p>Server binding (XRAY &sect;5.1): a library registers a server socket
+with REGISTER and receives its official address - the local address when
+it is public, else an address and port leased from
+<a href="#d-agent-official_pool">official_pool</a> when the local address
+lies in one of <a href="#d-agent-networks">networks</a>. Leases last
+<a href="#d-agent-lease_time">lease_time</a> unless refreshed (the agent
+tells libraries to send a heartbeat every third of it).</p>
+<p>Connection setup (XRAY &sect;5.2): a library's CONNECT is checked
+against its application's outbound rules; a destination registered with
+this agent is answered with the server's local address (no relay);
+otherwise the agent of the destination's network
+(<a href="#d-agent-peers">peers</a>) is asked with PEER_CONNECT, both
+agents create relay points bound to a random token and to the certificate
+expected on each side, the three overlay links come up in parallel, and
+the libraries exchange the end-to-end ACK through them. Each relay point
+then runs as a relay with the application's filters (the server
+application's at the server's agent, the client application's at the
+client's), decrypting and re-encrypting on every hop. A relay point not
+linked on both sides within twice
+<a href="#d-agent-handshake_timeout">handshake_timeout</a> expires. The
+server's library connects out to its agent's relay point (INCOMING mode 2,
+the GCB technique), so the agent never needs a way into the server's
+host.</p>
 <p>Who may do what is the <a href="#d-applications">applications</a>
 policy: a library whose certificate no application matches is refused at
 once, with the reason in the log.</p>""",
@@ -609,6 +622,10 @@ BLOCKS = {
               "where libraries reach the agent, its TLS, the private networks it serves "
               "and the official addresses it leases (see <a href=\"protocol.html\">the "
               "protocol</a>)."),
+    "peer": ("Peer agents",
+             "Directives of each entry of the agent's <a href=\"#d-agent-peers\">peers</a> "
+             "list: another agent, the official networks it serves, how to reach it and "
+             "how to recognise it."),
     "application": ("Applications",
                     "Directives of each entry of the top-level "
                     "<a href=\"#d-applications\">applications</a> list: the agent's "

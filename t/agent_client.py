@@ -5,6 +5,7 @@ the page is enough to write one."""
 import ipaddress
 import socket
 import struct
+import time
 
 import tls_helpers as th
 
@@ -13,6 +14,8 @@ REGISTER, REGISTERED = 0x10, 0x11
 REFRESH, REFRESHED = 0x12, 0x13
 UNREGISTER, UNREGISTERED = 0x14, 0x15
 CONNECT, CONNECT_OK = 0x20, 0x21
+INCOMING, INCOMING_OK = 0x30, 0x31
+LINK, LINK_OK, ACK = 0x40, 0x41, 0x42
 ERROR = 0x7F
 
 ERRORS = {1: "NOT_AUTHORIZED", 2: "NO_SUCH_ADDRESS", 3: "UNREACHABLE", 4: "TIMEOUT",
@@ -129,29 +132,82 @@ class Session:
         assert got == rid
 
     def connect(self, dst, proto=6):
+        """-> (mode, (host, port), token, peer_key); mode 1 direct, 2 relay."""
         rid = self._id()
         self.send_raw(frame(CONNECT, struct.pack(">IB", rid, proto) + addr(dst)))
-        return self.expect(CONNECT_OK)
+        body = self.expect(CONNECT_OK)
+        got, mode = struct.unpack(">IB", body[:5])
+        assert got == rid
+        return mode, parse_addr(body[5:24]), body[24:56], body[56:88]
+
+    def incoming(self):
+        """Wait for INCOMING; answer INCOMING_OK.  -> (mode, relay point,
+        token, client address, client subject)."""
+        body = self.expect(INCOMING)
+        rid, handle, mode = struct.unpack(">IQB", body[:13])
+        rp = parse_addr(body[13:32])
+        token = body[32:64]
+        peer = parse_addr(body[64:83])
+        subject = body[84:84 + body[83]].decode()
+        self.send_raw(frame(INCOMING_OK, struct.pack(">I", rid)))
+        return mode, rp, token, peer, subject
 
 
-def _main(argv):
-    """Run inside a test namespace: register one server socket and print
-    the official address as JSON.
-    agent_client.py HOST:PORT CA CERT KEY LOCAL_IP:PORT [PRIOR_IP:PORT]"""
-    import json
+def open_link(ctx, rp, token, timeout=10):
+    """An overlay link to a relay point: TLS, LINK, LINK_OK, then the
+    end-to-end ACK both ways (XRAY §5.2 step 7).  Returns the TLS socket,
+    ready for the application's bytes."""
+    raw = socket.create_connection(rp, timeout)
+    s = ctx.wrap_socket(raw, server_hostname=None)
+    s.settimeout(timeout)
+    link = Session.__new__(Session)
+    link.s = s
+    s.sendall(frame(LINK, token))
+    link.expect(LINK_OK)
+    s.sendall(frame(ACK, b""))
+    link.expect(ACK)
+    return s
+
+
+def link_ctx(ca, cert, key):
+    """A client context for links: the relay point's chain is verified
+    against the CA; its name is not (the library knows its key instead)."""
     import ssl
-    host, port = argv[0].rsplit(":", 1)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_verify_locations(argv[1])
-    ctx.load_cert_chain(argv[2], argv[3])
-    def hp(a):
-        h, p = a.rsplit(":", 1)
-        return (h, int(p))
-    prior = hp(argv[5]) if len(argv) > 5 else None
+    ctx.check_hostname = False
+    ctx.load_verify_locations(ca)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _ctx(ca, cert, key):
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False  # the chain is checked; agents have their own names
+    ctx.load_verify_locations(ca)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _hp(a):
+    h, p = a.rsplit(":", 1)
+    return (h, int(p))
+
+
+def _session(agent, ctx):
+    host, port = agent.rsplit(":", 1)
+    return Session(int(port), None, host=host, ctx=ctx)
+
+
+def _register(argv):
+    """register AGENT CA CERT KEY LOCAL [PRIOR]: print the official address."""
+    import json
+    prior = _hp(argv[5]) if len(argv) > 5 else None
     try:
-        s = Session(int(port), None, host=host, ctx=ctx)
-        handle, lease, off = s.register(hp(argv[4]), prior=prior)
+        s = _session(argv[0], _ctx(argv[1], argv[2], argv[3]))
+        handle, lease, off = s.register(_hp(argv[4]), prior=prior)
         print(json.dumps({"official": "%s:%d" % off, "lease_ms": lease}))
     except (AgentError, OSError, EOFError) as e:
         print(json.dumps({"error": str(e)}))
@@ -159,6 +215,110 @@ def _main(argv):
     return 0
 
 
+def _serve(argv):
+    """serve AGENT CA CERT KEY LOCAL: register, print the official address,
+    then take every INCOMING: link to the relay point and echo."""
+    import json
+    import threading
+    ctx = _ctx(argv[1], argv[2], argv[3])
+    s = _session(argv[0], ctx)
+    handle, lease, off = s.register(_hp(argv[4]))
+    print(json.dumps({"official": "%s:%d" % off}), flush=True)
+    lctx = link_ctx(argv[1], argv[2], argv[3])
+
+    def echo(mode, rp, token, peer, subject):
+        try:
+            c = open_link(lctx, rp, token)
+            c.settimeout(60)
+            print(json.dumps({"accepted": subject}), flush=True)
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                c.sendall(d)
+            c.close()
+        except (OSError, EOFError, AgentError) as e:
+            print(json.dumps({"link_error": str(e)}), flush=True)
+
+    s.s.settimeout(None)
+    while True:  # the tests' leases outlast them: no heartbeats needed
+        try:
+            got = s.incoming()
+        except (EOFError, OSError):
+            return 0
+        threading.Thread(target=echo, args=got, daemon=True).start()
+
+
+def _connect(argv):
+    """connect AGENT CA CERT KEY DST NBYTES: connect through the agents,
+    send NBYTES while reading the echo; print JSON with both SHA-256s."""
+    import hashlib
+    import json
+    ctx = _ctx(argv[1], argv[2], argv[3])
+    n = int(argv[5])
+    payload = argv[6].encode() if len(argv) > 6 else None
+    t0 = time.monotonic()
+    try:
+        s = _session(argv[0], ctx)
+        mode, rp, token, key = s.connect(_hp(argv[4]))
+        if mode == 1:
+            c = socket.create_connection(rp, 10)
+        else:
+            c = open_link(link_ctx(argv[1], argv[2], argv[3]), rp, token)
+    except (AgentError, OSError, EOFError) as e:
+        print(json.dumps({"error": str(e), "code": getattr(e, "name", None)}))
+        return 1
+    setup_ms = (time.monotonic() - t0) * 1000
+    c.settimeout(60)
+    sent, got = hashlib.sha256(), hashlib.sha256()
+    received = 0
+
+    def read_some():
+        d = c.recv(1 << 16)
+        if d:
+            got.update(d)
+        return len(d)
+
+    # One thread: an SSL socket must not be read and written at once.  At
+    # most 1 MB is in flight, so neither side's buffers fill.
+    try:
+        if payload is not None:
+            c.sendall(payload)
+            sent.update(payload)
+            n = len(payload)
+            c.settimeout(5)
+            while received < n:
+                k = read_some()
+                if k == 0:
+                    break
+                received += k
+        else:
+            block = bytes(range(256)) * 256
+            left = n
+            while left > 0 or received < n:
+                if left > 0:
+                    chunk = block[:min(left, len(block))]
+                    c.sendall(chunk)
+                    sent.update(chunk)
+                    left -= len(chunk)
+                while received < n and (left == 0 or n - left - received > (1 << 20)):
+                    k = read_some()
+                    if k == 0:
+                        raise EOFError("the relay closed after %d bytes" % received)
+                    received += k
+    except (OSError, EOFError) as e:
+        print(json.dumps({"mode": mode, "send_error": str(e), "received": received}))
+        return 1
+    c.close()
+    print(json.dumps({"mode": mode, "relay": "%s:%d" % rp, "setup_ms": round(setup_ms, 2),
+                      "sent": n, "received": received,
+                      "equal": sent.hexdigest() == got.hexdigest()}))
+    return 0
+
+
 if __name__ == "__main__":
     import sys
-    sys.exit(_main(sys.argv[1:]))
+    cmds = {"register": _register, "serve": _serve, "connect": _connect}
+    if len(sys.argv) > 1 and sys.argv[1] in cmds:
+        sys.exit(cmds[sys.argv[1]](sys.argv[2:]))
+    sys.exit(_register(sys.argv[1:]))

@@ -79,7 +79,7 @@ def html_pages():
 
 # Nested blocks (of a relay block, or the agent's); their directives are
 # anchored d-BLOCK-NAME.
-BLOCKS = ("tls", "upstream_tls", "agent", "application")
+BLOCKS = ("tls", "upstream_tls", "agent", "application", "peer")
 
 
 def expected_anchors(rows):

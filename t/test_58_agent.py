@@ -114,10 +114,12 @@ def test_policy_refusals(xrayd, pki):
     assert e.value.name == "NOT_AUTHORIZED" and "inbound: off" in e.value.message
     x.wait_log(r"REGISTER 198\.18\.2\.2:80 by CN=relay-a .* refused: application \"relay-a\" "
                r"has inbound off")
-    # connection setup is not served yet: a plain error, not a hang
+    # outbound: no rule, no connection, and the log names the application
     with pytest.raises(ac.AgentError) as e:
         s.connect(("198.19.0.2", 20000))
-    assert e.value.name == "UNREACHABLE"
+    assert e.value.name == "NOT_AUTHORIZED" and "no outbound rule" in e.value.message
+    x.wait_log(r"CONNECT 198\.19\.0\.2:20000 by CN=relay-a .* refused: application "
+               r"\"relay-a\": no outbound rule allows 198\.19\.0\.2:20000")
     s.close()
     # max_registrations: 3
     s = ac.Session(p, pki)

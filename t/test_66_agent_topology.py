@@ -205,3 +205,153 @@ def test_xray_listen_in_b_half_bound_and_back(topology, pki, tmp_path):
     assert listener.wait(timeout=10) == 0
     master.send_signal(signal.SIGTERM)
     master.wait(timeout=20)
+
+
+# ---- connection setup across the two firewalls (XRAY §5.2) -----------------------
+
+def _two_agents(t, pki, tmp, server_filters=""):
+    """Agent A on nata, agent B on natb, each the other's peer."""
+    for name in ("agent-a", "agent-b"):
+        if not os.path.exists(pki.crt(name)):
+            pki._issue(pki.ca1, name, "--both", "--san", "DNS:" + name)
+    confs = {}
+    for me, other, lan, my_pub, other_pub, apps in (
+            ("a", "b", "198.18.1.0/24", t.pub_addr("nata"), t.pub_addr("natb"), """
+  - name: client
+    match: ["CN=app-1"]
+    outbound: ["%s/32:20000-20009"]
+""" % t.pub_addr("natb")),
+            ("b", "a", "198.18.2.0/24", t.pub_addr("natb"), t.pub_addr("nata"), """
+  - name: server
+    match: ["CN=relay-b"]
+    inbound: on
+""" + server_filters)):
+        d = tmp / ("agent-" + me)
+        d.mkdir()
+        conf = d / "agent.yaml"
+        conf.write_text("""
+workers: 2
+daemon: off
+pid: %(d)s/xrayd.pid
+error_log: %(d)s/error.log
+log_level: info
+agent:
+  listen: 0.0.0.0:7000
+  tls:
+    certificate: %(crt)s
+    key: %(key)s
+    client_ca: %(ca)s
+  networks: [%(lan)s]
+  official_pool: ["%(pub)s:20000-20009"]
+  admin_socket: %(d)s/agent.sock
+  peers:
+    - networks: ["%(opub)s/32"]
+      agent: %(opub)s:7000
+      match: ["CN=agent-%(other)s"]
+      tls:
+        ca: %(ca)s
+        certificate: %(crt)s
+        key: %(key)s
+        server_name: agent-%(other)s
+applications:%(apps)s""" % dict(d=d, crt=pki.crt("agent-" + me), key=pki.key("agent-" + me),
+                                   ca=pki.ca, lan=lan, pub=my_pub, opub=other_pub,
+                                   other=other, apps=apps))
+        confs[me] = d
+        t.popen("nat" + me, [str(xf.XRAYD_BIN), "-c", str(conf)])
+    for me, d in confs.items():
+        _wait(lambda: (d / "error.log").exists() and
+              "agent: serving on" in (d / "error.log").read_text(), 20, "agent " + me)
+    return confs
+
+
+def _client(t, role, *args, timeout=120):
+    r = t.run(role, [sys.executable, CLIENT, *args], timeout=timeout,
+              env=dict(os.environ, PYTHONPATH=str(HERE)))
+    assert r.stdout.strip(), r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _status(t, role, d):
+    r = t.run(role, [str(th.XRAY), "status", "--socket", str(d / "agent.sock"), "--json"])
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("topology", [{"b2": True}], indirect=True)
+def test_connection_across_two_firewalls(topology, pki, tmp_path):
+    """A client in A reaches a server registered in B through agent A and
+    agent B (three overlay links, end-to-end ACK), 100 MB echoed byte-exact,
+    while direct A -> B connections are dropped; a client in B reaches it
+    directly; refusals come with their error code."""
+    t = topology
+    confs = _two_agents(t, pki, tmp_path)
+    server = t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
+                           pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
+                     env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    first = server.stdout.readline()
+    assert first, server.stderr.read() if server.poll() is not None else "no output"
+    official = json.loads(first)["official"]
+    assert official == "%s:20000" % t.pub_addr("natb")
+    agent_a = "%s:7000" % t.addr("nata")
+    creds = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
+
+    got = _client(t, "a", "connect", agent_a, *creds, official, str(100 << 20))
+    assert got["mode"] == 2 and got["equal"] and got["received"] == 100 << 20, got
+    log_a = (confs["a"] / "error.log").read_text()
+    log_b = (confs["b"] / "error.log").read_text()
+    assert re.search(r"relay point \d+ linked: client \(CN=app-1", log_a), log_a
+    assert re.search(r"relay point \d+ linked: .*CN=app-1.* via CN=agent-a .* to %s \(server\)"
+                     % re.escape(official), log_b), log_b
+
+    # a second connection resumes the TLS sessions between the agents
+    got = _client(t, "a", "connect", agent_a, *creds, official, "1000")
+    assert got["equal"], got
+    assert _status(t, "nata", confs["a"])["counters"]["relayed"] == 2
+
+    # the same server from its own network: direct, no relay point
+    creds_b2 = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
+    # (app-1 is not an application of agent B: refused there)
+    got = _client(t, "b2", "connect", "%s:7000" % t.addr("natb"), *creds_b2, official, "10")
+    assert got.get("code") == "NOT_AUTHORIZED", got
+
+    # outbound the policy does not allow
+    got = _client(t, "a", "connect", agent_a, *creds, "%s:30000" % t.pub_addr("natb"), "10")
+    assert got.get("code") == "NOT_AUTHORIZED", got
+    # nobody holds that official address
+    got = _client(t, "a", "connect", agent_a, *creds, "%s:20005" % t.pub_addr("natb"), "10")
+    assert got.get("code") == "NO_SUCH_ADDRESS", got
+    # a certificate agent A does not know
+    got = _client(t, "a", "connect", agent_a, pki.ca, pki.crt("intruder"),
+                  pki.key("intruder"), official, "10")
+    assert got.get("code") == "NOT_AUTHORIZED", got
+    server.kill()
+
+
+@pytest.mark.timeout(240)
+def test_server_filter_stops_a_forbidden_payload(topology, pki, tmp_path):
+    """The server application's signature filter runs at agent B's relay
+    point: a payload carrying the pattern never reaches the server, the
+    connection is closed, and agent B logs which signature matched."""
+    t = topology
+    confs = _two_agents(t, pki, tmp_path, server_filters="""    filters:
+      - signature:
+          patterns: ["FORBIDDEN"]
+""")
+    server = t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
+                           pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
+                     env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    official = json.loads(server.stdout.readline())["official"]
+    agent_a = "%s:7000" % t.addr("nata")
+    creds = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
+    got = _client(t, "a", "connect", agent_a, *creds, official, "0", "harmless bytes")
+    assert got.get("equal"), got
+    got = _client(t, "a", "connect", agent_a, *creds, official, "0",
+                  "some bytes FORBIDDEN more bytes")
+    assert not got.get("equal") and got.get("received", 0) == 0, got
+    log_b = confs["b"] / "error.log"
+    _wait(lambda: 'signature "FORBIDDEN" matched in the client-to-upstream direction' in log_b.read_text(), 10,
+          "the signature log line")
+    server.kill()

@@ -16,10 +16,12 @@
 #include "tls/tls.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ifaddrs.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -29,6 +31,21 @@
 
 #define GO(f) offsetof(xr_agent_conf_t, f)
 #define A     XR_CTX_AGENT
+
+static int xr_agent_set_peers(xr_conf_t *cf, const xr_node_t *n, void *conf,
+                              const xr_directive_t *d);
+
+#define PO(f) offsetof(xr_peer_conf_t, f)
+const xr_directive_t xr_peer_directives[] = {
+    {"networks", XR_CTX_PEER, XR_T_STR_LIST, PO(networks_text), NULL, 0, 0, NULL, NULL,
+     XR_DIR_REQUIRED, "Official addresses this agent serves (its official_pool, as networks)."},
+    {"agent", XR_CTX_PEER, XR_T_ADDR, PO(agent), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
+     "Where to reach it (its agent listen address)."},
+    {"match", XR_CTX_PEER, XR_T_STR_LIST, PO(match), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
+     "Its certificates, when it connects to us: subject, RDN, SAN or sha256:KEY patterns."},
+    {"tls", XR_CTX_PEER, XR_T_CUSTOM, PO(tls), NULL, 0, 0, NULL, xr_tls_set_client, XR_DIR_REQUIRED,
+     "How to speak TLS to it: ca, certificate, key, server_name."},
+    XR_DIRECTIVES_END};
 
 const xr_directive_t xr_agent_directives[] = {
     {"listen", A, XR_T_ADDR, GO(listen), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
@@ -45,6 +62,8 @@ const xr_directive_t xr_agent_directives[] = {
      "Where leases are kept across restarts (none: in memory only)."},
     {"handshake_timeout", A, XR_T_DURATION, GO(handshake_timeout), "10s", 100, 600000, NULL, NULL,
      0, "Time a new control connection has for TLS and HELLO."},
+    {"peers", A, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_agent_set_peers, 0,
+     "Other agents: the official networks each serves, its address, certificate and TLS."},
     {"admin_socket", A, XR_T_PATH, GO(admin_socket), NULL, 0, 0, NULL, NULL, 0,
      "UNIX socket (mode 0600) that `xray status` reads the agent's state from."},
     XR_DIRECTIVES_END};
@@ -98,6 +117,45 @@ int xr_agent_set(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directi
     return XR_OK;
 }
 
+static int xr_agent_set_peers(xr_conf_t *cf, const xr_node_t *n, void *conf,
+                              const xr_directive_t *d)
+{
+    xr_agent_conf_t *a = conf;
+    if (n->type != XR_NODE_SEQ)
+        return xr_conf_error(cf, n, "expected a sequence of peer agents (\"- agent: ...\")");
+    a->peers = xr_conf_alloc(cf, (n->n ? n->n : 1) * sizeof(xr_peer_conf_t));
+    for (size_t i = 0; i < n->n; i++) {
+        const xr_node_t *b = n->items[i];
+        xr_peer_conf_t *p = &a->peers[a->npeers];
+        if (b->type != XR_NODE_MAP)
+            return xr_conf_error(cf, b,
+                                 "expected a peer agent (a mapping with networks, agent, "
+                                 "match and tls)");
+        p->node = b;
+        if (xr_conf_defaults(cf, xr_peer_directives, XR_CTX_PEER, p, NULL) != XR_OK ||
+            xr_conf_block(cf, b, xr_peer_directives, XR_CTX_PEER, p, NULL, NULL) != XR_OK)
+            return XR_ERROR;
+        if (p->tls->certificate == NULL)
+            return xr_conf_error(cf, xr_node_get(b, "tls"),
+                                 "agents authenticate each other: the peer's tls needs the "
+                                 "agent's certificate and key");
+        p->tls->keep_peer = 1;
+        p->networks = xr_conf_alloc(cf, (p->networks_text.n + 1) * sizeof(xr_net_rule_t));
+        for (size_t j = 0; j < p->networks_text.n; j++) {
+            char why[160];
+            xr_net_rule_t *r = &p->networks[p->nnetworks];
+            if (xr_net_rule_parse(p->networks_text.items[j], r, why, sizeof(why)) != XR_OK ||
+                r->family == 0)
+                return xr_conf_error(cf, xr_node_get(b, "networks"), "\"%s\": %s",
+                                     p->networks_text.items[j],
+                                     r->family == 0 ? "expected a network" : why);
+            p->nnetworks++;
+        }
+        a->npeers++;
+    }
+    return XR_OK;
+}
+
 int xr_agent_set_applications(xr_conf_t *cf, const xr_node_t *n, void *conf,
                               const xr_directive_t *d)
 {
@@ -107,35 +165,99 @@ int xr_agent_set_applications(xr_conf_t *cf, const xr_node_t *n, void *conf,
     return xr_policy_parse(cf, n, g->policy);
 }
 
+extern const xr_directive_t xr_core_directives[];
+
 int xr_agent_validate(xr_conf_t *cf, xr_gen_t *g)
 {
     if (g->policy != NULL && g->agent == NULL)
         return xr_conf_error(cf, g->policy_node,
                              "applications are the agent's policy: add an agent block");
+    /* Each application's relay points run as a relay block of their own:
+     * its filters, the top-level buffer and timeout settings, counters in
+     * the shared segment under "agent:NAME". */
+    for (size_t i = 0; g->policy != NULL && i < g->policy->napps; i++) {
+        xr_app_conf_t *app = g->policy->apps[i];
+        xr_relay_conf_t *rc = xr_gen_add_relay(cf, g);
+        if (xr_conf_defaults(cf, xr_core_directives, XR_CTX_RELAY, rc, NULL) != XR_OK)
+            return XR_ERROR;
+        size_t len = strlen(app->name) + sizeof("agent:");
+        rc->name = xr_conf_alloc(cf, len);
+        snprintf(rc->name, len, "agent:%s", app->name);
+        rc->filters = app->filters;
+        rc->nfilters = app->nfilters;
+        rc->node = app->node;
+        app->relay = rc;
+    }
     return XR_OK;
 }
 
-/* ---- control sessions ---------------------------------------------------- */
+/* ---- sessions: control connections and overlay links ---------------------- */
 
 #define XR_CTL_IN  (XR_REC_MAX_CIPHER + XR_REC_HEADER + XR_PROTO_MAX_FRAME)
 #define XR_CTL_OUT (16 * XR_PROTO_MAX_FRAME)
 
-typedef enum { XR_CTL_HANDSHAKE, XR_CTL_HELLO, XR_CTL_READY } xr_ctl_state_t;
+typedef enum {
+    XR_CTL_CONNECTING, /* outgoing: TCP connect in progress */
+    XR_CTL_HANDSHAKE,  /* TLS */
+    XR_CTL_FIRST,      /* waiting for the first frame (HELLO or LINK) */
+    XR_CTL_READY,      /* a control session after HELLO */
+    XR_CTL_LINKED      /* a link attached to its relay point: frames are over */
+} xr_ctl_state_t;
+
+typedef enum {
+    XR_KIND_UNKNOWN,
+    XR_KIND_LIBRARY,  /* a library's control session */
+    XR_KIND_AGENT,    /* another agent's control session */
+    XR_KIND_LINK,     /* an overlay link that connected to us */
+    XR_KIND_PEER_OUT, /* our control session to another agent */
+    XR_KIND_LINK_OUT  /* our overlay link to another agent's relay point */
+} xr_ctl_kind_t;
+
+typedef struct xr_rp_s xr_rp_t;
 
 typedef struct {
     xr_end_t end;
     xr_ctl_state_t state;
+    xr_ctl_kind_t kind;
     uv_timer_t timer;
     xr_list_t link;
-    const xr_app_conf_t *app;
-    char peer[64]; /* address */
-    char who[160]; /* identity for logs */
-    char key[65];  /* public-key SHA-256 */
+    const xr_app_conf_t *app;   /* library sessions */
+    const xr_peer_conf_t *peer; /* agent sessions, both ways */
+    xr_rp_t *rp;                /* links, and our control session to a peer */
+    int side;                   /* links: the relay point's side */
+    struct sockaddr_storage local, remote;
+    char peer_addr[64]; /* remote address, for logs */
+    char who[160];      /* identity for logs */
+    char key[65];       /* the peer's public-key SHA-256 */
     int closing;
     size_t inlen, outlen;
     uint8_t in[XR_CTL_IN];
     uint8_t out[XR_CTL_OUT];
 } xr_ctl_t;
+
+/* A relay point (XRAY §5.2 step 4): two sides, each bound to the
+ * certificate expected there; side 0 faces the client, side 1 the
+ * server.  A side is linked when a link presenting the token from the
+ * right certificate arrived (or, for the side we dial, when our link got
+ * LINK_OK).  Both linked: LINK_OK to the incoming ones, and the two links
+ * become one relay through the application's filters. */
+struct xr_rp_s {
+    xr_list_t link;
+    uint64_t id;
+    uint8_t token[XR_PROTO_TOKEN];
+    const xr_app_conf_t *app;
+    char key[2][65];
+    xr_ctl_t *side[2];
+    int linked[2];
+    int dial_side; /* the side we connect out for, or -1 */
+    uv_timer_t timer;
+    xr_ctl_t *requester; /* the library whose CONNECT waits */
+    uint32_t req_id;
+    xr_paddr_t dst;
+    const xr_peer_conf_t *peer;
+    char what[512]; /* for logs: who to what */
+    int dead;
+};
 
 static struct {
     uv_loop_t *loop;
@@ -145,7 +267,13 @@ static struct {
     uv_timer_t tick;
     xr_list_t sessions;
     size_t nsessions;
+    xr_list_t rps;
+    size_t nrps;
+    uint64_t next_rp;
     xr_leases_t leases;
+    char own_key[65];
+    xr_paddr_t self[64];
+    size_t nself;
     int dirty;
     int running;
     int64_t started;
@@ -153,11 +281,12 @@ static struct {
     ino_t admin_ino; /* of the path we bound, to remove only our own */
     struct {
         uint64_t sessions, full, resumed, registered, refreshed, unregistered, expired, refused,
-            protocol_errors;
+            protocol_errors, connects, direct, relayed, rp_expired;
     } n;
 } xr_ag;
 
 static int xr_ctl_flush(xr_ctl_t *c);
+static void xr_rp_fail(xr_rp_t *rp, int code, const char *why);
 
 static void xr_ctl_timer_closed(uv_handle_t *h)
 {
@@ -165,25 +294,49 @@ static void xr_ctl_timer_closed(uv_handle_t *h)
     free(c);
 }
 
+static void xr_ctl_free(xr_ctl_t *c)
+{
+    xr_list_remove(&c->link);
+    xr_ag.nsessions--;
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *) &c->timer, xr_ctl_timer_closed);
+}
+
 static void xr_ctl_close(xr_ctl_t *c, const char *why)
 {
     if (c->closing)
         return;
     c->closing = 1;
-    xr_log(XR_LOG_INFO, "agent: control connection from %s%s%s closed: %s", c->peer,
-           c->who[0] ? ", " : "", c->who, why);
+    static const char *const kinds[] = {
+        "connection", "control session",       "agent session",
+        "link",       "session to peer agent", "link to peer agent"};
+    xr_log(XR_LOG_INFO, "agent: %s %s %s%s%s closed: %s", kinds[c->kind],
+           c->kind >= XR_KIND_PEER_OUT ? "to" : "from", c->peer_addr, c->who[0] ? ", " : "", c->who,
+           why);
     xr_leases_orphan(&xr_ag.leases, c);
-    if (c->state != XR_CTL_HANDSHAKE && c->outlen > 0)
+    if (c->state >= XR_CTL_FIRST && c->outlen > 0)
         xr_ctl_flush(c); /* best effort: the ERROR that explains the close */
     if (c->end.ops != NULL && c->end.ops->free != NULL)
         c->end.ops->free(&c->end);
     if (c->end.io.fd >= 0)
         close(c->end.io.fd);
     c->end.io.fd = -1;
-    xr_list_remove(&c->link);
-    xr_ag.nsessions--;
-    uv_timer_stop(&c->timer);
-    uv_close((uv_handle_t *) &c->timer, xr_ctl_timer_closed);
+    /* Whoever waited on this session learns it is gone. */
+    xr_rp_t *rp = c->rp;
+    c->rp = NULL;
+    if (rp != NULL && !rp->dead) {
+        if (rp->side[0] == c)
+            rp->side[0] = NULL;
+        if (rp->side[1] == c)
+            rp->side[1] = NULL;
+        xr_rp_fail(rp, XR_PERR_UNREACHABLE, why);
+    }
+    for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = q->next) {
+        xr_rp_t *r = xr_container_of(q, xr_rp_t, link);
+        if (r->requester == c)
+            r->requester = NULL;
+    }
+    xr_ctl_free(c);
 }
 
 /* Send what is queued; XR_OK (maybe partly, the rest waits for EPOLLOUT)
@@ -296,32 +449,536 @@ static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
     xr_ctl_send(c, &r);
 }
 
+/* ---- relay points ---------------------------------------------------------- */
+
+static void xr_rp_timer_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* Tear down: close the links still attached, answer a waiting CONNECT. */
+static void xr_rp_fail(xr_rp_t *rp, int code, const char *why)
+{
+    if (rp->dead)
+        return;
+    rp->dead = 1;
+    xr_log(XR_LOG_NOTICE, "agent: relay point %llu (%s) failed: %s", (unsigned long long) rp->id,
+           rp->what, why);
+    if (rp->requester != NULL) {
+        xr_ctl_error(rp->requester, rp->req_id, code, "%s", why);
+        xr_ctl_flush(rp->requester);
+        rp->requester = NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        xr_ctl_t *s = rp->side[i];
+        rp->side[i] = NULL;
+        if (s != NULL) {
+            s->rp = NULL;
+            xr_ctl_close(s, "its relay point failed");
+        }
+    }
+    for (xr_list_t *q = xr_ag.sessions.next; q != &xr_ag.sessions; q = q->next) {
+        xr_ctl_t *s = xr_container_of(q, xr_ctl_t, link);
+        if (s->rp == rp)
+            s->rp = NULL;
+    }
+    xr_list_remove(&rp->link);
+    xr_ag.nrps--;
+    uv_timer_stop(&rp->timer);
+    uv_close((uv_handle_t *) &rp->timer, xr_rp_timer_closed);
+}
+
+static void xr_rp_expire(uv_timer_t *t)
+{
+    xr_rp_t *rp = t->data;
+    xr_ag.n.rp_expired++;
+    xr_rp_fail(rp, XR_PERR_TIMEOUT, "not linked on both sides in time");
+}
+
+static xr_rp_t *xr_rp_new(const xr_app_conf_t *app, const char *what)
+{
+    xr_rp_t *rp = calloc(1, sizeof(*rp));
+    if (rp == NULL)
+        return NULL;
+    rp->id = ++xr_ag.next_rp;
+    rp->app = app;
+    rp->dial_side = -1;
+    randombytes_buf(rp->token, sizeof(rp->token));
+    snprintf(rp->what, sizeof(rp->what), "%s", what);
+    uv_timer_init(xr_ag.loop, &rp->timer);
+    rp->timer.data = rp;
+    /* Unused relay points expire (XRAY §5.2: bound to a token and a peer,
+     * not a standing opening). */
+    uv_timer_start(&rp->timer, xr_rp_expire, (uint64_t) xr_ag.conf->handshake_timeout * 2, 0);
+    xr_list_insert_tail(&xr_ag.rps, &rp->link);
+    xr_ag.nrps++;
+    return rp;
+}
+
+static xr_rp_t *xr_rp_find(const uint8_t *token)
+{
+    for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = q->next) {
+        xr_rp_t *rp = xr_container_of(q, xr_rp_t, link);
+        if (!rp->dead && sodium_memcmp(rp->token, token, XR_PROTO_TOKEN) == 0)
+            return rp;
+    }
+    return NULL;
+}
+
+/* Both sides linked: LINK_OK to the links that came to us, then one relay. */
+static void xr_rp_complete(xr_rp_t *rp)
+{
+    xr_ctl_t *s[2] = {rp->side[0], rp->side[1]};
+    for (int i = 0; i < 2; i++)
+        if (i != rp->dial_side) {
+            xr_msg_t ok = {.type = XR_MSG_LINK_OK};
+            xr_ctl_send(s[i], &ok);
+            if (xr_ctl_flush(s[i]) != XR_OK || s[i]->outlen > 0) {
+                /* a LINK_OK that does not fit the socket at once is a
+                 * peer not reading: give up rather than buffer */
+                xr_rp_fail(rp, XR_PERR_UNREACHABLE, "a link does not read");
+                return;
+            }
+        }
+    xr_end_t *ends[2] = {&s[0]->end, &s[1]->end};
+    const unsigned char *pend[2] = {s[0]->in, s[1]->in};
+    size_t npend[2] = {s[0]->inlen, s[1]->inlen};
+    struct sockaddr_storage client = s[0]->remote;
+    uint64_t id = rp->id;
+    xr_relay_rt_t *rt = xr_worker_rt(rp->app->relay);
+    xr_log(XR_LOG_INFO, "agent: relay point %llu linked: %s", (unsigned long long) id, rp->what);
+    xr_ag.n.relayed++;
+    rp->side[0] = rp->side[1] = NULL;
+    s[0]->rp = s[1]->rp = NULL;
+    rp->requester = NULL;
+    rp->dead = 1;
+    xr_list_remove(&rp->link);
+    xr_ag.nrps--;
+    uv_timer_stop(&rp->timer);
+    uv_close((uv_handle_t *) &rp->timer, xr_rp_timer_closed);
+    xr_relay_join(xr_ag.loop, rt, ends, pend, npend, &client, id);
+    xr_ctl_free(s[0]);
+    xr_ctl_free(s[1]);
+}
+
+static void xr_rp_linked(xr_rp_t *rp, int side, xr_ctl_t *c)
+{
+    rp->side[side] = c;
+    rp->linked[side] = 1;
+    c->rp = rp;
+    c->side = side;
+    c->state = XR_CTL_LINKED;
+    uv_timer_stop(&c->timer);
+    if (rp->linked[0] && rp->linked[1])
+        xr_rp_complete(rp);
+}
+
+/* A LINK arrived on a connection that came to us. */
+static void xr_ctl_link(xr_ctl_t *c, const xr_msg_t *m)
+{
+    xr_rp_t *rp = xr_rp_find(m->u.link.token);
+    int side = -1;
+    for (int i = 0; rp != NULL && i < 2; i++)
+        if (i != rp->dial_side && !rp->linked[i] && strcmp(rp->key[i], c->key) == 0)
+            side = i;
+    if (rp == NULL || side < 0) {
+        xr_ag.n.refused++;
+        xr_log(XR_LOG_NOTICE, "agent: link from %s (%s) refused: %s", c->peer_addr, c->who,
+               rp == NULL ? "no relay point has that token"
+                          : "not the certificate the relay point expects");
+        xr_ctl_error(c, 0, XR_PERR_BAD_TOKEN, "%s",
+                     rp == NULL ? "no such relay point" : "wrong certificate for this relay point");
+        xr_ctl_close(c, "bad link");
+        return;
+    }
+    c->kind = XR_KIND_LINK;
+    xr_rp_linked(rp, side, c);
+}
+
+/* ---- outgoing sessions ------------------------------------------------------ */
+
+static void xr_ctl_io(xr_io_t *io, uint32_t events);
+static void xr_ctl_run(xr_ctl_t *c);
+
+static void xr_ctl_timeout(uv_timer_t *t)
+{
+    xr_ctl_t *c = t->data;
+    xr_log(XR_LOG_NOTICE, "agent: %s did not finish TLS and HELLO within %lld ms", c->peer_addr,
+           (long long) xr_ag.conf->handshake_timeout);
+    xr_ctl_close(c, "handshake timeout");
+}
+
+static xr_ctl_t *xr_ctl_new(int fd, xr_ctl_kind_t kind)
+{
+    xr_ctl_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        xr_log(XR_LOG_ERR, "agent: out of memory for a connection");
+        return NULL;
+    }
+    c->kind = kind;
+    c->end.io.fd = -1;
+    uv_timer_init(xr_ag.loop, &c->timer);
+    c->timer.data = c;
+    xr_list_insert_tail(&xr_ag.sessions, &c->link);
+    xr_ag.nsessions++;
+    xr_ag.n.sessions++;
+    if (xr_io_add(&c->end.io, fd, xr_ctl_io) != XR_OK) {
+        close(fd);
+        xr_ctl_close(c, "cannot watch the socket");
+        return NULL;
+    }
+    uv_timer_start(&c->timer, xr_ctl_timeout, (uint64_t) xr_ag.conf->handshake_timeout, 0);
+    return c;
+}
+
+/* Connect to another agent (a control session or a link). */
+static xr_ctl_t *xr_ctl_dial(const xr_peer_conf_t *peer, const xr_paddr_t *to, xr_ctl_kind_t kind,
+                             xr_rp_t *rp)
+{
+    struct sockaddr_storage ss = {0};
+    socklen_t len;
+    if (to->family == 4) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *) &ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(to->port);
+        memcpy(&s4->sin_addr, to->addr, 4);
+        len = sizeof(*s4);
+    } else {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *) &ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(to->port);
+        memcpy(&s6->sin6_addr, to->addr, 16);
+        len = sizeof(*s6);
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    if (connect(fd, (struct sockaddr *) &ss, len) != 0 && errno != EINPROGRESS) {
+        close(fd);
+        return NULL;
+    }
+    xr_ctl_t *c = xr_ctl_new(fd, kind);
+    if (c == NULL)
+        return NULL;
+    c->peer = peer;
+    c->rp = rp;
+    c->remote = ss;
+    xr_paddr_str(to, c->peer_addr, sizeof(c->peer_addr));
+    c->state = XR_CTL_CONNECTING;
+    if (xr_tls_end_start(&c->end, peer->tls) != XR_OK) {
+        xr_ctl_close(c, "out of memory");
+        return NULL;
+    }
+    return c;
+}
+
+static void xr_paddr_of(xr_paddr_t *a, const struct sockaddr_storage *ss)
+{
+    memset(a, 0, sizeof(*a));
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *) ss;
+        a->family = 4;
+        a->port = ntohs(s->sin_port);
+        memcpy(a->addr, &s->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *) ss;
+        a->family = 6;
+        a->port = ntohs(s->sin6_port);
+        memcpy(a->addr, &s->sin6_addr, 16);
+    }
+}
+
+/* ---- connection setup (XRAY §5.2) ------------------------------------------- */
+
+static const xr_peer_conf_t *xr_peer_for(const xr_paddr_t *dst)
+{
+    xr_paddr_t probe = *dst;
+    for (size_t i = 0; i < xr_ag.conf->npeers; i++)
+        for (size_t j = 0; j < xr_ag.conf->peers[i].nnetworks; j++) {
+            probe.port = 1;
+            if (xr_net_rule_covers(&xr_ag.conf->peers[i].networks[j], &probe))
+                return &xr_ag.conf->peers[i];
+        }
+    return NULL;
+}
+
+/* Client agent: a library asks for a connection (steps 2-3, 5). */
+static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
+{
+    char d[80], why[300];
+    uint32_t id = m->u.connect.id;
+    xr_paddr_str(&m->u.connect.dst, d, sizeof(d));
+    xr_ag.n.connects++;
+    if (m->u.connect.proto != XR_PROTO_TCP) {
+        xr_ctl_error(c, id, XR_PERR_UNREACHABLE, "UDP is not relayed by this agent yet");
+        return;
+    }
+    if (xr_policy_outbound(c->app, &m->u.connect.dst, xr_ag.self, xr_ag.nself, why, sizeof(why)) !=
+        XR_OK) {
+        xr_ag.n.refused++;
+        xr_log(XR_LOG_NOTICE, "agent: CONNECT %s by %s refused: %s", d, c->who, why);
+        xr_ctl_error(c, id, XR_PERR_NOT_AUTHORIZED, "%s", why);
+        return;
+    }
+    /* Within the network: the server's local address, no relay. */
+    xr_lease_t *l = xr_leases_by_official(&xr_ag.leases, XR_PROTO_TCP, &m->u.connect.dst);
+    if (l != NULL) {
+        char la[80];
+        xr_ag.n.direct++;
+        xr_log(XR_LOG_INFO, "agent: CONNECT %s by %s: same network, direct to %s", d, c->who,
+               xr_paddr_str(&l->local, la, sizeof(la)));
+        xr_msg_t r = {.type = XR_MSG_CONNECT_OK};
+        r.u.connect_ok.id = id;
+        r.u.connect_ok.mode = XR_CONNECT_DIRECT;
+        r.u.connect_ok.addr = l->local;
+        xr_ctl_send(c, &r);
+        return;
+    }
+    const xr_peer_conf_t *peer = xr_peer_for(&m->u.connect.dst);
+    if (peer == NULL) {
+        xr_log(XR_LOG_NOTICE, "agent: CONNECT %s by %s: no peer agent serves it", d, c->who);
+        xr_ctl_error(c, id, XR_PERR_UNREACHABLE, "no agent is known for %s", d);
+        return;
+    }
+    if ((size_t) c->app->max_relays <= xr_ag.nrps) {
+        xr_ctl_error(c, id, XR_PERR_OVER_LIMIT, "max_relays (%lld) reached",
+                     (long long) c->app->max_relays);
+        return;
+    }
+    char what[512];
+    snprintf(what, sizeof(what), "%s (%s) to %s via %s", c->app->name, c->who, d, peer->agent.text);
+    xr_rp_t *rp = xr_rp_new(c->app, what);
+    if (rp == NULL) {
+        xr_ctl_error(c, id, XR_PERR_INTERNAL, "out of memory");
+        return;
+    }
+    snprintf(rp->key[0], sizeof(rp->key[0]), "%s", c->key);
+    rp->dial_side = 1;
+    rp->requester = c;
+    rp->req_id = id;
+    rp->dst = m->u.connect.dst;
+    rp->peer = peer;
+    xr_paddr_t to;
+    xr_paddr_of(&to, &peer->agent.sa);
+    if (xr_ctl_dial(peer, &to, XR_KIND_PEER_OUT, rp) == NULL)
+        xr_rp_fail(rp, XR_PERR_UNREACHABLE, "cannot connect to the peer agent");
+}
+
+/* Client agent: our control session to the peer agent is up (TLS done). */
+static void xr_peer_out_ready(xr_ctl_t *c)
+{
+    xr_msg_t h = {.type = XR_MSG_HELLO};
+    h.u.hello.min_version = h.u.hello.max_version = XR_PROTO_VERSION;
+    h.u.hello.role = XR_ROLE_AGENT;
+    xr_pstr_set(&h.u.hello.software, "xrayd/" XR_VERSION);
+    xr_ctl_send(c, &h);
+    c->state = XR_CTL_FIRST; /* waiting for HELLO_OK */
+}
+
+static void xr_peer_out_frame(xr_ctl_t *c, const xr_msg_t *m)
+{
+    xr_rp_t *rp = c->rp;
+    if (rp == NULL) {
+        xr_ctl_close(c, "relay point gone");
+        return;
+    }
+    if (m->type == XR_MSG_HELLO_OK) {
+        xr_msg_t pc = {.type = XR_MSG_PEER_CONNECT};
+        pc.u.peer_connect.id = 1;
+        pc.u.peer_connect.proto = XR_PROTO_TCP;
+        pc.u.peer_connect.dst = rp->dst;
+        if (rp->requester != NULL) {
+            xr_paddr_of(&pc.u.peer_connect.src, &rp->requester->remote);
+            sodium_hex2bin(pc.u.peer_connect.client_key, sizeof(pc.u.peer_connect.client_key),
+                           rp->key[0], strlen(rp->key[0]), NULL, NULL, NULL);
+            xr_pstr_set(&pc.u.peer_connect.client_subject, rp->requester->who);
+        }
+        xr_ctl_send(c, &pc);
+        c->state = XR_CTL_READY;
+        return;
+    }
+    if (m->type == XR_MSG_ERROR) {
+        char why[512];
+        snprintf(why, sizeof(why), "peer agent %s: %s: %s", rp->peer->agent.text,
+                 xr_proto_err_name(m->u.error.code), m->u.error.message.s);
+        c->rp = NULL;
+        xr_rp_fail(rp, m->u.error.code, why);
+        xr_ctl_close(c, "peer refused");
+        return;
+    }
+    if (m->type != XR_MSG_RELAY_READY) {
+        c->rp = NULL;
+        xr_rp_fail(rp, XR_PERR_PROTOCOL, "the peer agent sent an unexpected frame");
+        xr_ctl_close(c, "unexpected frame");
+        return;
+    }
+    /* Step 5-6: our relay point is ready, the links go up in parallel. */
+    c->rp = NULL;
+    xr_ctl_t *link = xr_ctl_dial(rp->peer, &m->u.relay_ready.addr, XR_KIND_LINK_OUT, rp);
+    if (link == NULL) {
+        xr_rp_fail(rp, XR_PERR_UNREACHABLE, "cannot connect to the peer's relay point");
+        xr_ctl_close(c, "done");
+        return;
+    }
+    memcpy(link->in, m->u.relay_ready.token, XR_PROTO_TOKEN); /* kept until TLS is up */
+    rp->side[1] = link;
+    xr_msg_t r = {.type = XR_MSG_CONNECT_OK};
+    if (rp->requester != NULL) {
+        r.u.connect_ok.id = rp->req_id;
+        r.u.connect_ok.mode = XR_CONNECT_RELAY;
+        xr_paddr_of(&r.u.connect_ok.addr, &rp->requester->local);
+        memcpy(r.u.connect_ok.token, rp->token, XR_PROTO_TOKEN);
+        sodium_hex2bin(r.u.connect_ok.peer_key, sizeof(r.u.connect_ok.peer_key), xr_ag.own_key,
+                       strlen(xr_ag.own_key), NULL, NULL, NULL);
+        xr_ctl_send(rp->requester, &r);
+        xr_ctl_flush(rp->requester);
+        rp->requester = NULL;
+    }
+    xr_ctl_close(c, "done");
+}
+
+/* Server agent: another agent asks for a connection to one of our servers
+ * (step 4). */
+static void xr_ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
+{
+    char d[80];
+    uint32_t id = m->u.peer_connect.id;
+    xr_paddr_str(&m->u.peer_connect.dst, d, sizeof(d));
+    xr_lease_t *l =
+        xr_leases_by_official(&xr_ag.leases, m->u.peer_connect.proto, &m->u.peer_connect.dst);
+    if (l == NULL || l->owner == NULL) {
+        xr_log(XR_LOG_NOTICE, "agent: PEER_CONNECT %s from %s: %s", d, c->who,
+               l == NULL ? "no server holds it" : "its server is not connected");
+        xr_ctl_error(c, id, l == NULL ? XR_PERR_NO_SUCH_ADDRESS : XR_PERR_UNREACHABLE,
+                     l == NULL ? "no server holds %s" : "the server of %s is not connected", d);
+        return;
+    }
+    xr_ctl_t *srv = l->owner;
+    const xr_app_conf_t *app = srv->app;
+    if (app == NULL || !app->inbound) {
+        xr_ag.n.refused++;
+        xr_log(XR_LOG_NOTICE, "agent: PEER_CONNECT %s from %s refused: application has inbound off",
+               d, c->who);
+        xr_ctl_error(c, id, XR_PERR_NOT_AUTHORIZED, "the server may not accept connections");
+        return;
+    }
+    char what[512];
+    snprintf(what, sizeof(what), "%s via %s to %s (%s)", m->u.peer_connect.client_subject.s, c->who,
+             d, app->name);
+    xr_rp_t *rp = xr_rp_new(app, what);
+    if (rp == NULL) {
+        xr_ctl_error(c, id, XR_PERR_INTERNAL, "out of memory");
+        return;
+    }
+    snprintf(rp->key[0], sizeof(rp->key[0]), "%s", c->key);
+    snprintf(rp->key[1], sizeof(rp->key[1]), "%s", l->key);
+    xr_msg_t in = {.type = XR_MSG_INCOMING};
+    in.u.incoming.id = (uint32_t) rp->id;
+    in.u.incoming.handle = l->handle;
+    in.u.incoming.mode = XR_INCOMING_CONNECT_OUT;
+    xr_paddr_of(&in.u.incoming.addr, &srv->local);
+    memcpy(in.u.incoming.token, rp->token, XR_PROTO_TOKEN);
+    in.u.incoming.peer = m->u.peer_connect.src;
+    in.u.incoming.client_subject = m->u.peer_connect.client_subject;
+    xr_ctl_send(srv, &in);
+    xr_ctl_flush(srv);
+    xr_msg_t r = {.type = XR_MSG_RELAY_READY};
+    r.u.relay_ready.id = id;
+    xr_paddr_of(&r.u.relay_ready.addr, &c->local);
+    memcpy(r.u.relay_ready.token, rp->token, XR_PROTO_TOKEN);
+    xr_ctl_send(c, &r);
+    xr_log(XR_LOG_INFO, "agent: relay point %llu for %s", (unsigned long long) rp->id, what);
+}
+
+/* ---- frames ------------------------------------------------------------------ */
+
+static int xr_peer_matches(const xr_peer_conf_t *p, const xr_identity_t *id)
+{
+    for (size_t i = 0; i < p->match.n; i++)
+        if (xr_identity_match(id, p->match.items[i]))
+            return 1;
+    return 0;
+}
+
+static void xr_ctl_first(xr_ctl_t *c, const xr_msg_t *m)
+{
+    const xr_identity_t *id = xr_tls_end_peer(&c->end);
+    if (m->type == XR_MSG_LINK) {
+        xr_ctl_link(c, m);
+        return;
+    }
+    if (m->type != XR_MSG_HELLO) {
+        xr_ctl_error(c, 0, XR_PERR_PROTOCOL, "expected HELLO or LINK, got %s",
+                     xr_proto_type_name(m->type));
+        xr_ctl_close(c, "no HELLO");
+        return;
+    }
+    if (m->u.hello.min_version > XR_PROTO_VERSION) {
+        xr_ctl_error(c, 0, XR_PERR_VERSION, "this agent speaks version %d only", XR_PROTO_VERSION);
+        xr_ctl_close(c, "no common protocol version");
+        return;
+    }
+    if (m->u.hello.role == XR_ROLE_AGENT) {
+        for (size_t i = 0; id != NULL && i < xr_ag.conf->npeers && c->peer == NULL; i++)
+            if (xr_peer_matches(&xr_ag.conf->peers[i], id))
+                c->peer = &xr_ag.conf->peers[i];
+        c->kind = XR_KIND_AGENT;
+    } else {
+        c->app =
+            id != NULL && xr_ag.gen->policy != NULL ? xr_policy_find(xr_ag.gen->policy, id) : NULL;
+        c->kind = XR_KIND_LIBRARY;
+    }
+    if (c->app == NULL && c->peer == NULL) {
+        xr_ag.n.refused++;
+        xr_log(XR_LOG_NOTICE, "agent: %s (%s) refused: no %s matches its certificate", c->peer_addr,
+               c->who, c->kind == XR_KIND_AGENT ? "peer agent" : "application");
+        xr_ctl_error(c, 0, XR_PERR_NOT_AUTHORIZED, "no %s of this agent matches your certificate",
+                     c->kind == XR_KIND_AGENT ? "peer" : "application");
+        xr_ctl_close(c, "not authorized");
+        return;
+    }
+    xr_msg_t r = {.type = XR_MSG_HELLO_OK};
+    r.u.hello_ok.version = XR_PROTO_VERSION;
+    r.u.hello_ok.heartbeat_ms = (uint32_t) (xr_ag.conf->lease_time / 3);
+    xr_pstr_set(&r.u.hello_ok.software, "xrayd/" XR_VERSION);
+    xr_ctl_send(c, &r);
+    c->state = XR_CTL_READY;
+    uv_timer_stop(&c->timer);
+}
+
 static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
 {
-    if (c->state == XR_CTL_HELLO) {
-        if (m->type != XR_MSG_HELLO) {
-            xr_ctl_error(c, 0, XR_PERR_PROTOCOL, "expected HELLO, got %s",
-                         xr_proto_type_name(m->type));
-            xr_ctl_close(c, "no HELLO");
+    if (c->kind == XR_KIND_PEER_OUT) {
+        xr_peer_out_frame(c, m);
+        return;
+    }
+    if (c->kind == XR_KIND_LINK_OUT) {
+        xr_rp_t *rp = c->rp;
+        if (m->type != XR_MSG_LINK_OK || rp == NULL) {
+            xr_ctl_close(c, m->type == XR_MSG_ERROR ? m->u.error.message.s
+                                                    : "the peer's relay point refused the link");
             return;
         }
-        if (m->u.hello.min_version > XR_PROTO_VERSION) {
-            xr_ctl_error(c, 0, XR_PERR_VERSION, "this agent speaks version %d only",
-                         XR_PROTO_VERSION);
-            xr_ctl_close(c, "no common protocol version");
-            return;
-        }
-        xr_msg_t r = {.type = XR_MSG_HELLO_OK};
-        r.u.hello_ok.version = XR_PROTO_VERSION;
-        r.u.hello_ok.heartbeat_ms = (uint32_t) (xr_ag.conf->lease_time / 3);
-        xr_pstr_set(&r.u.hello_ok.software, "xrayd/" XR_VERSION);
-        xr_ctl_send(c, &r);
-        c->state = XR_CTL_READY;
-        uv_timer_stop(&c->timer);
+        xr_rp_linked(rp, 1, c);
+        return;
+    }
+    if (c->state == XR_CTL_FIRST) {
+        xr_ctl_first(c, m);
         return;
     }
     xr_lease_t *l;
     xr_msg_t r = {0};
+    if (c->kind == XR_KIND_AGENT) {
+        if (m->type == XR_MSG_PEER_CONNECT) {
+            xr_ctl_peer_connect(c, m);
+            return;
+        }
+        xr_ctl_error(c, 0, XR_PERR_PROTOCOL, "%s is not a request an agent sends to an agent",
+                     xr_proto_type_name(m->type));
+        xr_ctl_close(c, "unexpected frame");
+        return;
+    }
     switch (m->type) {
     case XR_MSG_REGISTER: xr_ctl_register(c, m); break;
     case XR_MSG_REFRESH:
@@ -358,11 +1015,12 @@ static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
         r.u.done.id = m->u.refresh.id;
         xr_ctl_send(c, &r);
         break;
-    case XR_MSG_CONNECT:
-        /* Connection setup (XRAY §5.2) is the next step of this agent; a
-         * library learns that plainly instead of waiting. */
-        xr_ctl_error(c, m->u.connect.id, XR_PERR_UNREACHABLE,
-                     "this agent does not set up connections yet");
+    case XR_MSG_CONNECT: xr_ctl_connect(c, m); break;
+    case XR_MSG_INCOMING_OK: break; /* the library took it; its link will tell */
+    case XR_MSG_ERROR:
+        /* a library that cannot take an INCOMING: its relay point expires */
+        xr_log(XR_LOG_NOTICE, "agent: %s answered %s: %s", c->who,
+               xr_proto_err_name(m->u.error.code), m->u.error.message.s);
         break;
     default:
         xr_ctl_error(c, 0, XR_PERR_PROTOCOL, "%s is not a request a library sends to its agent",
@@ -374,7 +1032,8 @@ static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
 static void xr_ctl_input(xr_ctl_t *c)
 {
     size_t off = 0;
-    while (!c->closing) {
+    /* A link's frames end with LINK / LINK_OK: what follows is relayed. */
+    while (!c->closing && c->state != XR_CTL_LINKED) {
         xr_msg_t m;
         size_t used;
         const char *why;
@@ -382,8 +1041,8 @@ static void xr_ctl_input(xr_ctl_t *c)
         if (st == XR_PROTO_AGAIN)
             break;
         if (st != XR_PROTO_OK) {
-            xr_log(XR_LOG_NOTICE, "agent: invalid frame from %s%s%s (type 0x%02x): bad %s", c->peer,
-                   c->who[0] ? ", " : "", c->who, c->in[off], why);
+            xr_log(XR_LOG_NOTICE, "agent: invalid frame from %s%s%s (type 0x%02x): bad %s",
+                   c->peer_addr, c->who[0] ? ", " : "", c->who, c->in[off], why);
             xr_ag.n.protocol_errors++;
             xr_ctl_error(c, 0, XR_PERR_PROTOCOL, "invalid frame: bad %s", why);
             xr_ctl_flush(c);
@@ -391,24 +1050,39 @@ static void xr_ctl_input(xr_ctl_t *c)
             return;
         }
         off += used;
-        xr_ctl_frame(c, &m);
-    }
-    if (!c->closing && off > 0) {
+        /* the frame may complete a relay point, which takes over c: keep
+         * what follows it first */
         memmove(c->in, c->in + off, c->inlen - off);
         c->inlen -= off;
+        off = 0;
+        xr_ctl_frame(c, &m);
+        if (c->state == XR_CTL_LINKED)
+            return; /* joined into a relay (c is being freed), or waiting */
     }
 }
 
-static void xr_ctl_io(xr_io_t *io, uint32_t events);
-
 static void xr_ctl_run(xr_ctl_t *c)
 {
+    if (c->state == XR_CTL_CONNECTING) {
+        if (!c->end.writable)
+            return;
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(c->end.io.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+            err = errno;
+        if (err != 0) {
+            xr_log(XR_LOG_NOTICE, "agent: cannot connect to %s: %s", c->peer_addr, strerror(err));
+            xr_ctl_close(c, strerror(err));
+            return;
+        }
+        c->state = XR_CTL_HANDSHAKE;
+    }
     if (c->state == XR_CTL_HANDSHAKE) {
         int rc = xr_tls_end_handshake(&c->end);
         if (rc == XR_AGAIN)
             return;
         if (rc != XR_OK) {
-            xr_log(XR_LOG_NOTICE, "agent: TLS handshake with %s failed: %s", c->peer,
+            xr_log(XR_LOG_NOTICE, "agent: TLS handshake with %s failed: %s", c->peer_addr,
                    xr_tls_end_why(&c->end));
             xr_ctl_close(c, "TLS handshake failed");
             return;
@@ -420,24 +1094,25 @@ static void xr_ctl_run(xr_ctl_t *c)
         const xr_identity_t *id = xr_tls_end_peer(&c->end);
         const char *ident = xr_tls_end_identity(&c->end);
         snprintf(c->who, sizeof(c->who), "%s", ident ? ident : "no certificate");
-        c->app =
-            id != NULL && xr_ag.gen->policy != NULL ? xr_policy_find(xr_ag.gen->policy, id) : NULL;
-        if (c->app == NULL) {
-            xr_ag.n.refused++;
-            xr_log(XR_LOG_NOTICE, "agent: %s (%s) refused: no application matches its certificate",
-                   c->peer, c->who);
-            c->state = XR_CTL_READY;
-            xr_ctl_error(c, 0, XR_PERR_NOT_AUTHORIZED,
-                         "no application of this agent matches your certificate");
-            xr_ctl_flush(c);
-            xr_ctl_close(c, "not authorized");
+        if (id != NULL)
+            snprintf(c->key, sizeof(c->key), "%s", id->pubkey_sha256);
+        socklen_t sl = sizeof(c->local);
+        getsockname(c->end.io.fd, (struct sockaddr *) &c->local, &sl);
+        c->state = XR_CTL_FIRST;
+        c->end.readable = 1; /* a frame may have come with the handshake */
+        if (c->kind == XR_KIND_PEER_OUT) {
+            xr_peer_out_ready(c);
+        } else if (c->kind == XR_KIND_LINK_OUT) {
+            xr_msg_t lk = {.type = XR_MSG_LINK};
+            memcpy(lk.u.link.token, c->in, XR_PROTO_TOKEN);
+            memset(c->in, 0, XR_PROTO_TOKEN);
+            xr_ctl_send(c, &lk);
+        } else if (id == NULL) {
+            xr_ctl_close(c, "no verified certificate");
             return;
         }
-        snprintf(c->key, sizeof(c->key), "%s", id->pubkey_sha256);
-        c->state = XR_CTL_HELLO;
-        c->end.readable = 1; /* a frame may have come with the handshake */
     }
-    while (!c->closing && c->end.readable) {
+    while (!c->closing && c->state != XR_CTL_LINKED && c->end.readable) {
         if (c->inlen == sizeof(c->in)) {
             xr_ctl_close(c, "input buffer full");
             return;
@@ -445,7 +1120,10 @@ static void xr_ctl_run(xr_ctl_t *c)
         ssize_t n = c->end.ops->read(&c->end, c->in + c->inlen, sizeof(c->in) - c->inlen);
         if (n > 0) {
             c->inlen += (size_t) n;
+            xr_ctl_state_t before = c->state;
             xr_ctl_input(c);
+            if (before != XR_CTL_LINKED && c->state == XR_CTL_LINKED)
+                return; /* joined (c may be gone) or waiting for the other side */
             continue;
         }
         if (n == 0) {
@@ -460,8 +1138,10 @@ static void xr_ctl_run(xr_ctl_t *c)
         xr_ctl_close(c, why ? why : strerror(errno));
         return;
     }
-    if (!c->closing && xr_ctl_flush(c) != XR_OK)
+    if (!c->closing && c->state != XR_CTL_LINKED && xr_ctl_flush(c) != XR_OK)
         xr_ctl_close(c, "write failed");
+    else if (!c->closing && c->state == XR_CTL_LINKED && c->outlen > 0)
+        xr_ctl_flush(c);
 }
 
 static void xr_ctl_io(xr_io_t *io, uint32_t events)
@@ -469,17 +1149,15 @@ static void xr_ctl_io(xr_io_t *io, uint32_t events)
     xr_ctl_t *c = xr_container_of(io, xr_ctl_t, end.io);
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         c->end.readable = 1;
-    if (events & EPOLLOUT)
+    if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
         c->end.writable = 1;
+    if (c->state == XR_CTL_LINKED) {
+        /* waiting for the other side: a link that goes away fails it */
+        if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            xr_ctl_close(c, "link closed before its relay point was complete");
+        return;
+    }
     xr_ctl_run(c);
-}
-
-static void xr_ctl_timeout(uv_timer_t *t)
-{
-    xr_ctl_t *c = t->data;
-    xr_log(XR_LOG_NOTICE, "agent: %s did not finish TLS and HELLO within %lld ms", c->peer,
-           (long long) xr_ag.conf->handshake_timeout);
-    xr_ctl_close(c, "handshake timeout");
 }
 
 static void xr_agent_accept(xr_io_t *io, uint32_t events)
@@ -493,29 +1171,16 @@ static void xr_agent_accept(xr_io_t *io, uint32_t events)
                 xr_log(XR_LOG_ERR, "agent: accept() failed: %s", strerror(errno));
             return;
         }
-        xr_ctl_t *c = calloc(1, sizeof(*c));
-        if (c == NULL) {
-            close(fd);
-            xr_log(XR_LOG_ERR, "agent: out of memory for a control connection");
+        xr_ctl_t *c = xr_ctl_new(fd, XR_KIND_UNKNOWN);
+        if (c == NULL)
             continue;
-        }
-        xr_addr_format(&sa, c->peer, sizeof(c->peer));
-        c->end.io.fd = -1;
-        uv_timer_init(xr_ag.loop, &c->timer);
-        c->timer.data = c;
-        xr_list_insert_tail(&xr_ag.sessions, &c->link);
-        xr_ag.nsessions++;
-        xr_ag.n.sessions++;
-        if (xr_io_add(&c->end.io, fd, xr_ctl_io) != XR_OK) {
-            close(fd);
-            xr_ctl_close(c, "cannot watch the socket");
-            continue;
-        }
+        c->remote = sa;
+        xr_addr_format(&sa, c->peer_addr, sizeof(c->peer_addr));
+        c->state = XR_CTL_HANDSHAKE;
         if (xr_tls_end_start(&c->end, xr_ag.conf->tls) != XR_OK) {
             xr_ctl_close(c, "out of memory");
             continue;
         }
-        uv_timer_start(&c->timer, xr_ctl_timeout, (uint64_t) xr_ag.conf->handshake_timeout, 0);
         c->end.readable = c->end.writable = 1;
         xr_ctl_run(c);
     }
@@ -603,6 +1268,15 @@ static void xr_sb_json(xr_sb_t *b, const char *s)
     xr_sb_add(b, "\"");
 }
 
+/* Relays running through this agent's relay points. */
+static size_t xr_agent_relays(void)
+{
+    size_t n = 0;
+    for (size_t i = 0; xr_ag.gen->policy != NULL && i < xr_ag.gen->policy->napps; i++)
+        n += (size_t) xr_worker_rt(xr_ag.gen->policy->apps[i]->relay)->active;
+    return n;
+}
+
 static size_t xr_pool_size(void)
 {
     size_t n = 0;
@@ -617,12 +1291,24 @@ static void xr_agent_status(xr_sb_t *b, int json)
     size_t leased = 0;
     for (size_t i = 0; i < xr_ag.leases.n; i++)
         leased += xr_ag.leases.l[i].leased;
-    static const char *const counters[] = {"sessions",   "full_handshakes", "resumed_handshakes",
-                                           "registered", "refreshed",       "unregistered",
-                                           "expired",    "refused",         "protocol_errors"};
+    static const char *const counters[] = {"sessions",
+                                           "full_handshakes",
+                                           "resumed_handshakes",
+                                           "registered",
+                                           "refreshed",
+                                           "unregistered",
+                                           "expired",
+                                           "refused",
+                                           "protocol_errors",
+                                           "connects",
+                                           "direct",
+                                           "relayed",
+                                           "relay_points_expired"};
     uint64_t values[] = {xr_ag.n.sessions,   xr_ag.n.full,      xr_ag.n.resumed,
                          xr_ag.n.registered, xr_ag.n.refreshed, xr_ag.n.unregistered,
-                         xr_ag.n.expired,    xr_ag.n.refused,   xr_ag.n.protocol_errors};
+                         xr_ag.n.expired,    xr_ag.n.refused,   xr_ag.n.protocol_errors,
+                         xr_ag.n.connects,   xr_ag.n.direct,    xr_ag.n.relayed,
+                         xr_ag.n.rp_expired};
     if (json) {
         xr_sb_add(b, "{\"version\":\"%s\",\"pid\":%ld,\"generation\":%llu,\"listen\":", XR_VERSION,
                   (long) getpid(), (unsigned long long) xr_ag.gen->number);
@@ -648,8 +1334,24 @@ static void xr_agent_status(xr_sb_t *b, int json)
             xr_sb_add(b, ",\"key\":\"%s\",\"holder\":\"%s\",\"expires_in_ms\":%lld}", l->key,
                       l->owner ? "connected" : "reserved", (long long) (l->expires - now));
         }
-        /* Relay points and peers come with connection setup (XRAY §5.2). */
-        xr_sb_add(b, "],\"relay_points\":[],\"peers\":[]}\n");
+        xr_sb_add(b, "],\"relay_points\":[");
+        int first = 1;
+        for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = q->next, first = 0) {
+            xr_rp_t *rp = xr_container_of(q, xr_rp_t, link);
+            xr_sb_add(b, "%s{\"id\":%llu,\"application\":", first ? "" : ",",
+                      (unsigned long long) rp->id);
+            xr_sb_json(b, rp->app->name);
+            xr_sb_add(b, ",\"what\":");
+            xr_sb_json(b, rp->what);
+            xr_sb_add(b, ",\"linked\":[%s,%s]}", rp->linked[0] ? "true" : "false",
+                      rp->linked[1] ? "true" : "false");
+        }
+        xr_sb_add(b, "],\"relays\":%zu,\"peers\":[", xr_agent_relays());
+        for (size_t i = 0; i < xr_ag.conf->npeers; i++) {
+            xr_sb_add(b, "%s", i ? "," : "");
+            xr_sb_json(b, xr_ag.conf->peers[i].agent.text);
+        }
+        xr_sb_add(b, "]}\n");
         return;
     }
     xr_sb_add(b, "agent %s  pid %ld  generation %llu  up %lld s\n", xr_ag.conf->listen.text,
@@ -677,7 +1379,17 @@ static void xr_agent_status(xr_sb_t *b, int json)
                   l->proto == XR_PROTO_TCP ? "tcp" : "udp", l->app,
                   l->owner ? "connected" : "reserved", (long long) ((l->expires - now) / 1000));
     }
-    xr_sb_add(b, "relay points: 0 (connection setup is not served yet)\npeers: 0\n");
+    xr_sb_add(b, "relay points: %zu being linked; relays running: %zu\n", xr_ag.nrps,
+              xr_agent_relays());
+    for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = q->next) {
+        xr_rp_t *rp = xr_container_of(q, xr_rp_t, link);
+        xr_sb_add(b, "  %llu %s (linked: client side %s, server side %s)\n",
+                  (unsigned long long) rp->id, rp->what, rp->linked[0] ? "yes" : "no",
+                  rp->linked[1] ? "yes" : "no");
+    }
+    xr_sb_add(b, "peers: %zu\n", xr_ag.conf->npeers);
+    for (size_t i = 0; i < xr_ag.conf->npeers; i++)
+        xr_sb_add(b, "  %s\n", xr_ag.conf->peers[i].agent.text);
 }
 
 /* One short request line ("status" or "status json"), one answer, close.
@@ -743,6 +1455,28 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
     xr_ag.gen = g;
     xr_ag.conf = g->agent;
     xr_list_init(&xr_ag.sessions);
+    xr_list_init(&xr_ag.rps);
+    /* What CONNECT_OK tells a library to expect of our certificate, and
+     * our own addresses, which no outbound rule reaches unless it names
+     * them. */
+    xr_identity_t me;
+    if (xr_identity_from_crt(&g->agent->tls->crt, &me) == XR_OK)
+        snprintf(xr_ag.own_key, sizeof(xr_ag.own_key), "%s", me.pubkey_sha256);
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) == 0) {
+        for (struct ifaddrs *i = ifs; i != NULL && xr_ag.nself < XR_ARRAY_SIZE(xr_ag.self);
+             i = i->ifa_next)
+            if (i->ifa_addr != NULL &&
+                (i->ifa_addr->sa_family == AF_INET || i->ifa_addr->sa_family == AF_INET6))
+                xr_paddr_of(&xr_ag.self[xr_ag.nself++], (struct sockaddr_storage *) i->ifa_addr);
+        freeifaddrs(ifs);
+    }
+    for (size_t i = 0; i < g->agent->npool && xr_ag.nself < XR_ARRAY_SIZE(xr_ag.self); i++) {
+        xr_paddr_t *a = &xr_ag.self[xr_ag.nself++];
+        memset(a, 0, sizeof(*a));
+        a->family = g->agent->pool[i].family;
+        memcpy(a->addr, g->agent->pool[i].addr, 16);
+    }
     xr_leases_init(&xr_ag.leases, g->agent->pool, g->agent->npool);
     if (g->agent->state_file != NULL) {
         char why[256];
@@ -798,6 +1532,10 @@ void xr_agent_stop(void)
             unlink(xr_ag.conf->admin_socket);
         close(xr_ag.admin.fd);
         xr_ag.admin.fd = -1;
+    }
+    while (!xr_list_empty(&xr_ag.rps)) {
+        xr_rp_t *rp = xr_container_of(xr_ag.rps.next, xr_rp_t, link);
+        xr_rp_fail(rp, XR_PERR_UNREACHABLE, "agent stopping");
     }
     while (!xr_list_empty(&xr_ag.sessions)) {
         xr_ctl_t *c = xr_container_of(xr_ag.sessions.next, xr_ctl_t, link);

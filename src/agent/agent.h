@@ -2,10 +2,13 @@
  * agent.h: the XRAY agent (DESIGN "The agent"): the `agent:` block and
  * the control service that libraries talk to (html-docs/protocol.html).
  *
- * This version serves server binding (XRAY §5.1): HELLO, REGISTER,
- * REFRESH, UNREGISTER, with official addresses leased from the pool, soft
- * state kept alive by heartbeats and persisted in the state file.  One
- * worker (slot 0) serves the agent, so its tables need no sharing.
+ * Server binding (XRAY §5.1): HELLO, REGISTER, REFRESH, UNREGISTER, with
+ * official addresses leased from the pool, soft state kept alive by
+ * heartbeats and persisted in the state file.  Connection setup (§5.2):
+ * CONNECT from a library, PEER_CONNECT between agents, relay points bound
+ * to a token and the certificates expected on each side, joined into a
+ * relay with the application's filters once both sides are linked.  One
+ * worker of a generation serves the agent, so its tables need no sharing.
  */
 #ifndef XR_AGENT_H
 #define XR_AGENT_H
@@ -17,6 +20,21 @@
 #include "core/gen.h"
 
 #define XR_CTX_AGENT 0x40
+#define XR_CTX_PEER  0x80
+
+/* Another agent: the official networks it serves, where to reach it, the
+ * certificates that are it, and the TLS to speak to it. */
+typedef struct {
+    xr_str_list_t networks_text;
+    xr_net_rule_t *networks;
+    size_t nnetworks;
+    xr_addr_t agent;
+    xr_str_list_t match;
+    struct xr_tls_conf_s *tls;
+    const xr_node_t *node;
+} xr_peer_conf_t;
+
+extern const xr_directive_t xr_peer_directives[];
 
 typedef struct xr_agent_conf_s {
     xr_addr_t listen;
@@ -32,6 +50,8 @@ typedef struct xr_agent_conf_s {
     size_t nnetworks;
     xr_pool_range_t *pool;
     size_t npool;
+    xr_peer_conf_t *peers;
+    size_t npeers;
     const xr_node_t *node;
 } xr_agent_conf_t;
 

@@ -39,6 +39,7 @@ typedef struct xr_app_conf_s {
     xr_filter_conf_t *filters;
     size_t nfilters;
     const xr_node_t *node;
+    struct xr_relay_conf_s *relay; /* the block its relay points run as */
 } xr_app_conf_t;
 
 typedef struct xr_policy_s {

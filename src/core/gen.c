@@ -173,7 +173,7 @@ static int xr_set_include(xr_conf_t *cf, const xr_node_t *n, void *conf, const x
     return xr_conf_error(cf, n, "internal error: include was not expanded");
 }
 
-static xr_relay_conf_t *xr_relay_new(xr_conf_t *cf, xr_gen_t *g)
+xr_relay_conf_t *xr_gen_add_relay(xr_conf_t *cf, xr_gen_t *g)
 {
     if (g->nrelays == g->relays_cap) {
         size_t ncap = g->relays_cap ? g->relays_cap * 2 : 8;
@@ -201,7 +201,7 @@ static int xr_set_relay(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_
         if (b->type != XR_NODE_MAP)
             return xr_conf_error(cf, b,
                                  "expected a relay block (a mapping with listen and upstream)");
-        xr_relay_conf_t *rc = xr_relay_new(cf, g);
+        xr_relay_conf_t *rc = xr_gen_add_relay(cf, g);
         rc->node = b;
         if (xr_conf_defaults(cf, xr_core_directives, XR_CTX_RELAY, rc, NULL) != XR_OK ||
             xr_conf_block(cf, b, xr_core_directives, XR_CTX_RELAY, rc, NULL, &rc->set) != XR_OK)
@@ -441,7 +441,9 @@ static xr_gen_t *xr_gen_build(xr_conf_t *cf, xr_gen_t *g, xr_node_t *root)
         XR_OK)
         return NULL;
     g->defaults.set = seen;
-    if (xr_gen_validate(cf, g) != XR_OK || xr_agent_validate(cf, g) != XR_OK)
+    /* The agent adds a relay block per application first: the checks
+     * and inheritance of relay blocks then apply to them too. */
+    if (xr_agent_validate(cf, g) != XR_OK || xr_gen_validate(cf, g) != XR_OK)
         return NULL;
     if (g->nrelays == 0 && g->agent == NULL) {
         xr_conf_error(cf, root,
@@ -549,7 +551,8 @@ static void xr_list_table(FILE *out, const xr_directive_t *t, const char *label)
             {"relay", "relay blocks"},    {"filters", "filter entries"},
             {"tls", "tls block"},         {"upstream_tls", "tls block"},
             {"agent", "agent block"},     {"applications", "application entries"},
-            {"outbound", "rules"},        {"patterns", "patterns"}};
+            {"outbound", "rules"},        {"peers", "peer agents"},
+            {"patterns", "patterns"}};
         for (size_t k = 0; d->type == XR_T_CUSTOM && k < XR_ARRAY_SIZE(shapes); k++)
             if (strcmp(d->name, shapes[k][0]) == 0)
                 type = shapes[k][1];
@@ -573,6 +576,7 @@ void xr_gen_list_directives(FILE *out)
     xr_list_table(out, xr_tls_client_directives, "upstream_tls");
     xr_list_table(out, xr_agent_directives, "agent");
     xr_list_table(out, xr_app_directives, "application");
+    xr_list_table(out, xr_peer_directives, "peer");
     for (size_t i = 0; xr_builtin_modules[i]; i++) {
         char label[80];
         snprintf(label, sizeof(label), "filter:%s", xr_builtin_modules[i]->name);

@@ -87,6 +87,10 @@ typedef struct xr_gen_s {
  * (relay blocks and agent applications use it).  XR_OK or XR_ERROR. */
 int xr_gen_filters(xr_conf_t *cf, const xr_node_t *n, xr_filter_conf_t **filters, size_t *nfilters);
 
+/* A new, zeroed relay block in g (the agent makes one per application for
+ * its relay points). */
+xr_relay_conf_t *xr_gen_add_relay(xr_conf_t *cf, xr_gen_t *g);
+
 /* Run fn(arg) when g is freed (for what the arena cannot free). */
 void xr_gen_add_cleanup(xr_gen_t *g, void (*fn)(void *), void *arg);
 

@@ -52,6 +52,11 @@ static void xr_worker_finish(void)
     uv_stop(&xr_w.loop);
 }
 
+xr_relay_rt_t *xr_worker_rt(const xr_relay_conf_t *rc)
+{
+    return &xr_w.rts[rc->index];
+}
+
 void xr_worker_relay_added(xr_relay_t *r)
 {
     xr_list_insert_tail(&xr_w.relays, &r->link);

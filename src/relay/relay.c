@@ -260,7 +260,7 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
 
 /* The client is known (and authenticated, with TLS): run the filters'
  * open hooks, then go upstream. */
-static void xr_relay_open(xr_relay_t *r)
+static int xr_relay_open_filters(xr_relay_t *r)
 {
     const xr_relay_rt_t *rt = r->rt;
     const xr_relay_conf_t *rc = r->conf;
@@ -276,10 +276,16 @@ static void xr_relay_open(xr_relay_t *r)
                 snprintf(r->s.close_reason, sizeof(r->s.close_reason), "denied by %s", m->name);
             xr_log_session(XR_LOG_NOTICE, &r->s, "connection denied: %s", r->s.close_reason);
             xr_relay_close(r, NULL);
-            return;
+            return XR_ERROR;
         }
     }
-    xr_relay_connect(r);
+    return XR_OK;
+}
+
+static void xr_relay_open(xr_relay_t *r)
+{
+    if (xr_relay_open_filters(r) == XR_OK)
+        xr_relay_connect(r);
 }
 
 /* ---- connecting upstream ------------------------------------------------- */
@@ -722,4 +728,73 @@ static int xr_relay_tls_step(xr_relay_t *r, int which)
     }
     xr_relay_running(r);
     return r->state == XR_RELAY_CLOSED ? XR_ERROR : XR_OK;
+}
+
+/* ---- joining established ends (the agent's relay points) ----------------- */
+
+void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
+                   const unsigned char *pending[2], const size_t npending[2],
+                   const struct sockaddr_storage *client, uint64_t id)
+{
+    const xr_relay_conf_t *rc = rt->rc;
+    xr_relay_t *r = xr_calloc(1, sizeof(*r));
+    r->s.id = id;
+    r->s._core = r;
+    r->s.listener = rc->name;
+    r->s.client = *client;
+    r->s.start_ms = xr_wall_ms();
+    r->rt = rt;
+    r->conf = rc;
+    r->peer = -1;
+    uv_timer_init(loop, &r->timer);
+    r->timer.data = r;
+    rt->active++;
+    /* Nothing was accepted through a listener that reserved a slot. */
+    atomic_fetch_add(&xr_shm->active[rc->slot], 1);
+    atomic_fetch_add(&xr_shm->worker_active[xr_worker_slot][rc->slot], 1);
+    atomic_fetch_add(&xr_shm->accepted[rc->slot], 1);
+    r->shm_counted = 1;
+    xr_worker_relay_added(r);
+
+    int failed = 0;
+    for (int i = 0; i < 2; i++) {
+        xr_end_t *e = &r->end[i];
+        int fd = src[i]->io.fd;
+        xr_io_del(&src[i]->io);
+        e->io.fd = -1;
+        e->relay = r;
+        e->ops = src[i]->ops;
+        e->data = src[i]->data;
+        src[i]->io.fd = -1;
+        src[i]->data = NULL;
+        src[i]->ops = NULL;
+        if (xr_io_add(&e->io, fd, xr_relay_io_cb) != XR_OK) {
+            close(fd);
+            failed = 1;
+        }
+        e->readable = e->writable = 1;
+    }
+    r->s.identity = xr_tls_end_identity(&r->end[0]);
+    if (failed) {
+        xr_relay_close(r, "cannot watch a link");
+        return;
+    }
+    if (xr_relay_open_filters(r) != XR_OK)
+        return;
+    for (int d = 0; d < 2; d++) {
+        if (npending[d] == 0)
+            continue;
+        /* Bytes that came with the link's last frame: relayed first. */
+        xr_buf_t *b = r->dir[d].buf = xr_buf_get((size_t) rc->buffer_size);
+        if (b == NULL || npending[d] > b->cap) {
+            xr_relay_close(r, "out of memory");
+            return;
+        }
+        memcpy(b->data, pending[d], npending[d]);
+        b->end = (uint32_t) npending[d];
+        r->s.read_total[d] += npending[d];
+        if (xr_relay_filter(r, d, 0) != XR_OK)
+            return;
+    }
+    xr_relay_running(r);
 }

@@ -100,11 +100,21 @@ struct xr_relay_s {
 void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
                     const struct sockaddr_storage *client, uint64_t id);
 
+/* Join two ends whose TLS handshakes are done (an agent's relay point:
+ * end 0 the client's side, end 1 the server's) into a running relay of
+ * rt's block, with its filters.  Takes over both ends (descriptor and
+ * TLS state; src[i] is left empty); pending[i] holds bytes already read
+ * from end i, relayed first. */
+void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
+                   const unsigned char *pending[2], const size_t npending[2],
+                   const struct sockaddr_storage *client, uint64_t id);
+
 /* Close with a reason (printf format), run close and log hooks, free when
  * the handles are closed.  Safe to call twice. */
 void xr_relay_close(xr_relay_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Hooks the worker provides. */
+xr_relay_rt_t *xr_worker_rt(const xr_relay_conf_t *rc);
 void xr_worker_relay_added(xr_relay_t *r);
 void xr_worker_relay_removed(xr_relay_t *r);
 
