@@ -58,10 +58,10 @@ class Session:
     """One control connection: TLS with a client certificate, then frames."""
 
     def __init__(self, port, pki, cert="app-1", hello=True, timeout=10, host="127.0.0.1",
-                 ctx=None):
+                 ctx=None, session=None):
         ctx = ctx or th.client_ctx(pki, cert=cert)
         raw = socket.create_connection((host, port), timeout)
-        self.s = ctx.wrap_socket(raw, server_hostname="localhost")
+        self.s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
         self.s.settimeout(timeout)
         self.next_id = 1
         if hello:
@@ -153,12 +153,12 @@ class Session:
         return mode, rp, token, peer, subject
 
 
-def open_link(ctx, rp, token, timeout=10):
+def open_link(ctx, rp, token, timeout=10, session=None):
     """An overlay link to a relay point: TLS, LINK, LINK_OK, then the
     end-to-end ACK both ways (XRAY §5.2 step 7).  Returns the TLS socket,
     ready for the application's bytes."""
     raw = socket.create_connection(rp, timeout)
-    s = ctx.wrap_socket(raw, server_hostname=None)
+    s = ctx.wrap_socket(raw, server_hostname=None, session=session)
     s.settimeout(timeout)
     link = Session.__new__(Session)
     link.s = s
@@ -196,9 +196,9 @@ def _hp(a):
     return (h, int(p))
 
 
-def _session(agent, ctx):
+def _session(agent, ctx, timeout=10, session=None):
     host, port = agent.rsplit(":", 1)
-    return Session(int(port), None, host=host, ctx=ctx)
+    return Session(int(port), None, host=host, ctx=ctx, timeout=timeout, session=session)
 
 
 def _register(argv):
@@ -316,9 +316,69 @@ def _connect(argv):
     return 0
 
 
+def _connect_many(argv):
+    """connect-many AGENT CA CERT KEY DST N: N connections at once, each
+    through the agents with a 1 KB echo; print successes, failures and the
+    time until the last one was echoed."""
+    import json
+    import threading
+    ctx = _ctx(argv[1], argv[2], argv[3])
+    lctx = link_ctx(argv[1], argv[2], argv[3])
+    n = int(argv[5])
+    ok, errors = [0], []
+    lock = threading.Lock()
+    start = threading.Event()
+    # A first connection, whose TLS sessions the others resume: repeat
+    # parties skip public-key work (XRAY §8).
+    s = _session(argv[0], ctx)
+    mode, rp, token, key = s.connect(_hp(argv[4]))
+    c = open_link(lctx, rp, token)
+    sessions = (s.s.session, c.session)
+    c.close()
+    s.close()
+
+    def one(i):
+        start.wait()
+        try:
+            s = _session(argv[0], ctx, timeout=60, session=sessions[0])
+            mode, rp, token, key = s.connect(_hp(argv[4]))
+            c = open_link(lctx, rp, token, timeout=60, session=sessions[1]) if mode == 2 else \
+                socket.create_connection(rp, 60)
+            msg = (b"%04d" % i) * 256
+            c.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                d = c.recv(65536)
+                if not d:
+                    break
+                got += d
+            c.close()
+            s.close()
+            with lock:
+                if got == msg:
+                    ok[0] += 1
+                else:
+                    errors.append("short echo")
+        except (AgentError, OSError, EOFError) as e:
+            with lock:
+                errors.append(str(e))
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    t0 = time.monotonic()
+    start.set()
+    for t in threads:
+        t.join(120)
+    print(json.dumps({"ok": ok[0], "failed": len(errors), "errors": errors[:5],
+                      "seconds": round(time.monotonic() - t0, 3)}))
+    return 0 if not errors else 1
+
+
 if __name__ == "__main__":
     import sys
-    cmds = {"register": _register, "serve": _serve, "connect": _connect}
+    cmds = {"register": _register, "serve": _serve, "connect": _connect,
+            "connect-many": _connect_many}
     if len(sys.argv) > 1 and sys.argv[1] in cmds:
         sys.exit(cmds[sys.argv[1]](sys.argv[2:]))
     sys.exit(_register(sys.argv[1:]))

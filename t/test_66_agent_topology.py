@@ -355,3 +355,28 @@ def test_server_filter_stops_a_forbidden_payload(topology, pki, tmp_path):
     _wait(lambda: 'signature "FORBIDDEN" matched in the client-to-upstream direction' in log_b.read_text(), 10,
           "the signature log line")
     server.kill()
+
+
+@pytest.mark.timeout(300)
+def test_200_concurrent_connects(topology, pki, tmp_path):
+    """200 clients connect through both agents at once (resuming the TLS
+    sessions of a first connection, as repeat parties do); every one is
+    linked end to end and echoes its bytes; no relay point is left
+    behind."""
+    t = topology
+    confs = _two_agents(t, pki, tmp_path)
+    server = t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
+                           pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
+                     env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, text=True)
+    official = json.loads(server.stdout.readline())["official"]
+    got = _client(t, "a", "connect-many", "%s:7000" % t.addr("nata"), pki.ca, pki.crt("app-1"),
+                  pki.key("app-1"), official, "200", timeout=240)
+    assert got["ok"] == 200 and got["failed"] == 0, got
+    print("200 concurrent connects:", got["seconds"], "s")
+    _wait(lambda: _status(t, "nata", confs["a"])["relay_points"] == [] and
+          _status(t, "natb", confs["b"])["relay_points"] == [], 30, "relay points to be gone")
+    st = _status(t, "nata", confs["a"])
+    assert st["counters"]["relayed"] == 201, st  # with the first one, whose sessions resume
+    assert st["counters"]["resumed_handshakes"] >= 400, st
+    server.kill()

@@ -1162,7 +1162,9 @@ static void xr_ctl_io(xr_io_t *io, uint32_t events)
 
 static void xr_agent_accept(xr_io_t *io, uint32_t events)
 {
-    for (int i = 0; i < 64 && xr_ag.running; i++) {
+    /* Edge-triggered: take every queued connection, or the rest waits for
+     * the next one to arrive. */
+    while (xr_ag.running) {
         struct sockaddr_storage sa;
         socklen_t len = sizeof(sa);
         int fd = accept4(io->fd, (struct sockaddr *) &sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -1396,7 +1398,7 @@ static void xr_agent_status(xr_sb_t *b, int json)
  * The socket is 0600, so only root (or the agent's user) asks. */
 static void xr_agent_admin(xr_io_t *io, uint32_t events)
 {
-    for (int k = 0; k < 16; k++) {
+    for (;;) { /* edge-triggered: until accept() says EAGAIN */
         int fd = accept4(io->fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0)
             return;

@@ -85,25 +85,21 @@ static const char *xr_default_agent(char *buf, size_t n)
 typedef struct {
     xr_net_rule_t rules[16];
     size_t n;
+    char text[1024]; /* the rules point into it */
 } xr_private_t;
 
 static int xr_private_parse(xr_private_t *p, const char *list, char *err, size_t errlen)
 {
-    char buf[1024];
-    snprintf(buf, sizeof(buf), "%s", list);
+    snprintf(p->text, sizeof(p->text), "%s", list);
     p->n = 0;
     char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    for (char *tok = strtok_r(p->text, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (p->n == XR_ARRAY_SIZE(p->rules)) {
-            snprintf(err, errlen, "--private: at most %zu networks", XR_ARRAY_SIZE(p->rules));
+            snprintf(err, errlen, "at most %zu networks", XR_ARRAY_SIZE(p->rules));
             return -1;
         }
-        /* the rule keeps a pointer to its text: keep a copy */
-        char *copy = strdup(tok);
-        if (copy == NULL || xr_net_rule_parse(copy, &p->rules[p->n], err, errlen) != XR_OK) {
-            free(copy);
+        if (xr_net_rule_parse(tok, &p->rules[p->n], err, errlen) != XR_OK)
             return -1;
-        }
         p->n++;
     }
     return 0;
