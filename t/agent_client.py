@@ -3,6 +3,7 @@ html-docs/protocol.html (not from the C code), so the tests also check that
 the page is enough to write one."""
 
 import ipaddress
+import os
 import socket
 import struct
 import time
@@ -241,12 +242,18 @@ def _serve(argv):
             print(json.dumps({"link_error": str(e)}), flush=True)
 
     s.s.settimeout(None)
+    threads = []
     while True:  # the tests' leases outlast them: no heartbeats needed
         try:
             got = s.incoming()
         except (EOFError, OSError):
+            # the agent went away: connections already linked go on (§6)
+            for t in threads:
+                t.join(120)
             return 0
-        threading.Thread(target=echo, args=got, daemon=True).start()
+        t = threading.Thread(target=echo, args=got, daemon=True)
+        t.start()
+        threads.append(t)
 
 
 def _connect(argv):
@@ -281,6 +288,7 @@ def _connect(argv):
 
     # One thread: an SSL socket must not be read and written at once.  At
     # most 1 MB is in flight, so neither side's buffers fill.
+    pace = float(os.environ.get("XRAY_PACE", "0"))  # seconds between 64 KB blocks
     try:
         if payload is not None:
             c.sendall(payload)
@@ -301,6 +309,8 @@ def _connect(argv):
                     c.sendall(chunk)
                     sent.update(chunk)
                     left -= len(chunk)
+                    if pace:
+                        time.sleep(pace)
                 while received < n and (left == 0 or n - left - received > (1 << 20)):
                     k = read_some()
                     if k == 0:

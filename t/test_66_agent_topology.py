@@ -380,3 +380,46 @@ def test_200_concurrent_connects(topology, pki, tmp_path):
     assert st["counters"]["relayed"] == 201, st  # with the first one, whose sessions resume
     assert st["counters"]["resumed_handshakes"] >= 400, st
     server.kill()
+
+
+@pytest.mark.timeout(240)
+def test_reload_keeps_established_relays(topology, pki, tmp_path):
+    """SIGHUP of both agents (a new policy generation) while a relayed
+    connection is moving bytes: it finishes byte-exact on the old workers,
+    and a new connection works through the new ones."""
+    t = topology
+    confs = _two_agents(t, pki, tmp_path)
+    server = t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
+                           pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
+                     env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, text=True)
+    official = json.loads(server.stdout.readline())["official"]
+    agent_a = "%s:7000" % t.addr("nata")
+    creds = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
+    # 64 blocks of 64 KB, 50 ms apart: about 3 s of traffic
+    slow = t.popen("a", [sys.executable, CLIENT, "connect", agent_a, *creds, official,
+                         str(64 << 16)],
+                   env=dict(os.environ, PYTHONPATH=str(HERE), XRAY_PACE="0.05"),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait(lambda: "relay point 1 linked" in (confs["a"] / "error.log").read_text(), 20,
+          "the slow connection")
+    for me in ("a", "b"):
+        pid = int((confs[me] / "xrayd.pid").read_text())
+        os.kill(pid, signal.SIGHUP)
+    for me in ("a", "b"):
+        _wait(lambda: (confs[me] / "error.log").read_text().count("serving the agent") >= 2, 20,
+              "agent %s's new generation" % me)
+    out, err = slow.communicate(timeout=60)
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got.get("equal") and got["received"] == 64 << 16, (got, err)
+    # the server's library lost its control session with the old agent:
+    # register again (a library would retry) and connect through the new ones
+    server.kill()
+    server = t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
+                           pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
+                     env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, text=True)
+    json.loads(server.stdout.readline())
+    got = _client(t, "a", "connect", agent_a, *creds, official, "100000")
+    assert got.get("equal"), got
+    server.kill()
