@@ -423,3 +423,40 @@ def test_reload_keeps_established_relays(topology, pki, tmp_path):
     got = _client(t, "a", "connect", agent_a, *creds, official, "100000")
     assert got.get("equal"), got
     server.kill()
+
+
+@pytest.mark.timeout(240)
+def test_xray_connect_to_xray_listen_across_two_firewalls(topology, pki, tmp_path):
+    """The tools end to end: `xray listen --exec cat` in b, fully bound
+    through agent B; `xray connect OFFICIAL` in a through agent A; 4 MB
+    from a file come back byte-exact through the three links."""
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    listener = t.popen("b", [str(th.XRAY), "listen", "8080", "--agent",
+                             "%s:7000" % t.addr("natb"), "--agent-name", "agent-b",
+                             "--cert", pki.crt("relay-b"), "--key", pki.key("relay-b"),
+                             "--ca", pki.ca, "--private", "198.18.2.0/24", "--exec", "cat"],
+                       stderr=subprocess.PIPE, text=True)
+    out = _Lines(listener)
+    i, line = out.wait(r"fully bound: official")
+    official = re.search(r"official (\S+)", line).group(1)
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(4 << 20))
+    with open(data, "rb") as f:
+        r = t.run("a", [str(th.XRAY), "connect", official, "--agent", "%s:7000" % t.addr("nata"),
+                        "--agent-name", "agent-a", "--cert", pki.crt("app-1"),
+                        "--key", pki.key("app-1"), "--ca", pki.ca],
+                  stdin=f, timeout=120, text=False, errors=None)
+    assert r.returncode == 0, r.stderr
+    assert b"relayed through the agents" in r.stderr, r.stderr
+    assert r.stdout == data.read_bytes(), "echo differs (%d of %d bytes): %s %s" % (
+        len(r.stdout), 4 << 20, r.stderr, "".join(out.lines))
+    out.wait(r"relayed connection from CN=app-1", start=i + 1)
+    # refused: an official address nobody holds
+    r = t.run("a", [str(th.XRAY), "connect", "%s:20009" % t.pub_addr("natb"), "--agent",
+                    "%s:7000" % t.addr("nata"), "--agent-name", "agent-a",
+                    "--cert", pki.crt("app-1"), "--key", pki.key("app-1"), "--ca", pki.ca],
+              stdin=subprocess.DEVNULL, timeout=60)
+    assert r.returncode == 1 and "NO_SUCH_ADDRESS" in r.stderr, r.stderr
+    listener.send_signal(signal.SIGTERM)
+    listener.wait(timeout=20)

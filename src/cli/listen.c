@@ -66,7 +66,7 @@ static void xr_listen_usage(FILE *out)
                  "              192.168/16, 100.64/10, fc00::/7)\n");
 }
 
-static const char *xr_default_agent(char *buf, size_t n)
+const char *xr_listen_default_agent(char *buf, size_t n)
 {
     const char *e = getenv("XRAY_AGENT");
     if (e != NULL && e[0] != '\0')
@@ -268,6 +268,72 @@ static int xr_listen_serve(xr_listen_t *l, int fd)
     }
 }
 
+static void xr_listen_exec(int fd, const char *cmd);
+
+static void xr_listen_tick_cb(void *arg)
+{
+    xr_listen_tick(arg);
+}
+
+/* Did an answer-awaiting call queue an INCOMING? */
+static int xr_listen_queued(xr_listen_t *l)
+{
+    return xr_client_is_open(l->client) && xr_client_pending_incoming(l->client);
+}
+
+/* A relayed connection arrives (XRAY §5.2, the server's side): link to
+ * the agent's relay point, then serve it like a direct one.  With --exec
+ * a child process owns the link and feeds the command through a socket
+ * pair. */
+static int xr_listen_incoming(xr_listen_t *l, const char *cmd)
+{
+    char err[300];
+    xr_msg_t m;
+    int rc = xr_client_next(l->client, &m, 0, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "xray listen: control connection lost: %s\n", err);
+        l->state = XR_HALF_BOUND;
+        l->retry_ms = 250;
+        l->next = xr_now_ms();
+        xr_listen_report(l, " (agent lost, retrying)");
+        return 0;
+    }
+    if (rc == 0 || m.type != XR_MSG_INCOMING)
+        return 0;
+    xr_link_t *link = NULL;
+    if (xr_client_take(l->client, &m, &link, err, sizeof(err)) < 0) {
+        fprintf(stderr, "xray listen: relayed connection from %s failed: %s\n",
+                m.u.incoming.client_subject.s, err);
+        return 0;
+    }
+    fprintf(stderr, "xray listen: relayed connection from %s\n", m.u.incoming.client_subject.s);
+    fflush(stderr);
+    if (cmd == NULL) {
+        int r = xr_link_pump(link, -1, 0, 1, 0, xr_listen_tick_cb, l);
+        xr_link_close(link);
+        return r;
+    }
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) {
+        xr_link_close(link);
+        return 0;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* the proxy: the command on one end of the pair, the link here */
+        close(l->listen_fd);
+        close(xr_client_fd(l->client));
+        xr_listen_exec(sp[1], cmd);
+        int r = xr_link_pump(link, -1, sp[0], sp[0], 1, NULL, NULL);
+        xr_link_close(link);
+        _exit(r == 0 ? 0 : 1);
+    }
+    close(sp[0]);
+    close(sp[1]);
+    xr_link_drop(link); /* the child speaks for it now */
+    return 0;
+}
+
 static void xr_listen_exec(int fd, const char *cmd)
 {
     pid_t pid = fork();
@@ -322,7 +388,7 @@ int xr_listen_main(int argc, char **argv)
         return 2;
     }
     if (cf.agent == NULL)
-        cf.agent = xr_default_agent(agent_buf, sizeof(agent_buf));
+        cf.agent = xr_listen_default_agent(agent_buf, sizeof(agent_buf));
     if (cf.agent == NULL || cf.cert == NULL || cf.key == NULL || cf.ca == NULL) {
         fprintf(stderr, "xray listen: needs --cert, --key, --ca and an agent (--agent, "
                         "$XRAY_AGENT or /etc/xray/agent)\n");
@@ -407,14 +473,24 @@ int xr_listen_main(int argc, char **argv)
 
     int status = 0;
     while (!xr_listen_stop) {
-        struct pollfd p = {l.listen_fd, POLLIN, 0};
+        struct pollfd p[2] = {{l.listen_fd, POLLIN, 0},
+                              {l.state == XR_FULLY_BOUND ? xr_client_fd(l.client) : -1, POLLIN, 0}};
         int64_t wait = l.state == XR_LOCALLY_BOUND ? 1000 : l.next - xr_now_ms();
-        int n = poll(&p, 1, (int) (wait < 0 ? 0 : wait > 1000 ? 1000 : wait));
+        int n = poll(p, 2, (int) (wait < 0 ? 0 : wait > 1000 ? 1000 : wait));
         if (xr_listen_tick(&l) < 0) {
             status = 1;
             break;
         }
-        if (n <= 0 || !(p.revents & POLLIN))
+        if (l.state == XR_FULLY_BOUND && (n > 0 && (p[1].revents & (POLLIN | POLLHUP)))) {
+            if (xr_listen_incoming(&l, exec_cmd) < 0)
+                status = 1;
+            continue;
+        }
+        if (l.state == XR_FULLY_BOUND && xr_listen_queued(&l)) {
+            xr_listen_incoming(&l, exec_cmd);
+            continue;
+        }
+        if (n <= 0 || !(p[0].revents & POLLIN))
             continue;
         int fd = accept4(l.listen_fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0)

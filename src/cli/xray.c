@@ -5,6 +5,7 @@
  * code (0 success, 1 failure, 2 bad usage).
  */
 #include "core/xrayd.h"
+#include "cli/connect.h"
 #include "cli/listen.h"
 #include "cli/pki.h"
 #include "cli/status.h"
@@ -24,6 +25,7 @@ typedef struct {
 /* New subcommands (connect, listen, status, tun) add a row here. */
 static const xr_xray_cmd_t xr_xray_cmds[] = {
     {"pki", xr_pki_main, "make a CA, issue agent and application certificates, show identities"},
+    {"connect", xr_connect_main, "connect to an official address through the agents"},
     {"listen", xr_listen_main, "serve on a port bound through the agent (stdin/stdout or --exec)"},
     {"status", xr_status_main, "show an agent's registrations, sessions and counters"},
 };

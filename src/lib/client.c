@@ -3,9 +3,17 @@
  */
 #include "lib/client.h"
 #include "core/xrayd.h"
+#include "agent/policy.h"
+#include "tls/identity.h"
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +40,9 @@ struct xr_client_s {
     uint32_t heartbeat_ms;
     uint8_t in[XR_PROTO_MAX_FRAME * 2];
     size_t inlen;
+    /* INCOMING frames that arrived while an answer was awaited */
+    xr_msg_t queued[16];
+    size_t nqueued;
 };
 
 static void xr_mberr(int rc, char *buf, size_t n)
@@ -130,6 +141,7 @@ void xr_client_close(xr_client_t *c)
     mbedtls_ssl_init(&c->ssl);
     c->open = 0;
     c->inlen = 0;
+    c->nqueued = 0;
 }
 
 void xr_client_free(xr_client_t *c)
@@ -246,6 +258,11 @@ static int xr_client_answer(xr_client_t *c, uint32_t id, xr_msg_t *reply, int *p
             xr_client_close(c);
             return -1;
         }
+        if (reply->type == XR_MSG_INCOMING) {
+            if (c->nqueued < XR_ARRAY_SIZE(c->queued))
+                c->queued[c->nqueued++] = *reply;
+            continue; /* for xr_client_next */
+        }
         if (reply->type == XR_MSG_ERROR) {
             if (reply->u.error.id != id && reply->u.error.id != 0)
                 continue; /* an answer to a request we gave up on */
@@ -335,4 +352,341 @@ int xr_client_call(xr_client_t *c, xr_msg_t *req, xr_msg_t *reply, int *perr, ch
         return -1;
     }
     return xr_client_answer(c, id, reply, perr, err, errlen);
+}
+
+/* ---- links ------------------------------------------------------------------ */
+
+struct xr_link_s {
+    mbedtls_net_context net;
+    mbedtls_ssl_context ssl;
+};
+
+int xr_client_pending_incoming(const xr_client_t *c)
+{
+    return c->nqueued > 0;
+}
+
+int xr_client_fd(const xr_client_t *c)
+{
+    return c->open ? c->net.fd : -1;
+}
+
+static int xr_sockaddr_of(const xr_paddr_t *a, struct sockaddr_storage *ss, socklen_t *len)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (a->family == 4) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *) ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(a->port);
+        memcpy(&s4->sin_addr, a->addr, 4);
+        *len = sizeof(*s4);
+        return 0;
+    }
+    if (a->family == 6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *) ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(a->port);
+        memcpy(&s6->sin6_addr, a->addr, 16);
+        *len = sizeof(*s6);
+        return 0;
+    }
+    return -1;
+}
+
+static int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char at[80];
+    if (xr_sockaddr_of(a, &ss, &len) < 0) {
+        snprintf(err, errlen, "bad address");
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)); /* bounds connect() too */
+    if (fd < 0 || connect(fd, (struct sockaddr *) &ss, len) != 0) {
+        snprintf(err, errlen, "cannot connect to %s: %s", xr_paddr_str(a, at, sizeof(at)),
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* TLS to a relay point, then LINK, LINK_OK, ACK both ways.  want_key: the
+ * relay point's key (hex) from CONNECT_OK, or NULL to check the agent's
+ * name instead. */
+static xr_link_t *xr_link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8_t *token,
+                               const char *want_key, char *err, size_t errlen)
+{
+    xr_link_t *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    mbedtls_net_init(&l->net);
+    mbedtls_ssl_init(&l->ssl);
+    int rc;
+    l->net.fd = xr_tcp_to(rp, c->cf.timeout_ms, err, errlen);
+    if (l->net.fd < 0)
+        goto fail;
+    if (mbedtls_ssl_setup(&l->ssl, &c->conf) != 0 ||
+        (want_key == NULL &&
+         mbedtls_ssl_set_hostname(&l->ssl, c->cf.agent_name ? c->cf.agent_name : c->host) != 0)) {
+        snprintf(err, errlen, "TLS setup failed");
+        goto fail;
+    }
+    mbedtls_ssl_set_bio(&l->ssl, &l->net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
+    while ((rc = mbedtls_ssl_handshake(&l->ssl)) != 0)
+        if (rc != MBEDTLS_ERR_SSL_WANT_READ && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
+            char why[128];
+            xr_mberr(rc, why, sizeof(why));
+            snprintf(err, errlen, "TLS with the relay point failed: %s", why);
+            goto fail;
+        }
+    if (want_key != NULL) {
+        xr_identity_t id;
+        const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&l->ssl);
+        if (crt == NULL || xr_identity_from_crt(crt, &id) != XR_OK ||
+            strcasecmp(id.pubkey_sha256, want_key) != 0) {
+            snprintf(err, errlen, "the relay point's certificate is not the agent's");
+            goto fail;
+        }
+    }
+    /* The link's frames, then one ACK each way; the rest is the stream. */
+    uint8_t f[XR_PROTO_MAX_FRAME];
+    xr_msg_t m = {.type = XR_MSG_LINK};
+    memcpy(m.u.link.token, token, XR_PROTO_TOKEN);
+    size_t n = xr_proto_encode(&m, f, sizeof(f));
+    xr_msg_t ack = {.type = XR_MSG_ACK};
+    for (int step = 0; step < 2; step++) {
+        if (mbedtls_ssl_write(&l->ssl, f, n) != (int) n) {
+            snprintf(err, errlen, "sending to the relay point failed");
+            goto fail;
+        }
+        /* read exactly one frame: nothing after it may be consumed */
+        uint8_t in[XR_PROTO_MAX_FRAME];
+        size_t have = 0, used = 0, need = XR_PROTO_HEADER;
+        xr_msg_t r;
+        const char *why = NULL;
+        for (;;) {
+            while (have < need) {
+                rc = mbedtls_ssl_read(&l->ssl, in + have, need - have);
+                if (rc == MBEDTLS_ERR_SSL_WANT_READ)
+                    continue;
+                if (rc <= 0) {
+                    snprintf(err, errlen, "the relay point closed the link%s",
+                             step == 0 ? " (refused?)" : " before the ACK");
+                    goto fail;
+                }
+                have += (size_t) rc;
+            }
+            xr_proto_status_t st = xr_proto_decode(in, have, &r, &used, &why);
+            if (st == XR_PROTO_OK)
+                break;
+            if (st != XR_PROTO_AGAIN) {
+                snprintf(err, errlen, "the relay point sent an invalid frame (bad %s)", why);
+                goto fail;
+            }
+            need = XR_PROTO_HEADER + ((size_t) in[2] << 8 | in[3]);
+        }
+        int want = step == 0 ? XR_MSG_LINK_OK : XR_MSG_ACK;
+        if (r.type == XR_MSG_ERROR) {
+            snprintf(err, errlen, "%s: %s", xr_proto_err_name(r.u.error.code), r.u.error.message.s);
+            goto fail;
+        }
+        if ((int) r.type != want) {
+            snprintf(err, errlen, "the relay point answered %s", xr_proto_type_name(r.type));
+            goto fail;
+        }
+        n = xr_proto_encode(&ack, f, sizeof(f));
+    }
+    return l;
+fail:
+    mbedtls_ssl_free(&l->ssl);
+    mbedtls_net_free(&l->net);
+    free(l);
+    return NULL;
+}
+
+int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int *fd, int *perr,
+                   char *err, size_t errlen)
+{
+    *link = NULL;
+    *fd = -1;
+    xr_msg_t req = {.type = XR_MSG_CONNECT}, r;
+    req.u.connect.proto = XR_PROTO_TCP;
+    req.u.connect.dst = *dst;
+    if (xr_client_call(c, &req, &r, perr, err, errlen) < 0)
+        return -1;
+    if (r.type != XR_MSG_CONNECT_OK) {
+        snprintf(err, errlen, "the agent answered CONNECT with %s", xr_proto_type_name(r.type));
+        return -1;
+    }
+    if (r.u.connect_ok.mode == XR_CONNECT_DIRECT) {
+        *fd = xr_tcp_to(&r.u.connect_ok.addr, c->cf.timeout_ms, err, errlen);
+        return *fd < 0 ? -1 : 0;
+    }
+    char key[65];
+    sodium_bin2hex(key, sizeof(key), r.u.connect_ok.peer_key, sizeof(r.u.connect_ok.peer_key));
+    *link = xr_link_open(c, &r.u.connect_ok.addr, r.u.connect_ok.token, key, err, errlen);
+    return *link != NULL ? 0 : -1;
+}
+
+int xr_client_next(xr_client_t *c, xr_msg_t *m, int timeout_ms, char *err, size_t errlen)
+{
+    if (!c->open) {
+        snprintf(err, errlen, "not connected to the agent");
+        return -1;
+    }
+    if (c->nqueued > 0) {
+        *m = c->queued[0];
+        memmove(c->queued, c->queued + 1, --c->nqueued * sizeof(c->queued[0]));
+        return 1;
+    }
+    size_t used;
+    const char *why;
+    /* A whole frame already read, or decrypted bytes poll() cannot see. */
+    int ready = xr_proto_decode(c->in, c->inlen, m, &used, &why) != XR_PROTO_AGAIN ||
+                mbedtls_ssl_get_bytes_avail(&c->ssl) > 0;
+    if (!ready) {
+        struct pollfd p = {c->net.fd, POLLIN, 0};
+        if (poll(&p, 1, timeout_ms) <= 0)
+            return 0;
+    }
+    if (xr_client_recv(c, m, err, errlen) < 0) {
+        xr_client_close(c);
+        return -1;
+    }
+    return 1;
+}
+
+int xr_client_take(xr_client_t *c, const xr_msg_t *in, xr_link_t **link, char *err, size_t errlen)
+{
+    xr_msg_t ok = {.type = XR_MSG_INCOMING_OK};
+    ok.u.done.id = in->u.incoming.id;
+    if (xr_client_send(c, &ok, err, errlen) < 0) {
+        xr_client_close(c);
+        return -1;
+    }
+    if (in->u.incoming.mode != XR_INCOMING_CONNECT_OUT) {
+        snprintf(err, errlen, "INCOMING mode %d is not supported", in->u.incoming.mode);
+        return -1;
+    }
+    *link = xr_link_open(c, &in->u.incoming.addr, in->u.incoming.token, NULL, err, errlen);
+    return *link != NULL ? 0 : -1;
+}
+
+ssize_t xr_link_read(xr_link_t *l, void *buf, size_t len)
+{
+    for (;;) {
+        int rc = mbedtls_ssl_read(&l->ssl, buf, len);
+        if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_TIMEOUT)
+            continue;
+        if (rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || rc == 0)
+            return 0;
+        return rc < 0 ? -1 : rc;
+    }
+}
+
+ssize_t xr_link_write(xr_link_t *l, const void *buf, size_t len)
+{
+    size_t off = 0;
+    while (off < len) {
+        int rc = mbedtls_ssl_write(&l->ssl, (const unsigned char *) buf + off, len - off);
+        if (rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+            continue;
+        if (rc < 0)
+            return -1;
+        off += (size_t) rc;
+    }
+    return (ssize_t) off;
+}
+
+void xr_link_shutdown(xr_link_t *l)
+{
+    mbedtls_ssl_close_notify(&l->ssl);
+}
+
+int xr_link_fd(const xr_link_t *l)
+{
+    return l->net.fd;
+}
+
+size_t xr_link_pending(xr_link_t *l)
+{
+    return mbedtls_ssl_get_bytes_avail(&l->ssl);
+}
+
+void xr_link_close(xr_link_t *l)
+{
+    if (l == NULL)
+        return;
+    mbedtls_ssl_close_notify(&l->ssl);
+    mbedtls_ssl_free(&l->ssl);
+    mbedtls_net_free(&l->net);
+    free(l);
+}
+
+void xr_link_drop(xr_link_t *l)
+{
+    if (l == NULL)
+        return;
+    mbedtls_ssl_free(&l->ssl);
+    /* Not mbedtls_net_free(): its shutdown() would end the socket for a
+     * child process that shares it too. */
+    if (l->net.fd >= 0)
+        close(l->net.fd);
+    free(l);
+}
+
+int xr_link_pump(xr_link_t *link, int sock, int in, int out, int both, void (*tick)(void *),
+                 void *arg)
+{
+    char buf[16384];
+    int cfd = link ? xr_link_fd(link) : sock, in_open = 1, conn_open = 1;
+    while (conn_open || (both && in_open)) {
+        struct pollfd p[2] = {{conn_open ? cfd : -1, POLLIN, 0}, {in_open ? in : -1, POLLIN, 0}};
+        int ready = conn_open && link != NULL && xr_link_pending(link) > 0;
+        int n = ready ? 1 : poll(p, 2, 1000);
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (tick != NULL)
+            tick(arg);
+        if (n <= 0)
+            continue;
+        if (ready || (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t r = link ? xr_link_read(link, buf, sizeof(buf)) : read(cfd, buf, sizeof(buf));
+            if (r < 0)
+                return -1;
+            if (r == 0) {
+                conn_open = 0;
+                shutdown(out, SHUT_WR); /* a socket's reader sees the end too */
+                continue;
+            }
+            for (ssize_t off = 0; off < r;) {
+                ssize_t w = write(out, buf + off, (size_t) (r - off));
+                if (w <= 0)
+                    return -1;
+                off += w;
+            }
+        }
+        if (in_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t r = read(in, buf, sizeof(buf));
+            if (r <= 0) {
+                in_open = 0;
+                if (link)
+                    xr_link_shutdown(link);
+                else
+                    shutdown(cfd, SHUT_WR);
+            } else if ((link ? xr_link_write(link, buf, (size_t) r)
+                             : write(cfd, buf, (size_t) r)) != r) {
+                return -1;
+            }
+        }
+    }
+    return 0;
 }

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include "agent/proto.h"
 
@@ -46,6 +47,50 @@ uint32_t xr_client_heartbeat_ms(const xr_client_t *c);
  * the connection is closed. */
 int xr_client_call(xr_client_t *c, xr_msg_t *req, xr_msg_t *reply, int *perr, char *err,
                    size_t errlen);
+
+/* An overlay link to a relay point, after LINK, LINK_OK and the
+ * end-to-end ACK: a TLS stream of the application's bytes. */
+typedef struct xr_link_s xr_link_t;
+
+/* Connect to official address dst through the agent (XRAY §5.2).  A
+ * server in the agent's own network is reached directly: *fd is a
+ * connected TCP socket and *link NULL.  Otherwise *link is the relay
+ * link (its certificate checked against CONNECT_OK's key) and *fd -1.
+ * 0, or -1 with *perr/err as for xr_client_call. */
+int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int *fd, int *perr,
+                   char *err, size_t errlen);
+/* Servers: the next frame the agent sent unasked (INCOMING), waiting at
+ * most timeout_ms.  1 with *m, 0 when none came, -1 when the control
+ * connection failed (it is then closed). */
+int xr_client_next(xr_client_t *c, xr_msg_t *m, int timeout_ms, char *err, size_t errlen);
+/* Answer an INCOMING: INCOMING_OK, then connect out to its relay point. */
+int xr_client_take(xr_client_t *c, const xr_msg_t *incoming, xr_link_t **link, char *err,
+                   size_t errlen);
+int xr_client_fd(const xr_client_t *c);
+/* INCOMING frames queued while a call awaited its answer. */
+int xr_client_pending_incoming(const xr_client_t *c);
+
+/* Bytes of a link: read returns 0 at the peer's close_notify or EOF, -1
+ * on an error; shutdown sends close_notify (reading goes on). */
+ssize_t xr_link_read(xr_link_t *l, void *buf, size_t len);
+ssize_t xr_link_write(xr_link_t *l, const void *buf, size_t len);
+void xr_link_shutdown(xr_link_t *l);
+int xr_link_fd(const xr_link_t *l);
+/* Cleartext already decrypted and waiting (poll() cannot see it). */
+size_t xr_link_pending(xr_link_t *l);
+/* close: send close_notify and free; drop: free without a word (a forked
+ * process that hands the link to its child). */
+void xr_link_close(xr_link_t *l);
+void xr_link_drop(xr_link_t *l);
+
+/* Move bytes between a connection (link, or plain socket sock when link
+ * is NULL) and the descriptors in (to the connection) and out (from it).
+ * EOF on in is passed on (close_notify or shutdown), the connection's end
+ * is passed to out (shutdown, when out is a socket).  Returns when the
+ * connection ends, or with both, when both directions have.  tick, if not
+ * NULL, runs about every second.  0, or -1 on an error. */
+int xr_link_pump(xr_link_t *link, int sock, int in, int out, int both, void (*tick)(void *),
+                 void *arg);
 
 /* sockaddr <-> wire address. */
 void xr_paddr_from_sockaddr(xr_paddr_t *a, const struct sockaddr_storage *ss);
