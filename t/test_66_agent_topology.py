@@ -460,3 +460,41 @@ def test_xray_connect_to_xray_listen_across_two_firewalls(topology, pki, tmp_pat
     assert r.returncode == 1 and "NO_SUCH_ADDRESS" in r.stderr, r.stderr
     listener.send_signal(signal.SIGTERM)
     listener.wait(timeout=20)
+
+
+@pytest.mark.timeout(240)
+def test_agent_b_killed_and_back(topology, pki, tmp_path):
+    """XRAY §6: kill -9 of agent B's worker while a relay through A-B is
+    idle.  Its replacement comes up, `xray listen` in b registers again
+    and gets the same official address back (half -> fully bound), and a
+    new connection from a works."""
+    t = topology
+    confs = _two_agents(t, pki, tmp_path)
+    listener = t.popen("b", [str(th.XRAY), "listen", "8080", "--agent",
+                             "%s:7000" % t.addr("natb"), "--agent-name", "agent-b",
+                             "--cert", pki.crt("relay-b"), "--key", pki.key("relay-b"),
+                             "--ca", pki.ca, "--private", "198.18.2.0/24", "--exec", "cat"],
+                       stderr=subprocess.PIPE, text=True)
+    out = _Lines(listener)
+    i, line = out.wait(r"fully bound: official")
+    official = re.search(r"official (\S+)", line).group(1)
+    connect = [str(th.XRAY), "connect", official, "--agent", "%s:7000" % t.addr("nata"),
+               "--agent-name", "agent-a", "--cert", pki.crt("app-1"), "--key", pki.key("app-1"),
+               "--ca", pki.ca]
+    # an idle relay: a client that sends nothing and waits
+    idle = t.popen("a", connect, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE)
+    _wait(lambda: "relay point 1 linked" in (confs["b"] / "error.log").read_text(), 20,
+          "the idle relay")
+    log_b = confs["b"] / "error.log"
+    line = [l for l in log_b.read_text().splitlines() if "serving the agent" in l][-1]
+    pid = int(re.search(r"\] (\d+): worker process started", line).group(1))
+    os.kill(pid, signal.SIGKILL)
+    _wait(lambda: log_b.read_text().count("serving the agent") >= 2, 20, "agent B's replacement")
+    i, line = out.wait(r"fully bound again", start=i + 1, timeout=30)
+    assert "official %s" % official in line, line
+    r = t.run("a", connect, input="after the crash\n", timeout=60)
+    assert r.returncode == 0 and r.stdout == "after the crash\n", (r.stdout, r.stderr)
+    idle.kill()
+    listener.send_signal(signal.SIGTERM)
+    listener.wait(timeout=20)
