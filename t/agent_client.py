@@ -385,10 +385,31 @@ def _connect_many(argv):
     return 0 if not errors else 1
 
 
+def _badlink(argv):
+    """badlink AGENT CA CERT KEY DST OTHER_CERT OTHER_KEY: get a relay
+    point with CERT, then present (1) a random token and (2) the real
+    token from OTHER_CERT; print what the relay point answered each time."""
+    import json
+    out = {}
+    s = _session(argv[0], _ctx(argv[1], argv[2], argv[3]))
+    mode, rp, token, key = s.connect(_hp(argv[4]))
+    for name, tok, cert, k in (("random_token", os.urandom(32), argv[2], argv[3]),
+                               ("wrong_certificate", token, argv[5], argv[6])):
+        try:
+            open_link(link_ctx(argv[1], cert, k), rp, tok)
+            out[name] = "accepted"
+        except AgentError as e:
+            out[name] = e.name
+        except (OSError, EOFError) as e:
+            out[name] = "closed: %s" % e
+    print(json.dumps(out))
+    return 0
+
+
 if __name__ == "__main__":
     import sys
     cmds = {"register": _register, "serve": _serve, "connect": _connect,
-            "connect-many": _connect_many}
+            "connect-many": _connect_many, "badlink": _badlink}
     if len(sys.argv) > 1 and sys.argv[1] in cmds:
         sys.exit(cmds[sys.argv[1]](sys.argv[2:]))
     sys.exit(_register(sys.argv[1:]))

@@ -225,7 +225,10 @@ def _two_agents(t, pki, tmp, server_filters=""):
   - name: server
     match: ["CN=relay-b"]
     inbound: on
-""" + server_filters)):
+""" + server_filters + """  - name: local-client
+    match: ["CN=relay-a"]
+    outbound: ["%s/32:20000-20009"]
+""" % t.pub_addr("natb"))):
         d = tmp / ("agent-" + me)
         d.mkdir()
         conf = d / "agent.yaml"
@@ -496,5 +499,40 @@ def test_agent_b_killed_and_back(topology, pki, tmp_path):
     r = t.run("a", connect, input="after the crash\n", timeout=60)
     assert r.returncode == 0 and r.stdout == "after the crash\n", (r.stdout, r.stderr)
     idle.kill()
+    listener.send_signal(signal.SIGTERM)
+    listener.wait(timeout=20)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("topology", [{"b2": True}], indirect=True)
+def test_same_network_is_direct_and_links_are_checked(topology, pki, tmp_path):
+    """A client in B asking agent B for the server in B is answered with
+    the server's local address (mode 1, no relay point: status shows
+    none); and a relay point refuses a link with a wrong token or from the
+    wrong certificate, with BAD_TOKEN and a log line, while the right one
+    still works."""
+    t = topology
+    confs = _two_agents(t, pki, tmp_path)
+    listener = t.popen("b", [str(th.XRAY), "listen", "8080", "--agent",
+                             "%s:7000" % t.addr("natb"), "--agent-name", "agent-b",
+                             "--cert", pki.crt("relay-b"), "--key", pki.key("relay-b"),
+                             "--ca", pki.ca, "--private", "198.18.2.0/24", "--exec", "cat"],
+                       stderr=subprocess.PIPE, text=True)
+    out = _Lines(listener)
+    i, line = out.wait(r"fully bound: official")
+    official = re.search(r"official (\S+)", line).group(1)
+    got = _client(t, "b2", "connect", "%s:7000" % t.addr("natb"), pki.ca, pki.crt("relay-a"),
+                  pki.key("relay-a"), official, "0", "same network")
+    assert got["mode"] == 1 and got["relay"] == "198.18.2.2:8080" and got["equal"], got
+    st = _status(t, "natb", confs["b"])
+    assert st["counters"]["direct"] == 1 and st["counters"]["relayed"] == 0, st
+    assert st["relay_points"] == [] and st["relays"] == 0, st
+
+    got = _client(t, "a", "badlink", "%s:7000" % t.addr("nata"), pki.ca, pki.crt("app-1"),
+                  pki.key("app-1"), official, pki.crt("intruder"), pki.key("intruder"))
+    assert got == {"random_token": "BAD_TOKEN", "wrong_certificate": "BAD_TOKEN"}, got
+    text = (confs["a"] / "error.log").read_text()
+    assert "refused: no relay point has that token" in text, text
+    assert "refused: not the certificate the relay point expects" in text, text
     listener.send_signal(signal.SIGTERM)
     listener.wait(timeout=20)
