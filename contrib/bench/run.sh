@@ -341,4 +341,5 @@ if [[ " $TESTS " == *" tls "* ]]; then
   RUNS=$RUNS BENCH_SECS=$BENCH_SECS N_IDLE=$N_IDLE PY=$PY XRAYD_BIN=${XRAYD_ORIG:-$XRAYD_BIN} \
     XRAYD_BUFFER_SIZE=$XRAYD_BUFFER_SIZE BENCH_OUT="$OUT/tls" bash "$HERE/tls.sh"
 fi
+[ "${XRAY_BENCH:-1}" = 0 ] || { log "XRAY §8 part: contrib/bench/xray_bench.py (output in $OUT/xray)"; BENCH_OUT="$OUT/xray" XRAYD_BIN=${XRAYD_ORIG:-$XRAYD_BIN} "$PY" "$HERE/xray_bench.py"; }
 exit 0

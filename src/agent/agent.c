@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <ifaddrs.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -610,6 +611,11 @@ static void xr_ctl_timeout(uv_timer_t *t)
 
 static xr_ctl_t *xr_ctl_new(int fd, xr_ctl_kind_t kind)
 {
+    /* Frames are small and answered: Nagle would hold each behind the
+     * peer's delayed ACK (~40 ms a round trip).  The relay a link becomes
+     * keeps the setting. */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     xr_ctl_t *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         close(fd);
