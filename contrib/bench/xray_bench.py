@@ -232,6 +232,10 @@ class Client:
         self.official = hp(cfg["official"])
         self.direct = hp(cfg["direct"])
         self.check_key = cfg.get("check_key", True)
+        # A library keeps one control session with its agent (XRAY_CTL=
+        # persistent, the default); per-connection opens one each time.
+        self.persistent = cfg.get("persistent_ctl", False)
+        self.kept = None
 
     def xray(self, timeout=30):
         """-> (link socket, control session, info): the connection is usable (the
@@ -239,17 +243,24 @@ class Client:
         import agent_client as ac
         info = {}
         t0 = time.monotonic()
-        raw = socket.create_connection(self.agent, timeout)
-        nodelay(raw)
-        ctl = None
+        raw = None
+        ctl = self.kept if self.persistent else None
         try:
-            s = self.cache.wrap(self.ctl_ctx, raw, ("ctl",) + self.agent, self.cfg["agent_name"])
-            s.settimeout(timeout)
-            info["ctl_resumed"] = s.session_reused
+            if ctl is None:
+                raw = socket.create_connection(self.agent, timeout)
+                nodelay(raw)
+                s = self.cache.wrap(self.ctl_ctx, raw, ("ctl",) + self.agent,
+                                    self.cfg["agent_name"])
+                s.settimeout(timeout)
+                info["ctl_resumed"] = s.session_reused
+                ctl = ac.Session.__new__(ac.Session)
+                ctl.s, ctl.next_id = s, 1
+                ctl.hello()
+                if self.persistent:
+                    self.kept = ctl
+            else:
+                info["ctl_resumed"] = True
             info["ctl_tls_ms"] = (time.monotonic() - t0) * 1e3
-            ctl = ac.Session.__new__(ac.Session)
-            ctl.s, ctl.next_id = s, 1
-            ctl.hello()
             info["hello_ms"] = (time.monotonic() - t0) * 1e3
             mode, rp, token, peer_key = ctl.connect(self.official)
             info["connect_ok_ms"] = (time.monotonic() - t0) * 1e3
@@ -276,11 +287,14 @@ class Client:
                 raise
             info["cipher"] = c.cipher()[0]
             info["relay_point"] = "%s:%d" % rp
-            return c, ctl, info
+            return c, (None if self.persistent else ctl), info
         except BaseException:
             if ctl is not None:
                 ctl.close()
-            raw.close()
+            if self.kept is ctl:
+                self.kept = None
+            if raw is not None:
+                raw.close()
             raise
 
     def direct_conn(self, timeout=30):
@@ -365,8 +379,9 @@ def cmd_workload(cfg):
 
 
 def cmd_concurrency(cfg):
-    """Phase 2: K connections at once, each connect + 1 KiB echo."""
-    cl = Client(cfg)
+    """Phase 2: K connections at once, each connect + 1 KiB echo (each with
+    its own control session: K clients, not one)."""
+    cl = Client(dict(cfg, persistent_ctl=False))
     res = []
     msg = os.urandom(1024)
     pids = cfg.get("pids", {})  # /proc is shared: the agents' and servers' CPU, per run
@@ -978,7 +993,8 @@ class Bench:
         self.ccfg = {"ca": pki.ca, "crt": pki.crt("app-1"), "key": pki.key("app-1"),
                      "agent": "%s:%d" % (t.addr("nata"), AGENT_PORT), "agent_name": "agent-a",
                      "official": official, "direct": "%s:%d" % (SERVER_IP, DIRECT_PORT),
-                     "check_key": check_key, "phase_secs": self.phase_secs, "seed": self.seed}
+                     "check_key": check_key, "phase_secs": self.phase_secs, "seed": self.seed,
+                     "persistent_ctl": os.environ.get("XRAY_CTL", "persistent") == "persistent"}
 
         before = self.direct_reachable(t)
         if not before.startswith("closed"):
@@ -1199,6 +1215,11 @@ class Bench:
                      % (s["N_CONN"], s["WARMUP"], s["MEAN_GAP_MS"], s["SEED"], s["MSGS"],
                         s["MSG_SIZE"], ",".join(map(str, s["CONC_KS"])), s["CONC_REPS"],
                         s["CPU_BYTES"]))
+        lines.append("XRAY client: %s (XRAY_CTL=%s)" % (
+            "one control session with agent A kept across the workload's connections, as a "
+            "library keeps it" if os.environ.get("XRAY_CTL", "persistent") == "persistent"
+            else "a new control session per connection",
+            os.environ.get("XRAY_CTL", "persistent")))
         ciph = sorted({r.get("cipher") for r in ok["xray"] + ok["direct"] if r.get("cipher")})
         lines.append("TLS 1.2 everywhere, mutual authentication on both paths, cipher(s): %s; "
                      "%s" % (", ".join(ciph) or "?", res_line))

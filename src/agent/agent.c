@@ -254,10 +254,16 @@ struct xr_rp_s {
     uv_timer_t timer;
     xr_ctl_t *requester; /* the library whose CONNECT waits */
     uint32_t req_id;
-    xr_paddr_t dst;
+    xr_paddr_t dst, src; /* the client agent's: for PEER_CONNECT */
+    char subject[160];   /* the client's identity, for PEER_CONNECT */
     const xr_peer_conf_t *peer;
     char what[512]; /* for logs: who to what */
     int dead;
+    /* The client was told CONNECT_OK before the server's agent answered
+     * (the links come up in parallel): a failure is kept to answer the
+     * client's link with, until the relay point expires. */
+    int early, failed, fail_code;
+    char fail_why[256];
 };
 
 static struct {
@@ -462,9 +468,26 @@ static void xr_rp_fail(xr_rp_t *rp, int code, const char *why)
 {
     if (rp->dead)
         return;
+    if (!rp->failed)
+        xr_log(XR_LOG_NOTICE, "agent: relay point %llu (%s) failed: %s",
+               (unsigned long long) rp->id, rp->what, why);
+    if (rp->early && !rp->failed && rp->side[0] == NULL) {
+        /* The client's link has not come yet: keep the reason for it. */
+        rp->failed = 1;
+        rp->fail_code = code;
+        snprintf(rp->fail_why, sizeof(rp->fail_why), "%s", why);
+        xr_ctl_t *d = rp->side[1];
+        rp->side[1] = NULL;
+        for (xr_list_t *q = xr_ag.sessions.next; q != &xr_ag.sessions; q = q->next) {
+            xr_ctl_t *x = xr_container_of(q, xr_ctl_t, link);
+            if (x->rp == rp)
+                x->rp = NULL;
+        }
+        if (d != NULL)
+            xr_ctl_close(d, "its relay point failed");
+        return;
+    }
     rp->dead = 1;
-    xr_log(XR_LOG_NOTICE, "agent: relay point %llu (%s) failed: %s", (unsigned long long) rp->id,
-           rp->what, why);
     if (rp->requester != NULL) {
         xr_ctl_error(rp->requester, rp->req_id, code, "%s", why);
         xr_ctl_flush(rp->requester);
@@ -475,6 +498,8 @@ static void xr_rp_fail(xr_rp_t *rp, int code, const char *why)
         rp->side[i] = NULL;
         if (s != NULL) {
             s->rp = NULL;
+            if (s->kind == XR_KIND_LINK) /* a link waiting for LINK_OK learns why */
+                xr_ctl_error(s, 0, code, "%s", why);
             xr_ctl_close(s, "its relay point failed");
         }
     }
@@ -492,7 +517,9 @@ static void xr_rp_fail(xr_rp_t *rp, int code, const char *why)
 static void xr_rp_expire(uv_timer_t *t)
 {
     xr_rp_t *rp = t->data;
-    xr_ag.n.rp_expired++;
+    if (!rp->failed)
+        xr_ag.n.rp_expired++;
+    rp->early = 0; /* nobody to keep a reason for any more */
     xr_rp_fail(rp, XR_PERR_TIMEOUT, "not linked on both sides in time");
 }
 
@@ -578,6 +605,13 @@ static void xr_rp_linked(xr_rp_t *rp, int side, xr_ctl_t *c)
 static void xr_ctl_link(xr_ctl_t *c, const xr_msg_t *m)
 {
     xr_rp_t *rp = xr_rp_find(m->u.link.token);
+    if (rp != NULL && rp->failed && strcmp(rp->key[0], c->key) == 0) {
+        xr_ctl_error(c, 0, rp->fail_code, "%s", rp->fail_why);
+        rp->early = 0;
+        xr_rp_fail(rp, rp->fail_code, rp->fail_why); /* told: now it can go */
+        xr_ctl_close(c, "its relay point had failed");
+        return;
+    }
     int side = -1;
     for (int i = 0; rp != NULL && i < 2; i++)
         if (i != rp->dial_side && !rp->linked[i] && strcmp(rp->key[i], c->key) == 0)
@@ -761,14 +795,29 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
     }
     snprintf(rp->key[0], sizeof(rp->key[0]), "%s", c->key);
     rp->dial_side = 1;
-    rp->requester = c;
-    rp->req_id = id;
     rp->dst = m->u.connect.dst;
     rp->peer = peer;
+    xr_paddr_of(&rp->src, &c->remote);
+    snprintf(rp->subject, sizeof(rp->subject), "%s", c->who);
     xr_paddr_t to;
     xr_paddr_of(&to, &peer->agent.sa);
-    if (xr_ctl_dial(peer, &to, XR_KIND_PEER_OUT, rp) == NULL)
+    if (xr_ctl_dial(peer, &to, XR_KIND_PEER_OUT, rp) == NULL) {
+        rp->requester = c;
+        rp->req_id = id;
         xr_rp_fail(rp, XR_PERR_UNREACHABLE, "cannot connect to the peer agent");
+        return;
+    }
+    /* Step 5 without waiting for step 4's answer: the client's link comes
+     * up while the agents talk; a refusal reaches it on that link. */
+    rp->early = 1;
+    xr_msg_t r = {.type = XR_MSG_CONNECT_OK};
+    r.u.connect_ok.id = id;
+    r.u.connect_ok.mode = XR_CONNECT_RELAY;
+    xr_paddr_of(&r.u.connect_ok.addr, &c->local);
+    memcpy(r.u.connect_ok.token, rp->token, XR_PROTO_TOKEN);
+    sodium_hex2bin(r.u.connect_ok.peer_key, sizeof(r.u.connect_ok.peer_key), xr_ag.own_key,
+                   strlen(xr_ag.own_key), NULL, NULL, NULL);
+    xr_ctl_send(c, &r);
 }
 
 /* Client agent: our control session to the peer agent is up (TLS done). */
@@ -794,12 +843,10 @@ static void xr_peer_out_frame(xr_ctl_t *c, const xr_msg_t *m)
         pc.u.peer_connect.id = 1;
         pc.u.peer_connect.proto = XR_PROTO_TCP;
         pc.u.peer_connect.dst = rp->dst;
-        if (rp->requester != NULL) {
-            xr_paddr_of(&pc.u.peer_connect.src, &rp->requester->remote);
-            sodium_hex2bin(pc.u.peer_connect.client_key, sizeof(pc.u.peer_connect.client_key),
-                           rp->key[0], strlen(rp->key[0]), NULL, NULL, NULL);
-            xr_pstr_set(&pc.u.peer_connect.client_subject, rp->requester->who);
-        }
+        pc.u.peer_connect.src = rp->src;
+        sodium_hex2bin(pc.u.peer_connect.client_key, sizeof(pc.u.peer_connect.client_key),
+                       rp->key[0], strlen(rp->key[0]), NULL, NULL, NULL);
+        xr_pstr_set(&pc.u.peer_connect.client_subject, rp->subject);
         xr_ctl_send(c, &pc);
         c->state = XR_CTL_READY;
         return;
