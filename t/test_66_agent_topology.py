@@ -267,6 +267,25 @@ applications:%(apps)s""" % dict(d=d, crt=pki.crt("agent-" + me), key=pki.key("ag
     return confs
 
 
+def _serve_in_b(t, pki):
+    """t/agent_client.py serve in b: registers 198.18.2.2:8080 with agent B
+    and echoes every relayed connection; its first stdout line is JSON
+    with the official address."""
+    return t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
+                         pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
+                   env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, text=True)
+
+
+def _xray_listen_in_b(t, pki):
+    """xray listen 8080 --exec cat in b, bound through agent B."""
+    return t.popen("b", [str(th.XRAY), "listen", "8080", "--agent", "%s:7000" % t.addr("natb"),
+                         "--agent-name", "agent-b", "--cert", pki.crt("relay-b"),
+                         "--key", pki.key("relay-b"), "--ca", pki.ca, "--private",
+                         "198.18.2.0/24", "--exec", "cat"],
+                   stderr=subprocess.PIPE, text=True)
+
+
 def _client(t, role, *args, timeout=120):
     r = t.run(role, [sys.executable, CLIENT, *args], timeout=timeout,
               env=dict(os.environ, PYTHONPATH=str(HERE)))
@@ -289,10 +308,7 @@ def test_connection_across_two_firewalls(topology, pki, tmp_path):
     directly; refusals come with their error code."""
     t = topology
     confs = _two_agents(t, pki, tmp_path)
-    server = t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
-                           pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
-                     env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE, text=True)
+    server = _serve_in_b(t, pki)
     first = server.stdout.readline()
     assert first, server.stderr.read() if server.poll() is not None else "no output"
     official = json.loads(first)["official"]
@@ -342,10 +358,7 @@ def test_server_filter_stops_a_forbidden_payload(topology, pki, tmp_path):
       - signature:
           patterns: ["FORBIDDEN"]
 """)
-    server = t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
-                           pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
-                     env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE, text=True)
+    server = _serve_in_b(t, pki)
     official = json.loads(server.stdout.readline())["official"]
     agent_a = "%s:7000" % t.addr("nata")
     creds = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
@@ -368,10 +381,7 @@ def test_200_concurrent_connects(topology, pki, tmp_path):
     behind."""
     t = topology
     confs = _two_agents(t, pki, tmp_path)
-    server = t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
-                           pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
-                     env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
-                     stderr=subprocess.DEVNULL, text=True)
+    server = _serve_in_b(t, pki)
     official = json.loads(server.stdout.readline())["official"]
     got = _client(t, "a", "connect-many", "%s:7000" % t.addr("nata"), pki.ca, pki.crt("app-1"),
                   pki.key("app-1"), official, "200", timeout=240)
@@ -392,10 +402,7 @@ def test_reload_keeps_established_relays(topology, pki, tmp_path):
     and a new connection works through the new ones."""
     t = topology
     confs = _two_agents(t, pki, tmp_path)
-    server = t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
-                           pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
-                     env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
-                     stderr=subprocess.DEVNULL, text=True)
+    server = _serve_in_b(t, pki)
     official = json.loads(server.stdout.readline())["official"]
     agent_a = "%s:7000" % t.addr("nata")
     creds = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
@@ -418,10 +425,7 @@ def test_reload_keeps_established_relays(topology, pki, tmp_path):
     # the server's library lost its control session with the old agent:
     # register again (a library would retry) and connect through the new ones
     server.kill()
-    server = t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
-                           pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
-                     env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
-                     stderr=subprocess.DEVNULL, text=True)
+    server = _serve_in_b(t, pki)
     json.loads(server.stdout.readline())
     got = _client(t, "a", "connect", agent_a, *creds, official, "100000")
     assert got.get("equal"), got
@@ -435,11 +439,7 @@ def test_xray_connect_to_xray_listen_across_two_firewalls(topology, pki, tmp_pat
     from a file come back byte-exact through the three links."""
     t = topology
     _two_agents(t, pki, tmp_path)
-    listener = t.popen("b", [str(th.XRAY), "listen", "8080", "--agent",
-                             "%s:7000" % t.addr("natb"), "--agent-name", "agent-b",
-                             "--cert", pki.crt("relay-b"), "--key", pki.key("relay-b"),
-                             "--ca", pki.ca, "--private", "198.18.2.0/24", "--exec", "cat"],
-                       stderr=subprocess.PIPE, text=True)
+    listener = _xray_listen_in_b(t, pki)
     out = _Lines(listener)
     i, line = out.wait(r"fully bound: official")
     official = re.search(r"official (\S+)", line).group(1)
@@ -473,11 +473,7 @@ def test_agent_b_killed_and_back(topology, pki, tmp_path):
     new connection from a works."""
     t = topology
     confs = _two_agents(t, pki, tmp_path)
-    listener = t.popen("b", [str(th.XRAY), "listen", "8080", "--agent",
-                             "%s:7000" % t.addr("natb"), "--agent-name", "agent-b",
-                             "--cert", pki.crt("relay-b"), "--key", pki.key("relay-b"),
-                             "--ca", pki.ca, "--private", "198.18.2.0/24", "--exec", "cat"],
-                       stderr=subprocess.PIPE, text=True)
+    listener = _xray_listen_in_b(t, pki)
     out = _Lines(listener)
     i, line = out.wait(r"fully bound: official")
     official = re.search(r"official (\S+)", line).group(1)
@@ -513,11 +509,7 @@ def test_same_network_is_direct_and_links_are_checked(topology, pki, tmp_path):
     still works."""
     t = topology
     confs = _two_agents(t, pki, tmp_path)
-    listener = t.popen("b", [str(th.XRAY), "listen", "8080", "--agent",
-                             "%s:7000" % t.addr("natb"), "--agent-name", "agent-b",
-                             "--cert", pki.crt("relay-b"), "--key", pki.key("relay-b"),
-                             "--ca", pki.ca, "--private", "198.18.2.0/24", "--exec", "cat"],
-                       stderr=subprocess.PIPE, text=True)
+    listener = _xray_listen_in_b(t, pki)
     out = _Lines(listener)
     i, line = out.wait(r"fully bound: official")
     official = re.search(r"official (\S+)", line).group(1)

@@ -676,21 +676,10 @@ static xr_ctl_t *xr_ctl_new(int fd, xr_ctl_kind_t kind)
 static xr_ctl_t *xr_ctl_dial(const xr_peer_conf_t *peer, const xr_paddr_t *to, xr_ctl_kind_t kind,
                              xr_rp_t *rp)
 {
-    struct sockaddr_storage ss = {0};
-    socklen_t len;
-    if (to->family == 4) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *) &ss;
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(to->port);
-        memcpy(&s4->sin_addr, to->addr, 4);
-        len = sizeof(*s4);
-    } else {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *) &ss;
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(to->port);
-        memcpy(&s6->sin6_addr, to->addr, 16);
-        len = sizeof(*s6);
-    }
+    struct sockaddr_storage ss;
+    socklen_t len = xr_paddr_to_sockaddr(to, &ss);
+    if (len == 0)
+        return NULL;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
@@ -711,22 +700,6 @@ static xr_ctl_t *xr_ctl_dial(const xr_peer_conf_t *peer, const xr_paddr_t *to, x
         return NULL;
     }
     return c;
-}
-
-static void xr_paddr_of(xr_paddr_t *a, const struct sockaddr_storage *ss)
-{
-    memset(a, 0, sizeof(*a));
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *s = (const struct sockaddr_in *) ss;
-        a->family = 4;
-        a->port = ntohs(s->sin_port);
-        memcpy(a->addr, &s->sin_addr, 4);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *) ss;
-        a->family = 6;
-        a->port = ntohs(s->sin6_port);
-        memcpy(a->addr, &s->sin6_addr, 16);
-    }
 }
 
 /* ---- connection setup (XRAY §5.2) ------------------------------------------- */
@@ -797,10 +770,10 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
     rp->dial_side = 1;
     rp->dst = m->u.connect.dst;
     rp->peer = peer;
-    xr_paddr_of(&rp->src, &c->remote);
+    xr_paddr_from_sockaddr(&rp->src, &c->remote);
     snprintf(rp->subject, sizeof(rp->subject), "%s", c->who);
     xr_paddr_t to;
-    xr_paddr_of(&to, &peer->agent.sa);
+    xr_paddr_from_sockaddr(&to, &peer->agent.sa);
     if (xr_ctl_dial(peer, &to, XR_KIND_PEER_OUT, rp) == NULL) {
         rp->requester = c;
         rp->req_id = id;
@@ -813,7 +786,7 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
     xr_msg_t r = {.type = XR_MSG_CONNECT_OK};
     r.u.connect_ok.id = id;
     r.u.connect_ok.mode = XR_CONNECT_RELAY;
-    xr_paddr_of(&r.u.connect_ok.addr, &c->local);
+    xr_paddr_from_sockaddr(&r.u.connect_ok.addr, &c->local);
     memcpy(r.u.connect_ok.token, rp->token, XR_PROTO_TOKEN);
     sodium_hex2bin(r.u.connect_ok.peer_key, sizeof(r.u.connect_ok.peer_key), xr_ag.own_key,
                    strlen(xr_ag.own_key), NULL, NULL, NULL);
@@ -875,19 +848,7 @@ static void xr_peer_out_frame(xr_ctl_t *c, const xr_msg_t *m)
         return;
     }
     memcpy(link->in, m->u.relay_ready.token, XR_PROTO_TOKEN); /* kept until TLS is up */
-    rp->side[1] = link;
-    xr_msg_t r = {.type = XR_MSG_CONNECT_OK};
-    if (rp->requester != NULL) {
-        r.u.connect_ok.id = rp->req_id;
-        r.u.connect_ok.mode = XR_CONNECT_RELAY;
-        xr_paddr_of(&r.u.connect_ok.addr, &rp->requester->local);
-        memcpy(r.u.connect_ok.token, rp->token, XR_PROTO_TOKEN);
-        sodium_hex2bin(r.u.connect_ok.peer_key, sizeof(r.u.connect_ok.peer_key), xr_ag.own_key,
-                       strlen(xr_ag.own_key), NULL, NULL, NULL);
-        xr_ctl_send(rp->requester, &r);
-        xr_ctl_flush(rp->requester);
-        rp->requester = NULL;
-    }
+    rp->side[1] = link; /* the client already has CONNECT_OK (xr_ctl_connect) */
     xr_ctl_close(c, "done");
 }
 
@@ -930,7 +891,7 @@ static void xr_ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
     in.u.incoming.id = (uint32_t) rp->id;
     in.u.incoming.handle = l->handle;
     in.u.incoming.mode = XR_INCOMING_CONNECT_OUT;
-    xr_paddr_of(&in.u.incoming.addr, &srv->local);
+    xr_paddr_from_sockaddr(&in.u.incoming.addr, &srv->local);
     memcpy(in.u.incoming.token, rp->token, XR_PROTO_TOKEN);
     in.u.incoming.peer = m->u.peer_connect.src;
     in.u.incoming.client_subject = m->u.peer_connect.client_subject;
@@ -938,7 +899,7 @@ static void xr_ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
     xr_ctl_flush(srv);
     xr_msg_t r = {.type = XR_MSG_RELAY_READY};
     r.u.relay_ready.id = id;
-    xr_paddr_of(&r.u.relay_ready.addr, &c->local);
+    xr_paddr_from_sockaddr(&r.u.relay_ready.addr, &c->local);
     memcpy(r.u.relay_ready.token, rp->token, XR_PROTO_TOKEN);
     xr_ctl_send(c, &r);
     xr_log(XR_LOG_INFO, "agent: relay point %llu for %s", (unsigned long long) rp->id, what);
@@ -1523,7 +1484,8 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
              i = i->ifa_next)
             if (i->ifa_addr != NULL &&
                 (i->ifa_addr->sa_family == AF_INET || i->ifa_addr->sa_family == AF_INET6))
-                xr_paddr_of(&xr_ag.self[xr_ag.nself++], (struct sockaddr_storage *) i->ifa_addr);
+                xr_paddr_from_sockaddr(&xr_ag.self[xr_ag.nself++],
+                                       (struct sockaddr_storage *) i->ifa_addr);
         freeifaddrs(ifs);
     }
     for (size_t i = 0; i < g->agent->npool && xr_ag.nself < XR_ARRAY_SIZE(xr_ag.self); i++) {

@@ -10,7 +10,9 @@
 #include "agent/proto.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/socket.h>
 
 typedef struct {
     int encode;
@@ -364,4 +366,40 @@ size_t xr_proto_encode(const xr_msg_t *m, uint8_t *out, size_t cap)
     out[2] = (uint8_t) (body >> 8);
     out[3] = (uint8_t) body;
     return XR_PROTO_HEADER + body;
+}
+
+void xr_paddr_from_sockaddr(xr_paddr_t *a, const struct sockaddr_storage *ss)
+{
+    memset(a, 0, sizeof(*a));
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *) ss;
+        a->family = 4;
+        a->port = ntohs(s->sin_port);
+        memcpy(a->addr, &s->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *) ss;
+        a->family = 6;
+        a->port = ntohs(s->sin6_port);
+        memcpy(a->addr, &s->sin6_addr, 16);
+    }
+}
+
+unsigned xr_paddr_to_sockaddr(const xr_paddr_t *a, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (a->family == 4) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *) ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(a->port);
+        memcpy(&s4->sin_addr, a->addr, 4);
+        return sizeof(*s4);
+    }
+    if (a->family == 6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *) ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(a->port);
+        memcpy(&s6->sin6_addr, a->addr, 16);
+        return sizeof(*s6);
+    }
+    return 0;
 }

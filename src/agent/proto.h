@@ -186,6 +186,12 @@ xr_proto_status_t xr_proto_decode(const uint8_t *buf, size_t len, xr_msg_t *m, s
  * valid (the same rules as decoding) or cap is too small. */
 size_t xr_proto_encode(const xr_msg_t *m, uint8_t *out, size_t cap);
 
+struct sockaddr_storage;
+/* A socket address as a wire address (family 0 if neither IPv4 nor v6). */
+void xr_paddr_from_sockaddr(xr_paddr_t *a, const struct sockaddr_storage *ss);
+/* And back: the sockaddr's length, or 0 for family 0. */
+unsigned xr_paddr_to_sockaddr(const xr_paddr_t *a, struct sockaddr_storage *ss);
+
 /* Names for logs: "REGISTER", "NOT_AUTHORIZED"; "?" when unknown. */
 const char *xr_proto_type_name(int type);
 const char *xr_proto_err_name(int code);

@@ -174,22 +174,6 @@ int xr_client_local(const xr_client_t *c, struct sockaddr_storage *ss)
     return c->open ? getsockname(c->net.fd, (struct sockaddr *) ss, &len) : -1;
 }
 
-void xr_paddr_from_sockaddr(xr_paddr_t *a, const struct sockaddr_storage *ss)
-{
-    memset(a, 0, sizeof(*a));
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *s = (const struct sockaddr_in *) ss;
-        a->family = 4;
-        a->port = ntohs(s->sin_port);
-        memcpy(a->addr, &s->sin_addr, 4);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *) ss;
-        a->family = 6;
-        a->port = ntohs(s->sin6_port);
-        memcpy(a->addr, &s->sin6_addr, 16);
-    }
-}
-
 static int xr_client_send(xr_client_t *c, const xr_msg_t *m, char *err, size_t errlen)
 {
     uint8_t buf[XR_PROTO_MAX_FRAME];
@@ -371,34 +355,12 @@ int xr_client_fd(const xr_client_t *c)
     return c->open ? c->net.fd : -1;
 }
 
-static int xr_sockaddr_of(const xr_paddr_t *a, struct sockaddr_storage *ss, socklen_t *len)
-{
-    memset(ss, 0, sizeof(*ss));
-    if (a->family == 4) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *) ss;
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(a->port);
-        memcpy(&s4->sin_addr, a->addr, 4);
-        *len = sizeof(*s4);
-        return 0;
-    }
-    if (a->family == 6) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *) ss;
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(a->port);
-        memcpy(&s6->sin6_addr, a->addr, 16);
-        *len = sizeof(*s6);
-        return 0;
-    }
-    return -1;
-}
-
 static int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
-    socklen_t len;
+    socklen_t len = xr_paddr_to_sockaddr(a, &ss);
     char at[80];
-    if (xr_sockaddr_of(a, &ss, &len) < 0) {
+    if (len == 0) {
         snprintf(err, errlen, "bad address");
         return -1;
     }

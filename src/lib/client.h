@@ -92,7 +92,4 @@ void xr_link_drop(xr_link_t *l);
 int xr_link_pump(xr_link_t *link, int sock, int in, int out, int both, void (*tick)(void *),
                  void *arg);
 
-/* sockaddr <-> wire address. */
-void xr_paddr_from_sockaddr(xr_paddr_t *a, const struct sockaddr_storage *ss);
-
 #endif

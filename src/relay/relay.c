@@ -199,8 +199,10 @@ static void xr_relay_timer_cb(uv_timer_t *t)
     uv_timer_start(&r->timer, xr_relay_timer_cb, (uint64_t) (r->conf->idle_timeout - idle), 0);
 }
 
-void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
-                    const struct sockaddr_storage *client, uint64_t id)
+/* A relay of rt's block for a client, counted in the worker and in the
+ * shared counters (the caller reserved xr_shm->active[]). */
+static xr_relay_t *xr_relay_new(uv_loop_t *loop, xr_relay_rt_t *rt,
+                                const struct sockaddr_storage *client, uint64_t id)
 {
     const xr_relay_conf_t *rc = rt->rc;
     xr_relay_t *r = xr_calloc(1, sizeof(*r));
@@ -217,8 +219,23 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
         r->end[i].relay = r;
         r->end[i].ops = &xr_end_tcp_ops;
     }
-    r->state = XR_RELAY_CONNECTING;
     r->last_active = (int64_t) uv_now(loop);
+    uv_timer_init(loop, &r->timer);
+    r->timer.data = r;
+    rt->active++;
+    atomic_fetch_add(&xr_shm->worker_active[xr_worker_slot][rc->slot], 1);
+    atomic_fetch_add(&xr_shm->accepted[rc->slot], 1);
+    r->shm_counted = 1;
+    xr_worker_relay_added(r);
+    return r;
+}
+
+void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
+                    const struct sockaddr_storage *client, uint64_t id)
+{
+    const xr_relay_conf_t *rc = rt->rc;
+    xr_relay_t *r = xr_relay_new(loop, rt, client, id);
+    r->state = XR_RELAY_CONNECTING;
     if (rt->has_log_hooks) {
         socklen_t len = sizeof(r->s.local);
         getsockname(fd, (struct sockaddr *) &r->s.local, &len);
@@ -227,14 +244,6 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
-    uv_timer_init(loop, &r->timer);
-    r->timer.data = r;
-    rt->active++;
-    /* The worker reserved xr_shm->active[] before accepting. */
-    atomic_fetch_add(&xr_shm->worker_active[xr_worker_slot][rc->slot], 1);
-    atomic_fetch_add(&xr_shm->accepted[rc->slot], 1);
-    r->shm_counted = 1;
-    xr_worker_relay_added(r);
 
     if (xr_io_add(&r->end[0].io, fd, xr_relay_io_cb) != XR_OK) {
         int err = errno;
@@ -737,24 +746,9 @@ void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
                    const struct sockaddr_storage *client, uint64_t id)
 {
     const xr_relay_conf_t *rc = rt->rc;
-    xr_relay_t *r = xr_calloc(1, sizeof(*r));
-    r->s.id = id;
-    r->s._core = r;
-    r->s.listener = rc->name;
-    r->s.client = *client;
-    r->s.start_ms = xr_wall_ms();
-    r->rt = rt;
-    r->conf = rc;
-    r->peer = -1;
-    uv_timer_init(loop, &r->timer);
-    r->timer.data = r;
-    rt->active++;
     /* Nothing was accepted through a listener that reserved a slot. */
     atomic_fetch_add(&xr_shm->active[rc->slot], 1);
-    atomic_fetch_add(&xr_shm->worker_active[xr_worker_slot][rc->slot], 1);
-    atomic_fetch_add(&xr_shm->accepted[rc->slot], 1);
-    r->shm_counted = 1;
-    xr_worker_relay_added(r);
+    xr_relay_t *r = xr_relay_new(loop, rt, client, id);
 
     int failed = 0;
     for (int i = 0; i < 2; i++) {
