@@ -303,6 +303,9 @@ static void xr_ctl_timer_closed(uv_handle_t *h)
 
 static void xr_ctl_free(xr_ctl_t *c)
 {
+    /* Freed when the timer's close completes, after this batch of events:
+     * one still queued for c must find it closed, not act on it. */
+    c->closing = 1;
     xr_list_remove(&c->link);
     xr_ag.nsessions--;
     uv_timer_stop(&c->timer);
@@ -1161,6 +1164,8 @@ static void xr_ctl_run(xr_ctl_t *c)
 static void xr_ctl_io(xr_io_t *io, uint32_t events)
 {
     xr_ctl_t *c = xr_container_of(io, xr_ctl_t, end.io);
+    if (c->closing)
+        return; /* joined into a relay or closed earlier in this batch */
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         c->end.readable = 1;
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
