@@ -435,7 +435,7 @@ def test_reload_keeps_established_relays(topology, pki, tmp_path):
 @pytest.mark.timeout(240)
 def test_xray_connect_to_xray_listen_across_two_firewalls(topology, pki, tmp_path):
     """The tools end to end: `xray listen --exec cat` in b, fully bound
-    through agent B; `xray connect OFFICIAL` in a through agent A; 4 MB
+    through agent B; `xray connect OFFICIAL` in a through agent A; 100 MB
     from a file come back byte-exact through the three links."""
     t = topology
     _two_agents(t, pki, tmp_path)
@@ -444,7 +444,7 @@ def test_xray_connect_to_xray_listen_across_two_firewalls(topology, pki, tmp_pat
     i, line = out.wait(r"fully bound: official")
     official = re.search(r"official (\S+)", line).group(1)
     data = tmp_path / "data"
-    data.write_bytes(os.urandom(4 << 20))
+    data.write_bytes(os.urandom(100 << 20))
     with open(data, "rb") as f:
         r = t.run("a", [str(th.XRAY), "connect", official, "--agent", "%s:7000" % t.addr("nata"),
                         "--agent-name", "agent-a", "--cert", pki.crt("app-1"),
@@ -453,7 +453,7 @@ def test_xray_connect_to_xray_listen_across_two_firewalls(topology, pki, tmp_pat
     assert r.returncode == 0, r.stderr
     assert b"relayed through the agents" in r.stderr, r.stderr
     assert r.stdout == data.read_bytes(), "echo differs (%d of %d bytes): %s %s" % (
-        len(r.stdout), 4 << 20, r.stderr, "".join(out.lines))
+        len(r.stdout), 100 << 20, r.stderr, "".join(out.lines))
     out.wait(r"relayed connection from CN=app-1", start=i + 1)
     # refused: an official address nobody holds
     r = t.run("a", [str(th.XRAY), "connect", "%s:20009" % t.pub_addr("natb"), "--agent",
