@@ -58,29 +58,8 @@ def _register(t, pki, agent, local, prior=None):
 def test_server_in_b_registers_with_the_agent_on_natb(topology, pki, tmp_path):
     t = topology
     log = tmp_path / "error.log"
-    conf = tmp_path / "agent.yaml"
     pub = t.pub_addr("natb")
-    conf.write_text("""
-workers: 2
-daemon: off
-pid: %(tmp)s/xrayd.pid
-error_log: %(tmp)s/error.log
-log_level: info
-agent:
-  listen: 0.0.0.0:7000
-  tls:
-    certificate: %(crt)s
-    key: %(key)s
-    client_ca: %(ca)s
-  networks: [198.18.2.0/24]
-  official_pool: ["%(pub)s:20000-20009"]
-  state_file: %(tmp)s/agent.state
-applications:
-  - name: server
-    match: ["CN=app-*"]
-    inbound: on
-""" % dict(tmp=tmp_path, crt=pki.crt("localhost"), key=pki.key("localhost"), ca=pki.ca,
-           pub=pub))
+    conf = _agent_conf(tmp_path, pki, pub, lease="30s")
     master = t.popen("natb", [str(xf.XRAYD_BIN), "-c", str(conf)])
     _wait(lambda: log.exists() and "agent: serving on 0.0.0.0:7000" in log.read_text(), 20,
           "the agent on natb")
@@ -109,7 +88,7 @@ applications:
     assert not bad, text
 
 
-def _agent_conf(tmp, pki, pub):
+def _agent_conf(tmp, pki, pub, lease="3s"):
     conf = tmp / "agent.yaml"
     conf.write_text("""
 workers: 2
@@ -126,12 +105,13 @@ agent:
   networks: [198.18.2.0/24]
   official_pool: ["%(pub)s:20000-20009"]
   state_file: %(tmp)s/agent.state
-  lease_time: 3s
+  lease_time: %(lease)s
 applications:
   - name: server
     match: ["CN=app-*"]
     inbound: on
-""" % dict(tmp=tmp, crt=pki.crt("localhost"), key=pki.key("localhost"), ca=pki.ca, pub=pub))
+""" % dict(tmp=tmp, crt=pki.crt("localhost"), key=pki.key("localhost"), ca=pki.ca, pub=pub,
+           lease=lease))
     return conf
 
 

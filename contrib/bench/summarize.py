@@ -5,7 +5,9 @@ RAW has one measurement per line: "RUN RELAY METRIC VALUE" (VALUE may be NA).
 Values are medians over the runs; ratios are the median of the per-run ratios
 (each run measures every relay back to back, so a per-run ratio cancels drift).
 LOGDIR holds the relays' logs; xrayd's error logs are scanned for problems."""
-import collections, glob, os, re, statistics, sys
+import collections, glob, os, re, sys
+
+from benchstats import Stats, fmt
 
 raw_path, env_path, log_dir = sys.argv[1:4]
 data = collections.defaultdict(dict)          # (relay, metric) -> {run: value}
@@ -21,50 +23,9 @@ for line in open(raw_path):
 runs = sorted({r for d in data.values() for r in d})
 
 
-def vals(relay, metric):
-    return [v for v in data.get((relay, metric), {}).values() if v is not None]
-
-
-def med(relay, metric):
-    v = vals(relay, metric)
-    return statistics.median(v) if v else None
-
-
-def spread(relay, metric):
-    v = vals(relay, metric)
-    m = statistics.median(v) if v else None
-    if len(v) < 2 or not m:
-        return None
-    return (max(v) - min(v)) / abs(m) * 100
-
-
-def ratio(a, b, metric):
-    per_run = []
-    da, db = data.get((a, metric), {}), data.get((b, metric), {})
-    for r in runs:
-        x, y = da.get(r), db.get(r)
-        if x is not None and y:
-            per_run.append(x / y)
-    return statistics.median(per_run) if per_run else None
-
-
-def total(relay, metric):
-    v = vals(relay, metric)
-    return int(sum(v)) if v else None
-
-
-def fmt(x, nd=2):
-    if x is None:
-        return "NA"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.{nd}f}"
-
-
-def cell(relay, metric, nd=2):
-    m = med(relay, metric)
-    s = spread(relay, metric)
-    return fmt(m, nd) + (f" ({s:.0f}%)" if s is not None else "")
+stats = Stats(data)
+vals, med, spread, ratio, total, cell = (stats.vals, stats.med, stats.spread, stats.ratio,
+                                         stats.total, stats.cell)
 
 
 LABEL = {"direct": "direct (no relay)", "xrayd": "xrayd workers:2", "xrayd_w1": "xrayd workers:1",

@@ -5,7 +5,9 @@ RAW has one measurement per line: "RUN VARIANT METRIC VALUE" (VALUE may be NA; r
 holds strings such as the negotiated suite). Values are medians over the runs, (N%) is
 (max-min)/median, ratios are the median of the per-run ratios. xrayd's error logs in
 LOGDIR are digested at the end."""
-import collections, glob, os, re, statistics, sys
+import collections, glob, os, re, sys
+
+from benchstats import Stats, fmt
 
 raw_path, env_path, log_dir = sys.argv[1:4]
 data = collections.defaultdict(dict)  # (variant, metric) -> {run: value}
@@ -25,49 +27,9 @@ for line in open(raw_path):
 runs = sorted({r for d in data.values() for r in d})
 
 
-def vals(v, m):
-    return [x for x in data.get((v, m), {}).values() if x is not None]
-
-
-def med(v, m):
-    x = vals(v, m)
-    return statistics.median(x) if x else None
-
-
-def spread(v, m):
-    x = vals(v, m)
-    md = statistics.median(x) if x else None
-    if len(x) < 2 or not md:
-        return None
-    return (max(x) - min(x)) / abs(md) * 100
-
-
-def ratio(a, b, m):
-    per = []
-    da, db = data.get((a, m), {}), data.get((b, m), {})
-    for r in runs:
-        x, y = da.get(r), db.get(r)
-        if x is not None and y:
-            per.append(x / y)
-    return statistics.median(per) if per else None
-
-
-def total(v, m):
-    x = vals(v, m)
-    return int(sum(x)) if x else None
-
-
-def fmt(x, nd=2):
-    if x is None:
-        return "NA"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.{nd}f}"
-
-
-def cell(v, m, nd=2):
-    s = spread(v, m)
-    return fmt(med(v, m), nd) + (f" ({s:.0f}%)" if s is not None else "")
+stats = Stats(data)
+vals, med, spread, ratio, total, cell = (stats.vals, stats.med, stats.spread, stats.ratio,
+                                         stats.total, stats.cell)
 
 
 LABEL = {"direct": "direct (no proxy)", "xrayd": "xrayd workers:2", "xrayd_w1": "xrayd workers:1",

@@ -400,12 +400,7 @@ static void xr_ctl_error(xr_ctl_t *c, uint32_t id, int code, const char *fmt, ..
 /* Is a in one of the private networks this agent serves? */
 static int xr_is_private(const xr_paddr_t *a)
 {
-    xr_paddr_t probe = *a;
-    probe.port = 1; /* network rules cover every port */
-    for (size_t i = 0; i < xr_ag.conf->nnetworks; i++)
-        if (xr_net_rule_covers(&xr_ag.conf->networks[i], &probe))
-            return 1;
-    return 0;
+    return xr_net_rules_cover_addr(xr_ag.conf->networks, xr_ag.conf->nnetworks, a);
 }
 
 static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
@@ -709,13 +704,10 @@ static xr_ctl_t *xr_ctl_dial(const xr_peer_conf_t *peer, const xr_paddr_t *to, x
 
 static const xr_peer_conf_t *xr_peer_for(const xr_paddr_t *dst)
 {
-    xr_paddr_t probe = *dst;
     for (size_t i = 0; i < xr_ag.conf->npeers; i++)
-        for (size_t j = 0; j < xr_ag.conf->peers[i].nnetworks; j++) {
-            probe.port = 1;
-            if (xr_net_rule_covers(&xr_ag.conf->peers[i].networks[j], &probe))
-                return &xr_ag.conf->peers[i];
-        }
+        if (xr_net_rules_cover_addr(xr_ag.conf->peers[i].networks, xr_ag.conf->peers[i].nnetworks,
+                                    dst))
+            return &xr_ag.conf->peers[i];
     return NULL;
 }
 

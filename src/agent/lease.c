@@ -246,20 +246,6 @@ int xr_leases_save(const xr_leases_t *L, const char *path)
     return 0;
 }
 
-static int xr_parse_paddr(const char *s, xr_paddr_t *a)
-{
-    xr_net_rule_t r;
-    char why[64];
-    if (xr_net_rule_parse(s, &r, why, sizeof(why)) != XR_OK || r.family == 0 ||
-        r.prefix != (r.family == 4 ? 32 : 128) || r.port_lo != r.port_hi || strchr(s, '/'))
-        return -1;
-    memset(a, 0, sizeof(*a));
-    a->family = r.family;
-    a->port = r.port_lo;
-    memcpy(a->addr, r.addr, 16);
-    return 0;
-}
-
 int xr_leases_load(xr_leases_t *L, const char *path, int64_t now, char *why, size_t whylen)
 {
     FILE *f = fopen(path, "re");
@@ -295,7 +281,7 @@ int xr_leases_load(xr_leases_t *L, const char *path, int64_t now, char *why, siz
             return -1;
         }
         xr_paddr_t o, l;
-        if (xr_parse_paddr(off, &o) < 0 || xr_parse_paddr(loc, &l) < 0) {
+        if (xr_paddr_parse(off, &o) < 0 || xr_paddr_parse(loc, &l) < 0) {
             snprintf(why, whylen, "%s:%d: bad address", path, lineno);
             fclose(f);
             return -1;

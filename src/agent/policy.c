@@ -236,6 +236,32 @@ int xr_net_rule_covers(const xr_net_rule_t *r, const xr_paddr_t *a)
     return r->family == 0 || xr_in_net(r->family, r->addr, r->prefix, a);
 }
 
+int xr_net_rules_cover_addr(const xr_net_rule_t *rules, size_t n, const xr_paddr_t *a)
+{
+    xr_paddr_t probe = *a;
+    for (size_t i = 0; i < n; i++) {
+        probe.port = rules[i].port_lo; /* the port is not the question */
+        if (xr_net_rule_covers(&rules[i], &probe))
+            return 1;
+    }
+    return 0;
+}
+
+int xr_paddr_parse(const char *text, xr_paddr_t *a)
+{
+    xr_net_rule_t r;
+    char why[160];
+    if (xr_net_rule_parse(text, &r, why, sizeof(why)) != XR_OK || r.family == 0 ||
+        r.prefix != (r.family == 4 ? 32 : 128) || r.port_lo != r.port_hi ||
+        strchr(text, '/') != NULL)
+        return -1;
+    memset(a, 0, sizeof(*a));
+    a->family = r.family;
+    a->port = r.port_lo;
+    memcpy(a->addr, r.addr, 16);
+    return 0;
+}
+
 typedef struct {
     uint8_t family, prefix;
     uint8_t net[16];

@@ -60,6 +60,13 @@ int xr_net_rule_parse(const char *text, xr_net_rule_t *r, char *why, size_t whyl
 /* Does rule r cover address and port a? */
 int xr_net_rule_covers(const xr_net_rule_t *r, const xr_paddr_t *a);
 
+/* Does one of rules[0..n) cover address a, whatever its port (networks
+ * such as an agent's `networks` or a peer's)? */
+int xr_net_rules_cover_addr(const xr_net_rule_t *rules, size_t n, const xr_paddr_t *a);
+
+/* Parse "ADDR:PORT" or "[V6]:PORT" (one address, one port).  0 or -1. */
+int xr_paddr_parse(const char *text, xr_paddr_t *a);
+
 /* The first application whose match patterns match id, or NULL. */
 const xr_app_conf_t *xr_policy_find(const xr_policy_t *p, const xr_identity_t *id);
 

@@ -54,15 +54,11 @@ int xr_connect_main(int argc, char **argv)
             return 2;
         }
     }
-    xr_net_rule_t rule;
-    if (dst_s == NULL || xr_net_rule_parse(dst_s, &rule, err, sizeof(err)) != XR_OK ||
-        rule.family == 0 || rule.prefix != (rule.family == 4 ? 32 : 128) ||
-        rule.port_lo != rule.port_hi || strchr(dst_s, '/') != NULL || rule.port_hi == 65535) {
+    xr_paddr_t dst;
+    if (dst_s == NULL || xr_paddr_parse(dst_s, &dst) < 0) {
         fprintf(stderr, "xray connect: give the server's official ADDRESS:PORT\n");
         return 2;
     }
-    xr_paddr_t dst = {.family = rule.family, .port = rule.port_lo};
-    memcpy(dst.addr, rule.addr, 16);
     if (cf.agent == NULL)
         cf.agent = xr_listen_default_agent(agent_buf, sizeof(agent_buf));
     if (cf.agent == NULL || cf.cert == NULL || cf.key == NULL || cf.ca == NULL) {

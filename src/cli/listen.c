@@ -105,16 +105,6 @@ static int xr_private_parse(xr_private_t *p, const char *list, char *err, size_t
     return 0;
 }
 
-static int xr_is_private_addr(const xr_private_t *p, const xr_paddr_t *a)
-{
-    xr_paddr_t probe = *a;
-    probe.port = 1;
-    for (size_t i = 0; i < p->n; i++)
-        if (xr_net_rule_covers(&p->rules[i], &probe))
-            return 1;
-    return 0;
-}
-
 typedef struct {
     xr_client_t *client;
     xr_bound_t state;
@@ -459,7 +449,7 @@ int xr_listen_main(int argc, char **argv)
     } else {
         fprintf(stderr, "xray listen: %s\n", err);
         xr_listen_local(&l);
-        if (xr_is_private_addr(&priv, &l.local)) {
+        if (xr_net_rules_cover_addr(priv.rules, priv.n, &l.local)) {
             l.state = XR_LOCALLY_BOUND;
             xr_listen_report(&l, "no agent, so no official address; connections from this "
                                  "network only");
