@@ -164,9 +164,13 @@ application's at the server's agent, the client application's at the
 client's), decrypting and re-encrypting on every hop. A relay point not
 linked on both sides within twice
 <a href="#d-agent-handshake_timeout">handshake_timeout</a> expires. The
-server's library connects out to its agent's relay point (INCOMING mode 2,
-the GCB technique), so the agent never needs a way into the server's
-host.</p>
+server's agent reaches the server as <a href="#d-agent-incoming">incoming</a>
+says: by default it dials the server's local address (INCOMING mode 1) and,
+when that fails, has the server's library connect out to the relay point
+(mode 2, the GCB technique). The client's agent keeps one standing TLS
+session to each peer agent and sends every PEER_CONNECT on it, so a new
+connection costs the agents no handshake of their own but its link (and
+that one resumes).</p>
 <p>Who may do what is the <a href="#d-applications">applications</a>
 policy: a library whose certificate no application matches is refused at
 once, with the reason in the log.</p>""",
@@ -219,6 +223,22 @@ them, that is lie inside them (<code>127.0.0.1:9000</code>,
 loopback is how a TURN server was turned into a proxy into its own network
 (CVE-2020-26262). IPv4-mapped IPv6 addresses are judged as the IPv4
 address they carry.</p>""",
+    },
+    "agent/incoming": {
+        "syntax": "<code>auto</code> | <code>inbound</code> | <code>connect_out</code>",
+        "text": """
+<p>How this agent reaches a server for a relayed connection (XRAY &sect;5.2
+step 6). <code>inbound</code>: it tells the server's library (INCOMING mode
+1), then dials the server's registered local address from the address the
+library reaches the agent at, presents the agent's certificate, checks that
+the server presents the certificate that registered, and sends LINK; a
+failure fails the connection. <code>connect_out</code>: the library connects
+out to the relay point (mode 2, the GCB technique), for an agent that sits
+outside the server's network and cannot dial it. <code>auto</code> (the
+default) dials, and falls back to mode 2 when the server cannot be dialed or
+does not take the link within 1 s. <code>xray status</code> counts both
+ways (<code>servers_dialed</code>, <code>servers_connected_out</code>).</p>""",
+        "example": "agent:\n  incoming: connect_out",
     },
     "agent/admin_socket": {
         "text": """

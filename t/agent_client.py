@@ -2,6 +2,7 @@
 html-docs/protocol.html (not from the C code), so the tests also check that
 the page is enough to write one."""
 
+import hashlib
 import ipaddress
 import os
 import socket
@@ -47,6 +48,32 @@ def parse_addr(b):
         return None
     ip = ipaddress.ip_address(b[3:7] if fam == 4 else b[3:19])
     return (str(ip), port)
+
+
+def _der(b, i):
+    """(tag, content start, content end) of the DER element at b[i]."""
+    tag, n = b[i], b[i + 1]
+    j = i + 2
+    if n & 0x80:
+        k = n & 0x7F
+        n = int.from_bytes(b[j:j + k], "big")
+        j += k
+    return tag, j, j + n
+
+
+def spki_sha256(der):
+    """SHA-256 of a certificate's DER SubjectPublicKeyInfo (the protocol's keyhash)."""
+    _, c, _ = _der(der, 0)
+    _, p, end = _der(der, c)
+    fields = []
+    while p < end and len(fields) < 7:
+        tag, _, e = _der(der, p)
+        fields.append((tag, p, e))
+        p = e
+    if fields[0][0] == 0xA0:  # [0] version
+        fields = fields[1:]
+    _, s, e = fields[5]
+    return hashlib.sha256(der[s:e]).digest()
 
 
 class AgentError(Exception):
@@ -216,41 +243,124 @@ def _register(argv):
     return 0
 
 
+def _echo_stream(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+
+
+def _opens_tls(c, wait=1.0):
+    """Does the connection open with a TLS handshake record (the agent's
+    link), rather than a direct client's bytes?"""
+    import select
+    if not select.select([c], [], [], wait)[0]:
+        return False
+    try:
+        return c.recv(1, socket.MSG_PEEK) == b"\x16"
+    except OSError:
+        return False
+
+
 def _serve(argv):
-    """serve AGENT CA CERT KEY LOCAL: register, print the official address,
-    then take every INCOMING: link to the relay point and echo."""
+    """serve AGENT CA CERT KEY LOCAL [--connect-out-only]: register LOCAL,
+    print the official address, then take every INCOMING and echo.  Mode 1:
+    the agent dials LOCAL (from the address the control connection reaches
+    it at); accept as the TLS server, check the agent's key, expect LINK
+    with a token an INCOMING named (it may come a moment after the link),
+    answer LINK_OK, ACK both ways.  Mode 2: link out to the relay point.
+    With --connect-out-only nothing listens on LOCAL, so the agent must fall
+    back to mode 2.  Other connections to LOCAL are direct clients: echoed
+    without TLS."""
     import json
+    import ssl
     import threading
+    listen = "--connect-out-only" not in argv
     ctx = _ctx(argv[1], argv[2], argv[3])
     s = _session(argv[0], ctx)
-    handle, lease, off = s.register(_hp(argv[4]))
+    local = _hp(argv[4])
+    agent_key = spki_sha256(s.s.getpeercert(True))
+    agent_ip = s.s.getpeername()[0]
+    ls = None
+    if listen:
+        ls = socket.socket(socket.AF_INET6 if ":" in local[0] else socket.AF_INET)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(local)
+        ls.listen(128)
+    handle, lease, off = s.register(local)
     print(json.dumps({"official": "%s:%d" % off}), flush=True)
     lctx = link_ctx(argv[1], argv[2], argv[3])
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.minimum_version = sctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    sctx.verify_mode = ssl.CERT_REQUIRED
+    sctx.load_verify_locations(argv[1])
+    sctx.load_cert_chain(argv[2], argv[3])
+    expected, cond = {}, threading.Condition()
 
     def echo(mode, rp, token, peer, subject):
         try:
             c = open_link(lctx, rp, token)
             c.settimeout(60)
-            print(json.dumps({"accepted": subject}), flush=True)
-            while True:
-                d = c.recv(65536)
-                if not d:
-                    break
-                c.sendall(d)
-            c.close()
+            print(json.dumps({"accepted": subject, "mode": 2}), flush=True)
+            _echo_stream(c)
         except (OSError, EOFError, AgentError) as e:
             print(json.dumps({"link_error": str(e)}), flush=True)
 
-    s.s.settimeout(None)
+    def inbound(raw):
+        try:
+            c = sctx.wrap_socket(raw, server_side=True)
+            c.settimeout(60)
+            if spki_sha256(c.getpeercert(True)) != agent_key:
+                raise OSError("the link's certificate is not the agent's")
+            link = Session.__new__(Session)
+            link.s = c
+            token = link.expect(LINK)
+            with cond:
+                cond.wait_for(lambda: token in expected, 2)
+                subject = expected.pop(token, None)
+            if subject is None:
+                c.sendall(frame(ERROR, struct.pack(">HI", 8, 0) + pstr("no such INCOMING")))
+                raise OSError("a link with a token no INCOMING named")
+            c.sendall(frame(LINK_OK, b"") + frame(ACK, b""))
+            link.expect(ACK)
+            print(json.dumps({"accepted": subject, "mode": 1}), flush=True)
+            _echo_stream(c)
+        except (OSError, EOFError, AgentError, ssl.SSLError) as e:
+            print(json.dumps({"link_error": str(e)}), flush=True)
+            raw.close()
+
+    def accept_loop():
+        while True:
+            try:
+                c, peer = ls.accept()
+            except OSError:
+                return
+            fn = inbound if peer[0] == agent_ip and _opens_tls(c) else _echo_stream
+            t = threading.Thread(target=fn, args=(c,), daemon=True)
+            t.start()
+            threads.append(t)
+
     threads = []
+    if ls is not None:
+        threading.Thread(target=accept_loop, daemon=True).start()
+    s.s.settimeout(None)
     while True:  # the tests' leases outlast them: no heartbeats needed
         try:
             got = s.incoming()
         except (EOFError, OSError):
             # the agent went away: connections already linked go on (§6)
-            for t in threads:
+            for t in list(threads):
                 t.join(120)
             return 0
+        mode, token, subject = got[0], got[2], got[4]
+        with cond:
+            if mode == 1:
+                expected[token] = subject
+                cond.notify_all()
+                continue
+            expected.pop(token, None)  # a fall back from mode 1
         t = threading.Thread(target=echo, args=got, daemon=True)
         t.start()
         threads.append(t)

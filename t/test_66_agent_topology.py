@@ -189,8 +189,9 @@ def test_xray_listen_in_b_half_bound_and_back(topology, pki, tmp_path):
 
 # ---- connection setup across the two firewalls (XRAY §5.2) -----------------------
 
-def _two_agents(t, pki, tmp, server_filters=""):
-    """Agent A on nata, agent B on natb, each the other's peer."""
+def _two_agents(t, pki, tmp, server_filters="", b_extra=""):
+    """Agent A on nata, agent B on natb, each the other's peer; b_extra:
+    more lines for agent B's agent block."""
     for name in ("agent-a", "agent-b"):
         if not os.path.exists(pki.crt(name)):
             pki._issue(pki.ca1, name, "--both", "--san", "DNS:" + name)
@@ -227,7 +228,7 @@ agent:
   networks: [%(lan)s]
   official_pool: ["%(pub)s:20000-20009"]
   admin_socket: %(d)s/agent.sock
-  peers:
+%(extra)s  peers:
     - networks: ["%(opub)s/32"]
       agent: %(opub)s:7000
       match: ["CN=agent-%(other)s"]
@@ -238,7 +239,7 @@ agent:
         server_name: agent-%(other)s
 applications:%(apps)s""" % dict(d=d, crt=pki.crt("agent-" + me), key=pki.key("agent-" + me),
                                    ca=pki.ca, lan=lan, pub=my_pub, opub=other_pub,
-                                   other=other, apps=apps))
+                                   other=other, apps=apps, extra=b_extra if me == "b" else ""))
         confs[me] = d
         t.popen("nat" + me, [str(xf.XRAYD_BIN), "-c", str(conf)])
     for me, d in confs.items():
@@ -247,12 +248,12 @@ applications:%(apps)s""" % dict(d=d, crt=pki.crt("agent-" + me), key=pki.key("ag
     return confs
 
 
-def _serve_in_b(t, pki):
+def _serve_in_b(t, pki, *extra):
     """t/agent_client.py serve in b: registers 198.18.2.2:8080 with agent B
     and echoes every relayed connection; its first stdout line is JSON
     with the official address."""
     return t.popen("b", [sys.executable, CLIENT, "serve", "%s:7000" % t.addr("natb"), pki.ca,
-                         pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080"],
+                         pki.crt("relay-b"), pki.key("relay-b"), "198.18.2.2:8080", *extra],
                    env=dict(os.environ, PYTHONPATH=str(HERE)), stdout=subprocess.PIPE,
                    stderr=subprocess.PIPE, text=True)
 
@@ -418,7 +419,7 @@ def test_xray_connect_to_xray_listen_across_two_firewalls(topology, pki, tmp_pat
     through agent B; `xray connect OFFICIAL` in a through agent A; 100 MB
     from a file come back byte-exact through the three links."""
     t = topology
-    _two_agents(t, pki, tmp_path)
+    confs = _two_agents(t, pki, tmp_path)
     listener = _xray_listen_in_b(t, pki)
     out = _Lines(listener)
     i, line = out.wait(r"fully bound: official")
@@ -435,6 +436,8 @@ def test_xray_connect_to_xray_listen_across_two_firewalls(topology, pki, tmp_pat
     assert r.stdout == data.read_bytes(), "echo differs (%d of %d bytes): %s %s" % (
         len(r.stdout), 100 << 20, r.stderr, "".join(out.lines))
     out.wait(r"relayed connection from CN=app-1", start=i + 1)
+    # agent B dialed xray listen's socket (INCOMING mode 1)
+    assert _status(t, "natb", confs["b"])["counters"]["servers_dialed"] == 1
     # refused: an official address nobody holds
     r = t.run("a", [str(th.XRAY), "connect", "%s:20009" % t.pub_addr("natb"), "--agent",
                     "%s:7000" % t.addr("nata"), "--agent-name", "agent-a",
@@ -508,3 +511,72 @@ def test_same_network_is_direct_and_links_are_checked(topology, pki, tmp_path):
     assert "refused: not the certificate the relay point expects" in text, text
     listener.send_signal(signal.SIGTERM)
     listener.wait(timeout=20)
+
+
+def _server_lines(server, n, timeout=30):
+    """The next n JSON lines the serve process prints."""
+    got = []
+    end = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < end:
+        line = server.stdout.readline()
+        if not line:
+            break
+        got.append(json.loads(line))
+    return got
+
+
+@pytest.mark.timeout(240)
+def test_server_agent_dials_the_server_or_has_it_connect_out(topology, pki, tmp_path):
+    """XRAY §5.2 step 6 and the GCB technique: agent B dials the server's
+    local address (INCOMING mode 1) when it can; a server that does not
+    listen there gets INCOMING mode 2 (connect out) after the dial fails,
+    and the connection works either way.  The agents talk over one
+    standing session however many connections they set up."""
+    t = topology
+    confs = _two_agents(t, pki, tmp_path)
+    server = _serve_in_b(t, pki)
+    official = json.loads(server.stdout.readline())["official"]
+    agent_a = "%s:7000" % t.addr("nata")
+    creds = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
+    for n in range(5):
+        got = _client(t, "a", "connect", agent_a, *creds, official, str(1000 + n))
+        assert got.get("equal"), got
+    assert [x.get("mode") for x in _server_lines(server, 5)] == [1] * 5
+    st_a, st_b = _status(t, "nata", confs["a"]), _status(t, "natb", confs["b"])
+    assert st_b["counters"]["servers_dialed"] == 5, st_b
+    assert st_b["counters"]["servers_connected_out"] == 0, st_b
+    assert st_a["counters"]["peer_sessions_opened"] == 1, st_a
+    assert st_a["peers"] == [{"agent": "%s:7000" % t.pub_addr("natb"), "session": "up"}], st_a
+    server.kill()
+    server.wait()
+
+    # a server that cannot be dialed (the old lease stays reserved for its
+    # holder until it expires, so this one gets the next address)
+    server = _serve_in_b(t, pki, "--connect-out-only")
+    official = json.loads(server.stdout.readline())["official"]
+    got = _client(t, "a", "connect", agent_a, *creds, official, "4321")
+    assert got.get("equal"), got
+    assert [x.get("mode") for x in _server_lines(server, 1)] == [2]
+    st_b = _status(t, "natb", confs["b"])
+    assert st_b["counters"]["servers_connected_out"] == 1, st_b
+    assert re.search(r"cannot dial the server \(.*\); asking it to connect out",
+                     (confs["b"] / "error.log").read_text())
+    server.kill()
+
+
+@pytest.mark.timeout(240)
+def test_incoming_connect_out_never_dials(topology, pki, tmp_path):
+    """`incoming: connect_out` (an agent outside the server's network):
+    servers always connect out to the relay point (mode 2)."""
+    t = topology
+    confs = _two_agents(t, pki, tmp_path, b_extra="  incoming: connect_out\n")
+    server = _serve_in_b(t, pki)
+    official = json.loads(server.stdout.readline())["official"]
+    got = _client(t, "a", "connect", "%s:7000" % t.addr("nata"), pki.ca, pki.crt("app-1"),
+                  pki.key("app-1"), official, "2000")
+    assert got.get("equal"), got
+    assert [x.get("mode") for x in _server_lines(server, 1)] == [2]
+    st_b = _status(t, "natb", confs["b"])
+    assert st_b["counters"]["servers_dialed"] == 0 and \
+        st_b["counters"]["servers_connected_out"] == 1, st_b
+    server.kill()

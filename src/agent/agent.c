@@ -48,6 +48,8 @@ const xr_directive_t xr_peer_directives[] = {
      "How to speak TLS to it: ca, certificate, key, server_name."},
     XR_DIRECTIVES_END};
 
+static const char *const xr_reach_names[] = {"auto", "inbound", "connect_out", NULL};
+
 const xr_directive_t xr_agent_directives[] = {
     {"listen", A, XR_T_ADDR, GO(listen), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
      "Address libraries and other agents connect to (TLS, mutual authentication)."},
@@ -67,6 +69,9 @@ const xr_directive_t xr_agent_directives[] = {
      "Other agents: the official networks each serves, its address, certificate and TLS."},
     {"admin_socket", A, XR_T_PATH, GO(admin_socket), NULL, 0, 0, NULL, NULL, 0,
      "UNIX socket (mode 0600) that `xray status` reads the agent's state from."},
+    {"incoming", A, XR_T_ENUM, GO(incoming), "auto", 0, 0, xr_reach_names, NULL, 0,
+     "How relayed connections reach servers: auto (dial the server, else ask it to connect "
+     "out), inbound (dial only) or connect_out (ask only)."},
     XR_DIRECTIVES_END};
 
 #undef A
@@ -90,6 +95,8 @@ int xr_agent_set(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directi
                              "the agent identifies applications by certificate: its tls needs "
                              "client_ca and verify_client: required");
     a->tls->keep_peer = 1;
+    if (a->incoming != XR_REACH_CONNECT_OUT && (a->dial_tls = xr_tls_client_of(cf, a->tls)) == NULL)
+        return XR_ERROR;
     a->networks = xr_conf_alloc(cf, (a->networks_text.n + 1) * sizeof(xr_net_rule_t));
     const xr_node_t *nn = xr_node_get(n, "networks");
     for (size_t i = 0; i < a->networks_text.n; i++) {
@@ -224,13 +231,14 @@ typedef struct {
     xr_list_t link;
     const xr_app_conf_t *app;   /* library sessions */
     const xr_peer_conf_t *peer; /* agent sessions, both ways */
-    xr_rp_t *rp;                /* links, and our control session to a peer */
+    xr_rp_t *rp;                /* links */
     int side;                   /* links: the relay point's side */
     struct sockaddr_storage local, remote;
     char peer_addr[64]; /* remote address, for logs */
     char who[160];      /* identity for logs */
     char key[65];       /* the peer's public-key SHA-256 */
     int closing;
+    int fail_code; /* what relay points waiting on this session fail with */
     size_t inlen, outlen;
     uint8_t in[XR_CTL_IN];
     uint8_t out[XR_CTL_OUT];
@@ -257,6 +265,20 @@ struct xr_rp_s {
     xr_paddr_t dst, src; /* the client agent's: for PEER_CONNECT */
     char subject[160];   /* the client's identity, for PEER_CONNECT */
     const xr_peer_conf_t *peer;
+    /* Client agent: the PEER_CONNECT on the standing session to the peer
+     * agent, until RELAY_READY or ERROR answers it.  retry: it went out on
+     * a session opened earlier, which may have died unseen; if that
+     * session closes unanswered, ask once more on a fresh one. */
+    xr_ctl_t *via;
+    uint32_t via_id;
+    int asked, retry;
+    /* Server agent: the server's control session (for INCOMING) and what
+     * a fall back from dialing the server to mode 2 needs. */
+    xr_ctl_t *srv;
+    uint64_t handle;
+    xr_paddr_t client_src;
+    char client_subject[256];
+    int fallback;   /* dialing the server; mode 2 if that fails */
     char what[512]; /* for logs: who to what */
     int dead;
     /* The client was told CONNECT_OK before the server's agent answered
@@ -266,10 +288,25 @@ struct xr_rp_s {
     char fail_why[256];
 };
 
+/* A kept TLS session with a server this agent dialed (INCOMING mode 1),
+ * so that the next link to it resumes. */
+typedef struct {
+    xr_paddr_t addr;
+    char key[65];
+    xr_tls_session_t s;
+    uint64_t used;
+} xr_srv_session_t;
+
+#define XR_SRV_SESSIONS 64
+
 static struct {
     uv_loop_t *loop;
     xr_gen_t *gen;
     const xr_agent_conf_t *conf;
+    xr_ctl_t **psess; /* the standing control session to each peer agent */
+    uint32_t next_req;
+    xr_srv_session_t srvs[XR_SRV_SESSIONS];
+    uint64_t srv_clock;
     xr_io_t lio;
     uv_timer_t tick;
     xr_list_t sessions;
@@ -288,12 +325,15 @@ static struct {
     ino_t admin_ino; /* of the path we bound, to remove only our own */
     struct {
         uint64_t sessions, full, resumed, registered, refreshed, unregistered, expired, refused,
-            protocol_errors, connects, direct, relayed, rp_expired;
+            protocol_errors, connects, direct, relayed, rp_expired, inbound, connect_out,
+            peer_sessions;
     } n;
 } xr_ag;
 
 static int xr_ctl_flush(xr_ctl_t *c);
 static void xr_rp_fail(xr_rp_t *rp, int code, const char *why);
+static int xr_peer_ask(xr_rp_t *rp);
+static void xr_rp_connect_out(xr_rp_t *rp, const char *why);
 
 static void xr_ctl_timer_closed(uv_handle_t *h)
 {
@@ -339,12 +379,33 @@ static void xr_ctl_close(xr_ctl_t *c, const char *why)
             rp->side[0] = NULL;
         if (rp->side[1] == c)
             rp->side[1] = NULL;
-        xr_rp_fail(rp, XR_PERR_UNREACHABLE, why);
+        if (c->kind == XR_KIND_LINK_OUT && rp->fallback)
+            xr_rp_connect_out(rp, why); /* the server could not be dialed */
+        else
+            xr_rp_fail(rp, XR_PERR_UNREACHABLE, why);
     }
-    for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = q->next) {
+    if (c->kind == XR_KIND_PEER_OUT)
+        for (size_t i = 0; i < xr_ag.conf->npeers; i++)
+            if (xr_ag.psess[i] == c)
+                xr_ag.psess[i] = NULL;
+    xr_list_t *next;
+    for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = next) {
+        next = q->next; /* a failed relay point leaves the list (only itself) */
         xr_rp_t *r = xr_container_of(q, xr_rp_t, link);
         if (r->requester == c)
             r->requester = NULL;
+        if (r->srv == c)
+            r->srv = NULL;
+        if (r->via != c)
+            continue;
+        r->via = NULL;
+        if (r->dead)
+            continue;
+        if (r->retry && xr_peer_ask(r) == XR_OK)
+            continue; /* asked again on a new session */
+        char msg[300];
+        snprintf(msg, sizeof(msg), "session to peer agent %s closed: %s", r->peer->agent.text, why);
+        xr_rp_fail(r, c->fail_code ? c->fail_code : XR_PERR_UNREACHABLE, msg);
     }
     xr_ctl_free(c);
 }
@@ -473,6 +534,7 @@ static void xr_rp_fail(xr_rp_t *rp, int code, const char *why)
         /* The client's link has not come yet: keep the reason for it. */
         rp->failed = 1;
         rp->fail_code = code;
+        rp->via = NULL; /* an answer still to come finds no relay point */
         snprintf(rp->fail_why, sizeof(rp->fail_why), "%s", why);
         xr_ctl_t *d = rp->side[1];
         rp->side[1] = NULL;
@@ -486,6 +548,7 @@ static void xr_rp_fail(xr_rp_t *rp, int code, const char *why)
         return;
     }
     rp->dead = 1;
+    rp->via = NULL;
     if (rp->requester != NULL) {
         xr_ctl_error(rp->requester, rp->req_id, code, "%s", why);
         xr_ctl_flush(rp->requester);
@@ -551,6 +614,17 @@ static xr_rp_t *xr_rp_find(const uint8_t *token)
     return NULL;
 }
 
+/* Relay points and running relays of app: what max_relays bounds. */
+static size_t xr_rp_count(const xr_app_conf_t *app)
+{
+    size_t n = (size_t) xr_worker_rt(app->relay)->active;
+    for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = q->next) {
+        const xr_rp_t *rp = xr_container_of(q, xr_rp_t, link);
+        n += rp->app == app && !rp->dead && !rp->failed;
+    }
+    return n;
+}
+
 /* Both sides linked: LINK_OK to the links that came to us, then one relay. */
 static void xr_rp_complete(xr_rp_t *rp)
 {
@@ -577,6 +651,7 @@ static void xr_rp_complete(xr_rp_t *rp)
     rp->side[0] = rp->side[1] = NULL;
     s[0]->rp = s[1]->rp = NULL;
     rp->requester = NULL;
+    rp->via = NULL;
     rp->dead = 1;
     xr_list_remove(&rp->link);
     xr_ag.nrps--;
@@ -589,6 +664,8 @@ static void xr_rp_complete(xr_rp_t *rp)
 
 static void xr_rp_linked(xr_rp_t *rp, int side, xr_ctl_t *c)
 {
+    if (side == rp->dial_side)
+        rp->fallback = 0; /* the server took our link */
     rp->side[side] = c;
     rp->linked[side] = 1;
     c->rp = rp;
@@ -636,6 +713,11 @@ static void xr_ctl_run(xr_ctl_t *c);
 static void xr_ctl_timeout(uv_timer_t *t)
 {
     xr_ctl_t *c = t->data;
+    if (c->kind == XR_KIND_LINK_OUT && c->rp != NULL && c->rp->fallback) {
+        xr_log(XR_LOG_INFO, "agent: server %s did not take a link within 1 s", c->peer_addr);
+        xr_ctl_close(c, "no link to the server in time");
+        return;
+    }
     xr_log(XR_LOG_NOTICE, "agent: %s did not finish TLS and HELLO within %lld ms", c->peer_addr,
            (long long) xr_ag.conf->handshake_timeout);
     xr_ctl_close(c, "handshake timeout");
@@ -670,36 +752,6 @@ static xr_ctl_t *xr_ctl_new(int fd, xr_ctl_kind_t kind)
     return c;
 }
 
-/* Connect to another agent (a control session or a link). */
-static xr_ctl_t *xr_ctl_dial(const xr_peer_conf_t *peer, const xr_paddr_t *to, xr_ctl_kind_t kind,
-                             xr_rp_t *rp)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = xr_paddr_to_sockaddr(to, &ss);
-    if (len == 0)
-        return NULL;
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return NULL;
-    if (connect(fd, (struct sockaddr *) &ss, len) != 0 && errno != EINPROGRESS) {
-        close(fd);
-        return NULL;
-    }
-    xr_ctl_t *c = xr_ctl_new(fd, kind);
-    if (c == NULL)
-        return NULL;
-    c->peer = peer;
-    c->rp = rp;
-    c->remote = ss;
-    xr_paddr_str(to, c->peer_addr, sizeof(c->peer_addr));
-    c->state = XR_CTL_CONNECTING;
-    if (xr_tls_end_start(&c->end, peer->tls) != XR_OK) {
-        xr_ctl_close(c, "out of memory");
-        return NULL;
-    }
-    return c;
-}
-
 /* ---- connection setup (XRAY §5.2) ------------------------------------------- */
 
 static const xr_peer_conf_t *xr_peer_for(const xr_paddr_t *dst)
@@ -709,6 +761,126 @@ static const xr_peer_conf_t *xr_peer_for(const xr_paddr_t *dst)
                                     dst))
             return &xr_ag.conf->peers[i];
     return NULL;
+}
+
+/* TCP keepalive on sessions that stay open between requests (standing
+ * sessions to peer agents, libraries' control sessions): a peer that
+ * vanished without a FIN is noticed in about a minute, not never. */
+static void xr_ctl_keepalive(int fd)
+{
+    int on = 1, idle = 30, intvl = 10, cnt = 3;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+}
+
+/* Connect to another agent or to a server (a control session or a
+ * link), with TLS conf tls, offering the session in slot (NULL: the
+ * conf's own), from local address from (NULL: any). */
+static xr_ctl_t *xr_ctl_dial_tls(xr_tls_conf_t *tls, xr_tls_session_t *slot,
+                                 const struct sockaddr_storage *from, const xr_paddr_t *to,
+                                 xr_ctl_kind_t kind, xr_rp_t *rp)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = xr_paddr_to_sockaddr(to, &ss);
+    if (len == 0)
+        return NULL;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    if (from != NULL && from->ss_family == ss.ss_family) {
+        /* The server tells the agent's links from direct clients by their
+         * source: the address it reaches the agent at. */
+        struct sockaddr_storage b = *from;
+        socklen_t blen =
+            b.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+        if (b.ss_family == AF_INET)
+            ((struct sockaddr_in *) &b)->sin_port = 0;
+        else
+            ((struct sockaddr_in6 *) &b)->sin6_port = 0;
+        int one = 1;
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *) &b, blen) != 0) {
+            close(fd);
+            return NULL;
+        }
+    }
+    if (connect(fd, (struct sockaddr *) &ss, len) != 0 && errno != EINPROGRESS) {
+        close(fd);
+        return NULL;
+    }
+    xr_ctl_t *c = xr_ctl_new(fd, kind);
+    if (c == NULL)
+        return NULL;
+    c->rp = rp;
+    c->remote = ss;
+    xr_paddr_str(to, c->peer_addr, sizeof(c->peer_addr));
+    c->state = XR_CTL_CONNECTING;
+    if (xr_tls_end_start_session(&c->end, tls, slot) != XR_OK) {
+        xr_ctl_close(c, "out of memory");
+        return NULL;
+    }
+    return c;
+}
+
+static xr_ctl_t *xr_ctl_dial(const xr_peer_conf_t *peer, const xr_paddr_t *to, xr_ctl_kind_t kind,
+                             xr_rp_t *rp)
+{
+    xr_ctl_t *c = xr_ctl_dial_tls(peer->tls, NULL, NULL, to, kind, rp);
+    if (c != NULL)
+        c->peer = peer;
+    return c;
+}
+
+/* ---- the standing sessions to peer agents ------------------------------------ */
+
+static void xr_peer_send_connect(xr_ctl_t *s, xr_rp_t *rp)
+{
+    xr_msg_t pc = {.type = XR_MSG_PEER_CONNECT};
+    pc.u.peer_connect.id = rp->via_id;
+    pc.u.peer_connect.proto = XR_PROTO_TCP;
+    pc.u.peer_connect.dst = rp->dst;
+    pc.u.peer_connect.src = rp->src;
+    sodium_hex2bin(pc.u.peer_connect.client_key, sizeof(pc.u.peer_connect.client_key), rp->key[0],
+                   strlen(rp->key[0]), NULL, NULL, NULL);
+    xr_pstr_set(&pc.u.peer_connect.client_subject, rp->subject);
+    xr_ctl_send(s, &pc);
+    rp->asked = 1;
+}
+
+/* Ask rp's peer agent for the server's side (step 3) on the standing
+ * session to it, dialing one when there is none: with many connections
+ * the agents talk over one TLS session, and a connection costs the two
+ * agents no handshake of its own but its link.  XR_OK, or XR_ERROR when
+ * the peer cannot be dialed. */
+static int xr_peer_ask(xr_rp_t *rp)
+{
+    size_t i = (size_t) (rp->peer - xr_ag.conf->peers);
+    xr_ctl_t *s = xr_ag.psess[i];
+    rp->retry = s != NULL && s->state == XR_CTL_READY;
+    if (s == NULL) {
+        xr_paddr_t to;
+        xr_paddr_from_sockaddr(&to, &rp->peer->agent.sa);
+        s = xr_ctl_dial(rp->peer, &to, XR_KIND_PEER_OUT, NULL);
+        if (s == NULL)
+            return XR_ERROR;
+        xr_ctl_keepalive(s->end.io.fd);
+        xr_ag.psess[i] = s;
+        xr_ag.n.peer_sessions++;
+    }
+    rp->via = s;
+    if (++xr_ag.next_req == 0)
+        xr_ag.next_req = 1;
+    rp->via_id = xr_ag.next_req;
+    rp->asked = 0;
+    if (s->state == XR_CTL_READY) {
+        xr_peer_send_connect(s, rp);
+        /* A failure shows as an error edge on s, which closes it and
+         * fails or re-asks what waits on it. */
+        xr_ctl_flush(s);
+    }
+    return XR_OK;
 }
 
 /* Client agent: a library asks for a connection (steps 2-3, 5). */
@@ -749,7 +921,10 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
         xr_ctl_error(c, id, XR_PERR_UNREACHABLE, "no agent is known for %s", d);
         return;
     }
-    if ((size_t) c->app->max_relays <= xr_ag.nrps) {
+    if (xr_rp_count(c->app) >= (size_t) c->app->max_relays) {
+        xr_ag.n.refused++;
+        xr_log(XR_LOG_NOTICE, "agent: CONNECT %s by %s refused: max_relays %lld reached", d, c->who,
+               (long long) c->app->max_relays);
         xr_ctl_error(c, id, XR_PERR_OVER_LIMIT, "max_relays (%lld) reached",
                      (long long) c->app->max_relays);
         return;
@@ -767,9 +942,7 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
     rp->peer = peer;
     xr_paddr_from_sockaddr(&rp->src, &c->remote);
     snprintf(rp->subject, sizeof(rp->subject), "%s", c->who);
-    xr_paddr_t to;
-    xr_paddr_from_sockaddr(&to, &peer->agent.sa);
-    if (xr_ctl_dial(peer, &to, XR_KIND_PEER_OUT, rp) == NULL) {
+    if (xr_peer_ask(rp) != XR_OK) {
         rp->requester = c;
         rp->req_id = id;
         xr_rp_fail(rp, XR_PERR_UNREACHABLE, "cannot connect to the peer agent");
@@ -788,7 +961,7 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
     xr_ctl_send(c, &r);
 }
 
-/* Client agent: our control session to the peer agent is up (TLS done). */
+/* Client agent: the standing session to a peer agent is up (TLS done). */
 static void xr_peer_out_ready(xr_ctl_t *c)
 {
     xr_msg_t h = {.type = XR_MSG_HELLO};
@@ -799,52 +972,129 @@ static void xr_peer_out_ready(xr_ctl_t *c)
     c->state = XR_CTL_FIRST; /* waiting for HELLO_OK */
 }
 
+static xr_rp_t *xr_rp_asked(const xr_ctl_t *via, uint32_t id)
+{
+    for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = q->next) {
+        xr_rp_t *rp = xr_container_of(q, xr_rp_t, link);
+        if (rp->via == via && rp->via_id == id && rp->asked)
+            return rp;
+    }
+    return NULL;
+}
+
 static void xr_peer_out_frame(xr_ctl_t *c, const xr_msg_t *m)
 {
-    xr_rp_t *rp = c->rp;
-    if (rp == NULL) {
-        xr_ctl_close(c, "relay point gone");
+    char why[512];
+    if (m->type == XR_MSG_ERROR && (m->u.error.id == 0 || c->state == XR_CTL_FIRST)) {
+        /* The session itself was refused (HELLO, or a frame it found
+         * invalid): what waits on it fails with the peer's reason. */
+        snprintf(why, sizeof(why), "%s: %s", xr_proto_err_name(m->u.error.code),
+                 m->u.error.message.s);
+        xr_log(XR_LOG_NOTICE, "agent: peer agent %s refused: %s", c->peer_addr, why);
+        c->fail_code = m->u.error.code;
+        xr_ctl_close(c, why);
         return;
     }
-    if (m->type == XR_MSG_HELLO_OK) {
-        xr_msg_t pc = {.type = XR_MSG_PEER_CONNECT};
-        pc.u.peer_connect.id = 1;
-        pc.u.peer_connect.proto = XR_PROTO_TCP;
-        pc.u.peer_connect.dst = rp->dst;
-        pc.u.peer_connect.src = rp->src;
-        sodium_hex2bin(pc.u.peer_connect.client_key, sizeof(pc.u.peer_connect.client_key),
-                       rp->key[0], strlen(rp->key[0]), NULL, NULL, NULL);
-        xr_pstr_set(&pc.u.peer_connect.client_subject, rp->subject);
-        xr_ctl_send(c, &pc);
+    if (c->state == XR_CTL_FIRST) {
+        if (m->type != XR_MSG_HELLO_OK) {
+            c->fail_code = XR_PERR_PROTOCOL;
+            xr_ctl_close(c, "the peer agent did not answer HELLO");
+            return;
+        }
         c->state = XR_CTL_READY;
+        uv_timer_stop(&c->timer);
+        for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = q->next) {
+            xr_rp_t *rp = xr_container_of(q, xr_rp_t, link);
+            if (rp->via == c && !rp->asked)
+                xr_peer_send_connect(c, rp);
+        }
         return;
     }
+    if (m->type != XR_MSG_RELAY_READY && m->type != XR_MSG_ERROR) {
+        xr_ctl_error(c, 0, XR_PERR_PROTOCOL, "%s is not an answer to PEER_CONNECT",
+                     xr_proto_type_name(m->type));
+        c->fail_code = XR_PERR_PROTOCOL;
+        xr_ctl_close(c, "unexpected frame from the peer agent");
+        return;
+    }
+    uint32_t id = m->type == XR_MSG_ERROR ? m->u.error.id : m->u.relay_ready.id;
+    xr_rp_t *rp = xr_rp_asked(c, id);
+    if (rp == NULL)
+        return; /* it expired meanwhile; so will the peer's relay point */
+    rp->via = NULL;
     if (m->type == XR_MSG_ERROR) {
-        char why[512];
         snprintf(why, sizeof(why), "peer agent %s: %s: %s", rp->peer->agent.text,
                  xr_proto_err_name(m->u.error.code), m->u.error.message.s);
-        c->rp = NULL;
         xr_rp_fail(rp, m->u.error.code, why);
-        xr_ctl_close(c, "peer refused");
-        return;
-    }
-    if (m->type != XR_MSG_RELAY_READY) {
-        c->rp = NULL;
-        xr_rp_fail(rp, XR_PERR_PROTOCOL, "the peer agent sent an unexpected frame");
-        xr_ctl_close(c, "unexpected frame");
         return;
     }
     /* Step 5-6: our relay point is ready, the links go up in parallel. */
-    c->rp = NULL;
     xr_ctl_t *link = xr_ctl_dial(rp->peer, &m->u.relay_ready.addr, XR_KIND_LINK_OUT, rp);
     if (link == NULL) {
         xr_rp_fail(rp, XR_PERR_UNREACHABLE, "cannot connect to the peer's relay point");
-        xr_ctl_close(c, "done");
         return;
     }
+    link->side = 1;
     memcpy(link->in, m->u.relay_ready.token, XR_PROTO_TOKEN); /* kept until TLS is up */
     rp->side[1] = link; /* the client already has CONNECT_OK (xr_ctl_connect) */
-    xr_ctl_close(c, "done");
+}
+
+/* ---- the server's side (steps 4 and 6) --------------------------------------- */
+
+/* The kept session for dialing the server at addr with key, or a slot
+ * to keep one in (the least recently used). */
+static xr_tls_session_t *xr_srv_session(const xr_paddr_t *addr, const char *key)
+{
+    xr_srv_session_t *old = &xr_ag.srvs[0];
+    for (size_t i = 0; i < XR_SRV_SESSIONS; i++) {
+        xr_srv_session_t *e = &xr_ag.srvs[i];
+        if (e->used != 0 && memcmp(&e->addr, addr, sizeof(*addr)) == 0 &&
+            strcmp(e->key, key) == 0) {
+            e->used = ++xr_ag.srv_clock;
+            return &e->s;
+        }
+        if (e->used < old->used)
+            old = e;
+    }
+    xr_tls_session_free(&old->s);
+    old->addr = *addr;
+    snprintf(old->key, sizeof(old->key), "%s", key);
+    old->used = ++xr_ag.srv_clock;
+    return &old->s;
+}
+
+static void xr_rp_incoming(xr_rp_t *rp, int mode)
+{
+    xr_msg_t in = {.type = XR_MSG_INCOMING};
+    in.u.incoming.id = (uint32_t) rp->id;
+    in.u.incoming.handle = rp->handle;
+    in.u.incoming.mode = (uint8_t) mode;
+    if (mode == XR_INCOMING_CONNECT_OUT)
+        xr_paddr_from_sockaddr(&in.u.incoming.addr, &rp->srv->local);
+    memcpy(in.u.incoming.token, rp->token, XR_PROTO_TOKEN);
+    in.u.incoming.peer = rp->client_src;
+    xr_pstr_set(&in.u.incoming.client_subject, rp->client_subject);
+    xr_ctl_send(rp->srv, &in);
+    xr_ctl_flush(rp->srv);
+    if (mode == XR_INCOMING_CONNECT_OUT)
+        xr_ag.n.connect_out++;
+}
+
+/* The server could not be dialed (or refused our link): ask its library
+ * to connect out to the relay point instead (the GCB technique). */
+static void xr_rp_connect_out(xr_rp_t *rp, const char *why)
+{
+    rp->fallback = 0;
+    rp->dial_side = -1;
+    rp->linked[1] = 0;
+    if (rp->srv == NULL) {
+        xr_rp_fail(rp, XR_PERR_UNREACHABLE, "the server's control session is gone");
+        return;
+    }
+    xr_log(XR_LOG_INFO,
+           "agent: relay point %llu: cannot dial the server (%s); asking it to connect out",
+           (unsigned long long) rp->id, why);
+    xr_rp_incoming(rp, XR_INCOMING_CONNECT_OUT);
 }
 
 /* Server agent: another agent asks for a connection to one of our servers
@@ -872,6 +1122,14 @@ static void xr_ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
         xr_ctl_error(c, id, XR_PERR_NOT_AUTHORIZED, "the server may not accept connections");
         return;
     }
+    if (xr_rp_count(app) >= (size_t) app->max_relays) {
+        xr_ag.n.refused++;
+        xr_log(XR_LOG_NOTICE, "agent: PEER_CONNECT %s from %s refused: max_relays %lld reached", d,
+               c->who, (long long) app->max_relays);
+        xr_ctl_error(c, id, XR_PERR_OVER_LIMIT, "max_relays (%lld) reached",
+                     (long long) app->max_relays);
+        return;
+    }
     char what[512];
     snprintf(what, sizeof(what), "%s via %s to %s (%s)", m->u.peer_connect.client_subject.s, c->who,
              d, app->name);
@@ -882,22 +1140,49 @@ static void xr_ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
     }
     snprintf(rp->key[0], sizeof(rp->key[0]), "%s", c->key);
     snprintf(rp->key[1], sizeof(rp->key[1]), "%s", l->key);
-    xr_msg_t in = {.type = XR_MSG_INCOMING};
-    in.u.incoming.id = (uint32_t) rp->id;
-    in.u.incoming.handle = l->handle;
-    in.u.incoming.mode = XR_INCOMING_CONNECT_OUT;
-    xr_paddr_from_sockaddr(&in.u.incoming.addr, &srv->local);
-    memcpy(in.u.incoming.token, rp->token, XR_PROTO_TOKEN);
-    in.u.incoming.peer = m->u.peer_connect.src;
-    in.u.incoming.client_subject = m->u.peer_connect.client_subject;
-    xr_ctl_send(srv, &in);
-    xr_ctl_flush(srv);
+    rp->srv = srv;
+    rp->handle = l->handle;
+    rp->client_src = m->u.peer_connect.src;
+    snprintf(rp->client_subject, sizeof(rp->client_subject), "%s",
+             m->u.peer_connect.client_subject.s);
+    int reach = xr_ag.conf->incoming;
+    xr_ctl_t *link = NULL;
+    if (reach != XR_REACH_CONNECT_OUT) {
+        /* Step 6 from this side: dial the server's local address, from the
+         * address its library reaches us at, and tell the library which
+         * token the link will present (mode 1). */
+        xr_rp_incoming(rp, XR_INCOMING_INBOUND);
+        link = xr_ctl_dial_tls(xr_ag.conf->dial_tls, xr_srv_session(&l->local, l->key), &srv->local,
+                               &l->local, XR_KIND_LINK_OUT, rp);
+        if (link != NULL) {
+            xr_ag.n.inbound++;
+            link->side = 1;
+            memcpy(link->in, rp->token, XR_PROTO_TOKEN);
+            rp->dial_side = 1;
+            rp->side[1] = link;
+            if (reach == XR_REACH_AUTO) {
+                rp->fallback = 1;
+                /* A server that drops our SYN must not cost the client the
+                 * whole handshake timeout before the fallback. */
+                uv_timer_start(&link->timer, xr_ctl_timeout,
+                               (uint64_t) XR_MIN(xr_ag.conf->handshake_timeout, 1000), 0);
+            }
+        }
+    }
+    if (link == NULL && reach == XR_REACH_INBOUND) {
+        xr_rp_fail(rp, XR_PERR_UNREACHABLE, "cannot dial the server");
+        xr_ctl_error(c, id, XR_PERR_UNREACHABLE, "the server cannot be reached");
+        return;
+    }
+    if (link == NULL)
+        xr_rp_incoming(rp, XR_INCOMING_CONNECT_OUT);
     xr_msg_t r = {.type = XR_MSG_RELAY_READY};
     r.u.relay_ready.id = id;
     xr_paddr_from_sockaddr(&r.u.relay_ready.addr, &c->local);
     memcpy(r.u.relay_ready.token, rp->token, XR_PROTO_TOKEN);
     xr_ctl_send(c, &r);
-    xr_log(XR_LOG_INFO, "agent: relay point %llu for %s", (unsigned long long) rp->id, what);
+    xr_log(XR_LOG_INFO, "agent: relay point %llu for %s (%s)", (unsigned long long) rp->id, what,
+           link != NULL ? "dialing the server" : "the server connects out");
 }
 
 /* ---- frames ------------------------------------------------------------------ */
@@ -938,6 +1223,7 @@ static void xr_ctl_first(xr_ctl_t *c, const xr_msg_t *m)
             id != NULL && xr_ag.gen->policy != NULL ? xr_policy_find(xr_ag.gen->policy, id) : NULL;
         c->kind = XR_KIND_LIBRARY;
     }
+    xr_ctl_keepalive(c->end.io.fd);
     if (c->app == NULL && c->peer == NULL) {
         xr_ag.n.refused++;
         xr_log(XR_LOG_NOTICE, "agent: %s (%s) refused: no %s matches its certificate", c->peer_addr,
@@ -1112,6 +1398,14 @@ static void xr_ctl_run(xr_ctl_t *c)
         if (c->kind == XR_KIND_PEER_OUT) {
             xr_peer_out_ready(c);
         } else if (c->kind == XR_KIND_LINK_OUT) {
+            if (c->peer == NULL && (c->rp == NULL || strcmp(c->key, c->rp->key[1]) != 0)) {
+                /* A server we dialed: it must be the registered one. */
+                xr_log(XR_LOG_NOTICE,
+                       "agent: server %s presented %s, not the certificate that registered",
+                       c->peer_addr, c->who);
+                xr_ctl_close(c, "not the registered server's certificate");
+                return;
+            }
             xr_msg_t lk = {.type = XR_MSG_LINK};
             memcpy(lk.u.link.token, c->in, XR_PROTO_TOKEN);
             memset(c->in, 0, XR_PROTO_TOKEN);
@@ -1298,6 +1592,13 @@ static size_t xr_pool_size(void)
     return n;
 }
 
+/* The standing session to peer i: "up", "opening" or "none". */
+static const char *xr_peer_state(size_t i)
+{
+    const xr_ctl_t *s = xr_ag.psess[i];
+    return s == NULL ? "none" : s->state == XR_CTL_READY ? "up" : "opening";
+}
+
 static void xr_agent_status(xr_sb_t *b, int json)
 {
     int64_t now = xr_wall_ms();
@@ -1316,12 +1617,15 @@ static void xr_agent_status(xr_sb_t *b, int json)
                                            "connects",
                                            "direct",
                                            "relayed",
-                                           "relay_points_expired"};
-    uint64_t values[] = {xr_ag.n.sessions,   xr_ag.n.full,      xr_ag.n.resumed,
-                         xr_ag.n.registered, xr_ag.n.refreshed, xr_ag.n.unregistered,
-                         xr_ag.n.expired,    xr_ag.n.refused,   xr_ag.n.protocol_errors,
-                         xr_ag.n.connects,   xr_ag.n.direct,    xr_ag.n.relayed,
-                         xr_ag.n.rp_expired};
+                                           "relay_points_expired",
+                                           "servers_dialed",
+                                           "servers_connected_out",
+                                           "peer_sessions_opened"};
+    uint64_t values[] = {
+        xr_ag.n.sessions,        xr_ag.n.full,         xr_ag.n.resumed,     xr_ag.n.registered,
+        xr_ag.n.refreshed,       xr_ag.n.unregistered, xr_ag.n.expired,     xr_ag.n.refused,
+        xr_ag.n.protocol_errors, xr_ag.n.connects,     xr_ag.n.direct,      xr_ag.n.relayed,
+        xr_ag.n.rp_expired,      xr_ag.n.inbound,      xr_ag.n.connect_out, xr_ag.n.peer_sessions};
     if (json) {
         xr_sb_add(b, "{\"version\":\"%s\",\"pid\":%ld,\"generation\":%llu,\"listen\":", XR_VERSION,
                   (long) getpid(), (unsigned long long) xr_ag.gen->number);
@@ -1361,8 +1665,9 @@ static void xr_agent_status(xr_sb_t *b, int json)
         }
         xr_sb_add(b, "],\"relays\":%zu,\"peers\":[", xr_agent_relays());
         for (size_t i = 0; i < xr_ag.conf->npeers; i++) {
-            xr_sb_add(b, "%s", i ? "," : "");
+            xr_sb_add(b, "%s{\"agent\":", i ? "," : "");
             xr_sb_json(b, xr_ag.conf->peers[i].agent.text);
+            xr_sb_add(b, ",\"session\":\"%s\"}", xr_peer_state(i));
         }
         xr_sb_add(b, "]}\n");
         return;
@@ -1402,7 +1707,7 @@ static void xr_agent_status(xr_sb_t *b, int json)
     }
     xr_sb_add(b, "peers: %zu\n", xr_ag.conf->npeers);
     for (size_t i = 0; i < xr_ag.conf->npeers; i++)
-        xr_sb_add(b, "  %s\n", xr_ag.conf->peers[i].agent.text);
+        xr_sb_add(b, "  %s (session %s)\n", xr_ag.conf->peers[i].agent.text, xr_peer_state(i));
 }
 
 /* One short request line ("status" or "status json"), one answer, close.
@@ -1469,6 +1774,9 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
     xr_ag.conf = g->agent;
     xr_list_init(&xr_ag.sessions);
     xr_list_init(&xr_ag.rps);
+    xr_ag.psess = calloc(g->agent->npeers + 1, sizeof(*xr_ag.psess));
+    if (xr_ag.psess == NULL)
+        return XR_ERROR;
     /* What CONNECT_OK tells a library to expect of our certificate, and
      * our own addresses, which no outbound rule reaches unless it names
      * them. */
@@ -1555,6 +1863,10 @@ void xr_agent_stop(void)
         xr_ctl_t *c = xr_container_of(xr_ag.sessions.next, xr_ctl_t, link);
         xr_ctl_close(c, "agent stopping");
     }
+    for (size_t i = 0; i < XR_SRV_SESSIONS; i++)
+        xr_tls_session_free(&xr_ag.srvs[i].s);
+    free(xr_ag.psess);
+    xr_ag.psess = NULL;
     xr_ag.dirty = 1;
     xr_agent_save();
     uv_timer_stop(&xr_ag.tick);

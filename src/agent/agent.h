@@ -45,6 +45,7 @@ typedef struct xr_agent_conf_s {
     char *state_file;
     int64_t handshake_timeout;
     char *admin_socket;
+    int incoming; /* xr_incoming_t */
     /* parsed */
     xr_net_rule_t *networks;
     size_t nnetworks;
@@ -52,8 +53,15 @@ typedef struct xr_agent_conf_s {
     size_t npool;
     xr_peer_conf_t *peers;
     size_t npeers;
+    struct xr_tls_conf_s *dial_tls; /* the agent's certificate, as a client of servers */
     const xr_node_t *node;
 } xr_agent_conf_t;
+
+/* How a server agent reaches a server for a relayed connection (XRAY
+ * §5.2 step 6): dial its local address (INCOMING mode 1), have its
+ * library connect out to the relay point (mode 2, GCB), or dial first and
+ * fall back to mode 2 when the server cannot be reached. */
+typedef enum { XR_REACH_AUTO = 0, XR_REACH_INBOUND, XR_REACH_CONNECT_OUT } xr_reach_t;
 
 extern const xr_directive_t xr_agent_directives[];
 

@@ -271,10 +271,11 @@ static int xr_listen_queued(xr_listen_t *l)
     return xr_client_is_open(l->client) && xr_client_pending_incoming(l->client);
 }
 
-/* A relayed connection arrives (XRAY §5.2, the server's side): link to
- * the agent's relay point, then serve it like a direct one.  With --exec
- * a child process owns the link and feeds the command through a socket
- * pair. */
+static int xr_listen_link(xr_listen_t *l, xr_link_t *link, const char *subject, const char *cmd);
+
+/* A relayed connection is announced (XRAY §5.2, the server's side): link
+ * to the agent's relay point (mode 2), or expect the agent's link on the
+ * server socket (mode 1). */
 static int xr_listen_incoming(xr_listen_t *l, const char *cmd)
 {
     char err[300];
@@ -296,7 +297,17 @@ static int xr_listen_incoming(xr_listen_t *l, const char *cmd)
                 m.u.incoming.client_subject.s, err);
         return 0;
     }
-    fprintf(stderr, "xray listen: relayed connection from %s\n", m.u.incoming.client_subject.s);
+    if (link == NULL)
+        return 0; /* mode 1: the agent's link comes to the server socket */
+    return xr_listen_link(l, link, m.u.incoming.client_subject.s, cmd);
+}
+
+/* A relayed connection is linked: serve it like a direct one.  With
+ * --exec a child process owns the link and feeds the command through a
+ * socket pair. */
+static int xr_listen_link(xr_listen_t *l, xr_link_t *link, const char *subject, const char *cmd)
+{
+    fprintf(stderr, "xray listen: relayed connection from %s\n", subject);
     fflush(stderr);
     if (cmd == NULL) {
         int r = xr_link_pump(link, -1, 0, 1, 0, xr_listen_tick_cb, l);
@@ -482,9 +493,23 @@ int xr_listen_main(int argc, char **argv)
         }
         if (n <= 0 || !(p[0].revents & POLLIN))
             continue;
-        int fd = accept4(l.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof(peer);
+        int fd = accept4(l.listen_fd, (struct sockaddr *) &peer, &plen, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
+        if (l.state == XR_FULLY_BOUND && xr_client_is_link(l.client, fd, &peer)) {
+            /* The agent's link for a relayed connection (INCOMING mode 1). */
+            xr_link_t *link = NULL;
+            xr_msg_t in;
+            if (xr_client_accept_link(l.client, fd, &link, &in, err, sizeof(err)) < 0) {
+                fprintf(stderr, "xray listen: link from the agent failed: %s\n", err);
+                continue;
+            }
+            if (xr_listen_link(&l, link, in.u.incoming.client_subject.s, exec_cmd) < 0)
+                status = 1;
+            continue;
+        }
         if (exec_cmd != NULL) {
             xr_listen_exec(fd, exec_cmd);
         } else {

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <strings.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -23,7 +24,13 @@
 #include <mbedtls/error.h>
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
+
+/* INCOMING mode 1 frames whose link has not come yet, and how long one
+ * waits (a relay point lives 2 x handshake_timeout, 20 s by default). */
+#define XR_EXPECT_MAX 64
+#define XR_EXPECT_MS  30000
 
 struct xr_client_s {
     xr_client_conf_t cf;
@@ -43,7 +50,31 @@ struct xr_client_s {
     /* INCOMING frames that arrived while an answer was awaited */
     xr_msg_t queued[16];
     size_t nqueued;
+    /* The agent as the control connection saw it: links it dials to us
+     * (INCOMING mode 1) come from this address with this key. */
+    char agent_key[65];
+    struct sockaddr_storage agent_addr;
+    /* Those links: we are the TLS server, with tickets so the agent's
+     * next link resumes. */
+    mbedtls_ssl_config sconf;
+    mbedtls_ssl_ticket_context ticket;
+    int sconf_ready;
+    struct {
+        xr_msg_t in;
+        int64_t until;
+    } expect[XR_EXPECT_MAX];
+    size_t nexpect;
+    /* The last session with the agent's relay points (mode 2 links). */
+    mbedtls_ssl_session link_session;
+    int has_link_session;
 };
+
+static int64_t xr_client_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static void xr_mberr(int rc, char *buf, size_t n)
 {
@@ -126,6 +157,33 @@ xr_client_t *xr_client_new(const xr_client_conf_t *cf, char *err, size_t errlen)
         snprintf(err, errlen, "cannot use certificate %s", cf->cert);
         goto fail;
     }
+    mbedtls_ssl_conf_session_tickets(&c->conf, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
+
+    /* The server side of links the agent dials (INCOMING mode 1). */
+    mbedtls_ssl_config_init(&c->sconf);
+    mbedtls_ssl_ticket_init(&c->ticket);
+    c->sconf_ready = 1;
+    if (mbedtls_ssl_config_defaults(&c->sconf, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                    MBEDTLS_SSL_PRESET_DEFAULT) != 0 ||
+        mbedtls_ssl_ticket_setup(&c->ticket, mbedtls_ctr_drbg_random, &c->drbg,
+                                 MBEDTLS_CIPHER_AES_256_GCM, 3600) != 0) {
+        snprintf(err, errlen, "TLS server configuration failed");
+        goto fail;
+    }
+    mbedtls_ssl_conf_rng(&c->sconf, mbedtls_ctr_drbg_random, &c->drbg);
+    mbedtls_ssl_conf_min_version(&c->sconf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_max_version(&c->sconf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_authmode(&c->sconf, MBEDTLS_SSL_VERIFY_REQUIRED);
+    mbedtls_ssl_conf_ca_chain(&c->sconf, &c->ca, NULL);
+    mbedtls_ssl_conf_read_timeout(&c->sconf, (uint32_t) c->cf.timeout_ms);
+    mbedtls_ssl_conf_session_tickets_cb(&c->sconf, mbedtls_ssl_ticket_write,
+                                        mbedtls_ssl_ticket_parse, &c->ticket);
+    if (mbedtls_ssl_conf_own_cert(&c->sconf, &c->crt, &c->pk) != 0) {
+        snprintf(err, errlen, "cannot use certificate %s", cf->cert);
+        goto fail;
+    }
     return c;
 fail:
     xr_client_free(c);
@@ -142,6 +200,7 @@ void xr_client_close(xr_client_t *c)
     c->open = 0;
     c->inlen = 0;
     c->nqueued = 0;
+    c->nexpect = 0;
 }
 
 void xr_client_free(xr_client_t *c)
@@ -149,6 +208,12 @@ void xr_client_free(xr_client_t *c)
     if (c == NULL)
         return;
     xr_client_close(c);
+    if (c->has_link_session)
+        mbedtls_ssl_session_free(&c->link_session);
+    if (c->sconf_ready) {
+        mbedtls_ssl_config_free(&c->sconf);
+        mbedtls_ssl_ticket_free(&c->ticket);
+    }
     mbedtls_ssl_config_free(&c->conf);
     mbedtls_pk_free(&c->pk);
     mbedtls_x509_crt_free(&c->crt);
@@ -297,6 +362,14 @@ int xr_client_open(xr_client_t *c, int *perr, char *err, size_t errlen)
         return -1;
     }
     c->open = 1;
+    xr_identity_t aid;
+    const mbedtls_x509_crt *acrt = mbedtls_ssl_get_peer_cert(&c->ssl);
+    c->agent_key[0] = '\0';
+    if (acrt != NULL && xr_identity_from_crt(acrt, &aid) == XR_OK)
+        snprintf(c->agent_key, sizeof(c->agent_key), "%s", aid.pubkey_sha256);
+    socklen_t alen = sizeof(c->agent_addr);
+    if (getpeername(c->net.fd, (struct sockaddr *) &c->agent_addr, &alen) != 0)
+        memset(&c->agent_addr, 0, sizeof(c->agent_addr));
     xr_msg_t m = {.type = XR_MSG_HELLO}, r;
     m.u.hello.min_version = m.u.hello.max_version = XR_PROTO_VERSION;
     m.u.hello.role = XR_ROLE_LIBRARY;
@@ -378,6 +451,79 @@ static int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errl
     return fd;
 }
 
+/* Read exactly one frame from a link: nothing after it may be consumed,
+ * it is the application's stream.  0, or -1 with err. */
+static int xr_link_frame(xr_link_t *l, xr_msg_t *r, const char *what, char *err, size_t errlen)
+{
+    uint8_t in[XR_PROTO_MAX_FRAME];
+    size_t have = 0, used = 0, need = XR_PROTO_HEADER;
+    const char *why = NULL;
+    for (;;) {
+        while (have < need) {
+            int rc = mbedtls_ssl_read(&l->ssl, in + have, need - have);
+            if (rc == MBEDTLS_ERR_SSL_WANT_READ)
+                continue;
+            if (rc <= 0) {
+                snprintf(err, errlen, "the %s closed the link%s", what,
+                         rc == MBEDTLS_ERR_SSL_TIMEOUT ? " (timeout)" : "");
+                return -1;
+            }
+            have += (size_t) rc;
+        }
+        xr_proto_status_t st = xr_proto_decode(in, have, r, &used, &why);
+        if (st == XR_PROTO_OK)
+            return 0;
+        if (st != XR_PROTO_AGAIN) {
+            snprintf(err, errlen, "the %s sent an invalid frame (bad %s)", what, why);
+            return -1;
+        }
+        need = XR_PROTO_HEADER + ((size_t) in[2] << 8 | in[3]);
+    }
+}
+
+static int xr_link_send(xr_link_t *l, const xr_msg_t *m, const char *what, char *err, size_t errlen)
+{
+    uint8_t f[XR_PROTO_MAX_FRAME];
+    size_t n = xr_proto_encode(m, f, sizeof(f));
+    if (n == 0 || mbedtls_ssl_write(&l->ssl, f, n) != (int) n) {
+        snprintf(err, errlen, "sending to the %s failed", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* Expect a frame of type want; an ERROR becomes the reason. */
+static int xr_link_expect(xr_link_t *l, int want, const char *what, char *err, size_t errlen)
+{
+    xr_msg_t r;
+    if (xr_link_frame(l, &r, what, err, errlen) < 0)
+        return -1;
+    if (r.type == XR_MSG_ERROR) {
+        snprintf(err, errlen, "%s: %s", xr_proto_err_name(r.u.error.code), r.u.error.message.s);
+        return -1;
+    }
+    if ((int) r.type != want) {
+        snprintf(err, errlen, "the %s answered %s", what, xr_proto_type_name(r.type));
+        return -1;
+    }
+    return 0;
+}
+
+static void xr_link_free(xr_link_t *l)
+{
+    mbedtls_ssl_free(&l->ssl);
+    mbedtls_net_free(&l->net);
+    free(l);
+}
+
+static int xr_key_is(const mbedtls_ssl_context *ssl, const char *want)
+{
+    xr_identity_t id;
+    const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(ssl);
+    return crt != NULL && want[0] != '\0' && xr_identity_from_crt(crt, &id) == XR_OK &&
+           strcasecmp(id.pubkey_sha256, want) == 0;
+}
+
 /* TLS to a relay point, then LINK, LINK_OK, ACK both ways.  want_key: the
  * relay point's key (hex) from CONNECT_OK, or NULL to check the agent's
  * name instead. */
@@ -401,6 +547,8 @@ static xr_link_t *xr_link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8
         snprintf(err, errlen, "TLS setup failed");
         goto fail;
     }
+    if (c->has_link_session)
+        mbedtls_ssl_set_session(&l->ssl, &c->link_session); /* a failed offer is a full one */
     mbedtls_ssl_set_bio(&l->ssl, &l->net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
     while ((rc = mbedtls_ssl_handshake(&l->ssl)) != 0)
         if (rc != MBEDTLS_ERR_SSL_WANT_READ && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
@@ -409,68 +557,27 @@ static xr_link_t *xr_link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8
             snprintf(err, errlen, "TLS with the relay point failed: %s", why);
             goto fail;
         }
-    if (want_key != NULL) {
-        xr_identity_t id;
-        const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&l->ssl);
-        if (crt == NULL || xr_identity_from_crt(crt, &id) != XR_OK ||
-            strcasecmp(id.pubkey_sha256, want_key) != 0) {
-            snprintf(err, errlen, "the relay point's certificate is not the agent's");
-            goto fail;
-        }
+    if (want_key != NULL && !xr_key_is(&l->ssl, want_key)) {
+        snprintf(err, errlen, "the relay point's certificate is not the agent's");
+        goto fail;
     }
+    /* The relay points of one agent share its session: the next link
+     * resumes. */
+    if (c->has_link_session)
+        mbedtls_ssl_session_free(&c->link_session);
+    mbedtls_ssl_session_init(&c->link_session);
+    c->has_link_session = mbedtls_ssl_get_session(&l->ssl, &c->link_session) == 0;
     /* The link's frames, then one ACK each way; the rest is the stream. */
-    uint8_t f[XR_PROTO_MAX_FRAME];
-    xr_msg_t m = {.type = XR_MSG_LINK};
+    xr_msg_t m = {.type = XR_MSG_LINK}, ack = {.type = XR_MSG_ACK};
     memcpy(m.u.link.token, token, XR_PROTO_TOKEN);
-    size_t n = xr_proto_encode(&m, f, sizeof(f));
-    xr_msg_t ack = {.type = XR_MSG_ACK};
-    for (int step = 0; step < 2; step++) {
-        if (mbedtls_ssl_write(&l->ssl, f, n) != (int) n) {
-            snprintf(err, errlen, "sending to the relay point failed");
-            goto fail;
-        }
-        /* read exactly one frame: nothing after it may be consumed */
-        uint8_t in[XR_PROTO_MAX_FRAME];
-        size_t have = 0, used = 0, need = XR_PROTO_HEADER;
-        xr_msg_t r;
-        const char *why = NULL;
-        for (;;) {
-            while (have < need) {
-                rc = mbedtls_ssl_read(&l->ssl, in + have, need - have);
-                if (rc == MBEDTLS_ERR_SSL_WANT_READ)
-                    continue;
-                if (rc <= 0) {
-                    snprintf(err, errlen, "the relay point closed the link%s",
-                             step == 0 ? " (refused?)" : " before the ACK");
-                    goto fail;
-                }
-                have += (size_t) rc;
-            }
-            xr_proto_status_t st = xr_proto_decode(in, have, &r, &used, &why);
-            if (st == XR_PROTO_OK)
-                break;
-            if (st != XR_PROTO_AGAIN) {
-                snprintf(err, errlen, "the relay point sent an invalid frame (bad %s)", why);
-                goto fail;
-            }
-            need = XR_PROTO_HEADER + ((size_t) in[2] << 8 | in[3]);
-        }
-        int want = step == 0 ? XR_MSG_LINK_OK : XR_MSG_ACK;
-        if (r.type == XR_MSG_ERROR) {
-            snprintf(err, errlen, "%s: %s", xr_proto_err_name(r.u.error.code), r.u.error.message.s);
-            goto fail;
-        }
-        if ((int) r.type != want) {
-            snprintf(err, errlen, "the relay point answered %s", xr_proto_type_name(r.type));
-            goto fail;
-        }
-        n = xr_proto_encode(&ack, f, sizeof(f));
-    }
+    if (xr_link_send(l, &m, "relay point", err, errlen) < 0 ||
+        xr_link_expect(l, XR_MSG_LINK_OK, "relay point", err, errlen) < 0 ||
+        xr_link_send(l, &ack, "relay point", err, errlen) < 0 ||
+        xr_link_expect(l, XR_MSG_ACK, "relay point", err, errlen) < 0)
+        goto fail;
     return l;
 fail:
-    mbedtls_ssl_free(&l->ssl);
-    mbedtls_net_free(&l->net);
-    free(l);
+    xr_link_free(l);
     return NULL;
 }
 
@@ -526,20 +633,186 @@ int xr_client_next(xr_client_t *c, xr_msg_t *m, int timeout_ms, char *err, size_
     return 1;
 }
 
+/* Remember a mode 1 INCOMING until its link comes (or it is too old). */
+static void xr_client_expect(xr_client_t *c, const xr_msg_t *in)
+{
+    int64_t now = xr_client_now_ms();
+    size_t j = 0;
+    for (size_t i = 0; i < c->nexpect; i++)
+        if (c->expect[i].until > now)
+            c->expect[j++] = c->expect[i];
+    c->nexpect = j;
+    if (c->nexpect == XR_EXPECT_MAX) { /* the oldest gives way */
+        memmove(c->expect, c->expect + 1, (XR_EXPECT_MAX - 1) * sizeof(c->expect[0]));
+        c->nexpect--;
+    }
+    c->expect[c->nexpect].in = *in;
+    c->expect[c->nexpect].until = now + XR_EXPECT_MS;
+    c->nexpect++;
+}
+
+/* Take the mode 1 INCOMING with this token out of the expected ones. */
+static int xr_client_expected(xr_client_t *c, const uint8_t *token, xr_msg_t *in)
+{
+    for (size_t i = 0; i < c->nexpect; i++)
+        if (sodium_memcmp(c->expect[i].in.u.incoming.token, token, XR_PROTO_TOKEN) == 0) {
+            if (in != NULL)
+                *in = c->expect[i].in;
+            memmove(c->expect + i, c->expect + i + 1, (c->nexpect - i - 1) * sizeof(c->expect[0]));
+            c->nexpect--;
+            return 1;
+        }
+    return 0;
+}
+
 int xr_client_take(xr_client_t *c, const xr_msg_t *in, xr_link_t **link, char *err, size_t errlen)
 {
+    *link = NULL;
     xr_msg_t ok = {.type = XR_MSG_INCOMING_OK};
     ok.u.done.id = in->u.incoming.id;
     if (xr_client_send(c, &ok, err, errlen) < 0) {
         xr_client_close(c);
         return -1;
     }
-    if (in->u.incoming.mode != XR_INCOMING_CONNECT_OUT) {
-        snprintf(err, errlen, "INCOMING mode %d is not supported", in->u.incoming.mode);
-        return -1;
+    if (in->u.incoming.mode == XR_INCOMING_INBOUND) {
+        xr_client_expect(c, in); /* the agent's link comes to the server socket */
+        return 0;
     }
+    /* Mode 2, maybe after a mode 1 whose link the agent could not open. */
+    xr_client_expected(c, in->u.incoming.token, NULL);
     *link = xr_link_open(c, &in->u.incoming.addr, in->u.incoming.token, NULL, err, errlen);
     return *link != NULL ? 0 : -1;
+}
+
+int xr_client_from_agent(const xr_client_t *c, const struct sockaddr_storage *peer)
+{
+    const struct sockaddr_storage *a = &c->agent_addr;
+    if (!c->open || peer->ss_family != a->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *) peer)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *) a)->sin_addr.s_addr;
+    if (a->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *) peer)->sin6_addr,
+                      &((const struct sockaddr_in6 *) a)->sin6_addr, 16) == 0;
+    return 0;
+}
+
+/* Read what the agent sent meanwhile: mode 1 INCOMINGs are answered and
+ * expected, others queued for xr_client_next.  Waits up to wait_ms for
+ * the first frame.  -1 when the control connection failed. */
+static int xr_client_absorb(xr_client_t *c, int wait_ms, char *err, size_t errlen)
+{
+    for (int first = 1;; first = 0) {
+        xr_msg_t in;
+        size_t q = c->nqueued;
+        c->nqueued = 0; /* xr_client_next must read the connection, not the queue */
+        int got = xr_client_next(c, &in, first ? wait_ms : 0, err, errlen);
+        if (got <= 0) {
+            c->nqueued = got < 0 ? 0 : q;
+            return got;
+        }
+        c->nqueued = q;
+        if (in.type != XR_MSG_INCOMING)
+            continue;
+        if (in.u.incoming.mode == XR_INCOMING_INBOUND) {
+            xr_msg_t ok = {.type = XR_MSG_INCOMING_OK};
+            ok.u.done.id = in.u.incoming.id;
+            if (xr_client_send(c, &ok, err, errlen) < 0) {
+                xr_client_close(c);
+                return -1;
+            }
+            xr_client_expect(c, &in);
+        } else if (c->nqueued < XR_ARRAY_SIZE(c->queued)) {
+            c->queued[c->nqueued++] = in;
+        }
+    }
+}
+
+int xr_client_is_link(xr_client_t *c, int fd, const struct sockaddr_storage *peer)
+{
+    if (!xr_client_from_agent(c, peer))
+        return 0;
+    /* The agent announces a link before it dials: with nothing announced
+     * (after a moment for the INCOMING to arrive) this is a direct client
+     * on the agent's host. */
+    char err[200];
+    if (c->nexpect == 0 && xr_client_absorb(c, 100, err, sizeof(err)) < 0)
+        return 0;
+    if (c->nexpect == 0)
+        return 0;
+    /* A link opens with a TLS ClientHello at once: a handshake record. */
+    struct pollfd p = {fd, POLLIN, 0};
+    unsigned char b;
+    return poll(&p, 1, 1000) == 1 && recv(fd, &b, 1, MSG_PEEK) == 1 && b == 0x16;
+}
+
+int xr_client_accept_link(xr_client_t *c, int fd, xr_link_t **link, xr_msg_t *incoming, char *err,
+                          size_t errlen)
+{
+    *link = NULL;
+    xr_link_t *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        close(fd);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    mbedtls_net_init(&l->net);
+    mbedtls_ssl_init(&l->ssl);
+    l->net.fd = fd;
+    int rc;
+    if (mbedtls_ssl_setup(&l->ssl, &c->sconf) != 0) {
+        snprintf(err, errlen, "TLS setup failed");
+        goto fail;
+    }
+    mbedtls_ssl_set_bio(&l->ssl, &l->net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
+    while ((rc = mbedtls_ssl_handshake(&l->ssl)) != 0)
+        if (rc != MBEDTLS_ERR_SSL_WANT_READ && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
+            char why[128];
+            xr_mberr(rc, why, sizeof(why));
+            snprintf(err, errlen, "TLS with the agent failed: %s", why);
+            goto fail;
+        }
+    if (!xr_key_is(&l->ssl, c->agent_key)) {
+        snprintf(err, errlen, "the link's certificate is not the agent's");
+        goto fail;
+    }
+    xr_msg_t m;
+    if (xr_link_frame(l, &m, "agent", err, errlen) < 0)
+        goto fail;
+    if (m.type != XR_MSG_LINK) {
+        snprintf(err, errlen, "the agent's link began with %s", xr_proto_type_name(m.type));
+        goto fail;
+    }
+    /* The INCOMING may still be on its way on the control connection. */
+    int64_t until = xr_client_now_ms() + 2000;
+    while (!xr_client_expected(c, m.u.link.token, incoming)) {
+        char e2[200];
+        int64_t left = until - xr_client_now_ms();
+        int got = left > 0 ? xr_client_absorb(c, (int) left, e2, sizeof(e2)) : 0;
+        if (got < 0) {
+            snprintf(err, errlen, "control connection lost: %s", e2);
+            goto fail;
+        }
+        if (got == 0 && left <= 0) {
+            xr_msg_t no = {.type = XR_MSG_ERROR};
+            no.u.error.code = XR_PERR_BAD_TOKEN;
+            xr_pstr_set(&no.u.error.message, "no INCOMING names that token");
+            xr_link_send(l, &no, "agent", e2, sizeof(e2));
+            snprintf(err, errlen, "a link with a token no INCOMING named");
+            goto fail;
+        }
+    }
+    xr_msg_t ok = {.type = XR_MSG_LINK_OK}, ack = {.type = XR_MSG_ACK};
+    if (xr_link_send(l, &ok, "agent", err, errlen) < 0 ||
+        xr_link_send(l, &ack, "agent", err, errlen) < 0 ||
+        xr_link_expect(l, XR_MSG_ACK, "agent", err, errlen) < 0)
+        goto fail;
+    *link = l;
+    return 0;
+fail:
+    xr_link_free(l);
+    return -1;
 }
 
 ssize_t xr_link_read(xr_link_t *l, void *buf, size_t len)
@@ -588,9 +861,7 @@ void xr_link_close(xr_link_t *l)
     if (l == NULL)
         return;
     mbedtls_ssl_close_notify(&l->ssl);
-    mbedtls_ssl_free(&l->ssl);
-    mbedtls_net_free(&l->net);
-    free(l);
+    xr_link_free(l);
 }
 
 void xr_link_drop(xr_link_t *l)

@@ -63,9 +63,28 @@ int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int 
  * most timeout_ms.  1 with *m, 0 when none came, -1 when the control
  * connection failed (it is then closed). */
 int xr_client_next(xr_client_t *c, xr_msg_t *m, int timeout_ms, char *err, size_t errlen);
-/* Answer an INCOMING: INCOMING_OK, then connect out to its relay point. */
+/* Answer an INCOMING with INCOMING_OK.  Mode 2: connect out to its relay
+ * point; *link is the link.  Mode 1: the agent will dial the server
+ * socket; *link is NULL and the connection comes to accept() (see
+ * xr_client_from_agent).  0, or -1 with err. */
 int xr_client_take(xr_client_t *c, const xr_msg_t *incoming, xr_link_t **link, char *err,
                    size_t errlen);
+/* Is a connection accepted on the server socket from the agent (a mode
+ * 1 link) rather than from a direct client?  By its source address: the
+ * agent dials from the address the control connection reaches it at. */
+int xr_client_from_agent(const xr_client_t *c, const struct sockaddr_storage *peer);
+/* Is it such a link?  From the agent's address, announced by a mode 1
+ * INCOMING (waiting up to 100 ms for one), and opening with a TLS
+ * handshake record (peeked, up to 1 s): a direct client on the agent's
+ * own host is none of these and is served as direct. */
+int xr_client_is_link(xr_client_t *c, int fd, const struct sockaddr_storage *peer);
+/* Take such a connection (fd, blocking; owned from here on): TLS as the
+ * server, the agent's key checked, LINK with the token of a mode 1
+ * INCOMING (read from the control connection for up to 2 s if it has not
+ * come yet; other INCOMINGs read meanwhile are queued), LINK_OK, ACK both
+ * ways.  *incoming gets the INCOMING.  0, or -1 with err. */
+int xr_client_accept_link(xr_client_t *c, int fd, xr_link_t **link, xr_msg_t *incoming, char *err,
+                          size_t errlen);
 int xr_client_fd(const xr_client_t *c);
 /* INCOMING frames queued while a call awaited its answer. */
 int xr_client_pending_incoming(const xr_client_t *c);

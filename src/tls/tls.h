@@ -51,12 +51,28 @@ typedef struct xr_tls_conf_s {
     int has_client_session;
 } xr_tls_conf_t;
 
+/* A client's resumable session with one server, owned by the caller (an
+ * agent keeps one per server it dials; a configuration's single
+ * client_session serves one upstream). */
+typedef struct {
+    mbedtls_ssl_session s;
+    int has;
+} xr_tls_session_t;
+
+/* Forget a kept session (the slot may be used again). */
+void xr_tls_session_free(xr_tls_session_t *slot);
+
 extern const xr_directive_t xr_tls_server_directives[];
 extern const xr_directive_t xr_tls_client_directives[];
 
 /* Custom setters for the relay block's `tls` and `upstream_tls`. */
 int xr_tls_set_server(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 int xr_tls_set_client(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
+/* A client configuration with the certificate, key, CA and suites of a
+ * server one: what an agent presents when it dials an application (the
+ * peer is then checked by key hash, so no server_name).  Allocated from
+ * the generation; NULL after reporting the error on cf. */
+xr_tls_conf_t *xr_tls_client_of(xr_conf_t *cf, const xr_tls_conf_t *srv);
 /* Free what xr_tls_set_* built (the generation is going away). */
 void xr_tls_conf_free(xr_tls_conf_t *t);
 
@@ -65,6 +81,9 @@ struct xr_end_s;
 /* Make e (its fd registered with the reactor) a TLS end of conf t and
  * start the handshake.  XR_OK or XR_ERROR (out of memory). */
 int xr_tls_end_start(struct xr_end_s *e, xr_tls_conf_t *t);
+/* The same for a client end that offers the session kept in slot and
+ * keeps the new one there (slot outlives the handshake). */
+int xr_tls_end_start_session(struct xr_end_s *e, xr_tls_conf_t *t, xr_tls_session_t *slot);
 /* Advance the handshake: XR_OK when done (e's ops now move cleartext),
  * XR_AGAIN to wait for readiness, XR_ERROR with the reason in
  * xr_tls_end_why(e). */

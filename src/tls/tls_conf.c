@@ -315,6 +315,25 @@ static int xr_tls_set(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_di
     return xr_tls_build(cf, t);
 }
 
+xr_tls_conf_t *xr_tls_client_of(xr_conf_t *cf, const xr_tls_conf_t *srv)
+{
+    xr_tls_conf_t *t = xr_conf_alloc(cf, sizeof(*t));
+    t->is_server = 0;
+    t->node = srv->node;
+    t->certificate = srv->certificate;
+    t->key = srv->key;
+    t->ca = srv->ca;
+    t->verify = XR_VERIFY_REQUIRED;
+    t->ciphers = srv->ciphers;
+    t->session_tickets = 1;
+    t->session_timeout = srv->session_timeout;
+    t->keep_peer = 1;
+    if (xr_conf_dry_run(cf))
+        return t;
+    xr_gen_add_cleanup(cf->user, xr_tls_cleanup, t);
+    return xr_tls_build(cf, t) == XR_OK ? t : NULL;
+}
+
 int xr_tls_set_server(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d)
 {
     return xr_tls_set(cf, n, conf, d, 1);

@@ -33,6 +33,7 @@
 typedef struct {
     mbedtls_ssl_context *ssl; /* handshake, or the slow path */
     xr_tls_conf_t *conf;
+    xr_tls_session_t *slot; /* a client's kept session, or NULL: conf's */
     xr_rec_t rec;
     int fast; /* records through record.c */
     int eof;  /* close_notify seen: read returns 0 */
@@ -374,7 +375,19 @@ static const xr_end_ops_t xr_end_tls_handshake_ops = {NULL,       NULL,        N
 
 /* ---- handshake ------------------------------------------------------------- */
 
+void xr_tls_session_free(xr_tls_session_t *slot)
+{
+    if (slot->has)
+        mbedtls_ssl_session_free(&slot->s);
+    slot->has = 0;
+}
+
 int xr_tls_end_start(xr_end_t *e, xr_tls_conf_t *c)
+{
+    return xr_tls_end_start_session(e, c, NULL);
+}
+
+int xr_tls_end_start_session(xr_end_t *e, xr_tls_conf_t *c, xr_tls_session_t *slot)
 {
     xr_tls_end_t *t = calloc(1, sizeof(*t));
     if (t == NULL)
@@ -394,7 +407,10 @@ int xr_tls_end_start(xr_end_t *e, xr_tls_conf_t *c)
     if (!c->is_server) {
         if (c->server_name != NULL && mbedtls_ssl_set_hostname(t->ssl, c->server_name) != 0)
             return XR_ERROR;
-        if (c->session_tickets && c->has_client_session)
+        t->slot = slot;
+        if (c->session_tickets && slot != NULL && slot->has)
+            mbedtls_ssl_set_session(t->ssl, &slot->s);
+        else if (c->session_tickets && slot == NULL && c->has_client_session)
             mbedtls_ssl_set_session(t->ssl, &c->client_session);
     }
     return XR_OK;
@@ -491,7 +507,11 @@ int xr_tls_end_handshake(xr_end_t *e)
     xr_identity_t peer;
     int have_peer;
     xr_tls_read_identity(t, idbuf, sizeof(idbuf), &peer, &have_peer);
-    if (!t->conf->is_server && t->conf->session_tickets) {
+    if (!t->conf->is_server && t->conf->session_tickets && t->slot != NULL) {
+        xr_tls_session_free(t->slot);
+        mbedtls_ssl_session_init(&t->slot->s);
+        t->slot->has = mbedtls_ssl_get_session(ssl, &t->slot->s) == 0;
+    } else if (!t->conf->is_server && t->conf->session_tickets) {
         if (t->conf->has_client_session)
             mbedtls_ssl_session_free(&t->conf->client_session);
         mbedtls_ssl_session_init(&t->conf->client_session);
