@@ -8,6 +8,7 @@ Needs root and `ip netns`; skips otherwise."""
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -580,3 +581,70 @@ def test_incoming_connect_out_never_dials(topology, pki, tmp_path):
     assert st_b["counters"]["servers_dialed"] == 0 and \
         st_b["counters"]["servers_connected_out"] == 1, st_b
     server.kill()
+
+
+def _udp_exchange(proc, datagrams, timeout=20):
+    """Write each datagram to `xray connect --udp`'s stdin and read its echo
+    back from stdout before the next one (each write is one datagram)."""
+    import select
+    got = []
+    for d in datagrams:
+        os.write(proc.stdin.fileno(), d)
+        buf = b""
+        end = time.monotonic() + timeout
+        while len(buf) < len(d) and time.monotonic() < end:
+            if select.select([proc.stdout], [], [], 0.5)[0]:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buf += chunk
+        got.append(buf)
+    return got
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("topology", [{"b2": True}], indirect=True)
+def test_udp_across_two_firewalls(topology, pki, tmp_path):
+    """UDP (XRAY §5.2): `xray listen --udp --exec cat` in b registers a UDP
+    socket; `xray connect --udp` in a reaches its official address through
+    both agents, each datagram (1 byte to 60000 bytes) echoed whole and
+    exact; from b2 the agent answers with the local address and datagrams
+    go directly, no relay point."""
+    t = topology
+    confs = _two_agents(t, pki, tmp_path)
+    listener = t.popen("b", [str(th.XRAY), "listen", "9000", "--udp", "--agent",
+                             "%s:7000" % t.addr("natb"), "--agent-name", "agent-b",
+                             "--cert", pki.crt("relay-b"), "--key", pki.key("relay-b"),
+                             "--ca", pki.ca, "--private", "198.18.2.0/24", "--exec", "cat"],
+                       stderr=subprocess.PIPE, text=True)
+    out = _Lines(listener)
+    i, line = out.wait(r"fully bound: official")
+    official = re.search(r"official (\S+)", line).group(1)
+    creds = ["--cert", pki.crt("app-1"), "--key", pki.key("app-1"), "--ca", pki.ca]
+    client = t.popen("a", [str(th.XRAY), "connect", "--udp", official, "--agent",
+                           "%s:7000" % t.addr("nata"), "--agent-name", "agent-a", *creds],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    rnd = random.Random(7)
+    sent = [os.urandom(n) for n in [1, 2, 100, 1400, 8192, 60000] +
+            [rnd.randint(1, 1500) for _ in range(40)]]
+    got = _udp_exchange(client, sent)
+    assert [len(g) for g in got] == [len(d) for d in sent]
+    assert got == sent
+    client.stdin.close()
+    assert client.wait(timeout=30) == 0, client.stderr.read()
+    assert b"relayed through the agents" in client.stderr.read()
+    out.wait(r"relayed association with CN=app-1", start=i + 1)
+    log_b = (confs["b"] / "error.log").read_text()
+    assert re.search(r"relay point \d+ linked: .*/udp \(server\)", log_b), log_b
+    assert _status(t, "natb", confs["b"])["counters"]["servers_connected_out"] == 1
+
+    # the same network: direct datagrams to the local address
+    r = t.run("b2", [str(th.XRAY), "connect", "--udp", official, "--agent",
+                     "%s:7000" % t.addr("natb"), "--agent-name", "agent-b", "--cert",
+                     pki.crt("relay-a"), "--key", pki.key("relay-a"), "--ca", pki.ca,
+                     "--idle", "1500"], input="same network\n", timeout=30)
+    assert r.returncode == 0 and r.stdout == "same network\n", (r.stdout, r.stderr)
+    assert "directly, same network" in r.stderr
+    out.wait(r"direct association with 198\.18\.2\.\d+", start=i + 1)
+    listener.send_signal(signal.SIGTERM)
+    listener.wait(timeout=20)

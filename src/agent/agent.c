@@ -263,6 +263,7 @@ struct xr_rp_s {
     xr_ctl_t *requester; /* the library whose CONNECT waits */
     uint32_t req_id;
     xr_paddr_t dst, src; /* the client agent's: for PEER_CONNECT */
+    uint8_t proto;       /* XR_PROTO_TCP or _UDP: a UDP link carries datagrams */
     char subject[160];   /* the client's identity, for PEER_CONNECT */
     const xr_peer_conf_t *peer;
     /* Client agent: the PEER_CONNECT on the standing session to the peer
@@ -839,7 +840,7 @@ static void xr_peer_send_connect(xr_ctl_t *s, xr_rp_t *rp)
 {
     xr_msg_t pc = {.type = XR_MSG_PEER_CONNECT};
     pc.u.peer_connect.id = rp->via_id;
-    pc.u.peer_connect.proto = XR_PROTO_TCP;
+    pc.u.peer_connect.proto = rp->proto;
     pc.u.peer_connect.dst = rp->dst;
     pc.u.peer_connect.src = rp->src;
     sodium_hex2bin(pc.u.peer_connect.client_key, sizeof(pc.u.peer_connect.client_key), rp->key[0],
@@ -890,10 +891,6 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
     uint32_t id = m->u.connect.id;
     xr_paddr_str(&m->u.connect.dst, d, sizeof(d));
     xr_ag.n.connects++;
-    if (m->u.connect.proto != XR_PROTO_TCP) {
-        xr_ctl_error(c, id, XR_PERR_UNREACHABLE, "UDP is not relayed by this agent yet");
-        return;
-    }
     if (xr_policy_outbound(c->app, &m->u.connect.dst, xr_ag.self, xr_ag.nself, why, sizeof(why)) !=
         XR_OK) {
         xr_ag.n.refused++;
@@ -902,11 +899,12 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
         return;
     }
     /* Within the network: the server's local address, no relay. */
-    xr_lease_t *l = xr_leases_by_official(&xr_ag.leases, XR_PROTO_TCP, &m->u.connect.dst);
+    xr_lease_t *l = xr_leases_by_official(&xr_ag.leases, m->u.connect.proto, &m->u.connect.dst);
     if (l != NULL) {
         char la[80];
         xr_ag.n.direct++;
-        xr_log(XR_LOG_INFO, "agent: CONNECT %s by %s: same network, direct to %s", d, c->who,
+        xr_log(XR_LOG_INFO, "agent: CONNECT %s/%s by %s: same network, direct to %s", d,
+               m->u.connect.proto == XR_PROTO_UDP ? "udp" : "tcp", c->who,
                xr_paddr_str(&l->local, la, sizeof(la)));
         xr_msg_t r = {.type = XR_MSG_CONNECT_OK};
         r.u.connect_ok.id = id;
@@ -930,7 +928,8 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
         return;
     }
     char what[512];
-    snprintf(what, sizeof(what), "%s (%s) to %s via %s", c->app->name, c->who, d, peer->agent.text);
+    snprintf(what, sizeof(what), "%s (%s) to %s%s via %s", c->app->name, c->who, d,
+             m->u.connect.proto == XR_PROTO_UDP ? "/udp" : "", peer->agent.text);
     xr_rp_t *rp = xr_rp_new(c->app, what);
     if (rp == NULL) {
         xr_ctl_error(c, id, XR_PERR_INTERNAL, "out of memory");
@@ -939,6 +938,7 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
     snprintf(rp->key[0], sizeof(rp->key[0]), "%s", c->key);
     rp->dial_side = 1;
     rp->dst = m->u.connect.dst;
+    rp->proto = m->u.connect.proto;
     rp->peer = peer;
     xr_paddr_from_sockaddr(&rp->src, &c->remote);
     snprintf(rp->subject, sizeof(rp->subject), "%s", c->who);
@@ -1131,8 +1131,8 @@ static void xr_ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
         return;
     }
     char what[512];
-    snprintf(what, sizeof(what), "%s via %s to %s (%s)", m->u.peer_connect.client_subject.s, c->who,
-             d, app->name);
+    snprintf(what, sizeof(what), "%s via %s to %s%s (%s)", m->u.peer_connect.client_subject.s,
+             c->who, d, m->u.peer_connect.proto == XR_PROTO_UDP ? "/udp" : "", app->name);
     xr_rp_t *rp = xr_rp_new(app, what);
     if (rp == NULL) {
         xr_ctl_error(c, id, XR_PERR_INTERNAL, "out of memory");
@@ -1145,7 +1145,9 @@ static void xr_ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
     rp->client_src = m->u.peer_connect.src;
     snprintf(rp->client_subject, sizeof(rp->client_subject), "%s",
              m->u.peer_connect.client_subject.s);
-    int reach = xr_ag.conf->incoming;
+    /* A UDP server's local address takes no TCP link: it connects out. */
+    int reach =
+        m->u.peer_connect.proto == XR_PROTO_UDP ? XR_REACH_CONNECT_OUT : xr_ag.conf->incoming;
     xr_ctl_t *link = NULL;
     if (reach != XR_REACH_CONNECT_OUT) {
         /* Step 6 from this side: dial the server's local address, from the

@@ -4,6 +4,8 @@
  * server is in the agent's own network, else an overlay link to the
  * agent's relay point, whose certificate must be the agent's (the key
  * CONNECT_OK names).  connect returns only after the end-to-end ACK.
+ * With --udp each read from stdin is one datagram, and each datagram from
+ * the server one write to stdout.
  */
 #include "core/xrayd.h"
 #include "agent/policy.h"
@@ -12,7 +14,9 @@
 #include "lib/client.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,17 +25,75 @@
 static void xr_connect_usage(FILE *out)
 {
     fprintf(out, "usage: xray connect OFFICIAL:PORT [--agent HOST:PORT] [--agent-name NAME]\n"
-                 "                    --cert FILE --key FILE --ca FILE\n"
+                 "                    --cert FILE --key FILE --ca FILE [--udp [--idle MS]]\n"
                  "\n"
                  "Connect to a server's official address through the XRAY agent and copy\n"
                  "stdin to it and its answers to stdout.  The agent is --agent, else\n"
-                 "$XRAY_AGENT, else the first line of /etc/xray/agent.\n");
+                 "$XRAY_AGENT, else the first line of /etc/xray/agent.\n"
+                 "\n"
+                 "  --udp   to a UDP server: each read from stdin is a datagram; after the end\n"
+                 "          of stdin, wait for answers until none came for --idle ms (1000)\n");
+}
+
+static int64_t xr_connect_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Datagrams both ways until stdin has ended and the server has been
+ * quiet for idle_ms (or, relayed, the link ended). */
+static int xr_connect_udp(xr_link_t *link, int fd, int idle_ms)
+{
+    static unsigned char buf[XR_UDP_MAX];
+    int in_open = 1;
+    int64_t quiet_since = xr_connect_now();
+    for (;;) {
+        struct pollfd p[2] = {{link ? xr_link_fd(link) : fd, POLLIN, 0},
+                              {in_open ? 0 : -1, POLLIN, 0}};
+        int ready = link != NULL && xr_link_pending(link) > 0;
+        int n = ready ? 1 : poll(p, 2, 100);
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (ready || (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)))) {
+            size_t len = 0;
+            if (link != NULL) {
+                int r = xr_link_recv_dgram(link, buf, sizeof(buf), &len);
+                if (r <= 0)
+                    return r;
+            } else {
+                ssize_t r = recv(fd, buf, sizeof(buf), 0);
+                if (r < 0 && errno != ECONNREFUSED && errno != EINTR)
+                    return -1;
+                len = r < 0 ? 0 : (size_t) r;
+                if (r < 0)
+                    continue; /* nothing listens there (yet): an ICMP error */
+            }
+            if (write(1, buf, len) != (ssize_t) len)
+                return -1;
+            quiet_since = xr_connect_now();
+        }
+        if (in_open && n > 0 && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t r = read(0, buf, sizeof(buf));
+            if (r <= 0) {
+                in_open = 0;
+                quiet_since = xr_connect_now();
+            } else if (link != NULL ? xr_link_send_dgram(link, buf, (size_t) r) < 0
+                                    : send(fd, buf, (size_t) r, 0) < 0 && errno != ECONNREFUSED) {
+                return -1;
+            }
+        }
+        if (!in_open && xr_connect_now() - quiet_since >= idle_ms)
+            return 0;
+    }
 }
 
 int xr_connect_main(int argc, char **argv)
 {
     xr_client_conf_t cf = {.timeout_ms = 10000};
-    const char *dst_s = NULL;
+    const char *dst_s = NULL, *idle_s = "1000";
+    int udp = 0;
     char agent_buf[256], err[400];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -40,9 +102,12 @@ int xr_connect_main(int argc, char **argv)
                             : strcmp(a, "--cert") == 0       ? &cf.cert
                             : strcmp(a, "--key") == 0        ? &cf.key
                             : strcmp(a, "--ca") == 0         ? &cf.ca
+                            : strcmp(a, "--idle") == 0       ? &idle_s
                                                              : NULL;
         if (slot != NULL && i + 1 < argc) {
             *slot = argv[++i];
+        } else if (strcmp(a, "--udp") == 0 || strcmp(a, "-u") == 0) {
+            udp = 1;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             xr_connect_usage(stdout);
             return 0;
@@ -57,6 +122,12 @@ int xr_connect_main(int argc, char **argv)
     xr_paddr_t dst;
     if (dst_s == NULL || xr_paddr_parse(dst_s, &dst) < 0) {
         fprintf(stderr, "xray connect: give the server's official ADDRESS:PORT\n");
+        return 2;
+    }
+    char *end;
+    long idle_ms = strtol(idle_s, &end, 10);
+    if (*end != '\0' || idle_ms < 0 || idle_ms > 3600000) {
+        fprintf(stderr, "xray connect: --idle takes milliseconds (0-3600000)\n");
         return 2;
     }
     if (cf.agent == NULL)
@@ -75,7 +146,8 @@ int xr_connect_main(int argc, char **argv)
     int perr = 0, fd = -1, rc = 1;
     xr_link_t *link = NULL;
     if (xr_client_open(c, &perr, err, sizeof(err)) < 0 ||
-        xr_client_dial(c, &dst, &link, &fd, &perr, err, sizeof(err)) < 0) {
+        xr_client_dial_proto(c, udp ? XR_PROTO_UDP : XR_PROTO_TCP, &dst, &link, &fd, &perr, err,
+                             sizeof(err)) < 0) {
         fprintf(stderr, "xray connect: %s\n", err);
         xr_client_free(c);
         return 1;
@@ -84,7 +156,10 @@ int xr_connect_main(int argc, char **argv)
             link ? "relayed through the agents" : "directly, same network");
     /* The control session is not needed any more. */
     xr_client_close(c);
-    rc = xr_link_pump(link, fd, 0, 1, 0, NULL, NULL) == 0 ? 0 : 1;
+    if (udp)
+        rc = xr_connect_udp(link, fd, (int) idle_ms) == 0 ? 0 : 1;
+    else
+        rc = xr_link_pump(link, fd, 0, 1, 0, NULL, NULL) == 0 ? 0 : 1;
     if (link)
         xr_link_close(link);
     if (fd >= 0)

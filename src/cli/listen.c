@@ -52,7 +52,7 @@ static void xr_listen_usage(FILE *out)
 {
     fprintf(out, "usage: xray listen PORT [--bind ADDR] [--agent HOST:PORT] [--agent-name NAME]\n"
                  "                   --cert FILE --key FILE --ca FILE [--exec CMD]\n"
-                 "                   [--private CIDR[,CIDR...]]\n"
+                 "                   [--private CIDR[,CIDR...]] [--udp [--idle MS]]\n"
                  "\n"
                  "Listen on PORT, register the socket with the XRAY agent and report its official\n"
                  "address; serve connections on stdin/stdout, or run CMD (sh -c) per connection\n"
@@ -63,7 +63,12 @@ static void xr_listen_usage(FILE *out)
                  "  --agent-name  the name the agent's certificate carries (default: its host)\n"
                  "  --private   networks whose addresses are private, for the binding state when\n"
                  "              the agent cannot be reached (default: 10/8, 172.16/12,\n"
-                 "              192.168/16, 100.64/10, fc00::/7)\n");
+                 "              192.168/16, 100.64/10, fc00::/7)\n"
+                 "  --udp       a UDP server: each peer (relayed, or a direct source address)\n"
+                 "              is an association, ended after --idle ms (60000) without a\n"
+                 "              datagram; with --exec, CMD runs per association and each of\n"
+                 "              its writes is one datagram back; without, datagrams go to\n"
+                 "              stdout and each read from stdin answers the last peer\n");
 }
 
 const char *xr_listen_default_agent(char *buf, size_t n)
@@ -116,6 +121,7 @@ typedef struct {
     int64_t retry_ms;
     int bound_to_any;
     uint16_t port;
+    uint8_t proto;
 } xr_listen_t;
 
 /* The local address to register: the bound one, or, for a wildcard bind,
@@ -138,7 +144,7 @@ static int xr_listen_register(xr_listen_t *l, char *err, size_t errlen)
         return perr ? -1 : 0;
     xr_listen_local(l);
     xr_msg_t req = {.type = XR_MSG_REGISTER}, r;
-    req.u.reg.proto = XR_PROTO_TCP;
+    req.u.reg.proto = l->proto;
     req.u.reg.local = l->local;
     if (l->state == XR_HALF_BOUND)
         req.u.reg.prior = l->official;
@@ -351,10 +357,228 @@ static void xr_listen_exec(int fd, const char *cmd)
     close(fd);
 }
 
+/* ---- UDP: xray listen --udp --------------------------------------------- */
+
+/* An association: the datagrams of one peer, relayed (a link from an
+ * INCOMING) or direct (a source address on the socket), with the
+ * command --exec runs for it.  A SOCK_SEQPACKET pair keeps each datagram
+ * one read and one write for the command. */
+typedef struct {
+    int used;
+    xr_link_t *link;
+    struct sockaddr_storage peer;
+    socklen_t peerlen;
+    int child;    /* our end of the command's pair, or -1 */
+    int link_eof; /* the client ended: the command's last answers still go */
+    int64_t last;
+    char who[160];
+} xr_assoc_t;
+
+#define XR_ASSOC_MAX 128
+
+static xr_assoc_t xr_assocs[XR_ASSOC_MAX];
+
+static void xr_assoc_close(xr_assoc_t *a, const char *why)
+{
+    fprintf(stderr, "xray listen: %s association with %s ended (%s)\n",
+            a->link ? "relayed" : "direct", a->who, why);
+    if (a->link)
+        xr_link_close(a->link);
+    if (a->child >= 0)
+        close(a->child); /* the command reads its end of input */
+    memset(a, 0, sizeof(*a));
+    a->child = -1;
+}
+
+static xr_assoc_t *xr_assoc_new(const char *cmd, const char *who, xr_link_t *link)
+{
+    xr_assoc_t *a = NULL, *idlest = &xr_assocs[0];
+    for (int i = 0; i < XR_ASSOC_MAX && a == NULL; i++) {
+        if (!xr_assocs[i].used)
+            a = &xr_assocs[i];
+        else if (xr_assocs[i].last < idlest->last)
+            idlest = &xr_assocs[i];
+    }
+    if (a == NULL) {
+        xr_assoc_close(idlest, "the longest idle, to make room");
+        a = idlest;
+    }
+    memset(a, 0, sizeof(*a));
+    a->used = 1;
+    a->child = -1;
+    a->link = link;
+    a->last = xr_now_ms();
+    snprintf(a->who, sizeof(a->who), "%s", who);
+    if (cmd != NULL) {
+        int sp[2];
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0) {
+            fprintf(stderr, "xray listen: socketpair() failed: %s\n", strerror(errno));
+            return a;
+        }
+        xr_listen_exec(sp[1], cmd);
+        a->child = sp[0];
+    }
+    fprintf(stderr, "xray listen: %s association with %s\n", a->link ? "relayed" : "direct", who);
+    fflush(stderr);
+    return a;
+}
+
+/* A datagram from the peer: to the command, or to stdout. */
+static void xr_assoc_deliver(xr_assoc_t *a, const void *p, size_t n)
+{
+    a->last = xr_now_ms();
+    if (a->child >= 0) {
+        if (send(a->child, p, n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno != EAGAIN)
+            xr_assoc_close(a, "the command is gone");
+    } else if (write(1, p, n) != (ssize_t) n) {
+        xr_listen_stop = SIGPIPE;
+    }
+}
+
+/* A datagram to the peer. */
+static void xr_assoc_reply(xr_assoc_t *a, int udp_fd, const void *p, size_t n)
+{
+    a->last = xr_now_ms();
+    if (a->link != NULL) {
+        if (xr_link_send_dgram(a->link, p, n) < 0)
+            xr_assoc_close(a, "the link failed");
+    } else {
+        sendto(udp_fd, p, n, 0, (struct sockaddr *) &a->peer, a->peerlen);
+    }
+}
+
+static int xr_listen_udp(xr_listen_t *l, const char *cmd, int64_t idle_ms)
+{
+    static unsigned char buf[XR_UDP_MAX];
+    struct pollfd p[3 + 2 * XR_ASSOC_MAX];
+    int owner[3 + 2 * XR_ASSOC_MAX];
+    xr_assoc_t *last = NULL; /* stdin answers the last peer heard from */
+    int in_open = cmd == NULL;
+    char err[300];
+    for (int i = 0; i < XR_ASSOC_MAX; i++)
+        xr_assocs[i].child = -1;
+    while (!xr_listen_stop) {
+        int np = 0;
+        p[np++] = (struct pollfd){l->listen_fd, POLLIN, 0};
+        p[np++] =
+            (struct pollfd){l->state == XR_FULLY_BOUND ? xr_client_fd(l->client) : -1, POLLIN, 0};
+        p[np++] = (struct pollfd){in_open ? 0 : -1, POLLIN, 0};
+        int ready = 0;
+        for (int i = 0; i < XR_ASSOC_MAX; i++) {
+            xr_assoc_t *a = &xr_assocs[i];
+            if (!a->used)
+                continue;
+            if (a->link != NULL && !a->link_eof) {
+                ready |= xr_link_pending(a->link) > 0;
+                owner[np] = i;
+                p[np++] = (struct pollfd){xr_link_fd(a->link), POLLIN, 0};
+            }
+            if (a->child >= 0) {
+                owner[np] = i;
+                p[np++] = (struct pollfd){a->child, POLLIN, 0};
+            }
+        }
+        int64_t wait = l->state == XR_LOCALLY_BOUND ? 1000 : l->next - xr_now_ms();
+        int n = poll(p, (nfds_t) np, ready ? 0 : (int) (wait < 0 ? 0 : wait > 1000 ? 1000 : wait));
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (xr_listen_tick(l) < 0)
+            return -1;
+        int64_t now = xr_now_ms();
+        for (int i = 0; i < XR_ASSOC_MAX; i++)
+            if (xr_assocs[i].used && now - xr_assocs[i].last > idle_ms)
+                xr_assoc_close(&xr_assocs[i], "idle");
+        if (p[0].revents & POLLIN) {
+            struct sockaddr_storage from;
+            socklen_t flen = sizeof(from);
+            ssize_t r =
+                recvfrom(l->listen_fd, buf, sizeof(buf), 0, (struct sockaddr *) &from, &flen);
+            if (r >= 0) {
+                xr_assoc_t *a = NULL;
+                for (int i = 0; i < XR_ASSOC_MAX && a == NULL; i++)
+                    if (xr_assocs[i].used && xr_assocs[i].link == NULL &&
+                        xr_assocs[i].peerlen == flen &&
+                        memcmp(&xr_assocs[i].peer, &from, flen) == 0)
+                        a = &xr_assocs[i];
+                if (a == NULL) {
+                    char who[80];
+                    xr_addr_format(&from, who, sizeof(who));
+                    a = xr_assoc_new(cmd, who, NULL);
+                    a->peer = from;
+                    a->peerlen = flen;
+                }
+                xr_assoc_deliver(a, buf, (size_t) r);
+                last = a;
+            }
+        }
+        if (l->state == XR_FULLY_BOUND &&
+            ((p[1].revents & (POLLIN | POLLHUP)) || xr_listen_queued(l))) {
+            xr_msg_t m;
+            int rc = xr_client_next(l->client, &m, 0, err, sizeof(err));
+            if (rc < 0) {
+                fprintf(stderr, "xray listen: control connection lost: %s\n", err);
+                l->state = XR_HALF_BOUND;
+                l->retry_ms = 250;
+                l->next = xr_now_ms();
+                xr_listen_report(l, " (agent lost, retrying)");
+            } else if (rc > 0 && m.type == XR_MSG_INCOMING) {
+                xr_link_t *link = NULL;
+                if (xr_client_take(l->client, &m, &link, err, sizeof(err)) < 0)
+                    fprintf(stderr, "xray listen: relayed association from %s failed: %s\n",
+                            m.u.incoming.client_subject.s, err);
+                else if (link != NULL)
+                    xr_assoc_new(cmd, m.u.incoming.client_subject.s, link);
+            }
+        }
+        if (in_open && (p[2].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t r = read(0, buf, sizeof(buf));
+            if (r <= 0)
+                in_open = 0;
+            else if (last != NULL && last->used)
+                xr_assoc_reply(last, l->listen_fd, buf, (size_t) r);
+        }
+        for (int k = 3; k < np; k++) {
+            xr_assoc_t *a = &xr_assocs[owner[k]];
+            int is_link =
+                a->used && a->link != NULL && !a->link_eof && p[k].fd == xr_link_fd(a->link);
+            if (!a->used || !((p[k].revents & (POLLIN | POLLHUP | POLLERR)) ||
+                              (is_link && xr_link_pending(a->link) > 0)))
+                continue;
+            if (is_link) {
+                size_t len;
+                int r = xr_link_recv_dgram(a->link, buf, sizeof(buf), &len);
+                if (r == 0 && a->child >= 0) {
+                    shutdown(a->child, SHUT_WR); /* the command's end of input */
+                    a->link_eof = 1;
+                    continue;
+                }
+                if (r <= 0) {
+                    xr_assoc_close(a, r == 0 ? "the client ended it" : "the link failed");
+                    continue;
+                }
+                xr_assoc_deliver(a, buf, len);
+                last = a;
+            } else {
+                ssize_t r = recv(a->child, buf, sizeof(buf), 0);
+                if (r <= 0) {
+                    xr_assoc_close(a, "the command ended");
+                    continue;
+                }
+                xr_assoc_reply(a, l->listen_fd, buf, (size_t) r);
+            }
+        }
+    }
+    for (int i = 0; i < XR_ASSOC_MAX; i++)
+        if (xr_assocs[i].used)
+            xr_assoc_close(&xr_assocs[i], "stopping");
+    return 0;
+}
+
 int xr_listen_main(int argc, char **argv)
 {
     xr_client_conf_t cf = {.timeout_ms = 5000};
-    const char *bind_addr = "0.0.0.0", *exec_cmd = NULL, *port_s = NULL;
+    const char *bind_addr = "0.0.0.0", *exec_cmd = NULL, *port_s = NULL, *idle_s = "60000";
+    int udp = 0;
     const char *private_list = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,"
                                "[fc00::]/7";
     char agent_buf[256], err[300];
@@ -368,9 +592,12 @@ int xr_listen_main(int argc, char **argv)
                             : strcmp(a, "--ca") == 0         ? &cf.ca
                             : strcmp(a, "--exec") == 0       ? &exec_cmd
                             : strcmp(a, "--private") == 0    ? &private_list
+                            : strcmp(a, "--idle") == 0       ? &idle_s
                                                              : NULL;
         if (slot != NULL && i + 1 < argc) {
             *slot = argv[++i];
+        } else if (strcmp(a, "--udp") == 0 || strcmp(a, "-u") == 0) {
+            udp = 1;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             xr_listen_usage(stdout);
             return 0;
@@ -401,7 +628,13 @@ int xr_listen_main(int argc, char **argv)
         return 2;
     }
 
-    xr_listen_t l = {.retry_ms = 250, .port = (uint16_t) port};
+    long idle_ms = strtol(idle_s, &end, 10);
+    if (*end != '\0' || idle_ms < 100 || idle_ms > 86400000) {
+        fprintf(stderr, "xray listen: --idle takes milliseconds (100-86400000)\n");
+        return 2;
+    }
+    xr_listen_t l = {
+        .retry_ms = 250, .port = (uint16_t) port, .proto = udp ? XR_PROTO_UDP : XR_PROTO_TCP};
     struct sockaddr_storage ss = {0};
     socklen_t sslen;
     if (strchr(bind_addr, ':') != NULL) {
@@ -426,10 +659,11 @@ int xr_listen_main(int argc, char **argv)
         return 2;
     }
     int one = 1;
-    l.listen_fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    l.listen_fd = socket(ss.ss_family, (udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC, 0);
     if (l.listen_fd < 0 ||
         setsockopt(l.listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        bind(l.listen_fd, (struct sockaddr *) &ss, sslen) != 0 || listen(l.listen_fd, 64) != 0) {
+        bind(l.listen_fd, (struct sockaddr *) &ss, sslen) != 0 ||
+        (!udp && listen(l.listen_fd, 64) != 0)) {
         fprintf(stderr, "xray listen: cannot listen on %s port %ld: %s\n", bind_addr, port,
                 strerror(errno));
         return 1;
@@ -473,7 +707,9 @@ int xr_listen_main(int argc, char **argv)
     }
 
     int status = 0;
-    while (!xr_listen_stop) {
+    if (udp && xr_listen_udp(&l, exec_cmd, idle_ms) < 0)
+        status = 1;
+    while (!udp && !xr_listen_stop) {
         struct pollfd p[2] = {{l.listen_fd, POLLIN, 0},
                               {l.state == XR_FULLY_BOUND ? xr_client_fd(l.client) : -1, POLLIN, 0}};
         int64_t wait = l.state == XR_LOCALLY_BOUND ? 1000 : l.next - xr_now_ms();

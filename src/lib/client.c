@@ -581,13 +581,35 @@ fail:
     return NULL;
 }
 
+static int xr_udp_to(const xr_paddr_t *a, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = xr_paddr_to_sockaddr(a, &ss);
+    char at[80];
+    int fd = len ? socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0) : -1;
+    if (fd < 0 || connect(fd, (struct sockaddr *) &ss, len) != 0) {
+        snprintf(err, errlen, "cannot reach %s: %s", xr_paddr_str(a, at, sizeof(at)),
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int *fd, int *perr,
                    char *err, size_t errlen)
+{
+    return xr_client_dial_proto(c, XR_PROTO_TCP, dst, link, fd, perr, err, errlen);
+}
+
+int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_link_t **link,
+                         int *fd, int *perr, char *err, size_t errlen)
 {
     *link = NULL;
     *fd = -1;
     xr_msg_t req = {.type = XR_MSG_CONNECT}, r;
-    req.u.connect.proto = XR_PROTO_TCP;
+    req.u.connect.proto = (uint8_t) proto;
     req.u.connect.dst = *dst;
     if (xr_client_call(c, &req, &r, perr, err, errlen) < 0)
         return -1;
@@ -596,7 +618,9 @@ int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int 
         return -1;
     }
     if (r.u.connect_ok.mode == XR_CONNECT_DIRECT) {
-        *fd = xr_tcp_to(&r.u.connect_ok.addr, c->cf.timeout_ms, err, errlen);
+        *fd = proto == XR_PROTO_UDP
+                  ? xr_udp_to(&r.u.connect_ok.addr, err, errlen)
+                  : xr_tcp_to(&r.u.connect_ok.addr, c->cf.timeout_ms, err, errlen);
         return *fd < 0 ? -1 : 0;
     }
     char key[65];
@@ -839,6 +863,51 @@ ssize_t xr_link_write(xr_link_t *l, const void *buf, size_t len)
         off += (size_t) rc;
     }
     return (ssize_t) off;
+}
+
+int xr_link_send_dgram(xr_link_t *l, const void *p, size_t n)
+{
+    if (n > XR_UDP_MAX) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    /* One write, so that the datagram is one record (or a few), never
+     * split around another's. */
+    unsigned char f[2 + XR_UDP_MAX];
+    f[0] = (unsigned char) (n >> 8);
+    f[1] = (unsigned char) n;
+    memcpy(f + 2, p, n);
+    return xr_link_write(l, f, n + 2) == (ssize_t) (n + 2) ? 0 : -1;
+}
+
+/* Exactly n bytes, or 0 at a clean end before the first, or -1. */
+static ssize_t xr_link_read_exact(xr_link_t *l, unsigned char *p, size_t n)
+{
+    size_t have = 0;
+    while (have < n) {
+        ssize_t r = xr_link_read(l, p + have, n - have);
+        if (r <= 0)
+            return r < 0 || have > 0 ? -1 : 0;
+        have += (size_t) r;
+    }
+    return (ssize_t) n;
+}
+
+int xr_link_recv_dgram(xr_link_t *l, void *buf, size_t cap, size_t *len)
+{
+    unsigned char h[2];
+    ssize_t r = xr_link_read_exact(l, h, 2);
+    if (r <= 0)
+        return (int) r;
+    size_t n = (size_t) h[0] << 8 | h[1];
+    if (n > XR_UDP_MAX || n > cap) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    if (n > 0 && xr_link_read_exact(l, buf, n) != (ssize_t) n)
+        return -1;
+    *len = n;
+    return 1;
 }
 
 void xr_link_shutdown(xr_link_t *l)

@@ -59,6 +59,24 @@ typedef struct xr_link_s xr_link_t;
  * 0, or -1 with *perr/err as for xr_client_call. */
 int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int *fd, int *perr,
                    char *err, size_t errlen);
+/* The same for proto XR_PROTO_TCP or XR_PROTO_UDP.  UDP (XRAY §5.2): a
+ * direct association is a UDP socket connected to the server's local
+ * address (*fd); a relayed one is a link that carries datagrams, each a
+ * u16 length and its bytes (xr_link_send_dgram, xr_link_recv_dgram). */
+int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_link_t **link,
+                         int *fd, int *perr, char *err, size_t errlen);
+
+/* The largest UDP payload (IPv4's). */
+#define XR_UDP_MAX 65507
+
+/* One datagram over a UDP link: 0, or -1 (errno EMSGSIZE over
+ * XR_UDP_MAX). */
+int xr_link_send_dgram(xr_link_t *l, const void *p, size_t n);
+/* The next whole datagram into buf: 1 with its length in *len (0 is a
+ * datagram too), 0 when the link ended cleanly, -1 on an error or a
+ * datagram larger than cap (EMSGSIZE). */
+int xr_link_recv_dgram(xr_link_t *l, void *buf, size_t cap, size_t *len);
+
 /* Servers: the next frame the agent sent unasked (INCOMING), waiting at
  * most timeout_ms.  1 with *m, 0 when none came, -1 when the control
  * connection failed (it is then closed). */
