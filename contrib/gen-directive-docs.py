@@ -449,11 +449,14 @@ value is applied to an existing socket on reload.</p>""",
 done, xrayd frees the mbedTLS context and seals and opens application data
 itself (AES-256-GCM, RFC 5288, or ChaCha20-Poly1305, RFC 7905), so an idle
 TLS connection costs about what a plain one does. AES-256-GCM runs on
-xrayd's own VAES/VPCLMULQDQ code where the CPU has those instructions
-(<code>xrayd -V</code> says which), else on libsodium; ChaCha20-Poly1305 is
-libsodium's. Setting the environment variable <code>XRAYD_AES=sodium</code>
-forces libsodium. Suites the record layer does not implement stay on
-mbedTLS's records.</p>
+xrayd's own VAES/VPCLMULQDQ code where the CPU has those instructions, on
+512-bit registers with AVX-512 (<code>vaes-avx512</code>) or on 256-bit
+ones with AVX2 (<code>vaes-avx2</code>, e.g. AMD Zen 3), else on libsodium
+(<code>xrayd -V</code> says which); ChaCha20-Poly1305 is libsodium's.
+Setting the environment variable <code>XRAYD_AES=sodium</code> forces
+libsodium; <code>XRAYD_AES=avx2</code> forces the 256-bit code on an
+AVX-512 machine, for testing. Suites the record layer does not implement
+stay on mbedTLS's records.</p>
 <p>With <a href="#d-tls-client_ca">client_ca</a> the client must present a
 certificate that chains to it, is within its validity and carries the
 digitalSignature key usage and the clientAuth extended key usage;

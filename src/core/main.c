@@ -44,8 +44,7 @@ static void xr_version(void)
     printf("built with libuv %s (running %s), mbedTLS %s, libyaml %s, libsodium %s\n",
            UV_VERSION_MAJOR == 1 ? uv_version_string() : "?", uv_version_string(), mbed,
            yaml_get_version_string(), sodium_version_string());
-    printf("TLS record AES-256-GCM: %s\n",
-           xr_gcm_available() ? "VAES/VPCLMULQDQ (xrayd's)" : "libsodium");
+    printf("TLS record AES-256-GCM: %s\n", xr_gcm_impl_name(xr_gcm_impl()));
     printf("module ABI %d, build signature %s\n", XR_MODULE_ABI, XR_BUILD_SIGNATURE);
     printf("compiler: %s\n", XR_CC);
     printf("configure arguments:%s%s\n", XR_CONFIGURE_ARGS[0] ? " " : "", XR_CONFIGURE_ARGS);

@@ -1,23 +1,36 @@
 /*
  * test_gcm.c: the vector AES-256-GCM (src/tls/gcm.c) against the NIST
  * test vectors and against libsodium's implementation, byte for byte, at
- * every length around the 16-byte, 64-byte and 256-byte steps the code
- * branches on, in place and not, with and without additional data.
+ * every length around the 16-, 32-, 64- and 256-byte steps the code
+ * branches on, in place and not, with and without additional data, and in
+ * buffers that end at an inaccessible page.  Each test runs every
+ * implementation this CPU has (vaes-avx512 and vaes-avx2 on an AVX-512
+ * machine, vaes-avx2 alone on Zen 3), whatever XRAYD_AES says.
  */
 #include "tls/gcm.h"
+
+#include <sys/mman.h>
 
 #include <sodium.h>
 
 #include "unit.h"
 
-static void need_gcm(void)
+/* The implementations to test, into impls[]; how many.  Each is named in
+ * a TAP comment, so a failure's diagnostic follows the name it is for. */
+static int need_gcm(xr_gcm_impl_t impls[2])
 {
     if (sodium_init() < 0)
         FAIL("sodium_init");
-    if (!xr_gcm_available())
-        SKIP("this CPU has no VAES/VPCLMULQDQ (libsodium carries the records)");
     if (!crypto_aead_aes256gcm_is_available())
         SKIP("libsodium's AES-GCM, the reference, is unavailable");
+    int n = 0;
+    if (xr_gcm_runs(XR_GCM_AVX512))
+        impls[n++] = XR_GCM_AVX512;
+    if (xr_gcm_runs(XR_GCM_AVX2))
+        impls[n++] = XR_GCM_AVX2;
+    if (n == 0)
+        SKIP("this CPU has no VAES/VPCLMULQDQ (libsodium carries the records)");
+    return n;
 }
 
 static void unhex(const char *h, unsigned char *out, size_t *n)
@@ -60,33 +73,36 @@ TEST(gcm_nist_vectors)
          "8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
          "76fc6ece0f4e1768cddf8853bb2d551b"},
     };
-    need_gcm();
-    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
-        unsigned char key[32], iv[12], pt[64], aad[32], ct[64], tag[16], out[64], t[16];
-        size_t kl, il, pl, al, cl, tl;
-        unhex(v[i].key, key, &kl);
-        unhex(v[i].iv, iv, &il);
-        unhex(v[i].pt, pt, &pl);
-        unhex(v[i].aad, aad, &al);
-        unhex(v[i].ct, ct, &cl);
-        unhex(v[i].tag, tag, &tl);
-        xr_gcm_key_t *k = xr_gcm_new(key);
-        ASSERT_NOT_NULL(k);
-        xr_gcm_seal(k, out, t, pt, pl, aad, al, iv);
-        ASSERT_MEMEQ(out, ct, cl);
-        ASSERT_MEMEQ(t, tag, 16);
-        ASSERT_EQ(xr_gcm_open(k, out, ct, cl, tag, aad, al, iv), 0);
-        ASSERT_MEMEQ(out, pt, pl);
-        xr_gcm_free(k);
+    xr_gcm_impl_t impls[2];
+    int nimpl = need_gcm(impls);
+    for (int im = 0; im < nimpl; im++) {
+        printf("# %s\n", xr_gcm_impl_name(impls[im]));
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+            unsigned char key[32], iv[12], pt[64], aad[32], ct[64], tag[16], out[64], t[16];
+            size_t kl, il, pl, al, cl, tl;
+            unhex(v[i].key, key, &kl);
+            unhex(v[i].iv, iv, &il);
+            unhex(v[i].pt, pt, &pl);
+            unhex(v[i].aad, aad, &al);
+            unhex(v[i].ct, ct, &cl);
+            unhex(v[i].tag, tag, &tl);
+            xr_gcm_key_t *k = xr_gcm_new_impl(key, impls[im]);
+            ASSERT_NOT_NULL(k);
+            xr_gcm_seal(k, out, t, pt, pl, aad, al, iv);
+            ASSERT_MEMEQ(out, ct, cl);
+            ASSERT_MEMEQ(t, tag, 16);
+            ASSERT_EQ(xr_gcm_open(k, out, ct, cl, tag, aad, al, iv), 0);
+            ASSERT_MEMEQ(out, pt, pl);
+            xr_gcm_free(k);
+        }
     }
 }
 
 /* Every length 0..1100 (all tail shapes, one to four 256-byte steps) and
  * record-sized ones, with AAD lengths 0, 13 (TLS) and 35. */
-TEST(gcm_matches_libsodium)
+static void matches_libsodium(xr_gcm_impl_t impl)
 {
     static const size_t big[] = {16383, 16384, 16385, 16384 + 255, 2048 + 7};
-    need_gcm();
     size_t cap = 16384 + 256;
     unsigned char *m = malloc(cap), *a = malloc(cap), *b = malloc(cap);
     unsigned char key[32], nonce[12], aad[35], ta[16], tb[16];
@@ -102,14 +118,15 @@ TEST(gcm_matches_libsodium)
             randombytes_buf(key, sizeof(key));
         }
         randombytes_buf(nonce, sizeof(nonce));
-        xr_gcm_key_t *k = xr_gcm_new(key);
+        xr_gcm_key_t *k = xr_gcm_new_impl(key, impl);
         ASSERT_NOT_NULL(k);
         crypto_aead_aes256gcm_beforenm(st, key);
 
         crypto_aead_aes256gcm_encrypt_detached_afternm(a, ta, NULL, m, n, aad, al, NULL, nonce, st);
         xr_gcm_seal(k, b, tb, m, n, aad, al, nonce);
         if (memcmp(a, b, n) != 0 || memcmp(ta, tb, 16) != 0)
-            FAIL("seal differs from libsodium at length %zu, aad %zu", n, al);
+            FAIL("%s: seal differs from libsodium at length %zu, aad %zu", xr_gcm_impl_name(impl),
+                 n, al);
 
         /* In place, then open in place. */
         memcpy(b, m, n);
@@ -135,7 +152,8 @@ TEST(gcm_matches_libsodium)
         ASSERT_EQ(xr_gcm_open(k, b, b, n, tag, ad, al, nonce), -1);
         for (size_t j = 0; j < n; j++)
             if (b[j] != 0)
-                FAIL("output not wiped after a bad tag (length %zu)", n);
+                FAIL("%s: output not wiped after a bad tag (length %zu)", xr_gcm_impl_name(impl),
+                     n);
         xr_gcm_free(k);
     }
     sodium_free(st);
@@ -144,13 +162,119 @@ TEST(gcm_matches_libsodium)
     free(b);
 }
 
+TEST(gcm_matches_libsodium)
+{
+    xr_gcm_impl_t impls[2];
+    int nimpl = need_gcm(impls);
+    for (int im = 0; im < nimpl; im++) {
+        printf("# %s\n", xr_gcm_impl_name(impls[im]));
+        matches_libsodium(impls[im]);
+    }
+}
+
+/* n bytes (at least one page mapped) that end where an inaccessible page
+ * begins, so a read or write past them faults even without the
+ * sanitizers; unmap with unguard(). */
+static unsigned char *guarded(size_t n)
+{
+    size_t pg = (size_t) sysconf(_SC_PAGESIZE), len = (n + pg - 1) / pg * pg + pg;
+    unsigned char *b = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b == MAP_FAILED || mprotect(b + len - pg, pg, PROT_NONE) != 0)
+        FAIL("mmap: %s", strerror(errno));
+    return b + len - pg - n;
+}
+
+static void unguard(unsigned char *p, size_t n)
+{
+    size_t pg = (size_t) sysconf(_SC_PAGESIZE), len = (n + pg - 1) / pg * pg + pg;
+    munmap(p + n + pg - len, len);
+}
+
+/* The tails are where a vector load or store could reach past the data:
+ * every length up to two steps and a bit, with every AAD length up to 40,
+ * each buffer ending at a guard page (plaintext, ciphertext, AAD, nonce,
+ * tag). */
+TEST(gcm_stays_in_its_buffers)
+{
+    xr_gcm_impl_t impls[2];
+    int nimpl = need_gcm(impls);
+    crypto_aead_aes256gcm_state *st = sodium_malloc(sizeof(*st));
+    unsigned char key[32], want_tag[16];
+    ASSERT_NOT_NULL(st);
+    randombytes_buf(key, sizeof(key));
+    crypto_aead_aes256gcm_beforenm(st, key);
+    unsigned char *nonce = guarded(12), *tag = guarded(16);
+    randombytes_buf(nonce, 12);
+    for (int im = 0; im < nimpl; im++) {
+        printf("# %s\n", xr_gcm_impl_name(impls[im]));
+        xr_gcm_key_t *k = xr_gcm_new_impl(key, impls[im]);
+        ASSERT_NOT_NULL(k);
+        for (size_t n = 0; n <= 560; n++) {
+            size_t al = n % 41;
+            unsigned char *m = guarded(n), *c = guarded(n), *aad = guarded(al);
+            unsigned char *want = malloc(n + 1);
+            ASSERT_NOT_NULL(want);
+            randombytes_buf(m, n);
+            randombytes_buf(aad, al);
+            crypto_aead_aes256gcm_encrypt_detached_afternm(want, want_tag, NULL, m, n, aad, al,
+                                                           NULL, nonce, st);
+            xr_gcm_seal(k, c, tag, m, n, aad, al, nonce);
+            if (memcmp(c, want, n) != 0 || memcmp(tag, want_tag, 16) != 0)
+                FAIL("%s: seal differs from libsodium at length %zu, aad %zu",
+                     xr_gcm_impl_name(impls[im]), n, al);
+            ASSERT_EQ(xr_gcm_open(k, c, c, n, tag, aad, al, nonce), 0);
+            ASSERT_MEMEQ(c, m, n);
+            unguard(m, n);
+            unguard(c, n);
+            unguard(aad, al);
+            free(want);
+        }
+        xr_gcm_free(k);
+    }
+    unguard(nonce, 12);
+    unguard(tag, 16);
+    sodium_free(st);
+}
+
 /* Refusing is an answer the caller must be able to ask for. */
 TEST(gcm_env_off_switch)
 {
     if (sodium_init() < 0)
         FAIL("sodium_init");
     setenv("XRAYD_AES", "sodium", 1);
+    ASSERT_EQ(xr_gcm_impl(), XR_GCM_SODIUM);
     ASSERT_EQ(xr_gcm_available(), 0);
+    ASSERT_STREQ(xr_gcm_impl_name(xr_gcm_impl()), "libsodium");
     unsigned char key[32] = {0};
     ASSERT_NULL(xr_gcm_new(key));
+}
+
+/* Unasked, the widest code the CPU runs carries the records. */
+TEST(gcm_default_is_the_widest)
+{
+    unsetenv("XRAYD_AES");
+    xr_gcm_impl_t want = xr_gcm_runs(XR_GCM_AVX512) ? XR_GCM_AVX512
+                         : xr_gcm_runs(XR_GCM_AVX2) ? XR_GCM_AVX2
+                                                    : XR_GCM_SODIUM;
+    printf("# %s\n", xr_gcm_impl_name(want));
+    ASSERT_EQ(xr_gcm_impl(), want);
+    ASSERT_EQ(xr_gcm_available(), want != XR_GCM_SODIUM);
+    /* A CPU that runs the 512-bit code runs the 256-bit code too. */
+    ASSERT_TRUE(!xr_gcm_runs(XR_GCM_AVX512) || xr_gcm_runs(XR_GCM_AVX2));
+    ASSERT_EQ(xr_gcm_runs(XR_GCM_SODIUM), 0);
+    unsigned char key[32] = {0};
+    ASSERT_NULL(xr_gcm_new_impl(key, XR_GCM_SODIUM));
+}
+
+/* XRAYD_AES=avx2 makes an AVX-512 machine test the 256-bit code. */
+TEST(gcm_env_avx2)
+{
+    setenv("XRAYD_AES", "avx2", 1);
+    xr_gcm_impl_t want = xr_gcm_runs(XR_GCM_AVX2) ? XR_GCM_AVX2 : XR_GCM_SODIUM;
+    ASSERT_EQ(xr_gcm_impl(), want);
+    ASSERT_STREQ(xr_gcm_impl_name(xr_gcm_impl()), want == XR_GCM_AVX2 ? "vaes-avx2" : "libsodium");
+    unsigned char key[32] = {0};
+    xr_gcm_key_t *k = xr_gcm_new(key);
+    ASSERT_EQ(k != NULL, want == XR_GCM_AVX2);
+    xr_gcm_free(k);
 }
