@@ -40,13 +40,15 @@ Phases, all clients in namespace a, all bounded in count and time:
      utime+stime(+cutime+cstime) of each agent's process tree (master + workers)
      before and after: CPU-s per GB relayed.  The same transfer direct, for the
      throughput comparison.
-TLS session resumption: every client (the bench client in a, the server's links in
-b) keeps the ssl.SSLSession of its last connection to each address and offers it
-with wrap_socket(session=...); the agents resume among themselves on their own.
+TLS session resumption: every client (the bench clients in a, the server's links in
+b) keeps the session of its last connection to each address and offers it (Python:
+wrap_socket(session=...), xray_load: mbedtls_ssl_set_session); the agents resume
+among themselves on their own.
 
 Results: a summary table (also summary.txt) and raw JSON in BENCH_OUT (default
-/tmp/xrayd-bench-xray.STAMP).  Needs root and `ip netns`; stdlib only (plus the
-project's t/netns.py, t/tls_helpers.py, t/agent_client.py).  See README.md.
+/tmp/xrayd-bench-xray.STAMP).  Needs root and `ip netns`; Python's stdlib only (plus
+the project's t/netns.py, t/tls_helpers.py, t/agent_client.py), and cc with
+libmbedtls-dev for xray_load.c.  See README.md.
 """
 
 import hashlib

@@ -731,7 +731,7 @@ static conn_t *dial(const struct sockaddr_in *dst, int role, size_t incap, size_
     c->state = S_TCP;
     if (connect(fd, (const struct sockaddr *) dst, sizeof(*dst)) != 0 && errno != EINPROGRESS) {
         snprintf(c->why, sizeof(c->why), "connect: %s", strerror(errno));
-        c->eof = 1; /* conn_run reports it on the first pass */
+        c->eof = 1; /* conn_run() reports it on its first pass. */
     }
     set_interest(c);
     return c;
@@ -888,7 +888,7 @@ static void conn_run(conn_t *c, uint32_t events)
             conn_fail(c, "connect: %s", strerror(err));
             return;
         }
-        if (on_ready(c) < 0) { /* the program starts TLS here */
+        if (on_ready(c) < 0) { /* The program starts TLS here. */
             conn_fail(c, NULL);
             return;
         }
@@ -910,7 +910,8 @@ static void conn_run(conn_t *c, uint32_t events)
         if (c->state == S_TLS) {
             int rc = 0;
             while (c->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
-                /* mbedTLS 2.28 says whether it resumed only while handshaking */
+                /* mbedTLS 2.28 tells whether it resumed only while the
+                 * handshake runs, so look before every step. */
                 if (c->ssl.handshake != NULL && c->ssl.handshake->resume)
                     c->resumed = 1;
                 if ((rc = mbedtls_ssl_handshake_step(&c->ssl)) != 0)
@@ -923,7 +924,8 @@ static void conn_run(conn_t *c, uint32_t events)
                 return;
             }
             if (c->sv != NULL) {
-                /* keep the last session per destination, as a library would */
+                /* Keep the last session per destination and offer it
+                 * next time, as a library would. */
                 mbedtls_ssl_session_free(&c->sv->s);
                 mbedtls_ssl_session_init(&c->sv->s);
                 c->sv->have = mbedtls_ssl_get_session(&c->ssl, &c->sv->s) == 0;
@@ -1154,7 +1156,8 @@ static void conc_fail(conn_t *c)
         logmsg("control session to agent A lost: %s", c->why);
         g_ctl = NULL;
         g_ctl_ready = 0;
-        /* every connection still waiting for its CONNECT_OK is lost with it */
+        /* Every connection still waiting for its CONNECT_OK is lost
+         * with the session. */
         for (int i = 0; R.xray && i < R.k; i++)
             if (!R.slots[i].done && R.slots[i].c == NULL)
                 slot_finish(i, 0, "control session lost before CONNECT_OK");
@@ -1185,9 +1188,10 @@ static int send_echo(conn_t *c)
 static int conc_ready(conn_t *c)
 {
     if (c->state == S_TCP) {
-        const char *name = c->role == R_CTL          ? o.agent_name
-                           : c->role == R_CLI_DIRECT ? o.direct_name
-                                                     : NULL; /* a link: its key is checked */
+        const char *name = c->role == R_CTL ? o.agent_name
+                           : c->role == R_CLI_DIRECT
+                               ? o.direct_name
+                               : NULL; /* a link: its key is checked instead */
         return tls_start(c, &g_cli, name);
     }
     if (c->role == R_CTL) {
@@ -1293,7 +1297,7 @@ static int conc_ctl_data(conn_t *c)
         }
         if (R.slots == NULL || !R.xray || id < R.id_base || id >= R.id_base + (uint32_t) R.k ||
             R.slots[id - R.id_base].done || R.slots[id - R.id_base].c != NULL) {
-            g_stale_answers++; /* an answer for a run that has ended */
+            g_stale_answers++; /* an answer for a run that has ended: its relay point expires */
             continue;
         }
         int i = (int) (id - R.id_base);
@@ -1431,7 +1435,7 @@ static void run_once(const char *path, int k, int rep, int warm)
         die("out of memory");
     R.k = R.left = k;
     R.xray = xray;
-    /* every connection's message differs, so crossed streams show */
+    /* Every connection's message differs, so crossed streams would show. */
     for (int i = 0; i < k; i++) {
         uint64_t x = ++g_serial * 0x9E3779B97F4A7C15ull;
         uint8_t *p = R.msgs + (size_t) i * (size_t) o.msg_size;
@@ -1513,9 +1517,9 @@ static void run_once(const char *path, int k, int rep, int warm)
            "\"failed\": %d, \"total_s\": ",
            warm ? "warmup" : "run", path, k, rep, ok, k - ok);
     if (ok == k)
-        printf("%.6f", last);
+        printf("%.6f, \"total_ms\": %.3f", last, last * 1e3);
     else
-        printf("null");
+        printf("null, \"total_ms\": null");
     printf(", \"wall_s\": %.6f, \"resumed\": %d, \"ctl_window\": %d, \"conn_s\": [", wall, resumed,
            xray ? o.ctl_window : -1);
     qsort(conn, (size_t) nok, sizeof(double), median_cmp);
@@ -1537,7 +1541,7 @@ static void run_once(const char *path, int k, int rep, int warm)
         printf(": %.4f", cpu1[i] - cpu0[i]);
     }
     printf("}, \"errors\": [");
-    /* distinct errors, at most 5, each with its count */
+    /* The distinct errors, at most 5, each with its count. */
     int shown = 0;
     for (int i = 0; i < k && shown < 5; i++) {
         slot_t *s = &R.slots[i];
@@ -1607,7 +1611,8 @@ static int cmd_conc(void)
                     goto out;
                 }
                 run_once(o.paths[p], o.ks[ki], rep, 0);
-                /* let the agents tear the last run's relays down before the next */
+                /* Let the agents tear the last run's relays down before the next
+                 * run starts, so runs do not overlap. */
                 double until = now() + o.gap;
                 while (!g_stop && now() < until)
                     loop_once(until - now());
@@ -1726,8 +1731,7 @@ static int srv_ready(conn_t *c)
         /* The agent's link must come from the agent we registered with. */
         uint8_t kh[32];
         if (g_have_agent_key && (peer_keyhash(&c->ssl, kh) != 0 || memcmp(kh, g_agent_key, 32))) {
-            snprintf(c->why, sizeof(c->why),
-                     "a mode-1 link from a certificate that is not agent B's");
+            snprintf(c->why, sizeof(c->why), "its certificate is not agent B's");
             return -1;
         }
         c->state = S_LINK_WAIT;
@@ -1770,7 +1774,7 @@ static int close_after_flush(conn_t *c)
 static void srv_timeout(conn_t *c)
 {
     if (c->state == S_HELD) {
-        /* no INCOMING named its token in time */
+        /* No INCOMING named its token in time. */
         srv_err("mode-1 link: no INCOMING for its token within %.0f s", HOLD_SECS);
         send_error(c, XR_PERR_BAD_TOKEN, 0, "no INCOMING named this token");
         close_after_flush(c);
@@ -1812,7 +1816,7 @@ static int serve(conn_t *c)
     for (int guard = 0; guard < 4; guard++) {
         if (c->state == S_SERVE_HDR) {
             if (c->inlen < 9) {
-                if (c->eof) { /* closed before a header: nothing to serve */
+                if (c->eof) { /* Closed before a header: nothing to serve. */
                     conn_close(c);
                     return 1;
                 }
@@ -1825,12 +1829,12 @@ static int serve(conn_t *c)
             consume(c, 9);
             S.streams++;
             if (mode == 'E')
-                c->state = S_SERVE_ECHO; /* n is not used: echo until EOF */
+                c->state = S_SERVE_ECHO; /* n is not used: serve_stream echoes until EOF */
             else if (mode == 'S') {
                 c->state = S_SERVE_SINK;
                 c->n = n;
             } else {
-                conn_close(c); /* an unknown stream: nothing served, as serve_stream does */
+                conn_close(c); /* An unknown stream: nothing served, as serve_stream does. */
                 return 1;
             }
             any = 1;
@@ -2001,7 +2005,8 @@ static int xs_ctl_data(conn_t *c)
                 start_link_out(&m);
                 break;
             }
-            /* mode 1: the agent connects to us; its link may already be here */
+            /* Mode 1: the agent connects to us, and its link may have come
+             * before this INCOMING. */
             for (conn_t *l = g_conns.next; l != &g_conns; l = l->next)
                 if (l->role == R_SRV_LINK_IN && l->state == S_HELD &&
                     memcmp(l->token, m.u.incoming.token, XR_PROTO_TOKEN) == 0) {
@@ -2130,7 +2135,7 @@ static int cmd_xserve(void)
     parse_hp(o.local, &g_local, "--local");
     g_is_xserve = 1;
     srv_setup();
-    /* mode 1: the agent connects to the registered local address */
+    /* In mode 1 the agent connects to the registered local address. */
     listen_on(&g_local, R_SRV_LINK_IN);
     g_sv_bctl = saved_for("ctl", &agent);
     g_bctl = dial(&agent, R_CTL, SRV_BUF, SRV_BUF);
@@ -2159,7 +2164,7 @@ static int cmd_xserve(void)
             reap();
             next_refresh = g_now + (g_heartbeat_ms < 100 ? 0.1 : g_heartbeat_ms / 1e3);
         }
-        /* forget mode-1 INCOMINGs whose link never came */
+        /* Forget mode-1 INCOMINGs whose link never came. */
         for (int i = 0; i < g_ninc; i++)
             if (g_now > g_inc[i].until) {
                 srv_err("mode-1 INCOMING: no link within %.0f s", INCOMING_SECS);
