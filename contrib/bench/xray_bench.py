@@ -5,14 +5,18 @@ side by side with a direct TLS connection through firewalls opened by hand.
 Topology: t/netns.py (a behind NAT box nata, b behind natb, a public bridge between
 the NAT boxes; nftables forwards nothing between LAN and public).  Agent A (xrayd)
 runs on nata, agent B on natb, configured as t/test_66_agent_topology.py's
-_two_agents() does.  In b run two echo servers (this file, subcommands):
+_two_agents() does.  In b run two echo servers:
 
   xserve  the XRAY server: registers 198.18.2.2:8080 with agent B, takes every
-          INCOMING, links out to agent B's relay point (LINK, LINK_OK, end-to-end
-          ACK) and serves the link; REFRESHes its registration every heartbeat
-  dserve  the baseline: a Python ssl server on 198.18.2.2:9443 (certificate relay-b,
+          INCOMING, links out to agent B's relay point (mode 2: LINK, LINK_OK,
+          end-to-end ACK) or, in mode 1, accepts the agent's link on 198.18.2.2:8080,
+          and serves the link; REFRESHes its registration every heartbeat
+  dserve  the baseline: a TLS server on 198.18.2.2:9443 (certificate relay-b,
           client certificate required), reached from a only after this script has
           added forward-accept rules for that port to both NAT boxes
+With CONC_CLIENT=c (the default) both are contrib/bench/xray_load.c (C, one thread,
+epoll, mbedTLS), built with cc at start, and phase 2's client is `xray_load conc`;
+CONC_CLIENT=py keeps the Python ones (subcommands of this file) for both.
 
 Every application stream starts with a 9-byte header: b"E" + u64 (echo everything
 until EOF) or b"S" + u64 n (sink n bytes, then answer the u64 count).
@@ -26,20 +30,25 @@ Phases, all clients in namespace a, all bounded in count and time:
      TCP + TLS handshake), then MSGS messages of MSG_SIZE bytes sent back to back
      while the echoes are read (one thread, non-blocking), all echoes checked
      (SHA-256), then close.  WARMUP connections per path first, not counted.
-  2. concurrency (Fig. 5): K connections at once (threads in one process), each
-     connect + 1 KiB echo, for K in CONC_KS, CONC_REPS times; total time until
-     the last echo, ratio to K=1.  Both paths.
+  2. concurrency (Fig. 5): K connections at once, each connect + 1 KiB echo, for
+     K in CONC_KS, CONC_REPS times; total time until the last echo, ratio to K=1.
+     Both paths.  CONC_CLIENT=c: one C process (xray_load conc), one thread, K
+     non-blocking connections, XRAY through ONE control session with agent A (K
+     CONNECTs pipelined), as the paper's one client with its one library;
+     CONC_CLIENT=py: K Python threads, each with its own control session.
   3. agent CPU: CPU_BYTES one way (client -> server sink) over one connection;
      utime+stime(+cutime+cstime) of each agent's process tree (master + workers)
      before and after: CPU-s per GB relayed.  The same transfer direct, for the
      throughput comparison.
-TLS session resumption: every client (the bench client in a, the server's links in
-b) keeps the ssl.SSLSession of its last connection to each address and offers it
-with wrap_socket(session=...); the agents resume among themselves on their own.
+TLS session resumption: every client (the bench clients in a, the server's links in
+b) keeps the session of its last connection to each address and offers it (Python:
+wrap_socket(session=...), xray_load: mbedtls_ssl_set_session); the agents resume
+among themselves on their own.
 
 Results: a summary table (also summary.txt) and raw JSON in BENCH_OUT (default
-/tmp/xrayd-bench-xray.STAMP).  Needs root and `ip netns`; stdlib only (plus the
-project's t/netns.py, t/tls_helpers.py, t/agent_client.py).  See README.md.
+/tmp/xrayd-bench-xray.STAMP).  Needs root and `ip netns`; Python's stdlib only (plus
+the project's t/netns.py, t/tls_helpers.py, t/agent_client.py), and cc with
+libmbedtls-dev for xray_load.c.  See README.md.
 """
 
 import hashlib
@@ -72,6 +81,7 @@ SERVER_IP = "198.18.2.2"
 XR_LOCAL_PORT = 8080     # what the XRAY server registers (nothing listens: GCB mode 2)
 DIRECT_PORT = 9443
 AGENT_PORT = 7000
+LOAD_SRC = HERE / "xray_load.c"
 CIPHERS = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305"
 
 
@@ -810,12 +820,43 @@ class Bench:
         self.reps = env_int("CONC_REPS", 3)
         self.cpu_bytes = env_int("CPU_BYTES", 1 << 30)
         self.phase_secs = env_int("PHASE_SECS", 600)
+        # c: the servers in b and phase 2's client are xray_load (C); py: Python
+        self.conc_client = os.environ.get("CONC_CLIENT", "c")
+        self.load = None
+        # CONNECTs unanswered on xray_load's one control session at most (0: all K at
+        # once).  128 because xrayd's agent closes a control session whose answers to
+        # one read overflow its 16-frame output buffer (> 178 pipelined CONNECTs).
+        self.ctl_window = env_int("CONC_CTL_WINDOW", 128)
         self.xrayd_orig = Path(os.environ.get("XRAYD_BIN") or ROOT / "objs" / "xrayd")
         self.xray = Path(os.environ.get("XRAY_BIN") or self.xrayd_orig.parent / "xray")
         self.raw = {}
         self.notes = []
 
     # -- helpers --
+
+    def build_load(self, bindir):
+        """cc contrib/bench/xray_load.c (with the daemon's self-contained frame codec,
+        src/agent/proto.c) into this run's bin/; None, with the compiler's words on
+        stderr, if it does not build."""
+        exe = bindir / "xray_load"
+        cc = shutil.which(os.environ.get("CC", "cc"))
+        if cc is None:
+            print("xray_bench: no C compiler (cc) to build %s; install build-essential "
+                  "and libmbedtls-dev, or run with CONC_CLIENT=py" % LOAD_SRC, file=sys.stderr)
+            return None
+        cmd = [cc, "-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+               "-I", str(ROOT / "src"), "-o", str(exe), str(LOAD_SRC),
+               str(ROOT / "src" / "agent" / "proto.c"), "-lmbedtls", "-lmbedx509", "-lmbedcrypto"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        (self.out / "logs" / "xray_load-build.log").write_text(
+            " ".join(cmd) + "\n" + r.stdout + r.stderr)
+        if r.returncode != 0:
+            print("xray_bench: %s does not build (rc %d; needs libmbedtls-dev 2.28, or run "
+                  "with CONC_CLIENT=py):\n%s\n%s" % (LOAD_SRC, r.returncode, " ".join(cmd),
+                                                    (r.stderr or r.stdout)[-3000:]),
+                  file=sys.stderr)
+            return None
+        return exe
 
     def save(self, name, obj):
         self.raw[name] = obj
@@ -830,6 +871,39 @@ class Bench:
             raise RuntimeError("client %s in a failed (rc %d): %s" % (cmd, p.returncode,
                                                                      p.stdout[-2000:]))
         return json.loads(lines[-1])
+
+    def conc_c(self, t, pids):
+        """Phase 2 through `xray_load conc` in a: one process, one thread, one control
+        session with agent A for all the XRAY runs.  Its JSON lines become the same
+        {"runs": [...]} the Python client returns."""
+        cc = self.ccfg
+        argv = [str(self.load), "conc", "--path", "xray,direct",
+                "--k", ",".join(map(str, self.ks)), "--reps", str(self.reps),
+                "--ca", cc["ca"], "--crt", cc["crt"], "--key", cc["key"],
+                "--agent", cc["agent"], "--agent-name", cc["agent_name"],
+                "--official", cc["official"], "--direct", cc["direct"],
+                "--direct-name", "localhost", "--phase-secs", str(self.phase_secs),
+                "--ctl-window", str(self.ctl_window),
+                "--max-secs", str(self.phase_secs + 180)]
+        if not cc["check_key"]:
+            argv.append("--no-check-key")
+        for name, pid in pids.items():
+            argv += ["--cpu", "%s=%d" % (name, pid)]
+        p = t.run("a", argv, timeout=self.phase_secs + 200, stdout=subprocess.PIPE, stderr=None)
+        recs = []
+        for line in p.stdout.splitlines():
+            try:
+                recs.append(json.loads(line))
+            except ValueError:
+                pass
+        end = next((r for r in recs if r.get("kind") == "end"), None)
+        if p.returncode != 0 or end is None:
+            raise RuntimeError("xray_load conc in a failed (rc %d): %s" % (
+                p.returncode, p.stdout[-2000:]))
+        return {"client": "xray_load conc (C, one thread, epoll, mbedTLS)",
+                "runs": [r for r in recs if r.get("kind") == "run"],
+                "warmup": [r for r in recs if r.get("kind") == "warmup"],
+                "end": end, "argv": argv}
 
     def status(self, t, me):
         p = t.run("nat" + me, [str(self.xray), "status", "--socket",
@@ -900,6 +974,14 @@ class Bench:
         log("output: %s" % self.out)
         bindir = self.out / "bin"
         bindir.mkdir(exist_ok=True)
+        if self.conc_client not in ("c", "py"):
+            print("xray_bench: CONC_CLIENT is c or py, not %r" % self.conc_client, file=sys.stderr)
+            return 2
+        if self.conc_client == "c":
+            log("building %s" % LOAD_SRC.relative_to(ROOT))
+            self.load = self.build_load(bindir)
+            if self.load is None:
+                return 2
         xrayd = bindir / "xrayd"
         shutil.copy2(self.xrayd_orig, xrayd)  # a rebuild during the run changes nothing
         ver = subprocess.run([str(xrayd), "-V"], capture_output=True, text=True, timeout=20)
@@ -911,10 +993,14 @@ class Bench:
                                            else "?",
                                            hashlib.sha256(xrayd.read_bytes()).hexdigest()[:12]),
             "python": "%s, %s" % (sys.version.split()[0], ssl.OPENSSL_VERSION),
+            "conc_client": self.conc_client,
+            "xray_load": None if self.load is None else "%s (sha256 %s)" % (
+                self.load, hashlib.sha256(self.load.read_bytes()).hexdigest()[:12]),
             "load_start": open("/proc/loadavg").read().split()[:3],
             "settings": dict(N_CONN=self.n_conn, WARMUP=self.warmup,
                              MEAN_GAP_MS=self.mean_gap_ms, SEED=self.seed, MSGS=self.msgs,
                              MSG_SIZE=self.msg_size, CONC_KS=self.ks, CONC_REPS=self.reps,
+                             CONC_CLIENT=self.conc_client, CONC_CTL_WINDOW=self.ctl_window,
                              CPU_BYTES=self.cpu_bytes, PHASE_SECS=self.phase_secs),
         }
         log("certificates (xray pki)")
@@ -972,10 +1058,20 @@ class Bench:
         xs_out, ds_out = self.out / "logs" / "xserve.jsonl", self.out / "logs" / "dserve.jsonl"
         scfg = {"ca": pki.ca, "crt": pki.crt("relay-b"), "key": pki.key("relay-b"),
                 "agent": "%s:%d" % (t.addr("natb"), AGENT_PORT), "agent_name": "agent-b"}
-        self.xserve = t.popen("b", [PY, THIS, "xserve", json.dumps(dict(scfg, out=str(xs_out)))],
-                              stderr=open(self.out / "logs" / "xserve.stderr", "w"))
-        self.dserve = t.popen("b", [PY, THIS, "dserve", json.dumps(dict(scfg, out=str(ds_out)))],
-                              stderr=open(self.out / "logs" / "dserve.stderr", "w"))
+        if self.load is not None:
+            # bounded by themselves too: every phase is, plus teardown
+            tls = ["--ca", pki.ca, "--crt", pki.crt("relay-b"), "--key", pki.key("relay-b"),
+                   "--max-secs", str(4 * self.phase_secs + 600)]
+            xs_cmd = [str(self.load), "xserve", *tls, "--agent", scfg["agent"],
+                      "--agent-name", scfg["agent_name"],
+                      "--local", "%s:%d" % (SERVER_IP, XR_LOCAL_PORT), "--out", str(xs_out)]
+            ds_cmd = [str(self.load), "dserve", *tls,
+                      "--listen", "%s:%d" % (SERVER_IP, DIRECT_PORT), "--out", str(ds_out)]
+        else:
+            xs_cmd = [PY, THIS, "xserve", json.dumps(dict(scfg, out=str(xs_out)))]
+            ds_cmd = [PY, THIS, "dserve", json.dumps(dict(scfg, out=str(ds_out)))]
+        self.xserve = t.popen("b", xs_cmd, stderr=open(self.out / "logs" / "xserve.stderr", "w"))
+        self.dserve = t.popen("b", ds_cmd, stderr=open(self.out / "logs" / "dserve.stderr", "w"))
 
         def first(path, key, proc, what):
             def f():
@@ -1047,12 +1143,16 @@ class Bench:
         w["agent_cpu_s"] = {me: cpu1[me] - cpu0[me] for me in cpu0}
         self.save("workload", w)
 
-        log("phase 2: concurrency, K in %s, %d repetitions, both paths" % (self.ks, self.reps))
+        log("phase 2: concurrency, K in %s, %d repetitions, both paths, %s client" % (
+            self.ks, self.reps, "C (xray_load conc)" if self.load else "Python"))
         pids = {"agent A": self.masters["a"].pid, "agent B": self.masters["b"].pid,
                 "xserve": self.xserve.pid, "dserve": self.dserve.pid}
-        c = self.client(t, "concurrency", {"ks": self.ks, "reps": self.reps,
-                                           "paths": ["xray", "direct"], "pids": pids},
-                        timeout=self.phase_secs + 200)
+        if self.load is not None:
+            c = self.conc_c(t, pids)
+        else:
+            c = self.client(t, "concurrency", {"ks": self.ks, "reps": self.reps,
+                                               "paths": ["xray", "direct"], "pids": pids},
+                            timeout=self.phase_secs + 200)
         c2 = self.counters(t, "after the concurrency phase")
         c["agent_counters_delta"] = {me: {k: c2[me].get(k, 0) - c1[me].get(k, 0)
                                           for k in c2[me]} for me in c2}
@@ -1220,6 +1320,18 @@ class Bench:
             "library keeps it" if os.environ.get("XRAY_CTL", "persistent") == "persistent"
             else "a new control session per connection",
             os.environ.get("XRAY_CTL", "persistent")))
+        if c.get("end"):
+            e = c["end"]
+            lines.append("concurrency client: xray_load conc (C, one thread, epoll, mbedTLS), "
+                         "%d control session(s) with agent A for all XRAY runs, K CONNECTs "
+                         "pipelined (%s), client CPU %.2f s in all" % (
+                             e["control_sessions"],
+                             "all at once" if not e.get("ctl_window") else
+                             "at most %d unanswered, CONC_CTL_WINDOW" % e["ctl_window"],
+                             e["client_cpu_s"]))
+        else:
+            lines.append("concurrency client: Python, K threads, each with its own control "
+                         "session (CONC_CLIENT=py)")
         ciph = sorted({r.get("cipher") for r in ok["xray"] + ok["direct"] if r.get("cipher")})
         lines.append("TLS 1.2 everywhere, mutual authentication on both paths, cipher(s): %s; "
                      "%s" % (", ".join(ciph) or "?", res_line))
@@ -1265,6 +1377,20 @@ class Bench:
                     kmax, p, len(rs), fmt(statistics.median(r["wall_s"] for r in rs)),
                     ", ".join("%s %.2f" % (n, statistics.median(r["cpu_s"][n] for r in rs))
                               for n in names)))
+        for p in ("xray", "direct"):
+            rs = [r for r in c.get("runs", []) if r["path"] == p and r["k"] == kmax
+                  and r.get("median_ms")]
+            if rs:
+                keys = [kk for kk in ("connect_ok", "link_tls", "link_ok", "connect_done",
+                                      "echo_after_connect") if kk in rs[0]["median_ms"]]
+                vals = []
+                for kk in keys:
+                    xs = [r["median_ms"][kk] for r in rs if r["median_ms"].get(kk) is not None]
+                    vals.append("%s %s" % (kk, fmt(statistics.median(xs) if xs else None)))
+                lines.append("%d concurrent %s, per-connection median ms since the start: %s; "
+                             "TLS resumed %d/%d" % (
+                                 kmax, p, ", ".join(vals), sum(r.get("resumed", 0) for r in rs),
+                                 sum(r["ok"] for r in rs)))
         if "relay_points_after" in c:
             lines.append("relay points left 2 s after the concurrency phase: %s" % (
                 ", ".join("%s %s" % (k.upper(), v) for k, v in c["relay_points_after"].items())))
