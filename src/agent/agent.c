@@ -239,6 +239,7 @@ typedef struct {
     char key[65];       /* the peer's public-key SHA-256 */
     int closing;
     int fail_code; /* what relay points waiting on this session fail with */
+    int out_full;  /* input waits until answers drain */
     size_t inlen, outlen;
     uint8_t in[XR_CTL_IN];
     uint8_t out[XR_CTL_OUT];
@@ -1331,6 +1332,19 @@ static void xr_ctl_input(xr_ctl_t *c)
     size_t off = 0;
     /* A link's frames end with LINK / LINK_OK: what follows is relayed. */
     while (!c->closing && c->state != XR_CTL_LINKED) {
+        /* Each frame is answered by at most two: with no room for them
+         * (a peer that pipelines faster than its socket drains), stop and
+         * take the rest once EPOLLOUT makes room, reading nothing more
+         * meanwhile. */
+        if (sizeof(c->out) - c->outlen < 2 * XR_PROTO_MAX_FRAME) {
+            if (xr_ctl_flush(c) != XR_OK) {
+                xr_ctl_close(c, "write failed");
+                return;
+            }
+            c->out_full = sizeof(c->out) - c->outlen < 2 * XR_PROTO_MAX_FRAME;
+            if (c->out_full)
+                return;
+        }
         xr_msg_t m;
         size_t used;
         const char *why;
@@ -1417,7 +1431,13 @@ static void xr_ctl_run(xr_ctl_t *c)
             return;
         }
     }
-    while (!c->closing && c->state != XR_CTL_LINKED && c->end.readable) {
+    if (c->out_full && c->end.writable) {
+        c->out_full = 0;
+        xr_ctl_input(c); /* the frames that waited for room */
+        if (c->closing || c->state == XR_CTL_LINKED)
+            return;
+    }
+    while (!c->closing && c->state != XR_CTL_LINKED && c->end.readable && !c->out_full) {
         if (c->inlen == sizeof(c->in)) {
             xr_ctl_close(c, "input buffer full");
             return;
