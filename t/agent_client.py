@@ -161,8 +161,16 @@ class Session:
 
     def connect(self, dst, proto=6):
         """-> (mode, (host, port), token, peer_key); mode 1 direct, 2 relay."""
+        return self.connect_finish(self.connect_start(dst, proto))
+
+    def connect_start(self, dst, proto=6):
+        """Send CONNECT; -> its id, for connect_finish (a library may open
+        its link to the agent meanwhile)."""
         rid = self._id()
         self.send_raw(frame(CONNECT, struct.pack(">IB", rid, proto) + addr(dst)))
+        return rid
+
+    def connect_finish(self, rid):
         body = self.expect(CONNECT_OK)
         got, mode = struct.unpack(">IB", body[:5])
         assert got == rid

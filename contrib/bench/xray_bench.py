@@ -245,6 +245,7 @@ class Client:
         # A library keeps one control session with its agent (XRAY_CTL=
         # persistent, the default); per-connection opens one each time.
         self.persistent = cfg.get("persistent_ctl", False)
+        self.early_link = os.environ.get("XRAY_EARLY_LINK", "1") != "0"
         self.kept = None
 
     def xray(self, timeout=30):
@@ -272,17 +273,33 @@ class Client:
                 info["ctl_resumed"] = True
             info["ctl_tls_ms"] = (time.monotonic() - t0) * 1e3
             info["hello_ms"] = (time.monotonic() - t0) * 1e3
-            mode, rp, token, peer_key = ctl.connect(self.official)
+            # The link to the agent's relay point comes up while the agent
+            # answers CONNECT (protocol.html: a library may open it early):
+            # the relay points of an agent are at the address its control
+            # session reaches (XRAY_EARLY_LINK=0 waits for CONNECT_OK).
+            rid = ctl.connect_start(self.official)
+            early = self.early_link
+            if early:
+                rp = self.agent
+                raw2 = socket.create_connection(rp, timeout)
+                nodelay(raw2)
+                c = self.cache.wrap(self.link_ctx, raw2, ("link",) + rp, None)
+                info["link_tls_ms"] = (time.monotonic() - t0) * 1e3
+            mode, rp_ok, token, peer_key = ctl.connect_finish(rid)
             info["connect_ok_ms"] = (time.monotonic() - t0) * 1e3
             if mode != 2:
                 raise RuntimeError("CONNECT_OK mode %d, expected 2 (relay)" % mode)
-            raw2 = socket.create_connection(rp, timeout)
-            nodelay(raw2)
-            try:
+            if not early or rp_ok != rp:
+                if early:
+                    c.close()
+                rp = rp_ok
+                raw2 = socket.create_connection(rp, timeout)
+                nodelay(raw2)
                 c = self.cache.wrap(self.link_ctx, raw2, ("link",) + rp, None)
+                info["link_tls_ms"] = (time.monotonic() - t0) * 1e3
+            try:
                 c.settimeout(timeout)
                 info["link_resumed"] = c.session_reused
-                info["link_tls_ms"] = (time.monotonic() - t0) * 1e3
                 if self.check_key and spki_sha256(c.getpeercert(True)) != peer_key:
                     raise RuntimeError("relay point's key does not hash to CONNECT_OK's peer_key")
                 link = ac.Session.__new__(ac.Session)

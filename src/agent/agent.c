@@ -239,6 +239,7 @@ typedef struct {
     char key[65];       /* the peer's public-key SHA-256 */
     int closing;
     int fail_code; /* what relay points waiting on this session fail with */
+    int early;     /* a link dialed before its token is known (RELAY_READY) */
     int out_full;  /* input waits until answers drain */
     size_t inlen, outlen;
     uint8_t in[XR_CTL_IN];
@@ -383,8 +384,9 @@ static void xr_ctl_close(xr_ctl_t *c, const char *why)
             rp->side[1] = NULL;
         if (c->kind == XR_KIND_LINK_OUT && rp->fallback)
             xr_rp_connect_out(rp, why); /* the server could not be dialed */
-        else
+        else if (!c->early)
             xr_rp_fail(rp, XR_PERR_UNREACHABLE, why);
+        /* an early link that failed is dialed again at RELAY_READY */
     }
     if (c->kind == XR_KIND_PEER_OUT)
         for (size_t i = 0; i < xr_ag.conf->npeers; i++)
@@ -949,6 +951,16 @@ static void xr_ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
         xr_rp_fail(rp, XR_PERR_UNREACHABLE, "cannot connect to the peer agent");
         return;
     }
+    /* The link to the peer's relay point (at its agent address, as a
+     * rule) comes up while the peer answers; LINK waits for the token. */
+    xr_paddr_t to;
+    xr_paddr_from_sockaddr(&to, &peer->agent.sa);
+    xr_ctl_t *early = xr_ctl_dial(peer, &to, XR_KIND_LINK_OUT, rp);
+    if (early != NULL) {
+        early->early = 1;
+        early->side = 1;
+        rp->side[1] = early;
+    }
     /* Step 5 without waiting for step 4's answer: the client's link comes
      * up while the agents talk; a refusal reaches it on that link. */
     rp->early = 1;
@@ -1029,15 +1041,42 @@ static void xr_peer_out_frame(xr_ctl_t *c, const xr_msg_t *m)
         xr_rp_fail(rp, m->u.error.code, why);
         return;
     }
-    /* Step 5-6: our relay point is ready, the links go up in parallel. */
-    xr_ctl_t *link = xr_ctl_dial(rp->peer, &m->u.relay_ready.addr, XR_KIND_LINK_OUT, rp);
-    if (link == NULL) {
-        xr_rp_fail(rp, XR_PERR_UNREACHABLE, "cannot connect to the peer's relay point");
-        return;
+    /* Step 5-6: our relay point is ready, the links go up in parallel.
+     * The link dialed early, to the peer's usual address, takes the token
+     * now; to another address we dial again. */
+    xr_ctl_t *link = rp->side[1];
+    struct sockaddr_storage want;
+    xr_paddr_to_sockaddr(&m->u.relay_ready.addr, &want);
+    if (link != NULL && link->early &&
+        !(link->remote.ss_family == want.ss_family &&
+          memcmp(&link->remote, &want,
+                 want.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                           : sizeof(struct sockaddr_in6)) == 0)) {
+        rp->side[1] = NULL;
+        link->rp = NULL;
+        xr_ctl_close(link, "the peer's relay point is elsewhere");
+        link = NULL;
     }
-    link->side = 1;
+    if (link == NULL) {
+        link = xr_ctl_dial(rp->peer, &m->u.relay_ready.addr, XR_KIND_LINK_OUT, rp);
+        if (link == NULL) {
+            xr_rp_fail(rp, XR_PERR_UNREACHABLE, "cannot connect to the peer's relay point");
+            return;
+        }
+        link->side = 1;
+        rp->side[1] = link; /* the client already has CONNECT_OK (xr_ctl_connect) */
+    }
     memcpy(link->in, m->u.relay_ready.token, XR_PROTO_TOKEN); /* kept until TLS is up */
-    rp->side[1] = link; /* the client already has CONNECT_OK (xr_ctl_connect) */
+    if (link->early) {
+        link->early = 0;
+        if (link->state == XR_CTL_FIRST) { /* its TLS is already up */
+            xr_msg_t lk = {.type = XR_MSG_LINK};
+            memcpy(lk.u.link.token, link->in, XR_PROTO_TOKEN);
+            memset(link->in, 0, XR_PROTO_TOKEN);
+            xr_ctl_send(link, &lk);
+            xr_ctl_flush(link);
+        }
+    }
 }
 
 /* ---- the server's side (steps 4 and 6) --------------------------------------- */
@@ -1149,6 +1188,16 @@ static void xr_ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
     /* A UDP server's local address takes no TCP link: it connects out. */
     int reach =
         m->u.peer_connect.proto == XR_PROTO_UDP ? XR_REACH_CONNECT_OUT : xr_ag.conf->incoming;
+    xr_msg_t r = {.type = XR_MSG_RELAY_READY};
+    r.u.relay_ready.id = id;
+    xr_paddr_from_sockaddr(&r.u.relay_ready.addr, &c->local);
+    memcpy(r.u.relay_ready.token, rp->token, XR_PROTO_TOKEN);
+    if (reach != XR_REACH_INBOUND) {
+        /* The client's agent links while we reach the server: answer first
+         * (a server we cannot dial still has the fallback). */
+        xr_ctl_send(c, &r);
+        xr_ctl_flush(c);
+    }
     xr_ctl_t *link = NULL;
     if (reach != XR_REACH_CONNECT_OUT) {
         /* Step 6 from this side: dial the server's local address, from the
@@ -1179,11 +1228,8 @@ static void xr_ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
     }
     if (link == NULL)
         xr_rp_incoming(rp, XR_INCOMING_CONNECT_OUT);
-    xr_msg_t r = {.type = XR_MSG_RELAY_READY};
-    r.u.relay_ready.id = id;
-    xr_paddr_from_sockaddr(&r.u.relay_ready.addr, &c->local);
-    memcpy(r.u.relay_ready.token, rp->token, XR_PROTO_TOKEN);
-    xr_ctl_send(c, &r);
+    if (reach == XR_REACH_INBOUND)
+        xr_ctl_send(c, &r);
     xr_log(XR_LOG_INFO, "agent: relay point %llu for %s (%s)", (unsigned long long) rp->id, what,
            link != NULL ? "dialing the server" : "the server connects out");
 }
@@ -1413,6 +1459,9 @@ static void xr_ctl_run(xr_ctl_t *c)
         c->end.readable = 1; /* a frame may have come with the handshake */
         if (c->kind == XR_KIND_PEER_OUT) {
             xr_peer_out_ready(c);
+        } else if (c->kind == XR_KIND_LINK_OUT && c->early) {
+            /* TLS is up before the peer's RELAY_READY: LINK waits for its
+             * token (xr_peer_out_frame). */
         } else if (c->kind == XR_KIND_LINK_OUT) {
             if (c->peer == NULL && (c->rp == NULL || strcmp(c->key, c->rp->key[1]) != 0)) {
                 /* A server we dialed: it must be the registered one. */

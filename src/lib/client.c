@@ -524,11 +524,10 @@ static int xr_key_is(const mbedtls_ssl_context *ssl, const char *want)
            strcasecmp(id.pubkey_sha256, want) == 0;
 }
 
-/* TLS to a relay point, then LINK, LINK_OK, ACK both ways.  want_key: the
- * relay point's key (hex) from CONNECT_OK, or NULL to check the agent's
- * name instead. */
-static xr_link_t *xr_link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8_t *token,
-                               const char *want_key, char *err, size_t errlen)
+/* TCP and TLS to a relay point (offering the session of the last
+ * link); NULL with err. */
+static xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, char *err,
+                              size_t errlen)
 {
     xr_link_t *l = calloc(1, sizeof(*l));
     if (l == NULL) {
@@ -542,7 +541,7 @@ static xr_link_t *xr_link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8
     if (l->net.fd < 0)
         goto fail;
     if (mbedtls_ssl_setup(&l->ssl, &c->conf) != 0 ||
-        (want_key == NULL &&
+        (check_name &&
          mbedtls_ssl_set_hostname(&l->ssl, c->cf.agent_name ? c->cf.agent_name : c->host) != 0)) {
         snprintf(err, errlen, "TLS setup failed");
         goto fail;
@@ -557,16 +556,28 @@ static xr_link_t *xr_link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8
             snprintf(err, errlen, "TLS with the relay point failed: %s", why);
             goto fail;
         }
-    if (want_key != NULL && !xr_key_is(&l->ssl, want_key)) {
-        snprintf(err, errlen, "the relay point's certificate is not the agent's");
-        goto fail;
-    }
     /* The relay points of one agent share its session: the next link
      * resumes. */
     if (c->has_link_session)
         mbedtls_ssl_session_free(&c->link_session);
     mbedtls_ssl_session_init(&c->link_session);
     c->has_link_session = mbedtls_ssl_get_session(&l->ssl, &c->link_session) == 0;
+    return l;
+fail:
+    xr_link_free(l);
+    return NULL;
+}
+
+/* On a link whose TLS is up: the relay point's key (hex, from
+ * CONNECT_OK; NULL: its name was checked), LINK, LINK_OK, ACK both ways.
+ * Frees l on failure. */
+static xr_link_t *xr_link_join(xr_link_t *l, const uint8_t *token, const char *want_key, char *err,
+                               size_t errlen)
+{
+    if (want_key != NULL && !xr_key_is(&l->ssl, want_key)) {
+        snprintf(err, errlen, "the relay point's certificate is not the agent's");
+        goto fail;
+    }
     /* The link's frames, then one ACK each way; the rest is the stream. */
     xr_msg_t m = {.type = XR_MSG_LINK}, ack = {.type = XR_MSG_ACK};
     memcpy(m.u.link.token, token, XR_PROTO_TOKEN);
@@ -579,6 +590,13 @@ static xr_link_t *xr_link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8
 fail:
     xr_link_free(l);
     return NULL;
+}
+
+static xr_link_t *xr_link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8_t *token,
+                               const char *want_key, char *err, size_t errlen)
+{
+    xr_link_t *l = xr_link_tls(c, rp, want_key == NULL, err, errlen);
+    return l ? xr_link_join(l, token, want_key, err, errlen) : NULL;
 }
 
 static int xr_udp_to(const xr_paddr_t *a, char *err, size_t errlen)
@@ -608,14 +626,44 @@ int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_li
 {
     *link = NULL;
     *fd = -1;
+    *perr = 0;
+    if (!c->open) {
+        snprintf(err, errlen, "not connected to the agent");
+        return -1;
+    }
     xr_msg_t req = {.type = XR_MSG_CONNECT}, r;
+    uint32_t id = ++c->next_id;
+    req.u.connect.id = id;
     req.u.connect.proto = (uint8_t) proto;
     req.u.connect.dst = *dst;
-    if (xr_client_call(c, &req, &r, perr, err, errlen) < 0)
+    if (xr_client_send(c, &req, err, errlen) < 0) {
+        xr_client_close(c);
         return -1;
+    }
+    /* The link to our agent's relay point comes up while the agent
+     * answers (XRAY §8: the links of a connection are set up in
+     * parallel): its relay points are at the address the control
+     * connection reaches.  A direct answer or another address wastes one
+     * (resumed) handshake. */
+    xr_paddr_t at;
+    xr_paddr_from_sockaddr(&at, &c->agent_addr);
+    char e2[200];
+    xr_link_t *early = at.family ? xr_link_tls(c, &at, 0, e2, sizeof(e2)) : NULL;
+    if (xr_client_answer(c, id, &r, perr, err, errlen) < 0) {
+        if (early)
+            xr_link_free(early);
+        return -1;
+    }
     if (r.type != XR_MSG_CONNECT_OK) {
+        if (early)
+            xr_link_free(early);
         snprintf(err, errlen, "the agent answered CONNECT with %s", xr_proto_type_name(r.type));
         return -1;
+    }
+    if (early != NULL && (r.u.connect_ok.mode != XR_CONNECT_RELAY ||
+                          memcmp(&r.u.connect_ok.addr, &at, sizeof(at)) != 0)) {
+        xr_link_free(early);
+        early = NULL;
     }
     if (r.u.connect_ok.mode == XR_CONNECT_DIRECT) {
         *fd = proto == XR_PROTO_UDP
@@ -625,7 +673,8 @@ int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_li
     }
     char key[65];
     sodium_bin2hex(key, sizeof(key), r.u.connect_ok.peer_key, sizeof(r.u.connect_ok.peer_key));
-    *link = xr_link_open(c, &r.u.connect_ok.addr, r.u.connect_ok.token, key, err, errlen);
+    *link = early ? xr_link_join(early, r.u.connect_ok.token, key, err, errlen)
+                  : xr_link_open(c, &r.u.connect_ok.addr, r.u.connect_ok.token, key, err, errlen);
     return *link != NULL ? 0 : -1;
 }
 
