@@ -691,8 +691,12 @@ static const char *xr_ctx_name(unsigned ctx)
         return "a tls block";
     if (ctx & XR_CTX_TLS_CLIENT)
         return "an upstream_tls block";
+    if (ctx & XR_CTX_PROXY_HTTP)
+        return "a proxy's http block";
     if (ctx & XR_CTX_RELAY)
         return "a relay block";
+    if (ctx & XR_CTX_PROXY)
+        return "a proxy block";
     if (ctx & XR_CTX_MAIN)
         return "the top level";
     return "a filter's options";

@@ -5,6 +5,7 @@
 #include "core/gen.h"
 #include "agent/agent.h"
 #include "core/log.h"
+#include "proxy/proxy_conf.h"
 #include "tls/tls.h"
 
 #include <glob.h>
@@ -19,6 +20,7 @@ static int xr_set_load_module(xr_conf_t *cf, const xr_node_t *n, void *conf,
                               const xr_directive_t *d);
 static int xr_set_include(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 static int xr_set_relay(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
+static int xr_set_proxy(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 static int xr_set_error_log(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 
@@ -27,6 +29,7 @@ static const char *const xr_balance_names[] = {"round_robin", "least_conn", "ran
 
 #define M     XR_CTX_MAIN
 #define R     XR_CTX_RELAY
+#define P     XR_CTX_PROXY
 #define MO(f) offsetof(xr_main_conf_t, f)
 #define RO(f) offsetof(xr_relay_conf_t, f)
 
@@ -51,15 +54,33 @@ const xr_directive_t xr_core_directives[] = {
      "How long retiring workers may keep relaying after reload or quit."},
     {"relay", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_relay, XR_DIR_MULTI,
      "Relay blocks: listeners and the upstreams they relay to."},
+    {"proxy", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_proxy, XR_DIR_MULTI,
+     "Transparent proxy blocks: REDIRECT or TPROXY targets that relay to each connection's "
+     "original destination."},
+    {"state_dir", M, XR_T_PATH, MO(state_dir), "/run/xrayd", 0, 0, NULL, NULL, 0,
+     "Where each worker keeps the snapshot of its proxied connections (tmpfs is best)."},
+    {"admin_socket", M, XR_T_PATH, MO(admin_socket), NULL, 0, 0, NULL, NULL, 0,
+     "UNIX socket (mode 0600) the master answers `xray status` on: proxies, live "
+     "connections, resumptions."},
     {"agent", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_agent_set, 0,
      "Run the XRAY agent: its control address, TLS, networks and official pool."},
     {"applications", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_agent_set_applications, 0,
      "The agent's policy: applications by certificate, what each may do."},
 
-    {"name", R, XR_T_STRING, RO(name), NULL, 0, 0, NULL, NULL, 0,
-     "Name of the relay block in logs and statistics (default: first listen address)."},
-    {"listen", R, XR_T_ADDR_LIST, RO(listen), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
+    {"name", R | P, XR_T_STRING, RO(name), NULL, 0, 0, NULL, NULL, 0,
+     "Name of the block in logs and statistics (default: first listen address)."},
+    {"listen", R | P, XR_T_ADDR_LIST, RO(listen), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
      "Addresses to accept connections on: host:port, [v6]:port or *:port."},
+    {"mode", P, XR_T_ENUM, RO(proxy_mode), "circuit", 0, 0, xr_proxy_mode_names, NULL, 0,
+     "circuit relays bytes as they are; http parses and checks every request."},
+    {"intercept", P, XR_T_ENUM, RO(intercept), "redirect", 0, 0, xr_intercept_names, NULL, 0,
+     "How connections arrive: redirect (iptables/nftables REDIRECT) or tproxy (TPROXY)."},
+    {"upstream", P, XR_T_ADDR_LIST, RO(upstream), NULL, 0, 0, NULL, NULL, 0,
+     "Parent proxies to try first; the original destination when none answers."},
+    {"continuity", P, XR_T_FLAG, RO(continuity), "on", 0, 0, NULL, NULL, 0,
+     "Keep live connections across worker crashes and binary upgrades (snapshots)."},
+    {"http", P, XR_T_CUSTOM, RO(http), NULL, 0, 0, NULL, xr_proxy_set_http, 0,
+     "HTTP rules of a mode: http proxy: methods, hosts, headers, limits."},
     {"upstream", R, XR_T_ADDR_LIST, RO(upstream), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
      "Servers to relay to, one address or a list."},
     {"balance", R, XR_T_ENUM, RO(balance), "round_robin", 0, 0, xr_balance_names, NULL, 0,
@@ -70,31 +91,33 @@ const xr_directive_t xr_core_directives[] = {
      "Failed connects that mark a server down for upstream_fail_timeout."},
     {"upstream_fail_timeout", R, XR_T_DURATION, RO(upstream_fail_timeout), "10s", 0, 86400000, NULL,
      NULL, 0, "How long a failed server is skipped."},
-    {"backlog", R, XR_T_INT, RO(backlog), "511", 1, 65535, NULL, NULL, 0, "Listen queue length."},
-    {"filters", R, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_filters, 0,
+    {"backlog", R | P, XR_T_INT, RO(backlog), "511", 1, 65535, NULL, NULL, 0,
+     "Listen queue length."},
+    {"filters", R | P, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_filters, 0,
      "The filter chain: module names, or NAME: {options}, in order."},
     {"tls", R, XR_T_CUSTOM, RO(tls), NULL, 0, 0, NULL, xr_tls_set_server, 0,
      "Accept TLS on the listen addresses: certificate, key, client_ca, allow ..."},
     {"upstream_tls", R, XR_T_CUSTOM, RO(upstream_tls), NULL, 0, 0, NULL, xr_tls_set_client, 0,
      "Speak TLS to the upstream servers: ca, verify, certificate, key, server_name ..."},
-    {"buffer_size", M | R, XR_T_SIZE, RO(buffer_size), "64k", 1024, 16 << 20, NULL, NULL, 0,
+    {"buffer_size", M | R | P, XR_T_SIZE, RO(buffer_size), "64k", 1024, 16 << 20, NULL, NULL, 0,
      "Bytes buffered per direction of a relay while the far side is slow."},
-    {"connect_timeout", M | R, XR_T_DURATION, RO(connect_timeout), "5s", 1, 3600000, NULL, NULL, 0,
+    {"connect_timeout", M | R | P, XR_T_DURATION, RO(connect_timeout), "5s", 1, 3600000, NULL, NULL, 0,
      "Time allowed to connect to an upstream server."},
-    {"idle_timeout", M | R, XR_T_DURATION, RO(idle_timeout), "10m", 1, 604800000, NULL, NULL, 0,
+    {"idle_timeout", M | R | P, XR_T_DURATION, RO(idle_timeout), "10m", 1, 604800000, NULL, NULL, 0,
      "A relay with no bytes in either direction for this long is closed."},
-    {"max_connections", M | R, XR_T_INT, RO(max_connections), "10000", 1, 1000000, NULL, NULL, 0,
+    {"max_connections", M | R | P, XR_T_INT, RO(max_connections), "10000", 1, 1000000, NULL, NULL, 0,
      "Concurrent connections per relay block, across workers; more wait in the backlog."},
-    {"tcp_nodelay", M | R, XR_T_FLAG, RO(tcp_nodelay), "on", 0, 0, NULL, NULL, 0,
+    {"tcp_nodelay", M | R | P, XR_T_FLAG, RO(tcp_nodelay), "on", 0, 0, NULL, NULL, 0,
      "Disable Nagle's algorithm on both ends."},
     XR_DIRECTIVES_END};
 
 #undef M
 #undef R
+#undef P
 
 static const xr_directive_t *const xr_hint_tables[] = {
-    xr_core_directives,  xr_tls_server_directives, xr_tls_client_directives,
-    xr_agent_directives, xr_app_directives,        NULL};
+    xr_core_directives, xr_tls_server_directives, xr_tls_client_directives, xr_agent_directives,
+    xr_app_directives,  xr_http_directives,       NULL};
 
 static void *xr_gen_target(xr_conf_t *cf, const xr_directive_t *d, void *block)
 {
@@ -208,6 +231,30 @@ static int xr_set_relay(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_
             return XR_ERROR;
         if (rc->name == NULL)
             rc->name = rc->listen.items[0].text;
+    }
+    return XR_OK;
+}
+
+static int xr_set_proxy(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d)
+{
+    xr_gen_t *g = cf->user;
+    if (n->type != XR_NODE_SEQ)
+        return xr_conf_error(cf, n,
+                             "expected a sequence of proxy blocks (each item starts with \"- \")");
+    for (size_t i = 0; i < n->n; i++) {
+        const xr_node_t *b = n->items[i];
+        if (b->type != XR_NODE_MAP)
+            return xr_conf_error(cf, b, "expected a proxy block (a mapping with listen)");
+        xr_relay_conf_t *rc = xr_gen_add_relay(cf, g);
+        rc->node = b;
+        rc->kind = XR_BLOCK_PROXY;
+        if (xr_conf_defaults(cf, xr_core_directives, XR_CTX_PROXY, rc, NULL) != XR_OK ||
+            xr_conf_block(cf, b, xr_core_directives, XR_CTX_PROXY, rc, NULL, &rc->set) != XR_OK)
+            return XR_ERROR;
+        if (rc->name == NULL)
+            rc->name = rc->listen.items[0].text;
+        if (xr_proxy_check(cf, rc) != XR_OK)
+            return XR_ERROR;
     }
     return XR_OK;
 }
@@ -414,8 +461,8 @@ static int xr_gen_validate(xr_conf_t *cf, xr_gen_t *g)
         for (size_t r2 = 0; r2 < r; r2++)
             if (strcmp(g->relays[r2]->name, rc->name) == 0) {
                 const xr_node_t *nn = xr_node_get(rc->node, "name");
-                return xr_conf_error(cf, nn ? nn : rc->node, "duplicate relay name \"%s\"",
-                                     rc->name);
+                return xr_conf_error(cf, nn ? nn : rc->node, "duplicate %s name \"%s\"",
+                                     rc->kind == XR_BLOCK_PROXY ? "proxy" : "relay", rc->name);
             }
     }
     return XR_OK;
@@ -447,7 +494,8 @@ static xr_gen_t *xr_gen_build(xr_conf_t *cf, xr_gen_t *g, xr_node_t *root)
         return NULL;
     if (g->nrelays == 0 && g->agent == NULL) {
         xr_conf_error(cf, root,
-                      "no relay blocks and no agent: nothing to do (add a \"relay:\" list)");
+                      "no relay or proxy blocks and no agent: nothing to do (add a \"relay:\" "
+                      "list)");
         return NULL;
     }
     return g;
@@ -542,6 +590,8 @@ static void xr_list_table(FILE *out, const xr_directive_t *t, const char *label)
                 strcat(ctx, "main");
             if (d->contexts & XR_CTX_RELAY)
                 strcat(ctx, ctx[0] ? ",relay" : "relay");
+            if (d->contexts & XR_CTX_PROXY)
+                strcat(ctx, ctx[0] ? ",proxy" : "proxy");
         }
         const char *type = xr_dir_type_name(d->type);
         /* Custom setters take shapes the generic names do not cover. */
@@ -549,6 +599,7 @@ static void xr_list_table(FILE *out, const xr_directive_t *t, const char *label)
             {"error_log", "stderr|path"}, {"workers", "auto|number"},
             {"include", "paths"},         {"load_module", "paths"},
             {"relay", "relay blocks"},    {"filters", "filter entries"},
+            {"proxy", "proxy blocks"},    {"http", "http block"},
             {"tls", "tls block"},         {"upstream_tls", "tls block"},
             {"agent", "agent block"},     {"applications", "application entries"},
             {"outbound", "rules"},        {"peers", "peer agents"},
@@ -577,6 +628,7 @@ void xr_gen_list_directives(FILE *out)
     xr_list_table(out, xr_agent_directives, "agent");
     xr_list_table(out, xr_app_directives, "application");
     xr_list_table(out, xr_peer_directives, "peer");
+    xr_list_table(out, xr_http_directives, "http");
     for (size_t i = 0; xr_builtin_modules[i]; i++) {
         char label[80];
         snprintf(label, sizeof(label), "filter:%s", xr_builtin_modules[i]->name);

@@ -27,6 +27,13 @@ typedef struct xr_filter_conf_s {
 } xr_filter_conf_t;
 
 struct xr_tls_conf_s;
+struct xr_http_conf_s;
+
+/* What a block is: a relay to fixed upstreams, or a transparent proxy to
+ * each connection's original destination. */
+typedef enum { XR_BLOCK_RELAY = 0, XR_BLOCK_PROXY } xr_block_kind_t;
+typedef enum { XR_PROXY_CIRCUIT = 0, XR_PROXY_HTTP } xr_proxy_mode_t;
+typedef enum { XR_INTERCEPT_REDIRECT = 0, XR_INTERCEPT_TPROXY } xr_intercept_t;
 
 typedef struct xr_relay_conf_s {
     uint64_t set; /* bit i: core directive i was written in this block */
@@ -43,6 +50,12 @@ typedef struct xr_relay_conf_s {
     int64_t idle_timeout;
     int64_t max_connections;
     int64_t backlog;
+    /* proxy blocks */
+    int kind; /* xr_block_kind_t */
+    int proxy_mode;
+    int intercept;
+    int continuity;
+    struct xr_http_conf_s *http;
     xr_filter_conf_t *filters;
     size_t nfilters;
     struct xr_tls_conf_s *tls;          /* listen side, or NULL */
@@ -59,6 +72,8 @@ typedef struct {
     char *error_log;
     int log_level;
     int64_t drain_timeout;
+    char *state_dir;    /* proxies' snapshot files */
+    char *admin_socket; /* `xray status` for the daemon */
 } xr_main_conf_t;
 
 typedef struct xr_cleanup_s {

@@ -1,0 +1,123 @@
+/*
+ * proxy_conf.c: proxy blocks' own checks and the `http:` rules.
+ */
+#include "core/xrayd.h"
+#include "proxy/proxy_conf.h"
+
+#include <stdio.h>
+#include <strings.h>
+
+const char *const xr_proxy_mode_names[] = {"circuit", "http", NULL};
+const char *const xr_intercept_names[] = {"redirect", "tproxy", NULL};
+
+#define H     XR_CTX_PROXY_HTTP
+#define HO(f) offsetof(xr_http_conf_t, f)
+
+const xr_directive_t xr_http_directives[] = {
+    {"methods", H, XR_T_STR_LIST, HO(methods), NULL, 0, 0, NULL, NULL, 0,
+     "Request methods let through (default: GET HEAD POST PUT DELETE OPTIONS PATCH)."},
+    {"hosts_allow", H, XR_T_STR_LIST, HO(hosts_allow), NULL, 0, 0, NULL, NULL, 0,
+     "Hosts requests may name: exact names, *.domain or * (default: any)."},
+    {"hosts_deny", H, XR_T_STR_LIST, HO(hosts_deny), NULL, 0, 0, NULL, NULL, 0,
+     "Hosts refused even when hosts_allow lets them in."},
+    {"remove_headers", H, XR_T_STR_LIST, HO(remove_headers), NULL, 0, 0, NULL, NULL, 0,
+     "Request headers dropped before forwarding (hop-by-hop ones always are)."},
+    {"deny_headers", H, XR_T_STR_LIST, HO(deny_headers), NULL, 0, 0, NULL, NULL, 0,
+     "A request carrying any of these headers is refused with 403."},
+    {"max_header_size", H, XR_T_SIZE, HO(max_header_size), "16k", 1024, 1 << 20, NULL, NULL, 0,
+     "Largest request or response head; a larger one is refused (431 or 502)."},
+    {"via", H, XR_T_STRING, HO(via), "xrayd", 0, 0, NULL, NULL, 0,
+     "Pseudonym this proxy adds to Via on requests and responses."},
+    XR_DIRECTIVES_END};
+
+#undef H
+
+static const char *const xr_default_methods[] = {"GET",    "HEAD",    "POST", "PUT",
+                                                 "DELETE", "OPTIONS", "PATCH"};
+
+static int xr_token_ok(const char *s, size_t n)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~";
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char) s[i];
+        if (!(c >= '0' && c <= '9') && !(c >= 'a' && c <= 'z') && !(c >= 'A' && c <= 'Z') &&
+            strchr(tchar, c) == NULL)
+            return 0;
+    }
+    return 1;
+}
+
+int xr_proxy_set_http(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d)
+{
+    if (n->type != XR_NODE_MAP)
+        return xr_conf_error(cf, n, "expected a mapping of HTTP rules");
+    xr_http_conf_t *h = xr_conf_alloc(cf, sizeof(*h));
+    if (xr_conf_defaults(cf, xr_http_directives, XR_CTX_PROXY_HTTP, h, NULL) != XR_OK ||
+        xr_conf_block(cf, n, xr_http_directives, XR_CTX_PROXY_HTTP, h, NULL, NULL) != XR_OK)
+        return XR_ERROR;
+    const xr_str_list_t *lists[] = {&h->methods, &h->remove_headers, &h->deny_headers};
+    const char *names[] = {"methods", "remove_headers", "deny_headers"};
+    for (size_t k = 0; k < XR_ARRAY_SIZE(lists); k++)
+        for (size_t i = 0; i < lists[k]->n; i++)
+            if (!xr_token_ok(lists[k]->items[i], lists[k]->lens[i]))
+                return xr_conf_error(cf, xr_node_get(n, names[k]),
+                                     "\"%s\" is not an HTTP token", lists[k]->items[i]);
+    *(xr_http_conf_t **) ((char *) conf + d->offset) = h;
+    return XR_OK;
+}
+
+int xr_proxy_check(xr_conf_t *cf, xr_relay_conf_t *rc)
+{
+    const xr_node_t *hn = xr_node_get(rc->node, "http");
+    if (rc->http != NULL && rc->proxy_mode != XR_PROXY_HTTP)
+        return xr_conf_error(cf, hn, "http rules need mode: http");
+    if (rc->proxy_mode == XR_PROXY_HTTP && rc->http == NULL) {
+        xr_http_conf_t *h = xr_conf_alloc(cf, sizeof(*h));
+        if (xr_conf_defaults(cf, xr_http_directives, XR_CTX_PROXY_HTTP, h, NULL) != XR_OK)
+            return XR_ERROR;
+        rc->http = h;
+    }
+    if (rc->http != NULL && rc->http->methods.n == 0) {
+        xr_str_list_t *m = &rc->http->methods;
+        m->n = XR_ARRAY_SIZE(xr_default_methods);
+        m->items = xr_conf_alloc(cf, m->n * sizeof(char *));
+        m->lens = xr_conf_alloc(cf, m->n * sizeof(size_t));
+        for (size_t i = 0; i < m->n; i++) {
+            m->items[i] = (char *) xr_default_methods[i];
+            m->lens[i] = strlen(xr_default_methods[i]);
+        }
+    }
+    if (rc->http != NULL && rc->http->max_header_size > rc->buffer_size / 2) {
+        const xr_node_t *bs = xr_node_get(rc->node, "buffer_size");
+        return xr_conf_error(cf, bs ? bs : rc->node,
+                             "buffer_size must hold two request heads: at least %lld bytes "
+                             "for max_header_size %lld",
+                             (long long) rc->http->max_header_size * 2,
+                             (long long) rc->http->max_header_size);
+    }
+    return XR_OK;
+}
+
+int xr_http_host_match(const xr_str_list_t *patterns, const char *host, size_t len)
+{
+    while (len > 0 && host[len - 1] == '.')
+        len--; /* "example.com." is example.com */
+    for (size_t i = 0; i < patterns->n; i++) {
+        const char *p = patterns->items[i];
+        size_t pl = patterns->lens[i];
+        if (pl == 1 && p[0] == '*')
+            return 1;
+        if (pl > 2 && p[0] == '*' && p[1] == '.') {
+            /* a subdomain: the name ends in ".domain" and has more before it */
+            size_t sl = pl - 1;
+            if (len > sl && strncasecmp(host + len - sl, p + 1, sl) == 0)
+                return 1;
+            continue;
+        }
+        if (pl == len && strncasecmp(host, p, len) == 0)
+            return 1;
+    }
+    return 0;
+}
