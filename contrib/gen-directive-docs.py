@@ -621,9 +621,15 @@ NAV = [
 CORE_GROUPS = [
     ("main", "Top level", frozenset(["main"]),
      "These appear only at the top level of the configuration file."),
-    ("inherited", "Top level and relay blocks", frozenset(["main", "relay"]),
+    ("inherited", "Top level, relay and proxy blocks", frozenset(["main", "relay", "proxy"]),
+     "Set at the top level, these are the defaults of every relay and proxy block; a "
+     "block may set its own value, which applies to that block only."),
+    ("inherited-relay", "Top level and relay blocks", frozenset(["main", "relay"]),
      "Set at the top level, these are the defaults of every relay block; a "
      "relay block may set its own value, which applies to that block only."),
+    ("relayproxy", "Relay and proxy blocks", frozenset(["relay", "proxy"]),
+     "These appear inside an entry of the <a href=\"#d-relay\">relay</a> or the "
+     "<a href=\"#d-proxy\">proxy</a> list."),
     ("relay", "Relay blocks", frozenset(["relay"]),
      "These appear inside an entry of the <a href=\"#d-relay\">relay</a> list."),
 ]
@@ -649,6 +655,13 @@ BLOCKS = {
              "Directives of each entry of the agent's <a href=\"#d-agent-peers\">peers</a> "
              "list: another agent, the official networks it serves, how to reach it and "
              "how to recognise it."),
+    "proxy": ("Proxy blocks",
+              "Directives only an entry of the <a href=\"#d-proxy\">proxy</a> list takes "
+              "(it also takes those of <a href=\"#relayproxy\">relay and proxy blocks</a>): "
+              "a transparent proxy to each connection's original destination."),
+    "http": ("A proxy's HTTP rules",
+             "Directives of a proxy block's <a href=\"#d-proxy-http\">http</a> mapping "
+             "(<code>mode: http</code>): what requests may do."),
     "application": ("Applications",
                     "Directives of each entry of the top-level "
                     "<a href=\"#d-applications\">applications</a> list: the agent's "
@@ -694,8 +707,10 @@ def parse(text):
         name, contexts, dtype, default, doc = (f.strip() for f in fields)
         ctx = [c.strip() for c in contexts.split(",") if c.strip()]
         modules = [c[len("filter:"):] for c in ctx if c.startswith("filter:")]
-        blocks = [c for c in ctx if c in BLOCKS]
-        core_ctx = [c for c in ctx if not c.startswith("filter:") and c not in BLOCKS]
+        # "proxy" is a block of its own only for the directives no other
+        # block takes; shared ones stay core (context "relay, proxy").
+        blocks = [c for c in ctx if c in BLOCKS and (c != "proxy" or ctx == ["proxy"])]
+        core_ctx = [c for c in ctx if not c.startswith("filter:") and c not in blocks]
         if core_ctx:
             out.append(Directive(name, core_ctx, dtype, default, doc))
         for m in modules:

@@ -79,18 +79,25 @@ def html_pages():
 
 # Nested blocks (of a relay block, or the agent's); their directives are
 # anchored d-BLOCK-NAME.
-BLOCKS = ("tls", "upstream_tls", "agent", "application", "peer")
+# "proxy" is such a block only for a directive no other block takes (the
+# ones shared with relay blocks keep d-NAME).
+BLOCKS = ("tls", "upstream_tls", "agent", "application", "peer", "http", "proxy")
+
+
+def _blocks(ctx):
+    return [c for c in ctx if c in BLOCKS and (c != "proxy" or ctx == ["proxy"])]
 
 
 def expected_anchors(rows):
     for name, contexts, _type, _default, _doc in rows:
         ctx = [c.strip() for c in contexts.split(",") if c.strip()]
         modules = [c[len("filter:"):] for c in ctx if c.startswith("filter:")]
-        if any(not c.startswith("filter:") and c not in BLOCKS for c in ctx):
+        blocks = _blocks(ctx)
+        if any(not c.startswith("filter:") and c not in blocks for c in ctx):
             yield name, "d-" + name
         for m in modules:
             yield "%s (filter %s)" % (name, m), "d-%s-%s" % (m, name)
-        for b in (c for c in ctx if c in BLOCKS):
+        for b in blocks:
             yield "%s (%s)" % (name, b), "d-%s-%s" % (b, name)
 
 
