@@ -871,11 +871,11 @@ TEST(defaults_and_inheritance)
 TEST(no_relays)
 {
     LOAD_ERR("",
-             "<buffer>:1:1: no relay blocks and no agent: nothing to do (add a \"relay:\" list)");
+             "<buffer>:1:1: no relay or proxy blocks and no agent: nothing to do (add a \"relay:\" list)");
     LOAD_ERR("daemon: off\n",
-             "<buffer>:1:1: no relay blocks and no agent: nothing to do (add a \"relay:\" list)");
+             "<buffer>:1:1: no relay or proxy blocks and no agent: nothing to do (add a \"relay:\" list)");
     LOAD_ERR("relay: []\n",
-             "<buffer>:1:1: no relay blocks and no agent: nothing to do (add a \"relay:\" list)");
+             "<buffer>:1:1: no relay or proxy blocks and no agent: nothing to do (add a \"relay:\" list)");
 }
 
 TEST(relay_shapes)
@@ -1032,8 +1032,8 @@ TEST(list_directives)
     FILE *fp = open_memstream(&buf, &len);
     xr_gen_list_directives(fp);
     fclose(fp);
-    ASSERT_NOT_NULL(strstr(buf, "listen\trelay\taddresses\t-\t"));
-    ASSERT_NOT_NULL(strstr(buf, "buffer_size\tmain,relay\tsize\t64k\t"));
+    ASSERT_NOT_NULL(strstr(buf, "listen\trelay,proxy\taddresses\t-\t"));
+    ASSERT_NOT_NULL(strstr(buf, "buffer_size\tmain,relay,proxy\tsize\t64k\t"));
     ASSERT_NOT_NULL(strstr(buf, "balance\trelay\tround_robin|least_conn|random|source_hash\t"));
     ASSERT_NOT_NULL(strstr(buf, "patterns\tfilter:signature\t"));
     ASSERT_NOT_NULL(strstr(buf, "direction\tfilter:signature\tup|down|both\tboth\t"));
