@@ -1,6 +1,6 @@
 /*
  * log.c: the access log filter: one JSON object per line for every
- * finished relay.
+ * finished relay, and for every request through an HTTP proxy.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -119,6 +119,22 @@ static void xr_accesslog_log(void *conf, void *state, xr_session_t *s)
                              (unsigned long long) s->written_total[XR_DIR_DOWN],
                              (long long) (s->end_ms - s->start_ms));
     off = xr_json_str(line, cap, off, s->close_reason[0] ? s->close_reason : "done");
+    if (s->http != NULL) {
+        /* One record per request of an HTTP proxy. */
+        const xr_http_log_t *h = s->http;
+        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ",\"http\":{\"method\":");
+        off = xr_json_str(line, cap, off, h->method);
+        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ",\"host\":");
+        off = xr_json_str(line, cap, off, h->host);
+        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ",\"uri\":");
+        off = xr_json_str(line, cap, off, h->uri);
+        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0,
+                                 ",\"status\":%d,\"refused\":%s,\"request_bytes\":%llu,"
+                                 "\"response_bytes\":%llu}",
+                                 h->status, h->refused ? "true" : "false",
+                                 (unsigned long long) h->request_bytes,
+                                 (unsigned long long) h->response_bytes);
+    }
     if (off > cap)
         off = cap;
     line[off++] = '}';

@@ -65,7 +65,20 @@ typedef struct xr_session_s {
     uint64_t written_total[2];
     char close_reason[96];
     void *_core; /* the core's relay; do not touch */
+    /* An HTTP proxy's request, for log hooks (called once per request),
+     * or NULL. */
+    const struct xr_http_log_s *http;
 } xr_session_t;
+
+/* One request through an HTTP proxy (mode: http). */
+typedef struct xr_http_log_s {
+    const char *method;
+    const char *host;
+    const char *uri; /* as the client sent it, cut at 95 bytes */
+    int status;      /* the response's, or the proxy's own refusal */
+    int refused;     /* 1: answered by the proxy, not forwarded */
+    uint64_t request_bytes, response_bytes;
+} xr_http_log_t;
 
 /* A chunk of cleartext handed to a data hook.  The hook may rewrite
  * data[0..len) in place and change len up to cap. */

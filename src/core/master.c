@@ -6,11 +6,13 @@
  * forked from here inherits no event-loop state.
  */
 #include "core/xrayd.h"
+#include "core/continuity.h"
 #include "core/log.h"
 #include "core/master.h"
 #include "core/shm.h"
 #include "core/worker.h"
 #include "event/listener.h"
+#include "proxy/proxy.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -31,7 +33,16 @@ typedef struct {
     int retiring;
     int agent; /* serves the generation's agent */
     int64_t started;
+    int cont_fd; /* the master's end of its continuity channel */
 } xr_proc_t;
+
+/* A dead worker whose proxied connections wait for a replacement. */
+typedef struct {
+    pid_t pid;
+    xr_gen_t *gen;
+} xr_orphan_t;
+
+#define XR_MAX_ORPHANS 64
 
 static struct {
     xr_proc_t procs[XR_SHM_WORKERS];
@@ -44,6 +55,8 @@ static struct {
     int64_t respawn_at;
     int64_t respawn_delay;
     char pid_path[4096];
+    xr_orphan_t orphans[XR_MAX_ORPHANS];
+    size_t norphans;
 } xr_m;
 
 static int xr_master_nprocs(const xr_gen_t *g)
@@ -55,7 +68,9 @@ static int xr_master_nprocs(const xr_gen_t *g)
     return n;
 }
 
-static int xr_master_spawn(xr_gen_t *g)
+/* Start a worker of g; with adopt, it takes over that dead worker's
+ * proxied connections, and with retiring only those. */
+static int xr_master_spawn_for(xr_gen_t *g, pid_t adopt, int retiring)
 {
     int slot = -1;
     for (int i = 0; i < XR_SHM_WORKERS; i++)
@@ -69,24 +84,83 @@ static int xr_master_spawn(xr_gen_t *g)
     }
     /* One worker of a generation serves its agent, so the agent's tables
      * live in one process; a replacement for it takes the role over. */
-    int agent = g->agent != NULL;
+    int agent = g->agent != NULL && !retiring;
     for (int i = 0; i < XR_SHM_WORKERS && agent; i++)
         if (xr_m.procs[i].pid > 0 && xr_m.procs[i].gen == g && xr_m.procs[i].agent)
             agent = 0;
+    int child_end = -1;
+    int cont_fd = xr_cont_channel(&child_end);
+    if (cont_fd < 0) {
+        xr_log_errno(XR_LOG_ALERT, errno, "cannot make a continuity channel");
+        return XR_ERROR;
+    }
     pid_t pid = fork();
     if (pid < 0) {
         xr_log_errno(XR_LOG_ALERT, errno, "fork() failed");
+        close(cont_fd);
+        close(child_end);
         return XR_ERROR;
     }
     if (pid == 0)
-        xr_worker_main(g, slot, agent, xr_m.sigfd);
+        xr_worker_main(g, slot, agent, xr_m.sigfd, child_end, adopt, retiring);
+    close(child_end);
+    xr_cont_attach(cont_fd, pid);
+    if (adopt > 0)
+        xr_cont_adopted(adopt, pid);
+    xr_m.procs[slot].cont_fd = cont_fd;
     xr_m.procs[slot].agent = agent;
     xr_m.procs[slot].pid = pid;
     xr_m.procs[slot].gen = g;
-    xr_m.procs[slot].retiring = 0;
+    xr_m.procs[slot].retiring = retiring;
     xr_m.procs[slot].started = xr_mono_ms();
-    xr_log(XR_LOG_NOTICE, "start worker process %d", (int) pid);
+    if (adopt > 0)
+        xr_log(XR_LOG_NOTICE, "start worker process %d, taking over worker %d's connections",
+               (int) pid, (int) adopt);
+    else
+        xr_log(XR_LOG_NOTICE, "start worker process %d", (int) pid);
     return XR_OK;
+}
+
+/* A new worker of g, adopting an orphan of g if one waits. */
+static int xr_master_spawn(xr_gen_t *g)
+{
+    for (size_t i = 0; i < xr_m.norphans; i++)
+        if (xr_m.orphans[i].gen == g) {
+            pid_t dead = xr_m.orphans[i].pid;
+            xr_m.orphans[i] = xr_m.orphans[--xr_m.norphans];
+            return xr_master_spawn_for(g, dead, 0);
+        }
+    return xr_master_spawn_for(g, 0, 0);
+}
+
+/* Worker pid of g died with proxied connections: they wait for the next
+ * worker of g (the respawn), or - g retiring - for a replacement that only
+ * finishes them. */
+static void xr_master_orphan(pid_t pid, xr_gen_t *g, size_t n)
+{
+    char path[600];
+    xr_proxy_store_path(path, sizeof(path), g->main.state_dir, pid);
+    if (xr_m.stopping || n == 0) {
+        xr_cont_forget(pid);
+        unlink(path);
+        return;
+    }
+    xr_log(XR_LOG_NOTICE, "worker %d left %zu proxied connection(s) to take over", (int) pid, n);
+    if (g != xr_m.gens[0]) {
+        if (xr_master_spawn_for(g, pid, 1) != XR_OK)
+            xr_cont_forget(pid);
+        return;
+    }
+    if (xr_m.norphans == XR_MAX_ORPHANS) {
+        xr_log(XR_LOG_ALERT, "too many dead workers waiting; worker %d's connections are closed",
+               (int) pid);
+        xr_cont_forget(pid);
+        unlink(path);
+        return;
+    }
+    xr_m.orphans[xr_m.norphans].pid = pid;
+    xr_m.orphans[xr_m.norphans].gen = g;
+    xr_m.norphans++;
 }
 
 static void xr_master_signal_gen(const xr_gen_t *g, int sig, int only_live)
@@ -135,10 +209,14 @@ static void xr_master_reap(void)
         xr_shm_reap_worker(slot);
         int respawn = !expected && p->gen == xr_m.gens[0];
         int64_t lived = xr_mono_ms() - p->started;
+        xr_gen_t *g = p->gen;
+        size_t left = xr_cont_reap(pid);
         memset(p, 0, sizeof(*p));
+        xr_master_orphan(pid, g, left);
         if (respawn) {
             /* A worker that keeps dying young must not turn the master
-             * into a fork loop. */
+             * into a fork loop (its connections wait no longer than the
+             * back-off). */
             if (lived < XR_RESPAWN_FAST_MS)
                 xr_m.respawn_delay =
                     xr_m.respawn_delay ? XR_MIN(xr_m.respawn_delay * 2, XR_RESPAWN_MAX_MS) : 100;
@@ -319,13 +397,23 @@ int xr_master_run(xr_gen_t *g, const char *conf_path)
             timeout = (int) XR_MAX(0, xr_m.respawn_at - now);
         if (xr_m.stopping == 2)
             timeout = (int) XR_MAX(0, xr_m.stop_deadline - now);
-        struct pollfd pfd = {xr_m.sigfd, POLLIN, 0};
-        int rc = poll(&pfd, 1, timeout);
+        struct pollfd pfd[1 + XR_SHM_WORKERS];
+        int chans[XR_SHM_WORKERS];
+        size_t nch = xr_cont_fds(chans, XR_SHM_WORKERS);
+        pfd[0] = (struct pollfd){xr_m.sigfd, POLLIN, 0};
+        for (size_t i = 0; i < nch; i++)
+            pfd[1 + i] = (struct pollfd){chans[i], POLLIN, 0};
+        int rc = poll(pfd, (nfds_t) (1 + nch), timeout);
         if (rc < 0 && errno != EINTR) {
             xr_log_errno(XR_LOG_ALERT, errno, "poll() failed in the master");
             sleep(1);
             continue;
         }
+        /* Descriptors first: a HOLD sent just before a worker died must be
+         * in the table when its SIGCHLD is handled. */
+        for (size_t i = 0; rc > 0 && i < nch; i++)
+            if (pfd[1 + i].revents & POLLIN)
+                xr_cont_master_read(pfd[1 + i].fd);
         struct signalfd_siginfo si;
         while (read(xr_m.sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si))
             xr_master_handle_signal((int) si.ssi_signo);

@@ -4,12 +4,14 @@
  */
 #include "core/xrayd.h"
 #include "agent/agent.h"
+#include "core/continuity.h"
 #include "core/log.h"
 #include "core/proctitle.h"
 #include "core/shm.h"
 #include "core/worker.h"
 #include "event/listener.h"
 #include "event/reactor.h"
+#include "proxy/proxy.h"
 #include "relay/relay.h"
 #include "tls/tls.h"
 
@@ -39,8 +41,9 @@ static struct {
     size_t nls;
     xr_list_t relays;
     size_t nrelays;
+    size_t nproxied;
     int stopping; /* 1: graceful, 2: fast */
-    uv_signal_t sig[5];
+    uv_signal_t sig[6];
     uv_timer_t drain, retry;
     int retry_armed;
 } xr_w;
@@ -67,7 +70,19 @@ void xr_worker_relay_removed(xr_relay_t *r)
 {
     xr_list_remove(&r->link);
     xr_w.nrelays--;
-    if (xr_w.stopping && xr_w.nrelays == 0)
+    if (xr_w.stopping && xr_w.nrelays == 0 && xr_w.nproxied == 0)
+        xr_worker_finish();
+}
+
+void xr_worker_proxy_added(void)
+{
+    xr_w.nproxied++;
+}
+
+void xr_worker_proxy_removed(void)
+{
+    xr_w.nproxied--;
+    if (xr_w.stopping && xr_w.nrelays == 0 && xr_w.nproxied == 0)
         xr_worker_finish();
 }
 
@@ -139,7 +154,10 @@ static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
             return;
         }
         uint64_t id = atomic_fetch_add(&xr_shm->next_id, 1) + 1;
-        xr_relay_start(&xr_w.loop, rt, fd, &sa, id); /* takes over the reserved slot */
+        if (rc->kind == XR_BLOCK_PROXY)
+            xr_proxy_start(&xr_w.loop, rt, fd, &sa, id);
+        else
+            xr_relay_start(&xr_w.loop, rt, fd, &sa, id); /* takes over the reserved slot */
     }
 }
 
@@ -168,8 +186,22 @@ static void xr_worker_close_all(const char *why)
 
 static void xr_worker_drain_cb(uv_timer_t *t)
 {
-    xr_log(XR_LOG_NOTICE, "drain_timeout reached, closing %zu connections", xr_w.nrelays);
+    xr_log(XR_LOG_NOTICE, "drain_timeout reached, closing %zu connections",
+           xr_w.nrelays + xr_w.nproxied);
     xr_worker_close_all("worker shutdown");
+    xr_proxy_close_all("worker shutdown");
+}
+
+/* Stop accepting; finish once the connections have (graceful stop). */
+static void xr_worker_drain(void)
+{
+    xr_w.stopping = 1;
+    xr_worker_close_listeners();
+    if (xr_w.nrelays == 0 && xr_w.nproxied == 0) {
+        xr_worker_finish();
+        return;
+    }
+    uv_timer_start(&xr_w.drain, xr_worker_drain_cb, (uint64_t) xr_w.gen->main.drain_timeout, 0);
 }
 
 static void xr_worker_signal_cb(uv_signal_t *h, int signum)
@@ -178,20 +210,31 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
     case SIGQUIT:
         if (xr_w.stopping)
             return;
-        xr_w.stopping = 1;
-        xr_log(XR_LOG_NOTICE, "gracefully shutting down, %zu connections to finish", xr_w.nrelays);
-        xr_worker_close_listeners();
-        if (xr_w.nrelays == 0) {
+        xr_log(XR_LOG_NOTICE, "gracefully shutting down, %zu connections to finish",
+               xr_w.nrelays + xr_w.nproxied);
+        xr_worker_drain();
+        break;
+    case SIGUSR2:
+        /* Binary upgrade: the proxied connections go on in the new
+         * binary's workers (from our snapshot and the master's
+         * descriptors); relays finish here. */
+        xr_log(XR_LOG_NOTICE,
+               "binary upgrade: handing over %zu proxied connections, %zu relays "
+               "to finish",
+               xr_w.nproxied, xr_w.nrelays);
+        xr_proxy_freeze();
+        xr_cont_frozen();
+        if (!xr_w.stopping)
+            xr_worker_drain();
+        else if (xr_w.nrelays == 0)
             xr_worker_finish();
-            return;
-        }
-        uv_timer_start(&xr_w.drain, xr_worker_drain_cb, (uint64_t) xr_w.gen->main.drain_timeout, 0);
         break;
     case SIGTERM:
     case SIGINT:
         xr_w.stopping = 2;
         xr_worker_close_listeners();
         xr_worker_close_all("worker shutdown");
+        xr_proxy_close_all("worker shutdown");
         xr_worker_finish();
         break;
     case SIGUSR1:
@@ -204,7 +247,8 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
     }
 }
 
-void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd)
+void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd, int cont_fd, pid_t adopt,
+                    int retiring)
 {
     xr_log_set_pid();
     xr_proctitle_set("xrayd: worker process");
@@ -217,12 +261,12 @@ void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd)
     sigprocmask(SIG_SETMASK, &all, NULL);
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
-    signal(SIGUSR2, SIG_IGN);
     /* A worker without its master has nobody to supervise or reload it. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() == 1)
         _exit(0);
     xr_listeners_close_foreign(g);
+    xr_cont_child_init(cont_fd, adopt);
 
     memset(&xr_w, 0, sizeof(xr_w));
     xr_w.gen = g;
@@ -231,7 +275,7 @@ void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd)
         xr_log(XR_LOG_EMERG, "uv_loop_init() failed in worker");
         _exit(2);
     }
-    static const int sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1};
+    static const int sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
     for (size_t i = 0; i < XR_ARRAY_SIZE(sigs); i++) {
         uv_signal_init(&xr_w.loop, &xr_w.sig[i]);
         uv_signal_start(&xr_w.sig[i], xr_worker_signal_cb, sigs[i]);
@@ -273,6 +317,22 @@ void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd)
             xr_worker_listen(l, 1);
         }
     }
+    if (xr_proxy_worker_init(&xr_w.loop, g, retiring) != XR_OK)
+        _exit(2);
+    if (adopt > 0)
+        xr_proxy_adopt(adopt, g->main.state_dir);
+    if (retiring) {
+        /* A replacement for a worker of a retiring generation: it only
+         * carries on what that one left. */
+        xr_log(XR_LOG_NOTICE,
+               "worker process started (generation %llu, retiring) for %zu "
+               "connections of worker %d",
+               (unsigned long long) g->number, xr_w.nproxied, (int) adopt);
+        xr_worker_drain();
+        uv_run(&xr_w.loop, UV_RUN_DEFAULT);
+        xr_proxy_worker_exit();
+        exit(0);
+    }
     if (agent) {
         int fd = xr_listeners_fd(&g->agent->listen);
         if (fd < 0 || xr_agent_start(&xr_w.loop, g, fd) != XR_OK) {
@@ -288,6 +348,7 @@ void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd)
     for (xr_filter_conf_t *f = g->filters; f; f = f->next_in_gen)
         if (f->module->exit_worker)
             f->module->exit_worker(f->conf);
+    xr_proxy_worker_exit();
     xr_log(XR_LOG_NOTICE, "worker process exiting");
     exit(0);
 }

@@ -62,8 +62,8 @@ int xr_proxy_set_http(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_di
     for (size_t k = 0; k < XR_ARRAY_SIZE(lists); k++)
         for (size_t i = 0; i < lists[k]->n; i++)
             if (!xr_token_ok(lists[k]->items[i], lists[k]->lens[i]))
-                return xr_conf_error(cf, xr_node_get(n, names[k]),
-                                     "\"%s\" is not an HTTP token", lists[k]->items[i]);
+                return xr_conf_error(cf, xr_node_get(n, names[k]), "\"%s\" is not an HTTP token",
+                                     lists[k]->items[i]);
     *(xr_http_conf_t **) ((char *) conf + d->offset) = h;
     return XR_OK;
 }

@@ -1,0 +1,432 @@
+/*
+ * continuity.c: the master's table of proxied connections' sockets and
+ * the channel each worker reports on (see continuity.h).
+ */
+#include "core/xrayd.h"
+#include "core/continuity.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+enum { XR_CONT_HOLD = 1, XR_CONT_DROP, XR_CONT_FROZEN };
+
+typedef struct {
+    uint32_t type;
+    uint32_t which; /* HOLD: the end */
+    uint64_t id;
+} xr_cont_msg_t;
+
+#define XR_CONT_CHANNELS 160
+
+typedef struct {
+    int fd;
+    pid_t pid; /* 0: attached to nobody yet */
+    int frozen;
+} xr_channel_t;
+
+static struct {
+    /* the table: entries packed, and an open-addressing index by id */
+    xr_cont_entry_t *e;
+    size_t n, cap;
+    uint32_t *idx; /* entry index + 1; 0 empty, UINT32_MAX deleted */
+    size_t icap;
+    xr_channel_t ch[XR_CONT_CHANNELS];
+    pid_t adopt_next; /* the next worker started adopts this one's */
+    /* in a worker */
+    int wfd;
+    pid_t adopting;
+} xr_ct = {.wfd = -1};
+
+/* ---- the table ------------------------------------------------------------ */
+
+static size_t xr_cont_hash(uint64_t id, size_t cap)
+{
+    id ^= id >> 33;
+    id *= 0xff51afd7ed558ccdULL;
+    id ^= id >> 33;
+    return (size_t) id & (cap - 1);
+}
+
+static void xr_cont_reindex(void)
+{
+    size_t cap = 64;
+    while (cap < xr_ct.n * 2 + 16)
+        cap *= 2;
+    free(xr_ct.idx);
+    xr_ct.idx = xr_calloc(cap, sizeof(uint32_t));
+    xr_ct.icap = cap;
+    for (size_t i = 0; i < xr_ct.n; i++) {
+        size_t h = xr_cont_hash(xr_ct.e[i].id, cap);
+        while (xr_ct.idx[h] != 0)
+            h = (h + 1) & (cap - 1);
+        xr_ct.idx[h] = (uint32_t) i + 1;
+    }
+}
+
+/* The index slot of id, or of where it would go (*found 0). */
+static size_t xr_cont_slot(uint64_t id, int *found)
+{
+    size_t h = xr_cont_hash(id, xr_ct.icap), tomb = SIZE_MAX;
+    for (;;) {
+        uint32_t v = xr_ct.idx[h];
+        if (v == 0) {
+            *found = 0;
+            return tomb != SIZE_MAX ? tomb : h;
+        }
+        if (v == UINT32_MAX) {
+            if (tomb == SIZE_MAX)
+                tomb = h;
+        } else if (xr_ct.e[v - 1].id == id) {
+            *found = 1;
+            return h;
+        }
+        h = (h + 1) & (xr_ct.icap - 1);
+    }
+}
+
+static xr_cont_entry_t *xr_cont_find(uint64_t id)
+{
+    if (xr_ct.icap == 0)
+        return NULL;
+    int found;
+    size_t h = xr_cont_slot(id, &found);
+    return found ? &xr_ct.e[xr_ct.idx[h] - 1] : NULL;
+}
+
+static xr_cont_entry_t *xr_cont_get(uint64_t id, pid_t owner)
+{
+    xr_cont_entry_t *x = xr_cont_find(id);
+    if (x != NULL)
+        return x;
+    if (xr_ct.n == xr_ct.cap) {
+        xr_ct.cap = xr_ct.cap ? xr_ct.cap * 2 : 256;
+        xr_ct.e = xr_realloc(xr_ct.e, xr_ct.cap * sizeof(*xr_ct.e));
+    }
+    if ((xr_ct.n + 1) * 2 > xr_ct.icap)
+        xr_ct.n++, xr_cont_reindex(), xr_ct.n--; /* room for one more */
+    int found;
+    size_t h = xr_cont_slot(id, &found);
+    x = &xr_ct.e[xr_ct.n];
+    x->id = id;
+    x->owner = owner;
+    x->fd[0] = x->fd[1] = -1;
+    xr_ct.idx[h] = (uint32_t) ++xr_ct.n;
+    return x;
+}
+
+/* Remove x (closing nothing); the last entry moves into its place. */
+static void xr_cont_remove(xr_cont_entry_t *x)
+{
+    int found;
+    size_t h = xr_cont_slot(x->id, &found);
+    xr_ct.idx[h] = UINT32_MAX;
+    size_t i = (size_t) (x - xr_ct.e), last = xr_ct.n - 1;
+    if (i != last) {
+        xr_ct.e[i] = xr_ct.e[last];
+        size_t hl = xr_cont_slot(xr_ct.e[i].id, &found);
+        xr_ct.idx[hl] = (uint32_t) i + 1;
+    }
+    xr_ct.n--;
+    if (xr_ct.n == 0)
+        xr_cont_reindex(); /* sweep the tombstones while it is cheap */
+}
+
+static void xr_cont_close_entry(xr_cont_entry_t *x)
+{
+    for (int k = 0; k < XR_CONT_ENDS; k++)
+        if (x->fd[k] >= 0)
+            close(x->fd[k]);
+    xr_cont_remove(x);
+}
+
+void xr_cont_add(uint64_t id, pid_t owner, const int fd[XR_CONT_ENDS])
+{
+    xr_cont_entry_t *x = xr_cont_get(id, owner);
+    x->owner = owner;
+    for (int k = 0; k < XR_CONT_ENDS; k++) {
+        if (x->fd[k] >= 0 && x->fd[k] != fd[k])
+            close(x->fd[k]);
+        x->fd[k] = fd[k];
+    }
+}
+
+size_t xr_cont_count(void)
+{
+    return xr_ct.n;
+}
+
+size_t xr_cont_count_of(pid_t pid)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < xr_ct.n; i++)
+        c += xr_ct.e[i].owner == pid;
+    return c;
+}
+
+size_t xr_cont_entries(const xr_cont_entry_t **out)
+{
+    *out = xr_ct.e;
+    return xr_ct.n;
+}
+
+void xr_cont_forget(pid_t pid)
+{
+    for (size_t i = 0; i < xr_ct.n;) {
+        if (xr_ct.e[i].owner == pid)
+            xr_cont_close_entry(&xr_ct.e[i]); /* the last one moved here */
+        else
+            i++;
+    }
+}
+
+/* ---- channels, master side ------------------------------------------------- */
+
+int xr_cont_channel(int *child_end)
+{
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0)
+        return -1;
+    int big = 1 << 20; /* a burst of new connections must not block a worker */
+    setsockopt(sp[0], SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    setsockopt(sp[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    for (int i = 0; i < XR_CONT_CHANNELS; i++)
+        if (xr_ct.ch[i].fd <= 0 && xr_ct.ch[i].pid == 0) {
+            xr_ct.ch[i].fd = sp[0];
+            xr_ct.ch[i].frozen = 0;
+            *child_end = sp[1];
+            return sp[0];
+        }
+    close(sp[0]);
+    close(sp[1]);
+    errno = EMFILE;
+    return -1;
+}
+
+static xr_channel_t *xr_cont_channel_of_fd(int fd)
+{
+    for (int i = 0; i < XR_CONT_CHANNELS; i++)
+        if (xr_ct.ch[i].fd == fd && fd > 0)
+            return &xr_ct.ch[i];
+    return NULL;
+}
+
+void xr_cont_attach(int master_end, pid_t pid)
+{
+    xr_channel_t *c = xr_cont_channel_of_fd(master_end);
+    if (c != NULL)
+        c->pid = pid;
+}
+
+size_t xr_cont_fds(int *fds, size_t cap)
+{
+    size_t n = 0;
+    for (int i = 0; i < XR_CONT_CHANNELS && n < cap; i++)
+        if (xr_ct.ch[i].fd > 0 && xr_ct.ch[i].pid > 0)
+            fds[n++] = xr_ct.ch[i].fd;
+    return n;
+}
+
+/* One message from c; 1 if one was read, 0 when none waits. */
+static int xr_cont_read_one(xr_channel_t *c)
+{
+    xr_cont_msg_t m;
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {&m, sizeof(m)};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n <= 0)
+        return 0;
+    int fd = -1;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm))
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+            memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+    if ((size_t) n != sizeof(m) || (m.type == XR_CONT_HOLD && (fd < 0 || m.which >= 2))) {
+        xr_log(XR_LOG_ALERT, "continuity: malformed message from worker %d", (int) c->pid);
+        if (fd >= 0)
+            close(fd);
+        return 1;
+    }
+    xr_cont_entry_t *x;
+    switch (m.type) {
+    case XR_CONT_HOLD:
+        x = xr_cont_get(m.id, c->pid);
+        if (x->fd[m.which] >= 0)
+            close(x->fd[m.which]);
+        x->fd[m.which] = fd;
+        x->owner = c->pid;
+        break;
+    case XR_CONT_DROP:
+        x = xr_cont_find(m.id);
+        if (x != NULL)
+            xr_cont_close_entry(x);
+        break;
+    case XR_CONT_FROZEN: c->frozen = 1; break;
+    default: break;
+    }
+    return 1;
+}
+
+void xr_cont_master_read(int fd)
+{
+    xr_channel_t *c = xr_cont_channel_of_fd(fd);
+    for (int i = 0; c != NULL && i < 4096 && xr_cont_read_one(c); i++) {
+    }
+}
+
+size_t xr_cont_reap(pid_t pid)
+{
+    for (int i = 0; i < XR_CONT_CHANNELS; i++) {
+        xr_channel_t *c = &xr_ct.ch[i];
+        if (c->pid != pid || c->fd <= 0)
+            continue;
+        /* What the worker sent before it died is still in the socket. */
+        while (xr_cont_read_one(c)) {
+        }
+        close(c->fd);
+        memset(c, 0, sizeof(*c));
+    }
+    return xr_cont_count_of(pid);
+}
+
+void xr_cont_will_adopt(pid_t dead)
+{
+    xr_ct.adopt_next = dead;
+}
+
+void xr_cont_adopted(pid_t dead, pid_t pid)
+{
+    for (size_t i = 0; i < xr_ct.n; i++)
+        if (xr_ct.e[i].owner == dead)
+            xr_ct.e[i].owner = pid;
+    if (xr_ct.adopt_next == dead)
+        xr_ct.adopt_next = 0;
+}
+
+/* ---- worker side --------------------------------------------------------- */
+
+void xr_cont_child_init(int fd, pid_t dead)
+{
+    xr_ct.wfd = fd;
+    xr_ct.adopting = dead;
+    struct timeval tv = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    /* The master's ends of every channel and the sockets of connections
+     * other workers serve are not ours: holding them would keep those
+     * sockets open after their own workers closed them. */
+    for (int i = 0; i < XR_CONT_CHANNELS; i++)
+        if (xr_ct.ch[i].fd > 0)
+            close(xr_ct.ch[i].fd);
+    memset(xr_ct.ch, 0, sizeof(xr_ct.ch));
+    for (size_t i = 0; i < xr_ct.n;) {
+        if (dead != 0 && xr_ct.e[i].owner == dead)
+            i++;
+        else
+            xr_cont_close_entry(&xr_ct.e[i]);
+    }
+}
+
+pid_t xr_cont_adopting(void)
+{
+    return xr_ct.adopting;
+}
+
+int xr_cont_take(uint64_t id, int fd[XR_CONT_ENDS])
+{
+    xr_cont_entry_t *x = xr_cont_find(id);
+    if (x == NULL || xr_ct.adopting == 0 || x->owner != xr_ct.adopting) {
+        fd[0] = fd[1] = -1;
+        return 0;
+    }
+    for (int k = 0; k < XR_CONT_ENDS; k++)
+        fd[k] = x->fd[k];
+    xr_cont_remove(x); /* the descriptors are the caller's now */
+    return 1;
+}
+
+void xr_cont_release_unclaimed(void)
+{
+    for (size_t i = 0; i < xr_ct.n;) {
+        xr_cont_entry_t *x = &xr_ct.e[i];
+        if (x->owner != xr_ct.adopting) {
+            i++;
+            continue;
+        }
+        /* The dead worker had finished it (its slot was free) but died
+         * before saying so: end it as it would have. */
+        for (int k = 0; k < XR_CONT_ENDS; k++)
+            if (x->fd[k] >= 0)
+                shutdown(x->fd[k], SHUT_RDWR);
+        uint64_t id = x->id;
+        xr_cont_close_entry(x);
+        xr_cont_drop(id);
+    }
+}
+
+static int xr_cont_send(const xr_cont_msg_t *m, int fd)
+{
+    if (xr_ct.wfd < 0)
+        return XR_ERROR;
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof(u));
+    struct iovec iov = {(void *) m, sizeof(*m)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd >= 0) {
+        mh.msg_control = u.buf;
+        mh.msg_controllen = sizeof(u.buf);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    }
+    /* The channel is blocking with a 1 MiB buffer and a 1 s send timeout:
+     * a master that cannot keep up slows new connections down rather
+     * than losing their continuity. */
+    for (;;) {
+        ssize_t n = sendmsg(xr_ct.wfd, &mh, MSG_NOSIGNAL);
+        if (n == (ssize_t) sizeof(*m))
+            return XR_OK;
+        if (n < 0 && errno == EINTR)
+            continue;
+        return XR_ERROR;
+    }
+}
+
+int xr_cont_hold(uint64_t id, int which, int fd)
+{
+    xr_cont_msg_t m = {XR_CONT_HOLD, (uint32_t) which, id};
+    return xr_cont_send(&m, fd);
+}
+
+void xr_cont_drop(uint64_t id)
+{
+    xr_cont_msg_t m = {XR_CONT_DROP, 0, id};
+    if (xr_cont_send(&m, -1) != XR_OK)
+        xr_log(XR_LOG_ALERT, "continuity: cannot tell the master connection %llu ended: %s",
+               (unsigned long long) id, strerror(errno));
+}
+
+void xr_cont_frozen(void)
+{
+    xr_cont_msg_t m = {XR_CONT_FROZEN, 0, 0};
+    xr_cont_send(&m, -1);
+}
+
+int xr_cont_all_frozen(void)
+{
+    for (int i = 0; i < XR_CONT_CHANNELS; i++)
+        if (xr_ct.ch[i].fd > 0 && xr_ct.ch[i].pid > 0 && !xr_ct.ch[i].frozen)
+            return 0;
+    return 1;
+}

@@ -1,0 +1,804 @@
+/*
+ * http.c: the HTTP handler (see http.h).
+ *
+ * Each direction is in one of three phases.  HEAD: bytes wait in the IN
+ * ring until a whole head has come; it is parsed in one go (so the
+ * committed parser is always at a message boundary or inside a body),
+ * checked, and written rewritten into the OUT ring.  BODY: bytes go
+ * through the parser (which finds where the message ends, chunked or
+ * counted) and are copied to OUT unchanged.  CLOSED: after a refusal, the
+ * client's further bytes are read and dropped; the connection ends once
+ * the error page is out.
+ *
+ * Protocol upgrades (WebSocket) are not passed: Upgrade is a hop-by-hop
+ * header, so the server answers as to a plain request.  A port that
+ * carries upgrades belongs to a proxy block with mode: circuit.
+ *
+ * A refused request is answered in its turn: the queue of pending
+ * requests holds forwarded and refused ones in order, and the error page
+ * goes into the client's OUT ring only when every response before it is
+ * complete.  The request is never forwarded: the head is checked, and
+ * whatever of the body has already arrived is parsed, before a byte goes
+ * upstream.
+ */
+#include "core/xrayd.h"
+#include "core/log.h"
+#include "proxy/http.h"
+#include "proxy/proxy_conf.h"
+
+#include <http_parser.h>
+#include <limits.h>
+#include <stdio.h>
+#include <strings.h>
+
+#define XR_HTTP_PIPELINE 8   /* requests awaiting their responses */
+#define XR_HTTP_HEADERS  128 /* headers in one head */
+
+enum { XR_H_HEAD = 0, XR_H_BODY, XR_H_CLOSED };
+
+/* A request awaiting its response (or its refusal's turn). */
+typedef struct {
+    uint16_t status; /* 0: forwarded; else the proxy's answer */
+    uint8_t head;    /* a HEAD request: its response has no body */
+    uint8_t pad;
+    char method[12];
+    char host[64];
+    char uri[96];
+    char why[112]; /* a refusal's reason, for the page and the log */
+    uint64_t req_bytes;
+} xr_hpend_t;
+
+/* The committed record (in the slot; see snapshot.h). */
+typedef struct {
+    uint64_t in_done[2], out_made[2];
+    http_parser parser[2]; /* data pointer unused: set on every run */
+    uint8_t phase[2];
+    uint8_t npend, first;
+    uint8_t close_after; /* an error page went out: end after it */
+    uint8_t keep_alive;  /* of the response being passed */
+    uint16_t status;     /* of the response being passed */
+    uint64_t resp_bytes; /* of the response being passed */
+    xr_hpend_t pend[XR_HTTP_PIPELINE];
+} xr_hrec_t;
+
+_Static_assert(sizeof(xr_hrec_t) <= XR_PSTATE_MAX, "the HTTP record must fit its slot");
+
+/* One head being parsed, in the worker's scratch buffer. */
+typedef struct {
+    const char *base;
+    struct {
+        uint32_t name, nlen, value, vlen;
+    } h[XR_HTTP_HEADERS];
+    int n, overflow, in_value, done;
+    uint32_t url, ulen, status_at, slen;
+    int skip_body; /* a response to HEAD */
+    int lf;        /* the head's last LF is at base[used] */
+} xr_head_t;
+
+typedef struct {
+    xr_hrec_t r; /* working copy; committed after each step */
+} xr_hstate_t;
+
+/* The head being parsed and the head being written: one connection's
+ * step at a time, so one of each per worker. */
+static struct {
+    char *p;
+    size_t cap;
+} xr_scratch[2];
+
+static char *xr_http_scratch(int which, size_t n)
+{
+    if (n > xr_scratch[which].cap) {
+        free(xr_scratch[which].p);
+        xr_scratch[which].cap = n;
+        xr_scratch[which].p = xr_malloc(n);
+    }
+    return xr_scratch[which].p;
+}
+
+static xr_hrec_t *xr_rec(const xr_pconn_t *c)
+{
+    return &((xr_hstate_t *) c->hs)->r;
+}
+
+static void xr_http_commit(xr_pconn_t *c)
+{
+    xr_hrec_t *r = xr_rec(c);
+    for (int d = 0; d < 2; d++) {
+        r->in_done[d] = c->in_done[d];
+        r->out_made[d] = c->out_made[d];
+    }
+    xr_pslot_commit(c->p, r, sizeof(*r));
+}
+
+/* ---- head parsing ----------------------------------------------------------- */
+
+static xr_head_t *xr_hd(http_parser *p)
+{
+    return p->data;
+}
+
+static int xr_on_url(http_parser *p, const char *at, size_t n)
+{
+    xr_head_t *h = xr_hd(p);
+    if (h->ulen == 0)
+        h->url = (uint32_t) (at - h->base);
+    h->ulen += (uint32_t) n;
+    return 0;
+}
+
+static int xr_on_status(http_parser *p, const char *at, size_t n)
+{
+    xr_head_t *h = xr_hd(p);
+    if (h->slen == 0)
+        h->status_at = (uint32_t) (at - h->base);
+    h->slen += (uint32_t) n;
+    return 0;
+}
+
+static int xr_on_field(http_parser *p, const char *at, size_t n)
+{
+    xr_head_t *h = xr_hd(p);
+    if (h->in_value || h->n == 0 || h->h[h->n - 1].vlen > 0 || h->h[h->n - 1].nlen == 0) {
+        if (h->n == XR_HTTP_HEADERS) {
+            h->overflow = 1;
+            return 1;
+        }
+        if (!(h->n > 0 && !h->in_value && h->h[h->n - 1].vlen == 0 && h->h[h->n - 1].nlen > 0)) {
+            h->h[h->n].name = (uint32_t) (at - h->base);
+            h->h[h->n].nlen = 0;
+            h->h[h->n].vlen = 0;
+            h->n++;
+        }
+    }
+    h->in_value = 0;
+    h->h[h->n - 1].nlen += (uint32_t) n;
+    return 0;
+}
+
+static int xr_on_value(http_parser *p, const char *at, size_t n)
+{
+    xr_head_t *h = xr_hd(p);
+    if (h->n == 0)
+        return 1;
+    if (h->h[h->n - 1].vlen == 0)
+        h->h[h->n - 1].value = (uint32_t) (at - h->base);
+    h->h[h->n - 1].vlen += (uint32_t) n;
+    h->in_value = 1;
+    return 0;
+}
+
+static int xr_on_headers_complete(http_parser *p)
+{
+    xr_head_t *h = xr_hd(p);
+    h->done = 1;
+    http_parser_pause(p, 1);
+    return h->skip_body ? 1 : 0;
+}
+
+static int xr_on_message_complete(http_parser *p)
+{
+    xr_head_t *h = xr_hd(p);
+    if (h != NULL)
+        h->done = 2;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static const http_parser_settings xr_head_settings = {
+    .on_url = xr_on_url,
+    .on_status = xr_on_status,
+    .on_header_field = xr_on_field,
+    .on_header_value = xr_on_value,
+    .on_headers_complete = xr_on_headers_complete,
+    .on_message_complete = xr_on_message_complete,
+};
+
+/* Body runs need only the end of the message. */
+static const http_parser_settings xr_body_settings = {
+    .on_message_complete = xr_on_message_complete,
+};
+
+static int xr_name_is(const xr_head_t *h, int i, const char *name)
+{
+    size_t n = strlen(name);
+    return h->h[i].nlen == n && strncasecmp(h->base + h->h[i].name, name, n) == 0;
+}
+
+static int xr_find(const xr_head_t *h, const char *name)
+{
+    for (int i = 0; i < h->n; i++)
+        if (xr_name_is(h, i, name))
+            return i;
+    return -1;
+}
+
+/* Does the comma-separated value list v[0..n) hold token t? */
+static int xr_list_has(const char *v, size_t n, const char *t, size_t tl)
+{
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        size_t s = i;
+        while (i < n && v[i] != ',')
+            i++;
+        size_t e = i;
+        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+            e--;
+        if (e - s == tl && strncasecmp(v + s, t, tl) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Is header i hop-by-hop (RFC 9110 7.6.1), named by a Connection header,
+ * or one the rules remove? */
+static int xr_drop_header(const xr_head_t *h, int i, const xr_http_conf_t *hc)
+{
+    static const char *const hop[] = {"connection", "keep-alive",          "proxy-connection",
+                                      "te",         "proxy-authorization", "proxy-authenticate",
+                                      "upgrade"};
+    for (size_t k = 0; k < XR_ARRAY_SIZE(hop); k++)
+        if (xr_name_is(h, i, hop[k]))
+            return 1;
+    for (int j = 0; j < h->n; j++)
+        if (xr_name_is(h, j, "connection") && xr_list_has(h->base + h->h[j].value, h->h[j].vlen,
+                                                          h->base + h->h[i].name, h->h[i].nlen))
+            return 1;
+    for (size_t k = 0; hc && k < hc->remove_headers.n; k++)
+        if (xr_name_is(h, i, hc->remove_headers.items[k]))
+            return 1;
+    return 0;
+}
+
+/* ---- answers of the proxy's own ---------------------------------------------- */
+
+static const char *xr_reason(int status)
+{
+    switch (status) {
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 405: return "Method Not Allowed";
+    case 431: return "Request Header Fields Too Large";
+    case 502: return "Bad Gateway";
+    default: return "Error";
+    }
+}
+
+static size_t xr_error_page(const xr_pconn_t *c, const xr_hpend_t *e, char *out, size_t cap)
+{
+    char body[512];
+    int bl = snprintf(body, sizeof(body),
+                      "<!DOCTYPE html>\n<html><head><title>%d %s</title></head><body>\n"
+                      "<h1>%d %s</h1>\n<p>%s</p>\n<hr><p>%s</p>\n</body></html>\n",
+                      e->status, xr_reason(e->status), e->status, xr_reason(e->status), e->why,
+                      c->conf->http->via);
+    int n = snprintf(out, cap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"
+                     "Content-Length: %d\r\nConnection: close\r\nCache-Control: no-store\r\n"
+                     "Via: 1.1 %s\r\n\r\n%s",
+                     e->status, xr_reason(e->status), bl, c->conf->http->via, body);
+    return n < 0 ? 0 : XR_MIN((size_t) n, cap);
+}
+
+/* Log request e (its response complete, or its refusal sent). */
+static void xr_http_log(xr_pconn_t *c, const xr_hpend_t *e, int status, uint64_t resp)
+{
+    xr_http_log_t l = {e->method, e->host, e->uri, status, e->status != 0, e->req_bytes, resp};
+    c->s.http = &l;
+    xr_pconn_log(c);
+    c->s.http = NULL;
+}
+
+/* Answer refused requests whose turn it is: the client's output is at a
+ * response boundary and no forwarded request precedes them. */
+static int xr_http_refusals(xr_pconn_t *c)
+{
+    xr_hrec_t *r = xr_rec(c);
+    while (r->npend > 0 && r->phase[XR_DIR_DOWN] == XR_H_HEAD && !r->close_after) {
+        xr_hpend_t *e = &r->pend[r->first];
+        if (e->status == 0)
+            return XR_OK;
+        char page[1024];
+        size_t n = xr_error_page(c, e, page, sizeof(page));
+        if (xr_pconn_out_room(c, XR_DIR_DOWN) < n)
+            return XR_AGAIN;
+        xr_pconn_emit(c, XR_DIR_DOWN, page, n);
+        xr_log_session(XR_LOG_NOTICE, &c->s, "HTTP %s %s%s refused with %d: %s", e->method, e->host,
+                       e->uri, e->status, e->why);
+        xr_http_log(c, e, e->status, n);
+        r->first = (uint8_t) ((r->first + 1) % XR_HTTP_PIPELINE);
+        r->npend--;
+        r->close_after = 1; /* what the client sent after it is dropped */
+    }
+    return XR_OK;
+}
+
+static void xr_pend_push(xr_hrec_t *r, const xr_hpend_t *e)
+{
+    r->pend[(r->first + r->npend) % XR_HTTP_PIPELINE] = *e;
+    r->npend++;
+}
+
+static void xr_copy_field(char *dst, size_t cap, const char *src, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 1 < cap; i++)
+        dst[k++] = (src[i] >= 0x20 && src[i] < 0x7f) ? src[i] : '?';
+    dst[k] = '\0';
+}
+
+/* ---- requests (up) and responses (down) --------------------------------------- */
+
+/* Copy what waits in IN[d] (at most cap bytes) into the scratch buffer. */
+static size_t xr_http_peek(xr_pconn_t *c, int d, size_t cap, char **buf)
+{
+    size_t avail = (size_t) XR_MIN(c->p->taken[d] - c->in_done[d], (uint64_t) cap);
+    *buf = xr_http_scratch(0, cap + 1);
+    xr_ring_get(c->ring[XR_RING_IN_UP + d], c->rsize, c->in_done[d], *buf, avail);
+    return avail;
+}
+
+/* Parse the head at the start of what waits.  1: whole (*used its
+ * length), 0: not yet, -1: invalid (the reason in why, the status in
+ * *status). */
+static int xr_http_parse_head(xr_pconn_t *c, int d, xr_head_t *h, http_parser *p, size_t *used,
+                              int *status, char *why, size_t wl)
+{
+    const xr_http_conf_t *hc = c->conf->http;
+    char *buf;
+    size_t avail = xr_http_peek(c, d, (size_t) hc->max_header_size, &buf);
+    memset(h, 0, sizeof(*h));
+    h->base = buf;
+    if (d == XR_DIR_DOWN) {
+        const xr_hrec_t *r = xr_rec(c);
+        h->skip_body = r->npend > 0 && r->pend[r->first].head;
+    }
+    http_parser_init(p, d == XR_DIR_UP ? HTTP_REQUEST : HTTP_RESPONSE);
+    p->data = h;
+    size_t n = http_parser_execute(p, &xr_head_settings, buf, avail);
+    enum http_errno err = HTTP_PARSER_ERRNO(p);
+    if (h->done) {
+        /* Paused on the head's last LF, which the parser reads again when
+         * it goes on into a body: the head ends after it. */
+        http_parser_pause(p, 0);
+        *used = n;
+        h->lf = n < avail && buf[n] == '\n';
+        return 1;
+    }
+    if (h->overflow || (err == HPE_OK && avail == (size_t) hc->max_header_size)) {
+        *status = d == XR_DIR_UP ? 431 : 502;
+        snprintf(why, wl, "the %s head is larger than %lld bytes",
+                 d == XR_DIR_UP ? "request" : "response", (long long) hc->max_header_size);
+        return -1;
+    }
+    if (err != HPE_OK) {
+        *status = d == XR_DIR_UP ? 400 : 502;
+        snprintf(why, wl, "invalid %s head: %s", d == XR_DIR_UP ? "request" : "response",
+                 http_errno_description(err));
+        return -1;
+    }
+    return 0;
+}
+
+/* Run the body part of what waits (at most max bytes) through p: how
+ * many bytes belong to this message; *complete when it ended there;
+ * *err set on invalid input. */
+static size_t xr_http_body(xr_pconn_t *c, int d, http_parser *p, uint64_t from, size_t max,
+                           int *complete, enum http_errno *err)
+{
+    struct iovec iov[2];
+    const unsigned char *ring = c->ring[XR_RING_IN_UP + d];
+    uint32_t at = (uint32_t) (from % c->rsize);
+    size_t first = XR_MIN(max, (size_t) (c->rsize - at));
+    iov[0].iov_base = (void *) (ring + at);
+    iov[0].iov_len = first;
+    iov[1].iov_base = (void *) ring;
+    iov[1].iov_len = max - first;
+    xr_head_t none = {0};
+    p->data = &none;
+    size_t total = 0;
+    *complete = 0;
+    *err = HPE_OK;
+    for (int i = 0; i < 2 && iov[i].iov_len > 0; i++) {
+        size_t n = http_parser_execute(p, &xr_body_settings, iov[i].iov_base, iov[i].iov_len);
+        total += n;
+        if (none.done == 2 || HTTP_PARSER_ERRNO(p) == HPE_PAUSED) {
+            http_parser_pause(p, 0);
+            *complete = 1;
+            break;
+        }
+        if (HTTP_PARSER_ERRNO(p) != HPE_OK) {
+            *err = HTTP_PARSER_ERRNO(p);
+            break;
+        }
+    }
+    p->data = NULL;
+    return total;
+}
+
+/* Write the rewritten head of h into OUT[d].  Returns XR_AGAIN when OUT
+ * has no room for it. */
+static int xr_http_emit_head(xr_pconn_t *c, int d, const xr_head_t *h, const http_parser *p)
+{
+    const xr_http_conf_t *hc = c->conf->http;
+    size_t cap = (size_t) hc->max_header_size + 512;
+    char *out = xr_http_scratch(1, cap);
+    size_t n = 0;
+#define XR_PUT(...)                                                                                \
+    do {                                                                                           \
+        int k_ = snprintf(out + n, n < cap ? cap - n : 0, __VA_ARGS__);                            \
+        n += k_ > 0 ? (size_t) k_ : 0;                                                             \
+    } while (0)
+    if (d == XR_DIR_UP) {
+        const char *method = http_method_str((enum http_method) p->method);
+        int hi = xr_find(h, "host");
+        /* A parent proxy wants the absolute form (the thesis' web cache). */
+        if (c->upstream_idx >= 0 && h->ulen > 0 && h->base[h->url] == '/' && hi >= 0)
+            XR_PUT("%s http://%.*s%.*s HTTP/%d.%d\r\n", method, (int) h->h[hi].vlen,
+                   h->base + h->h[hi].value, (int) h->ulen, h->base + h->url, p->http_major,
+                   p->http_minor);
+        else
+            XR_PUT("%s %.*s HTTP/%d.%d\r\n", method, (int) h->ulen, h->base + h->url, p->http_major,
+                   p->http_minor);
+    } else {
+        XR_PUT("HTTP/%d.%d %d %.*s\r\n", p->http_major, p->http_minor, p->status_code,
+               (int) h->slen, h->base + h->status_at);
+    }
+    for (int i = 0; i < h->n; i++) {
+        if (xr_drop_header(h, i, d == XR_DIR_UP ? hc : NULL))
+            continue;
+        XR_PUT("%.*s: %.*s\r\n", (int) h->h[i].nlen, h->base + h->h[i].name, (int) h->h[i].vlen,
+               h->base + h->h[i].value);
+    }
+    XR_PUT("Via: %d.%d %s\r\n", p->http_major, p->http_minor, hc->via);
+    if (!http_should_keep_alive(p))
+        XR_PUT("Connection: close\r\n");
+    else if (p->http_major == 1 && p->http_minor == 0)
+        XR_PUT("Connection: keep-alive\r\n");
+    XR_PUT("\r\n");
+#undef XR_PUT
+    if (n >= cap)
+        return XR_ERROR;
+    if (xr_pconn_out_room(c, d) < n)
+        return XR_AGAIN;
+    xr_pconn_emit(c, d, out, n);
+    return XR_OK;
+}
+
+/* Check a request head against the rules: 0 to forward, else the status
+ * of the refusal (why says what). */
+static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_parser *p, char *host,
+                         size_t hl, char *why, size_t wl)
+{
+    const xr_http_conf_t *hc = c->conf->http;
+    const char *method = http_method_str((enum http_method) p->method);
+    int hi = xr_find(h, "host");
+    size_t n = 0;
+    if (hi >= 0) {
+        const char *v = h->base + h->h[hi].value;
+        n = h->h[hi].vlen;
+        /* the name without its port (and without IPv6 brackets) */
+        size_t e = n;
+        if (n > 0 && v[0] == '[') {
+            const char *rb = memchr(v, ']', n);
+            e = rb ? (size_t) (rb - v) + 1 : n;
+        } else {
+            const char *colon = memchr(v, ':', n);
+            if (colon)
+                e = (size_t) (colon - v);
+        }
+        xr_copy_field(host, hl, v, e);
+    } else {
+        host[0] = '\0';
+    }
+    int ok = 0;
+    for (size_t i = 0; i < hc->methods.n && !ok; i++)
+        ok = strcmp(hc->methods.items[i], method) == 0;
+    if (!ok) {
+        snprintf(why, wl, "method %s is not allowed here", method);
+        return 405;
+    }
+    if (hi < 0 && (p->http_major > 1 || p->http_minor >= 1)) {
+        snprintf(why, wl, "an HTTP/1.1 request needs a Host header");
+        return 400;
+    }
+    if (xr_find(h, "content-length") >= 0 && xr_find(h, "transfer-encoding") >= 0) {
+        /* What a smuggler sends: two framings for the server to choose. */
+        snprintf(why, wl, "both Content-Length and Transfer-Encoding");
+        return 400;
+    }
+    size_t hlen = strlen(host);
+    if (hc->hosts_deny.n > 0 && xr_http_host_match(&hc->hosts_deny, host, hlen)) {
+        snprintf(why, wl, "host %s is denied", host);
+        return 403;
+    }
+    if (hc->hosts_allow.n > 0 && !xr_http_host_match(&hc->hosts_allow, host, hlen)) {
+        snprintf(why, wl, "host %s is not allowed", host);
+        return 403;
+    }
+    for (size_t i = 0; i < hc->deny_headers.n; i++)
+        if (xr_find(h, hc->deny_headers.items[i]) >= 0) {
+            snprintf(why, wl, "header %s is not allowed", hc->deny_headers.items[i]);
+            return 403;
+        }
+    return 0;
+}
+
+/* Refuse the request whose head starts IN[UP]: queued for its turn; the
+ * rest of what the client sends is dropped. */
+static void xr_http_refuse(xr_pconn_t *c, int status, const char *host, const char *method,
+                           const char *uri, size_t ulen, const char *why)
+{
+    xr_hrec_t *r = xr_rec(c);
+    xr_hpend_t e = {0};
+    e.status = (uint16_t) status;
+    snprintf(e.method, sizeof(e.method), "%s", method);
+    snprintf(e.host, sizeof(e.host), "%s", host);
+    xr_copy_field(e.uri, sizeof(e.uri), uri, ulen);
+    snprintf(e.why, sizeof(e.why), "%.111s", why);
+    e.req_bytes = c->p->taken[XR_DIR_UP] - c->in_done[XR_DIR_UP];
+    if (r->npend == XR_HTTP_PIPELINE) { /* cannot happen: checked before parsing */
+        xr_pconn_close(c, "refused: %s", why);
+        return;
+    }
+    xr_pend_push(r, &e);
+    r->phase[XR_DIR_UP] = XR_H_CLOSED;
+    c->in_done[XR_DIR_UP] = c->p->taken[XR_DIR_UP];
+}
+
+static int xr_http_up_head(xr_pconn_t *c)
+{
+    xr_hrec_t *r = xr_rec(c);
+    if (r->npend == XR_HTTP_PIPELINE)
+        return XR_AGAIN; /* wait for responses before reading more requests */
+    xr_head_t h;
+    http_parser p;
+    size_t used = 0;
+    int status = 0;
+    char why[160], host[64];
+    int got = xr_http_parse_head(c, XR_DIR_UP, &h, &p, &used, &status, why, sizeof(why));
+    if (got == 0)
+        return XR_OK;
+    if (got < 0) {
+        xr_http_refuse(c, status, "-", "-", "", 0, why);
+        return XR_OK;
+    }
+    const char *method = http_method_str((enum http_method) p.method);
+    status = xr_http_check(c, &h, &p, host, sizeof(host), why, sizeof(why));
+    /* Whatever of the body has come is checked before the head goes
+     * upstream: a bad chunk size is refused, not half-forwarded. */
+    int has_body =
+        (p.flags & F_CHUNKED) || (p.content_length > 0 && p.content_length != ULLONG_MAX);
+    http_parser trial = p;
+    int complete = 0;
+    enum http_errno perr = HPE_OK;
+    size_t rest = (size_t) (c->p->taken[XR_DIR_UP] - c->in_done[XR_DIR_UP]) - used;
+    if (status == 0 && has_body && rest > 0)
+        xr_http_body(c, XR_DIR_UP, &trial, c->in_done[XR_DIR_UP] + used, rest, &complete, &perr);
+    if (status == 0 && perr != HPE_OK) {
+        status = 400;
+        snprintf(why, sizeof(why), "invalid request body: %s", http_errno_description(perr));
+    }
+    if (status != 0) {
+        xr_http_refuse(c, status, host[0] ? host : "-", method, h.base + h.url, h.ulen, why);
+        return XR_OK;
+    }
+    int rc = xr_http_emit_head(c, XR_DIR_UP, &h, &p);
+    if (rc != XR_OK) {
+        if (rc == XR_ERROR)
+            xr_http_refuse(c, 431, host, method, h.base + h.url, h.ulen,
+                           "rewritten head too large");
+        return rc == XR_ERROR ? XR_OK : XR_AGAIN;
+    }
+    xr_hpend_t e = {0};
+    snprintf(e.method, sizeof(e.method), "%s", method);
+    snprintf(e.host, sizeof(e.host), "%s", host[0] ? host : "-");
+    xr_copy_field(e.uri, sizeof(e.uri), h.base + h.url, h.ulen);
+    e.head = p.method == HTTP_HEAD;
+    e.req_bytes = used;
+    xr_pend_push(r, &e);
+    c->in_done[XR_DIR_UP] += used;
+    r->parser[XR_DIR_UP] = p;
+    /* The head's parser is paused at its end; a message without a body
+     * ends right there, with the head's last LF. */
+    r->phase[XR_DIR_UP] = has_body ? XR_H_BODY : XR_H_HEAD;
+    if (!has_body && h.lf)
+        c->in_done[XR_DIR_UP]++;
+    return XR_OK;
+}
+
+static int xr_http_down_head(xr_pconn_t *c)
+{
+    xr_hrec_t *r = xr_rec(c);
+    xr_head_t h;
+    http_parser p;
+    size_t used = 0;
+    int status = 0;
+    char why[160];
+    if (r->npend == 0 || r->pend[r->first].status != 0) {
+        xr_log_session(XR_LOG_NOTICE, &c->s, "the upstream sent a response nobody asked for");
+        xr_pconn_close(c, "unsolicited response");
+        return XR_ERROR;
+    }
+    int got = xr_http_parse_head(c, XR_DIR_DOWN, &h, &p, &used, &status, why, sizeof(why));
+    if (got == 0)
+        return XR_OK;
+    if (got < 0) {
+        /* The client gets a 502 in place of what the server sent (none
+         * of it has gone on), and the connection ends after it. */
+        xr_hpend_t *e = &r->pend[r->first];
+        e->status = (uint16_t) status;
+        snprintf(e->why, sizeof(e->why), "%.111s", why);
+        r->phase[XR_DIR_UP] = XR_H_CLOSED;
+        c->in_done[XR_DIR_UP] = c->p->taken[XR_DIR_UP];
+        c->in_done[XR_DIR_DOWN] = c->p->taken[XR_DIR_DOWN];
+        int rc = xr_http_refusals(c);
+        r->phase[XR_DIR_DOWN] = XR_H_CLOSED;
+        return rc;
+    }
+    int rc = xr_http_emit_head(c, XR_DIR_DOWN, &h, &p);
+    if (rc != XR_OK)
+        return rc == XR_AGAIN ? XR_AGAIN : XR_ERROR;
+    c->in_done[XR_DIR_DOWN] += used;
+    r->parser[XR_DIR_DOWN] = p;
+    r->status = (uint16_t) p.status_code;
+    r->keep_alive = (uint8_t) http_should_keep_alive(&p);
+    r->resp_bytes = used;
+    int bodiless = h.skip_body || (p.status_code >= 100 && p.status_code < 200) ||
+                   p.status_code == 204 || p.status_code == 304;
+    int framed = (p.flags & F_CHUNKED) || p.content_length != ULLONG_MAX;
+    if (bodiless || (framed && !(p.flags & F_CHUNKED) && p.content_length == 0)) {
+        if (h.lf)
+            c->in_done[XR_DIR_DOWN]++; /* the head's last LF */
+        if (p.status_code >= 100 && p.status_code < 200)
+            return XR_OK; /* an interim response: the final one follows */
+        xr_hpend_t *e = &r->pend[r->first];
+        xr_http_log(c, e, p.status_code, used);
+        r->first = (uint8_t) ((r->first + 1) % XR_HTTP_PIPELINE);
+        r->npend--;
+        r->phase[XR_DIR_DOWN] = XR_H_HEAD;
+        return xr_http_refusals(c);
+    }
+    r->phase[XR_DIR_DOWN] = XR_H_BODY; /* counted, chunked, or until the server closes */
+    return XR_OK;
+}
+
+/* A body (or tunnel) step in direction d: as much as OUT has room for. */
+static int xr_http_pass(xr_pconn_t *c, int d)
+{
+    xr_hrec_t *r = xr_rec(c);
+    uint64_t avail = c->p->taken[d] - c->in_done[d];
+    size_t max = (size_t) XR_MIN(avail, xr_pconn_out_room(c, d));
+    if (max == 0)
+        return avail > 0 ? XR_AGAIN : XR_OK;
+    int complete;
+    enum http_errno err;
+    http_parser *p = &r->parser[d];
+    size_t n = xr_http_body(c, d, p, c->in_done[d], max, &complete, &err);
+    xr_pconn_pass(c, d, c->in_done[d], n);
+    c->in_done[d] += n;
+    if (d == XR_DIR_DOWN)
+        r->resp_bytes += n;
+    else if (r->npend > 0)
+        r->pend[(r->first + r->npend - 1) % XR_HTTP_PIPELINE].req_bytes += n;
+    if (err != HPE_OK) {
+        /* The head went on already: all that can be done is to stop. */
+        xr_log_session(XR_LOG_NOTICE, &c->s, "invalid %s body: %s",
+                       d == XR_DIR_UP ? "request" : "response", http_errno_description(err));
+        xr_pconn_close(c, "invalid %s body", d == XR_DIR_UP ? "request" : "response");
+        return XR_ERROR;
+    }
+    if (!complete)
+        return XR_OK;
+    r->phase[d] = XR_H_HEAD;
+    if (d == XR_DIR_DOWN) {
+        xr_hpend_t *e = &r->pend[r->first];
+        xr_http_log(c, e, r->status, r->resp_bytes);
+        r->first = (uint8_t) ((r->first + 1) % XR_HTTP_PIPELINE);
+        r->npend--;
+        return xr_http_refusals(c);
+    }
+    return XR_OK;
+}
+
+static int xr_http_process(xr_pconn_t *c, int d)
+{
+    xr_hrec_t *r = xr_rec(c);
+    int rc = XR_OK;
+    for (int steps = 0; steps < 64 && rc == XR_OK; steps++) {
+        uint64_t before = c->in_done[d] + c->out_made[0] + c->out_made[1];
+        switch (r->phase[d]) {
+        case XR_H_CLOSED:
+            c->in_done[d] = c->p->taken[d]; /* read and dropped */
+            rc = XR_OK;
+            break;
+        case XR_H_HEAD:
+            if (c->in_done[d] == c->p->taken[d])
+                break;
+            rc = d == XR_DIR_UP ? xr_http_up_head(c) : xr_http_down_head(c);
+            if (rc == XR_OK && d == XR_DIR_UP)
+                rc = xr_http_refusals(c);
+            break;
+        default: rc = xr_http_pass(c, d); break;
+        }
+        if (rc == XR_ERROR)
+            return XR_ERROR;
+        if (c->in_done[d] + c->out_made[0] + c->out_made[1] == before)
+            break;
+    }
+    xr_http_commit(c);
+    return rc == XR_AGAIN ? XR_AGAIN : XR_OK;
+}
+
+static int xr_http_eof(xr_pconn_t *c, int d)
+{
+    xr_hrec_t *r = xr_rec(c);
+    if (r->phase[d] == XR_H_HEAD && c->in_done[d] < c->p->taken[d]) {
+        /* A head cut short by the end of the stream goes nowhere. */
+        xr_log_session(XR_LOG_INFO, &c->s, "%llu bytes of an unfinished %s head dropped at the end",
+                       (unsigned long long) (c->p->taken[d] - c->in_done[d]),
+                       d == XR_DIR_UP ? "request" : "response");
+        c->in_done[d] = c->p->taken[d];
+    }
+    if (d == XR_DIR_DOWN && r->phase[d] == XR_H_BODY) {
+        /* A response that runs until the server closes ends here. */
+        xr_head_t none = {0};
+        r->parser[d].data = &none;
+        http_parser_execute(&r->parser[d], &xr_body_settings, NULL, 0);
+        r->parser[d].data = NULL;
+        if (none.done == 2 && r->npend > 0) {
+            xr_hpend_t *e = &r->pend[r->first];
+            xr_http_log(c, e, r->status, r->resp_bytes);
+            r->first = (uint8_t) ((r->first + 1) % XR_HTTP_PIPELINE);
+            r->npend--;
+            r->phase[d] = XR_H_HEAD;
+        }
+    }
+    if (d == XR_DIR_DOWN && r->phase[d] == XR_H_HEAD)
+        xr_http_refusals(c);
+    xr_http_commit(c);
+    return XR_OK;
+}
+
+static int xr_http_resume(xr_pconn_t *c)
+{
+    if (c->hs == NULL)
+        c->hs = xr_calloc(1, sizeof(xr_hstate_t));
+    xr_hrec_t *r = xr_rec(c);
+    memcpy(r, xr_pslot_record(c->p), sizeof(*r));
+    if (r->npend > XR_HTTP_PIPELINE || r->first >= XR_HTTP_PIPELINE || r->phase[0] > XR_H_CLOSED ||
+        r->phase[1] > XR_H_CLOSED)
+        return XR_ERROR;
+    for (int d = 0; d < 2; d++) {
+        c->in_done[d] = r->in_done[d];
+        c->out_made[d] = r->out_made[d];
+    }
+    return XR_OK;
+}
+
+static void xr_http_free(xr_pconn_t *c)
+{
+    free(c->hs);
+    c->hs = NULL;
+}
+
+int xr_http_start(xr_pconn_t *c)
+{
+    if (c->hs == NULL)
+        c->hs = xr_calloc(1, sizeof(xr_hstate_t));
+    memset(xr_rec(c), 0, sizeof(xr_hrec_t));
+    for (int d = 0; d < 2; d++)
+        c->in_done[d] = c->out_made[d] = 0;
+    xr_http_commit(c);
+    return XR_OK;
+}
+
+int xr_http_finished(const xr_pconn_t *c)
+{
+    const xr_hrec_t *r = c->hs ? xr_rec(c) : NULL;
+    return r != NULL && r->close_after && c->p->given[0] == c->out_made[XR_DIR_DOWN];
+}
+
+const xr_phandler_t xr_http_handler = {xr_http_process, xr_http_eof, xr_http_resume, xr_http_free};

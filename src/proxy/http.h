@@ -1,0 +1,22 @@
+/*
+ * http.h: the HTTP handler of a proxy block with mode: http (thesis 7.2
+ * step 8): requests and responses parsed with http-parser, heads checked
+ * against the block's rules and rewritten (Via added, hop-by-hop headers
+ * removed), bodies passed through as streams, pipelining kept in order by
+ * a queue of pending requests so that a refused one is answered with its
+ * error page in its turn.  Its progress is a record committed in the
+ * connection's snapshot slot after every step.
+ */
+#ifndef XR_HTTP_H
+#define XR_HTTP_H
+
+#include "proxy/proxy.h"
+
+extern const xr_phandler_t xr_http_handler;
+
+/* A new connection's handler (fresh state, committed). */
+int xr_http_start(xr_pconn_t *c);
+/* Has the handler ended the connection (a refusal answered and sent)? */
+int xr_http_finished(const xr_pconn_t *c);
+
+#endif

@@ -1,0 +1,113 @@
+/*
+ * proxy.h: transparent proxies (thesis ch. 7): connections that iptables
+ * or nftables REDIRECT (or TPROXY) sent here are relayed to their
+ * original destination, or through a parent proxy, as a circuit or as
+ * HTTP, with their state in the worker's snapshot so that a replacement
+ * worker - after a crash or a binary upgrade - carries every one on
+ * without losing or repeating a byte.
+ */
+#ifndef XR_PROXY_H
+#define XR_PROXY_H
+
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "core/gen.h"
+#include "event/reactor.h"
+#include "proxy/snapshot.h"
+#include "relay/upstream.h"
+
+typedef struct xr_pconn_s xr_pconn_t;
+
+/* One end of a proxied connection: 0 the client, 1 the upstream. */
+typedef struct {
+    xr_io_t io;
+    xr_pconn_t *c;
+    unsigned readable : 1, writable : 1, rdhup : 1, rd_eof : 1, wr_shut : 1;
+} xr_pend_t;
+
+/* What a protocol does between a connection's IN and OUT rings.  A
+ * circuit has none: its IN rings are its OUT rings. */
+typedef struct {
+    /* New input in direction d: consume from IN[d] (from in_done[d] to
+     * taken[d]), produce into OUT[d] (and, for an answer of its own,
+     * OUT[1-d]), commit.  XR_OK, XR_AGAIN (no room to produce: call again
+     * when the far side drained), XR_ERROR (c was closed). */
+    int (*process)(xr_pconn_t *c, int d);
+    /* Direction d's source ended (EOF read).  XR_OK or XR_ERROR. */
+    int (*eof)(xr_pconn_t *c, int d);
+    /* Build working state from the committed record (a resumption). */
+    int (*resume)(xr_pconn_t *c);
+    void (*free)(xr_pconn_t *c);
+} xr_phandler_t;
+
+struct xr_pconn_s {
+    xr_session_t s; /* what filters' log hooks see */
+    xr_pend_t end[2];
+    xr_relay_rt_t *rt;
+    const xr_relay_conf_t *conf;
+    xr_store_t *store; /* NULL: continuity off (the slot is then on the heap) */
+    xr_pslot_t *p;     /* durable state */
+    unsigned char *ring[XR_RINGS];
+    uint32_t rsize;
+    /* Handler progress (from its committed record): input bytes consumed,
+     * output bytes produced, per direction. */
+    uint64_t in_done[2], out_made[2];
+    int out_closed[2]; /* the handler ends direction d after its output */
+    const xr_phandler_t *h;
+    void *hs; /* handler working state */
+    uv_timer_t timer;
+    xr_list_t link;
+    xr_posted_t posted;
+    int state;        /* XR_PC_* */
+    int upstream_idx; /* parent proxy being tried, or -1: the destination */
+    int64_t last_active;
+    int shm_counted;
+    int heap_slot, heap_rings; /* continuity off: freed with the connection */
+    const char *action;
+};
+
+/* Ring helpers: stream offset x lives at x % size. */
+void xr_ring_put(unsigned char *ring, uint32_t size, uint64_t off, const void *p, size_t n);
+void xr_ring_get(const unsigned char *ring, uint32_t size, uint64_t off, void *p, size_t n);
+
+/* Space left in OUT[d] for the handler. */
+uint64_t xr_pconn_out_room(const xr_pconn_t *c, int d);
+/* Append to OUT[d] (the caller checked the room). */
+void xr_pconn_emit(xr_pconn_t *c, int d, const void *p, size_t n);
+/* Copy n bytes of IN[d] at offset from into OUT[d]. */
+void xr_pconn_pass(xr_pconn_t *c, int d, uint64_t from, size_t n);
+/* Close with a reason (printf format); logs run once. */
+void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Run the log hooks now (HTTP: one record per request). */
+void xr_pconn_log(xr_pconn_t *c);
+
+/* ---- the worker's side ---------------------------------------------------- */
+
+/* Start the worker's proxy service: its own snapshot store if a proxy
+ * block of g has continuity.  XR_OK or XR_ERROR. */
+int xr_proxy_worker_init(uv_loop_t *loop, xr_gen_t *g, int retiring);
+/* An accepted connection of proxy block rt (the caller reserved its
+ * slot in xr_shm->active). */
+void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
+                    const struct sockaddr_storage *client, uint64_t id);
+/* Take over the connections of dead worker pid (its store in g's
+ * state_dir and the sockets the master passed on).  Returns how many. */
+size_t xr_proxy_adopt(pid_t dead, const char *state_dir);
+/* Stop touching every proxied connection (binary upgrade): their state
+ * is complete in the store for the new binary. */
+void xr_proxy_freeze(void);
+/* Close every proxied connection. */
+void xr_proxy_close_all(const char *why);
+/* Live proxied connections in this worker. */
+size_t xr_proxy_count(void);
+/* The worker's store path for worker pid. */
+void xr_proxy_store_path(char *buf, size_t n, const char *state_dir, pid_t pid);
+/* Unlink this worker's own store when it exits with nothing live. */
+void xr_proxy_worker_exit(void);
+
+/* Provided by the worker: a proxied connection started or ended. */
+void xr_worker_proxy_added(void);
+void xr_worker_proxy_removed(void);
+
+#endif

@@ -1,0 +1,243 @@
+/*
+ * snapshot.c: the store file (see snapshot.h).
+ */
+#include "core/xrayd.h"
+#include "proxy/snapshot.h"
+
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define XR_PAGE 4096u
+
+typedef struct {
+    uint32_t magic, version;
+    uint32_t nslots, ring;
+    uint64_t slot_size;
+    char made_by[64]; /* xrayd version, for the log of whoever adopts it */
+} xr_store_header_t;
+
+/* The file: a header page, a map of one byte per slot saying which are
+ * live (so that whoever adopts the file reads a few pages, not one per
+ * slot), then the slots. */
+struct xr_store_s {
+    char path[512];
+    unsigned char *base;
+    unsigned char *live; /* the map */
+    size_t slots_at;     /* offset of slot 0 */
+    size_t len;
+    uint64_t slot_size;
+    uint32_t nslots, ring, used;
+    uint32_t *free; /* a stack of free slot indexes */
+    uint32_t nfree;
+};
+
+static uint64_t xr_store_slot_size(uint32_t ring)
+{
+    uint64_t head = (sizeof(xr_pslot_t) + XR_PAGE - 1) / XR_PAGE * XR_PAGE;
+    return head + (uint64_t) XR_RINGS * ring;
+}
+
+static size_t xr_store_slots_at(uint32_t nslots)
+{
+    return XR_PAGE + ((size_t) nslots + XR_PAGE - 1) / XR_PAGE * XR_PAGE;
+}
+
+static xr_store_t *xr_store_map(const char *path, int fd, size_t len, char *err, size_t errlen)
+{
+    void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        snprintf(err, errlen, "cannot map %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    xr_store_t *s = xr_calloc(1, sizeof(*s));
+    snprintf(s->path, sizeof(s->path), "%s", path);
+    s->base = m;
+    s->len = len;
+    return s;
+}
+
+xr_store_t *xr_store_create(const char *path, uint32_t nslots, uint32_t ring, char *err,
+                            size_t errlen)
+{
+    if (ring == 0 || ring % XR_PAGE != 0 || nslots == 0) {
+        snprintf(err, errlen, "bad snapshot geometry (%u slots of %u-byte rings)", nslots, ring);
+        return NULL;
+    }
+    uint64_t slot = xr_store_slot_size(ring);
+    size_t len = xr_store_slots_at(nslots) + (size_t) (slot * nslots);
+    /* A new file, then a rename: an adopter never sees one half made. */
+    char tmp[600];
+    snprintf(tmp, sizeof(tmp), "%s.new", path);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create snapshot %s: %s", tmp, strerror(errno));
+        return NULL;
+    }
+    /* Sparse: pages take memory (or disk) only once a connection uses
+     * them. */
+    if (ftruncate(fd, (off_t) len) != 0) {
+        snprintf(err, errlen, "cannot size snapshot %s to %zu bytes: %s", tmp, len,
+                 strerror(errno));
+        close(fd);
+        unlink(tmp);
+        return NULL;
+    }
+    xr_store_t *s = xr_store_map(tmp, fd, len, err, errlen);
+    close(fd);
+    if (s == NULL) {
+        unlink(tmp);
+        return NULL;
+    }
+    xr_store_header_t *h = (xr_store_header_t *) s->base;
+    h->magic = XR_SNAP_MAGIC;
+    h->version = XR_SNAP_VERSION;
+    h->nslots = nslots;
+    h->ring = ring;
+    h->slot_size = slot;
+    snprintf(h->made_by, sizeof(h->made_by), "xrayd/%s", XR_VERSION);
+    if (rename(tmp, path) != 0) {
+        snprintf(err, errlen, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        xr_store_close(s, 1);
+        return NULL;
+    }
+    snprintf(s->path, sizeof(s->path), "%s", path);
+    s->slot_size = slot;
+    s->nslots = nslots;
+    s->ring = ring;
+    s->live = s->base + XR_PAGE;
+    s->slots_at = xr_store_slots_at(nslots);
+    s->free = xr_malloc(nslots * sizeof(uint32_t));
+    for (uint32_t i = 0; i < nslots; i++)
+        s->free[i] = nslots - 1 - i; /* slot 0 first */
+    s->nfree = nslots;
+    return s;
+}
+
+xr_store_t *xr_store_open(const char *path, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open snapshot %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    xr_store_header_t h;
+    if (fstat(fd, &st) != 0 || st.st_size < (off_t) XR_PAGE ||
+        pread(fd, &h, sizeof(h), 0) != (ssize_t) sizeof(h) || h.magic != XR_SNAP_MAGIC ||
+        h.version != XR_SNAP_VERSION || h.ring == 0 || h.ring % XR_PAGE != 0 ||
+        h.slot_size != xr_store_slot_size(h.ring) ||
+        (uint64_t) st.st_size < xr_store_slots_at(h.nslots) + h.slot_size * h.nslots) {
+        snprintf(err, errlen, "%s is not a snapshot this xrayd can read", path);
+        close(fd);
+        return NULL;
+    }
+    size_t len = xr_store_slots_at(h.nslots) + (size_t) (h.slot_size * h.nslots);
+    xr_store_t *s = xr_store_map(path, fd, len, err, errlen);
+    close(fd);
+    if (s == NULL)
+        return NULL;
+    s->slot_size = h.slot_size;
+    s->nslots = h.nslots;
+    s->ring = h.ring;
+    s->live = s->base + XR_PAGE;
+    s->slots_at = xr_store_slots_at(h.nslots);
+    s->free = xr_malloc(h.nslots * sizeof(uint32_t));
+    for (uint32_t i = h.nslots; i-- > 0;) {
+        /* The map may say live for a slot whose header was not yet
+         * marked: the header decides. */
+        if (s->live[i] && xr_store_slot(s, i)->live == XR_PSLOT_LIVE)
+            s->used++;
+        else
+            s->free[s->nfree++] = i;
+    }
+    return s;
+}
+
+void xr_store_close(xr_store_t *s, int unlink_it)
+{
+    if (s == NULL)
+        return;
+    munmap(s->base, s->len);
+    if (unlink_it)
+        unlink(s->path);
+    free(s->free);
+    free(s);
+}
+
+uint32_t xr_store_nslots(const xr_store_t *s)
+{
+    return s->nslots;
+}
+
+uint32_t xr_store_ring_size(const xr_store_t *s)
+{
+    return s->ring;
+}
+
+const char *xr_store_path(const xr_store_t *s)
+{
+    return s->path;
+}
+
+uint32_t xr_store_used(const xr_store_t *s)
+{
+    return s->used;
+}
+
+xr_pslot_t *xr_store_slot(xr_store_t *s, uint32_t i)
+{
+    return (xr_pslot_t *) (s->base + s->slots_at + s->slot_size * i);
+}
+
+int xr_store_is_live(const xr_store_t *s, uint32_t i)
+{
+    return s->live[i] != 0;
+}
+
+unsigned char *xr_store_ring(xr_store_t *s, xr_pslot_t *p, int which)
+{
+    uint64_t head = (sizeof(xr_pslot_t) + XR_PAGE - 1) / XR_PAGE * XR_PAGE;
+    return (unsigned char *) p + head + (uint64_t) which * s->ring;
+}
+
+xr_pslot_t *xr_store_alloc(xr_store_t *s)
+{
+    if (s->nfree == 0)
+        return NULL;
+    uint32_t i = s->free[--s->nfree];
+    xr_pslot_t *p = xr_store_slot(s, i);
+    /* Only the header: the rings are written before they are read. */
+    memset(p, 0, offsetof(xr_pslot_t, state));
+    s->live[i] = 1; /* before the header can say live */
+    s->used++;
+    return p;
+}
+
+void xr_store_release(xr_store_t *s, xr_pslot_t *p)
+{
+    atomic_store_explicit((_Atomic uint32_t *) &p->live, 0, memory_order_release);
+    uint32_t i = (uint32_t) (((unsigned char *) p - s->base - s->slots_at) / s->slot_size);
+    s->live[i] = 0;
+    s->free[s->nfree++] = i;
+    s->used--;
+    /* The pages of an idle slot hold nothing worth keeping. */
+    madvise(xr_store_ring(s, p, 0), (size_t) XR_RINGS * s->ring, MADV_REMOVE);
+}
+
+void xr_pslot_commit(xr_pslot_t *p, const void *rec, size_t len)
+{
+    uint64_t seq = p->commit_seq;
+    memcpy(p->state[(seq + 1) & 1], rec, XR_MIN(len, (size_t) XR_PSTATE_MAX));
+    /* The record is whole before the sequence says so (another process
+     * reads it after this one died: the mapping is the same memory). */
+    atomic_store_explicit((_Atomic uint64_t *) &p->commit_seq, seq + 1, memory_order_release);
+}
+
+const void *xr_pslot_record(const xr_pslot_t *p)
+{
+    return p->state[p->commit_seq & 1];
+}

@@ -1,0 +1,87 @@
+/*
+ * snapshot.h: a worker's memory-mapped file of its proxied connections
+ * (thesis 7.2, footnote 37; DESIGN "Snapshots").
+ *
+ * One fixed-size slot per connection: the durable header below, then its
+ * ring buffers.  The worker reads from its sockets straight into the
+ * rings and writes to them straight from there, and the file is mapped
+ * MAP_SHARED, so whatever the kernel copied in is in the file the moment
+ * read() returns, even if the process dies on the next instruction.
+ * Rings never move bytes (no compaction), so no half-done memmove can be
+ * caught by a crash: a byte at stream offset x lives at x % ring.
+ *
+ * What the process has taken from and given to each socket is not
+ * trusted from the file but asked of the kernel at resumption (see
+ * proxy.c); the file must only say where the bytes are.  A handler with
+ * state of its own (HTTP) commits it as a record in one of two halves
+ * and then flips commit_seq, so a torn record is never read.
+ */
+#ifndef XR_SNAPSHOT_H
+#define XR_SNAPSHOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define XR_SNAP_MAGIC   0x78725350u /* "xrSP" */
+#define XR_SNAP_VERSION 1
+#define XR_PSLOT_LIVE   0x4c495645u /* "LIVE" */
+#define XR_PSTATE_MAX   3072        /* a handler's commit record */
+
+/* Rings of a slot: what each end sent (IN) and what goes to each end
+ * after the handler (OUT); a circuit uses its IN rings as OUT. */
+enum { XR_RING_IN_UP = 0, XR_RING_IN_DOWN, XR_RING_OUT_UP, XR_RING_OUT_DOWN, XR_RINGS };
+
+typedef enum { XR_PHASE_CONNECTING = 0, XR_PHASE_RUNNING } xr_phase_t;
+
+typedef struct {
+    uint32_t live; /* XR_PSLOT_LIVE while a connection owns the slot */
+    uint32_t mode; /* xr_proxy_mode_t */
+    uint64_t id;   /* the connection id, the master's key */
+    char block[64];
+    struct sockaddr_storage client, local, dst, upstream;
+    int64_t start_ms;
+    uint32_t phase; /* xr_phase_t */
+    uint32_t tries; /* upstream attempts made */
+    /* Per end (0 client, 1 upstream): the kernel's counters when the
+     * connection started, so taken = received - queued - base. */
+    uint64_t rx_base[2], tx_base[2];
+    uint64_t taken[2], given[2]; /* bytes read from / written to each end */
+    uint32_t resumed;            /* times a replacement took it over */
+    uint32_t pad;
+    uint64_t commit_seq; /* state[commit_seq & 1] is the committed record */
+    unsigned char state[2][XR_PSTATE_MAX];
+} xr_pslot_t;
+
+typedef struct xr_store_s xr_store_t;
+
+/* Create path (replacing any file there) for nslots slots with rings of
+ * ring bytes (a multiple of the page size).  NULL with err. */
+xr_store_t *xr_store_create(const char *path, uint32_t nslots, uint32_t ring, char *err,
+                            size_t errlen);
+/* Map an existing store (a dead worker's, an old binary's).  NULL with
+ * err if it is missing or not one. */
+xr_store_t *xr_store_open(const char *path, char *err, size_t errlen);
+/* Unmap; with unlink_it, remove the file too. */
+void xr_store_close(xr_store_t *s, int unlink_it);
+
+uint32_t xr_store_nslots(const xr_store_t *s);
+uint32_t xr_store_ring_size(const xr_store_t *s);
+const char *xr_store_path(const xr_store_t *s);
+xr_pslot_t *xr_store_slot(xr_store_t *s, uint32_t i);
+/* Does the store's map say slot i may be live (its header decides)? */
+int xr_store_is_live(const xr_store_t *s, uint32_t i);
+unsigned char *xr_store_ring(xr_store_t *s, xr_pslot_t *p, int which);
+/* A free slot, zeroed (not yet live), or NULL when all are taken. */
+xr_pslot_t *xr_store_alloc(xr_store_t *s);
+/* The slot is free again (its connection ended). */
+void xr_store_release(xr_store_t *s, xr_pslot_t *p);
+/* Slots in use. */
+uint32_t xr_store_used(const xr_store_t *s);
+
+/* Commit a handler record: write it into the half not in use, then flip. */
+void xr_pslot_commit(xr_pslot_t *p, const void *rec, size_t len);
+/* The committed record (XR_PSTATE_MAX bytes). */
+const void *xr_pslot_record(const xr_pslot_t *p);
+
+#endif
