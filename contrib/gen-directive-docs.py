@@ -63,7 +63,7 @@ the background; use <a href="#d-pid">pid</a> and
 <p>The file the master writes its process id to at start-up and removes when
 it exits. The default, <code>/run/xrayd.pid</code>, needs root; the shipped
 <code>conf/xrayd.yaml</code> uses <code>/tmp/xrayd.pid</code> so it runs
-as any user. <code>xrayd -s reload|stop|quit|reopen -c FILE</code> reads the
+as any user. <code>xrayd -s reload|stop|quit|reopen|upgrade -c FILE</code> reads the
 pid from the <code>pid</code> file named in <code>FILE</code>, so the same
 configuration file must be given to <code>-s</code> as to the running
 daemon. A relative path is resolved against the directory of the YAML file
@@ -184,6 +184,95 @@ once, with the reason in the log.</p>""",
             "  networks: [198.18.2.0/24]\n"
             "  official_pool: [\"198.19.0.2:20000-20999\"]\n"
             "  state_file: /var/lib/xrayd/agent.state"),
+    },
+    "proxy": {
+        "syntax": "<code>[</code> <i>proxy block</i>, ... <code>]</code>",
+        "text": """
+<p>Transparent proxies (see <a href="proxy.html">Proxies</a>): each entry
+listens where the router's REDIRECT (or TPROXY) rules send connections and
+relays every one to its original destination, read from the socket, or
+through the <a href="#d-proxy-upstream">parent proxies</a> first. An entry
+takes the directives of <a href="#relayproxy">relay and proxy blocks</a>
+(listen, name, buffer_size, timeouts, max_connections, filters) and those
+of <a href="#b-proxy">proxy blocks</a>; <code>upstream</code> is optional
+here.</p>""",
+        "example": (
+            "proxy:\n"
+            "  - name: web\n"
+            "    listen: 0.0.0.0:3128\n"
+            "    mode: http\n"
+            "    http:\n"
+            "      hosts_deny: [\"*.ads.example\"]\n"
+            "  - name: tcp\n"
+            "    listen: 0.0.0.0:3129"),
+    },
+    "state_dir": {
+        "text": """
+<p>Each worker that serves proxy blocks with
+<a href="#d-proxy-continuity">continuity</a> keeps its live connections in
+a file here (<code>proxy-PID.snap</code>, mode 0600): the state a
+replacement needs to carry them on after a crash or an upgrade. The file is
+sparse and mapped shared; it should be on tmpfs (<code>/run</code> usually
+is), since a disk would only be written to for nothing. The directory must
+exist and be writable by the workers.</p>""",
+        "example": "state_dir: /run/xrayd",
+    },
+    "admin_socket": {
+        "text": """
+<p>The master answers <code>xray status</code> here: version and pid (and
+the pid it was upgraded from), workers, and per relay or proxy block its
+live connections, connections accepted, connections taken over after a
+crash or an upgrade, and bytes of finished connections. The agent has a
+<a href="#d-agent-admin_socket">socket of its own</a>.</p>""",
+        "example": "admin_socket: /run/xrayd.sock",
+    },
+    "proxy/mode": {
+        "text": """
+<p><code>circuit</code> passes bytes as they are, whatever the protocol.
+<code>http</code> parses every request and response (http-parser), checks
+requests against the block's <a href="#d-proxy-http">http</a> rules,
+answers refusals with an error page in their turn, adds Via, removes
+hop-by-hop headers and logs each request (see
+<a href="proxy.html#http">HTTP</a>).</p>""",
+    },
+    "proxy/intercept": {
+        "text": """
+<p><code>redirect</code>: iptables/nftables REDIRECT rewrote the
+destination; xrayd reads the original one with SO_ORIGINAL_DST (IPv4) or
+IP6T_SO_ORIGINAL_DST (IPv6). <code>tproxy</code>: TPROXY delivered the
+connection unchanged; the listener is IP_TRANSPARENT (CAP_NET_ADMIN) and
+the original destination is the local address. Either way a connection to
+the proxy's own address is closed, not looped.</p>""",
+    },
+    "proxy/upstream": {
+        "text": """
+<p>Parent proxies tried in order before the original destination, which is
+used when none of them can be connected to within
+<a href="#d-connect_timeout">connect_timeout</a>. In
+<code>mode: http</code> requests to a parent are sent in the absolute
+form.</p>""",
+        "example": "upstream: [10.0.0.8:3128, 10.0.0.9:3128]",
+    },
+    "proxy/continuity": {
+        "text": """
+<p>A worker's proxied connections survive its crash (even SIGKILL), a
+reload and a binary upgrade: the master holds a duplicate of each socket
+and the worker's snapshot in <a href="#d-state_dir">state_dir</a> says
+where every byte is (see <a href="proxy.html#continuity">Continuity</a>).
+It costs two descriptor passes to the master per connection; with it off a
+crash ends the worker's connections.</p>""",
+    },
+    "proxy/http": {
+        "syntax": "<code>{</code> <i>rules</i> <code>}</code>",
+        "text": """
+<p>The rules of a <code>mode: http</code> block, in <a href="#b-http">a
+mapping of their own</a>. Without it a http block uses the defaults: the
+common methods, every host.</p>""",
+        "example": (
+            "http:\n"
+            "  methods: [GET, HEAD, POST]\n"
+            "  hosts_allow: [\"*.example.com\"]\n"
+            "  deny_headers: [X-Forwarded-Host]"),
     },
     "applications": {
         "syntax": "<code>[</code> <i>application</i>, ... <code>]</code>",
@@ -615,6 +704,7 @@ NAV = [
     ("logging.html", "Logging"),
     ("pki.html", "Certificates"),
     ("agent.html", "Agent"),
+    ("proxy.html", "Proxies"),
     ("protocol.html", "Protocol"),
 ]
 

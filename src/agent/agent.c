@@ -10,6 +10,7 @@
  * something changed.
  */
 #include "agent/agent.h"
+#include "core/admin.h"
 #include "core/log.h"
 #include "event/reactor.h"
 #include "relay/relay.h"
@@ -1596,56 +1597,6 @@ static void xr_agent_tick(uv_timer_t *t)
 
 /* ---- the admin socket: `xray status` --------------------------------------- */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int failed;
-} xr_sb_t;
-
-static void xr_sb_add(xr_sb_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void xr_sb_add(xr_sb_t *b, const char *fmt, ...)
-{
-    for (int attempt = 0; attempt < 2 && !b->failed; attempt++) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->failed = 1;
-            return;
-        }
-        if (b->p != NULL && b->len + (size_t) n < b->cap) {
-            b->len += (size_t) n;
-            return;
-        }
-        size_t ncap = (b->cap ? b->cap * 2 : 4096) + (size_t) n;
-        char *np = realloc(b->p, ncap);
-        if (np == NULL) {
-            b->failed = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = ncap;
-    }
-}
-
-/* A JSON string; the fields are printable already (addresses, names,
- * hex), but a name from the configuration may hold a quote. */
-static void xr_sb_json(xr_sb_t *b, const char *s)
-{
-    xr_sb_add(b, "\"");
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char) *s;
-        if (ch == '"' || ch == '\\')
-            xr_sb_add(b, "\\%c", ch);
-        else if (ch < 0x20)
-            xr_sb_add(b, "\\u%04x", ch);
-        else
-            xr_sb_add(b, "%c", ch);
-    }
-    xr_sb_add(b, "\"");
-}
-
 /* Relays running through this agent's relay points. */
 static size_t xr_agent_relays(void)
 {
@@ -1781,60 +1732,9 @@ static void xr_agent_status(xr_sb_t *b, int json)
         xr_sb_add(b, "  %s (session %s)\n", xr_ag.conf->peers[i].agent.text, xr_peer_state(i));
 }
 
-/* One short request line ("status" or "status json"), one answer, close.
- * The socket is 0600, so only root (or the agent's user) asks. */
 static void xr_agent_admin(xr_io_t *io, uint32_t events)
 {
-    for (;;) { /* edge-triggered: until accept() says EAGAIN */
-        int fd = accept4(io->fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            return;
-        struct timeval tv = {1, 0};
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-        char req[64];
-        ssize_t n = recv(fd, req, sizeof(req) - 1, 0);
-        req[n > 0 ? n : 0] = '\0';
-        req[strcspn(req, "\r\n")] = '\0';
-        xr_sb_t b = {0};
-        if (strcmp(req, "status") == 0 || strcmp(req, "status json") == 0)
-            xr_agent_status(&b, strcmp(req, "status json") == 0);
-        else
-            xr_sb_add(&b, "error: unknown request \"%.40s\" (try \"status\")\n", req);
-        for (size_t off = 0; !b.failed && off < b.len;) {
-            ssize_t w = send(fd, b.p + off, b.len - off, MSG_NOSIGNAL);
-            if (w <= 0)
-                break;
-            off += (size_t) w;
-        }
-        free(b.p);
-        close(fd);
-    }
-}
-
-static int xr_agent_admin_open(const char *path)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(sa.sun_path)) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    /* A reload's new agent takes the path over from the old one. */
-    unlink(path);
-    mode_t old = umask(0177);
-    int rc = bind(fd, (struct sockaddr *) &sa, sizeof(sa));
-    umask(old);
-    if (rc != 0 || listen(fd, 16) != 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
+    xr_admin_serve(io->fd, xr_agent_status);
 }
 
 int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
@@ -1888,7 +1788,7 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
     xr_ag.started = xr_wall_ms();
     xr_ag.admin.fd = -1;
     if (g->agent->admin_socket != NULL) {
-        int afd = xr_agent_admin_open(g->agent->admin_socket);
+        int afd = xr_admin_open(g->agent->admin_socket);
         struct stat st;
         if (afd >= 0 && stat(g->agent->admin_socket, &st) == 0)
             xr_ag.admin_ino = st.st_ino;

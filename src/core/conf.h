@@ -25,8 +25,8 @@ struct xr_node_s {
 };
 
 /* Where TLS directives appear (beside XR_CTX_MAIN/RELAY/FILTER). */
-#define XR_CTX_TLS_SERVER 0x08 /* relay: tls: {...} */
-#define XR_CTX_TLS_CLIENT 0x10 /* relay: upstream_tls: {...} */
+#define XR_CTX_TLS_SERVER 0x08  /* relay: tls: {...} */
+#define XR_CTX_TLS_CLIENT 0x10  /* relay: upstream_tls: {...} */
 #define XR_CTX_PROXY      0x100 /* an entry of proxy: */
 #define XR_CTX_PROXY_HTTP 0x200 /* proxy: http: {...} */
 

@@ -173,6 +173,12 @@ size_t xr_cont_entries(const xr_cont_entry_t **out)
     return xr_ct.n;
 }
 
+void xr_cont_clear(void)
+{
+    while (xr_ct.n > 0)
+        xr_cont_close_entry(&xr_ct.e[xr_ct.n - 1]);
+}
+
 void xr_cont_forget(pid_t pid)
 {
     for (size_t i = 0; i < xr_ct.n;) {

@@ -49,6 +49,8 @@ void xr_cont_will_adopt(pid_t dead);
 void xr_cont_adopted(pid_t dead, pid_t pid);
 /* Close and forget every connection of pid (nobody will adopt them). */
 void xr_cont_forget(pid_t pid);
+/* Close every descriptor held (an upgrade passed them on). */
+void xr_cont_clear(void);
 /* Live connections held, all workers. */
 size_t xr_cont_count(void);
 size_t xr_cont_count_of(pid_t pid);

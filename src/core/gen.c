@@ -91,12 +91,12 @@ const xr_directive_t xr_core_directives[] = {
      "Speak TLS to the upstream servers: ca, verify, certificate, key, server_name ..."},
     {"buffer_size", M | R | P, XR_T_SIZE, RO(buffer_size), "64k", 1024, 16 << 20, NULL, NULL, 0,
      "Bytes buffered per direction of a relay while the far side is slow."},
-    {"connect_timeout", M | R | P, XR_T_DURATION, RO(connect_timeout), "5s", 1, 3600000, NULL, NULL, 0,
-     "Time allowed to connect to an upstream server."},
+    {"connect_timeout", M | R | P, XR_T_DURATION, RO(connect_timeout), "5s", 1, 3600000, NULL, NULL,
+     0, "Time allowed to connect to an upstream server."},
     {"idle_timeout", M | R | P, XR_T_DURATION, RO(idle_timeout), "10m", 1, 604800000, NULL, NULL, 0,
      "A relay with no bytes in either direction for this long is closed."},
-    {"max_connections", M | R | P, XR_T_INT, RO(max_connections), "10000", 1, 1000000, NULL, NULL, 0,
-     "Concurrent connections per relay block, across workers; more wait in the backlog."},
+    {"max_connections", M | R | P, XR_T_INT, RO(max_connections), "10000", 1, 1000000, NULL, NULL,
+     0, "Concurrent connections per relay block, across workers; more wait in the backlog."},
     {"tcp_nodelay", M | R | P, XR_T_FLAG, RO(tcp_nodelay), "on", 0, 0, NULL, NULL, 0,
      "Disable Nagle's algorithm on both ends."},
     {"mode", P, XR_T_ENUM, RO(proxy_mode), "circuit", 0, 0, xr_proxy_mode_names, NULL, 0,
@@ -115,9 +115,13 @@ const xr_directive_t xr_core_directives[] = {
 #undef R
 #undef P
 
-static const xr_directive_t *const xr_hint_tables[] = {
-    xr_core_directives, xr_tls_server_directives, xr_tls_client_directives, xr_agent_directives,
-    xr_app_directives,  xr_http_directives,       NULL};
+static const xr_directive_t *const xr_hint_tables[] = {xr_core_directives,
+                                                       xr_tls_server_directives,
+                                                       xr_tls_client_directives,
+                                                       xr_agent_directives,
+                                                       xr_app_directives,
+                                                       xr_http_directives,
+                                                       NULL};
 
 static void *xr_gen_target(xr_conf_t *cf, const xr_directive_t *d, void *block)
 {

@@ -24,12 +24,13 @@
 static void xr_usage(FILE *out)
 {
     fprintf(out,
-            "usage: xrayd [-c FILE] [-t] [-s reload|stop|quit|reopen] [-V] [--list-directives]\n"
+            "usage: xrayd [-c FILE] [-t] [-s reload|stop|quit|reopen|upgrade] [-V]\n"
+            "             [--list-directives]\n"
             "\n"
             "  -c FILE             configuration file (default %s)\n"
             "  -t                  test the configuration and exit\n"
             "  -s SIGNAL           signal the running master: reload, stop (fast), quit\n"
-            "                      (graceful) or reopen (log files)\n"
+            "                      (graceful), reopen (log files) or upgrade (the binary)\n"
             "  -V                  print version, libraries and configure options\n"
             "  --list-directives   print every directive: name, contexts, type, default, doc\n"
             "  -h, --help          this text\n",
@@ -55,13 +56,17 @@ static int xr_send_signal(xr_gen_t *g, const char *name)
     static const struct {
         const char *name;
         int sig;
-    } map[] = {{"reload", SIGHUP}, {"stop", SIGTERM}, {"quit", SIGQUIT}, {"reopen", SIGUSR1}};
+    } map[] = {{"reload", SIGHUP},
+               {"stop", SIGTERM},
+               {"quit", SIGQUIT},
+               {"reopen", SIGUSR1},
+               {"upgrade", SIGUSR2}};
     int sig = 0;
     for (size_t i = 0; i < XR_ARRAY_SIZE(map); i++)
         if (strcmp(map[i].name, name) == 0)
             sig = map[i].sig;
     if (sig == 0) {
-        fprintf(stderr, "xrayd: unknown signal \"%s\" (use reload, stop, quit or reopen)\n", name);
+        fprintf(stderr, "xrayd: unknown signal \"%s\" (use reload, stop, quit, reopen or upgrade)\n", name);
         return 1;
     }
     FILE *fp = fopen(g->main.pid, "r");
@@ -193,7 +198,11 @@ int main(int argc, char **argv)
         return 0;
     }
 
-    int other = xr_check_running(g->main.pid);
+    /* A binary upgrade: the old master runs us and hands its sockets over. */
+    const char *up = getenv("XRAYD_UPGRADE_FD");
+    int upgrade_fd = up != NULL ? atoi(up) : -1;
+    unsetenv("XRAYD_UPGRADE_FD");
+    int other = upgrade_fd >= 0 ? 0 : xr_check_running(g->main.pid);
     if (other) {
         fprintf(stderr, "xrayd: already running as pid %d (pid file %s)\n", other, g->main.pid);
         xr_gen_free(g);
@@ -217,14 +226,14 @@ int main(int argc, char **argv)
         xr_gen_free(g);
         return 1;
     }
-    if (xr_listeners_open(g, err, sizeof(err)) != XR_OK) {
+    if (upgrade_fd < 0 && xr_listeners_open(g, err, sizeof(err)) != XR_OK) {
         xr_log(XR_LOG_EMERG, "%s", err);
         if (xr_log_fd() != STDERR_FILENO)
             fprintf(stderr, "xrayd: %s\n", err);
         xr_gen_free(g);
         return 1;
     }
-    if (g->main.daemon) {
+    if (g->main.daemon && upgrade_fd < 0) {
         if (strcmp(g->main.error_log, "stderr") == 0)
             xr_log(XR_LOG_WARN, "daemon: on with error_log: stderr, the error log is discarded");
         if (xr_daemonize() != XR_OK) {
@@ -237,5 +246,5 @@ int main(int argc, char **argv)
     snprintf(title, sizeof(title), "xrayd: master process %s", g->file);
     xr_proctitle_init(argc, argv);
     xr_proctitle_set(title);
-    return xr_master_run(g, g->file);
+    return xr_master_run(g, g->file, upgrade_fd);
 }

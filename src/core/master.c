@@ -2,23 +2,28 @@
  * master.c: the master process.
  *
  * It runs no relay traffic and no libuv loop: signals arrive on a
- * signalfd and poll() waits for them or for the next respawn, so a worker
- * forked from here inherits no event-loop state.
+ * signalfd and poll() waits for them, the workers' continuity channels,
+ * the admin socket, an upgrade's channel, or the next respawn, so a
+ * worker forked from here inherits no event-loop state.
  */
 #include "core/xrayd.h"
+#include "core/admin.h"
 #include "core/continuity.h"
 #include "core/log.h"
 #include "core/master.h"
 #include "core/shm.h"
+#include "core/upgrade.h"
 #include "core/worker.h"
 #include "event/listener.h"
 #include "proxy/proxy.h"
 
 #include <fcntl.h>
+#include <glob.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,6 +31,7 @@
 #define XR_RESPAWN_FAST_MS 2000 /* a worker that dies younger backs off */
 #define XR_RESPAWN_MAX_MS  5000
 #define XR_FAST_STOP_MS    5000
+#define XR_FREEZE_MS       5000 /* old workers' time to freeze in an upgrade */
 
 typedef struct {
     pid_t pid;
@@ -34,13 +40,18 @@ typedef struct {
     int agent; /* serves the generation's agent */
     int64_t started;
     int cont_fd; /* the master's end of its continuity channel */
+    int frozen;  /* told to hand its proxied connections over (upgrade) */
 } xr_proc_t;
 
-/* A dead worker whose proxied connections wait for a replacement. */
+/* A dead worker whose proxied connections wait for a replacement; dir
+ * holds its stores (an old binary's may differ from ours). */
 typedef struct {
     pid_t pid;
     xr_gen_t *gen;
+    char dir[512];
 } xr_orphan_t;
+
+enum { XR_UP_NONE = 0, XR_UP_STARTED, XR_UP_FREEZING };
 
 #define XR_MAX_ORPHANS 64
 
@@ -57,6 +68,18 @@ static struct {
     char pid_path[4096];
     xr_orphan_t orphans[XR_MAX_ORPHANS];
     size_t norphans;
+    int admin_fd;
+    char admin_path[512];
+    char exe[4096];  /* the binary started, for SIGUSR2 to run again */
+    int64_t started; /* wall ms */
+    pid_t upgraded_from;
+    int handed_over; /* an upgrade took our connections: we only finish relays */
+    struct {
+        int phase;
+        pid_t pid; /* the new master */
+        int fd;
+        int64_t deadline;
+    } up;
 } xr_m;
 
 static int xr_master_nprocs(const xr_gen_t *g)
@@ -70,7 +93,7 @@ static int xr_master_nprocs(const xr_gen_t *g)
 
 /* Start a worker of g; with adopt, it takes over that dead worker's
  * proxied connections, and with retiring only those. */
-static int xr_master_spawn_for(xr_gen_t *g, pid_t adopt, int retiring)
+static int xr_master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, int retiring)
 {
     int slot = -1;
     for (int i = 0; i < XR_SHM_WORKERS; i++)
@@ -101,8 +124,14 @@ static int xr_master_spawn_for(xr_gen_t *g, pid_t adopt, int retiring)
         close(child_end);
         return XR_ERROR;
     }
-    if (pid == 0)
-        xr_worker_main(g, slot, agent, xr_m.sigfd, child_end, adopt, retiring);
+    if (pid == 0) {
+        if (xr_m.admin_fd >= 0)
+            close(xr_m.admin_fd);
+        if (xr_m.up.fd >= 0)
+            close(xr_m.up.fd);
+        xr_worker_main(g, slot, agent, xr_m.sigfd, child_end, adopt,
+                       adopt_dir ? adopt_dir : g->main.state_dir, retiring);
+    }
     close(child_end);
     xr_cont_attach(cont_fd, pid);
     if (adopt > 0)
@@ -126,28 +155,41 @@ static int xr_master_spawn(xr_gen_t *g)
 {
     for (size_t i = 0; i < xr_m.norphans; i++)
         if (xr_m.orphans[i].gen == g) {
-            pid_t dead = xr_m.orphans[i].pid;
+            xr_orphan_t o = xr_m.orphans[i];
             xr_m.orphans[i] = xr_m.orphans[--xr_m.norphans];
-            return xr_master_spawn_for(g, dead, 0);
+            return xr_master_spawn_for(g, o.pid, o.dir, 0);
         }
-    return xr_master_spawn_for(g, 0, 0);
+    return xr_master_spawn_for(g, 0, NULL, 0);
 }
 
 /* Worker pid of g died with proxied connections: they wait for the next
  * worker of g (the respawn), or - g retiring - for a replacement that only
  * finishes them. */
-static void xr_master_orphan(pid_t pid, xr_gen_t *g, size_t n)
+/* Remove every store file of dead worker pid (nobody adopts them). */
+static void xr_master_unlink_stores(const char *dir, pid_t pid)
 {
-    char path[600];
-    xr_proxy_store_path(path, sizeof(path), g->main.state_dir, pid);
+    char pattern[600];
+    xr_proxy_store_glob(pattern, sizeof(pattern), dir, pid);
+    glob_t gl;
+    if (glob(pattern, 0, NULL, &gl) == 0) {
+        for (size_t i = 0; i < gl.gl_pathc; i++)
+            unlink(gl.gl_pathv[i]);
+        globfree(&gl);
+    }
+}
+
+static void xr_master_orphan(pid_t pid, xr_gen_t *g, const char *dir, size_t n)
+{
+    if (xr_m.handed_over)
+        return; /* its stores are the new master's now */
     if (xr_m.stopping || n == 0) {
         xr_cont_forget(pid);
-        unlink(path);
+        xr_master_unlink_stores(dir, pid);
         return;
     }
     xr_log(XR_LOG_NOTICE, "worker %d left %zu proxied connection(s) to take over", (int) pid, n);
     if (g != xr_m.gens[0]) {
-        if (xr_master_spawn_for(g, pid, 1) != XR_OK)
+        if (xr_master_spawn_for(g, pid, dir, 1) != XR_OK)
             xr_cont_forget(pid);
         return;
     }
@@ -155,12 +197,13 @@ static void xr_master_orphan(pid_t pid, xr_gen_t *g, size_t n)
         xr_log(XR_LOG_ALERT, "too many dead workers waiting; worker %d's connections are closed",
                (int) pid);
         xr_cont_forget(pid);
-        unlink(path);
+        xr_master_unlink_stores(dir, pid);
         return;
     }
-    xr_m.orphans[xr_m.norphans].pid = pid;
-    xr_m.orphans[xr_m.norphans].gen = g;
-    xr_m.norphans++;
+    xr_orphan_t *o = &xr_m.orphans[xr_m.norphans++];
+    o->pid = pid;
+    o->gen = g;
+    snprintf(o->dir, sizeof(o->dir), "%s", dir);
 }
 
 static void xr_master_signal_gen(const xr_gen_t *g, int sig, int only_live)
@@ -186,11 +229,404 @@ static void xr_master_collect_gens(void)
     }
 }
 
+static void xr_master_upgrade_failed(int status);
+
+/* ---- the admin socket: `xray status` ------------------------------------------ */
+
+static const char *xr_block_kind(const xr_relay_conf_t *rc)
+{
+    if (rc->kind != XR_BLOCK_PROXY)
+        return "relay";
+    return rc->proxy_mode == XR_PROXY_HTTP ? "http" : "circuit";
+}
+
+static void xr_master_status(xr_sb_t *b, int json)
+{
+    xr_gen_t *g = xr_m.gens[0];
+    int64_t up = xr_wall_ms() - xr_m.started;
+    uint64_t resumed = 0;
+    for (size_t i = 0; i < g->nrelays; i++)
+        resumed += atomic_load(&xr_shm->resumed[g->relays[i]->slot]);
+    if (json) {
+        xr_sb_add(b,
+                  "{\"version\":\"%s\",\"pid\":%ld,\"generation\":%llu,\"uptime_ms\":%lld,"
+                  "\"upgraded_from\":%ld,\"held\":%zu,\"resumed\":%llu,\"workers\":[",
+                  XR_VERSION, (long) getpid(), (unsigned long long) g->number, (long long) up,
+                  (long) xr_m.upgraded_from, xr_cont_count(), (unsigned long long) resumed);
+        int first = 1;
+        for (int i = 0; i < XR_SHM_WORKERS; i++) {
+            const xr_proc_t *p = &xr_m.procs[i];
+            if (p->pid <= 0)
+                continue;
+            xr_sb_add(b, "%s{\"pid\":%ld,\"generation\":%llu,\"retiring\":%s,\"held\":%zu}",
+                      first ? "" : ",", (long) p->pid, (unsigned long long) p->gen->number,
+                      p->retiring ? "true" : "false", xr_cont_count_of(p->pid));
+            first = 0;
+        }
+        xr_sb_add(b, "],\"blocks\":[");
+        for (size_t i = 0; i < g->nrelays; i++) {
+            const xr_relay_conf_t *rc = g->relays[i];
+            xr_sb_add(b, "%s{\"name\":", i ? "," : "");
+            xr_sb_json(b, rc->name);
+            xr_sb_add(b,
+                      ",\"kind\":\"%s\",\"live\":%lld,\"accepted\":%lld,\"resumed\":%llu,"
+                      "\"bytes_up\":%llu,\"bytes_down\":%llu,\"listen\":[",
+                      xr_block_kind(rc), (long long) atomic_load(&xr_shm->active[rc->slot]),
+                      (long long) atomic_load(&xr_shm->accepted[rc->slot]),
+                      (unsigned long long) atomic_load(&xr_shm->resumed[rc->slot]),
+                      (unsigned long long) atomic_load(&xr_shm->bytes[rc->slot][0]),
+                      (unsigned long long) atomic_load(&xr_shm->bytes[rc->slot][1]));
+            for (size_t k = 0; k < rc->listen.n; k++) {
+                xr_sb_add(b, "%s", k ? "," : "");
+                xr_sb_json(b, rc->listen.items[k].text);
+            }
+            xr_sb_add(b, "]}");
+        }
+        xr_sb_add(b, "]}\n");
+        return;
+    }
+    xr_sb_add(b, "xrayd %s  pid %ld  generation %llu  up %lld s", XR_VERSION, (long) getpid(),
+              (unsigned long long) g->number, (long long) (up / 1000));
+    if (xr_m.upgraded_from)
+        xr_sb_add(b, "  (binary upgrade from pid %ld)", (long) xr_m.upgraded_from);
+    xr_sb_add(b, "\nworkers:");
+    for (int i = 0; i < XR_SHM_WORKERS; i++)
+        if (xr_m.procs[i].pid > 0)
+            xr_sb_add(b, " %ld%s", (long) xr_m.procs[i].pid,
+                      xr_m.procs[i].retiring ? " (retiring)" : "");
+    xr_sb_add(b,
+              "\nproxied connections held for continuity: %zu; taken over after a crash "
+              "or an upgrade: %llu\n",
+              xr_cont_count(), (unsigned long long) resumed);
+    xr_sb_add(b, "  %-16s %-8s %8s %10s %8s %14s %14s  %s\n", "BLOCK", "KIND", "LIVE", "ACCEPTED",
+              "RESUMED", "BYTES UP", "BYTES DOWN", "LISTEN");
+    for (size_t i = 0; i < g->nrelays; i++) {
+        const xr_relay_conf_t *rc = g->relays[i];
+        xr_sb_add(b, "  %-16s %-8s %8lld %10lld %8llu %14llu %14llu  %s%s\n", rc->name,
+                  xr_block_kind(rc), (long long) atomic_load(&xr_shm->active[rc->slot]),
+                  (long long) atomic_load(&xr_shm->accepted[rc->slot]),
+                  (unsigned long long) atomic_load(&xr_shm->resumed[rc->slot]),
+                  (unsigned long long) atomic_load(&xr_shm->bytes[rc->slot][0]),
+                  (unsigned long long) atomic_load(&xr_shm->bytes[rc->slot][1]),
+                  rc->listen.n ? rc->listen.items[0].text : "-", rc->listen.n > 1 ? " ..." : "");
+    }
+    xr_sb_add(b, "(bytes: of finished connections)\n");
+}
+
+static void xr_master_admin_open(const xr_gen_t *g)
+{
+    if (g->main.admin_socket == NULL || strcmp(g->main.admin_socket, xr_m.admin_path) == 0)
+        return;
+    if (xr_m.admin_fd >= 0) {
+        close(xr_m.admin_fd);
+        unlink(xr_m.admin_path);
+    }
+    xr_m.admin_fd = xr_admin_open(g->main.admin_socket);
+    if (xr_m.admin_fd < 0) {
+        /* Status is a convenience: the daemon serves without it. */
+        xr_log_errno(XR_LOG_ERR, errno, "cannot open admin_socket %s", g->main.admin_socket);
+        xr_m.admin_path[0] = '\0';
+        return;
+    }
+    snprintf(xr_m.admin_path, sizeof(xr_m.admin_path), "%s", g->main.admin_socket);
+}
+
+/* ---- binary upgrade: the old master's side ------------------------------------- */
+
+static void xr_master_upgrade_begin(void)
+{
+    int sp[2];
+    if (xr_m.up.phase != XR_UP_NONE) {
+        xr_log(XR_LOG_WARN, "binary upgrade already in progress (new master %d)",
+               (int) xr_m.up.pid);
+        return;
+    }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0) {
+        xr_log_errno(XR_LOG_ALERT, errno, "binary upgrade: socketpair() failed");
+        return;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        xr_log_errno(XR_LOG_ALERT, errno, "binary upgrade: fork() failed");
+        close(sp[0]);
+        close(sp[1]);
+        return;
+    }
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        fcntl(sp[1], F_SETFD, 0); /* the one descriptor the new binary keeps */
+        char env[64];
+        snprintf(env, sizeof(env), "XRAYD_UPGRADE_FD=%d", sp[1]);
+        putenv(env);
+        execl(xr_m.exe, xr_m.exe, "-c", xr_m.conf_path, (char *) NULL);
+        fprintf(stderr, "xrayd: binary upgrade: cannot run %s: %s\n", xr_m.exe, strerror(errno));
+        _exit(127);
+    }
+    close(sp[1]);
+    xr_m.up.phase = XR_UP_STARTED;
+    xr_m.up.pid = pid;
+    xr_m.up.fd = sp[0];
+    /* nginx's dance: the new master writes the pid file, ours moves aside. */
+    char old[sizeof(xr_m.pid_path)];
+    snprintf(old, sizeof(old), "%.4088s.oldbin", xr_m.pid_path);
+    if (rename(xr_m.pid_path, old) == 0)
+        snprintf(xr_m.pid_path, sizeof(xr_m.pid_path), "%s", old);
+    xr_log(XR_LOG_NOTICE, "binary upgrade: started %s as pid %d", xr_m.exe, (int) pid);
+}
+
+static void xr_master_send_listener(const struct sockaddr_storage *sa, socklen_t len, int fd,
+                                    int backlog, void *arg)
+{
+    xr_up_msg_t m = {.type = XR_UP_LISTENER, .backlog = backlog, .salen = len};
+    memcpy(&m.sa, sa, len);
+    if (xr_up_send(xr_m.up.fd, &m, &fd, 1) != XR_OK)
+        *(int *) arg = XR_ERROR;
+}
+
+/* The new master's answer, or its loss. */
+static void xr_master_upgrade_read(void)
+{
+    xr_up_msg_t m;
+    int fds[2];
+    int r = xr_up_recv(xr_m.up.fd, &m, fds, 0);
+    if (r <= 0) {
+        if (r < 0) {
+            close(xr_m.up.fd);
+            xr_m.up.fd = -1; /* its exit status follows (SIGCHLD) */
+        }
+        return;
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    if (m.type == XR_UP_HELLO && xr_m.up.phase == XR_UP_STARTED) {
+        int rc = XR_OK;
+        size_t n = xr_listeners_each(xr_master_send_listener, &rc);
+        xr_up_msg_t done = {.type = XR_UP_LISTENERS_DONE};
+        if (rc != XR_OK || xr_up_send(xr_m.up.fd, &done, NULL, 0) != XR_OK)
+            xr_log(XR_LOG_ALERT, "binary upgrade: cannot pass the listening sockets on");
+        else
+            xr_log(XR_LOG_NOTICE, "binary upgrade: passed %zu listening socket(s) on", n);
+        return;
+    }
+    if (m.type == XR_UP_READY && xr_m.up.phase == XR_UP_STARTED) {
+        /* The new binary runs with our configuration: our workers stop
+         * touching their proxied connections, then it takes them. */
+        xr_m.up.phase = XR_UP_FREEZING;
+        xr_m.up.deadline = xr_mono_ms() + XR_FREEZE_MS;
+        xr_m.pending_respawn = 0;
+        for (int i = 0; i < XR_SHM_WORKERS; i++)
+            if (xr_m.procs[i].pid > 0) {
+                xr_m.procs[i].frozen = 1;
+                xr_m.procs[i].retiring = 1;
+                kill(xr_m.procs[i].pid, SIGUSR2);
+            }
+        xr_log(XR_LOG_NOTICE, "binary upgrade: the new master is ready; handing over");
+    }
+}
+
+static void xr_master_send_store(pid_t pid, const char *dir)
+{
+    xr_up_msg_t m = {.type = XR_UP_STORE, .owner = pid};
+    snprintf(m.dir, sizeof(m.dir), "%s", dir);
+    xr_up_send(xr_m.up.fd, &m, NULL, 0);
+}
+
+/* Every worker froze (or had its time): hand every proxied connection and
+ * every store over, then step down. */
+static void xr_master_upgrade_handover(void)
+{
+    /* What a worker said before freezing is in its channel: read it all. */
+    int chans[XR_SHM_WORKERS];
+    size_t nch = xr_cont_fds(chans, XR_SHM_WORKERS);
+    for (size_t i = 0; i < nch; i++)
+        xr_cont_master_read(chans[i]);
+    const xr_cont_entry_t *e;
+    size_t n = xr_cont_entries(&e);
+    size_t sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        xr_up_msg_t m = {.type = XR_UP_CONN, .id = e[i].id, .owner = e[i].owner};
+        int fds[2], k = 0;
+        for (int j = 0; j < XR_CONT_ENDS; j++)
+            if (e[i].fd[j] >= 0)
+                fds[k++] = e[i].fd[j];
+        /* A connection without an upstream socket yet sends a -1 marker
+         * by having one fd only; the receiver knows by m.nfds. */
+        if (xr_up_send(xr_m.up.fd, &m, fds, k) == XR_OK)
+            sent++;
+    }
+    for (int i = 0; i < XR_SHM_WORKERS; i++)
+        if (xr_m.procs[i].pid > 0)
+            xr_master_send_store(xr_m.procs[i].pid, xr_m.procs[i].gen->main.state_dir);
+    for (size_t i = 0; i < xr_m.norphans; i++)
+        xr_master_send_store(xr_m.orphans[i].pid, xr_m.orphans[i].dir);
+    xr_m.norphans = 0;
+    xr_up_msg_t done = {.type = XR_UP_DONE};
+    xr_up_send(xr_m.up.fd, &done, NULL, 0);
+    xr_log(XR_LOG_NOTICE,
+           "binary upgrade: handed %zu proxied connection(s) to pid %d; finishing the relays "
+           "left and exiting",
+           sent, (int) xr_m.up.pid);
+    /* Ours to close, not to shut down: they live on in the new master. */
+    xr_cont_clear();
+    xr_listeners_close_all();
+    if (xr_m.admin_fd >= 0) {
+        close(xr_m.admin_fd); /* the new master has bound the path anew */
+        xr_m.admin_fd = -1;
+        xr_m.admin_path[0] = '\0';
+    }
+    close(xr_m.up.fd);
+    xr_m.up.fd = -1;
+    xr_m.up.phase = XR_UP_NONE;
+    xr_m.up.pid = 0;
+    xr_m.handed_over = 1;
+    xr_m.stopping = 1;
+}
+
+static void xr_master_upgrade_tick(void)
+{
+    if (xr_m.up.phase != XR_UP_FREEZING)
+        return;
+    if (!xr_cont_all_frozen()) {
+        if (xr_mono_ms() < xr_m.up.deadline)
+            return;
+        /* A worker that does not answer is stopped the hard way: its
+         * snapshot is exact whenever it stops. */
+        for (int i = 0; i < XR_SHM_WORKERS; i++)
+            if (xr_m.procs[i].pid > 0 && xr_cont_count_of(xr_m.procs[i].pid) > 0) {
+                xr_log(XR_LOG_WARN, "binary upgrade: worker %d did not freeze in %d ms; killing it",
+                       (int) xr_m.procs[i].pid, XR_FREEZE_MS);
+                kill(xr_m.procs[i].pid, SIGKILL);
+            }
+    }
+    xr_master_upgrade_handover();
+}
+
+static void xr_master_upgrade_failed(int status)
+{
+    char how[64];
+    if (WIFSIGNALED(status))
+        snprintf(how, sizeof(how), "signal %d", WTERMSIG(status));
+    else
+        snprintf(how, sizeof(how), "code %d", WEXITSTATUS(status));
+    if (xr_m.up.phase == XR_UP_NONE) {
+        xr_m.up.pid = 0; /* it took over, then exited: its own business */
+        return;
+    }
+    xr_log(XR_LOG_ALERT,
+           "binary upgrade failed: the new master (pid %d) exited with %s; "
+           "still serving with this binary",
+           (int) xr_m.up.pid, how);
+    char orig[sizeof(xr_m.pid_path)];
+    snprintf(orig, sizeof(orig), "%s", xr_m.pid_path);
+    char *dot = strstr(orig, ".oldbin");
+    if (dot != NULL) {
+        *dot = '\0';
+        if (rename(xr_m.pid_path, orig) == 0)
+            snprintf(xr_m.pid_path, sizeof(xr_m.pid_path), "%s", orig);
+    }
+    if (xr_m.up.phase == XR_UP_FREEZING) {
+        /* Our workers let go of their proxied connections: new ones of
+         * ours take them back, as after a crash. */
+        for (int i = 0; i < XR_SHM_WORKERS; i++) {
+            xr_proc_t *p = &xr_m.procs[i];
+            if (p->pid > 0 && p->frozen && p->gen == xr_m.gens[0] && !xr_m.stopping) {
+                pid_t was = p->pid;
+                xr_master_spawn_for(p->gen, was, p->gen->main.state_dir, 0);
+            }
+        }
+    }
+    if (xr_m.up.fd >= 0)
+        close(xr_m.up.fd);
+    xr_m.up.fd = -1;
+    xr_m.up.phase = XR_UP_NONE;
+    xr_m.up.pid = 0;
+}
+
+/* ---- binary upgrade: the new master's side ------------------------------------- */
+
+/* Take the old master's listening sockets, then (after READY) its proxied
+ * connections.  XR_OK, or XR_ERROR: the old master goes on serving. */
+static int xr_master_upgrade_receive(xr_gen_t *g, int fd, pid_t *old)
+{
+    char err[1024];
+    xr_up_msg_t m = {.type = XR_UP_HELLO, .owner = getpid()};
+    int fds[2];
+    *old = getppid();
+    if (xr_up_send(fd, &m, NULL, 0) != XR_OK)
+        return XR_ERROR;
+    size_t nl = 0;
+    for (;;) {
+        int r = xr_up_recv(fd, &m, fds, 10000);
+        if (r <= 0) {
+            xr_log(XR_LOG_EMERG, "binary upgrade: no listening sockets from the old master");
+            return XR_ERROR;
+        }
+        if (m.type == XR_UP_LISTENERS_DONE)
+            break;
+        if (m.type == XR_UP_LISTENER && m.nfds == 1 && m.salen <= sizeof(m.sa) &&
+            xr_listeners_adopt(&m.sa, m.salen, fds[0], m.backlog) == XR_OK) {
+            nl++;
+            continue;
+        }
+        if (fds[0] >= 0)
+            close(fds[0]);
+    }
+    /* Addresses the configuration adds are opened; those it drops close
+     * once the old workers are gone. */
+    if (xr_listeners_open(g, err, sizeof(err)) != XR_OK) {
+        xr_log(XR_LOG_EMERG, "binary upgrade: %s", err);
+        return XR_ERROR;
+    }
+    m = (xr_up_msg_t){.type = XR_UP_READY};
+    if (xr_up_send(fd, &m, NULL, 0) != XR_OK)
+        return XR_ERROR;
+    size_t nc = 0;
+    for (;;) {
+        int r = xr_up_recv(fd, &m, fds, 30000);
+        if (r <= 0) {
+            xr_log(XR_LOG_ALERT,
+                   "binary upgrade: the old master stopped before handing over "
+                   "(%zu connections received)",
+                   nc);
+            break;
+        }
+        if (m.type == XR_UP_DONE)
+            break;
+        if (m.type == XR_UP_CONN) {
+            int ends[XR_CONT_ENDS] = {fds[0], m.nfds > 1 ? fds[1] : -1};
+            xr_cont_add(m.id, m.owner, ends);
+            nc++;
+        } else if (m.type == XR_UP_STORE && xr_m.norphans < XR_MAX_ORPHANS) {
+            xr_orphan_t *o = &xr_m.orphans[xr_m.norphans++];
+            o->pid = m.owner;
+            o->gen = g;
+            snprintf(o->dir, sizeof(o->dir), "%s", m.dir);
+        } else {
+            for (int i = 0; i < 2; i++)
+                if (fds[i] >= 0)
+                    close(fds[i]);
+        }
+    }
+    close(fd);
+    xr_log(XR_LOG_NOTICE,
+           "binary upgrade from pid %d: %zu listening socket(s), %zu proxied "
+           "connection(s) taken over",
+           (int) *old, nl, nc);
+    return XR_OK;
+}
+
 static void xr_master_reap(void)
 {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == xr_m.up.pid) {
+            xr_master_upgrade_failed(status);
+            continue;
+        }
         int slot = -1;
         for (int i = 0; i < XR_SHM_WORKERS; i++)
             if (xr_m.procs[i].pid == pid)
@@ -212,7 +648,7 @@ static void xr_master_reap(void)
         xr_gen_t *g = p->gen;
         size_t left = xr_cont_reap(pid);
         memset(p, 0, sizeof(*p));
-        xr_master_orphan(pid, g, left);
+        xr_master_orphan(pid, g, g->main.state_dir, left);
         if (respawn) {
             /* A worker that keeps dying young must not turn the master
              * into a fork loop (its connections wait no longer than the
@@ -267,6 +703,7 @@ static void xr_master_reload(void)
     }
     if (strcmp(g->main.pid, xr_m.pid_path) != 0)
         xr_log(XR_LOG_WARN, "a new pid file path takes effect after a restart, not a reload");
+    xr_master_admin_open(g);
 
     xr_gen_t *old = xr_m.gens[0];
     g->number = old->number + 1;
@@ -339,20 +776,31 @@ static void xr_master_handle_signal(int sig)
         xr_master_signal_gen(NULL, SIGUSR1, 0);
         break;
     case SIGUSR2:
-        xr_log(XR_LOG_NOTICE,
-               "binary upgrade (SIGUSR2) is not implemented in this version; ignored");
+        if (!xr_m.stopping)
+            xr_master_upgrade_begin();
         break;
     default: break;
     }
 }
 
-int xr_master_run(xr_gen_t *g, const char *conf_path)
+int xr_master_run(xr_gen_t *g, const char *conf_path, int upgrade_fd)
 {
     memset(&xr_m, 0, sizeof(xr_m));
     xr_m.conf_path = xr_strdup(conf_path); /* gen 1 and argv do not last */
     xr_m.gens[0] = g;
+    xr_m.admin_fd = -1;
+    xr_m.up.fd = -1;
+    xr_m.started = xr_wall_ms();
     g->number = 1;
     snprintf(xr_m.pid_path, sizeof(xr_m.pid_path), "%s", g->main.pid);
+    /* The binary as started: SIGUSR2 runs whatever is at that path then. */
+    ssize_t el = readlink("/proc/self/exe", xr_m.exe, sizeof(xr_m.exe) - 1);
+    xr_m.exe[el > 0 ? el : 0] = '\0';
+    char *deleted = strstr(xr_m.exe, " (deleted)");
+    if (deleted != NULL)
+        *deleted = '\0';
+    if (upgrade_fd >= 0 && xr_master_upgrade_receive(g, upgrade_fd, &xr_m.upgraded_from) != XR_OK)
+        return 1;
 
     sigset_t set;
     sigemptyset(&set);
@@ -371,11 +819,24 @@ int xr_master_run(xr_gen_t *g, const char *conf_path)
         return 1;
     }
 
-    xr_log(XR_LOG_NOTICE, "xrayd/%s started, %d workers, configuration %s", XR_VERSION,
-           xr_gen_workers(g), conf_path);
+    if (xr_m.upgraded_from)
+        xr_log(XR_LOG_NOTICE,
+               "xrayd/%s started (binary upgrade from pid %d), %d workers, "
+               "configuration %s",
+               XR_VERSION, (int) xr_m.upgraded_from, xr_gen_workers(g), conf_path);
+    else
+        xr_log(XR_LOG_NOTICE, "xrayd/%s started, %d workers, configuration %s", XR_VERSION,
+               xr_gen_workers(g), conf_path);
+    xr_master_admin_open(g);
     int n = xr_gen_workers(g);
     for (int i = 0; i < n; i++)
         xr_master_spawn(g);
+    /* An old binary had more workers than we start: the rest of its
+     * connections get replacements of their own that finish them. */
+    while (xr_m.norphans > 0) {
+        xr_orphan_t o = xr_m.orphans[--xr_m.norphans];
+        xr_master_spawn_for(g, o.pid, o.dir, 1);
+    }
 
     for (;;) {
         if (xr_m.stopping && xr_master_nprocs(NULL) == 0)
@@ -397,13 +858,17 @@ int xr_master_run(xr_gen_t *g, const char *conf_path)
             timeout = (int) XR_MAX(0, xr_m.respawn_at - now);
         if (xr_m.stopping == 2)
             timeout = (int) XR_MAX(0, xr_m.stop_deadline - now);
-        struct pollfd pfd[1 + XR_SHM_WORKERS];
+        if (xr_m.up.phase == XR_UP_FREEZING)
+            timeout = 50; /* watch the workers freeze */
+        struct pollfd pfd[3 + XR_SHM_WORKERS];
         int chans[XR_SHM_WORKERS];
         size_t nch = xr_cont_fds(chans, XR_SHM_WORKERS);
         pfd[0] = (struct pollfd){xr_m.sigfd, POLLIN, 0};
+        pfd[1] = (struct pollfd){xr_m.admin_fd, POLLIN, 0};
+        pfd[2] = (struct pollfd){xr_m.up.fd, POLLIN, 0};
         for (size_t i = 0; i < nch; i++)
-            pfd[1 + i] = (struct pollfd){chans[i], POLLIN, 0};
-        int rc = poll(pfd, (nfds_t) (1 + nch), timeout);
+            pfd[3 + i] = (struct pollfd){chans[i], POLLIN, 0};
+        int rc = poll(pfd, (nfds_t) (3 + nch), timeout);
         if (rc < 0 && errno != EINTR) {
             xr_log_errno(XR_LOG_ALERT, errno, "poll() failed in the master");
             sleep(1);
@@ -412,8 +877,13 @@ int xr_master_run(xr_gen_t *g, const char *conf_path)
         /* Descriptors first: a HOLD sent just before a worker died must be
          * in the table when its SIGCHLD is handled. */
         for (size_t i = 0; rc > 0 && i < nch; i++)
-            if (pfd[1 + i].revents & POLLIN)
-                xr_cont_master_read(pfd[1 + i].fd);
+            if (pfd[3 + i].revents & POLLIN)
+                xr_cont_master_read(pfd[3 + i].fd);
+        if (rc > 0 && xr_m.admin_fd >= 0 && (pfd[1].revents & POLLIN))
+            xr_admin_serve(xr_m.admin_fd, xr_master_status);
+        if (rc > 0 && xr_m.up.fd >= 0 && (pfd[2].revents & (POLLIN | POLLHUP)))
+            xr_master_upgrade_read();
+        xr_master_upgrade_tick();
         struct signalfd_siginfo si;
         while (read(xr_m.sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si))
             xr_master_handle_signal((int) si.ssi_signo);
@@ -421,6 +891,10 @@ int xr_master_run(xr_gen_t *g, const char *conf_path)
 
     xr_log(XR_LOG_NOTICE, "exiting");
     unlink(xr_m.pid_path);
+    if (xr_m.admin_fd >= 0) {
+        close(xr_m.admin_fd);
+        unlink(xr_m.admin_path);
+    }
     for (int k = 0; k < XR_MAX_GENS; k++)
         if (xr_m.gens[k] != NULL)
             xr_gen_free(xr_m.gens[k]);

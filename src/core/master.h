@@ -7,8 +7,9 @@
 
 #include "core/gen.h"
 
-/* Serve generation g (loaded from conf_path) until stopped.  Returns the
- * process exit status. */
-int xr_master_run(xr_gen_t *g, const char *conf_path);
+/* Serve generation g (loaded from conf_path) until stopped.  upgrade_fd:
+ * the old master's channel when this is a binary upgrade (SIGUSR2), else
+ * -1.  Returns the process exit status. */
+int xr_master_run(xr_gen_t *g, const char *conf_path, int upgrade_fd);
 
 #endif

@@ -248,7 +248,7 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
 }
 
 void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd, int cont_fd, pid_t adopt,
-                    int retiring)
+                    const char *adopt_dir, int retiring)
 {
     xr_log_set_pid();
     xr_proctitle_set("xrayd: worker process");
@@ -320,7 +320,7 @@ void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd, int cont_fd,
     if (xr_proxy_worker_init(&xr_w.loop, g, retiring) != XR_OK)
         _exit(2);
     if (adopt > 0)
-        xr_proxy_adopt(adopt, g->main.state_dir);
+        xr_proxy_adopt(adopt, adopt_dir);
     if (retiring) {
         /* A replacement for a worker of a retiring generation: it only
          * carries on what that one left. */

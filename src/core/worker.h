@@ -15,8 +15,9 @@ extern int xr_worker_slot;
  * With agent, it also serves g's agent.  close_fd is a master-only
  * descriptor to close (its signalfd); cont_fd its continuity channel
  * (core/continuity.h); adopt a dead worker whose proxied connections it
- * takes over (0: none); retiring: only that, no listening. */
+ * takes over (0: none), their stores in adopt_dir; retiring: only that,
+ * no listening. */
 void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd, int cont_fd, pid_t adopt,
-                    int retiring) __attribute__((noreturn));
+                    const char *adopt_dir, int retiring) __attribute__((noreturn));
 
 #endif

@@ -38,7 +38,8 @@ int xr_listeners_fd(const xr_addr_t *a)
     return l ? l->fd : -1;
 }
 
-static int xr_listen_one(const xr_addr_t *a, int backlog, char *err, size_t errsize)
+static int xr_listen_one(const xr_addr_t *a, int backlog, int transparent, char *err,
+                         size_t errsize)
 {
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -47,6 +48,18 @@ static int xr_listen_one(const xr_addr_t *a, int backlog, char *err, size_t errs
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* TPROXY: accept connections to addresses that are not ours (the
+     * original destinations); needs CAP_NET_ADMIN. */
+    if (transparent && setsockopt(fd, a->sa.ss_family == AF_INET6 ? SOL_IPV6 : SOL_IP,
+                                  a->sa.ss_family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT,
+                                  &one, sizeof(one)) != 0) {
+        snprintf(err, errsize,
+                 "IP_TRANSPARENT on %s failed (%d: %s); intercept: tproxy needs "
+                 "CAP_NET_ADMIN",
+                 a->text, errno, strerror(errno));
+        close(fd);
+        return -1;
+    }
     if (a->sa.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     if (bind(fd, (const struct sockaddr *) &a->sa, a->len) != 0) {
@@ -70,7 +83,12 @@ static size_t xr_gen_listens(const xr_gen_t *g, const xr_addr_t **addrs, int *ba
     for (size_t r = 0; r < g->nrelays; r++)
         for (size_t i = 0; i < g->relays[r]->listen.n && n < cap; i++) {
             addrs[n] = &g->relays[r]->listen.items[i];
-            backlogs[n++] = (int) g->relays[r]->backlog;
+            /* The sign carries "transparent" (TPROXY) to xr_listeners_open. */
+            backlogs[n++] = (int) g->relays[r]->backlog *
+                            (g->relays[r]->kind == XR_BLOCK_PROXY &&
+                                     g->relays[r]->intercept == XR_INTERCEPT_TPROXY
+                                 ? -1
+                                 : 1);
         }
     if (g->agent != NULL && n < cap) {
         addrs[n] = &g->agent->listen;
@@ -90,7 +108,8 @@ int xr_listeners_open(xr_gen_t *g, char *err, size_t errsize)
     }
     for (size_t i = 0; i < count; i++) {
         const xr_addr_t *a = addrs[i];
-        int backlog = backlogs[i];
+        int transparent = backlogs[i] < 0;
+        int backlog = transparent ? -backlogs[i] : backlogs[i];
         xr_listen_sock_t *l = xr_ls_find(a);
         if (l != NULL) {
             if (l->backlog != backlog) {
@@ -99,7 +118,7 @@ int xr_listeners_open(xr_gen_t *g, char *err, size_t errsize)
             }
             continue;
         }
-        int fd = xr_listen_one(a, backlog, err, errsize);
+        int fd = xr_listen_one(a, backlog, transparent, err, errsize);
         if (fd < 0)
             return XR_ERROR;
         size_t slot = xr_nls;
@@ -149,6 +168,45 @@ void xr_listeners_close_unused(xr_gen_t *const *gens, size_t n)
             xr_ls[k].fd = -1;
         }
     }
+}
+
+size_t xr_listeners_each(void (*fn)(const struct sockaddr_storage *sa, socklen_t len, int fd,
+                                    int backlog, void *arg),
+                         void *arg)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < xr_nls; k++)
+        if (xr_ls[k].fd >= 0) {
+            fn(&xr_ls[k].sa, xr_ls[k].len, xr_ls[k].fd, xr_ls[k].backlog, arg);
+            n++;
+        }
+    return n;
+}
+
+int xr_listeners_adopt(const struct sockaddr_storage *sa, socklen_t len, int fd, int backlog)
+{
+    xr_addr_t a;
+    memcpy(&a.sa, sa, len);
+    a.len = len;
+    if (xr_ls_find(&a) != NULL || xr_nls == XR_MAX_LISTENERS)
+        return XR_ERROR;
+    xr_listen_sock_t *l = &xr_ls[xr_nls++];
+    memset(l, 0, sizeof(*l));
+    memcpy(&l->sa, sa, len);
+    l->len = len;
+    l->fd = fd;
+    l->backlog = backlog;
+    xr_addr_format(sa, l->text, sizeof(l->text));
+    return XR_OK;
+}
+
+void xr_listeners_close_all(void)
+{
+    for (size_t k = 0; k < xr_nls; k++)
+        if (xr_ls[k].fd >= 0) {
+            close(xr_ls[k].fd);
+            xr_ls[k].fd = -1;
+        }
 }
 
 void xr_listeners_close_foreign(const xr_gen_t *g)

@@ -72,7 +72,6 @@ typedef struct {
     int n, overflow, in_value, done;
     uint32_t url, ulen, status_at, slen;
     int skip_body; /* a response to HEAD */
-    int lf;        /* the head's last LF is at base[used] */
 } xr_head_t;
 
 typedef struct {
@@ -360,11 +359,20 @@ static int xr_http_parse_head(xr_pconn_t *c, int d, xr_head_t *h, http_parser *p
     size_t n = http_parser_execute(p, &xr_head_settings, buf, avail);
     enum http_errno err = HTTP_PARSER_ERRNO(p);
     if (h->done) {
-        /* Paused on the head's last LF, which the parser reads again when
-         * it goes on into a body: the head ends after it. */
+        /* Paused on the head's last LF, which the parser reads again as it
+         * goes on: feed it now, so the head ends after it and the body
+         * (or the next message) starts clean. */
         http_parser_pause(p, 0);
+        if (n < avail && buf[n] == '\n') {
+            xr_head_t none = {0};
+            p->data = &none;
+            http_parser_execute(p, &xr_body_settings, buf + n, 1);
+            if (HTTP_PARSER_ERRNO(p) == HPE_PAUSED)
+                http_parser_pause(p, 0);
+            p->data = NULL;
+            n++;
+        }
         *used = n;
-        h->lf = n < avail && buf[n] == '\n';
         return 1;
     }
     if (h->overflow || (err == HPE_OK && avail == (size_t) hc->max_header_size)) {
@@ -604,8 +612,6 @@ static int xr_http_up_head(xr_pconn_t *c)
     /* The head's parser is paused at its end; a message without a body
      * ends right there, with the head's last LF. */
     r->phase[XR_DIR_UP] = has_body ? XR_H_BODY : XR_H_HEAD;
-    if (!has_body && h.lf)
-        c->in_done[XR_DIR_UP]++;
     return XR_OK;
 }
 
@@ -650,8 +656,6 @@ static int xr_http_down_head(xr_pconn_t *c)
                    p.status_code == 204 || p.status_code == 304;
     int framed = (p.flags & F_CHUNKED) || p.content_length != ULLONG_MAX;
     if (bodiless || (framed && !(p.flags & F_CHUNKED) && p.content_length == 0)) {
-        if (h.lf)
-            c->in_done[XR_DIR_DOWN]++; /* the head's last LF */
         if (p.status_code >= 100 && p.status_code < 200)
             return XR_OK; /* an interim response: the final one follows */
         xr_hpend_t *e = &r->pend[r->first];

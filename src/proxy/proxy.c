@@ -37,6 +37,7 @@
 #include "proxy/proxy_conf.h"
 #include "relay/relay.h"
 
+#include <glob.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/in.h>
@@ -70,6 +71,7 @@ static void xr_pc_io_cb(xr_io_t *io, uint32_t events);
 static void xr_pc_connect(xr_pconn_t *c);
 static void xr_pc_running(xr_pconn_t *c, int fresh);
 static int xr_pc_pump(xr_pconn_t *c, int d);
+static void xr_pc_posted_cb(xr_posted_t *ps);
 
 /* ---- rings ------------------------------------------------------------------ */
 
@@ -513,6 +515,12 @@ static void xr_pc_running(xr_pconn_t *c, int fresh)
     /* The client may have sent while we connected: no edge will say so. */
     for (int i = 0; i < 2; i++)
         c->end[i].readable = c->end[i].writable = 1;
+    if (!fresh) {
+        /* Resumed: every adopted connection is set up before any moves a
+         * byte, so none waits behind another's backlog. */
+        xr_reactor_post(&c->posted, xr_pc_posted_cb);
+        return;
+    }
     if (xr_pc_pump(c, XR_DIR_UP) == XR_OK)
         xr_pc_pump(c, XR_DIR_DOWN);
 }
@@ -837,15 +845,21 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
     xr_pc_running(c, 0);
 }
 
-size_t xr_proxy_adopt(pid_t dead, const char *state_dir)
+/* Take over one store file of a dead worker. */
+static size_t xr_px_adopt_store(pid_t dead, const char *found, const char *state_dir)
 {
+    /* Renamed ours first: if this worker dies too, its own replacement
+     * finds every store it held by its pid. */
+    static unsigned seq;
     char path[600], err[800];
-    xr_proxy_store_path(path, sizeof(path), state_dir, dead);
+    snprintf(path, sizeof(path), "%s/proxy-%d.%u.snap", state_dir, (int) getpid(), ++seq);
+    if (rename(found, path) != 0) {
+        xr_log(XR_LOG_ERR, "proxy: cannot take %s: %s", found, strerror(errno));
+        return 0;
+    }
     xr_store_t *s = xr_store_open(path, err, sizeof(err));
     if (s == NULL) {
-        if (errno != ENOENT)
-            xr_log(XR_LOG_ERR, "proxy: cannot adopt worker %d's connections: %s", (int) dead, err);
-        xr_cont_release_unclaimed();
+        xr_log(XR_LOG_ERR, "proxy: cannot adopt worker %d's connections: %s", (int) dead, err);
         return 0;
     }
     xr_astore_t *a = xr_calloc(1, sizeof(*a));
@@ -853,7 +867,7 @@ size_t xr_proxy_adopt(pid_t dead, const char *state_dir)
     a->next = xr_px.adopted;
     xr_px.adopted = a;
     size_t n = 0;
-    int64_t t0 = xr_mono_ms();
+    int64_t t0 = 0;
     for (uint32_t i = 0; i < xr_store_nslots(s); i++) {
         if (!xr_store_is_live(s, i))
             continue;
@@ -871,14 +885,36 @@ size_t xr_proxy_adopt(pid_t dead, const char *state_dir)
         xr_px_resume(s, p, fd);
         n++;
     }
-    xr_cont_release_unclaimed();
-    xr_log(XR_LOG_NOTICE, "proxy: took over %zu connection(s) of worker %d in %lld ms", n,
-           (int) dead, (long long) (xr_mono_ms() - t0));
     if (xr_store_used(s) == 0) {
         xr_px.adopted = a->next;
         xr_store_close(s, 1);
         free(a);
     }
+    (void) t0;
+    return n;
+}
+
+void xr_proxy_store_glob(char *buf, size_t n, const char *state_dir, pid_t pid)
+{
+    snprintf(buf, n, "%s/proxy-%d.*snap", state_dir, (int) pid);
+}
+
+size_t xr_proxy_adopt(pid_t dead, const char *state_dir)
+{
+    /* The dead worker's own store, and those it had adopted itself. */
+    char pattern[600];
+    xr_proxy_store_glob(pattern, sizeof(pattern), state_dir, dead);
+    glob_t gl;
+    size_t n = 0;
+    int64_t t0 = xr_mono_ms();
+    if (glob(pattern, 0, NULL, &gl) == 0) {
+        for (size_t i = 0; i < gl.gl_pathc; i++)
+            n += xr_px_adopt_store(dead, gl.gl_pathv[i], state_dir);
+        globfree(&gl);
+    }
+    xr_cont_release_unclaimed();
+    xr_log(XR_LOG_NOTICE, "proxy: took over %zu connection(s) of worker %d in %lld ms", n,
+           (int) dead, (long long) (xr_mono_ms() - t0));
     return n;
 }
 

@@ -101,8 +101,10 @@ void xr_proxy_freeze(void);
 void xr_proxy_close_all(const char *why);
 /* Live proxied connections in this worker. */
 size_t xr_proxy_count(void);
-/* The worker's store path for worker pid. */
+/* The worker's store path for worker pid, and a glob(3) pattern of
+ * every store it holds (its own, and those it adopted, renamed). */
 void xr_proxy_store_path(char *buf, size_t n, const char *state_dir, pid_t pid);
+void xr_proxy_store_glob(char *buf, size_t n, const char *state_dir, pid_t pid);
 /* Unlink this worker's own store when it exits with nothing live. */
 void xr_proxy_worker_exit(void);
 

@@ -1,0 +1,448 @@
+"""Transparent proxies (thesis ch. 7) in a real topology: the client host a,
+the router nata whose nftables REDIRECT sends a's connections to ports 80
+and 5000 into xrayd, and the server host pub (198.19.0.254) with an HTTP
+origin on 80 and a TCP echo/sink/source server on 5000 (t/proxy_peers.py).
+nata's firewall forwards nothing from a: every byte that reaches pub went
+through xrayd.
+
+HTTP: curl and Python clients with keep-alive and pipelining, chunked
+bodies both ways, Via and hop-by-hop headers, refusals with error pages in
+their turn, malformed requests refused before anything reaches the origin.
+Continuity: 50 concurrent transfers (circuit and HTTP, up and down) keep
+going, byte-exact, through three kill -9 of workers, through reloads, and
+through a binary upgrade."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import netns
+import xrayd_fixture as xf
+
+topology = netns.topology
+
+_why = netns.unavailable()
+pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
+
+HERE = Path(__file__).resolve().parent
+PEERS = str(HERE / "proxy_peers.py")
+ORIGIN = "198.19.0.254"
+BIG_MB = int(os.environ.get("XRAYD_TEST_PROXY_MB", "50"))
+
+REDIRECT = """
+table ip xrproxy {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "lan" tcp dport 80 redirect to :3128
+        iifname "lan" tcp dport 5000 redirect to :3129
+    }
+}
+"""
+
+
+def _wait(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Rig:
+    """xrayd on nata as the REDIRECT target, the servers on pub."""
+
+    def __init__(self, t, tmp, http_extra="", workers=2):
+        self.t, self.d = t, tmp
+        self.state = Path("/dev/shm") / ("xrayd-test-" + tmp.name)
+        self.state.mkdir(exist_ok=True)
+        self.conf = tmp / "xrayd.yaml"
+        self.origin_log = tmp / "origin.log"
+        self.origin_log.write_text("")
+        self.write_conf(http_extra, workers)
+        r = t.run("nata", ["/usr/sbin/nft", "-f", "-"], input=REDIRECT)
+        assert r.returncode == 0, r.stderr
+        t.popen("pub", [sys.executable, PEERS, "origin", ORIGIN, "80", str(self.origin_log)])
+        t.popen("pub", [sys.executable, PEERS, "tcp", ORIGIN, "5000"])
+        self.master = None
+
+    def write_conf(self, http_extra="", workers=2):
+        self.conf.write_text("""
+workers: %(w)d
+daemon: off
+pid: %(d)s/xrayd.pid
+error_log: %(d)s/error.log
+log_level: info
+state_dir: %(s)s
+admin_socket: %(d)s/admin.sock
+proxy:
+  - name: web
+    listen: 0.0.0.0:3128
+    mode: http
+    http:
+      methods: [GET, HEAD, POST, PUT]
+      hosts_deny: [forbidden.example, "*.blocked.example"]
+      deny_headers: [X-Evil]
+%(extra)s    filters:
+      - log: {path: %(d)s/access.log}
+  - name: tcp
+    listen: 0.0.0.0:3129
+    mode: circuit
+""" % {"d": self.d, "s": self.state, "w": workers, "extra": http_extra})
+
+    def start(self, binary=None):
+        self.master = self.t.popen("nata", [str(binary or xf.XRAYD_BIN), "-c", str(self.conf)])
+        _wait(lambda: self.log().count("worker process started") >= 2, 20, "xrayd's workers")
+        _wait(lambda: self.t.run("a", ["/usr/bin/curl", "-s", "-o", "/dev/null", "-m", "2",
+                                       "http://%s/headers" % ORIGIN]).returncode == 0,
+              20, "the origin through the proxy")
+
+    def log(self):
+        p = self.d / "error.log"
+        return p.read_text() if p.exists() else ""
+
+    def access(self):
+        p = self.d / "access.log"
+        return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+    def origin_lines(self):
+        return self.origin_log.read_text().splitlines()
+
+    def pid(self):
+        return int((self.d / "xrayd.pid").read_text())
+
+    def workers(self):
+        """Live worker pids, with how many descriptors each holds."""
+        pids = set(int(p) for p in re.findall(r"\] (\d+): worker process started", self.log()))
+        out = {}
+        for p in pids:
+            try:
+                out[p] = len(os.listdir("/proc/%d/fd" % p))
+            except OSError:
+                pass
+        return out
+
+    def run(self, argv, **kw):
+        return self.t.run("a", argv, **kw)
+
+    def py(self, code, *args, timeout=60):
+        r = self.t.run("a", [sys.executable, "-c", code, *args], timeout=timeout)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def stop(self):
+        if self.master and self.master.poll() is None:
+            self.master.send_signal(signal.SIGTERM)
+            try:
+                self.master.wait(20)
+            except subprocess.TimeoutExpired:
+                self.master.kill()
+        # a master an upgrade started is nobody's child here: its pid file
+        try:
+            pid = self.pid()
+            if open("/proc/%d/comm" % pid).read().startswith("xrayd"):
+                os.kill(pid, signal.SIGTERM)
+                _wait(lambda: not os.path.exists("/proc/%d" % pid), 20, "the upgraded master")
+        except (OSError, ValueError, AssertionError):
+            pass
+        subprocess.run(["rm", "-rf", str(self.state)], timeout=20)
+
+    def no_alerts(self, allow=()):
+        bad = [line for line in self.log().splitlines()
+               if re.search(r"\[(alert|crit|emerg)\]", line) and
+               not any(re.search(a, line) for a in allow)]
+        assert not bad, "\n".join(bad)
+
+
+@pytest.fixture
+def rig(topology, tmp_path):
+    r = Rig(topology, tmp_path)
+    yield r
+    r.stop()
+
+
+def _curl(rig, *args):
+    r = rig.run(["/usr/bin/curl", "-s", "-S", "-m", "20", *args], timeout=30)
+    return r
+
+
+# ---- HTTP ---------------------------------------------------------------------
+
+RAW = r'''
+import socket, sys
+s = socket.create_connection((sys.argv[1], 80), 10)
+s.sendall(sys.argv[2].encode("latin-1").decode("unicode_escape").encode("latin-1"))
+if len(sys.argv) > 3:
+    s.shutdown(socket.SHUT_WR)
+s.settimeout(10)
+out = b""
+while True:
+    try:
+        b = s.recv(65536)
+    except OSError as e:
+        print("ERROR", e); break
+    if not b: break
+    out += b
+sys.stdout.write(out.decode("latin-1"))
+'''
+
+
+@pytest.mark.timeout(120)
+def test_http_through_redirect(rig):
+    """curl and Python clients reach the origin through the REDIRECT rule:
+    bodies exact (chunked and counted, both ways), keep-alive on one
+    connection, pipelined requests answered in order, Via added both ways,
+    hop-by-hop headers gone, one access record per request."""
+    rig.start()
+    r = _curl(rig, "-D", "-", "-o", "/dev/null", "http://%s/blob?n=200000&seed=7" % ORIGIN)
+    assert r.returncode == 0 and r.stdout.startswith("HTTP/1.1 200"), r.stderr
+    assert re.search(r"(?im)^via: 1\.[01] xrayd\r?$", r.stdout), r.stdout
+    code = r'''
+import http.client, json, sys, hashlib
+sys.path.insert(0, sys.argv[2])
+import proxy_peers as pp
+c = http.client.HTTPConnection(sys.argv[1], 80, timeout=20)
+out = {}
+for chunked in ("0", "1"):
+    c.request("GET", "/blob?n=300000&seed=3&chunked=" + chunked)
+    r = c.getresponse(); b = r.read()
+    out["down" + chunked] = r.status == 200 and hashlib.sha256(b).hexdigest() == pp.stream_sha(3, 300000)
+body = b"".join(pp.stream(5, 250000))
+c.request("POST", "/sink", body=iter([body[:100000], body[100000:]]), encode_chunked=True)
+r = c.getresponse(); out["up_chunked"] = json.loads(r.read())["sha256"] == pp.stream_sha(5, 250000)
+c.request("POST", "/sink", body=body)
+r = c.getresponse(); out["up_counted"] = json.loads(r.read())["sha256"] == pp.stream_sha(5, 250000)
+c.request("HEAD", "/anything"); r = c.getresponse(); r.read(); out["head"] = r.status
+c.request("GET", "/headers", headers={"Connection": "keep-alive, X-Secret", "X-Secret": "1",
+          "Keep-Alive": "timeout=5", "Proxy-Authorization": "Basic eA==", "X-Kept": "yes"})
+r = c.getresponse(); out["headers"] = json.loads(r.read()); out["via"] = r.getheader("Via")
+print(json.dumps(out))
+'''
+    got = json.loads(rig.py(code, ORIGIN, str(HERE)))
+    assert got["down0"] and got["down1"] and got["up_chunked"] and got["up_counted"], got
+    assert got["head"] == 200
+    names = {k.lower(): v for k, v in got["headers"]}
+    assert names.get("x-kept") == "yes" and "via" in names, names
+    for gone in ("x-secret", "keep-alive", "proxy-authorization", "connection"):
+        assert gone not in names, (gone, names)
+    assert "xrayd" in got["via"]
+    # all of those came over one client connection, so one origin connection
+    # (the origin's log: the rig's readiness probe, curl, then these six)
+    ports = [line.split()[0] for line in rig.origin_lines()]
+    assert len(ports) == 8 and len(set(ports[2:])) == 1, rig.origin_lines()
+
+    # pipelining: three requests in one write, three responses in order
+    reqs = "".join("GET /blob?n=%d&seed=1 HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n" % (n, ORIGIN)
+                   for n in (10, 20, 30)) + \
+        "GET /headers HTTP/1.1\\r\\nHost: %s\\r\\nConnection: close\\r\\n\\r\\n" % ORIGIN
+    out = rig.py(RAW, ORIGIN, reqs)
+    lens = re.findall(r"Content-Length: (\d+)", out)
+    assert out.count("HTTP/1.1 200") == 4 and lens[:3] == ["10", "20", "30"], out[:600]
+    recs = [a for a in rig.access() if a.get("http")]
+    assert len(recs) >= 12, recs
+    assert all(a["http"]["status"] == 200 for a in recs), recs
+    assert recs[1]["http"]["uri"] == "/blob?n=200000&seed=7" and recs[1]["listener"] == "web"
+    rig.no_alerts()
+
+
+@pytest.mark.timeout(120)
+def test_http_refusals_get_error_pages(rig):
+    """A method, a host and a header the rules refuse get an HTTP error
+    page (405, 403, 403), not a reset; pipelined behind an allowed request,
+    the refusal comes after that request's response and then the
+    connection ends.  None of them reaches the origin."""
+    rig.start()
+    r = _curl(rig, "-X", "DELETE", "-D", "-", "http://%s/x" % ORIGIN)
+    assert r.stdout.startswith("HTTP/1.1 405"), r.stdout
+    assert "method DELETE is not allowed" in r.stdout
+    r = _curl(rig, "-D", "-", "-H", "Host: forbidden.example", "http://%s/x" % ORIGIN)
+    assert r.stdout.startswith("HTTP/1.1 403") and "forbidden.example is denied" in r.stdout
+    r = _curl(rig, "-D", "-", "-H", "Host: a.b.blocked.example:8080", "http://%s/x" % ORIGIN)
+    assert r.stdout.startswith("HTTP/1.1 403"), r.stdout
+    r = _curl(rig, "-D", "-", "-H", "X-Evil: 1", "http://%s/x" % ORIGIN)
+    assert r.stdout.startswith("HTTP/1.1 403") and "X-Evil" in r.stdout
+    reqs = ("GET /blob?n=5&seed=1 HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n"
+            "DELETE /y HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n"
+            "GET /blob?n=6&seed=1 HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n") % (ORIGIN, ORIGIN, ORIGIN)
+    out = rig.py(RAW, ORIGIN, reqs)
+    first, second = out.find("HTTP/1.1 200"), out.find("HTTP/1.1 405")
+    assert 0 <= first < second and out.count("HTTP/1.1") == 2, out
+    lines = rig.origin_lines()
+    assert not any("DELETE" in line or "/x " in line for line in lines), lines
+    assert [line.split(" ", 1)[1] for line in lines][-1] == "GET /blob?n=5&seed=1 HTTP/1.1", lines
+    assert "refused with 405: method DELETE is not allowed" in rig.log()
+    refused = [a["http"] for a in rig.access() if a.get("http", {}).get("refused")]
+    assert sorted(a["status"] for a in refused) == [403, 403, 403, 405, 405], refused
+    rig.no_alerts()
+
+
+@pytest.mark.timeout(120)
+def test_http_bad_input_never_reaches_the_origin(rig):
+    """Oversized headers (431), a bad chunk size, conflicting
+    Content-Length and Transfer-Encoding, two different Content-Lengths,
+    a request line that is not HTTP (400): each answered with its status
+    and logged, and the origin sees none of them; the proxy keeps serving."""
+    rig.start()
+    before = rig.origin_lines()
+    big = "X-Big: " + "a" * 20000
+    cases = [
+        ("GET / HTTP/1.1\\r\\nHost: h\\r\\n%s\\r\\n\\r\\n" % big, "431"),
+        ("POST /sink HTTP/1.1\\r\\nHost: h\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n"
+         "zz\\r\\nhello\\r\\n0\\r\\n\\r\\n", "400"),
+        ("POST /sink HTTP/1.1\\r\\nHost: h\\r\\nContent-Length: 5\\r\\n"
+         "Transfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /smuggled HTTP/1.1\\r\\n\\r\\n", "400"),
+        ("POST /sink HTTP/1.1\\r\\nHost: h\\r\\nContent-Length: 5\\r\\nContent-Length: 6\\r\\n"
+         "\\r\\nhello!", "400"),
+        ("FOO\\x01BAR / SPDY/9\\r\\n\\r\\n", "400"),
+    ]
+    for req, status in cases:
+        out = rig.py(RAW, ORIGIN, req)
+        assert out.startswith("HTTP/1.1 " + status), (req[:60], out[:300])
+    assert rig.origin_lines() == before, rig.origin_lines()
+    log = rig.log()
+    assert "refused with 431: the request head is larger than 16384 bytes" in log, log
+    assert re.search(r"refused with 400: invalid request body: invalid character in chunk size", log)
+    assert "refused with 400: invalid request head" in log
+    r = _curl(rig, "-o", "/dev/null", "-w", "%{http_code}", "http://%s/headers" % ORIGIN)
+    assert r.stdout == "200"
+    rig.no_alerts()
+
+
+# ---- continuity -------------------------------------------------------------------
+
+def _load_specs(n_mb, count=50, rate=None):
+    """Half circuit, half HTTP; half up, half down; paced so the transfers
+    last about 6 s."""
+    n = n_mb << 20
+    rate = rate or max(1 << 20, n // 6)
+    kinds = ["cup", "cdown", "hup", "hdown"]
+    return [{"kind": kinds[i % 4], "port": 5000 if kinds[i % 4][0] == "c" else 80,
+             "n": n, "rate": rate} for i in range(count)]
+
+
+def _start_load(rig, specs):
+    return rig.t.popen("a", [sys.executable, PEERS, "load", ORIGIN, json.dumps(specs)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish_load(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    assert out.strip(), err
+    res = json.loads(out.strip().splitlines()[-1])
+    bad = [r for r in res if not r["ok"]]
+    assert not bad, bad
+    return res
+
+
+@pytest.mark.timeout(400)
+def test_connections_survive_kill_9(rig):
+    """50 concurrent transfers of BIG_MB each (circuit and HTTP, uploads and
+    downloads); the worker holding most of them is killed with SIGKILL three
+    times while they run: every transfer completes with its SHA-256, none
+    is reset, and the replacements say how many connections they took
+    over."""
+    rig.start()
+    proc = _start_load(rig, _load_specs(BIG_MB))
+    _wait(lambda: sum(rig.workers().values()) > 120, 30, "the transfers to start")
+    killed = []
+    for k in range(3):
+        time.sleep(1.0)
+        w = rig.workers()
+        victim = max(w, key=w.get)
+        killed.append((victim, w[victim]))
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: ("taking over worker %d" % victim) in rig.log(), 10, "a replacement")
+    _finish_load(proc)
+    log = rig.log()
+    took = [int(n) for n in re.findall(r"took over (\d+) connection\(s\)", log)]
+    assert len(took) == 3 and sum(took) >= 30, (took, killed)
+    assert "cannot resume" not in log and "resume failed" not in log, log
+    st = _status(rig)
+    assert st["resumed"] == sum(took), (st, took)
+    blocks = {b["name"]: b for b in st["blocks"]}
+    assert blocks["web"]["resumed"] + blocks["tcp"]["resumed"] == sum(took), st
+    assert blocks["tcp"]["bytes_up"] >= 12 * (BIG_MB << 20), st
+    rig.no_alerts(allow=[r"exited on signal 9"])
+
+
+@pytest.mark.timeout(400)
+def test_connections_survive_reloads(rig):
+    """The same load while the configuration is reloaded five times: old
+    workers keep their connections until they finish; all complete."""
+    rig.start()
+    proc = _start_load(rig, _load_specs(max(1, BIG_MB // 2)))
+    _wait(lambda: sum(rig.workers().values()) > 120, 30, "the transfers to start")
+    for k in range(5):
+        os.kill(rig.pid(), signal.SIGHUP)
+        _wait(lambda: rig.log().count("is live") >= k + 1, 20, "reload %d" % (k + 1))
+        time.sleep(0.5)
+    _finish_load(proc)
+    rig.no_alerts()
+
+
+def _second_binary(tmp, version):
+    """xrayd built again from this tree with another version string."""
+    src = tmp / "src2"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=str(HERE.parent), check=True,
+                           capture_output=True, timeout=60).stdout.split(b"\0")
+    for f in files:
+        if f:
+            dst = src / f.decode()
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes((HERE.parent / f.decode()).read_bytes())
+            os.chmod(dst, os.stat(HERE.parent / f.decode()).st_mode & 0o777)
+    (src / "VERSION").write_text(version + "\n")
+    r = subprocess.run("sh ./configure >/dev/null && make -j2 objs/xrayd >/dev/null",
+                       shell=True, cwd=str(src), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return src / "objs" / "xrayd"
+
+
+def _status(rig):
+    r = rig.t.run("nata", [str(HERE.parent / "objs" / "xray"), "status", "--json", "--socket",
+                           str(rig.d / "admin.sock")], timeout=20)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.timeout(600)
+def test_connections_survive_binary_upgrade(rig):
+    """The same load while SIGUSR2 replaces the binary with one of another
+    version: the old master hands its listening sockets and every proxied
+    connection (sockets and snapshots) to the new one, whose workers take
+    them over; every transfer completes byte-exact, and the serving master
+    is the new version (its log, its pid file and xray status say so)."""
+    new = _second_binary(rig.d, "9.9.9-upgrade")
+    exe = rig.d / "xrayd"
+    exe.write_bytes(xf.XRAYD_BIN.read_bytes())
+    exe.chmod(0o755)
+    rig.start(binary=exe)
+    old_pid = rig.pid()
+    proc = _start_load(rig, _load_specs(max(1, BIG_MB // 2)))
+    _wait(lambda: sum(rig.workers().values()) > 120, 30, "the transfers to start")
+    os.replace(str(new), str(exe))  # what an operator's package upgrade does
+    os.kill(old_pid, signal.SIGUSR2)
+    _wait(lambda: "xrayd/9.9.9-upgrade started (binary upgrade from pid %d)" % old_pid
+          in rig.log(), 60, "the new master")
+    _wait(lambda: rig.pid() != old_pid, 20, "the new pid file")
+    _finish_load(proc)
+    log = rig.log()
+    assert re.search(r"handed \d+ proxied connection", log), log
+    st = _status(rig)
+    assert st["version"] == "9.9.9-upgrade" and st["upgraded_from"] == old_pid, st
+    assert st["resumed"] > 0, st
+    _wait(lambda: rig.master.poll() is not None, 60, "the old master to exit")
+    # the new master serves new connections too
+    r = _curl(rig, "-o", "/dev/null", "-w", "%{http_code}", "http://%s/headers" % ORIGIN)
+    assert r.stdout == "200"
+    os.kill(rig.pid(), signal.SIGTERM)
+    rig.no_alerts()
