@@ -66,7 +66,8 @@ static int xr_send_signal(xr_gen_t *g, const char *name)
         if (strcmp(map[i].name, name) == 0)
             sig = map[i].sig;
     if (sig == 0) {
-        fprintf(stderr, "xrayd: unknown signal \"%s\" (use reload, stop, quit, reopen or upgrade)\n", name);
+        fprintf(stderr,
+                "xrayd: unknown signal \"%s\" (use reload, stop, quit, reopen or upgrade)\n", name);
         return 1;
     }
     FILE *fp = fopen(g->main.pid, "r");
