@@ -870,12 +870,12 @@ TEST(defaults_and_inheritance)
 
 TEST(no_relays)
 {
-    LOAD_ERR("",
-             "<buffer>:1:1: no relay or proxy blocks and no agent: nothing to do (add a \"relay:\" list)");
-    LOAD_ERR("daemon: off\n",
-             "<buffer>:1:1: no relay or proxy blocks and no agent: nothing to do (add a \"relay:\" list)");
-    LOAD_ERR("relay: []\n",
-             "<buffer>:1:1: no relay or proxy blocks and no agent: nothing to do (add a \"relay:\" list)");
+    LOAD_ERR("", "<buffer>:1:1: no relay or proxy blocks and no agent: nothing to do (add a "
+                 "\"relay:\" list)");
+    LOAD_ERR("daemon: off\n", "<buffer>:1:1: no relay or proxy blocks and no agent: nothing to do "
+                              "(add a \"relay:\" list)");
+    LOAD_ERR("relay: []\n", "<buffer>:1:1: no relay or proxy blocks and no agent: nothing to do "
+                            "(add a \"relay:\" list)");
 }
 
 TEST(relay_shapes)
