@@ -353,6 +353,12 @@ static int xr_same_addr(const struct sockaddr_storage *a, const struct sockaddr_
     return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
 }
 
+static int xr_port(const struct sockaddr_storage *a)
+{
+    return a->ss_family == AF_INET ? ((const struct sockaddr_in *) a)->sin_port
+                                   : ((const struct sockaddr_in6 *) a)->sin6_port;
+}
+
 void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
                     const struct sockaddr_storage *client, uint64_t id)
 {
@@ -361,7 +367,12 @@ void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
     struct sockaddr_storage dst, local;
     socklen_t ll = sizeof(local);
     getsockname(fd, (struct sockaddr *) &local, &ll);
-    if (xr_pc_orig_dst(fd, rc->intercept, &dst) != XR_OK || xr_same_addr(&dst, &local)) {
+    /* A connection to the proxy's own port that nobody redirected (REDIRECT
+     * then gives back the local address, TPROXY always does) would loop. */
+    int found = xr_pc_orig_dst(fd, rc->intercept, &dst) == XR_OK, self = 0;
+    for (size_t i = 0; found && i < rc->listen.n && !self; i++)
+        self = xr_same_addr(&dst, &local) && xr_port(&local) == xr_port(&rc->listen.items[i].sa);
+    if (!found || self) {
         /* Not redirected: relaying it to "its destination" would loop. */
         xr_log(XR_LOG_NOTICE,
                "*%llu proxy %s: connection from %s was not redirected (no original "
