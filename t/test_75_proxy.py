@@ -41,7 +41,7 @@ REDIRECT = """
 table ip xrproxy {
     chain prerouting {
         type nat hook prerouting priority dstnat; policy accept;
-        iifname "lan" tcp dport 80 redirect to :3128
+        iifname "lan" tcp dport { 80, 8081 } redirect to :3128
         iifname "lan" tcp dport 5000 redirect to :3129
     }
 }
@@ -314,6 +314,9 @@ def test_http_bad_input_never_reaches_the_origin(rig):
     assert "refused with 400: invalid request head" in log
     r = _curl(rig, "-o", "/dev/null", "-w", "%{http_code}", "http://%s/headers" % ORIGIN)
     assert r.stdout == "200"
+    # nothing listens at the destination: 502, not a reset
+    r = _curl(rig, "-D", "-", "-o", "/dev/null", "http://%s:8081/" % ORIGIN)
+    assert r.stdout.startswith("HTTP/1.1 502"), (r.stdout, r.stderr)
     # straight to the proxy's port, not redirected: closed, not looped
     out = rig.py("import socket; s = socket.create_connection(('198.18.1.1', 3128), 5)\n"
                  "s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.settimeout(5)\n"

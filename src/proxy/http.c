@@ -29,6 +29,7 @@
 #include <http_parser.h>
 #include <limits.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <strings.h>
 
 #define XR_HTTP_PIPELINE 8   /* requests awaiting their responses */
@@ -797,6 +798,26 @@ int xr_http_start(xr_pconn_t *c)
         c->in_done[d] = c->out_made[d] = 0;
     xr_http_commit(c);
     return XR_OK;
+}
+
+void xr_http_unreachable(xr_pconn_t *c)
+{
+    char page[1024], dst[64];
+    xr_hpend_t e = {.status = 502};
+    snprintf(e.why, sizeof(e.why), "%s cannot be reached",
+             xr_addr_format(&c->p->dst, dst, sizeof(dst)));
+    size_t n = xr_error_page(c, &e, page, sizeof(page));
+    int fd = c->end[0].io.fd;
+    if (fd < 0)
+        return;
+    /* Nothing was read from the client yet: the page is all it gets, and
+     * a small one fits an empty socket buffer.  Its request is read and
+     * dropped, or closing with it unread would reset the connection. */
+    if (send(fd, page, n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
+        c->p->given[0] += n;
+    char sink[4096];
+    for (int i = 0; i < 16 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++) {
+    }
 }
 
 int xr_http_finished(const xr_pconn_t *c)

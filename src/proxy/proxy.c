@@ -460,6 +460,8 @@ static void xr_pc_connect(xr_pconn_t *c)
         if (to == NULL) {
             xr_log_session(XR_LOG_ERR, &c->s, "no upstream could be reached after %u tries",
                            c->p->tries);
+            if (c->h != NULL)
+                xr_http_unreachable(c); /* a 502 page, not a reset */
             xr_pconn_close(c, "upstream connect failed");
             return;
         }
