@@ -58,6 +58,15 @@ def _wait(pred, timeout, what):
     raise AssertionError("timed out waiting for " + what)
 
 
+def _serving(t, role, host, port):
+    """Wait until a server of ours listens at host:port in role."""
+    code = ("import socket, sys\n"
+            "try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), 1).close()\n"
+            "except OSError:\n sys.exit(1)")
+    _wait(lambda: t.run(role, [sys.executable, "-c", code, host, str(port)]).returncode == 0,
+          20, "a server at %s port %d" % (host, port))
+
+
 class Rig:
     """xrayd on nata as the REDIRECT target, the servers on pub."""
 
@@ -73,6 +82,7 @@ class Rig:
         assert r.returncode == 0, r.stderr
         t.popen("pub", [sys.executable, PEERS, "origin", ORIGIN, "80", str(self.origin_log)])
         t.popen("pub", [sys.executable, PEERS, "tcp", ORIGIN, "5000"])
+        _serving(t, "pub", ORIGIN, 5000)
         self.master = None
 
     def write_conf(self, http_extra="", workers=2):
@@ -100,9 +110,12 @@ proxy:
 """ % {"d": self.d, "s": self.state, "w": workers, "extra": http_extra})
 
     def start(self, binary=None):
-        self.master = self.t.popen("nata", [str(binary or xf.XRAYD_BIN), "-c", str(self.conf)])
+        # stderr is where a sanitizer build reports (checked at stop)
+        self.stderr = open(self.d / "stderr.log", "a")
+        self.master = self.t.popen("nata", [str(binary or xf.XRAYD_BIN), "-c", str(self.conf)],
+                                   stderr=self.stderr)
         _wait(lambda: self.log().count("worker process started") >= 2, 20, "xrayd's workers")
-        _wait(lambda: self.t.run("a", ["/usr/bin/curl", "-s", "-o", "/dev/null", "-m", "2",
+        _wait(lambda: self.t.run("a", ["/usr/bin/curl", "-f", "-s", "-o", "/dev/null", "-m", "2",
                                        "http://%s/headers" % ORIGIN]).returncode == 0,
               20, "the origin through the proxy")
 
@@ -156,6 +169,11 @@ proxy:
             pass
         subprocess.run(["rm", "-rf", str(self.state)], timeout=20)
 
+    def sanitizer_reports(self):
+        p = self.d / "stderr.log"
+        text = p.read_text(errors="replace") if p.exists() else ""
+        return re.findall(r"ERROR: (?:Address|Leak)Sanitizer.*|runtime error:.*", text)
+
     def no_alerts(self, allow=()):
         bad = [line for line in self.log().splitlines()
                if re.search(r"\[(alert|crit|emerg)\]", line) and
@@ -168,6 +186,7 @@ def rig(topology, tmp_path):
     r = Rig(topology, tmp_path)
     yield r
     r.stop()
+    assert not r.sanitizer_reports(), r.sanitizer_reports()
 
 
 def _curl(rig, *args):
@@ -401,14 +420,19 @@ def test_connections_survive_reloads(rig):
 def _second_binary(tmp, version):
     """xrayd built again from this tree with another version string."""
     src = tmp / "src2"
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=str(HERE.parent), check=True,
-                           capture_output=True, timeout=60).stdout.split(b"\0")
+    top = HERE.parent
+    r = subprocess.run(["git", "ls-files", "-z"], cwd=str(top), capture_output=True, timeout=60)
+    if r.returncode == 0:
+        files = [f.decode() for f in r.stdout.split(b"\0") if f]
+    else:  # a copy of the tree without .git (CI's sanitizer build)
+        files = [str(p.relative_to(top)) for p in top.rglob("*")
+                 if p.is_file() and p.relative_to(top).parts[0] not in ("objs", ".git")]
     for f in files:
         if f:
-            dst = src / f.decode()
+            dst = src / f
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes((HERE.parent / f.decode()).read_bytes())
-            os.chmod(dst, os.stat(HERE.parent / f.decode()).st_mode & 0o777)
+            dst.write_bytes((top / f).read_bytes())
+            os.chmod(dst, os.stat(top / f).st_mode & 0o777)
     (src / "VERSION").write_text(version + "\n")
     r = subprocess.run("sh ./configure >/dev/null && make -j2 objs/xrayd >/dev/null",
                        shell=True, cwd=str(src), capture_output=True, text=True, timeout=600)
@@ -512,6 +536,8 @@ proxy:
             t.popen(role, [str(xf.XRAYD_BIN), "-c", str(d / "x.yaml")])
         t.popen("pub", [sys.executable, PEERS, "tcp", ORIGIN, "6000"])
         t.popen("pub", [sys.executable, PEERS, "tcp", "::1", "5000"])
+        _serving(t, "pub", ORIGIN, 6000)
+        _serving(t, "pub", "::1", 5000)
         for role in ("nata", "pub"):
             _wait(lambda: (tmp_path / role / "error.log").exists() and
                   "worker process started" in (tmp_path / role / "error.log").read_text(),

@@ -38,17 +38,40 @@ enum {
     XR_TCP_CLOSING
 };
 
+static int xr_tcp_info(int fd, struct tcp_info *ti)
+{
+    socklen_t len = sizeof(*ti);
+    memset(ti, 0, sizeof(*ti));
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len) != 0)
+        return XR_ERROR;
+    if (len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(ti->tcpi_bytes_received)) {
+        errno = ENOSYS; /* a kernel older than 4.1 */
+        return XR_ERROR;
+    }
+    return XR_OK;
+}
+
 int xr_acct(int fd, xr_acct_t *a)
 {
-    struct tcp_info ti;
-    socklen_t len = sizeof(ti);
-    int inq = 0, outq = 0;
-    memset(&ti, 0, sizeof(ti));
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 || ioctl(fd, SIOCINQ, &inq) != 0 ||
-        ioctl(fd, SIOCOUTQ, &outq) != 0)
-        return XR_ERROR;
-    if (len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(ti.tcpi_bytes_received)) {
-        errno = ENOSYS; /* a kernel older than 4.1 */
+    /* The counters and the queue lengths come from separate calls, and the
+     * peer's data and ACKs keep arriving in between: a segment that lands
+     * between TCP_INFO and SIOCINQ would count as unread without counting
+     * as received (and an ACK as acknowledged without leaving the queue),
+     * and the connection would resume off by that many bytes.  So read the
+     * counters on both sides of the queue lengths and take a reading only
+     * when nothing moved. */
+    struct tcp_info ti, again;
+    int inq = 0, outq = 0, tries;
+    for (tries = 0; tries < 1000; tries++) {
+        if (xr_tcp_info(fd, &ti) != XR_OK || ioctl(fd, SIOCINQ, &inq) != 0 ||
+            ioctl(fd, SIOCOUTQ, &outq) != 0 || xr_tcp_info(fd, &again) != XR_OK)
+            return XR_ERROR;
+        if (ti.tcpi_bytes_received == again.tcpi_bytes_received &&
+            ti.tcpi_bytes_acked == again.tcpi_bytes_acked && ti.tcpi_state == again.tcpi_state)
+            break;
+    }
+    if (tries == 1000) {
+        errno = EBUSY; /* a socket that never holds still for three calls */
         return XR_ERROR;
     }
     int st = ti.tcpi_state;

@@ -224,7 +224,10 @@ static void xr_pc_end_close(xr_pend_t *e)
 {
     if (e->io.fd < 0)
         return;
-    /* The master holds a duplicate: close() alone would send nothing. */
+    /* The master holds a duplicate of the same open socket: close() alone
+     * would send nothing, and would not take it out of the epoll set
+     * either (events would keep coming for a freed connection). */
+    xr_io_del(&e->io);
     shutdown(e->io.fd, SHUT_RDWR);
     close(e->io.fd);
     e->io.fd = -1;
