@@ -555,3 +555,29 @@ proxy:
         assert "upstream: [::1]:5000" in (tmp_path / "pub" / "error.log").read_text()
     finally:
         subprocess.run(["rm", "-rf", str(state)], timeout=20)
+
+
+@pytest.mark.timeout(300)
+def test_failed_upgrade_leaves_the_old_binary_serving(rig):
+    """A new binary that cannot start (here: one that exits at once) ends
+    the upgrade: the old master logs it, takes its pid file back and goes
+    on serving, and the transfers running meanwhile complete."""
+    exe = rig.d / "xrayd"
+    exe.write_bytes(xf.XRAYD_BIN.read_bytes())
+    exe.chmod(0o755)
+    rig.start(binary=exe)
+    pid = rig.pid()
+    proc = _start_load(rig, _load_specs(max(1, BIG_MB // 5), count=8))
+    broken = rig.d / "broken"
+    broken.write_text("#!/bin/sh\necho 'the new binary refuses to start' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    os.replace(str(broken), str(exe))
+    os.kill(pid, signal.SIGUSR2)
+    _wait(lambda: "binary upgrade failed" in rig.log(), 20, "the failure")
+    _wait(lambda: os.path.exists(rig.d / "xrayd.pid"), 10, "the pid file back")
+    assert rig.pid() == pid and rig.master.poll() is None
+    _finish_load(proc)
+    r = _curl(rig, "-o", "/dev/null", "-w", "%{http_code}", "http://%s/headers" % ORIGIN)
+    assert r.stdout == "200"
+    assert _status(rig)["pid"] == pid
+    rig.no_alerts(allow=[r"binary upgrade failed"])
