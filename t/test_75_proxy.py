@@ -49,13 +49,7 @@ table ip xrproxy {
 
 
 def _wait(pred, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
+    return xf.wait_until(pred, timeout, what=what)
 
 
 def _serving(t, role, host, port):

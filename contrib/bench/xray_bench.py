@@ -130,30 +130,10 @@ class SessionCache:
         return s
 
 
-def _der(b, i):
-    """(tag, content start, content end) of the DER element at b[i]."""
-    tag, n = b[i], b[i + 1]
-    j = i + 2
-    if n & 0x80:
-        k = n & 0x7F
-        n = int.from_bytes(b[j:j + k], "big")
-        j += k
-    return tag, j, j + n
-
-
 def spki_sha256(der):
-    """SHA-256 of a certificate's DER SubjectPublicKeyInfo (the protocol's keyhash)."""
-    _, c, _ = _der(der, 0)
-    _, p, end = _der(der, c)
-    fields = []
-    while p < end and len(fields) < 7:
-        tag, _, e = _der(der, p)
-        fields.append((tag, p, e))
-        p = e
-    if fields[0][0] == 0xA0:  # [0] version
-        fields = fields[1:]
-    _, s, e = fields[5]
-    return hashlib.sha256(der[s:e]).digest()
+    """SHA-256 of a certificate's SubjectPublicKeyInfo (the protocol's keyhash)."""
+    import agent_client
+    return agent_client.spki_sha256(der)
 
 
 def hp(a):

@@ -279,6 +279,16 @@ static int xr_listen_queued(xr_listen_t *l)
 
 static int xr_listen_link(xr_listen_t *l, xr_link_t *link, const char *subject, const char *cmd);
 
+/* The control connection failed: half bound, win the address back. */
+static void xr_listen_lost(xr_listen_t *l, const char *why)
+{
+    fprintf(stderr, "xray listen: control connection lost: %s\n", why);
+    l->state = XR_HALF_BOUND;
+    l->retry_ms = 250;
+    l->next = xr_now_ms();
+    xr_listen_report(l, " (agent lost, retrying)");
+}
+
 /* A relayed connection is announced (XRAY §5.2, the server's side): link
  * to the agent's relay point (mode 2), or expect the agent's link on the
  * server socket (mode 1). */
@@ -288,11 +298,7 @@ static int xr_listen_incoming(xr_listen_t *l, const char *cmd)
     xr_msg_t m;
     int rc = xr_client_next(l->client, &m, 0, err, sizeof(err));
     if (rc < 0) {
-        fprintf(stderr, "xray listen: control connection lost: %s\n", err);
-        l->state = XR_HALF_BOUND;
-        l->retry_ms = 250;
-        l->next = xr_now_ms();
-        xr_listen_report(l, " (agent lost, retrying)");
+        xr_listen_lost(l, err);
         return 0;
     }
     if (rc == 0 || m.type != XR_MSG_INCOMING)
@@ -516,11 +522,7 @@ static int xr_listen_udp(xr_listen_t *l, const char *cmd, int64_t idle_ms)
             xr_msg_t m;
             int rc = xr_client_next(l->client, &m, 0, err, sizeof(err));
             if (rc < 0) {
-                fprintf(stderr, "xray listen: control connection lost: %s\n", err);
-                l->state = XR_HALF_BOUND;
-                l->retry_ms = 250;
-                l->next = xr_now_ms();
-                xr_listen_report(l, " (agent lost, retrying)");
+                xr_listen_lost(l, err);
             } else if (rc > 0 && m.type == XR_MSG_INCOMING) {
                 xr_link_t *link = NULL;
                 if (xr_client_take(l->client, &m, &link, err, sizeof(err)) < 0)
