@@ -63,6 +63,12 @@ def origin(host, port, logpath):
         def log_message(self, *a):
             pass
 
+        def log_error(self, fmt, *args):
+            # a request the origin could not parse: what came is evidence
+            with lock, open(logpath, "a") as f:
+                f.write("%d ERROR %s %r\n" % (self.client_address[1], fmt % args,
+                                             getattr(self, "raw_requestline", b"")[:200]))
+
         def _log(self):
             with lock, open(logpath, "a") as f:
                 f.write("%d %s\n" % (self.client_address[1], self.requestline))
@@ -150,6 +156,10 @@ def origin(host, port, logpath):
 
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer.allow_reuse_address = True
+    # socketserver's default backlog of 5 overflows when the tests open 25
+    # connections at once on a busy machine; the dropped handshakes end as
+    # resets that would look like the proxy's doing.
+    ThreadingHTTPServer.request_queue_size = 256
     ThreadingHTTPServer((host, port), H).serve_forever()
 
 
