@@ -149,6 +149,12 @@ def seeds():
         "POST /big HTTP/1.1\r\nHost: example.com\r\nContent-Length: 8150\r\n\r\n" + "q" * 8150 + GET) + RS(
         100) + RS(100) + RS() + S(OK0 + OK5) + RC()
     s["valid-host-ipv6"] = RING8 + C("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n") + RS() + S(OK0) + RC()
+    # A refusal whose page found the client's ring full is sent once there is room.
+    s["refused-after-allowed-full-client"] = RING8 + C(
+        GET + "DELETE /x HTTP/1.1\r\nHost: example.com\r\n\r\n") + RS() + S(
+        "HTTP/1.1 200 OK\r\nContent-Length: 8100\r\n\r\n" + "b" * 8100) + RC(200) + RC()
+    s["bad-response-head-after-full-client"] = RING8 + C(GET + GET) + RS() + S(
+        "HTTP/1.1 200 OK\r\nContent-Length: 8100\r\n\r\n" + "c" * 8100 + "garbage\r\n\r\n") + RC(100) + RC()
     return s
 
 

@@ -291,11 +291,12 @@ static void xr_http_log(xr_pconn_t *c, const xr_hpend_t *e, int status, uint64_t
 }
 
 /* Answer refused requests whose turn it is: the client's output is at a
- * response boundary and no forwarded request precedes them. */
+ * response boundary (DOWN is not in a body; CLOSED after a bad response
+ * head, none of which went out) and no forwarded request precedes them. */
 static int xr_http_refusals(xr_pconn_t *c)
 {
     xr_hrec_t *r = xr_rec(c);
-    while (r->npend > 0 && r->phase[XR_DIR_DOWN] == XR_H_HEAD && !r->close_after) {
+    while (r->npend > 0 && r->phase[XR_DIR_DOWN] != XR_H_BODY && !r->close_after) {
         xr_hpend_t *e = &r->pend[r->first];
         if (e->status == 0)
             return XR_OK;
@@ -710,7 +711,9 @@ static int xr_http_pass(xr_pconn_t *c, int d)
 static int xr_http_process(xr_pconn_t *c, int d)
 {
     xr_hrec_t *r = xr_rec(c);
-    int rc = XR_OK;
+    /* An error page that found the client's ring full (XR_AGAIN) goes out
+     * now: no step below would try it again when there is no new input. */
+    int rc = xr_http_refusals(c);
     for (int steps = 0; steps < 64 && rc == XR_OK; steps++) {
         uint64_t before = c->in_done[d] + c->out_made[0] + c->out_made[1];
         switch (r->phase[d]) {
