@@ -155,6 +155,9 @@ def seeds():
         "HTTP/1.1 200 OK\r\nContent-Length: 8100\r\n\r\n" + "b" * 8100) + RC(200) + RC()
     s["bad-response-head-after-full-client"] = RING8 + C(GET + GET) + RS() + S(
         "HTTP/1.1 200 OK\r\nContent-Length: 8100\r\n\r\n" + "c" * 8100 + "garbage\r\n\r\n") + RC(100) + RC()
+    # The byte the lenient parser takes for a head's last LF is the head's.
+    s["valid-head-ends-cr-x"] = RING8 + C(
+        "POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\n\rXY") + RS() + S(OK0) + RC()
     return s
 
 

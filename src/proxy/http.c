@@ -362,9 +362,12 @@ static int xr_http_parse_head(xr_pconn_t *c, int d, xr_head_t *h, http_parser *p
     if (h->done) {
         /* Paused on the head's last LF, which the parser reads again as it
          * goes on: feed it now, so the head ends after it and the body
-         * (or the next message) starts clean. */
+         * (or the next message) starts clean.  Whatever the byte is: the
+         * lenient parser takes any byte after the last CR for that LF, and
+         * left in place it would go on as body (one byte more than the
+         * rewritten head's framing says). */
         http_parser_pause(p, 0);
-        if (n < avail && buf[n] == '\n') {
+        if (n < avail) {
             xr_head_t none = {0};
             p->data = &none;
             http_parser_execute(p, &xr_body_settings, buf + n, 1);
