@@ -158,6 +158,9 @@ def seeds():
     # The byte the lenient parser takes for a head's last LF is the head's.
     s["valid-head-ends-cr-x"] = RING8 + C(
         "POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\n\rXY") + RS() + S(OK0) + RC()
+    # A head the parser refuses on its last byte is refused.
+    s["refused-te-not-chunked"] = RING8 + C(
+        "POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: gzip\r\n\r\nabc") + RC()
     return s
 
 

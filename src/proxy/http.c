@@ -376,8 +376,13 @@ static int xr_http_parse_head(xr_pconn_t *c, int d, xr_head_t *h, http_parser *p
             p->data = NULL;
             n++;
         }
-        *used = n;
-        return 1;
+        /* Some heads are refused only on that byte (a request whose
+         * Transfer-Encoding does not end in chunked): invalid as any. */
+        err = HTTP_PARSER_ERRNO(p);
+        if (err == HPE_OK) {
+            *used = n;
+            return 1;
+        }
     }
     if (h->overflow || (err == HPE_OK && avail == (size_t) hc->max_header_size)) {
         *status = d == XR_DIR_UP ? 431 : 502;
