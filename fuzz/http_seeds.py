@@ -161,6 +161,9 @@ def seeds():
     # A head the parser refuses on its last byte is refused.
     s["refused-te-not-chunked"] = RING8 + C(
         "POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: gzip\r\n\r\nabc") + RC()
+    # A header name with whitespace is refused.
+    s["refused-space-before-colon"] = RING8 + C(
+        "POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n") + RC()
     return s
 
 

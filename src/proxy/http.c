@@ -70,6 +70,7 @@ typedef struct {
         uint32_t name, nlen, value, vlen;
     } h[XR_HTTP_HEADERS];
     int n, overflow, in_value, done;
+    const char *bad; /* why the head is refused, when the parser would take it */
     uint32_t url, ulen, status_at, slen;
     int skip_body; /* a response to HEAD */
 } xr_head_t;
@@ -138,6 +139,13 @@ static int xr_on_status(http_parser *p, const char *at, size_t n)
 static int xr_on_field(http_parser *p, const char *at, size_t n)
 {
     xr_head_t *h = xr_hd(p);
+    if (memchr(at, ' ', n) != NULL) {
+        /* The lenient parser takes "Transfer-Encoding : chunked"; a server
+         * must refuse it (RFC 9112 5.1), and one that reads it otherwise
+         * than the proxy did frames the body otherwise: refused here. */
+        h->bad = "whitespace in a header name";
+        return 1;
+    }
     if (h->in_value || h->n == 0 || h->h[h->n - 1].vlen > 0 || h->h[h->n - 1].nlen == 0) {
         if (h->n == XR_HTTP_HEADERS) {
             h->overflow = 1;
@@ -383,6 +391,11 @@ static int xr_http_parse_head(xr_pconn_t *c, int d, xr_head_t *h, http_parser *p
             *used = n;
             return 1;
         }
+    }
+    if (h->bad != NULL) {
+        *status = d == XR_DIR_UP ? 400 : 502;
+        snprintf(why, wl, "invalid %s head: %s", d == XR_DIR_UP ? "request" : "response", h->bad);
+        return -1;
     }
     if (h->overflow || (err == HPE_OK && avail == (size_t) hc->max_header_size)) {
         *status = d == XR_DIR_UP ? 431 : 502;
