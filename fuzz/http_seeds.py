@@ -164,6 +164,12 @@ def seeds():
     # A header name with whitespace is refused.
     s["refused-space-before-colon"] = RING8 + C(
         "POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n") + RC()
+    # Host as a server reads it: whitespace off, one of them, a host and port only.
+    s["refused-host-trailing-space"] = RING8 + C("GET / HTTP/1.1\r\nHost: denied.example  \r\n\r\n") + RC()
+    s["refused-two-hosts"] = RING8 + C(
+        "GET / HTTP/1.1\r\nHost: example.com\r\nHost: denied.example\r\n\r\n") + RC()
+    s["refused-host-userinfo-parent"] = PARENT + C("GET / HTTP/1.1\r\nHost: ok@denied.example\r\n\r\n") + RC()
+    s["refused-host-ipv6-unclosed"] = RING8 + C("GET / HTTP/1.1\r\nHost: [::1\r\n\r\n") + RC()
     return s
 
 

@@ -26,6 +26,7 @@
 #include "proxy/http.h"
 #include "proxy/proxy_conf.h"
 
+#include <ctype.h>
 #include <http_parser.h>
 #include <limits.h>
 #include <stdio.h>
@@ -218,6 +219,43 @@ static int xr_find(const xr_head_t *h, const char *name)
         if (xr_name_is(h, i, name))
             return i;
     return -1;
+}
+
+/* Header i's value without the trailing whitespace the parser leaves. */
+static size_t xr_value_len(const xr_head_t *h, int i)
+{
+    size_t n = h->h[i].vlen;
+    while (n > 0 &&
+           (h->base[h->h[i].value + n - 1] == ' ' || h->base[h->h[i].value + n - 1] == '\t'))
+        n--;
+    return n;
+}
+
+/* Is v[0..n) a host and optional port as Host carries them (RFC 9110
+ * 7.2): a name of letters, digits, '-', '.' and '_', or an IPv6 address
+ * in brackets, then ":" and digits?  Anything else ("ok@denied.example",
+ * spaces, "/", '%'-escapes) a server or a parent proxy reads otherwise
+ * than the rules did. */
+static int xr_host_ok(const char *v, size_t n)
+{
+    size_t i = 0;
+    if (n > 0 && v[0] == '[') {
+        for (i = 1; i < n && v[i] != ']'; i++)
+            if (!isxdigit((unsigned char) v[i]) && v[i] != ':' && v[i] != '.')
+                return 0;
+        if (i++ == n)
+            return 0;
+    } else {
+        for (; i < n && v[i] != ':'; i++)
+            if (!isalnum((unsigned char) v[i]) && v[i] != '-' && v[i] != '.' && v[i] != '_')
+                return 0;
+    }
+    if (i < n && v[i++] != ':')
+        return 0;
+    for (; i < n; i++)
+        if (!isdigit((unsigned char) v[i]))
+            return 0;
+    return 1;
 }
 
 /* Does the comma-separated value list v[0..n) hold token t? */
@@ -466,7 +504,7 @@ static int xr_http_emit_head(xr_pconn_t *c, int d, const xr_head_t *h, const htt
         int hi = xr_find(h, "host");
         /* A parent proxy wants the absolute form (the thesis' web cache). */
         if (c->upstream_idx >= 0 && h->ulen > 0 && h->base[h->url] == '/' && hi >= 0)
-            XR_PUT("%s http://%.*s%.*s HTTP/%d.%d\r\n", method, (int) h->h[hi].vlen,
+            XR_PUT("%s http://%.*s%.*s HTTP/%d.%d\r\n", method, (int) xr_value_len(h, hi),
                    h->base + h->h[hi].value, (int) h->ulen, h->base + h->url, p->http_major,
                    p->http_minor);
         else
@@ -508,7 +546,7 @@ static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_par
     size_t n = 0;
     if (hi >= 0) {
         const char *v = h->base + h->h[hi].value;
-        n = h->h[hi].vlen;
+        n = xr_value_len(h, hi);
         /* the name without its port (and without IPv6 brackets) */
         size_t e = n;
         if (n > 0 && v[0] == '[') {
@@ -532,6 +570,14 @@ static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_par
     }
     if (hi < 0 && (p->http_major > 1 || p->http_minor >= 1)) {
         snprintf(why, wl, "an HTTP/1.1 request needs a Host header");
+        return 400;
+    }
+    /* The rules see the first Host; the server must see the same one. */
+    int nhost = 0;
+    for (int i = 0; i < h->n; i++)
+        nhost += xr_name_is(h, i, "host");
+    if (nhost > 1 || (hi >= 0 && !xr_host_ok(h->base + h->h[hi].value, n))) {
+        snprintf(why, wl, nhost > 1 ? "more than one Host header" : "an invalid Host header");
         return 400;
     }
     if (xr_find(h, "content-length") >= 0 && xr_find(h, "transfer-encoding") >= 0) {
