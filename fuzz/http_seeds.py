@@ -170,6 +170,9 @@ def seeds():
         "GET / HTTP/1.1\r\nHost: example.com\r\nHost: denied.example\r\n\r\n") + RC()
     s["refused-host-userinfo-parent"] = PARENT + C("GET / HTTP/1.1\r\nHost: ok@denied.example\r\n\r\n") + RC()
     s["refused-host-ipv6-unclosed"] = RING8 + C("GET / HTTP/1.1\r\nHost: [::1\r\n\r\n") + RC()
+    # A folded header value is refused.
+    s["refused-obs-fold"] = RING8 + C(
+        "GET / HTTP/1.1\r\nHost: example.com\r\nX-Long: a\r\n b\r\n\r\n") + RC()
     return s
 
 

@@ -169,6 +169,13 @@ static int xr_on_value(http_parser *p, const char *at, size_t n)
     xr_head_t *h = xr_hd(p);
     if (h->n == 0)
         return 1;
+    if (h->in_value) {
+        /* A head is parsed in one run, so a value comes in one piece but
+         * for a continuation line: its pieces are not contiguous, and the
+         * value written out would carry the CRLF between them. */
+        h->bad = "a header value folded over lines (obs-fold)";
+        return 1;
+    }
     if (h->h[h->n - 1].vlen == 0)
         h->h[h->n - 1].value = (uint32_t) (at - h->base);
     h->h[h->n - 1].vlen += (uint32_t) n;
