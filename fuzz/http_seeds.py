@@ -173,6 +173,9 @@ def seeds():
     # A folded header value is refused.
     s["refused-obs-fold"] = RING8 + C(
         "GET / HTTP/1.1\r\nHost: example.com\r\nX-Long: a\r\n b\r\n\r\n") + RC()
+    # The rules match the whole host name, not the log's copy of it.
+    s["refused-long-host-subdomain"] = RING8 + C(
+        "GET / HTTP/1.1\r\nHost: " + "a" * 60 + ".evil.example\r\n\r\n") + RC()
     return s
 
 

@@ -550,12 +550,13 @@ static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_par
     const xr_http_conf_t *hc = c->conf->http;
     const char *method = http_method_str((enum http_method) p->method);
     int hi = xr_find(h, "host");
-    size_t n = 0;
+    size_t n = 0, e = 0;
+    const char *v = "";
     if (hi >= 0) {
-        const char *v = h->base + h->h[hi].value;
+        v = h->base + h->h[hi].value;
         n = xr_value_len(h, hi);
         /* the name without its port (and without IPv6 brackets) */
-        size_t e = n;
+        e = n;
         if (n > 0 && v[0] == '[') {
             const char *rb = memchr(v, ']', n);
             e = rb ? (size_t) (rb - v) + 1 : n;
@@ -592,12 +593,12 @@ static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_par
         snprintf(why, wl, "both Content-Length and Transfer-Encoding");
         return 400;
     }
-    size_t hlen = strlen(host);
-    if (hc->hosts_deny.n > 0 && xr_http_host_match(&hc->hosts_deny, host, hlen)) {
+    /* The whole name is matched: host is cut to fit the log. */
+    if (hc->hosts_deny.n > 0 && xr_http_host_match(&hc->hosts_deny, v, e)) {
         snprintf(why, wl, "host %s is denied", host);
         return 403;
     }
-    if (hc->hosts_allow.n > 0 && !xr_http_host_match(&hc->hosts_allow, host, hlen)) {
+    if (hc->hosts_allow.n > 0 && !xr_http_host_match(&hc->hosts_allow, v, e)) {
         snprintf(why, wl, "host %s is not allowed", host);
         return 403;
     }
