@@ -176,6 +176,11 @@ def seeds():
     # The rules match the whole host name, not the log's copy of it.
     s["refused-long-host-subdomain"] = RING8 + C(
         "GET / HTTP/1.1\r\nHost: " + "a" * 60 + ".evil.example\r\n\r\n") + RC()
+    # An absolute target names the host the server takes.
+    s["refused-absolute-target-denied"] = RING8 + C(
+        GET + "GET http://denied.example/ HTTP/1.1\r\nHost: example.com\r\n\r\n") + RS() + S(OK5) + RC()
+    s["refused-absolute-target-userinfo"] = PARENT + C(
+        "GET http://ok@denied.example/ HTTP/1.1\r\nHost: example.com\r\n\r\n") + RC()
     return s
 
 

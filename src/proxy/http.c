@@ -542,6 +542,25 @@ static int xr_http_emit_head(xr_pconn_t *c, int d, const xr_head_t *h, const htt
     return XR_OK;
 }
 
+/* The host a request's target names (absolute-form, or CONNECT's
+ * authority-form), which a server takes over Host (RFC 9112 3.2.2): 1
+ * with it in *name, 0 for none (origin-form, "*"), -1 for a target that
+ * does not parse or carries userinfo (RFC 9110 4.2.4). */
+static int xr_target_host(const xr_head_t *h, const http_parser *p, const char **name, size_t *len)
+{
+    int connect = p->method == HTTP_CONNECT;
+    if (h->ulen == 0 || (!connect && (h->base[h->url] == '/' || h->base[h->url] == '*')))
+        return 0;
+    struct http_parser_url u;
+    http_parser_url_init(&u);
+    if (http_parser_parse_url(h->base + h->url, h->ulen, connect, &u) != 0 ||
+        !(u.field_set & (1 << UF_HOST)) || (u.field_set & (1 << UF_USERINFO)))
+        return -1;
+    *name = h->base + h->url + u.field_data[UF_HOST].off;
+    *len = u.field_data[UF_HOST].len;
+    return 1;
+}
+
 /* Check a request head against the rules: 0 to forward, else the status
  * of the refusal (why says what). */
 static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_parser *p, char *host,
@@ -593,14 +612,29 @@ static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_par
         snprintf(why, wl, "both Content-Length and Transfer-Encoding");
         return 400;
     }
-    /* The whole name is matched: host is cut to fit the log. */
-    if (hc->hosts_deny.n > 0 && xr_http_host_match(&hc->hosts_deny, v, e)) {
-        snprintf(why, wl, "host %s is denied", host);
-        return 403;
+    /* An absolute target names the host the server will take: the rules
+     * hold for it as for Host. */
+    const char *tn = "";
+    size_t tl = 0;
+    int t = xr_target_host(h, p, &tn, &tl);
+    if (t < 0) {
+        snprintf(why, wl, "an invalid request target");
+        return 400;
     }
-    if (hc->hosts_allow.n > 0 && !xr_http_host_match(&hc->hosts_allow, v, e)) {
-        snprintf(why, wl, "host %s is not allowed", host);
-        return 403;
+    for (int k = 0; k < 1 + (t > 0); k++) {
+        /* The whole name is matched: host is cut to fit the log. */
+        const char *name = k == 0 ? v : tn;
+        size_t len = k == 0 ? e : tl;
+        char shown[64];
+        xr_copy_field(shown, sizeof(shown), name, len);
+        if (hc->hosts_deny.n > 0 && xr_http_host_match(&hc->hosts_deny, name, len)) {
+            snprintf(why, wl, "host %s is denied", shown);
+            return 403;
+        }
+        if (hc->hosts_allow.n > 0 && !xr_http_host_match(&hc->hosts_allow, name, len)) {
+            snprintf(why, wl, "host %s is not allowed", shown);
+            return 403;
+        }
     }
     for (size_t i = 0; i < hc->deny_headers.n; i++)
         if (xr_find(h, hc->deny_headers.items[i]) >= 0) {
