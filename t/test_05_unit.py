@@ -5,9 +5,10 @@ one test here: it must exit 0 and print a complete TAP plan with every
 line "ok".  Then fuzz/corpus/conf/ is replayed through
 objs/fuzz/fuzz_conf_replay, the fuzz target linked with a plain driver, so
 an input that once crashed the configuration loader stays fixed; and
-fuzz/corpus/record/, fuzz/corpus/gcm/ and fuzz/corpus/proto/ through
-fuzz/fuzz_record.c, fuzz/fuzz_gcm.c and fuzz/fuzz_proto.c, which this file
-compiles itself with the Makefile's flags until the Makefile builds them.
+fuzz/corpus/record/, fuzz/corpus/gcm/, fuzz/corpus/proto/ and
+fuzz/corpus/http/ through fuzz/fuzz_record.c, fuzz/fuzz_gcm.c,
+fuzz/fuzz_proto.c and fuzz/fuzz_http.c, which this file compiles itself
+with the Makefile's flags until the Makefile builds them.
 
 Binaries are taken from $XRAYD_OBJS (default: <repo>/objs).
 """
@@ -28,6 +29,7 @@ REPLAY = OBJS / "fuzz" / "fuzz_conf_replay"
 RECORD_CORPUS = REPO / "fuzz" / "corpus" / "record"
 GCM_CORPUS = REPO / "fuzz" / "corpus" / "gcm"
 PROTO_CORPUS = REPO / "fuzz" / "corpus" / "proto"
+HTTP_CORPUS = REPO / "fuzz" / "corpus" / "http"
 
 TIMEOUT = 600
 
@@ -169,4 +171,17 @@ def test_fuzz_proto_corpus_replays(tmp_path):
     files = sorted(p for p in PROTO_CORPUS.iterdir() if p.is_file())
     assert files, "empty corpus: %s" % PROTO_CORPUS
     failed = _replay_each(_build_replay("fuzz_proto", tmp_path), files)
+    assert not failed, "\n".join(failed)
+
+
+def test_fuzz_http_corpus_replays(tmp_path):
+    """fuzz/fuzz_http.c: the proxy's HTTP handler, driven as the engine
+    drives it (sends, reads, closes, crashes and resumptions), keeps every
+    invariant on every committed connection: what goes upstream obeys the
+    rules and parses, each response reaches the client framed as the
+    proxy says, refusals go out in turn, and a resumed step does the
+    same again."""
+    files = sorted(p for p in HTTP_CORPUS.iterdir() if p.is_file())
+    assert files, "empty corpus: %s" % HTTP_CORPUS
+    failed = _replay_each(_build_replay("fuzz_http", tmp_path), files)
     assert not failed, "\n".join(failed)

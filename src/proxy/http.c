@@ -26,6 +26,7 @@
 #include "proxy/http.h"
 #include "proxy/proxy_conf.h"
 
+#include <ctype.h>
 #include <http_parser.h>
 #include <limits.h>
 #include <stdio.h>
@@ -71,6 +72,7 @@ typedef struct {
         uint32_t name, nlen, value, vlen;
     } h[XR_HTTP_HEADERS];
     int n, overflow, in_value, done;
+    const char *bad; /* why the head is refused, when the parser would take it */
     uint32_t url, ulen, status_at, slen;
     int skip_body; /* a response to HEAD */
 } xr_head_t;
@@ -139,6 +141,13 @@ static int xr_on_status(http_parser *p, const char *at, size_t n)
 static int xr_on_field(http_parser *p, const char *at, size_t n)
 {
     xr_head_t *h = xr_hd(p);
+    if (memchr(at, ' ', n) != NULL) {
+        /* The lenient parser takes "Transfer-Encoding : chunked"; a server
+         * must refuse it (RFC 9112 5.1), and one that reads it otherwise
+         * than the proxy did frames the body otherwise: refused here. */
+        h->bad = "whitespace in a header name";
+        return 1;
+    }
     if (h->in_value || h->n == 0 || h->h[h->n - 1].vlen > 0 || h->h[h->n - 1].nlen == 0) {
         if (h->n == XR_HTTP_HEADERS) {
             h->overflow = 1;
@@ -161,6 +170,13 @@ static int xr_on_value(http_parser *p, const char *at, size_t n)
     xr_head_t *h = xr_hd(p);
     if (h->n == 0)
         return 1;
+    if (h->in_value) {
+        /* A head is parsed in one run, so a value comes in one piece but
+         * for a continuation line: its pieces are not contiguous, and the
+         * value written out would carry the CRLF between them. */
+        h->bad = "a header value folded over lines (obs-fold)";
+        return 1;
+    }
     if (h->h[h->n - 1].vlen == 0)
         h->h[h->n - 1].value = (uint32_t) (at - h->base);
     h->h[h->n - 1].vlen += (uint32_t) n;
@@ -211,6 +227,43 @@ static int xr_find(const xr_head_t *h, const char *name)
         if (xr_name_is(h, i, name))
             return i;
     return -1;
+}
+
+/* Header i's value without the trailing whitespace the parser leaves. */
+static size_t xr_value_len(const xr_head_t *h, int i)
+{
+    size_t n = h->h[i].vlen;
+    while (n > 0 &&
+           (h->base[h->h[i].value + n - 1] == ' ' || h->base[h->h[i].value + n - 1] == '\t'))
+        n--;
+    return n;
+}
+
+/* Is v[0..n) a host and optional port as Host carries them (RFC 9110
+ * 7.2): a name of letters, digits, '-', '.' and '_', or an IPv6 address
+ * in brackets, then ":" and digits?  Anything else ("ok@denied.example",
+ * spaces, "/", '%'-escapes) a server or a parent proxy reads otherwise
+ * than the rules did. */
+static int xr_host_ok(const char *v, size_t n)
+{
+    size_t i = 0;
+    if (n > 0 && v[0] == '[') {
+        for (i = 1; i < n && v[i] != ']'; i++)
+            if (!isxdigit((unsigned char) v[i]) && v[i] != ':' && v[i] != '.')
+                return 0;
+        if (i++ == n)
+            return 0;
+    } else {
+        for (; i < n && v[i] != ':'; i++)
+            if (!isalnum((unsigned char) v[i]) && v[i] != '-' && v[i] != '.' && v[i] != '_')
+                return 0;
+    }
+    if (i < n && v[i++] != ':')
+        return 0;
+    for (; i < n; i++)
+        if (!isdigit((unsigned char) v[i]))
+            return 0;
+    return 1;
 }
 
 /* Does the comma-separated value list v[0..n) hold token t? */
@@ -292,11 +345,12 @@ static void xr_http_log(xr_pconn_t *c, const xr_hpend_t *e, int status, uint64_t
 }
 
 /* Answer refused requests whose turn it is: the client's output is at a
- * response boundary and no forwarded request precedes them. */
+ * response boundary (DOWN is not in a body; CLOSED after a bad response
+ * head, none of which went out) and no forwarded request precedes them. */
 static int xr_http_refusals(xr_pconn_t *c)
 {
     xr_hrec_t *r = xr_rec(c);
-    while (r->npend > 0 && r->phase[XR_DIR_DOWN] == XR_H_HEAD && !r->close_after) {
+    while (r->npend > 0 && r->phase[XR_DIR_DOWN] != XR_H_BODY && !r->close_after) {
         xr_hpend_t *e = &r->pend[r->first];
         if (e->status == 0)
             return XR_OK;
@@ -362,9 +416,12 @@ static int xr_http_parse_head(xr_pconn_t *c, int d, xr_head_t *h, http_parser *p
     if (h->done) {
         /* Paused on the head's last LF, which the parser reads again as it
          * goes on: feed it now, so the head ends after it and the body
-         * (or the next message) starts clean. */
+         * (or the next message) starts clean.  Whatever the byte is: the
+         * lenient parser takes any byte after the last CR for that LF, and
+         * left in place it would go on as body (one byte more than the
+         * rewritten head's framing says). */
         http_parser_pause(p, 0);
-        if (n < avail && buf[n] == '\n') {
+        if (n < avail) {
             xr_head_t none = {0};
             p->data = &none;
             http_parser_execute(p, &xr_body_settings, buf + n, 1);
@@ -373,8 +430,18 @@ static int xr_http_parse_head(xr_pconn_t *c, int d, xr_head_t *h, http_parser *p
             p->data = NULL;
             n++;
         }
-        *used = n;
-        return 1;
+        /* Some heads are refused only on that byte (a request whose
+         * Transfer-Encoding does not end in chunked): invalid as any. */
+        err = HTTP_PARSER_ERRNO(p);
+        if (err == HPE_OK) {
+            *used = n;
+            return 1;
+        }
+    }
+    if (h->bad != NULL) {
+        *status = d == XR_DIR_UP ? 400 : 502;
+        snprintf(why, wl, "invalid %s head: %s", d == XR_DIR_UP ? "request" : "response", h->bad);
+        return -1;
     }
     if (h->overflow || (err == HPE_OK && avail == (size_t) hc->max_header_size)) {
         *status = d == XR_DIR_UP ? 431 : 502;
@@ -445,7 +512,7 @@ static int xr_http_emit_head(xr_pconn_t *c, int d, const xr_head_t *h, const htt
         int hi = xr_find(h, "host");
         /* A parent proxy wants the absolute form (the thesis' web cache). */
         if (c->upstream_idx >= 0 && h->ulen > 0 && h->base[h->url] == '/' && hi >= 0)
-            XR_PUT("%s http://%.*s%.*s HTTP/%d.%d\r\n", method, (int) h->h[hi].vlen,
+            XR_PUT("%s http://%.*s%.*s HTTP/%d.%d\r\n", method, (int) xr_value_len(h, hi),
                    h->base + h->h[hi].value, (int) h->ulen, h->base + h->url, p->http_major,
                    p->http_minor);
         else
@@ -476,6 +543,25 @@ static int xr_http_emit_head(xr_pconn_t *c, int d, const xr_head_t *h, const htt
     return XR_OK;
 }
 
+/* The host a request's target names (absolute-form, or CONNECT's
+ * authority-form), which a server takes over Host (RFC 9112 3.2.2): 1
+ * with it in *name, 0 for none (origin-form, "*"), -1 for a target that
+ * does not parse or carries userinfo (RFC 9110 4.2.4). */
+static int xr_target_host(const xr_head_t *h, const http_parser *p, const char **name, size_t *len)
+{
+    int connect = p->method == HTTP_CONNECT;
+    if (h->ulen == 0 || (!connect && (h->base[h->url] == '/' || h->base[h->url] == '*')))
+        return 0;
+    struct http_parser_url u;
+    http_parser_url_init(&u);
+    if (http_parser_parse_url(h->base + h->url, h->ulen, connect, &u) != 0 ||
+        !(u.field_set & (1 << UF_HOST)) || (u.field_set & (1 << UF_USERINFO)))
+        return -1;
+    *name = h->base + h->url + u.field_data[UF_HOST].off;
+    *len = u.field_data[UF_HOST].len;
+    return 1;
+}
+
 /* Check a request head against the rules: 0 to forward, else the status
  * of the refusal (why says what). */
 static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_parser *p, char *host,
@@ -484,12 +570,13 @@ static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_par
     const xr_http_conf_t *hc = c->conf->http;
     const char *method = http_method_str((enum http_method) p->method);
     int hi = xr_find(h, "host");
-    size_t n = 0;
+    size_t n = 0, e = 0;
+    const char *v = "";
     if (hi >= 0) {
-        const char *v = h->base + h->h[hi].value;
-        n = h->h[hi].vlen;
+        v = h->base + h->h[hi].value;
+        n = xr_value_len(h, hi);
         /* the name without its port (and without IPv6 brackets) */
-        size_t e = n;
+        e = n;
         if (n > 0 && v[0] == '[') {
             const char *rb = memchr(v, ']', n);
             e = rb ? (size_t) (rb - v) + 1 : n;
@@ -513,19 +600,42 @@ static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_par
         snprintf(why, wl, "an HTTP/1.1 request needs a Host header");
         return 400;
     }
+    /* The rules see the first Host; the server must see the same one. */
+    int nhost = 0;
+    for (int i = 0; i < h->n; i++)
+        nhost += xr_name_is(h, i, "host");
+    if (nhost > 1 || (hi >= 0 && !xr_host_ok(h->base + h->h[hi].value, n))) {
+        snprintf(why, wl, nhost > 1 ? "more than one Host header" : "an invalid Host header");
+        return 400;
+    }
     if (xr_find(h, "content-length") >= 0 && xr_find(h, "transfer-encoding") >= 0) {
         /* What a smuggler sends: two framings for the server to choose. */
         snprintf(why, wl, "both Content-Length and Transfer-Encoding");
         return 400;
     }
-    size_t hlen = strlen(host);
-    if (hc->hosts_deny.n > 0 && xr_http_host_match(&hc->hosts_deny, host, hlen)) {
-        snprintf(why, wl, "host %s is denied", host);
-        return 403;
+    /* An absolute target names the host the server will take: the rules
+     * hold for it as for Host. */
+    const char *tn = "";
+    size_t tl = 0;
+    int t = xr_target_host(h, p, &tn, &tl);
+    if (t < 0) {
+        snprintf(why, wl, "an invalid request target");
+        return 400;
     }
-    if (hc->hosts_allow.n > 0 && !xr_http_host_match(&hc->hosts_allow, host, hlen)) {
-        snprintf(why, wl, "host %s is not allowed", host);
-        return 403;
+    for (int k = 0; k < 1 + (t > 0); k++) {
+        /* The whole name is matched: host is cut to fit the log. */
+        const char *name = k == 0 ? v : tn;
+        size_t len = k == 0 ? e : tl;
+        char shown[64];
+        xr_copy_field(shown, sizeof(shown), name, len);
+        if (hc->hosts_deny.n > 0 && xr_http_host_match(&hc->hosts_deny, name, len)) {
+            snprintf(why, wl, "host %s is denied", shown);
+            return 403;
+        }
+        if (hc->hosts_allow.n > 0 && !xr_http_host_match(&hc->hosts_allow, name, len)) {
+            snprintf(why, wl, "host %s is not allowed", shown);
+            return 403;
+        }
     }
     for (size_t i = 0; i < hc->deny_headers.n; i++)
         if (xr_find(h, hc->deny_headers.items[i]) >= 0) {
@@ -711,7 +821,9 @@ static int xr_http_pass(xr_pconn_t *c, int d)
 static int xr_http_process(xr_pconn_t *c, int d)
 {
     xr_hrec_t *r = xr_rec(c);
-    int rc = XR_OK;
+    /* An error page that found the client's ring full (XR_AGAIN) goes out
+     * now: no step below would try it again when there is no new input. */
+    int rc = xr_http_refusals(c);
     for (int steps = 0; steps < 64 && rc == XR_OK; steps++) {
         uint64_t before = c->in_done[d] + c->out_made[0] + c->out_made[1];
         switch (r->phase[d]) {
