@@ -54,6 +54,7 @@ struct xr_pconn_s {
      * output bytes produced, per direction. */
     uint64_t in_done[2], out_made[2];
     int out_closed[2]; /* the handler ends direction d after its output */
+    int again[2];      /* the handler waits for room in an OUT ring */
     const xr_phandler_t *h;
     void *hs; /* handler working state */
     uv_timer_t timer;
