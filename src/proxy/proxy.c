@@ -622,8 +622,8 @@ static int xr_pc_pump(xr_pconn_t *c, int d)
         /* The handler runs on new input, on the end of its input, and again
          * after it said XR_AGAIN (no room for its output), now that a
          * write may have made some. */
-        if (c->h != NULL && (c->in_done[d] < p->taken[d] || (src->rd_eof && !c->out_closed[d]) ||
-                             c->again[d])) {
+        if (c->h != NULL &&
+            (c->in_done[d] < p->taken[d] || (src->rd_eof && !c->out_closed[d]) || c->again[d])) {
             uint64_t before = c->out_made[d] + c->out_made[1 - d] + c->in_done[d];
             int rc = c->h->process(c, d);
             if (rc == XR_ERROR)
