@@ -34,6 +34,7 @@ static struct {
     size_t n, cap;
     uint32_t *idx; /* entry index + 1; 0 empty, UINT32_MAX deleted */
     size_t icap;
+    size_t iused; /* index slots not empty: live entries and tombstones */
     xr_channel_t ch[XR_CONT_CHANNELS];
     pid_t adopt_next; /* the next worker started adopts this one's */
     /* in a worker */
@@ -51,10 +52,11 @@ static size_t xr_cont_hash(uint64_t id, size_t cap)
     return (size_t) id & (cap - 1);
 }
 
-static void xr_cont_reindex(void)
+/* Rebuild the index without tombstones, with room for n + room entries. */
+static void xr_cont_reindex(size_t room)
 {
     size_t cap = 64;
-    while (cap < xr_ct.n * 2 + 16)
+    while (cap < (xr_ct.n + room) * 2 + 16)
         cap *= 2;
     free(xr_ct.idx);
     xr_ct.idx = xr_calloc(cap, sizeof(uint32_t));
@@ -65,6 +67,7 @@ static void xr_cont_reindex(void)
             h = (h + 1) & (cap - 1);
         xr_ct.idx[h] = (uint32_t) i + 1;
     }
+    xr_ct.iused = xr_ct.n;
 }
 
 /* The index slot of id, or of where it would go (*found 0). */
@@ -106,10 +109,15 @@ static xr_cont_entry_t *xr_cont_get(uint64_t id, pid_t owner)
         xr_ct.cap = xr_ct.cap ? xr_ct.cap * 2 : 256;
         xr_ct.e = xr_realloc(xr_ct.e, xr_ct.cap * sizeof(*xr_ct.e));
     }
-    if ((xr_ct.n + 1) * 2 > xr_ct.icap)
-        xr_ct.n++, xr_cont_reindex(), xr_ct.n--; /* room for one more */
+    /* Tombstones count against the load too: under steady churn the
+     * table never empties, and an index with no empty slot left would
+     * make every miss probe forever. */
+    if ((xr_ct.iused + 1) * 2 > xr_ct.icap)
+        xr_cont_reindex(1);
     int found;
     size_t h = xr_cont_slot(id, &found);
+    if (xr_ct.idx[h] == 0)
+        xr_ct.iused++;
     x = &xr_ct.e[xr_ct.n];
     x->id = id;
     x->owner = owner;
@@ -132,7 +140,7 @@ static void xr_cont_remove(xr_cont_entry_t *x)
     }
     xr_ct.n--;
     if (xr_ct.n == 0)
-        xr_cont_reindex(); /* sweep the tombstones while it is cheap */
+        xr_cont_reindex(0); /* sweep the tombstones while it is cheap */
 }
 
 static void xr_cont_close_entry(xr_cont_entry_t *x)
