@@ -133,6 +133,8 @@ if (R, "survived") in data or (R, "conns") in data:
     line("bytes lost (skipped pings + never echoed)", "lost_bytes", "B", nd=0)
     line("bytes duplicated", "dup_bytes", "B", nd=0)
     line("bytes corrupt", "corrupt_bytes", "B", nd=0)
+    line("pings dropped by the client: window full / slot late", "pings_skipped", nd=0)
+    line("  (late: the client or the path stalled > PING_MS)", "pings_late", nd=0)
     line("killed worker's conns: gap across the kill, max", "v_gap_kill_max_ms", "ms")
     line("killed worker's conns: gap across the kill, p99", "v_gap_kill_p99_ms", "ms")
     line("killed worker's conns: kill -> first echo, max", "v_kill_first_max_ms", "ms")
