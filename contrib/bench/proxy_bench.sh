@@ -479,11 +479,15 @@ def q(xs, p):
         return None
     return xs[max(0, int(p * len(xs) + 0.999999) - 1)]
 v = [r for r in rows if int(r[1]) in vp]
+o = [r for r in rows if int(r[1]) not in vp]   # the other worker's: a stall there is not the kill's
 out = {"victim_matched": len(v)}
 for name, col in (("gap_kill", 3), ("kill_first", 4), ("rtt_post", 5), ("gap_ref", 2)):
     xs = [float(r[col]) for r in v if float(r[col]) >= 0]
     out["v_%s_p99_ms" % name] = q(xs, 0.99)
     out["v_%s_max_ms" % name] = q(xs, 1.0)
+xs = [float(r[3]) for r in o if float(r[3]) >= 0]
+out["o_gap_kill_p99_ms"] = q(xs, 0.99)
+out["o_gap_kill_max_ms"] = q(xs, 1.0)
 out["v_no_echo_after_kill"] = sum(1 for r in v if float(r[4]) < 0)
 out["v_closed"] = sum(int(r[11]) for r in v)
 for k, x in out.items():

@@ -139,8 +139,8 @@ if (R, "survived") in data or (R, "conns") in data:
     line("killed worker's conns: gap across the kill, p99", "v_gap_kill_p99_ms", "ms")
     line("killed worker's conns: kill -> first echo, max", "v_kill_first_max_ms", "ms")
     line("killed worker's conns: ping round trip after kill, max", "v_rtt_post_max_ms", "ms")
-    line("all conns: gap across the kill, max", "gap_kill_max_ms", "ms")
-    line("all conns: gap across the kill, p99", "gap_kill_p99_ms", "ms")
+    line("other worker's conns: gap across the kill, max", "o_gap_kill_max_ms", "ms")
+    line("other worker's conns: gap across the kill, p99", "o_gap_kill_p99_ms", "ms")
     line("reference: gap across an instant 1 s before, max", "gap_ref_max_ms", "ms")
     line("reference: gap across an instant 1 s before, p99", "gap_ref_p99_ms", "ms")
     line("replacement's log: connections taken over", "takeover_conns", nd=0, hi=False)
@@ -148,7 +148,8 @@ if (R, "survived") in data or (R, "conns") in data:
     line("xrayd CPU-us per ping (master + workers, whole run)", "cpu_us_per_ping", "us", nd=1)
     w("  The gap of a connection = first echo after the instant - last echo before it; with a ping every")
     w("  PING_MS it is ~PING_MS when nothing stalls (see the reference rows). 'survived' counts connections")
-    w("  that echoed after the kill and whose echoed stream equals the sent one byte for byte.")
+    w("  that echoed after the kill and whose echoed stream equals the sent one byte for byte. The other")
+    w("  worker's connections are not touched by the kill: a gap there as large means the machine stalled.")
     w("")
 refs = [v for v in ("direct", "xrayd_circuit", "haproxy_tcp") if ("ping_" + v, "conns") in data
         or ("ping_" + v, "survived") in data]
