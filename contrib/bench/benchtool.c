@@ -722,9 +722,9 @@ static int run_ping(int port, int n, double interval_ms, double warm, double pos
             tmo = ms <= 0 ? 0 : ms < 5 ? (int)ms + 1 : 5;
         }
         int k = epoll_wait(ep, evs, 256, tmo);
-        t = now();
         for (int i = 0; i < k; i++) {
             struct pconn *c = evs[i].data.ptr;
+            t = now(); /* per event: a batch of 256 can take a while on a busy machine */
             if (c->state == PS_CONNECTING) {
                 int err = 0;
                 socklen_t l = sizeof err;
