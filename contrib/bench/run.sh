@@ -7,9 +7,13 @@
 #      held idle; KiB/conn = RSS delta of the relay process tree / connections held
 #   3. connections per second: BENCH_SECS s of short connections (connect, 32 B
 #      echo, close), CONC in flight, through each relay
-#   4. TLS (test "tls"): contrib/bench/tls.sh, run last - xrayd's TLS ends against
-#      HAProxy and stunnel (one hop, 3-link re-encryption chain, connect latency,
+#   4. TLS (test "tls"): contrib/bench/tls.sh, after the plain tests - xrayd's TLS ends
+#      against HAProxy and stunnel (one hop, 3-link re-encryption chain, connect latency,
 #      memory per idle TLS end); its results go to $OUT/tls
+#   5. transparent proxies (test "proxy", root only): contrib/bench/proxy_bench.sh -
+#      xrayd's proxy blocks against HAProxy, tinyproxy and socat through REDIRECT in
+#      network namespaces (HTTP req/s, circuit throughput, resumption after kill -9);
+#      its results go to $OUT/proxy
 # Every measurement is repeated RUNS times (relays interleaved within a run) and the
 # median is reported. See contrib/bench/README.md. Installs nothing; a missing peer
 # is reported as NA.
@@ -25,8 +29,8 @@ CONC=${CONC:-50}
 XRAYD_BIN=${XRAYD_BIN:-$ROOT/objs/xrayd}
 XRAYD_BUFFER_SIZE=${XRAYD_BUFFER_SIZE:-64k}
 RELAYS=${RELAYS:-xrayd xrayd_w1 haproxy nginx socat}
-TESTS=${TESTS:-tput idle cps tls}
-PLAIN_TESTS=$(echo " $TESTS " | sed 's/ tls / /g; s/^ *//; s/ *$//')
+TESTS=${TESTS:-tput idle cps tls proxy}
+PLAIN_TESTS=$(echo " $TESTS " | sed 's/ tls / /g; s/ proxy / /g; s/^ *//; s/ *$//')
 PY=${PY:-python3}
 
 # Fixed ports, away from contrib/../bench-peers (15201-15830)
@@ -340,6 +344,11 @@ if [[ " $TESTS " == *" tls "* ]]; then
   log "TLS part: contrib/bench/tls.sh (output in $OUT/tls)"
   RUNS=$RUNS BENCH_SECS=$BENCH_SECS N_IDLE=$N_IDLE PY=$PY XRAYD_BIN=${XRAYD_ORIG:-$XRAYD_BIN} \
     XRAYD_BUFFER_SIZE=$XRAYD_BUFFER_SIZE BENCH_OUT="$OUT/tls" bash "$HERE/tls.sh"
+fi
+if [[ " $TESTS " == *" proxy "* ]]; then
+  log "transparent proxy part: contrib/bench/proxy_bench.sh (output in $OUT/proxy)"
+  RUNS=$RUNS PY=$PY XRAYD_BIN=${XRAYD_ORIG:-$XRAYD_BIN} XRAYD_BUFFER_SIZE=$XRAYD_BUFFER_SIZE \
+    BENCH_OUT="$OUT/proxy" bash "$HERE/proxy_bench.sh"
 fi
 [ "${XRAY_BENCH:-1}" = 0 ] || { log "XRAY §8 part: contrib/bench/xray_bench.py (output in $OUT/xray)"; BENCH_OUT="$OUT/xray" XRAYD_BIN=${XRAYD_ORIG:-$XRAYD_BIN} "$PY" "$HERE/xray_bench.py"; }
 exit 0
