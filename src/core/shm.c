@@ -51,6 +51,7 @@ void xr_shm_reap_worker(int w)
 {
     if (w < 0 || w >= XR_SHM_WORKERS)
         return;
+    atomic_store(&xr_shm->accepting[w], 0);
     for (int r = 0; r < XR_SHM_RELAYS; r++) {
         int64_t v = atomic_exchange(&xr_shm->worker_active[w][r], 0);
         if (v != 0)

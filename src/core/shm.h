@@ -23,6 +23,9 @@ typedef struct {
     _Atomic uint64_t bytes[XR_SHM_RELAYS][2];
     /* Per worker slot, so the master can take back a dead worker's share. */
     _Atomic int64_t worker_active[XR_SHM_WORKERS][XR_SHM_RELAYS];
+    /* Per worker slot: the generation number while that worker accepts,
+     * else 0; siblings compare their shares of a listener by it. */
+    _Atomic uint64_t accepting[XR_SHM_WORKERS];
 } xr_shm_t;
 
 extern xr_shm_t *xr_shm;

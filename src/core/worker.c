@@ -15,6 +15,7 @@
 #include "relay/relay.h"
 #include "tls/tls.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/prctl.h>
@@ -23,6 +24,12 @@
 
 #define XR_ACCEPT_BATCH    64
 #define XR_ACCEPT_RETRY_MS 50
+/* A worker with more than its share of a listener's connections stops
+ * polling it for XR_ACCEPT_DEFER_MS so a lighter sibling takes the next one;
+ * after XR_ACCEPT_DEFERS such pauses with connections still waiting it takes
+ * one itself (the sibling may be stuck in a long callback or gone). */
+#define XR_ACCEPT_DEFER_MS 1
+#define XR_ACCEPT_DEFERS   3
 
 int xr_worker_slot;
 
@@ -31,6 +38,8 @@ typedef struct {
     int fd;
     int active;
     xr_relay_rt_t *rt;
+    uv_timer_t defer; /* polling again after a pause for a lighter sibling */
+    int defers;       /* pauses in a row with connections still waiting */
 } xr_wlistener_t;
 
 static struct {
@@ -102,12 +111,16 @@ static void xr_worker_retry_cb(uv_timer_t *t)
     xr_w.retry_armed = 0;
     if (xr_w.stopping)
         return;
+    atomic_store(&xr_shm->accepting[xr_worker_slot], xr_w.gen->number);
     for (size_t i = 0; i < xr_w.nls; i++)
         xr_worker_listen(&xr_w.ls[i], 1);
 }
 
 static void xr_worker_pause(xr_relay_rt_t *rt, uint64_t ms)
 {
+    /* Out of descriptors: siblings must not leave connections to us. */
+    if (rt == NULL)
+        atomic_store(&xr_shm->accepting[xr_worker_slot], 0);
     for (size_t i = 0; i < xr_w.nls; i++)
         if (rt == NULL || xr_w.ls[i].rt == rt)
             xr_worker_listen(&xr_w.ls[i], 0);
@@ -115,6 +128,57 @@ static void xr_worker_pause(xr_relay_rt_t *rt, uint64_t ms)
         xr_w.retry_armed = 1;
         uv_timer_start(&xr_w.retry, xr_worker_retry_cb, ms, 0);
     }
+}
+
+/* Whether a sibling worker of this generation holds clearly fewer of rt's
+ * connections.  The listening socket is shared and the kernel wakes every
+ * worker, so left alone the one idle at that instant takes a whole burst:
+ * wrk's 50 keep-alive clients came out 35/15, and one core then did 70% of
+ * the work for their whole lives (HAProxy's threads hand each accepted
+ * connection to the least loaded one; processes cannot, so the heavier
+ * worker lets it pass instead). */
+static int xr_worker_heavier(const xr_relay_rt_t *rt)
+{
+    int r = rt->rc->slot;
+    uint64_t gen = xr_w.gen->number;
+    int64_t mine = atomic_load(&xr_shm->worker_active[xr_worker_slot][r]);
+    for (int s = 0; s < XR_SHM_WORKERS; s++) {
+        if (s == xr_worker_slot || atomic_load(&xr_shm->accepting[s]) != gen)
+            continue;
+        if (mine > atomic_load(&xr_shm->worker_active[s][r]) + 1 + mine / 32)
+            return 1;
+    }
+    return 0;
+}
+
+static void xr_worker_defer_cb(uv_timer_t *t)
+{
+    xr_wlistener_t *l = t->data;
+    if (l->fd < 0 || xr_w.stopping)
+        return;
+    /* Nothing waits: the sibling took it, and the next pause starts anew. */
+    struct pollfd pfd = {.fd = l->fd, .events = POLLIN};
+    if (poll(&pfd, 1, 0) == 0)
+        l->defers = 0;
+    if (!xr_w.retry_armed)
+        xr_worker_listen(l, 1);
+}
+
+/* 1: leave the waiting connection to a lighter sibling for now.  The
+ * listener stops being polled meanwhile: spinning on it would take the core
+ * the sibling needs to wake up and accept (on two cores it often did). */
+static int xr_worker_defer(xr_wlistener_t *l)
+{
+    if (!xr_worker_heavier(l->rt))
+        return 0;
+    if (l->defers >= XR_ACCEPT_DEFERS) {
+        l->defers = 0;
+        return 0;
+    }
+    l->defers++;
+    xr_worker_listen(l, 0);
+    uv_timer_start(&l->defer, xr_worker_defer_cb, XR_ACCEPT_DEFER_MS, 0);
+    return 1;
 }
 
 static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
@@ -126,6 +190,8 @@ static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
     if (xr_w.stopping)
         return;
     for (int i = 0; i < XR_ACCEPT_BATCH; i++) {
+        if (xr_worker_defer(l))
+            return;
         /* Reserve the slot before accepting: a check-then-count would let
          * two workers both take the last one. */
         if (atomic_fetch_add(&xr_shm->active[rc->slot], 1) >= rc->max_connections) {
@@ -169,9 +235,11 @@ static void xr_worker_close_listeners(void)
         if (l->fd < 0)
             continue;
         uv_poll_stop(&l->poll);
+        atomic_store(&xr_shm->accepting[xr_worker_slot], 0);
         close(l->fd); /* our copy only: the master keeps the socket */
         l->fd = -1;
         uv_close((uv_handle_t *) &l->poll, NULL);
+        uv_close((uv_handle_t *) &l->defer, NULL);
     }
     uv_timer_stop(&xr_w.retry);
 }
@@ -314,9 +382,13 @@ void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd, int cont_fd,
                        g->relays[r]->listen.items[i].text);
                 _exit(2);
             }
+            uv_timer_init(&xr_w.loop, &l->defer);
+            l->defer.data = l;
             xr_worker_listen(l, 1);
         }
     }
+    if (!retiring && xr_w.nls > 0)
+        atomic_store(&xr_shm->accepting[slot], g->number);
     if (xr_proxy_worker_init(&xr_w.loop, g, retiring) != XR_OK)
         _exit(2);
     if (adopt > 0)

@@ -228,13 +228,23 @@ void xr_store_release(xr_store_t *s, xr_pslot_t *p)
     madvise(xr_store_ring(s, p, 0), (size_t) XR_RINGS * s->ring, MADV_REMOVE);
 }
 
-void xr_pslot_commit(xr_pslot_t *p, const void *rec, size_t len)
+void *xr_pslot_next(xr_pslot_t *p)
 {
-    uint64_t seq = p->commit_seq;
-    memcpy(p->state[(seq + 1) & 1], rec, XR_MIN(len, (size_t) XR_PSTATE_MAX));
+    return p->state[(p->commit_seq + 1) & 1];
+}
+
+void xr_pslot_publish(xr_pslot_t *p)
+{
     /* The record is whole before the sequence says so (another process
      * reads it after this one died: the mapping is the same memory). */
-    atomic_store_explicit((_Atomic uint64_t *) &p->commit_seq, seq + 1, memory_order_release);
+    atomic_store_explicit((_Atomic uint64_t *) &p->commit_seq, p->commit_seq + 1,
+                          memory_order_release);
+}
+
+void xr_pslot_commit(xr_pslot_t *p, const void *rec, size_t len)
+{
+    memcpy(xr_pslot_next(p), rec, XR_MIN(len, (size_t) XR_PSTATE_MAX));
+    xr_pslot_publish(p);
 }
 
 const void *xr_pslot_record(const xr_pslot_t *p)

@@ -81,6 +81,11 @@ uint32_t xr_store_used(const xr_store_t *s);
 
 /* Commit a handler record: write it into the half not in use, then flip. */
 void xr_pslot_commit(xr_pslot_t *p, const void *rec, size_t len);
+/* The same in two steps, for a handler that writes only the parts of its
+ * record that are live: the half not in use (XR_PSTATE_MAX bytes, holding
+ * whatever an older commit left), then the flip that publishes it. */
+void *xr_pslot_next(xr_pslot_t *p);
+void xr_pslot_publish(xr_pslot_t *p);
 /* The committed record (XR_PSTATE_MAX bytes). */
 const void *xr_pslot_record(const xr_pslot_t *p);
 
