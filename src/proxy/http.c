@@ -503,63 +503,94 @@ static size_t xr_http_body(xr_pconn_t *c, int d, http_parser *p, uint64_t from, 
     return total;
 }
 
+/* The head being rewritten: bytes past cap are counted, not written. */
+typedef struct {
+    char *out;
+    size_t n, cap;
+} xr_emit_t;
+
+/* memcpy, not snprintf: formatting every line was the proxy's costliest
+ * code after the parser. */
+static void xr_cat(xr_emit_t *e, const char *s, size_t len)
+{
+    if (e->n + len < e->cap)
+        memcpy(e->out + e->n, s, len);
+    e->n += len;
+}
+
+static void xr_cats(xr_emit_t *e, const char *s)
+{
+    xr_cat(e, s, strlen(s));
+}
+
+static void xr_cat_uint(xr_emit_t *e, unsigned v)
+{
+    char digits[12];
+    size_t k = sizeof(digits);
+    do
+        digits[--k] = (char) ('0' + v % 10);
+    while ((v /= 10) != 0 && k > 0);
+    xr_cat(e, digits + k, sizeof(digits) - k);
+}
+
+static void xr_cat_version(xr_emit_t *e, const http_parser *p)
+{
+    xr_cat_uint(e, p->http_major);
+    xr_cat(e, ".", 1);
+    xr_cat_uint(e, p->http_minor);
+}
+
 /* Write the rewritten head of h into OUT[d].  Returns XR_AGAIN when OUT
  * has no room for it. */
 static int xr_http_emit_head(xr_pconn_t *c, int d, const xr_head_t *h, const http_parser *p)
 {
     const xr_http_conf_t *hc = c->conf->http;
-    size_t cap = (size_t) hc->max_header_size + 512;
-    char *out = xr_http_scratch(1, cap);
-    size_t n = 0;
-#define XR_PUT(...)                                                                                \
-    do {                                                                                           \
-        int k_ = snprintf(out + n, n < cap ? cap - n : 0, __VA_ARGS__);                            \
-        n += k_ > 0 ? (size_t) k_ : 0;                                                             \
-    } while (0)
-#define XR_CAT(s, len)                                                                             \
-    do {                                                                                           \
-        size_t l_ = (len);                                                                         \
-        if (n + l_ < cap)                                                                          \
-            memcpy(out + n, (s), l_);                                                              \
-        n += l_;                                                                                   \
-    } while (0)
+    xr_emit_t e = {.cap = (size_t) hc->max_header_size + 512};
+    e.out = xr_http_scratch(1, e.cap);
     if (d == XR_DIR_UP) {
-        const char *method = http_method_str((enum http_method) p->method);
+        xr_cats(&e, http_method_str((enum http_method) p->method));
+        xr_cat(&e, " ", 1);
         int hi = xr_find(h, "host");
         /* A parent proxy wants the absolute form (the thesis' web cache). */
-        if (c->upstream_idx >= 0 && h->ulen > 0 && h->base[h->url] == '/' && hi >= 0)
-            XR_PUT("%s http://%.*s%.*s HTTP/%d.%d\r\n", method, (int) xr_value_len(h, hi),
-                   h->base + h->h[hi].value, (int) h->ulen, h->base + h->url, p->http_major,
-                   p->http_minor);
-        else
-            XR_PUT("%s %.*s HTTP/%d.%d\r\n", method, (int) h->ulen, h->base + h->url, p->http_major,
-                   p->http_minor);
+        if (c->upstream_idx >= 0 && h->ulen > 0 && h->base[h->url] == '/' && hi >= 0) {
+            xr_cat(&e, "http://", 7);
+            xr_cat(&e, h->base + h->h[hi].value, xr_value_len(h, hi));
+        }
+        xr_cat(&e, h->base + h->url, h->ulen);
+        xr_cat(&e, " HTTP/", 6);
+        xr_cat_version(&e, p);
     } else {
-        XR_PUT("HTTP/%d.%d %d %.*s\r\n", p->http_major, p->http_minor, p->status_code,
-               (int) h->slen, h->base + h->status_at);
+        xr_cat(&e, "HTTP/", 5);
+        xr_cat_version(&e, p);
+        xr_cat(&e, " ", 1);
+        xr_cat_uint(&e, p->status_code);
+        xr_cat(&e, " ", 1);
+        xr_cat(&e, h->base + h->status_at, h->slen);
     }
+    xr_cat(&e, "\r\n", 2);
     for (int i = 0; i < h->n; i++) {
         if (xr_drop_header(h, i, d == XR_DIR_UP ? hc : NULL))
             continue;
-        /* memcpy, not snprintf: this loop was the proxy's costliest code. */
-        XR_CAT(h->base + h->h[i].name, h->h[i].nlen);
-        XR_CAT(": ", 2);
-        XR_CAT(h->base + h->h[i].value, h->h[i].vlen);
-        XR_CAT("\r\n", 2);
+        xr_cat(&e, h->base + h->h[i].name, h->h[i].nlen);
+        xr_cat(&e, ": ", 2);
+        xr_cat(&e, h->base + h->h[i].value, h->h[i].vlen);
+        xr_cat(&e, "\r\n", 2);
     }
-    XR_PUT("Via: %d.%d %s\r\n", p->http_major, p->http_minor, hc->via);
+    xr_cat(&e, "Via: ", 5);
+    xr_cat_version(&e, p);
+    xr_cat(&e, " ", 1);
+    xr_cats(&e, hc->via);
+    xr_cat(&e, "\r\n", 2);
     if (!http_should_keep_alive(p))
-        XR_PUT("Connection: close\r\n");
+        xr_cats(&e, "Connection: close\r\n");
     else if (p->http_major == 1 && p->http_minor == 0)
-        XR_PUT("Connection: keep-alive\r\n");
-    XR_CAT("\r\n", 2);
-#undef XR_CAT
-#undef XR_PUT
-    if (n >= cap)
+        xr_cats(&e, "Connection: keep-alive\r\n");
+    xr_cat(&e, "\r\n", 2);
+    if (e.n >= e.cap)
         return XR_ERROR;
-    if (xr_pconn_out_room(c, d) < n)
+    if (xr_pconn_out_room(c, d) < e.n)
         return XR_AGAIN;
-    xr_pconn_emit(c, d, out, n);
+    xr_pconn_emit(c, d, e.out, e.n);
     return XR_OK;
 }
 
@@ -732,8 +763,8 @@ static int xr_http_up_head(xr_pconn_t *c)
         return rc == XR_ERROR ? XR_OK : XR_AGAIN;
     }
     xr_hpend_t e = {0};
-    snprintf(e.method, sizeof(e.method), "%s", method);
-    snprintf(e.host, sizeof(e.host), "%s", host[0] ? host : "-");
+    xr_copy_field(e.method, sizeof(e.method), method, strlen(method));
+    xr_copy_field(e.host, sizeof(e.host), host[0] ? host : "-", host[0] ? strlen(host) : 1);
     xr_copy_field(e.uri, sizeof(e.uri), h.base + h.url, h.ulen);
     e.head = p.method == HTTP_HEAD;
     e.req_bytes = used;
