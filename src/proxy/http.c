@@ -112,7 +112,6 @@ static void xr_http_commit(xr_pconn_t *c)
     }
     /* Commits come several times a request: copy the queue's live entries
      * only (a reader looks at no other), not all XR_HTTP_PIPELINE of them. */
-    _Static_assert(sizeof(xr_hrec_t) <= XR_PSTATE_MAX, "the HTTP record fits a slot");
     xr_hrec_t *to = xr_pslot_next(c->p);
     memcpy(to, r, offsetof(xr_hrec_t, pend));
     for (int i = 0; i < r->npend && i < XR_HTTP_PIPELINE; i++) {
