@@ -50,7 +50,7 @@ typedef struct {
     uint32_t resumed;            /* times a replacement took it over */
     uint32_t pad;
     uint64_t commit_seq; /* state[commit_seq & 1] is the committed record */
-    unsigned char state[2][XR_PSTATE_MAX];
+    _Alignas(8) unsigned char state[2][XR_PSTATE_MAX]; /* handlers write records in place */
 } xr_pslot_t;
 
 typedef struct xr_store_s xr_store_t;
