@@ -164,6 +164,43 @@ XR_GCM_TARGET_BASE static inline __m128i xr__gfmul(__m128i a, __m128i b)
     return xr__reduce(lo, mid, hi);
 }
 
+/* J0 for a 96-bit nonce: the nonce, then the 32-bit counter 1. */
+XR_GCM_TARGET_BASE static inline __m128i xr__j0(const unsigned char nonce[12])
+{
+    unsigned char j0b[16];
+    memcpy(j0b, nonce, 12);
+    j0b[12] = j0b[13] = j0b[14] = 0;
+    j0b[15] = 1;
+    return _mm_loadu_si128((const __m128i *) j0b);
+}
+
+/* GHASH of the additional data, from y = 0.  It is public, so its last
+ * partial block may go through a buffer that is not wiped. */
+XR_GCM_TARGET_BASE static inline __m128i xr__ghash_aad(__m128i h, const unsigned char *aad,
+                                                       size_t aadlen)
+{
+    __m128i y = _mm_setzero_si128();
+    size_t i = 0;
+    for (; aadlen - i >= 16; i += 16)
+        y = xr__gfmul(_mm_xor_si128(y, xr__rev(_mm_loadu_si128((const __m128i *) (aad + i)))), h);
+    if (i < aadlen) {
+        unsigned char ab[16] = {0};
+        memcpy(ab, aad + i, aadlen - i);
+        y = xr__gfmul(_mm_xor_si128(y, xr__rev(_mm_loadu_si128((const __m128i *) ab))), h);
+    }
+    return y;
+}
+
+/* The tag: the lengths block folded in, then E(K, J0) added. */
+XR_GCM_TARGET_BASE static inline void xr__tag(__m128i y, __m128i h, size_t aadlen, size_t total,
+                                              __m128i ekj0, unsigned char tag[16])
+{
+    __m128i lens =
+        _mm_set_epi64x((long long) ((uint64_t) aadlen * 8), (long long) ((uint64_t) total * 8));
+    y = xr__gfmul(_mm_xor_si128(y, lens), h);
+    _mm_storeu_si128((__m128i *) tag, _mm_xor_si128(xr__rev(y), ekj0));
+}
+
 XR_GCM_TARGET_BASE static int xr__gcm_init(xr_gcm_key_t *k, const unsigned char key[32])
 {
     __m128i rk[15];
@@ -252,11 +289,7 @@ XR_GCM_TARGET_512 static void xr__gcm_crypt512(const xr_gcm_key_t *k, unsigned c
     const __m128i h = _mm_loadu_si128((const __m128i *) k->hpow[15]);
     const size_t total = n;
 
-    unsigned char j0b[16];
-    memcpy(j0b, nonce, 12);
-    j0b[12] = j0b[13] = j0b[14] = 0;
-    j0b[15] = 1;
-    __m128i j0 = _mm_loadu_si128((const __m128i *) j0b);
+    __m128i j0 = xr__j0(nonce);
     __m128i ekj0 = xr__aes1(rk1, j0);
 
     /* Reflected, the 32-bit big-endian counter is the low dword of each
@@ -266,12 +299,7 @@ XR_GCM_TARGET_512 static void xr__gcm_crypt512(const xr_gcm_key_t *k, unsigned c
                          _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1));
     const __m512i four = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
 
-    __m128i y = _mm_setzero_si128();
-    for (size_t i = 0; i < aadlen; i += 16) {
-        size_t l = aadlen - i < 16 ? aadlen - i : 16;
-        __m128i a = _mm_maskz_loadu_epi8((__mmask16) ((1u << l) - 1), aad + i);
-        y = xr__gfmul(_mm_xor_si128(y, xr__rev(a)), h);
-    }
+    __m128i y = xr__ghash_aad(h, aad, aadlen);
 
     /* Stitched: the GHASH of one 256-byte step's ciphertext runs between
      * the AES rounds of the next, so the multiplier (one port) and the AES
@@ -335,10 +363,7 @@ XR_GCM_TARGET_512 static void xr__gcm_crypt512(const xr_gcm_key_t *k, unsigned c
         y = xr__ghash(k, y, x, m);
     }
 
-    __m128i lens =
-        _mm_set_epi64x((long long) ((uint64_t) aadlen * 8), (long long) ((uint64_t) total * 8));
-    y = xr__gfmul(_mm_xor_si128(y, lens), h);
-    _mm_storeu_si128((__m128i *) tag, _mm_xor_si128(xr__rev(y), ekj0));
+    xr__tag(y, h, aadlen, total, ekj0, tag);
     sodium_memzero(rk1, sizeof(rk1));
 }
 
@@ -459,11 +484,7 @@ XR_GCM_TARGET_256 static void xr__gcm_crypt256(const xr_gcm_key_t *k, unsigned c
     const __m128i h = _mm_loadu_si128((const __m128i *) k->hpow[15]);
     const size_t total = n;
 
-    unsigned char j0b[16];
-    memcpy(j0b, nonce, 12);
-    j0b[12] = j0b[13] = j0b[14] = 0;
-    j0b[15] = 1;
-    __m128i j0 = _mm_loadu_si128((const __m128i *) j0b);
+    __m128i j0 = xr__j0(nonce);
     __m128i ekj0 = xr__aes1(rk1, j0);
 
     /* Reflected, the 32-bit big-endian counter is the low dword of each
@@ -472,17 +493,7 @@ XR_GCM_TARGET_256 static void xr__gcm_crypt256(const xr_gcm_key_t *k, unsigned c
                                    _mm256_set_epi32(0, 0, 0, 2, 0, 0, 0, 1));
     const __m256i two = _mm256_set_epi32(0, 0, 0, 2, 0, 0, 0, 2);
 
-    /* The additional data is public, so its last partial block may go
-     * through a buffer that is not wiped. */
-    __m128i y = _mm_setzero_si128();
-    size_t i = 0;
-    for (; aadlen - i >= 16; i += 16)
-        y = xr__gfmul(_mm_xor_si128(y, xr__rev(_mm_loadu_si128((const __m128i *) (aad + i)))), h);
-    if (i < aadlen) {
-        unsigned char ab[16] = {0};
-        memcpy(ab, aad + i, aadlen - i);
-        y = xr__gfmul(_mm_xor_si128(y, xr__rev(_mm_loadu_si128((const __m128i *) ab))), h);
-    }
+    __m128i y = xr__ghash_aad(h, aad, aadlen);
 
     if (decrypt) {
         /* Opening hashes each step's own input, read before the step
@@ -535,10 +546,7 @@ XR_GCM_TARGET_256 static void xr__gcm_crypt256(const xr_gcm_key_t *k, unsigned c
         y = xr__ghash2(k, y, x, m);
     }
 
-    __m128i lens =
-        _mm_set_epi64x((long long) ((uint64_t) aadlen * 8), (long long) ((uint64_t) total * 8));
-    y = xr__gfmul(_mm_xor_si128(y, lens), h);
-    _mm_storeu_si128((__m128i *) tag, _mm_xor_si128(xr__rev(y), ekj0));
+    xr__tag(y, h, aadlen, total, ekj0, tag);
     sodium_memzero(rk1, sizeof(rk1));
     sodium_memzero(rk, sizeof(rk));
 }
