@@ -215,6 +215,24 @@ def tcp_server(host, port):
 
 # ---- the load client ------------------------------------------------------------
 
+def _drain(read, rate=0, t0=0.0):
+    """Read to the end in BLOCKs (no faster than rate bytes/s from t0 when
+    rate is set): (bytes, SHA-256 hex)."""
+    h = hashlib.sha256()
+    got = 0
+    while True:
+        b = read(BLOCK)
+        if not b:
+            break
+        h.update(b)
+        got += len(b)
+        if rate:
+            ahead = got / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    return got, h.hexdigest()
+
+
 def _paced(gen, rate, t0):
     sent = 0
     for b in gen:
@@ -249,20 +267,9 @@ def _one(host, spec, i):
             ok = got.hex() == stream_sha(seed, n)
             return {"kind": kind, "ok": ok, "n": n, "why": "" if ok else "server saw %r" % got[:8]}
         s.sendall(b"D" + struct.pack(">QQ", n, seed))
-        h = hashlib.sha256()
-        got = 0
-        while True:
-            b = s.recv(BLOCK)
-            if not b:
-                break
-            h.update(b)
-            got += len(b)
-            if rate:
-                ahead = got / rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)
+        got, sha = _drain(s.recv, rate, t0)
         s.close()
-        ok = got == n and h.hexdigest() == stream_sha(seed, n)
+        ok = got == n and sha == stream_sha(seed, n)
         return {"kind": kind, "ok": ok, "n": got, "why": "" if ok else "got %d of %d" % (got, n)}
     c = http.client.HTTPConnection(host, port, timeout=120)
     if kind == "hup":
@@ -276,16 +283,9 @@ def _one(host, spec, i):
     chunked = "1" if i % 2 else "0"
     c.request("GET", "/blob?n=%d&seed=%d&chunked=%s&rate=%d" % (n, seed, chunked, rate))
     r = c.getresponse()
-    h = hashlib.sha256()
-    got = 0
-    while True:
-        b = r.read(BLOCK)
-        if not b:
-            break
-        h.update(b)
-        got += len(b)
+    got, sha = _drain(r.read)
     c.close()
-    ok = r.status == 200 and got == n and h.hexdigest() == stream_sha(seed, n)
+    ok = r.status == 200 and got == n and sha == stream_sha(seed, n)
     return {"kind": kind, "ok": ok, "n": got, "why": "" if ok else "got %d of %d" % (got, n)}
 
 

@@ -128,21 +128,25 @@ static xr_head_t *xr_hd(http_parser *p)
     return p->data;
 }
 
+/* The parser may hand a span over in pieces: keep where it starts. */
+static void xr_span_grow(const xr_head_t *h, uint32_t *off, uint32_t *len, const char *at, size_t n)
+{
+    if (*len == 0)
+        *off = (uint32_t) (at - h->base);
+    *len += (uint32_t) n;
+}
+
 static int xr_on_url(http_parser *p, const char *at, size_t n)
 {
     xr_head_t *h = xr_hd(p);
-    if (h->ulen == 0)
-        h->url = (uint32_t) (at - h->base);
-    h->ulen += (uint32_t) n;
+    xr_span_grow(h, &h->url, &h->ulen, at, n);
     return 0;
 }
 
 static int xr_on_status(http_parser *p, const char *at, size_t n)
 {
     xr_head_t *h = xr_hd(p);
-    if (h->slen == 0)
-        h->status_at = (uint32_t) (at - h->base);
-    h->slen += (uint32_t) n;
+    xr_span_grow(h, &h->status_at, &h->slen, at, n);
     return 0;
 }
 
@@ -391,6 +395,15 @@ static void xr_copy_field(char *dst, size_t cap, const char *src, size_t n)
     dst[k] = '\0';
 }
 
+/* What the log and an error page say of a request. */
+static void xr_pend_names(xr_hpend_t *e, const char *method, const char *host, const char *uri,
+                          size_t ulen)
+{
+    xr_copy_field(e->method, sizeof(e->method), method, strlen(method));
+    xr_copy_field(e->host, sizeof(e->host), host, strlen(host));
+    xr_copy_field(e->uri, sizeof(e->uri), uri, ulen);
+}
+
 /* ---- requests (up) and responses (down) --------------------------------------- */
 
 /* Copy what waits in IN[d] (at most cap bytes) into the scratch buffer. */
@@ -549,9 +562,10 @@ static int xr_http_emit_head(xr_pconn_t *c, int d, const xr_head_t *h, const htt
     if (d == XR_DIR_UP) {
         xr_cats(&e, http_method_str((enum http_method) p->method));
         xr_cat(&e, " ", 1);
-        int hi = xr_find(h, "host");
         /* A parent proxy wants the absolute form (the thesis' web cache). */
-        if (c->upstream_idx >= 0 && h->ulen > 0 && h->base[h->url] == '/' && hi >= 0) {
+        int hi =
+            c->upstream_idx >= 0 && h->ulen > 0 && h->base[h->url] == '/' ? xr_find(h, "host") : -1;
+        if (hi >= 0) {
             xr_cat(&e, "http://", 7);
             xr_cat(&e, h->base + h->h[hi].value, xr_value_len(h, hi));
         }
@@ -703,9 +717,7 @@ static void xr_http_refuse(xr_pconn_t *c, int status, const char *host, const ch
     xr_hrec_t *r = xr_rec(c);
     xr_hpend_t e = {0};
     e.status = (uint16_t) status;
-    snprintf(e.method, sizeof(e.method), "%s", method);
-    snprintf(e.host, sizeof(e.host), "%s", host);
-    xr_copy_field(e.uri, sizeof(e.uri), uri, ulen);
+    xr_pend_names(&e, method, host, uri, ulen);
     snprintf(e.why, sizeof(e.why), "%.111s", why);
     e.req_bytes = c->p->taken[XR_DIR_UP] - c->in_done[XR_DIR_UP];
     if (r->npend == XR_HTTP_PIPELINE) { /* cannot happen: checked before parsing */
@@ -762,9 +774,7 @@ static int xr_http_up_head(xr_pconn_t *c)
         return rc == XR_ERROR ? XR_OK : XR_AGAIN;
     }
     xr_hpend_t e = {0};
-    xr_copy_field(e.method, sizeof(e.method), method, strlen(method));
-    xr_copy_field(e.host, sizeof(e.host), host[0] ? host : "-", host[0] ? strlen(host) : 1);
-    xr_copy_field(e.uri, sizeof(e.uri), h.base + h.url, h.ulen);
+    xr_pend_names(&e, method, host[0] ? host : "-", h.base + h.url, h.ulen);
     e.head = p.method == HTTP_HEAD;
     e.req_bytes = used;
     xr_pend_push(r, &e);
