@@ -1,10 +1,32 @@
 """Per-run benchmark figures -> medians, spreads and per-run ratios, for
-summarize.py and tls_summarize.py.
+summarize.py, tls_summarize.py and proxy_summarize.py.
 
 data maps (variant, metric) to {run: value or None}; a ratio is the
 median of the per-run ratios, so runs pair up before noise is averaged."""
 
+import collections
 import statistics
+
+
+def read_raw(path):
+    """The RAW file of a bench script, one "RUN VARIANT METRIC VALUE" a line:
+    (data, info).  data maps (variant, metric) to {run: float, or None for
+    NA}; run 0 holds strings (a negotiated suite, say), kept in info."""
+    data = collections.defaultdict(dict)
+    info = {}
+    for line in open(path):
+        p = line.split(None, 3)
+        if len(p) != 4:
+            continue
+        run, var, metric, val = p[0], p[1], p[2], p[3].strip()
+        if run == "0":
+            info[(var, metric)] = val
+            continue
+        try:
+            data[(var, metric)][int(run)] = float(val)
+        except ValueError:
+            data[(var, metric)][int(run)] = None
+    return data, info
 
 
 class Stats:

@@ -8,19 +8,10 @@ run beside them; counts (survivors, bytes lost or duplicated) are summed or take
 their worst over the runs. LOGDIR holds the logs; xrayd's error logs are digested."""
 import collections, glob, os, re, sys
 
-from benchstats import Stats, fmt
+from benchstats import Stats, fmt, read_raw
 
 raw_path, env_path, log_dir = sys.argv[1:4]
-data = collections.defaultdict(dict)
-for line in open(raw_path):
-    p = line.split()
-    if len(p) != 4:
-        continue
-    run, var, metric, val = p
-    try:
-        data[(var, metric)][int(run)] = float(val)
-    except ValueError:
-        data[(var, metric)][int(run)] = None
+data, _ = read_raw(raw_path)
 st = Stats(data)
 med, cell, ratio, vals = st.med, st.cell, st.ratio, st.vals
 runs = st.runs

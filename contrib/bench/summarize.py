@@ -7,19 +7,10 @@ Values are medians over the runs; ratios are the median of the per-run ratios
 LOGDIR holds the relays' logs; xrayd's error logs are scanned for problems."""
 import collections, glob, os, re, sys
 
-from benchstats import Stats, fmt
+from benchstats import Stats, fmt, read_raw
 
 raw_path, env_path, log_dir = sys.argv[1:4]
-data = collections.defaultdict(dict)          # (relay, metric) -> {run: value}
-for line in open(raw_path):
-    p = line.split()
-    if len(p) != 4:
-        continue
-    run, relay, metric, val = p
-    try:
-        data[(relay, metric)][int(run)] = float(val)
-    except ValueError:
-        data[(relay, metric)][int(run)] = None
+data, _ = read_raw(raw_path)  # (relay, metric) -> {run: value}
 runs = sorted({r for d in data.values() for r in d})
 
 

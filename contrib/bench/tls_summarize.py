@@ -7,23 +7,10 @@ holds strings such as the negotiated suite). Values are medians over the runs, (
 LOGDIR are digested at the end."""
 import collections, glob, os, re, sys
 
-from benchstats import Stats, fmt
+from benchstats import Stats, fmt, read_raw
 
 raw_path, env_path, log_dir = sys.argv[1:4]
-data = collections.defaultdict(dict)  # (variant, metric) -> {run: value}
-info = {}                             # (variant, metric) -> string (run 0)
-for line in open(raw_path):
-    p = line.split(None, 3)
-    if len(p) != 4:
-        continue
-    run, var, metric, val = p[0], p[1], p[2], p[3].strip()
-    if run == "0":
-        info[(var, metric)] = val
-        continue
-    try:
-        data[(var, metric)][int(run)] = float(val)
-    except ValueError:
-        data[(var, metric)][int(run)] = None
+data, info = read_raw(raw_path)  # (variant, metric) -> {run: value}; run 0: strings
 runs = sorted({r for d in data.values() for r in d})
 
 
