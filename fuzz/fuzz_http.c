@@ -607,6 +607,18 @@ void xr_ring_get(const unsigned char *ring, uint32_t size, uint64_t off, void *p
     memcpy((unsigned char *) p + first, ring, n - first);
 }
 
+int xr_ring_iov(unsigned char *ring, uint32_t size, uint64_t off, size_t n, struct iovec iov[2])
+{
+    XR_FZ_CHECK(n <= size);
+    uint32_t at = (uint32_t) (off % size);
+    size_t first = XR_MIN(n, (size_t) (size - at));
+    iov[0].iov_base = ring + at;
+    iov[0].iov_len = first;
+    iov[1].iov_base = ring;
+    iov[1].iov_len = n - first;
+    return n - first > 0 ? 2 : 1;
+}
+
 uint64_t xr_pconn_out_room(const xr_pconn_t *c, int d)
 {
     XR_FZ_CHECK(d == 0 || d == 1);

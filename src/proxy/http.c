@@ -486,19 +486,13 @@ static size_t xr_http_body(xr_pconn_t *c, int d, http_parser *p, uint64_t from, 
                            int *complete, enum http_errno *err)
 {
     struct iovec iov[2];
-    const unsigned char *ring = c->ring[XR_RING_IN_UP + d];
-    uint32_t at = (uint32_t) (from % c->rsize);
-    size_t first = XR_MIN(max, (size_t) (c->rsize - at));
-    iov[0].iov_base = (void *) (ring + at);
-    iov[0].iov_len = first;
-    iov[1].iov_base = (void *) ring;
-    iov[1].iov_len = max - first;
+    int k = xr_ring_iov(c->ring[XR_RING_IN_UP + d], c->rsize, from, max, iov);
     xr_head_t none = {0};
     p->data = &none;
     size_t total = 0;
     *complete = 0;
     *err = HPE_OK;
-    for (int i = 0; i < 2 && iov[i].iov_len > 0; i++) {
+    for (int i = 0; i < k && iov[i].iov_len > 0; i++) {
         size_t n = http_parser_execute(p, &xr_body_settings, iov[i].iov_base, iov[i].iov_len);
         total += n;
         if (none.done == 2 || HTTP_PARSER_ERRNO(p) == HPE_PAUSED) {

@@ -91,9 +91,7 @@ void xr_ring_get(const unsigned char *ring, uint32_t size, uint64_t off, void *p
     memcpy((unsigned char *) p + first, ring, n - first);
 }
 
-/* The one or two pieces of ring holding [off, off + n). */
-static int xr_ring_iov(unsigned char *ring, uint32_t size, uint64_t off, size_t n,
-                       struct iovec iov[2])
+int xr_ring_iov(unsigned char *ring, uint32_t size, uint64_t off, size_t n, struct iovec iov[2])
 {
     uint32_t at = (uint32_t) (off % size);
     size_t first = XR_MIN(n, (size_t) (size - at));

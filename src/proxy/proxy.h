@@ -10,6 +10,7 @@
 #define XR_PROXY_H
 
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <uv.h>
 
 #include "core/gen.h"
@@ -71,6 +72,8 @@ struct xr_pconn_s {
 /* Ring helpers: stream offset x lives at x % size. */
 void xr_ring_put(unsigned char *ring, uint32_t size, uint64_t off, const void *p, size_t n);
 void xr_ring_get(const unsigned char *ring, uint32_t size, uint64_t off, void *p, size_t n);
+/* The one or two pieces of ring holding [off, off + n): how many. */
+int xr_ring_iov(unsigned char *ring, uint32_t size, uint64_t off, size_t n, struct iovec iov[2]);
 
 /* Space left in OUT[d] for the handler. */
 uint64_t xr_pconn_out_room(const xr_pconn_t *c, int d);
