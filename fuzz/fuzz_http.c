@@ -61,7 +61,7 @@
  *     request's method; hop-by-hop headers dropped there too;
  *   - a refusal goes out in its turn: every request forwarded before it
  *     has its response (a 502 stands for the response of the first one);
- *     after it, nothing more goes upstream; xr_http_finished() ends the
+ *     after it, nothing more goes upstream; the handler's finished hook ends the
  *     connection; nothing is fed to a closed connection.
  */
 #include <stdarg.h>
@@ -996,7 +996,7 @@ static void xr_fz_end_check(xr_fz_conn_t *f)
         if (c->out_closed[d] && drained && !f->wr_shut[1 - d])
             f->wr_shut[1 - d] = 1;
     }
-    if (xr_http_finished(c)) {
+    if (xr_http_handler.finished(c)) {
         xr_pconn_close(c, NULL);
         return;
     }

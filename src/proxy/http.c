@@ -993,10 +993,12 @@ void xr_http_unreachable(xr_pconn_t *c)
     }
 }
 
-int xr_http_finished(const xr_pconn_t *c)
+static int xr_http_finished(const xr_pconn_t *c)
 {
     const xr_hrec_t *r = c->hs ? xr_rec(c) : NULL;
     return r != NULL && r->close_after && c->p->given[0] == c->out_made[XR_DIR_DOWN];
 }
 
-const xr_phandler_t xr_http_handler = {xr_http_process, xr_http_eof, xr_http_resume, xr_http_free};
+const xr_phandler_t xr_http_handler = {"http",          xr_http_process, xr_http_eof,
+                                       xr_http_start,   xr_http_resume,  xr_http_free,
+                                       xr_http_finished};

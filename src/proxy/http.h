@@ -19,7 +19,5 @@ int xr_http_start(xr_pconn_t *c);
 /* No upstream could be reached: tell the client so (502), best effort,
  * before the connection closes. */
 void xr_http_unreachable(xr_pconn_t *c);
-/* Has the handler ended the connection (a refusal answered and sent)? */
-int xr_http_finished(const xr_pconn_t *c);
 
 #endif

@@ -35,6 +35,7 @@
 #include "proxy/http.h"
 #include "proxy/proxy.h"
 #include "proxy/proxy_conf.h"
+#include "proxy/stage_filter.h"
 #include "relay/relay.h"
 
 #include <glob.h>
@@ -174,6 +175,7 @@ static xr_pconn_t *xr_pc_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p
     c->s.listener = rt->rc->name;
     c->s.client = p->client;
     c->s.local = p->local;
+    c->s.upstream = p->upstream; /* family 0 until one is chosen */
     c->s.start_ms = p->start_ms;
     if (store != NULL) {
         c->rsize = xr_store_ring_size(store);
@@ -192,7 +194,7 @@ static xr_pconn_t *xr_pc_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p
         c->end[i].io.fd = -1;
         c->end[i].c = c;
     }
-    c->h = p->mode == XR_PROXY_HTTP ? &xr_http_handler : NULL;
+    c->h = p->mode == XR_PROXY_HTTP ? &xr_http_handler : p->filtered ? &xr_filter_handler : NULL;
     uv_timer_init(xr_px.loop, &c->timer);
     c->timer.data = c;
     c->last_active = (int64_t) uv_now(xr_px.loop);
@@ -207,15 +209,26 @@ static xr_pconn_t *xr_pc_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p
 
 void xr_pconn_log(xr_pconn_t *c)
 {
-    const xr_relay_conf_t *rc = c->conf;
     c->s.end_ms = xr_wall_ms();
     c->s.read_total[0] = c->p->taken[0];
     c->s.read_total[1] = c->p->taken[1];
     c->s.written_total[0] = c->p->given[1];
     c->s.written_total[1] = c->p->given[0];
-    for (size_t i = 0; i < rc->nfilters; i++)
-        if (rc->filters[i].module->log)
-            rc->filters[i].module->log(rc->filters[i].conf, NULL, &c->s);
+    xr_chain_log(c->rt, c->fstate, &c->s);
+}
+
+/* Run the filters' open hooks (a new connection, or one taken over:
+ * filter state does not survive a worker).  XR_OK, or XR_ERROR when one
+ * denied: c is closed. */
+static int xr_pc_open_filters(xr_pconn_t *c)
+{
+    c->fstate = xr_chain_state_new(c->rt);
+    if (xr_chain_open(c->rt, c->fstate, &c->s, &c->opened) != XR_OK) {
+        xr_log_session(XR_LOG_NOTICE, &c->s, "connection denied: %s", c->s.close_reason);
+        xr_pconn_close(c, NULL);
+        return XR_ERROR;
+    }
+    return XR_OK;
 }
 
 static void xr_pc_end_close(xr_pend_t *e)
@@ -277,7 +290,15 @@ void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...)
     } else {
         xr_pc_end_close(&c->end[0]);
         xr_pc_end_close(&c->end[1]);
-        if (c->h == NULL || c->s.close_reason[0] != '\0')
+        for (int i = 0; i < c->opened; i++) {
+            const xr_filter_conf_t *f = &c->conf->filters[i];
+            if (f->module->close)
+                f->module->close(f->conf, c->fstate ? c->fstate + c->rt->state_off[i] : NULL,
+                                 &c->s);
+        }
+        /* HTTP logs each request as it ends; the connection's own record
+         * only says why it was cut. */
+        if (c->h != &xr_http_handler || c->s.close_reason[0] != '\0')
             xr_pconn_log(c);
         xr_log_session(XR_LOG_INFO, &c->s,
                        "proxied connection closed: %s, up %llu/%llu, down %llu/%llu",
@@ -290,6 +311,8 @@ void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...)
     }
     if (c->h != NULL && c->h->free != NULL)
         c->h->free(c);
+    free(c->fstate);
+    c->fstate = NULL;
     if (!frozen)
         xr_pc_release(c); /* after this the slot (and maybe its file) is gone */
     xr_list_remove(&c->link);
@@ -396,6 +419,7 @@ void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
         p = xr_calloc(1, sizeof(*p));
     p->id = id;
     p->mode = (uint32_t) rc->proxy_mode;
+    p->filtered = rc->proxy_mode == XR_PROXY_CIRCUIT && rt->has_data_filters;
     snprintf(p->block, sizeof(p->block), "%s", rc->name);
     p->client = *client;
     p->local = local;
@@ -424,6 +448,9 @@ void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
         return;
     }
     xr_log_session(XR_LOG_DEBUG, &c->s, "proxying to %s", xr_addr_format(&dst, da, sizeof(da)));
+    c->s.upstream = dst; /* what filters see: the original destination */
+    if (xr_pc_open_filters(c) != XR_OK)
+        return;
     xr_pc_connect(c);
 }
 
@@ -520,8 +547,8 @@ static void xr_pc_running(xr_pconn_t *c, int fresh)
 {
     c->state = XR_PC_RUNNING;
     c->action = "proxying";
-    if (c->h != NULL && (fresh ? xr_http_start(c) : c->h->resume(c)) != XR_OK) {
-        xr_pconn_close(c, "cannot start the HTTP handler");
+    if (fresh && c->h != NULL && c->h->start(c) != XR_OK) {
+        xr_pconn_close(c, "cannot start the %s stage", c->h->name);
         return;
     }
     c->last_active = (int64_t) uv_now(xr_px.loop);
@@ -658,7 +685,7 @@ static int xr_pc_pump(xr_pconn_t *c, int d)
         }
         dst->wr_shut = 1;
     }
-    if (c->h != NULL && xr_http_finished(c)) {
+    if (c->h != NULL && c->h->finished != NULL && c->h->finished(c)) {
         xr_pconn_close(c, NULL);
         return XR_ERROR;
     }
@@ -782,6 +809,8 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
     xr_pconn_t *c = xr_pc_new(rt, s, p);
     p->resumed++;
     atomic_fetch_add(&xr_shm->resumed[rt->rc->slot], 1);
+    if (xr_pc_open_filters(c) != XR_OK)
+        return;
     c->end[0].io.fd = fd[0];
     c->end[1].io.fd = fd[1];
     for (int i = 0; i < 2; i++)
@@ -838,7 +867,10 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
         c->end[e].wr_shut = a.fin_out;
     }
     if (why[0] == '\0' && c->h != NULL && c->h->resume(c) != XR_OK)
-        snprintf(why, sizeof(why), "the HTTP state in the snapshot is not usable");
+        snprintf(why, sizeof(why), "%s",
+                 c->s.close_reason[0] ? c->s.close_reason
+                                      : "the stage's state in the "
+                                        "snapshot is not usable");
     for (int d = 0; why[0] == '\0' && d < 2; d++) {
         /* What was read but not yet sent (or consumed) must still be in
          * the ring: anything else is a snapshot this code did not write. */

@@ -16,6 +16,7 @@
 #include "core/gen.h"
 #include "event/reactor.h"
 #include "proxy/snapshot.h"
+#include "relay/filter.h"
 #include "relay/upstream.h"
 
 typedef struct xr_pconn_s xr_pconn_t;
@@ -30,6 +31,7 @@ typedef struct {
 /* What a protocol does between a connection's IN and OUT rings.  A
  * circuit has none: its IN rings are its OUT rings. */
 typedef struct {
+    const char *name; /* for the log: "http", "filter" */
     /* New input in direction d: consume from IN[d] (from in_done[d] to
      * taken[d]), produce into OUT[d] (and, for an answer of its own,
      * OUT[1-d]), commit.  XR_OK, XR_AGAIN (no room to produce: call again
@@ -37,9 +39,14 @@ typedef struct {
     int (*process)(xr_pconn_t *c, int d);
     /* Direction d's source ended (EOF read).  XR_OK or XR_ERROR. */
     int (*eof)(xr_pconn_t *c, int d);
+    /* Fresh working state for a new connection, committed. */
+    int (*start)(xr_pconn_t *c);
     /* Build working state from the committed record (a resumption). */
     int (*resume)(xr_pconn_t *c);
     void (*free)(xr_pconn_t *c);
+    /* Has the stage ended the connection (a refusal answered and sent)?
+     * NULL: only the ends' EOFs end it. */
+    int (*finished)(const xr_pconn_t *c);
 } xr_phandler_t;
 
 struct xr_pconn_s {
@@ -57,7 +64,9 @@ struct xr_pconn_s {
     int out_closed[2]; /* the handler ends direction d after its output */
     int again[2];      /* the handler waits for room in an OUT ring */
     const xr_phandler_t *h;
-    void *hs; /* handler working state */
+    void *hs;              /* handler working state */
+    unsigned char *fstate; /* the filters' per-connection state */
+    int opened;            /* filters whose open hook ran */
     uv_timer_t timer;
     xr_list_t link;
     xr_posted_t posted;

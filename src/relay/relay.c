@@ -81,11 +81,6 @@ size_t xr__log_session_context(const xr_session_t *s, char *buf, size_t size)
 
 /* ---- life cycle ---------------------------------------------------------- */
 
-static void *xr_relay_fstate(xr_relay_t *r, size_t i)
-{
-    return r->fstate ? r->fstate + r->rt->state_off[i] : NULL;
-}
-
 /* The timer is the relay's last handle: free when it is closed, which is
  * after the current batch of socket events, so none can point at freed
  * memory. */
@@ -116,9 +111,7 @@ static void xr_dir_release(xr_dir_t *d)
 {
     xr_buf_put(d->buf);
     d->buf = NULL;
-    free(d->holds);
-    d->holds = NULL;
-    d->nholds = 0;
+    xr_chain_release(&d->chain);
 }
 
 void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
@@ -138,14 +131,7 @@ void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
     xr_end_close(&r->end[0]);
     xr_end_close(&r->end[1]);
 
-    const xr_relay_conf_t *rc = r->conf;
-    for (int i = 0; i < r->opened; i++)
-        if (rc->filters[i].module->close)
-            rc->filters[i].module->close(rc->filters[i].conf, xr_relay_fstate(r, (size_t) i),
-                                         &r->s);
-    for (size_t i = 0; i < rc->nfilters; i++)
-        if (rc->filters[i].module->log)
-            rc->filters[i].module->log(rc->filters[i].conf, xr_relay_fstate(r, i), &r->s);
+    xr_chain_close(r->rt, r->fstate, &r->s, r->opened);
 
     xr_debug_session(
         &r->s, "relay closed: %s, up %llu/%llu, down %llu/%llu", r->s.close_reason,
@@ -271,22 +257,12 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
  * open hooks, then go upstream. */
 static int xr_relay_open_filters(xr_relay_t *r)
 {
-    const xr_relay_rt_t *rt = r->rt;
-    const xr_relay_conf_t *rc = r->conf;
-    if (rt->state_total > 0)
-        r->fstate = xr_calloc(1, rt->state_total);
+    r->fstate = xr_chain_state_new(r->rt);
     r->action = "opening filters";
-    for (size_t i = 0; i < rc->nfilters; i++) {
-        const xr_module_t *m = rc->filters[i].module;
-        r->opened = (int) i + 1;
-        if (m->open != NULL &&
-            m->open(rc->filters[i].conf, xr_relay_fstate(r, i), &r->s) != XR_OK) {
-            if (r->s.close_reason[0] == '\0')
-                snprintf(r->s.close_reason, sizeof(r->s.close_reason), "denied by %s", m->name);
-            xr_log_session(XR_LOG_NOTICE, &r->s, "connection denied: %s", r->s.close_reason);
-            xr_relay_close(r, NULL);
-            return XR_ERROR;
-        }
+    if (xr_chain_open(r->rt, r->fstate, &r->s, &r->opened) != XR_OK) {
+        xr_log_session(XR_LOG_NOTICE, &r->s, "connection denied: %s", r->s.close_reason);
+        xr_relay_close(r, NULL);
+        return XR_ERROR;
     }
     return XR_OK;
 }
@@ -417,69 +393,15 @@ static void xr_relay_connect(xr_relay_t *r)
 
 /* ---- the filter chain ---------------------------------------------------- */
 
-/* Run the chain over the bytes that just arrived at data[off, end).  A
- * filter that holds keeps its region; bytes arriving later pass the
- * filters before it and are then appended to its region, so every filter
- * sees every byte once, except what it holds, which it sees again with
- * more.  Returns XR_OK, or XR_ERROR if the relay was closed. */
+/* Run the chain over the bytes that just arrived at data[off, end).
+ * Returns XR_OK, or XR_ERROR if the relay was closed. */
 static int xr_relay_filter(xr_relay_t *r, int d, uint32_t off)
 {
     xr_dir_t *dr = &r->dir[d];
-    xr_buf_t *b = dr->buf;
-    const xr_relay_conf_t *rc = r->conf;
-    int nf = (int) rc->nfilters;
-
-    if (!r->rt->has_data_filters) {
-        b->filt = b->end;
-        return XR_OK;
+    if (xr_chain_run(r->rt, r->fstate, &r->s, d, &dr->chain, dr->buf, off) != XR_OK) {
+        xr_relay_close(r, NULL);
+        return XR_ERROR;
     }
-    uint32_t rstart = off;
-    int idx = 0;
-    for (;;) {
-        int limit = dr->nholds ? dr->holds[dr->nholds - 1].idx : nf;
-        for (int i = idx; i < limit && b->end > rstart; i++) {
-            const xr_filter_conf_t *f = &rc->filters[i];
-            if (f->module->data == NULL)
-                continue;
-            xr_chunk_t c = {b->data + rstart, b->end - rstart, b->cap - rstart};
-            xr_filter_rc_t frc =
-                f->module->data(f->conf, xr_relay_fstate(r, (size_t) i), &r->s, d, &c);
-            if (c.len > c.cap) {
-                xr_log_session(XR_LOG_ALERT, &r->s, "filter \"%s\" overran its chunk",
-                               f->module->name);
-                xr_relay_close(r, "filter %s failed", f->module->name);
-                return XR_ERROR;
-            }
-            b->end = rstart + (uint32_t) c.len;
-            switch (frc) {
-            case XR_FILTER_PASS: break;
-            case XR_FILTER_HOLD:
-                if (dr->holds == NULL)
-                    dr->holds = xr_calloc((size_t) nf, sizeof(xr_hold_t));
-                dr->holds[dr->nholds].off = rstart;
-                dr->holds[dr->nholds].idx = i;
-                dr->nholds++;
-                b->filt = dr->holds[0].off;
-                return XR_OK;
-            case XR_FILTER_DROP: b->end = rstart; break;
-            case XR_FILTER_CLOSE:
-            default:
-                if (r->s.close_reason[0] == '\0')
-                    snprintf(r->s.close_reason, sizeof(r->s.close_reason), "closed by %s",
-                             f->module->name);
-                xr_relay_close(r, NULL);
-                return XR_ERROR;
-            }
-        }
-        if (dr->nholds == 0 || b->end == rstart)
-            break;
-        /* Reached the filter that holds older bytes: it now gets those
-         * and these together. */
-        xr_hold_t *h = &dr->holds[--dr->nholds];
-        rstart = h->off;
-        idx = h->idx;
-    }
-    b->filt = dr->nholds ? dr->holds[0].off : b->end;
     return XR_OK;
 }
 
@@ -510,9 +432,7 @@ static void xr_relay_io_error(xr_relay_t *r, const char *op, int which, int err)
 
 static void xr_dir_compact(xr_dir_t *dr)
 {
-    uint32_t moved = xr_buf_compact(dr->buf);
-    for (int i = 0; i < dr->nholds; i++)
-        dr->holds[i].off -= moved;
+    xr_chain_moved(&dr->chain, xr_buf_compact(dr->buf));
 }
 
 static void xr_relay_posted_cb(xr_posted_t *p)
@@ -622,14 +542,12 @@ static int xr_relay_pump(xr_relay_t *r, int d)
 
     if (src->rd_eof && !dr->done) {
         xr_buf_t *b = dr->buf;
-        if (b != NULL && b->filt < b->end) {
-            /* A filter still holds bytes it never passed: they are not
-             * forwarded unchecked. */
+        /* Bytes a filter still holds were never passed: they are not
+         * forwarded unchecked. */
+        uint32_t held = xr_chain_eof(&dr->chain, b);
+        if (held > 0)
             xr_log_session(XR_LOG_INFO, &r->s, "%u held bytes discarded at end of stream from %s",
-                           b->end - b->filt, xr_end_name(d));
-            b->end = b->filt;
-            dr->nholds = 0;
-        }
+                           held, xr_end_name(d));
         if (b == NULL || b->start == b->end) {
             xr_buf_put(b);
             dr->buf = NULL;

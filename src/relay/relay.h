@@ -13,6 +13,7 @@
 #include "core/xrayd.h"
 #include "event/reactor.h"
 #include "relay/buf.h"
+#include "relay/filter.h"
 #include "relay/upstream.h"
 
 typedef struct xr_end_s xr_end_t;
@@ -55,14 +56,8 @@ struct xr_end_s {
 };
 
 typedef struct {
-    uint32_t off; /* start of the held region */
-    int idx;      /* filter that holds it */
-} xr_hold_t;
-
-typedef struct {
-    xr_buf_t *buf;    /* NULL while nothing is in flight */
-    xr_hold_t *holds; /* regions held by filters, oldest first */
-    int nholds;
+    xr_buf_t *buf;     /* NULL while nothing is in flight */
+    xr_chain_t chain;  /* regions held by filters */
     unsigned done : 1; /* source ended and the far side was shut down */
 } xr_dir_t;
 

@@ -1,0 +1,164 @@
+/*
+ * stage_filter.c: the filter chain between a circuit's rings (see
+ * stage_filter.h).
+ */
+#include "core/xrayd.h"
+#include "core/log.h"
+#include "proxy/stage_filter.h"
+#include "relay/filter.h"
+
+#include <stdio.h>
+
+/* The committed record. */
+typedef struct {
+    uint64_t in_commit[2]; /* input up to here is filtered and in OUT */
+    uint64_t out_made[2];
+    uint32_t held[2]; /* a filter held bytes past in_commit */
+} xr_frec_t;
+
+/* Working state. */
+typedef struct {
+    xr_buf_t *buf[2]; /* bytes inside the chain: [start, filt) passed, [filt, end) held */
+    xr_chain_t chain[2];
+    uint64_t in_commit[2];
+} xr_fstage_t;
+
+static void xr_fs_commit(xr_pconn_t *c)
+{
+    xr_fstage_t *st = c->hs;
+    xr_frec_t r;
+    memset(&r, 0, sizeof(r));
+    for (int d = 0; d < 2; d++) {
+        if (st->buf[d] == NULL)
+            st->in_commit[d] = c->in_done[d];
+        r.in_commit[d] = st->in_commit[d];
+        r.out_made[d] = c->out_made[d];
+        r.held[d] = st->buf[d] != NULL;
+    }
+    xr_pslot_commit(c->p, &r, sizeof(r));
+}
+
+/* Emit what the chain passed, as far as OUT has room.  1 when all of it
+ * went. */
+static int xr_fs_emit(xr_pconn_t *c, int d)
+{
+    xr_fstage_t *st = c->hs;
+    xr_buf_t *b = st->buf[d];
+    if (b == NULL)
+        return 1;
+    uint64_t n = XR_MIN((uint64_t) (b->filt - b->start), xr_pconn_out_room(c, d));
+    xr_pconn_emit(c, d, b->data + b->start, (size_t) n);
+    b->start += (uint32_t) n;
+    if (b->start == b->end && st->chain[d].nholds == 0) {
+        xr_buf_put(b);
+        st->buf[d] = NULL;
+    }
+    return b->start == b->filt || st->buf[d] == NULL;
+}
+
+static int xr_fs_process(xr_pconn_t *c, int d)
+{
+    xr_fstage_t *st = c->hs;
+    int rc = XR_OK;
+    for (;;) {
+        if (!xr_fs_emit(c, d)) {
+            rc = XR_AGAIN;
+            break;
+        }
+        uint64_t avail = c->p->taken[d] - c->in_done[d];
+        uint64_t room = xr_pconn_out_room(c, d);
+        if (avail == 0)
+            break;
+        if (room == 0) {
+            rc = XR_AGAIN;
+            break;
+        }
+        xr_buf_t *b = st->buf[d];
+        if (b == NULL && (b = st->buf[d] = xr_buf_get((size_t) c->conf->buffer_size)) == NULL) {
+            xr_log_session(XR_LOG_CRIT, &c->s, "cannot allocate a %lld byte buffer",
+                           (long long) c->conf->buffer_size);
+            xr_pconn_close(c, "out of memory");
+            return XR_ERROR;
+        }
+        if (b->start > 0)
+            xr_chain_moved(&st->chain[d], xr_buf_compact(b));
+        if (b->end == b->cap) {
+            xr_log_session(XR_LOG_WARN, &c->s,
+                           "filters held a whole buffer (%u bytes) without passing it", b->cap);
+            xr_pconn_close(c, "filter held more than buffer_size");
+            return XR_ERROR;
+        }
+        size_t n = (size_t) XR_MIN(XR_MIN(avail, room), (uint64_t) (b->cap - b->end));
+        uint32_t off = b->end;
+        xr_ring_get(c->ring[XR_RING_IN_UP + d], c->rsize, c->in_done[d], b->data + off, n);
+        b->end += (uint32_t) n;
+        c->in_done[d] += n;
+        if (xr_chain_run(c->rt, c->fstate, &c->s, d, &st->chain[d], b, off) != XR_OK) {
+            xr_log_session(XR_LOG_NOTICE, &c->s, "closed by a filter: %s", c->s.close_reason);
+            xr_pconn_close(c, NULL);
+            return XR_ERROR;
+        }
+    }
+    xr_fs_commit(c);
+    return rc;
+}
+
+static int xr_fs_eof(xr_pconn_t *c, int d)
+{
+    xr_fstage_t *st = c->hs;
+    uint32_t held = xr_chain_eof(&st->chain[d], st->buf[d]);
+    if (held > 0)
+        xr_log_session(XR_LOG_INFO, &c->s, "%u held bytes discarded at end of stream from %s", held,
+                       d == XR_DIR_UP ? "client" : "upstream");
+    xr_fs_emit(c, d);
+    xr_fs_commit(c);
+    return XR_OK;
+}
+
+static int xr_fs_start(xr_pconn_t *c)
+{
+    if (c->hs == NULL)
+        c->hs = xr_calloc(1, sizeof(xr_fstage_t));
+    for (int d = 0; d < 2; d++)
+        c->in_done[d] = c->out_made[d] = 0;
+    xr_fs_commit(c);
+    return XR_OK;
+}
+
+static int xr_fs_resume(xr_pconn_t *c)
+{
+    if (c->hs == NULL)
+        c->hs = xr_calloc(1, sizeof(xr_fstage_t));
+    xr_fstage_t *st = c->hs;
+    xr_frec_t r;
+    memcpy(&r, xr_pslot_record(c->p), sizeof(r));
+    for (int d = 0; d < 2; d++) {
+        if (r.held[d]) {
+            snprintf(c->s.close_reason, sizeof(c->s.close_reason),
+                     "a filter held %s bytes when the worker died",
+                     d == XR_DIR_UP ? "client" : "upstream");
+            return XR_ERROR;
+        }
+        if (r.in_commit[d] > c->p->taken[d])
+            return XR_ERROR;
+        c->in_done[d] = st->in_commit[d] = r.in_commit[d];
+        c->out_made[d] = r.out_made[d];
+    }
+    return XR_OK;
+}
+
+static void xr_fs_free(xr_pconn_t *c)
+{
+    xr_fstage_t *st = c->hs;
+    if (st == NULL)
+        return;
+    for (int d = 0; d < 2; d++) {
+        xr_buf_put(st->buf[d]);
+        xr_chain_release(&st->chain[d]);
+    }
+    free(st);
+    c->hs = NULL;
+}
+
+const xr_phandler_t xr_filter_handler = {"filter",     xr_fs_process, xr_fs_eof, xr_fs_start,
+                                         xr_fs_resume, xr_fs_free,    NULL};

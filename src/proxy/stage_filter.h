@@ -1,0 +1,22 @@
+/*
+ * stage_filter.h: the filter chain as a stage of a proxied circuit: the
+ * block's filters see every byte between a direction's IN ring and its
+ * OUT ring, in order, with every result (pass, modify, hold, drop,
+ * close), as they do on every other front door.
+ *
+ * Continuity: the stage commits where its input is fully out (every
+ * byte up to in_commit filtered and emitted) and whether a filter holds
+ * bytes.  A replacement resumes a connection whose filters held nothing,
+ * from that point, with fresh filter state (open hooks run again); one
+ * whose filters held bytes at the crash is closed, since those bytes'
+ * filter state died with the worker and passing them unchecked would
+ * fail open.
+ */
+#ifndef XR_STAGE_FILTER_H
+#define XR_STAGE_FILTER_H
+
+#include "proxy/proxy.h"
+
+extern const xr_phandler_t xr_filter_handler;
+
+#endif
