@@ -141,6 +141,7 @@ static size_t xr_fz_remove_h_l[] = {10};
 
 static xr_http_conf_t xr_fz_hc;
 static xr_relay_conf_t xr_fz_rc;
+static xr_proxy_conf_t xr_fz_pc;
 
 static void xr_fz_conf(void)
 {
@@ -157,10 +158,10 @@ static void xr_fz_conf(void)
     xr_fz_hc.max_header_size = XR_FZ_HEADER;
     xr_fz_hc.via = "xrayd";
     xr_fz_rc.name = "fuzz";
-    xr_fz_rc.kind = XR_BLOCK_PROXY;
-    xr_fz_rc.proxy_mode = XR_PROXY_HTTP;
+    xr_fz_pc.mode = XR_PROXY_HTTP;
+    xr_fz_pc.http = &xr_fz_hc;
+    xr_fz_rc.ext = &xr_fz_pc;
     xr_fz_rc.buffer_size = 2 * XR_FZ_HEADER;
-    xr_fz_rc.http = &xr_fz_hc;
     XR_FZ_CHECK(xr_fz_hc.max_header_size <= xr_fz_rc.buffer_size / 2);
     /* Log lines are formatted (peers' bytes go into them) but not kept. */
     if (xr_log_open("/dev/null", XR_LOG_INFO) != XR_OK)

@@ -126,9 +126,11 @@ static int xr_sig_set_patterns(xr_conf_t *cf, const xr_node_t *n, void *conf,
     return XR_OK;
 }
 
+static const char *const xr_sig_patterns_shape[] = {"patterns", NULL};
+
 static const xr_directive_t xr_sig_directives[] = {
-    {"patterns", XR_CTX_FILTER, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_sig_set_patterns,
-     XR_DIR_REQUIRED,
+    {"patterns", XR_CTX_FILTER, XR_T_CUSTOM, 0, NULL, 0, 0, xr_sig_patterns_shape,
+     xr_sig_set_patterns, XR_DIR_REQUIRED,
      "Byte patterns that close the relay: \"literal\", {hex: \"..\"}, optional name."},
     {"direction", XR_CTX_FILTER, XR_T_ENUM, offsetof(xr_sig_conf_t, direction), "both", 0, 0,
      xr_sig_directions, NULL, 0, "Which direction is inspected: up, down or both."},

@@ -145,13 +145,15 @@ struct xr_directive_s {
     const char *name;
     unsigned contexts; /* XR_CTX_* where it may appear */
     xr_dir_type_t type;
-    size_t offset;            /* slot in the block's conf struct */
-    const char *def;          /* default in config syntax, or NULL */
-    int64_t min, max;         /* bounds for INT, SIZE, DURATION (0,0 = none) */
-    const char *const *enums; /* NULL-terminated, for XR_T_ENUM */
-    xr_dir_set_cb set;        /* XR_T_CUSTOM only */
-    unsigned flags;           /* XR_DIR_* */
-    const char *doc;          /* one line, for --list-directives and docs */
+    size_t offset;    /* slot in the block's conf struct */
+    const char *def;  /* default in config syntax, or NULL */
+    int64_t min, max; /* bounds for INT, SIZE, DURATION (0,0 = none) */
+    /* NULL-terminated, for XR_T_ENUM; for XR_T_CUSTOM, enums[0] may name
+     * the value's shape for the docs ("relay blocks"). */
+    const char *const *enums;
+    xr_dir_set_cb set; /* XR_T_CUSTOM only */
+    unsigned flags;    /* XR_DIR_* */
+    const char *doc;   /* one line, for --list-directives and docs */
 };
 
 #define XR_DIRECTIVES_END                                                                          \

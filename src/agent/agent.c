@@ -45,7 +45,8 @@ const xr_directive_t xr_peer_directives[] = {
      "Where to reach it (its agent listen address)."},
     {"match", XR_CTX_PEER, XR_T_STR_LIST, PO(match), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
      "Its certificates, when it connects to us: subject, RDN, SAN or sha256:KEY patterns."},
-    {"tls", XR_CTX_PEER, XR_T_CUSTOM, PO(tls), NULL, 0, 0, NULL, xr_tls_set_client, XR_DIR_REQUIRED,
+    {"tls", XR_CTX_PEER, XR_T_CUSTOM, PO(tls), NULL, 0, 0, (const char *const[]){"tls block", NULL},
+     xr_tls_set_client, XR_DIR_REQUIRED,
      "How to speak TLS to it: ca, certificate, key, server_name."},
     XR_DIRECTIVES_END};
 
@@ -54,7 +55,8 @@ static const char *const xr_reach_names[] = {"auto", "inbound", "connect_out", N
 const xr_directive_t xr_agent_directives[] = {
     {"listen", A, XR_T_ADDR, GO(listen), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
      "Address libraries and other agents connect to (TLS, mutual authentication)."},
-    {"tls", A, XR_T_CUSTOM, GO(tls), NULL, 0, 0, NULL, xr_tls_set_server, XR_DIR_REQUIRED,
+    {"tls", A, XR_T_CUSTOM, GO(tls), NULL, 0, 0, (const char *const[]){"tls block", NULL},
+     xr_tls_set_server, XR_DIR_REQUIRED,
      "The agent's certificate and key, and client_ca: the CA of applications and agents."},
     {"networks", A, XR_T_STR_LIST, GO(networks_text), NULL, 0, 0, NULL, NULL, 0,
      "The private networks this agent serves: their servers get official addresses."},
@@ -66,7 +68,8 @@ const xr_directive_t xr_agent_directives[] = {
      "Where leases are kept across restarts (none: in memory only)."},
     {"handshake_timeout", A, XR_T_DURATION, GO(handshake_timeout), "10s", 100, 600000, NULL, NULL,
      0, "Time a new control connection has for TLS and HELLO."},
-    {"peers", A, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_agent_set_peers, 0,
+    {"peers", A, XR_T_CUSTOM, 0, NULL, 0, 0, (const char *const[]){"peer agents", NULL},
+     xr_agent_set_peers, 0,
      "Other agents: the official networks each serves, its address, certificate and TLS."},
     {"admin_socket", A, XR_T_PATH, GO(admin_socket), NULL, 0, 0, NULL, NULL, 0,
      "UNIX socket (mode 0600) that `xray status` reads the agent's state from."},
@@ -84,7 +87,7 @@ int xr_agent_set(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directi
     xr_gen_t *g = cf->user;
     if (n->type != XR_NODE_MAP)
         return xr_conf_error(cf, n, "expected a mapping of agent settings");
-    if (g->agent != NULL)
+    if (xr_agent_gen(g)->agent != NULL)
         return xr_conf_error(cf, n, "agent is already defined");
     xr_agent_conf_t *a = xr_conf_alloc(cf, sizeof(*a));
     a->node = n;
@@ -122,7 +125,7 @@ int xr_agent_set(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directi
     if (a->nnetworks > 0 && a->npool == 0)
         return xr_conf_error(cf, n,
                              "servers in networks need official addresses: add official_pool");
-    g->agent = a;
+    xr_agent_gen_mut(cf)->agent = a;
     return XR_OK;
 }
 
@@ -168,25 +171,25 @@ static int xr_agent_set_peers(xr_conf_t *cf, const xr_node_t *n, void *conf,
 int xr_agent_set_applications(xr_conf_t *cf, const xr_node_t *n, void *conf,
                               const xr_directive_t *d)
 {
-    xr_gen_t *g = cf->user;
-    g->policy = xr_conf_alloc(cf, sizeof(*g->policy));
-    g->policy_node = n;
-    return xr_policy_parse(cf, n, g->policy);
+    xr_agent_gen_t *ag = xr_agent_gen_mut(cf);
+    ag->policy = xr_conf_alloc(cf, sizeof(*ag->policy));
+    ag->policy_node = n;
+    return xr_policy_parse(cf, n, ag->policy);
 }
-
-extern const xr_directive_t xr_core_directives[];
 
 int xr_agent_validate(xr_conf_t *cf, xr_gen_t *g)
 {
-    if (g->policy != NULL && g->agent == NULL)
-        return xr_conf_error(cf, g->policy_node,
+    const xr_agent_gen_t *ag = xr_agent_gen(g);
+    if (ag->policy != NULL && ag->agent == NULL)
+        return xr_conf_error(cf, ag->policy_node,
                              "applications are the agent's policy: add an agent block");
     /* Each application's relay points run as a relay block of their own:
      * its filters, the top-level buffer and timeout settings, counters in
      * the shared segment under "agent:NAME". */
-    for (size_t i = 0; g->policy != NULL && i < g->policy->napps; i++) {
-        xr_app_conf_t *app = g->policy->apps[i];
+    for (size_t i = 0; ag->policy != NULL && i < ag->policy->napps; i++) {
+        xr_app_conf_t *app = ag->policy->apps[i];
         xr_relay_conf_t *rc = xr_gen_add_relay(cf, g);
+        rc->frontdoor = &xr_agent_frontdoor;
         if (xr_conf_defaults(cf, xr_core_directives, XR_CTX_RELAY, rc, NULL) != XR_OK)
             return XR_ERROR;
         size_t len = strlen(app->name) + sizeof("agent:");
@@ -1269,8 +1272,9 @@ static void xr_ctl_first(xr_ctl_t *c, const xr_msg_t *m)
                 c->peer = &xr_ag.conf->peers[i];
         c->kind = XR_KIND_AGENT;
     } else {
-        c->app =
-            id != NULL && xr_ag.gen->policy != NULL ? xr_policy_find(xr_ag.gen->policy, id) : NULL;
+        c->app = id != NULL && xr_agent_gen(xr_ag.gen)->policy != NULL
+                     ? xr_policy_find(xr_agent_gen(xr_ag.gen)->policy, id)
+                     : NULL;
         c->kind = XR_KIND_LIBRARY;
     }
     xr_ctl_keepalive(c->end.io.fd);
@@ -1601,8 +1605,9 @@ static void xr_agent_tick(uv_timer_t *t)
 static size_t xr_agent_relays(void)
 {
     size_t n = 0;
-    for (size_t i = 0; xr_ag.gen->policy != NULL && i < xr_ag.gen->policy->napps; i++)
-        n += (size_t) xr_worker_rt(xr_ag.gen->policy->apps[i]->relay)->active;
+    for (size_t i = 0;
+         xr_agent_gen(xr_ag.gen)->policy != NULL && i < xr_agent_gen(xr_ag.gen)->policy->napps; i++)
+        n += (size_t) xr_worker_rt(xr_agent_gen(xr_ag.gen)->policy->apps[i]->relay)->active;
     return n;
 }
 
@@ -1742,17 +1747,17 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
     memset(&xr_ag, 0, sizeof(xr_ag));
     xr_ag.loop = loop;
     xr_ag.gen = g;
-    xr_ag.conf = g->agent;
+    xr_ag.conf = xr_agent_gen(g)->agent;
     xr_list_init(&xr_ag.sessions);
     xr_list_init(&xr_ag.rps);
-    xr_ag.psess = calloc(g->agent->npeers + 1, sizeof(*xr_ag.psess));
+    xr_ag.psess = calloc(xr_ag.conf->npeers + 1, sizeof(*xr_ag.psess));
     if (xr_ag.psess == NULL)
         return XR_ERROR;
     /* What CONNECT_OK tells a library to expect of our certificate, and
      * our own addresses, which no outbound rule reaches unless it names
      * them. */
     xr_identity_t me;
-    if (xr_identity_from_crt(&g->agent->tls->crt, &me) == XR_OK)
+    if (xr_identity_from_crt(&xr_ag.conf->tls->crt, &me) == XR_OK)
         snprintf(xr_ag.own_key, sizeof(xr_ag.own_key), "%s", me.pubkey_sha256);
     struct ifaddrs *ifs = NULL;
     if (getifaddrs(&ifs) == 0) {
@@ -1764,37 +1769,38 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
                                        (struct sockaddr_storage *) i->ifa_addr);
         freeifaddrs(ifs);
     }
-    for (size_t i = 0; i < g->agent->npool && xr_ag.nself < XR_ARRAY_SIZE(xr_ag.self); i++) {
+    for (size_t i = 0; i < xr_ag.conf->npool && xr_ag.nself < XR_ARRAY_SIZE(xr_ag.self); i++) {
         xr_paddr_t *a = &xr_ag.self[xr_ag.nself++];
         memset(a, 0, sizeof(*a));
-        a->family = g->agent->pool[i].family;
-        memcpy(a->addr, g->agent->pool[i].addr, 16);
+        a->family = xr_ag.conf->pool[i].family;
+        memcpy(a->addr, xr_ag.conf->pool[i].addr, 16);
     }
-    xr_leases_init(&xr_ag.leases, g->agent->pool, g->agent->npool);
-    if (g->agent->state_file != NULL) {
+    xr_leases_init(&xr_ag.leases, xr_ag.conf->pool, xr_ag.conf->npool);
+    if (xr_ag.conf->state_file != NULL) {
         char why[256];
-        int n = xr_leases_load(&xr_ag.leases, g->agent->state_file, xr_wall_ms(), why, sizeof(why));
+        int n =
+            xr_leases_load(&xr_ag.leases, xr_ag.conf->state_file, xr_wall_ms(), why, sizeof(why));
         if (n < 0)
             xr_log(XR_LOG_ERR, "agent: %s; starting with no leases", why);
         else if (n > 0)
             xr_log(XR_LOG_NOTICE, "agent: %d lease(s) from %s held for their holders", n,
-                   g->agent->state_file);
+                   xr_ag.conf->state_file);
     }
     if (xr_io_add(&xr_ag.lio, listen_fd, xr_agent_accept) != XR_OK) {
-        xr_log(XR_LOG_ERR, "agent: cannot watch %s: %s", g->agent->listen.text, strerror(errno));
+        xr_log(XR_LOG_ERR, "agent: cannot watch %s: %s", xr_ag.conf->listen.text, strerror(errno));
         return XR_ERROR;
     }
     xr_ag.running = 1;
     xr_ag.started = xr_wall_ms();
     xr_ag.admin.fd = -1;
-    if (g->agent->admin_socket != NULL) {
-        int afd = xr_admin_open(g->agent->admin_socket);
+    if (xr_ag.conf->admin_socket != NULL) {
+        int afd = xr_admin_open(xr_ag.conf->admin_socket);
         struct stat st;
-        if (afd >= 0 && stat(g->agent->admin_socket, &st) == 0)
+        if (afd >= 0 && stat(xr_ag.conf->admin_socket, &st) == 0)
             xr_ag.admin_ino = st.st_ino;
         if (afd < 0 || xr_io_add(&xr_ag.admin, afd, xr_agent_admin) != XR_OK) {
             /* Status is a convenience: the agent serves without it. */
-            xr_log(XR_LOG_ERR, "agent: cannot open admin_socket %s: %s", g->agent->admin_socket,
+            xr_log(XR_LOG_ERR, "agent: cannot open admin_socket %s: %s", xr_ag.conf->admin_socket,
                    strerror(errno));
             if (afd >= 0)
                 close(afd);
@@ -1805,7 +1811,8 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
     uv_timer_start(&xr_ag.tick, xr_agent_tick, 1000, 1000);
     uv_unref((uv_handle_t *) &xr_ag.tick);
     xr_log(XR_LOG_NOTICE, "agent: serving on %s (%zu application(s), %zu pool range(s))",
-           g->agent->listen.text, g->policy ? g->policy->napps : 0, g->agent->npool);
+           xr_ag.conf->listen.text, xr_agent_gen(g)->policy ? xr_agent_gen(g)->policy->napps : 0,
+           xr_ag.conf->npool);
     /* The listener was readable before we watched it: take what waits. */
     xr_agent_accept(&xr_ag.lio, EPOLLIN);
     return XR_OK;

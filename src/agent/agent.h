@@ -65,6 +65,20 @@ typedef enum { XR_REACH_AUTO = 0, XR_REACH_INBOUND, XR_REACH_CONNECT_OUT } xr_re
 
 extern const xr_directive_t xr_agent_directives[];
 
+/* What the agent keeps of a generation (its front door's slot in it). */
+typedef struct {
+    xr_agent_conf_t *agent;     /* the agent: block, or NULL */
+    struct xr_policy_s *policy; /* applications:, or NULL */
+    const xr_node_t *policy_node;
+} xr_agent_gen_t;
+
+extern const struct xr_frontdoor_s xr_agent_frontdoor;
+
+/* g's agent settings (all NULL when g has none). */
+const xr_agent_gen_t *xr_agent_gen(const xr_gen_t *g);
+/* The same while parsing, made on first use. */
+xr_agent_gen_t *xr_agent_gen_mut(xr_conf_t *cf);
+
 /* Setters of the top-level `agent` and `applications` keys. */
 int xr_agent_set(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 int xr_agent_set_applications(xr_conf_t *cf, const xr_node_t *n, void *conf,

@@ -9,8 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define XR_CTX_APP 0x20
-#define AO(f)      offsetof(xr_app_conf_t, f)
+#define AO(f) offsetof(xr_app_conf_t, f)
 
 static int xr_set_outbound(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 static int xr_set_app_filters(xr_conf_t *cf, const xr_node_t *n, void *conf,
@@ -23,9 +22,11 @@ const xr_directive_t xr_app_directives[] = {
      "Certificates that are this application: subject, RDN, SAN or sha256:KEY patterns."},
     {"inbound", XR_CTX_APP, XR_T_FLAG, AO(inbound), "off", 0, 0, NULL, NULL, 0,
      "May register servers that accept connections from other networks."},
-    {"outbound", XR_CTX_APP, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_outbound, 0,
+    {"outbound", XR_CTX_APP, XR_T_CUSTOM, 0, NULL, 0, 0, (const char *const[]){"rules", NULL},
+     xr_set_outbound, 0,
      "Destinations it may connect to: ADDR[/PREFIX][:PORTS] rules (none: no connections)."},
-    {"filters", XR_CTX_APP, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_app_filters, 0,
+    {"filters", XR_CTX_APP, XR_T_CUSTOM, 0, NULL, 0, 0,
+     (const char *const[]){"filter entries", NULL}, xr_set_app_filters, 0,
      "Filter chain of its relay points: module names, or NAME: {options}."},
     {"max_relays", XR_CTX_APP, XR_T_INT, AO(max_relays), "1000", 0, 1000000, NULL, NULL, 0,
      "Relay points it may hold at once."},

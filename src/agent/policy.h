@@ -48,6 +48,8 @@ typedef struct xr_policy_s {
 } xr_policy_t;
 
 /* The directives of one `applications:` entry (context "application"). */
+#define XR_CTX_APP 0x20 /* an entry of applications: */
+
 extern const xr_directive_t xr_app_directives[];
 
 /* Parse the value of `applications:` (a sequence of entries) into p,

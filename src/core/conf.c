@@ -685,33 +685,27 @@ size_t xr_conf_distance(const char *a, const char *b)
     return row[lb];
 }
 
-static const char *xr_ctx_name(unsigned ctx)
+/* Where ctx is, as a phrase ("a relay block"), in buf (96 bytes): the
+ * generation being built knows its contexts' names. */
+static const char *xr_ctx_name(const xr_conf_t *cf, unsigned ctx, char *buf)
 {
-    if (ctx & XR_CTX_TLS_SERVER)
-        return "a tls block";
-    if (ctx & XR_CTX_TLS_CLIENT)
-        return "an upstream_tls block";
-    if (ctx & XR_CTX_PROXY_HTTP)
-        return "a proxy's http block";
-    if (ctx & XR_CTX_RELAY)
-        return "a relay block";
-    if (ctx & XR_CTX_PROXY)
-        return "a proxy block";
-    if (ctx & XR_CTX_MAIN)
-        return "the top level";
-    return "a filter's options";
+    if (cf->ctx_name != NULL)
+        return cf->ctx_name(ctx, buf);
+    return (ctx & XR_CTX_MAIN) ? "the top level" : "another block";
 }
 
 static int xr_conf_unknown(xr_conf_t *cf, const xr_node_t *key, const xr_directive_t *table,
                            unsigned ctx)
 {
     /* Known elsewhere?  Say where it belongs. */
+    char here[96], there[96];
     if (cf->hint_tables != NULL) {
         for (size_t t = 0; cf->hint_tables[t]; t++)
             for (const xr_directive_t *d = cf->hint_tables[t]; d->name; d++)
                 if (strcmp(d->name, key->str) == 0 && !(d->contexts & ctx))
                     return xr_conf_error(cf, key, "not allowed in %s (it belongs in %s)",
-                                         xr_ctx_name(ctx), xr_ctx_name(d->contexts));
+                                         xr_ctx_name(cf, ctx, here),
+                                         xr_ctx_name(cf, d->contexts, there));
     }
     const char *best = NULL;
     size_t bestd = 3;

@@ -25,10 +25,12 @@ struct xr_node_s {
 };
 
 /* Where TLS directives appear (beside XR_CTX_MAIN/RELAY/FILTER). */
-#define XR_CTX_TLS_SERVER 0x08  /* relay: tls: {...} */
-#define XR_CTX_TLS_CLIENT 0x10  /* relay: upstream_tls: {...} */
-#define XR_CTX_PROXY      0x100 /* an entry of proxy: */
-#define XR_CTX_PROXY_HTTP 0x200 /* proxy: http: {...} */
+#define XR_CTX_TLS_SERVER 0x08 /* relay: tls: {...} */
+#define XR_CTX_TLS_CLIENT 0x10 /* relay: upstream_tls: {...} */
+/* Front doors' blocks: XR_CTX_RELAY and one bit of 0xff00 each (the
+ * front door's block_ctx); a row of every block carries all of them.
+ * Sub-blocks of a front door take bits of 0xff0000. */
+#define XR_CTX_BLOCKS (XR_CTX_RELAY | 0xff00u)
 
 /* Internal directive flags, beside the public XR_DIR_REQUIRED. */
 #define XR_DIR_EARLY 0x100 /* dispatched before the other keys of a block */
@@ -43,6 +45,9 @@ struct xr_conf_s {
     const xr_directive_t *const *hint_tables; /* for "did you mean" and levels */
     size_t nodes;                             /* nodes made so far (bounded) */
     int dry_run;                              /* parse only: modules open no files */
+    /* Names context bits ctx as a phrase ("a relay block") in buf (96
+     * bytes), for "it belongs in ..."; NULL: generic words. */
+    const char *(*ctx_name)(unsigned ctx, char *buf);
 };
 
 /* Resolve where directive d of a block is stored. */

@@ -3,10 +3,8 @@
  */
 #include "core/xrayd.h"
 #include "core/gen.h"
-#include "agent/agent.h"
+#include "core/frontdoor.h"
 #include "core/log.h"
-#include "proxy/proxy_conf.h"
-#include "tls/tls.h"
 
 #include <glob.h>
 #include <netinet/in.h>
@@ -19,116 +17,206 @@ static int xr_set_workers(xr_conf_t *cf, const xr_node_t *n, void *conf, const x
 static int xr_set_load_module(xr_conf_t *cf, const xr_node_t *n, void *conf,
                               const xr_directive_t *d);
 static int xr_set_include(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
-static int xr_set_relay(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
-static int xr_set_proxy(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 static int xr_set_filters(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 static int xr_set_error_log(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 
-static const char *const xr_balance_names[] = {"round_robin", "least_conn", "random", "source_hash",
-                                               NULL};
-
-#define M     XR_CTX_MAIN
-#define R     XR_CTX_RELAY
-#define P     XR_CTX_PROXY
-#define MO(f) offsetof(xr_main_conf_t, f)
-#define RO(f) offsetof(xr_relay_conf_t, f)
+#define M        XR_CTX_MAIN
+#define B        XR_CTX_BLOCKS
+#define SHAPE(s) ((const char *const[]){s, NULL})
+#define MO(f)    offsetof(xr_main_conf_t, f)
+#define RO(f)    offsetof(xr_relay_conf_t, f)
 
 /* The core's directives, declared once: the parser, -t, --list-directives
- * and html-docs/directives.html all read this table. */
+ * and html-docs/directives.html all read this table.  The rows of blocks
+ * (B) apply to the blocks of every front door; a front door's own rows
+ * are in its descriptor. */
 const xr_directive_t xr_core_directives[] = {
-    {"include", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_include, XR_DIR_MULTI,
+    {"include", M, XR_T_CUSTOM, 0, NULL, 0, 0, SHAPE("paths"), xr_set_include, XR_DIR_MULTI,
      "Merge other YAML files (paths or globs) into the top level."},
-    {"load_module", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_load_module,
+    {"load_module", M, XR_T_CUSTOM, 0, NULL, 0, 0, SHAPE("paths"), xr_set_load_module,
      XR_DIR_EARLY | XR_DIR_MULTI, "Load filter modules from .so files."},
     {"daemon", M, XR_T_FLAG, MO(daemon), "off", 0, 0, NULL, NULL, 0,
      "Detach from the terminal and run in the background."},
-    {"workers", M, XR_T_CUSTOM, MO(workers), "auto", 0, 0, NULL, xr_set_workers, 0,
+    {"workers", M, XR_T_CUSTOM, MO(workers), "auto", 0, 0, SHAPE("auto|number"), xr_set_workers, 0,
      "Number of worker processes, or auto for one per CPU."},
     {"pid", M, XR_T_PATH, MO(pid), "/run/xrayd.pid", 0, 0, NULL, NULL, 0,
      "File the master writes its process id to; -s reads it."},
-    {"error_log", M, XR_T_CUSTOM, MO(error_log), "stderr", 0, 0, NULL, xr_set_error_log, 0,
-     "Where the error log goes: stderr or a file path."},
+    {"error_log", M, XR_T_CUSTOM, MO(error_log), "stderr", 0, 0, SHAPE("stderr|path"),
+     xr_set_error_log, 0, "Where the error log goes: stderr or a file path."},
     {"log_level", M, XR_T_ENUM, MO(log_level), "info", 0, 0, xr_log_level_names, NULL, 0,
      "Least severe level written to the error log."},
     {"drain_timeout", M, XR_T_DURATION, MO(drain_timeout), "1m", 0, 86400000, NULL, NULL, 0,
      "How long retiring workers may keep relaying after reload or quit."},
-    {"relay", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_relay, XR_DIR_MULTI,
-     "Relay blocks: listeners and the upstreams they relay to."},
-    {"proxy", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_proxy, XR_DIR_MULTI,
-     "Transparent proxy blocks: REDIRECT or TPROXY targets that relay to each connection's "
-     "original destination."},
     {"state_dir", M, XR_T_PATH, MO(state_dir), "/run/xrayd", 0, 0, NULL, NULL, 0,
      "Where each worker keeps the snapshot of its proxied connections (tmpfs is best)."},
     {"admin_socket", M, XR_T_PATH, MO(admin_socket), NULL, 0, 0, NULL, NULL, 0,
      "UNIX socket (mode 0600) the master answers `xray status` on: proxies, live "
      "connections, resumptions."},
-    {"agent", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_agent_set, 0,
-     "Run the XRAY agent: its control address, TLS, networks and official pool."},
-    {"applications", M, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_agent_set_applications, 0,
-     "The agent's policy: applications by certificate, what each may do."},
 
-    {"name", R | P, XR_T_STRING, RO(name), NULL, 0, 0, NULL, NULL, 0,
+    {"name", B, XR_T_STRING, RO(name), NULL, 0, 0, NULL, NULL, 0,
      "Name of the block in logs and statistics (default: first listen address)."},
-    {"listen", R | P, XR_T_ADDR_LIST, RO(listen), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
+    {"listen", B, XR_T_ADDR_LIST, RO(listen), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
      "Addresses to accept connections on: host:port, [v6]:port or *:port."},
-    {"upstream", R, XR_T_ADDR_LIST, RO(upstream), NULL, 0, 0, NULL, NULL, XR_DIR_REQUIRED,
-     "Servers to relay to, one address or a list."},
-    {"balance", R, XR_T_ENUM, RO(balance), "round_robin", 0, 0, xr_balance_names, NULL, 0,
-     "How a connection picks its upstream server."},
-    {"upstream_tries", R, XR_T_INT, RO(upstream_tries), "0", 0, 100, NULL, NULL, 0,
-     "Connect attempts per connection across servers (0: each server once)."},
-    {"upstream_max_fails", R, XR_T_INT, RO(upstream_max_fails), "1", 1, 1000, NULL, NULL, 0,
-     "Failed connects that mark a server down for upstream_fail_timeout."},
-    {"upstream_fail_timeout", R, XR_T_DURATION, RO(upstream_fail_timeout), "10s", 0, 86400000, NULL,
-     NULL, 0, "How long a failed server is skipped."},
-    {"backlog", R | P, XR_T_INT, RO(backlog), "511", 1, 65535, NULL, NULL, 0,
-     "Listen queue length."},
-    {"filters", R | P, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_set_filters, 0,
+    {"backlog", B, XR_T_INT, RO(backlog), "511", 1, 65535, NULL, NULL, 0, "Listen queue length."},
+    {"filters", B, XR_T_CUSTOM, 0, NULL, 0, 0, SHAPE("filter entries"), xr_set_filters, 0,
      "The filter chain: module names, or NAME: {options}, in order."},
-    {"tls", R, XR_T_CUSTOM, RO(tls), NULL, 0, 0, NULL, xr_tls_set_server, 0,
-     "Accept TLS on the listen addresses: certificate, key, client_ca, allow ..."},
-    {"upstream_tls", R, XR_T_CUSTOM, RO(upstream_tls), NULL, 0, 0, NULL, xr_tls_set_client, 0,
-     "Speak TLS to the upstream servers: ca, verify, certificate, key, server_name ..."},
-    {"buffer_size", M | R | P, XR_T_SIZE, RO(buffer_size), "64k", 1024, 16 << 20, NULL, NULL, 0,
+    {"buffer_size", M | B, XR_T_SIZE, RO(buffer_size), "64k", 1024, 16 << 20, NULL, NULL, 0,
      "Bytes buffered per direction of a relay while the far side is slow."},
-    {"connect_timeout", M | R | P, XR_T_DURATION, RO(connect_timeout), "5s", 1, 3600000, NULL, NULL,
-     0, "Time allowed to connect to an upstream server."},
-    {"idle_timeout", M | R | P, XR_T_DURATION, RO(idle_timeout), "10m", 1, 604800000, NULL, NULL, 0,
+    {"connect_timeout", M | B, XR_T_DURATION, RO(connect_timeout), "5s", 1, 3600000, NULL, NULL, 0,
+     "Time allowed to connect to an upstream server."},
+    {"idle_timeout", M | B, XR_T_DURATION, RO(idle_timeout), "10m", 1, 604800000, NULL, NULL, 0,
      "A relay with no bytes in either direction for this long is closed."},
-    {"max_connections", M | R | P, XR_T_INT, RO(max_connections), "10000", 1, 1000000, NULL, NULL,
-     0, "Concurrent connections per relay block, across workers; more wait in the backlog."},
-    {"tcp_nodelay", M | R | P, XR_T_FLAG, RO(tcp_nodelay), "on", 0, 0, NULL, NULL, 0,
+    {"max_connections", M | B, XR_T_INT, RO(max_connections), "10000", 1, 1000000, NULL, NULL, 0,
+     "Concurrent connections per relay block, across workers; more wait in the backlog."},
+    {"tcp_nodelay", M | B, XR_T_FLAG, RO(tcp_nodelay), "on", 0, 0, NULL, NULL, 0,
      "Disable Nagle's algorithm on both ends."},
-    {"mode", P, XR_T_ENUM, RO(proxy_mode), "circuit", 0, 0, xr_proxy_mode_names, NULL, 0,
-     "circuit relays bytes as they are; http parses and checks every request."},
-    {"intercept", P, XR_T_ENUM, RO(intercept), "redirect", 0, 0, xr_intercept_names, NULL, 0,
-     "How connections arrive: redirect (iptables/nftables REDIRECT) or tproxy (TPROXY)."},
-    {"upstream", P, XR_T_ADDR_LIST, RO(upstream), NULL, 0, 0, NULL, NULL, 0,
-     "Parent proxies to try first; the original destination when none answers."},
-    {"continuity", P, XR_T_FLAG, RO(continuity), "on", 0, 0, NULL, NULL, 0,
-     "Keep live connections across worker crashes and binary upgrades (snapshots)."},
-    {"http", P, XR_T_CUSTOM, RO(http), NULL, 0, 0, NULL, xr_proxy_set_http, 0,
-     "HTTP rules of a mode: http proxy: methods, hosts, headers, limits."},
     XR_DIRECTIVES_END};
 
 #undef M
-#undef R
-#undef P
+#undef B
+#undef SHAPE
 
-static const xr_directive_t *const xr_hint_tables[] = {xr_core_directives,
-                                                       xr_tls_server_directives,
-                                                       xr_tls_client_directives,
-                                                       xr_agent_directives,
-                                                       xr_app_directives,
-                                                       xr_http_directives,
-                                                       NULL};
+/* ---- the tables front doors add -------------------------------------------- */
+
+static size_t xr_table_len(const xr_directive_t *t)
+{
+    size_t n = 0;
+    while (t && t[n].name)
+        n++;
+    return n;
+}
+
+/* a, then b, in one table (static: tables are built once and live as
+ * long as the process). */
+static const xr_directive_t *xr_table_join(const xr_directive_t *a, const xr_directive_t *b)
+{
+    size_t na = xr_table_len(a), nb = xr_table_len(b);
+    xr_directive_t *t = xr_calloc(na + nb + 1, sizeof(*t));
+    if (na)
+        memcpy(t, a, na * sizeof(*t));
+    if (nb)
+        memcpy(t + na, b, nb * sizeof(*t));
+    return t;
+}
+
+/* The top level: the core's rows first (their indices are those of
+ * xr_core_directives, which inheritance relies on), then each front
+ * door's. */
+static const xr_directive_t *xr_main_table(void)
+{
+    static const xr_directive_t *t;
+    const xr_frontdoor_t *fd;
+    if (t != NULL)
+        return t;
+    t = xr_core_directives;
+    xr_frontdoor_each(fd, i) t = xr_table_join(t, fd->directives);
+    return t;
+}
+
+/* A block of front door fd: the core's rows, then fd's own. */
+static const xr_directive_t *xr_block_table(const xr_frontdoor_t *fd)
+{
+    static const xr_directive_t *t[XR_MAX_FRONTDOORS];
+    const xr_frontdoor_t *f;
+    xr_frontdoor_each(f, i) if (f == fd)
+    {
+        if (t[i] == NULL)
+            t[i] = xr_table_join(xr_core_directives, fd->block_directives);
+        return t[i];
+    }
+    return xr_core_directives;
+}
+
+/* Every table, for "not allowed here (it belongs in ...)" hints. */
+static const xr_directive_t *const *xr_hint_tables(void)
+{
+    static const xr_directive_t *t[64];
+    const xr_frontdoor_t *fd;
+    if (t[0] != NULL)
+        return t;
+    size_t n = 0;
+    t[n++] = xr_core_directives;
+    xr_frontdoor_each(fd, i)
+    {
+        if (fd->directives && n < XR_ARRAY_SIZE(t) - 1)
+            t[n++] = fd->directives;
+        if (fd->block_directives && n < XR_ARRAY_SIZE(t) - 1)
+            t[n++] = fd->block_directives;
+        for (const xr_frontdoor_table_t *ft = fd->tables; ft && ft->table; ft++)
+            if (n < XR_ARRAY_SIZE(t) - 1)
+                t[n++] = ft->table;
+    }
+    return t;
+}
+
+const xr_frontdoor_t *xr_frontdoor_find(const char *name)
+{
+    const xr_frontdoor_t *fd;
+    xr_frontdoor_each(fd, i) if (strcmp(fd->name, name) == 0) return fd;
+    return NULL;
+}
+
+const xr_frontdoor_t *xr_frontdoor_of(const xr_relay_conf_t *rc)
+{
+    return rc->frontdoor;
+}
+
+void **xr_gen_fdconf(xr_gen_t *g, const xr_frontdoor_t *fd)
+{
+    const xr_frontdoor_t *f;
+    xr_frontdoor_each(f, i) if (f == fd) return &g->fdconf[i];
+    abort(); /* a front door missing from the table is a build error */
+}
+
+void *xr_gen_fdconf_get(const xr_gen_t *g, const xr_frontdoor_t *fd)
+{
+    return *xr_gen_fdconf((xr_gen_t *) g, fd);
+}
+
+/* Where the directives of ctx belong, as a phrase, for the parser's
+ * "not allowed here (it belongs in ...)". */
+static const char *xr_gen_ctx_name(unsigned ctx, char *buf)
+{
+    const xr_frontdoor_t *fd;
+    if (ctx & XR_CTX_TLS_SERVER)
+        return "a tls block";
+    if (ctx & XR_CTX_TLS_CLIENT)
+        return "an upstream_tls block";
+    xr_frontdoor_each(fd, i)
+    {
+        const char *an = strchr("aeiou", fd->name[0]) ? "an" : "a";
+        for (const xr_frontdoor_table_t *t = fd->tables; t && t->table; t++) {
+            if (!(t->ctx & ctx))
+                continue;
+            if (strcmp(t->label, fd->name) == 0)
+                snprintf(buf, 96, "%s %s block", an, fd->name);
+            else
+                snprintf(buf, 96, "%s %s's %s block", an, fd->name, t->label);
+            return buf;
+        }
+    }
+    xr_frontdoor_each(fd, i) if (fd->block_ctx & ctx)
+    {
+        snprintf(buf, 96, "%s %s block", strchr("aeiou", fd->name[0]) ? "an" : "a", fd->name);
+        return buf;
+    }
+    if (ctx & XR_CTX_MAIN)
+        return "the top level";
+    return "a filter's options";
+}
 
 static void *xr_gen_target(xr_conf_t *cf, const xr_directive_t *d, void *block)
 {
     xr_gen_t *g = cf->user;
     if (cf->ctx == XR_CTX_MAIN)
-        return (d->contexts & XR_CTX_RELAY) ? (void *) &g->defaults : (void *) &g->main;
+        return (d->contexts & XR_CTX_BLOCKS) ? (void *) &g->defaults : (void *) &g->main;
     return block;
+}
+
+static void *xr_block_target(xr_conf_t *cf, const xr_directive_t *d, void *block)
+{
+    xr_relay_conf_t *rc = block;
+    return (d->flags & XR_DIR_EXT) ? rc->ext : rc;
 }
 
 /* ---- setters ------------------------------------------------------------- */
@@ -217,47 +305,29 @@ xr_relay_conf_t *xr_gen_add_relay(xr_conf_t *cf, xr_gen_t *g)
     return rc;
 }
 
-static int xr_set_relay(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d)
+int xr_gen_blocks(xr_conf_t *cf, const xr_node_t *n, const xr_frontdoor_t *fd, size_t ext_size,
+                  int (*check)(xr_conf_t *cf, xr_relay_conf_t *rc))
 {
     xr_gen_t *g = cf->user;
+    const xr_directive_t *table = xr_block_table(fd);
     if (n->type != XR_NODE_SEQ)
-        return xr_conf_error(cf, n,
-                             "expected a sequence of relay blocks (each item starts with \"- \")");
+        return xr_conf_error(
+            cf, n, "expected a sequence of %s blocks (each item starts with \"- \")", fd->name);
     for (size_t i = 0; i < n->n; i++) {
         const xr_node_t *b = n->items[i];
         if (b->type != XR_NODE_MAP)
-            return xr_conf_error(cf, b,
-                                 "expected a relay block (a mapping with listen and upstream)");
+            return xr_conf_error(cf, b, "expected a %s block (a mapping with listen)", fd->name);
         xr_relay_conf_t *rc = xr_gen_add_relay(cf, g);
         rc->node = b;
-        if (xr_conf_defaults(cf, xr_core_directives, XR_CTX_RELAY, rc, NULL) != XR_OK ||
-            xr_conf_block(cf, b, xr_core_directives, XR_CTX_RELAY, rc, NULL, &rc->set) != XR_OK)
+        rc->frontdoor = fd;
+        if (ext_size > 0)
+            rc->ext = xr_conf_alloc(cf, ext_size);
+        if (xr_conf_defaults(cf, table, fd->block_ctx, rc, xr_block_target) != XR_OK ||
+            xr_conf_block(cf, b, table, fd->block_ctx, rc, xr_block_target, &rc->set) != XR_OK)
             return XR_ERROR;
         if (rc->name == NULL)
             rc->name = rc->listen.items[0].text;
-    }
-    return XR_OK;
-}
-
-static int xr_set_proxy(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d)
-{
-    xr_gen_t *g = cf->user;
-    if (n->type != XR_NODE_SEQ)
-        return xr_conf_error(cf, n,
-                             "expected a sequence of proxy blocks (each item starts with \"- \")");
-    for (size_t i = 0; i < n->n; i++) {
-        const xr_node_t *b = n->items[i];
-        if (b->type != XR_NODE_MAP)
-            return xr_conf_error(cf, b, "expected a proxy block (a mapping with listen)");
-        xr_relay_conf_t *rc = xr_gen_add_relay(cf, g);
-        rc->node = b;
-        rc->kind = XR_BLOCK_PROXY;
-        if (xr_conf_defaults(cf, xr_core_directives, XR_CTX_PROXY, rc, NULL) != XR_OK ||
-            xr_conf_block(cf, b, xr_core_directives, XR_CTX_PROXY, rc, NULL, &rc->set) != XR_OK)
-            return XR_ERROR;
-        if (rc->name == NULL)
-            rc->name = rc->listen.items[0].text;
-        if (xr_proxy_check(cf, rc) != XR_OK)
+        if (check != NULL && check(cf, rc) != XR_OK)
             return XR_ERROR;
     }
     return XR_OK;
@@ -436,7 +506,7 @@ static int xr_gen_validate(xr_conf_t *cf, xr_gen_t *g)
         /* Inherit the top-level values this block did not set. */
         size_t i = 0;
         for (const xr_directive_t *d = xr_core_directives; d->name; d++, i++) {
-            if ((d->contexts & (XR_CTX_MAIN | XR_CTX_RELAY)) != (XR_CTX_MAIN | XR_CTX_RELAY))
+            if (!(d->contexts & XR_CTX_MAIN) || !(d->contexts & XR_CTX_BLOCKS))
                 continue;
             if (!((rc->set >> i) & 1) && ((g->defaults.set >> i) & 1))
                 memcpy((char *) rc + d->offset, (char *) &g->defaults + d->offset,
@@ -466,7 +536,7 @@ static int xr_gen_validate(xr_conf_t *cf, xr_gen_t *g)
             if (strcmp(g->relays[r2]->name, rc->name) == 0) {
                 const xr_node_t *nn = xr_node_get(rc->node, "name");
                 return xr_conf_error(cf, nn ? nn : rc->node, "duplicate %s name \"%s\"",
-                                     rc->kind == XR_BLOCK_PROXY ? "proxy" : "relay", rc->name);
+                                     rc->frontdoor ? rc->frontdoor->name : "block", rc->name);
             }
     }
     return XR_OK;
@@ -483,20 +553,30 @@ static xr_gen_t *xr_gen_build(xr_conf_t *cf, xr_gen_t *g, xr_node_t *root)
     merged.type = XR_NODE_MAP;
     merged.items = pairs.items;
     merged.n = pairs.n / 2;
-    if (xr_conf_defaults(cf, xr_core_directives, XR_CTX_MAIN, g, xr_gen_target) != XR_OK)
+    const xr_directive_t *table = xr_main_table();
+    if (xr_conf_defaults(cf, table, XR_CTX_MAIN, g, xr_gen_target) != XR_OK)
         return NULL;
     g->defaults.set = 0; /* defaults are not "set by the user" */
     uint64_t seen = 0;
     cf->ctx = XR_CTX_MAIN;
-    if (xr_conf_block(cf, &merged, xr_core_directives, XR_CTX_MAIN, g, xr_gen_target, &seen) !=
-        XR_OK)
+    if (xr_conf_block(cf, &merged, table, XR_CTX_MAIN, g, xr_gen_target, &seen) != XR_OK)
         return NULL;
     g->defaults.set = seen;
-    /* The agent adds a relay block per application first: the checks
-     * and inheritance of relay blocks then apply to them too. */
-    if (xr_agent_validate(cf, g) != XR_OK || xr_gen_validate(cf, g) != XR_OK)
+    /* Front doors may add blocks of their own first (the agent, one per
+     * application): the checks and inheritance of blocks then apply to
+     * them too. */
+    const xr_frontdoor_t *fd;
+    int active = g->nrelays > 0;
+    xr_frontdoor_each(fd, i)
+    {
+        if (fd->validate != NULL && fd->validate(cf, g) != XR_OK)
+            return NULL;
+        if (fd->active != NULL && fd->active(g))
+            active = 1;
+    }
+    if (xr_gen_validate(cf, g) != XR_OK)
         return NULL;
-    if (g->nrelays == 0 && g->agent == NULL) {
+    if (!active) {
         xr_conf_error(cf, root,
                       "no relay or proxy blocks and no agent: nothing to do (add a \"relay:\" "
                       "list)");
@@ -512,7 +592,8 @@ static xr_gen_t *xr_gen_new(xr_conf_t *cf)
     g->pool = pool;
     xr_conf_init(cf, pool);
     cf->user = g;
-    cf->hint_tables = xr_hint_tables;
+    cf->hint_tables = xr_hint_tables();
+    cf->ctx_name = xr_gen_ctx_name;
     return g;
 }
 
@@ -586,31 +667,25 @@ int xr_gen_workers(const xr_gen_t *g)
 static void xr_list_table(FILE *out, const xr_directive_t *t, const char *label)
 {
     for (const xr_directive_t *d = t; d && d->name; d++) {
-        char ctx[64] = "";
+        char ctx[128] = "";
         if (label != NULL) {
             snprintf(ctx, sizeof(ctx), "%s", label);
         } else {
+            const xr_frontdoor_t *fd;
             if (d->contexts & XR_CTX_MAIN)
                 strcat(ctx, "main");
-            if (d->contexts & XR_CTX_RELAY)
-                strcat(ctx, ctx[0] ? ",relay" : "relay");
-            if (d->contexts & XR_CTX_PROXY)
-                strcat(ctx, ctx[0] ? ",proxy" : "proxy");
+            xr_frontdoor_each(fd, i) if (fd->block_ctx & d->contexts &&
+                                         strlen(ctx) + strlen(fd->name) + 2 < sizeof(ctx))
+            {
+                strcat(ctx, ctx[0] ? "," : "");
+                strcat(ctx, fd->name);
+            }
         }
         const char *type = xr_dir_type_name(d->type);
-        /* Custom setters take shapes the generic names do not cover. */
-        static const char *const shapes[][2] = {
-            {"error_log", "stderr|path"}, {"workers", "auto|number"},
-            {"include", "paths"},         {"load_module", "paths"},
-            {"relay", "relay blocks"},    {"filters", "filter entries"},
-            {"proxy", "proxy blocks"},    {"http", "http block"},
-            {"tls", "tls block"},         {"upstream_tls", "tls block"},
-            {"agent", "agent block"},     {"applications", "application entries"},
-            {"outbound", "rules"},        {"peers", "peer agents"},
-            {"patterns", "patterns"}};
-        for (size_t k = 0; d->type == XR_T_CUSTOM && k < XR_ARRAY_SIZE(shapes); k++)
-            if (strcmp(d->name, shapes[k][0]) == 0)
-                type = shapes[k][1];
+        /* Custom setters take shapes the generic names do not cover: the
+         * row names its own (enums[0]). */
+        if (d->type == XR_T_CUSTOM && d->enums != NULL && d->enums[0] != NULL)
+            type = d->enums[0];
         if (d->type == XR_T_ENUM) {
             static char buf[256];
             size_t off = 0;
@@ -626,13 +701,15 @@ static void xr_list_table(FILE *out, const xr_directive_t *t, const char *label)
 
 void xr_gen_list_directives(FILE *out)
 {
+    const xr_frontdoor_t *fd;
     xr_list_table(out, xr_core_directives, NULL);
-    xr_list_table(out, xr_tls_server_directives, "tls");
-    xr_list_table(out, xr_tls_client_directives, "upstream_tls");
-    xr_list_table(out, xr_agent_directives, "agent");
-    xr_list_table(out, xr_app_directives, "application");
-    xr_list_table(out, xr_peer_directives, "peer");
-    xr_list_table(out, xr_http_directives, "http");
+    xr_frontdoor_each(fd, i)
+    {
+        xr_list_table(out, fd->directives, NULL);
+        xr_list_table(out, fd->block_directives, fd->name);
+        for (const xr_frontdoor_table_t *t = fd->tables; t && t->table; t++)
+            xr_list_table(out, t->table, t->label);
+    }
     for (size_t i = 0; xr_builtin_modules[i]; i++) {
         char label[80];
         snprintf(label, sizeof(label), "filter:%s", xr_builtin_modules[i]->name);

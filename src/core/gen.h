@@ -27,14 +27,18 @@ typedef struct xr_filter_conf_s {
 } xr_filter_conf_t;
 
 struct xr_tls_conf_s;
-struct xr_http_conf_s;
+struct xr_frontdoor_s;
 
-/* What a block is: a relay to fixed upstreams, or a transparent proxy to
- * each connection's original destination. */
-typedef enum { XR_BLOCK_RELAY = 0, XR_BLOCK_PROXY } xr_block_kind_t;
-typedef enum { XR_PROXY_CIRCUIT = 0, XR_PROXY_HTTP } xr_proxy_mode_t;
-typedef enum { XR_INTERCEPT_REDIRECT = 0, XR_INTERCEPT_TPROXY } xr_intercept_t;
+/* The most front doors a build has (core/frontdoor.h). */
+#define XR_MAX_FRONTDOORS 16
 
+/* A directive row of a front door's block whose slot is in the block's
+ * ext (the front door's own block configuration), not in the block. */
+#define XR_DIR_EXT 0x400
+
+/* A block: listen addresses and what the relay engine needs to serve
+ * them.  Which front door accepts its connections, and that front door's
+ * own settings, hang off it. */
 typedef struct xr_relay_conf_s {
     uint64_t set; /* bit i: core directive i was written in this block */
     char *name;
@@ -50,12 +54,10 @@ typedef struct xr_relay_conf_s {
     int64_t idle_timeout;
     int64_t max_connections;
     int64_t backlog;
-    /* proxy blocks */
-    int kind; /* xr_block_kind_t */
-    int proxy_mode;
-    int intercept;
-    int continuity;
-    struct xr_http_conf_s *http;
+    const struct xr_frontdoor_s *frontdoor; /* whose block it is */
+    void *ext;                              /* the front door's own settings, or NULL */
+    int transparent;                        /* listen with IP_TRANSPARENT (TPROXY) */
+    int continuity; /* connections live on across worker crashes and upgrades */
     xr_filter_conf_t *filters;
     size_t nfilters;
     struct xr_tls_conf_s *tls;          /* listen side, or NULL */
@@ -90,13 +92,23 @@ typedef struct xr_gen_s {
     xr_relay_conf_t defaults; /* top-level values relays inherit */
     xr_relay_conf_t **relays;
     size_t nrelays, relays_cap;
-    xr_dynmod_t *modules;          /* loaded with load_module, newest first */
-    xr_filter_conf_t *filters;     /* every filter instance */
-    xr_cleanup_t *cleanups;        /* run by xr_gen_free, newest first */
-    struct xr_agent_conf_s *agent; /* the agent: block, or NULL */
-    struct xr_policy_s *policy;    /* applications:, or NULL */
-    const xr_node_t *policy_node;
+    xr_dynmod_t *modules;            /* loaded with load_module, newest first */
+    xr_filter_conf_t *filters;       /* every filter instance */
+    xr_cleanup_t *cleanups;          /* run by xr_gen_free, newest first */
+    void *fdconf[XR_MAX_FRONTDOORS]; /* front doors' own generation settings */
 } xr_gen_t;
+
+/* Front door fd's settings slot in g (NULL until it stores some). */
+void **xr_gen_fdconf(xr_gen_t *g, const struct xr_frontdoor_s *fd);
+void *xr_gen_fdconf_get(const xr_gen_t *g, const struct xr_frontdoor_s *fd);
+
+/* Parse a sequence of blocks of front door fd (the value of its
+ * top-level directive) into g->relays.  Each block takes the core's
+ * shared block directives and fd->block_directives; ext_size bytes are
+ * allocated for rc->ext when not 0, and check(), if not NULL, runs on
+ * each parsed block.  XR_OK or XR_ERROR. */
+int xr_gen_blocks(xr_conf_t *cf, const xr_node_t *n, const struct xr_frontdoor_s *fd,
+                  size_t ext_size, int (*check)(xr_conf_t *cf, xr_relay_conf_t *rc));
 
 /* Parse a `filters:` sequence into a chain allocated from the generation
  * (relay blocks and agent applications use it).  XR_OK or XR_ERROR. */

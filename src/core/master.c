@@ -14,8 +14,8 @@
 #include "core/shm.h"
 #include "core/upgrade.h"
 #include "core/worker.h"
+#include "core/frontdoor.h"
 #include "event/listener.h"
-#include "proxy/proxy.h"
 
 #include <fcntl.h>
 #include <glob.h>
@@ -37,7 +37,7 @@ typedef struct {
     pid_t pid;
     xr_gen_t *gen;
     int retiring;
-    int agent; /* serves the generation's agent */
+    unsigned singles; /* single-worker front doors it serves (bit: table index) */
     int64_t started;
     int cont_fd; /* the master's end of its continuity channel */
     int frozen;  /* told to hand its proxied connections over (upgrade) */
@@ -105,12 +105,16 @@ static int xr_master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, 
         xr_log(XR_LOG_ALERT, "no free worker slot (more than %d workers alive)", XR_SHM_WORKERS);
         return XR_ERROR;
     }
-    /* One worker of a generation serves its agent, so the agent's tables
-     * live in one process; a replacement for it takes the role over. */
-    int agent = g->agent != NULL && !retiring;
-    for (int i = 0; i < XR_SHM_WORKERS && agent; i++)
-        if (xr_m.procs[i].pid > 0 && xr_m.procs[i].gen == g && xr_m.procs[i].agent)
-            agent = 0;
+    /* One worker of a generation serves each single-worker front door (the
+     * agent), so its tables live in one process; a replacement for that
+     * worker takes the role over. */
+    unsigned singles = 0;
+    const xr_frontdoor_t *fd;
+    xr_frontdoor_each(fd, k) if (fd->single && !retiring && fd->active && fd->active(g)) singles |=
+        1u << k;
+    for (int i = 0; i < XR_SHM_WORKERS && singles; i++)
+        if (xr_m.procs[i].pid > 0 && xr_m.procs[i].gen == g)
+            singles &= ~xr_m.procs[i].singles;
     int child_end = -1;
     int cont_fd = xr_cont_channel(&child_end);
     if (cont_fd < 0) {
@@ -129,7 +133,7 @@ static int xr_master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, 
             close(xr_m.admin_fd);
         if (xr_m.up.fd >= 0)
             close(xr_m.up.fd);
-        xr_worker_main(g, slot, agent, xr_m.sigfd, child_end, adopt,
+        xr_worker_main(g, slot, singles, xr_m.sigfd, child_end, adopt,
                        adopt_dir ? adopt_dir : g->main.state_dir, retiring);
     }
     close(child_end);
@@ -137,7 +141,7 @@ static int xr_master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, 
     if (adopt > 0)
         xr_cont_adopted(adopt, pid);
     xr_m.procs[slot].cont_fd = cont_fd;
-    xr_m.procs[slot].agent = agent;
+    xr_m.procs[slot].singles = singles;
     xr_m.procs[slot].pid = pid;
     xr_m.procs[slot].gen = g;
     xr_m.procs[slot].retiring = retiring;
@@ -165,17 +169,11 @@ static int xr_master_spawn(xr_gen_t *g)
 /* Worker pid of g died with proxied connections: they wait for the next
  * worker of g (the respawn), or - g retiring - for a replacement that only
  * finishes them. */
-/* Remove every store file of dead worker pid (nobody adopts them). */
+/* Remove every snapshot of dead worker pid (nobody adopts them). */
 static void xr_master_unlink_stores(const char *dir, pid_t pid)
 {
-    char pattern[600];
-    xr_proxy_store_glob(pattern, sizeof(pattern), dir, pid);
-    glob_t gl;
-    if (glob(pattern, 0, NULL, &gl) == 0) {
-        for (size_t i = 0; i < gl.gl_pathc; i++)
-            unlink(gl.gl_pathv[i]);
-        globfree(&gl);
-    }
+    const xr_frontdoor_t *fd;
+    xr_frontdoor_each(fd, i) if (fd->forget) fd->forget(dir, pid);
 }
 
 static void xr_master_orphan(pid_t pid, xr_gen_t *g, const char *dir, size_t n)
@@ -235,9 +233,10 @@ static void xr_master_upgrade_failed(int status);
 
 static const char *xr_block_kind(const xr_relay_conf_t *rc)
 {
-    if (rc->kind != XR_BLOCK_PROXY)
-        return "relay";
-    return rc->proxy_mode == XR_PROXY_HTTP ? "http" : "circuit";
+    const xr_frontdoor_t *fd = rc->frontdoor;
+    if (fd == NULL)
+        return "-";
+    return fd->block_kind ? fd->block_kind(rc) : fd->name;
 }
 
 static void xr_master_status(xr_sb_t *b, int json)

@@ -3,15 +3,14 @@
  * generation's listeners and runs relays until told to stop.
  */
 #include "core/xrayd.h"
-#include "agent/agent.h"
 #include "core/continuity.h"
+#include "core/frontdoor.h"
 #include "core/log.h"
 #include "core/proctitle.h"
 #include "core/shm.h"
 #include "core/worker.h"
 #include "event/listener.h"
 #include "event/reactor.h"
-#include "proxy/proxy.h"
 #include "relay/relay.h"
 #include "tls/tls.h"
 
@@ -50,8 +49,8 @@ static struct {
     size_t nls;
     xr_list_t relays;
     size_t nrelays;
-    size_t nproxied;
-    int stopping; /* 1: graceful, 2: fast */
+    size_t nconns; /* front doors' connections outside the relay list */
+    int stopping;  /* 1: graceful, 2: fast */
     uv_signal_t sig[6];
     uv_timer_t drain, retry;
     int retry_armed;
@@ -79,20 +78,27 @@ void xr_worker_relay_removed(xr_relay_t *r)
 {
     xr_list_remove(&r->link);
     xr_w.nrelays--;
-    if (xr_w.stopping && xr_w.nrelays == 0 && xr_w.nproxied == 0)
+    if (xr_w.stopping && xr_w.nrelays == 0 && xr_w.nconns == 0)
         xr_worker_finish();
 }
 
-void xr_worker_proxy_added(void)
+void xr_worker_conn_added(void)
 {
-    xr_w.nproxied++;
+    xr_w.nconns++;
 }
 
-void xr_worker_proxy_removed(void)
+void xr_worker_conn_removed(void)
 {
-    xr_w.nproxied--;
-    if (xr_w.stopping && xr_w.nrelays == 0 && xr_w.nproxied == 0)
+    xr_w.nconns--;
+    if (xr_w.stopping && xr_w.nrelays == 0 && xr_w.nconns == 0)
         xr_worker_finish();
+}
+
+/* Every front door's close_all. */
+static void xr_worker_doors_close_all(const char *why)
+{
+    const xr_frontdoor_t *fd;
+    xr_frontdoor_each(fd, i) if (fd->close_all) fd->close_all(why);
 }
 
 static void xr_worker_listen(xr_wlistener_t *l, int on)
@@ -220,16 +226,15 @@ static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
             return;
         }
         uint64_t id = atomic_fetch_add(&xr_shm->next_id, 1) + 1;
-        if (rc->kind == XR_BLOCK_PROXY)
-            xr_proxy_start(&xr_w.loop, rt, fd, &sa, id);
-        else
-            xr_relay_start(&xr_w.loop, rt, fd, &sa, id); /* takes over the reserved slot */
+        /* The front door takes over fd and the reserved slot. */
+        rc->frontdoor->accept(&xr_w.loop, rt, fd, &sa, id);
     }
 }
 
 static void xr_worker_close_listeners(void)
 {
-    xr_agent_stop();
+    const xr_frontdoor_t *fd;
+    xr_frontdoor_each(fd, i) if (fd->stop) fd->stop();
     for (size_t i = 0; i < xr_w.nls; i++) {
         xr_wlistener_t *l = &xr_w.ls[i];
         if (l->fd < 0)
@@ -255,9 +260,9 @@ static void xr_worker_close_all(const char *why)
 static void xr_worker_drain_cb(uv_timer_t *t)
 {
     xr_log(XR_LOG_NOTICE, "drain_timeout reached, closing %zu connections",
-           xr_w.nrelays + xr_w.nproxied);
+           xr_w.nrelays + xr_w.nconns);
     xr_worker_close_all("worker shutdown");
-    xr_proxy_close_all("worker shutdown");
+    xr_worker_doors_close_all("worker shutdown");
 }
 
 /* Stop accepting; finish once the connections have (graceful stop). */
@@ -265,7 +270,7 @@ static void xr_worker_drain(void)
 {
     xr_w.stopping = 1;
     xr_worker_close_listeners();
-    if (xr_w.nrelays == 0 && xr_w.nproxied == 0) {
+    if (xr_w.nrelays == 0 && xr_w.nconns == 0) {
         xr_worker_finish();
         return;
     }
@@ -279,18 +284,21 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
         if (xr_w.stopping)
             return;
         xr_log(XR_LOG_NOTICE, "gracefully shutting down, %zu connections to finish",
-               xr_w.nrelays + xr_w.nproxied);
+               xr_w.nrelays + xr_w.nconns);
         xr_worker_drain();
         break;
     case SIGUSR2:
-        /* Binary upgrade: the proxied connections go on in the new
+        /* Binary upgrade: connections with continuity go on in the new
          * binary's workers (from our snapshot and the master's
-         * descriptors); relays finish here. */
+         * descriptors); the others finish here. */
         xr_log(XR_LOG_NOTICE,
                "binary upgrade: handing over %zu proxied connections, %zu relays "
                "to finish",
-               xr_w.nproxied, xr_w.nrelays);
-        xr_proxy_freeze();
+               xr_w.nconns, xr_w.nrelays);
+        {
+            const xr_frontdoor_t *fd;
+            xr_frontdoor_each(fd, i) if (fd->freeze) fd->freeze();
+        }
         xr_cont_frozen();
         if (!xr_w.stopping)
             xr_worker_drain();
@@ -302,7 +310,7 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
         xr_w.stopping = 2;
         xr_worker_close_listeners();
         xr_worker_close_all("worker shutdown");
-        xr_proxy_close_all("worker shutdown");
+        xr_worker_doors_close_all("worker shutdown");
         xr_worker_finish();
         break;
     case SIGUSR1:
@@ -315,9 +323,17 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
     }
 }
 
-void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd, int cont_fd, pid_t adopt,
+/* Every front door's exit_worker. */
+static void xr_worker_doors_exit(void)
+{
+    const xr_frontdoor_t *fd;
+    xr_frontdoor_each(fd, i) if (fd->exit_worker) fd->exit_worker();
+}
+
+void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int cont_fd, pid_t adopt,
                     const char *adopt_dir, int retiring)
 {
+    const xr_frontdoor_t *fd;
     xr_log_set_pid();
     xr_proctitle_set("xrayd: worker process");
     xr_worker_slot = slot;
@@ -389,38 +405,41 @@ void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd, int cont_fd,
     }
     if (!retiring && xr_w.nls > 0)
         atomic_store(&xr_shm->accepting[slot], g->number);
-    if (xr_proxy_worker_init(&xr_w.loop, g, retiring) != XR_OK)
-        _exit(2);
-    if (adopt > 0)
-        xr_proxy_adopt(adopt, adopt_dir);
+    xr_frontdoor_each(fd, i) if (fd->init_worker &&
+                                 fd->init_worker(&xr_w.loop, g, retiring) != XR_OK) _exit(2);
+    if (adopt > 0) {
+        xr_frontdoor_each(fd, i) if (fd->adopt) fd->adopt(adopt, adopt_dir);
+        xr_cont_release_unclaimed();
+    }
     if (retiring) {
         /* A replacement for a worker of a retiring generation: it only
          * carries on what that one left. */
         xr_log(XR_LOG_NOTICE,
                "worker process started (generation %llu, retiring) for %zu "
                "connections of worker %d",
-               (unsigned long long) g->number, xr_w.nproxied, (int) adopt);
+               (unsigned long long) g->number, xr_w.nconns, (int) adopt);
         xr_worker_drain();
         uv_run(&xr_w.loop, UV_RUN_DEFAULT);
-        xr_proxy_worker_exit();
+        xr_worker_doors_exit();
         exit(0);
     }
-    if (agent) {
-        int fd = xr_listeners_fd(&g->agent->listen);
-        if (fd < 0 || xr_agent_start(&xr_w.loop, g, fd) != XR_OK) {
-            xr_log(XR_LOG_EMERG, "cannot start the agent on %s", g->agent->listen.text);
+    char serving[128] = "";
+    xr_frontdoor_each(fd, i) if ((singles >> i) & 1)
+    {
+        if (fd->start(&xr_w.loop, g) != XR_OK)
             _exit(2);
-        }
+        size_t n = strlen(serving);
+        snprintf(serving + n, sizeof(serving) - n, ", serving the %s", fd->name);
     }
     xr_log(XR_LOG_NOTICE, "worker process started (generation %llu)%s",
-           (unsigned long long) g->number, agent ? ", serving the agent" : "");
+           (unsigned long long) g->number, serving);
 
     uv_run(&xr_w.loop, UV_RUN_DEFAULT);
 
     for (xr_filter_conf_t *f = g->filters; f; f = f->next_in_gen)
         if (f->module->exit_worker)
             f->module->exit_worker(f->conf);
-    xr_proxy_worker_exit();
+    xr_worker_doors_exit();
     xr_log(XR_LOG_NOTICE, "worker process exiting");
     exit(0);
 }

@@ -12,12 +12,18 @@
 extern int xr_worker_slot;
 
 /* Run a worker on generation g in a freshly forked child; never returns.
- * With agent, it also serves g's agent.  close_fd is a master-only
+ * singles: bit i set, it also serves front door i of the table, one that
+ * runs in a single worker (core/frontdoor.h).  close_fd is a master-only
  * descriptor to close (its signalfd); cont_fd its continuity channel
- * (core/continuity.h); adopt a dead worker whose proxied connections it
- * takes over (0: none), their stores in adopt_dir; retiring: only that,
- * no listening. */
-void xr_worker_main(xr_gen_t *g, int slot, int agent, int close_fd, int cont_fd, pid_t adopt,
+ * (core/continuity.h); adopt a dead worker whose connections it takes
+ * over (0: none), their snapshots in adopt_dir; retiring: only that, no
+ * listening. */
+void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int cont_fd, pid_t adopt,
                     const char *adopt_dir, int retiring) __attribute__((noreturn));
+
+/* A front door took on (or ended) a connection that is not in the relay
+ * engine's list: a stopping worker waits for these too. */
+void xr_worker_conn_added(void);
+void xr_worker_conn_removed(void);
 
 #endif

@@ -3,7 +3,7 @@
  */
 #include "core/xrayd.h"
 #include "event/listener.h"
-#include "agent/agent.h"
+#include "core/frontdoor.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -75,41 +75,44 @@ static int xr_listen_one(const xr_addr_t *a, int backlog, int transparent, char 
     return fd;
 }
 
-/* Every address g listens on, with its backlog: the relay blocks', then
- * the agent's.  Returns how many (at most cap). */
-static size_t xr_gen_listens(const xr_gen_t *g, const xr_addr_t **addrs, int *backlogs, size_t cap)
+/* One address a generation listens on. */
+typedef struct {
+    const xr_addr_t *addr;
+    int backlog;
+    int transparent; /* IP_TRANSPARENT (TPROXY) */
+} xr_listen_want_t;
+
+/* Every address g listens on: its blocks', then each front door's own.
+ * Returns how many (at most cap). */
+static size_t xr_gen_listens(const xr_gen_t *g, xr_listen_want_t *w, size_t cap)
 {
+    const xr_frontdoor_t *fd;
     size_t n = 0;
     for (size_t r = 0; r < g->nrelays; r++)
-        for (size_t i = 0; i < g->relays[r]->listen.n && n < cap; i++) {
-            addrs[n] = &g->relays[r]->listen.items[i];
-            /* The sign carries "transparent" (TPROXY) to xr_listeners_open. */
-            backlogs[n++] = (int) g->relays[r]->backlog *
-                            (g->relays[r]->kind == XR_BLOCK_PROXY &&
-                                     g->relays[r]->intercept == XR_INTERCEPT_TPROXY
-                                 ? -1
-                                 : 1);
-        }
-    if (g->agent != NULL && n < cap) {
-        addrs[n] = &g->agent->listen;
-        backlogs[n++] = 511;
+        for (size_t i = 0; i < g->relays[r]->listen.n && n < cap; i++)
+            w[n++] = (xr_listen_want_t){&g->relays[r]->listen.items[i], (int) g->relays[r]->backlog,
+                                        g->relays[r]->transparent};
+    xr_frontdoor_each(fd, i)
+    {
+        const xr_addr_t *a = fd->listen_addr ? fd->listen_addr(g) : NULL;
+        if (a != NULL && n < cap)
+            w[n++] = (xr_listen_want_t){a, 511, 0};
     }
     return n;
 }
 
 int xr_listeners_open(xr_gen_t *g, char *err, size_t errsize)
 {
-    const xr_addr_t *addrs[XR_MAX_LISTENERS + 1];
-    int backlogs[XR_MAX_LISTENERS + 1];
-    size_t count = xr_gen_listens(g, addrs, backlogs, XR_MAX_LISTENERS + 1);
+    xr_listen_want_t w[XR_MAX_LISTENERS + 1];
+    size_t count = xr_gen_listens(g, w, XR_MAX_LISTENERS + 1);
     if (count > XR_MAX_LISTENERS) {
         snprintf(err, errsize, "more than %d listen addresses", XR_MAX_LISTENERS);
         return XR_ERROR;
     }
     for (size_t i = 0; i < count; i++) {
-        const xr_addr_t *a = addrs[i];
-        int transparent = backlogs[i] < 0;
-        int backlog = transparent ? -backlogs[i] : backlogs[i];
+        const xr_addr_t *a = w[i].addr;
+        int transparent = w[i].transparent;
+        int backlog = w[i].backlog;
         xr_listen_sock_t *l = xr_ls_find(a);
         if (l != NULL) {
             if (l->backlog != backlog) {
@@ -146,11 +149,10 @@ int xr_listeners_open(xr_gen_t *g, char *err, size_t errsize)
 
 static int xr_gen_uses(const xr_gen_t *g, const xr_listen_sock_t *l)
 {
-    const xr_addr_t *addrs[XR_MAX_LISTENERS + 1];
-    int backlogs[XR_MAX_LISTENERS + 1];
-    size_t count = xr_gen_listens(g, addrs, backlogs, XR_MAX_LISTENERS + 1);
+    xr_listen_want_t w[XR_MAX_LISTENERS + 1];
+    size_t count = xr_gen_listens(g, w, XR_MAX_LISTENERS + 1);
     for (size_t i = 0; i < count; i++)
-        if (addrs[i]->len == l->len && memcmp(&addrs[i]->sa, &l->sa, addrs[i]->len) == 0)
+        if (w[i].addr->len == l->len && memcmp(&w[i].addr->sa, &l->sa, w[i].addr->len) == 0)
             return 1;
     return 0;
 }

@@ -338,12 +338,12 @@ static size_t xr_error_page(const xr_pconn_t *c, const xr_hpend_t *e, char *out,
                       "<!DOCTYPE html>\n<html><head><title>%d %s</title></head><body>\n"
                       "<h1>%d %s</h1>\n<p>%s</p>\n<hr><p>%s</p>\n</body></html>\n",
                       e->status, xr_reason(e->status), e->status, xr_reason(e->status), e->why,
-                      c->conf->http->via);
+                      xr_proxy_conf(c->conf)->http->via);
     int n = snprintf(out, cap,
                      "HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"
                      "Content-Length: %d\r\nConnection: close\r\nCache-Control: no-store\r\n"
                      "Via: 1.1 %s\r\n\r\n%s",
-                     e->status, xr_reason(e->status), bl, c->conf->http->via, body);
+                     e->status, xr_reason(e->status), bl, xr_proxy_conf(c->conf)->http->via, body);
     return n < 0 ? 0 : XR_MIN((size_t) n, cap);
 }
 
@@ -421,7 +421,7 @@ static size_t xr_http_peek(xr_pconn_t *c, int d, size_t cap, char **buf)
 static int xr_http_parse_head(xr_pconn_t *c, int d, xr_head_t *h, http_parser *p, size_t *used,
                               int *status, char *why, size_t wl)
 {
-    const xr_http_conf_t *hc = c->conf->http;
+    const xr_http_conf_t *hc = xr_proxy_conf(c->conf)->http;
     char *buf;
     size_t avail = xr_http_peek(c, d, (size_t) hc->max_header_size, &buf);
     memset(h, 0, sizeof(*h));
@@ -550,7 +550,7 @@ static void xr_cat_version(xr_emit_t *e, const http_parser *p)
  * has no room for it. */
 static int xr_http_emit_head(xr_pconn_t *c, int d, const xr_head_t *h, const http_parser *p)
 {
-    const xr_http_conf_t *hc = c->conf->http;
+    const xr_http_conf_t *hc = xr_proxy_conf(c->conf)->http;
     xr_emit_t e = {.cap = (size_t) hc->max_header_size + 512};
     e.out = xr_http_scratch(1, e.cap);
     if (d == XR_DIR_UP) {
@@ -625,7 +625,7 @@ static int xr_target_host(const xr_head_t *h, const http_parser *p, const char *
 static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_parser *p, char *host,
                          size_t hl, char *why, size_t wl)
 {
-    const xr_http_conf_t *hc = c->conf->http;
+    const xr_http_conf_t *hc = xr_proxy_conf(c->conf)->http;
     const char *method = http_method_str((enum http_method) p->method);
     int hi = xr_find(h, "host");
     size_t n = 0, e = 0;

@@ -203,7 +203,7 @@ static xr_pconn_t *xr_pc_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p
     rt->active++;
     atomic_fetch_add(&xr_shm->worker_active[xr_worker_slot][rt->rc->slot], 1);
     c->shm_counted = 1;
-    xr_worker_proxy_added();
+    xr_worker_conn_added();
     return c;
 }
 
@@ -323,7 +323,7 @@ void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...)
         atomic_fetch_sub(&xr_shm->worker_active[xr_worker_slot][c->conf->slot], 1);
     }
     uv_close((uv_handle_t *) &c->timer, xr_pc_timer_closed);
-    xr_worker_proxy_removed();
+    xr_worker_conn_removed();
 }
 
 static void xr_pc_timer_cb(uv_timer_t *t)
@@ -393,7 +393,7 @@ void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
     getsockname(fd, (struct sockaddr *) &local, &ll);
     /* A connection to the proxy's own port that nobody redirected (REDIRECT
      * then gives back the local address, TPROXY always does) would loop. */
-    int found = xr_pc_orig_dst(fd, rc->intercept, &dst) == XR_OK, self = 0;
+    int found = xr_pc_orig_dst(fd, xr_proxy_conf(rc)->intercept, &dst) == XR_OK, self = 0;
     for (size_t i = 0; found && i < rc->listen.n && !self; i++)
         self = xr_same_addr(&dst, &local) && xr_port(&local) == xr_port(&rc->listen.items[i].sa);
     if (!found || self) {
@@ -418,8 +418,8 @@ void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
     if (p == NULL)
         p = xr_calloc(1, sizeof(*p));
     p->id = id;
-    p->mode = (uint32_t) rc->proxy_mode;
-    p->filtered = rc->proxy_mode == XR_PROXY_CIRCUIT && rt->has_data_filters;
+    p->mode = (uint32_t) xr_proxy_conf(rc)->mode;
+    p->filtered = xr_proxy_conf(rc)->mode == XR_PROXY_CIRCUIT && rt->has_data_filters;
     snprintf(p->block, sizeof(p->block), "%s", rc->name);
     p->client = *client;
     p->local = local;
@@ -750,7 +750,7 @@ int xr_proxy_worker_init(uv_loop_t *loop, xr_gen_t *g, int retiring)
     uint64_t slots = 0, ring = 4096;
     for (size_t i = 0; i < g->nrelays; i++) {
         const xr_relay_conf_t *rc = g->relays[i];
-        if (rc->kind != XR_BLOCK_PROXY || !rc->continuity)
+        if (rc->frontdoor != &xr_proxy_frontdoor || !rc->continuity)
             continue;
         slots += (uint64_t) rc->max_connections;
         ring = XR_MAX(ring, (uint64_t) (rc->buffer_size + 4095) / 4096 * 4096);
@@ -780,7 +780,7 @@ static xr_relay_rt_t *xr_px_block(const char *name)
 {
     for (size_t i = 0; i < xr_px.gen->nrelays; i++) {
         const xr_relay_conf_t *rc = xr_px.gen->relays[i];
-        if (rc->kind == XR_BLOCK_PROXY && strcmp(rc->name, name) == 0)
+        if (rc->frontdoor == &xr_proxy_frontdoor && strcmp(rc->name, name) == 0)
             return xr_worker_rt(rc);
     }
     return NULL;
@@ -963,7 +963,6 @@ size_t xr_proxy_adopt(pid_t dead, const char *state_dir)
             n += xr_px_adopt_store(dead, gl.gl_pathv[i], state_dir);
         globfree(&gl);
     }
-    xr_cont_release_unclaimed();
     xr_log(XR_LOG_NOTICE, "proxy: took over %zu connection(s) of worker %d in %lld ms", n,
            (int) dead, (long long) (xr_mono_ms() - t0));
     return n;

@@ -97,6 +97,9 @@ void xr_pconn_log(xr_pconn_t *c);
 
 /* ---- the worker's side ---------------------------------------------------- */
 
+/* The front door (proxy_door.c). */
+extern const struct xr_frontdoor_s xr_proxy_frontdoor;
+
 /* Start the worker's proxy service: its own snapshot store if a proxy
  * block of g has continuity.  XR_OK or XR_ERROR. */
 int xr_proxy_worker_init(uv_loop_t *loop, xr_gen_t *g, int retiring);
@@ -120,9 +123,5 @@ void xr_proxy_store_path(char *buf, size_t n, const char *state_dir, pid_t pid);
 void xr_proxy_store_glob(char *buf, size_t n, const char *state_dir, pid_t pid);
 /* Unlink this worker's own store when it exits with nothing live. */
 void xr_proxy_worker_exit(void);
-
-/* Provided by the worker: a proxied connection started or ended. */
-void xr_worker_proxy_added(void);
-void xr_worker_proxy_removed(void);
 
 #endif

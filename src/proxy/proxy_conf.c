@@ -68,19 +68,44 @@ int xr_proxy_set_http(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_di
     return XR_OK;
 }
 
+#define P     XR_CTX_PROXY
+#define PO(f) offsetof(xr_proxy_conf_t, f)
+#define RO(f) offsetof(xr_relay_conf_t, f)
+
+const xr_directive_t xr_proxy_block_directives[] = {
+    {"mode", P, XR_T_ENUM, PO(mode), "circuit", 0, 0, xr_proxy_mode_names, NULL, XR_DIR_EXT,
+     "circuit relays bytes as they are; http parses and checks every request."},
+    {"intercept", P, XR_T_ENUM, PO(intercept), "redirect", 0, 0, xr_intercept_names, NULL,
+     XR_DIR_EXT,
+     "How connections arrive: redirect (iptables/nftables REDIRECT) or tproxy (TPROXY)."},
+    {"upstream", P, XR_T_ADDR_LIST, RO(upstream), NULL, 0, 0, NULL, NULL, 0,
+     "Parent proxies to try first; the original destination when none answers."},
+    {"continuity", P, XR_T_FLAG, RO(continuity), "on", 0, 0, NULL, NULL, 0,
+     "Keep live connections across worker crashes and binary upgrades (snapshots)."},
+    {"http", P, XR_T_CUSTOM, PO(http), NULL, 0, 0, (const char *const[]){"http block", NULL},
+     xr_proxy_set_http, XR_DIR_EXT,
+     "HTTP rules of a mode: http proxy: methods, hosts, headers, limits."},
+    XR_DIRECTIVES_END};
+
+#undef P
+#undef PO
+#undef RO
+
 int xr_proxy_check(xr_conf_t *cf, xr_relay_conf_t *rc)
 {
+    xr_proxy_conf_t *pc = rc->ext;
     const xr_node_t *hn = xr_node_get(rc->node, "http");
-    if (rc->http != NULL && rc->proxy_mode != XR_PROXY_HTTP)
+    rc->transparent = pc->intercept == XR_INTERCEPT_TPROXY;
+    if (pc->http != NULL && pc->mode != XR_PROXY_HTTP)
         return xr_conf_error(cf, hn, "http rules need mode: http");
-    if (rc->proxy_mode == XR_PROXY_HTTP && rc->http == NULL) {
+    if (pc->mode == XR_PROXY_HTTP && pc->http == NULL) {
         xr_http_conf_t *h = xr_conf_alloc(cf, sizeof(*h));
         if (xr_conf_defaults(cf, xr_http_directives, XR_CTX_PROXY_HTTP, h, NULL) != XR_OK)
             return XR_ERROR;
-        rc->http = h;
+        pc->http = h;
     }
-    if (rc->http != NULL && rc->http->methods.n == 0) {
-        xr_str_list_t *m = &rc->http->methods;
+    if (pc->http != NULL && pc->http->methods.n == 0) {
+        xr_str_list_t *m = &pc->http->methods;
         m->n = XR_ARRAY_SIZE(xr_default_methods);
         m->items = xr_conf_alloc(cf, m->n * sizeof(char *));
         m->lens = xr_conf_alloc(cf, m->n * sizeof(size_t));
@@ -91,19 +116,19 @@ int xr_proxy_check(xr_conf_t *cf, xr_relay_conf_t *rc)
     }
     /* A filter that is accepted must run (fail closed): mode http has no
      * stage for data hooks yet, so it refuses them rather than skip them. */
-    for (size_t i = 0; rc->proxy_mode == XR_PROXY_HTTP && i < rc->nfilters; i++)
+    for (size_t i = 0; pc->mode == XR_PROXY_HTTP && i < rc->nfilters; i++)
         if (rc->filters[i].module->data != NULL)
             return xr_conf_error(cf, rc->filters[i].node,
                                  "filter \"%s\" inspects bytes, which a proxy in mode: http "
                                  "does not run; use mode: circuit for it",
                                  rc->filters[i].module->name);
-    if (rc->http != NULL && rc->http->max_header_size > rc->buffer_size / 2) {
+    if (pc->http != NULL && pc->http->max_header_size > rc->buffer_size / 2) {
         const xr_node_t *bs = xr_node_get(rc->node, "buffer_size");
         return xr_conf_error(cf, bs ? bs : rc->node,
                              "buffer_size must hold two request heads: at least %lld bytes "
                              "for max_header_size %lld",
-                             (long long) rc->http->max_header_size * 2,
-                             (long long) rc->http->max_header_size);
+                             (long long) pc->http->max_header_size * 2,
+                             (long long) pc->http->max_header_size);
     }
     return XR_OK;
 }

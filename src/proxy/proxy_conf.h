@@ -1,14 +1,22 @@
 /*
  * proxy_conf.h: the `proxy:` blocks (transparent proxies, thesis ch. 7)
- * and their `http:` rules.  A proxy block is a relay block of kind
- * XR_BLOCK_PROXY: it shares listen, buffer and timeout directives with
- * relay blocks, and adds mode, intercept, continuity and http.
+ * and their `http:` rules.  A proxy block is a block of the proxy front
+ * door: it shares listen, buffer and timeout directives with every
+ * block, and adds mode, intercept, upstream, continuity and http (its
+ * own settings are the block's ext, an xr_proxy_conf_t).
  */
 #ifndef XR_PROXY_CONF_H
 #define XR_PROXY_CONF_H
 
 #include "core/conf.h"
 #include "core/gen.h"
+
+/* The context bits of a proxy block and of its http: rules. */
+#define XR_CTX_PROXY      0x100
+#define XR_CTX_PROXY_HTTP 0x10000
+
+typedef enum { XR_PROXY_CIRCUIT = 0, XR_PROXY_HTTP } xr_proxy_mode_t;
+typedef enum { XR_INTERCEPT_REDIRECT = 0, XR_INTERCEPT_TPROXY } xr_intercept_t;
 
 extern const char *const xr_proxy_mode_names[];
 extern const char *const xr_intercept_names[];
@@ -25,7 +33,20 @@ typedef struct xr_http_conf_s {
     char *via; /* the pseudonym in Via */
 } xr_http_conf_t;
 
+/* A proxy block's own settings (rc->ext). */
+typedef struct {
+    int mode;      /* xr_proxy_mode_t */
+    int intercept; /* xr_intercept_t */
+    xr_http_conf_t *http;
+} xr_proxy_conf_t;
+
+static inline const xr_proxy_conf_t *xr_proxy_conf(const xr_relay_conf_t *rc)
+{
+    return (const xr_proxy_conf_t *) rc->ext;
+}
+
 extern const xr_directive_t xr_http_directives[];
+extern const xr_directive_t xr_proxy_block_directives[];
 
 /* The `http` directive's setter. */
 int xr_proxy_set_http(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);

@@ -883,9 +883,8 @@ TEST(relay_shapes)
     LOAD_ERR("relay: {listen: 127.0.0.1:1}\n",
              "<buffer>:1:8: \"relay\": expected a sequence of relay blocks (each item starts with "
              "\"- \")");
-    LOAD_ERR(
-        "relay: [x]\n",
-        "<buffer>:1:9: \"relay\": expected a relay block (a mapping with listen and upstream)");
+    LOAD_ERR("relay: [x]\n",
+             "<buffer>:1:9: \"relay\": expected a relay block (a mapping with listen)");
     LOAD_ERR(REL "    filters: signature\n",
              "<buffer>:4:14: \"filters\": expected a sequence of filters (each item starts with "
              "\"- \")");
