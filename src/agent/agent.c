@@ -471,7 +471,7 @@ static int xr_is_private(const xr_paddr_t *a)
 
 static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
 {
-    char la[80], oa[80], why[200];
+    char la[80], oa[80], why[256];
     uint32_t id = m->u.reg.id;
     xr_paddr_str(&m->u.reg.local, la, sizeof(la));
     if (!c->app->inbound) {
@@ -481,6 +481,19 @@ static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
                c->app->name);
         xr_ctl_error(c, id, XR_PERR_NOT_AUTHORIZED,
                      "application \"%s\" may not register servers (inbound: off)", c->app->name);
+        return;
+    }
+    /* The agent dials this address for relayed connections (INCOMING mode
+     * 1): taken on trust, it would let an application aim the agent at any
+     * host and port, around the checks CONNECT makes. */
+    xr_paddr_t from;
+    xr_paddr_from_sockaddr(&from, &c->remote);
+    if (xr_policy_register(c->app, &m->u.reg.local, &from, xr_ag.self, xr_ag.nself, why,
+                           sizeof(why)) != XR_OK) {
+        xr_ag.n.refused++;
+        xr_log(XR_LOG_NOTICE, "agent: REGISTER %s by %s from %s refused: %s", la, c->who,
+               c->peer_addr, why);
+        xr_ctl_error(c, id, XR_PERR_NOT_AUTHORIZED, "%s", why);
         return;
     }
     if (xr_leases_count(&xr_ag.leases, c->app->name) >= (size_t) c->app->max_registrations) {
@@ -1749,8 +1762,8 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
     if (xr_ag.psess == NULL)
         return XR_ERROR;
     /* What CONNECT_OK tells a library to expect of our certificate, and
-     * our own addresses, which no outbound rule reaches unless it names
-     * them. */
+     * our own addresses, which no outbound rule reaches and no server
+     * registers unless a rule names them. */
     xr_identity_t me;
     if (xr_identity_from_crt(&g->agent->tls->crt, &me) == XR_OK)
         snprintf(xr_ag.own_key, sizeof(xr_ag.own_key), "%s", me.pubkey_sha256);
@@ -1763,6 +1776,13 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
                 xr_paddr_from_sockaddr(&xr_ag.self[xr_ag.nself++],
                                        (struct sockaddr_storage *) i->ifa_addr);
         freeifaddrs(ifs);
+    }
+    if (xr_ag.nself < XR_ARRAY_SIZE(xr_ag.self)) {
+        /* Usually an interface's address already, unless bound before the
+         * interface came up (ip_nonlocal_bind). */
+        xr_paddr_t *a = &xr_ag.self[xr_ag.nself++];
+        xr_paddr_from_sockaddr(a, &g->agent->listen.sa);
+        a->port = 0;
     }
     for (size_t i = 0; i < g->agent->npool && xr_ag.nself < XR_ARRAY_SIZE(xr_ag.self); i++) {
         xr_paddr_t *a = &xr_ag.self[xr_ag.nself++];
