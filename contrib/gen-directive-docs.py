@@ -338,6 +338,17 @@ agent's host - unless a rule names them (<code>127.0.0.1:9000</code>).</p>""",
             "    inbound: on\n"
             "    servers: [\"10.2.4.0/24:8000-8099\"]"),
     },
+    "agent/idle_session_timeout": {
+        "text": """
+<p>A library's control session that holds no registration and waits on no
+answer (a CONNECT, an INCOMING) is closed when it has sent no request for
+this long: the agent sends ERROR TIMEOUT with id 0 and the reason, logs
+it, and closes. A session with a registration stays open without requests,
+as long as the registration lives (its heartbeats keep it). Other agents'
+sessions are not affected: they are the standing sessions for
+PEER_CONNECT.</p>""",
+        "example": "agent:\n  idle_session_timeout: 5m",
+    },
     "agent/incoming": {
         "syntax": "<code>auto</code> | <code>inbound</code> | <code>connect_out</code>",
         "text": """

@@ -35,7 +35,7 @@ SERVERS = '["198.18.2.0/24", "198.19.0.0/24"]'
 
 
 def agent_conf(x, pki, lease="30s", extra_apps="", state=True, workers=2, max_regs=3,
-               servers=SERVERS):
+               servers=SERVERS, extra_agent=""):
     p = x.listen_port()
     body = """
 agent:
@@ -49,6 +49,7 @@ agent:
   lease_time: %s
   admin_socket: ${tmp}/agent.sock
 %s
+%s
 applications:
   - name: app
     match: ["CN=app-*"]
@@ -58,7 +59,7 @@ applications:
   - name: relay-a
     match: ["CN=relay-a"]
 %s""" % (pki.crt("localhost"), pki.key("localhost"), pki.ca, POOL, lease,
-         "  state_file: ${tmp}/agent.state" if state else "", max_regs,
+         "  state_file: ${tmp}/agent.state" if state else "", extra_agent, max_regs,
          "    servers: %s" % servers if servers else "", extra_apps)
     x.write_conf(body, p=p, workers=workers)
     return p
@@ -198,6 +199,47 @@ def test_servers_rules_allow_other_local_addresses(xrayd, pki):
             s.register(local)
         assert e.value.name == "NOT_AUTHORIZED" and why in e.value.message, (local, str(e.value))
     s.close()
+
+
+def test_idle_sessions_are_closed(xrayd, pki):
+    """A library's session that holds no registration and waits on no
+    answer is closed after idle_session_timeout, with ERROR TIMEOUT and a
+    log line; requests restart the time, and a registration keeps the
+    session open without any (its heartbeats keep the registration)."""
+    x = xrayd()
+    p = agent_conf(x, pki, extra_agent="  idle_session_timeout: 1s")
+    x.start()
+    idle = ac.Session(p, pki)  # HELLO, then nothing
+    t0 = time.monotonic()
+    busy = ac.Session(p, pki)
+    h, _, _ = busy.register(("198.18.2.2", 80))
+    with pytest.raises(ac.AgentError) as e:
+        idle.expect(ac.REGISTERED)
+    assert e.value.name == "TIMEOUT" and e.value.id == 0, str(e.value)
+    assert "idle for 1000 ms with no registration and no request" in e.value.message
+    with pytest.raises((EOFError, ConnectionError, OSError)):
+        idle.read()
+    assert 0.9 < time.monotonic() - t0 < 5
+    idle.close()
+    x.wait_log(r"agent: control session from 127\.0\.0\.1:\d+, CN=app-1 sha256:\w+ closed: "
+               r"idle for 1000 ms with no registration and no request")
+    # requests, even refused ones, keep a session open
+    asking = ac.Session(p, pki)
+    for _ in range(4):
+        time.sleep(0.5)
+        with pytest.raises(ac.AgentError) as e:
+            asking.refresh(12345)
+        assert e.value.name == "NO_SUCH_ADDRESS"
+    # no frame for more than the timeout: the registration keeps it
+    time.sleep(2.5)
+    busy.refresh(h)
+    busy.unregister(h)
+    # without it, it goes the way of the others
+    for sess in (asking, busy):
+        with pytest.raises(ac.AgentError) as e:
+            sess.expect(ac.REFRESHED)
+        assert e.value.name == "TIMEOUT", str(e.value)
+        sess.close()
 
 
 def test_pool_exhausted(xrayd, pki):

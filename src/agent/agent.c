@@ -66,6 +66,10 @@ const xr_directive_t xr_agent_directives[] = {
      "Where leases are kept across restarts (none: in memory only)."},
     {"handshake_timeout", A, XR_T_DURATION, GO(handshake_timeout), "10s", 100, 600000, NULL, NULL,
      0, "Time a new control connection has for TLS and HELLO."},
+    {"idle_session_timeout", A, XR_T_DURATION, GO(idle_session_timeout), "60s", 100, 86400000, NULL,
+     NULL, 0,
+     "Time a library's control session may go without a request while it holds no "
+     "registration and waits on no answer; then it is closed."},
     {"peers", A, XR_T_CUSTOM, 0, NULL, 0, 0, NULL, xr_agent_set_peers, 0,
      "Other agents: the official networks each serves, its address, certificate and TLS."},
     {"admin_socket", A, XR_T_PATH, GO(admin_socket), NULL, 0, 0, NULL, NULL, 0,
@@ -741,6 +745,44 @@ static void xr_ctl_timeout(uv_timer_t *t)
     xr_ctl_close(c, "handshake timeout");
 }
 
+/* Does library session c still need its connection: a registration it
+ * holds (kept alive by its heartbeats), or a relay point that will answer
+ * it or send it INCOMING? */
+static int xr_ctl_in_use(const xr_ctl_t *c)
+{
+    if (xr_leases_owned(&xr_ag.leases, c) > 0)
+        return 1;
+    for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = q->next) {
+        const xr_rp_t *rp = xr_container_of(q, xr_rp_t, link);
+        if (rp->requester == c || rp->srv == c)
+            return 1;
+    }
+    return 0;
+}
+
+static void xr_ctl_idle(uv_timer_t *t)
+{
+    xr_ctl_t *c = t->data;
+    uint64_t ms = (uint64_t) xr_ag.conf->idle_session_timeout;
+    if (xr_ctl_in_use(c)) {
+        uv_timer_start(&c->timer, xr_ctl_idle, ms, 0);
+        return;
+    }
+    /* Otherwise a session that said HELLO and nothing more would hold a
+     * socket and its buffers for good. */
+    char why[128];
+    snprintf(why, sizeof(why), "idle for %llu ms with no registration and no request",
+             (unsigned long long) ms);
+    xr_ctl_error(c, 0, XR_PERR_TIMEOUT, "%s", why);
+    xr_ctl_close(c, why);
+}
+
+/* A library's session after HELLO: (re)start its idle time. */
+static void xr_ctl_idle_arm(xr_ctl_t *c)
+{
+    uv_timer_start(&c->timer, xr_ctl_idle, (uint64_t) xr_ag.conf->idle_session_timeout, 0);
+}
+
 static xr_ctl_t *xr_ctl_new(int fd, xr_ctl_kind_t kind)
 {
     /* Frames are small and answered: Nagle would hold each behind the
@@ -1302,7 +1344,12 @@ static void xr_ctl_first(xr_ctl_t *c, const xr_msg_t *m)
     xr_pstr_set(&r.u.hello_ok.software, "xrayd/" XR_VERSION);
     xr_ctl_send(c, &r);
     c->state = XR_CTL_READY;
-    uv_timer_stop(&c->timer);
+    /* Another agent's session is the standing one for its PEER_CONNECTs
+     * (a configured peer): it stays open between them. */
+    if (c->kind == XR_KIND_LIBRARY)
+        xr_ctl_idle_arm(c);
+    else
+        uv_timer_stop(&c->timer);
 }
 
 static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
@@ -1337,6 +1384,7 @@ static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
         xr_ctl_close(c, "unexpected frame");
         return;
     }
+    xr_ctl_idle_arm(c);
     switch (m->type) {
     case XR_MSG_REGISTER: xr_ctl_register(c, m); break;
     case XR_MSG_REFRESH:
