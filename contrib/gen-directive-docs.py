@@ -145,7 +145,9 @@ it (its log line says "serving the agent"); if that worker dies, its
 replacement takes over and reloads the leases from
 <a href="#d-agent-state_file">state_file</a>.</p>
 <p>Server binding (XRAY &sect;5.1): a library registers a server socket
-with REGISTER and receives its official address - the local address when
+at its own address (or one its application's
+<a href="#d-application-servers">servers</a> rules allow) with REGISTER
+and receives its official address - the local address when
 it is public, else an address and port leased from
 <a href="#d-agent-official_pool">official_pool</a> when the local address
 lies in one of <a href="#d-agent-networks">networks</a>. Leases last
@@ -281,7 +283,8 @@ common methods, every host.</p>""",
 says which certificates are it (<a href="#d-application-match">match</a>:
 the same patterns as a listener's <a href="#d-tls-allow">allow</a>), and
 what it may do: register servers
-(<a href="#d-application-inbound">inbound</a>), connect where
+(<a href="#d-application-inbound">inbound</a>) at which local addresses
+(<a href="#d-application-servers">servers</a>), connect where
 (<a href="#d-application-outbound">outbound</a>), with which filter chain
 its relay points run, within which limits. The first entry whose patterns
 match a certificate is the application. Every refusal is logged with the
@@ -312,6 +315,39 @@ them, that is lie inside them (<code>127.0.0.1:9000</code>,
 loopback is how a TURN server was turned into a proxy into its own network
 (CVE-2020-26262). IPv4-mapped IPv6 addresses are judged as the IPv4
 address they carry.</p>""",
+    },
+    "application/servers": {
+        "text": """
+<p>The agent dials a server's registered local address for relayed
+connections (<a href="#d-agent-incoming">incoming</a>), so it does not take
+that address on trust: a REGISTER may name the address the library's
+control connection comes from (any port), or an address these rules allow.
+They are written as <a href="#d-application-outbound">outbound</a> rules
+are, <code>ADDR[/PREFIX][:PORTS]</code>. Without them an application
+registers only its own address; a server host behind another NAT than the
+agent, or an application registering for several hosts, needs one. Any
+other address is refused with NOT_AUTHORIZED, and logged.</p>
+<p>As for outbound, loopback, unspecified, link-local, multicast and
+broadcast addresses and the agent's own addresses are refused - even when
+they are the address the library connects from, as for a server on the
+agent's host - unless a rule names them (<code>127.0.0.1:9000</code>).</p>""",
+        "example": (
+            "applications:\n"
+            "  - name: web-farm\n"
+            "    match: [\"CN=web-*\"]\n"
+            "    inbound: on\n"
+            "    servers: [\"10.2.4.0/24:8000-8099\"]"),
+    },
+    "agent/idle_session_timeout": {
+        "text": """
+<p>A library's control session that holds no registration and waits on no
+answer (a CONNECT, an INCOMING) is closed when it has sent no request for
+this long: the agent sends ERROR TIMEOUT with id 0 and the reason, logs
+it, and closes. A session with a registration stays open without requests,
+as long as the registration lives (its heartbeats keep it). Other agents'
+sessions are not affected: they are the standing sessions for
+PEER_CONNECT.</p>""",
+        "example": "agent:\n  idle_session_timeout: 5m",
     },
     "agent/incoming": {
         "syntax": "<code>auto</code> | <code>inbound</code> | <code>connect_out</code>",

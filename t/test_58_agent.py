@@ -28,7 +28,14 @@ def pki(tmp_path_factory):
 POOL = "198.19.0.2:20000-20002"
 
 
-def agent_conf(x, pki, lease="30s", extra_apps="", state=True, workers=2, max_regs=3):
+# The tests register from 127.0.0.1 for servers elsewhere: their
+# application names those networks (a library otherwise registers only the
+# address it connects from).
+SERVERS = '["198.18.2.0/24", "198.19.0.0/24"]'
+
+
+def agent_conf(x, pki, lease="30s", extra_apps="", state=True, workers=2, max_regs=3,
+               servers=SERVERS, extra_agent=""):
     p = x.listen_port()
     body = """
 agent:
@@ -42,15 +49,18 @@ agent:
   lease_time: %s
   admin_socket: ${tmp}/agent.sock
 %s
+%s
 applications:
   - name: app
     match: ["CN=app-*"]
     inbound: on
     max_registrations: %d
+%s
   - name: relay-a
     match: ["CN=relay-a"]
 %s""" % (pki.crt("localhost"), pki.key("localhost"), pki.ca, POOL, lease,
-         "  state_file: ${tmp}/agent.state" if state else "", max_regs, extra_apps)
+         "  state_file: ${tmp}/agent.state" if state else "", extra_agent, max_regs,
+         "    servers: %s" % servers if servers else "", extra_apps)
     x.write_conf(body, p=p, workers=workers)
     return p
 
@@ -129,6 +139,107 @@ def test_policy_refusals(xrayd, pki):
         s.register(("198.19.0.9", 4))
     assert e.value.name == "OVER_LIMIT"
     s.close()
+
+
+def test_register_takes_only_the_servers_own_address(xrayd, pki):
+    """The agent dials a registered local address for relayed connections
+    (INCOMING mode 1), so REGISTER may name only the address the library's
+    control connection comes from, or one a servers rule allows; loopback,
+    unspecified, multicast and broadcast addresses and the agent's own are
+    refused as they are for CONNECT, even as the address it comes from.
+    Trusted, the address made the agent a port scanner and SSRF proxy."""
+    x = xrayd()
+    p = agent_conf(x, pki, servers=None)
+    x.start()
+    s = ac.Session(p, pki)
+    refused = [
+        (("127.0.0.1", 7000), "127.0.0.1:7000 is a loopback address"),  # where s comes from
+        (("::ffff:127.0.0.1", 7000), "is a loopback address"),
+        (("::1", 7000), "[::1]:7000 is a loopback address"),
+        (("0.0.0.0", 80), "0.0.0.0:80 is an unspecified address"),
+        (("224.0.0.1", 5000), "224.0.0.1:5000 is a multicast address"),
+        (("255.255.255.255", 9), "is the broadcast address"),
+        (("198.19.0.2", 80), "198.19.0.2:80 is one of the agent's own addresses"),  # its pool
+        (("198.19.2.20", 22), "198.19.2.20:22 is not the address it connects from (127.0.0.1) "
+                              "and no servers rule allows it"),
+        (("198.18.2.2", 8080), "is not the address it connects from"),  # in its networks, too
+    ]
+    for local, why in refused:
+        with pytest.raises(ac.AgentError) as e:
+            s.register(local)
+        assert e.value.name == "NOT_AUTHORIZED" and why in e.value.message, (local, str(e.value))
+        assert e.value.message.startswith('application "app": ')
+    x.wait_log(r"\[notice\] .*agent: REGISTER 127\.0\.0\.1:7000 by CN=app-1 sha256:\w+ from "
+               r"127\.0\.0\.1:\d+ refused: application \"app\": 127\.0\.0\.1:7000 is a loopback "
+               r"address, refused unless a servers rule names it")
+    x.wait_log(r"\[notice\] .*agent: REGISTER 198\.19\.2\.20:22 by CN=app-1 sha256:\w+ from "
+               r"127\.0\.0\.1:\d+ refused: application \"app\": 198\.19\.2\.20:22 is not the "
+               r"address it connects from \(127\.0\.0\.1\) and no servers rule allows it")
+    # refusals of policy keep the session; nothing was leased
+    doc = json.loads(xray_status(x, "--json"))
+    assert doc["registrations"] == [] and doc["counters"]["refused"] == len(refused), doc
+    s.close()
+
+
+def test_servers_rules_allow_other_local_addresses(xrayd, pki):
+    """A servers rule allows addresses besides the library's own; as for
+    outbound, a wide rule only covers a loopback or agent's own address, a
+    rule must name it."""
+    x = xrayd()
+    p = agent_conf(x, pki, servers='["198.19.2.0/24:22", "198.19.0.0/24", "127.0.0.1:7000"]')
+    x.start()
+    s = ac.Session(p, pki)
+    assert s.register(("198.19.2.20", 22))[2] == ("198.19.2.20", 22)
+    assert s.register(("127.0.0.1", 7000))[2] == ("127.0.0.1", 7000)
+    x.wait_log(r"registered 127\.0\.0\.1:7000/tcp as 127\.0\.0\.1:7000 \(handle \d+, public\)")
+    for local, why in ((("198.19.2.20", 23), "no servers rule allows it"),
+                       (("127.0.0.1", 7001), "is a loopback address"),
+                       (("198.19.0.2", 80), "is one of the agent's own addresses")):
+        with pytest.raises(ac.AgentError) as e:
+            s.register(local)
+        assert e.value.name == "NOT_AUTHORIZED" and why in e.value.message, (local, str(e.value))
+    s.close()
+
+
+def test_idle_sessions_are_closed(xrayd, pki):
+    """A library's session that holds no registration and waits on no
+    answer is closed after idle_session_timeout, with ERROR TIMEOUT and a
+    log line; requests restart the time, and a registration keeps the
+    session open without any (its heartbeats keep the registration)."""
+    x = xrayd()
+    p = agent_conf(x, pki, extra_agent="  idle_session_timeout: 1s")
+    x.start()
+    idle = ac.Session(p, pki)  # HELLO, then nothing
+    t0 = time.monotonic()
+    busy = ac.Session(p, pki)
+    h, _, _ = busy.register(("198.18.2.2", 80))
+    with pytest.raises(ac.AgentError) as e:
+        idle.expect(ac.REGISTERED)
+    assert e.value.name == "TIMEOUT" and e.value.id == 0, str(e.value)
+    assert "idle for 1000 ms with no registration and no request" in e.value.message
+    with pytest.raises((EOFError, ConnectionError, OSError)):
+        idle.read()
+    assert 0.9 < time.monotonic() - t0 < 5
+    idle.close()
+    x.wait_log(r"agent: control session from 127\.0\.0\.1:\d+, CN=app-1 sha256:\w+ closed: "
+               r"idle for 1000 ms with no registration and no request")
+    # requests, even refused ones, keep a session open
+    asking = ac.Session(p, pki)
+    for _ in range(4):
+        time.sleep(0.5)
+        with pytest.raises(ac.AgentError) as e:
+            asking.refresh(12345)
+        assert e.value.name == "NO_SUCH_ADDRESS"
+    # no frame for more than the timeout: the registration keeps it
+    time.sleep(2.5)
+    busy.refresh(h)
+    busy.unregister(h)
+    # without it, it goes the way of the others
+    for sess in (asking, busy):
+        with pytest.raises(ac.AgentError) as e:
+            sess.expect(ac.REFRESHED)
+        assert e.value.name == "TIMEOUT", str(e.value)
+        sess.close()
 
 
 def test_pool_exhausted(xrayd, pki):
@@ -370,7 +481,8 @@ def test_xray_listen_binds_through_the_agent(xrayd, pki, cleanup):
     official address), serves connections with --exec, keeps the lease
     alive with heartbeats, and unregisters on SIGTERM."""
     x = xrayd()
-    p = agent_conf(x, pki, lease="1500ms")
+    # it binds loopback, where the agent is: a servers rule must name it
+    p = agent_conf(x, pki, lease="1500ms", servers='["127.0.0.1/32"]')
     x.start()
     port = xf.free_port()
     proc = _xray_listen(x, pki, p, port, extra=["--exec", "cat"])

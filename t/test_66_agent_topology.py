@@ -46,16 +46,17 @@ def _wait(pred, timeout, what):
     raise AssertionError("timed out waiting for " + what)
 
 
-def _register(t, pki, agent, local, prior=None):
+def _register(t, pki, agent, local, prior=None, role="b"):
     argv = [sys.executable, CLIENT, agent, pki.ca, pki.crt("app-1"), pki.key("app-1"), local]
     if prior:
         argv.append(prior)
-    r = t.run("b", argv, timeout=30, env=dict(os.environ, PYTHONPATH=str(HERE)))
+    r = t.run(role, argv, timeout=30, env=dict(os.environ, PYTHONPATH=str(HERE)))
     assert r.stdout.strip(), r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("topology", [{"b2": True}], indirect=True)
 def test_server_in_b_registers_with_the_agent_on_natb(topology, pki, tmp_path):
     t = topology
     log = tmp_path / "error.log"
@@ -76,7 +77,7 @@ def test_server_in_b_registers_with_the_agent_on_natb(topology, pki, tmp_path):
     pid = int(re.search(r"\] (\d+): worker process started", line).group(1))
     os.kill(pid, signal.SIGKILL)
     _wait(lambda: "1 lease(s) from" in log.read_text(), 20, "the replacement agent")
-    other = _register(t, pki, agent, "198.18.2.3:8080")
+    other = _register(t, pki, agent, "198.18.2.3:8080", role="b2")  # another server
     assert other["official"] == "%s:20001" % pub, other
     back = _register(t, pki, agent, "198.18.2.2:8080", prior="%s:20000" % pub)
     assert back["official"] == "%s:20000" % pub, back
@@ -87,6 +88,41 @@ def test_server_in_b_registers_with_the_agent_on_natb(topology, pki, tmp_path):
     bad = [l for l in text.splitlines()
            if re.search(r"\[(alert|crit|emerg)\]", l) and "exited on signal 9" not in l]
     assert not bad, text
+
+
+@pytest.mark.timeout(120)
+def test_a_server_registers_only_its_own_address(topology, pki, tmp_path):
+    """The agent dials a registered address for relayed connections: b may
+    register its own address, not another host's in its network or on the
+    public segment, nor the agent's (natb's LAN and public addresses),
+    loopback or the unspecified address.  Trusted, such a REGISTER let a
+    client make the agent open TCP and send a ClientHello wherever b
+    pointed it, around the checks CONNECT makes."""
+    t = topology
+    log = tmp_path / "error.log"
+    pub = t.pub_addr("natb")
+    conf = _agent_conf(tmp_path, pki, pub, lease="30s")
+    master = t.popen("natb", [str(xf.XRAYD_BIN), "-c", str(conf)])
+    _wait(lambda: log.exists() and "agent: serving on 0.0.0.0:7000" in log.read_text(), 20,
+          "the agent on natb")
+    agent = "%s:7000" % t.addr("natb")
+    for local, why in (("198.18.2.3:22", "is not the address it connects from (198.18.2.2)"),
+                       ("198.19.0.254:80", "is not the address it connects from (198.18.2.2)"),
+                       ("198.18.2.1:7000", "is one of the agent's own addresses"),
+                       ("%s:20000" % pub, "is one of the agent's own addresses"),
+                       ("127.0.0.1:7000", "is a loopback address"),
+                       ("0.0.0.0:80", "is an unspecified address")):
+        got = _register(t, pki, agent, local)
+        assert "NOT_AUTHORIZED" in got.get("error", "") and why in got["error"], (local, got)
+    _wait(lambda: re.search(r"\[notice\] .*agent: REGISTER 198\.18\.2\.3:22 by CN=app-1 "
+                            r"sha256:\w+ from 198\.18\.2\.2:\d+ refused: application \"server\": "
+                            r"198\.18\.2\.3:22 is not the address it connects from "
+                            r"\(198\.18\.2\.2\) and no servers rule allows it", log.read_text()),
+          10, "the refusal's log line")
+    got = _register(t, pki, agent, "198.18.2.2:8080")
+    assert got == {"official": "%s:20000" % pub, "lease_ms": 30000}, got
+    master.send_signal(signal.SIGTERM)
+    master.wait(timeout=20)
 
 
 def _agent_conf(tmp, pki, pub, lease="3s"):

@@ -68,6 +68,10 @@ const xr_directive_t xr_agent_directives[] = {
      "Where leases are kept across restarts (none: in memory only)."},
     {"handshake_timeout", A, XR_T_DURATION, GO(handshake_timeout), "10s", 100, 600000, NULL, NULL,
      0, "Time a new control connection has for TLS and HELLO."},
+    {"idle_session_timeout", A, XR_T_DURATION, GO(idle_session_timeout), "60s", 100, 86400000, NULL,
+     NULL, 0,
+     "Time a library's control session may go without a request while it holds no "
+     "registration and waits on no answer; then it is closed."},
     {"peers", A, XR_T_CUSTOM, 0, NULL, 0, 0, (const char *const[]){"peer agents", NULL},
      xr_agent_set_peers, 0,
      "Other agents: the official networks each serves, its address, certificate and TLS."},
@@ -474,7 +478,7 @@ static int xr_is_private(const xr_paddr_t *a)
 
 static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
 {
-    char la[80], oa[80], why[200];
+    char la[80], oa[80], why[256];
     uint32_t id = m->u.reg.id;
     xr_paddr_str(&m->u.reg.local, la, sizeof(la));
     if (!c->app->inbound) {
@@ -484,6 +488,19 @@ static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
                c->app->name);
         xr_ctl_error(c, id, XR_PERR_NOT_AUTHORIZED,
                      "application \"%s\" may not register servers (inbound: off)", c->app->name);
+        return;
+    }
+    /* The agent dials this address for relayed connections (INCOMING mode
+     * 1): taken on trust, it would let an application aim the agent at any
+     * host and port, around the checks CONNECT makes. */
+    xr_paddr_t from;
+    xr_paddr_from_sockaddr(&from, &c->remote);
+    if (xr_policy_register(c->app, &m->u.reg.local, &from, xr_ag.self, xr_ag.nself, why,
+                           sizeof(why)) != XR_OK) {
+        xr_ag.n.refused++;
+        xr_log(XR_LOG_NOTICE, "agent: REGISTER %s by %s from %s refused: %s", la, c->who,
+               c->peer_addr, why);
+        xr_ctl_error(c, id, XR_PERR_NOT_AUTHORIZED, "%s", why);
         return;
     }
     if (xr_leases_count(&xr_ag.leases, c->app->name) >= (size_t) c->app->max_registrations) {
@@ -729,6 +746,44 @@ static void xr_ctl_timeout(uv_timer_t *t)
     xr_log(XR_LOG_NOTICE, "agent: %s did not finish TLS and HELLO within %lld ms", c->peer_addr,
            (long long) xr_ag.conf->handshake_timeout);
     xr_ctl_close(c, "handshake timeout");
+}
+
+/* Does library session c still need its connection: a registration it
+ * holds (kept alive by its heartbeats), or a relay point that will answer
+ * it or send it INCOMING? */
+static int xr_ctl_in_use(const xr_ctl_t *c)
+{
+    if (xr_leases_owned(&xr_ag.leases, c) > 0)
+        return 1;
+    for (xr_list_t *q = xr_ag.rps.next; q != &xr_ag.rps; q = q->next) {
+        const xr_rp_t *rp = xr_container_of(q, xr_rp_t, link);
+        if (rp->requester == c || rp->srv == c)
+            return 1;
+    }
+    return 0;
+}
+
+static void xr_ctl_idle(uv_timer_t *t)
+{
+    xr_ctl_t *c = t->data;
+    uint64_t ms = (uint64_t) xr_ag.conf->idle_session_timeout;
+    if (xr_ctl_in_use(c)) {
+        uv_timer_start(&c->timer, xr_ctl_idle, ms, 0);
+        return;
+    }
+    /* Otherwise a session that said HELLO and nothing more would hold a
+     * socket and its buffers for good. */
+    char why[128];
+    snprintf(why, sizeof(why), "idle for %llu ms with no registration and no request",
+             (unsigned long long) ms);
+    xr_ctl_error(c, 0, XR_PERR_TIMEOUT, "%s", why);
+    xr_ctl_close(c, why);
+}
+
+/* A library's session after HELLO: (re)start its idle time. */
+static void xr_ctl_idle_arm(xr_ctl_t *c)
+{
+    uv_timer_start(&c->timer, xr_ctl_idle, (uint64_t) xr_ag.conf->idle_session_timeout, 0);
 }
 
 static xr_ctl_t *xr_ctl_new(int fd, xr_ctl_kind_t kind)
@@ -1293,7 +1348,12 @@ static void xr_ctl_first(xr_ctl_t *c, const xr_msg_t *m)
     xr_pstr_set(&r.u.hello_ok.software, "xrayd/" XR_VERSION);
     xr_ctl_send(c, &r);
     c->state = XR_CTL_READY;
-    uv_timer_stop(&c->timer);
+    /* Another agent's session is the standing one for its PEER_CONNECTs
+     * (a configured peer): it stays open between them. */
+    if (c->kind == XR_KIND_LIBRARY)
+        xr_ctl_idle_arm(c);
+    else
+        uv_timer_stop(&c->timer);
 }
 
 static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
@@ -1328,6 +1388,7 @@ static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
         xr_ctl_close(c, "unexpected frame");
         return;
     }
+    xr_ctl_idle_arm(c);
     switch (m->type) {
     case XR_MSG_REGISTER: xr_ctl_register(c, m); break;
     case XR_MSG_REFRESH:
@@ -1754,8 +1815,8 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
     if (xr_ag.psess == NULL)
         return XR_ERROR;
     /* What CONNECT_OK tells a library to expect of our certificate, and
-     * our own addresses, which no outbound rule reaches unless it names
-     * them. */
+     * our own addresses, which no outbound rule reaches and no server
+     * registers unless a rule names them. */
     xr_identity_t me;
     if (xr_identity_from_crt(&xr_ag.conf->tls->crt, &me) == XR_OK)
         snprintf(xr_ag.own_key, sizeof(xr_ag.own_key), "%s", me.pubkey_sha256);
@@ -1768,6 +1829,13 @@ int xr_agent_start(uv_loop_t *loop, xr_gen_t *g, int listen_fd)
                 xr_paddr_from_sockaddr(&xr_ag.self[xr_ag.nself++],
                                        (struct sockaddr_storage *) i->ifa_addr);
         freeifaddrs(ifs);
+    }
+    if (xr_ag.nself < XR_ARRAY_SIZE(xr_ag.self)) {
+        /* Usually an interface's address already, unless bound before the
+         * interface came up (ip_nonlocal_bind). */
+        xr_paddr_t *a = &xr_ag.self[xr_ag.nself++];
+        xr_paddr_from_sockaddr(a, &xr_ag.conf->listen.sa);
+        a->port = 0;
     }
     for (size_t i = 0; i < xr_ag.conf->npool && xr_ag.nself < XR_ARRAY_SIZE(xr_ag.self); i++) {
         xr_paddr_t *a = &xr_ag.self[xr_ag.nself++];

@@ -44,6 +44,7 @@ typedef struct xr_agent_conf_s {
     int64_t lease_time;
     char *state_file;
     int64_t handshake_timeout;
+    int64_t idle_session_timeout;
     char *admin_socket;
     int incoming; /* xr_incoming_t */
     /* parsed */

@@ -180,6 +180,14 @@ size_t xr_leases_count(const xr_leases_t *L, const char *app)
     return c;
 }
 
+size_t xr_leases_owned(const xr_leases_t *L, const void *owner)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < L->n; i++)
+        c += L->l[i].owner == owner;
+    return c;
+}
+
 size_t xr_leases_expire(xr_leases_t *L, int64_t now, void (*cb)(xr_lease_t *, void *), void *arg)
 {
     size_t gone = 0;

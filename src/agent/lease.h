@@ -63,6 +63,8 @@ xr_lease_t *xr_leases_by_official(xr_leases_t *L, uint8_t proto, const xr_paddr_
 void xr_leases_release(xr_leases_t *L, xr_lease_t *l);
 /* Count the leases of app (for max_registrations). */
 size_t xr_leases_count(const xr_leases_t *L, const char *app);
+/* Count the leases owner holds. */
+size_t xr_leases_owned(const xr_leases_t *L, const void *owner);
 /* End leases that expired before now; calls cb for each first. */
 size_t xr_leases_expire(xr_leases_t *L, int64_t now, void (*cb)(xr_lease_t *, void *), void *arg);
 /* A session went away: its leases stay until they expire (the library

@@ -12,6 +12,7 @@
 #define AO(f) offsetof(xr_app_conf_t, f)
 
 static int xr_set_outbound(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
+static int xr_set_servers(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d);
 static int xr_set_app_filters(xr_conf_t *cf, const xr_node_t *n, void *conf,
                               const xr_directive_t *d);
 
@@ -22,6 +23,10 @@ const xr_directive_t xr_app_directives[] = {
      "Certificates that are this application: subject, RDN, SAN or sha256:KEY patterns."},
     {"inbound", XR_CTX_APP, XR_T_FLAG, AO(inbound), "off", 0, 0, NULL, NULL, 0,
      "May register servers that accept connections from other networks."},
+    {"servers", XR_CTX_APP, XR_T_CUSTOM, 0, NULL, 0, 0, (const char *const[]){"rules", NULL},
+     xr_set_servers, 0,
+     "Local addresses it may register servers at besides the one it connects from: "
+     "ADDR[/PREFIX][:PORTS] rules."},
     {"outbound", XR_CTX_APP, XR_T_CUSTOM, 0, NULL, 0, 0, (const char *const[]){"rules", NULL},
      xr_set_outbound, 0,
      "Destinations it may connect to: ADDR[/PREFIX][:PORTS] rules (none: no connections)."},
@@ -140,25 +145,37 @@ int xr_net_rule_parse(const char *text, xr_net_rule_t *r, char *why, size_t whyl
     return XR_OK;
 }
 
-static int xr_set_outbound(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d)
+/* A rule or a list of rules (outbound, servers) into *rules and *n. */
+static int xr_set_rules(xr_conf_t *cf, const xr_node_t *n, xr_net_rule_t **rules, size_t *nrules)
 {
-    xr_app_conf_t *app = conf;
     size_t count = n->type == XR_NODE_SEQ ? n->n : 1;
     if (n->type == XR_NODE_MAP)
         return xr_conf_error(cf, n, "expected a rule or a list of rules (ADDR[/PREFIX][:PORTS])");
-    app->outbound = xr_conf_alloc(cf, (count ? count : 1) * sizeof(xr_net_rule_t));
-    app->noutbound = 0;
+    *rules = xr_conf_alloc(cf, (count ? count : 1) * sizeof(xr_net_rule_t));
+    *nrules = 0;
     for (size_t i = 0; i < count; i++) {
         const xr_node_t *item = n->type == XR_NODE_SEQ ? n->items[i] : n;
         char why[160];
         if (item->type != XR_NODE_SCALAR)
             return xr_conf_error(cf, item, "expected a rule such as 198.18.2.0/24:443");
         const char *text = xr_conf_strdup(cf, item->str, item->slen);
-        if (xr_net_rule_parse(text, &app->outbound[app->noutbound], why, sizeof(why)) != XR_OK)
+        if (xr_net_rule_parse(text, &(*rules)[*nrules], why, sizeof(why)) != XR_OK)
             return xr_conf_error(cf, item, "%s", why);
-        app->noutbound++;
+        (*nrules)++;
     }
     return XR_OK;
+}
+
+static int xr_set_outbound(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d)
+{
+    xr_app_conf_t *app = conf;
+    return xr_set_rules(cf, n, &app->outbound, &app->noutbound);
+}
+
+static int xr_set_servers(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directive_t *d)
+{
+    xr_app_conf_t *app = conf;
+    return xr_set_rules(cf, n, &app->servers, &app->nservers);
 }
 
 static int xr_set_app_filters(xr_conf_t *cf, const xr_node_t *n, void *conf,
@@ -208,12 +225,20 @@ const xr_app_conf_t *xr_policy_find(const xr_policy_t *p, const xr_identity_t *i
     return NULL;
 }
 
+/* a's address alone, "?" when it has none. */
+static const char *xr_host_str(const xr_paddr_t *a, char *buf, size_t size)
+{
+    snprintf(buf, size, "?");
+    if (a->family == 4 || a->family == 6)
+        inet_ntop(a->family == 4 ? AF_INET : AF_INET6, a->addr, buf, (socklen_t) size);
+    return buf;
+}
+
 const char *xr_paddr_str(const xr_paddr_t *a, char *buf, size_t size)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
-    if (a->family == 4 || a->family == 6)
-        inet_ntop(a->family == 4 ? AF_INET : AF_INET6, a->addr, host, sizeof(host));
-    snprintf(buf, size, a->family == 6 ? "[%s]:%u" : "%s:%u", host, a->port);
+    char host[INET6_ADDRSTRLEN];
+    snprintf(buf, size, a->family == 6 ? "[%s]:%u" : "%s:%u", xr_host_str(a, host, sizeof(host)),
+             a->port);
     return buf;
 }
 
@@ -295,14 +320,49 @@ static xr_paddr_t xr_unmap(const xr_paddr_t *a)
     return v;
 }
 
-/* A rule names a special range when its whole network lies inside it. */
-static int xr_rule_names(const xr_net_rule_t *r, uint8_t family, const uint8_t *net, int prefix)
+/* Is a (unmapped) an address that would turn the agent into an attack
+ * tool: loopback, unspecified, link-local, multicast, broadcast, or one of
+ * self (the agent's own)?  1 with the range it lies in in *s, else 0. */
+static int xr_special_of(const xr_paddr_t *a, const xr_paddr_t *self, size_t nself, xr_special_t *s)
 {
-    if (r->family != family || r->prefix < prefix)
+    for (size_t i = 0; i < XR_ARRAY_SIZE(xr_specials); i++)
+        if (xr_in_net(xr_specials[i].family, xr_specials[i].net, xr_specials[i].prefix, a)) {
+            *s = xr_specials[i];
+            return 1;
+        }
+    for (size_t i = 0; i < nself; i++) {
+        xr_paddr_t me = xr_unmap(&self[i]);
+        uint8_t bits = me.family == 4 ? 32 : 128;
+        if (xr_in_net(me.family, me.addr, bits, a)) {
+            s->family = me.family;
+            s->prefix = bits;
+            memcpy(s->net, me.addr, 16);
+            s->what = "one of the agent's own addresses";
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A rule names a special range when its whole network lies inside it. */
+static int xr_rule_names(const xr_net_rule_t *r, const xr_special_t *s)
+{
+    if (r->family != s->family || r->prefix < s->prefix)
         return 0;
-    xr_paddr_t a = {.family = family};
+    xr_paddr_t a = {.family = s->family};
     memcpy(a.addr, r->addr, 16);
-    return xr_in_net(family, net, prefix, &a);
+    return xr_in_net(s->family, s->net, s->prefix, &a);
+}
+
+/* The first of rules[0..n) that covers a and names the special range s,
+ * or NULL: a wide rule that merely covers it is not enough. */
+static const xr_net_rule_t *xr_rule_naming(const xr_net_rule_t *rules, size_t n,
+                                           const xr_paddr_t *a, const xr_special_t *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (xr_net_rule_covers(&rules[i], a) && xr_rule_names(&rules[i], s))
+            return &rules[i];
+    return NULL;
 }
 
 int xr_policy_outbound(const xr_app_conf_t *app, const xr_paddr_t *dst, const xr_paddr_t *self,
@@ -321,42 +381,59 @@ int xr_policy_outbound(const xr_app_conf_t *app, const xr_paddr_t *dst, const xr
         return XR_DECLINED;
     }
 
-    const char *what = NULL;
-    uint8_t fam = 0, bits = 0;
-    const uint8_t *net = NULL;
-    uint8_t selfnet[16];
-    for (size_t i = 0; i < XR_ARRAY_SIZE(xr_specials) && what == NULL; i++) {
-        const xr_special_t *s = &xr_specials[i];
-        if (xr_in_net(s->family, s->net, s->prefix, &a)) {
-            what = s->what;
-            fam = s->family;
-            bits = s->prefix;
-            net = s->net;
+    xr_special_t s;
+    if (xr_special_of(&a, self, nself, &s)) {
+        const xr_net_rule_t *named = xr_rule_naming(app->outbound, app->noutbound, &a, &s);
+        if (named != NULL) {
+            snprintf(why, whylen, "outbound rule \"%s\"", named->text);
+            return XR_OK;
         }
-    }
-    for (size_t i = 0; i < nself && what == NULL; i++) {
-        xr_paddr_t me = xr_unmap(&self[i]);
-        if (xr_in_net(me.family, me.addr, me.family == 4 ? 32 : 128, &a)) {
-            what = "one of the agent's own addresses";
-            fam = me.family;
-            bits = me.family == 4 ? 32 : 128;
-            memcpy(selfnet, me.addr, 16);
-            net = selfnet;
-        }
-    }
-    if (what != NULL) {
-        for (size_t i = 0; i < app->noutbound; i++)
-            if (xr_net_rule_covers(&app->outbound[i], &a) &&
-                xr_rule_names(&app->outbound[i], fam, net, bits)) {
-                snprintf(why, whylen, "outbound rule \"%s\"", app->outbound[i].text);
-                return XR_OK;
-            }
         snprintf(why, whylen,
                  "application \"%s\": %s is %s, denied unless an outbound rule names it "
                  "(\"%s\" only covers it)",
-                 app->name, d, what, allow->text);
+                 app->name, d, s.what, allow->text);
         return XR_DECLINED;
     }
     snprintf(why, whylen, "outbound rule \"%s\"", allow->text);
     return XR_OK;
+}
+
+int xr_policy_register(const xr_app_conf_t *app, const xr_paddr_t *local, const xr_paddr_t *peer,
+                       const xr_paddr_t *self, size_t nself, char *why, size_t whylen)
+{
+    char l[80], from[INET6_ADDRSTRLEN];
+    xr_paddr_t a = xr_unmap(local), p = xr_unmap(peer);
+    xr_paddr_str(local, l, sizeof(l));
+    xr_host_str(&p, from, sizeof(from));
+
+    /* The agent dials a registered address for relayed connections: the
+     * same places CONNECT may never reach must not be registered either,
+     * even the library's own address when it is one of them (a server on
+     * the agent's host). */
+    xr_special_t s;
+    if (xr_special_of(&a, self, nself, &s)) {
+        const xr_net_rule_t *named = xr_rule_naming(app->servers, app->nservers, &a, &s);
+        if (named != NULL) {
+            snprintf(why, whylen, "servers rule \"%s\"", named->text);
+            return XR_OK;
+        }
+        snprintf(why, whylen,
+                 "application \"%s\": %s is %s, refused unless a servers rule names it", app->name,
+                 l, s.what);
+        return XR_DECLINED;
+    }
+    if (xr_in_net(p.family, p.addr, p.family == 4 ? 32 : 128, &a)) {
+        snprintf(why, whylen, "the address it connects from");
+        return XR_OK;
+    }
+    for (size_t i = 0; i < app->nservers; i++)
+        if (xr_net_rule_covers(&app->servers[i], &a)) {
+            snprintf(why, whylen, "servers rule \"%s\"", app->servers[i].text);
+            return XR_OK;
+        }
+    snprintf(why, whylen,
+             "application \"%s\": %s is not the address it connects from (%s) and no servers "
+             "rule allows it",
+             app->name, l, from);
+    return XR_DECLINED;
 }

@@ -9,7 +9,10 @@
  * turn a relay into an attack tool - loopback, unspecified, link-local,
  * multicast, broadcast, the agent's own addresses - are refused even when a
  * wide rule covers them, unless a rule names them (lies inside them): a
- * TURN server was abused exactly this way (CVE-2020-26262).
+ * TURN server was abused exactly this way (CVE-2020-26262).  A server's
+ * registered local address is held to the same rule, since the agent dials
+ * it: besides that, an application registers only the address its control
+ * connection comes from, or one a `servers` rule allows.
  */
 #ifndef XR_POLICY_H
 #define XR_POLICY_H
@@ -34,6 +37,8 @@ typedef struct xr_app_conf_s {
     int inbound;
     xr_net_rule_t *outbound;
     size_t noutbound;
+    xr_net_rule_t *servers; /* local addresses beyond its own it may register */
+    size_t nservers;
     int64_t max_relays;
     int64_t max_registrations;
     xr_filter_conf_t *filters;
@@ -78,6 +83,16 @@ const xr_app_conf_t *xr_policy_find(const xr_policy_t *p, const xr_identity_t *i
  * (port 0 in each: any port). */
 int xr_policy_outbound(const xr_app_conf_t *app, const xr_paddr_t *dst, const xr_paddr_t *self,
                        size_t nself, char *why, size_t whylen);
+
+/* May app register a server at local, over a control connection from
+ * peer?  Its own address (peer's) is allowed, and any a servers rule
+ * covers; the addresses xr_policy_outbound denies are refused unless a
+ * servers rule names them, even when they are peer's.  XR_OK with what
+ * allowed it in why, or XR_DECLINED with a sentence naming the
+ * application, the address and the reason in why.  self as for
+ * xr_policy_outbound. */
+int xr_policy_register(const xr_app_conf_t *app, const xr_paddr_t *local, const xr_paddr_t *peer,
+                       const xr_paddr_t *self, size_t nself, char *why, size_t whylen);
 
 /* "198.18.2.1:80" or "[2001:db8::1]:443" into buf. */
 const char *xr_paddr_str(const xr_paddr_t *a, char *buf, size_t size);

@@ -239,3 +239,77 @@ TEST(own_address_named_by_a_host_rule)
     ASSERT_EQ(outbound(p.apps[0], "198.19.0.2", 80, why), XR_DECLINED);
     ASSERT_EQ(outbound(p.apps[0], "198.19.0.3", 80, why), XR_OK);
 }
+
+static int reg(const xr_app_conf_t *app, const char *host, uint16_t port, const char *from,
+               char *why)
+{
+    xr_paddr_t local = addr(host, port), peer = addr(from, 40000);
+    xr_paddr_t self[] = {addr("198.19.0.2", 0), addr("2001:db8::2", 0)};
+    return xr_policy_register(app, &local, &peer, self, XR_ARRAY_SIZE(self), why, 256);
+}
+
+TEST(register_own_address_or_a_servers_rule)
+{
+    xr_policy_t p;
+    char why[256];
+    if (parse_policy("applications:\n"
+                     "  - name: web\n"
+                     "    match: x\n"
+                     "    inbound: on\n"
+                     "  - name: farm\n"
+                     "    match: y\n"
+                     "    inbound: on\n"
+                     "    servers: [\"198.18.2.0/24:8000-8099\", \"*:443\", \"127.0.0.1:9000\"]\n",
+                     &p) != XR_OK)
+        FAIL("%s", err);
+    const xr_app_conf_t *web = p.apps[0], *farm = p.apps[1];
+    ASSERT_EQ(web->nservers, 0);
+    ASSERT_EQ(farm->nservers, 3);
+
+    /* The address it connects from, any port; IPv4-mapped is the same. */
+    ASSERT_EQ(reg(web, "198.18.2.2", 8080, "198.18.2.2", why), XR_OK);
+    ASSERT_STREQ(why, "the address it connects from");
+    ASSERT_EQ(reg(web, "198.18.2.2", 22, "::ffff:198.18.2.2", why), XR_OK);
+    ASSERT_EQ(reg(web, "2001:db8::9", 80, "2001:db8::9", why), XR_OK);
+    /* Another host, in its network or not. */
+    ASSERT_EQ(reg(web, "198.18.2.3", 8080, "198.18.2.2", why), XR_DECLINED);
+    ASSERT_STREQ(why, "application \"web\": 198.18.2.3:8080 is not the address it connects "
+                      "from (198.18.2.2) and no servers rule allows it");
+    ASSERT_EQ(reg(web, "198.19.2.20", 22, "198.18.2.2", why), XR_DECLINED);
+
+    /* Refused even as the address it connects from. */
+    static const struct {
+        const char *host, *what;
+    } danger[] = {
+        {"127.0.0.1", "loopback"},
+        {"0.0.0.0", "unspecified"},
+        {"169.254.1.1", "link-local"},
+        {"224.0.0.1", "multicast"},
+        {"255.255.255.255", "broadcast"},
+        {"::1", "loopback"},
+        {"::", "unspecified"},
+        {"ff02::1", "multicast"},
+        {"::ffff:127.0.0.1", "loopback"},
+        {"198.19.0.2", "agent's own"},
+        {"2001:db8::2", "agent's own"},
+    };
+    for (size_t i = 0; i < XR_ARRAY_SIZE(danger); i++) {
+        if (reg(web, danger[i].host, 443, danger[i].host, why) != XR_DECLINED)
+            FAIL("%s:443 from itself was allowed", danger[i].host);
+        if (strstr(why, danger[i].what) == NULL ||
+            strstr(why, "refused unless a servers rule names it") == NULL)
+            FAIL("%s: reason \"%s\"", danger[i].host, why);
+        /* *:443 covers it, which is not enough. */
+        if (reg(farm, danger[i].host, 443, "198.18.2.2", why) != XR_DECLINED)
+            FAIL("%s:443 was allowed by a rule that only covers it", danger[i].host);
+    }
+
+    /* Servers rules: addresses and ports. */
+    ASSERT_EQ(reg(farm, "198.18.2.3", 8080, "198.18.2.2", why), XR_OK);
+    ASSERT_STREQ(why, "servers rule \"198.18.2.0/24:8000-8099\"");
+    ASSERT_EQ(reg(farm, "198.18.2.3", 8100, "198.18.2.2", why), XR_DECLINED);
+    ASSERT_EQ(reg(farm, "198.19.2.20", 443, "198.18.2.2", why), XR_OK);
+    ASSERT_EQ(reg(farm, "127.0.0.1", 9000, "127.0.0.1", why), XR_OK);
+    ASSERT_STREQ(why, "servers rule \"127.0.0.1:9000\"");
+    ASSERT_EQ(reg(farm, "127.0.0.1", 9001, "127.0.0.1", why), XR_DECLINED);
+}
