@@ -1,6 +1,6 @@
 /*
  * fuzz_proto.c: libFuzzer target for the XRAY control-protocol codec
- * (src/agent/proto.c), fed as a connection feeds it: frames back to back,
+ * (src/common/proto.c), fed as a connection feeds it: frames back to back,
  * arriving in pieces, decoded from the front of what has arrived.
  *
  * The input is the byte stream itself (no prefix), so a seed is simply
@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/proto.h"
+#include "common/proto.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -566,3 +566,66 @@ def test_max_connections_waiter_gives_up(xrayd, cleanup):
     # matters is that each next client is served.
     for i in range(3):
         assert echo_ok(p, b"next %d" % i, timeout=10)
+
+
+# ---- a cut is a reset ---------------------------------------------------------
+
+def test_upstream_reset_reaches_the_client_as_a_reset(xrayd, cleanup):
+    """The upstream resets mid-stream: the client gets a reset too, not a
+    FIN it could take for a normal end of the stream; a normal end still
+    arrives as a FIN."""
+    import struct
+
+    def upstream(srv, s):
+        first = s.recv(16)
+        s.sendall(b"partial answer")
+        time.sleep(0.3)
+        if first.startswith(b"cut"):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+
+    srv = xf.HandlerServer(upstream)
+    cleanup.append(srv)
+    x = xrayd()
+    p = simple_conf(x, srv.port)
+    x.start()
+    with xf.connect(p) as c:
+        c.sendall(b"cut please")
+        assert xf.closed_by_peer(c, 15) == "rst"
+    with xf.connect(p) as c:
+        c.sendall(b"end normally")
+        assert xf.closed_by_peer(c, 15) == "eof"
+    recs = xf.read_json_lines(x.tmp / "access.log", 2)
+    assert any("reset" in r["reason"] for r in recs), recs
+
+
+def test_filter_close_is_a_reset(xrayd, cleanup):
+    """A signature match cuts the connection: both the client and the
+    upstream get a reset, and the upstream never sees the pattern."""
+    seen = []
+
+    def upstream(srv, s):
+        got = b""
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    seen.append(("eof", got))
+                    break
+                got += b
+        except ConnectionResetError:
+            seen.append(("rst", got))
+
+    srv = xf.HandlerServer(upstream)
+    cleanup.append(srv)
+    x = xrayd()
+    p = simple_conf(x, srv.port, log=False,
+                    extra_relay="    filters:\n      - signature: {patterns: [FORBIDDEN]}\n")
+    x.start()
+    with xf.connect(p) as c:
+        c.sendall(b"hello ")
+        time.sleep(0.2)
+        c.sendall(b"a FORBIDDEN word")
+        assert xf.closed_by_peer(c, 15) == "rst"
+    xf.wait_until(lambda: seen, 10, what="the upstream's end")
+    assert seen[0][0] == "rst" and b"FORBIDDEN" not in seen[0][1], seen

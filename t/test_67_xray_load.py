@@ -46,7 +46,7 @@ def load(tmp_path_factory):
     exe = tmp_path_factory.mktemp("bin") / "xray_load"
     r = subprocess.run([cc, "-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-Werror",
                         "-Wno-unused-parameter", "-I", str(xf.REPO / "src"), "-o", str(exe),
-                        str(SRC), str(xf.REPO / "src" / "agent" / "proto.c"),
+                        str(SRC), str(xf.REPO / "src" / "common" / "proto.c"),
                         "-lmbedtls", "-lmbedx509", "-lmbedcrypto"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -437,12 +437,14 @@ def filtered_rig(topology, tmp_path):
 def test_signature_stops_a_redirected_circuit(filtered_rig):
     """A signature filter on a REDIRECTed circuit proxy stops the payload
     before it reaches the origin, also when the pattern is split over two
-    writes, and logs the match; clean bytes pass both ways."""
+    writes, and logs the match; the client sees a reset, not a clean end;
+    clean bytes pass both ways."""
     rig = filtered_rig
     rig.start()
     assert "GOT clean bytes" in rig.py(ECHO, ORIGIN, "clean bytes")
     out = rig.py(ECHO, ORIGIN, "xx FORBIDDEN-PAYLOAD yy")
     assert "FORBIDDEN" not in out, out
+    assert "ERROR" in out and "reset" in out, out  # a cut, not a clean end
     out = rig.py(ECHO, ORIGIN, "xx FORBID", "DEN-PAYLOAD yy")
     assert "FORBIDDEN" not in out and "DEN-PAYLOAD" not in out, out
     _wait(lambda: rig.log().count('signature "FORBIDDEN-PAYLOAD" matched in the client-to-upstream') == 2, 10,

@@ -833,7 +833,7 @@ class Bench:
 
     def build_load(self, bindir):
         """cc contrib/bench/xray_load.c (with the daemon's self-contained frame codec,
-        src/agent/proto.c) into this run's bin/; None, with the compiler's words on
+        src/common/proto.c) into this run's bin/; None, with the compiler's words on
         stderr, if it does not build."""
         exe = bindir / "xray_load"
         cc = shutil.which(os.environ.get("CC", "cc"))
@@ -843,7 +843,7 @@ class Bench:
             return None
         cmd = [cc, "-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                "-I", str(ROOT / "src"), "-o", str(exe), str(LOAD_SRC),
-               str(ROOT / "src" / "agent" / "proto.c"), "-lmbedtls", "-lmbedx509", "-lmbedcrypto"]
+               str(ROOT / "src" / "common" / "proto.c"), "-lmbedtls", "-lmbedx509", "-lmbedcrypto"]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
         (self.out / "logs" / "xray_load-build.log").write_text(
             " ".join(cmd) + "\n" + r.stdout + r.stderr)

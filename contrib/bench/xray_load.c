@@ -55,7 +55,7 @@
  * {"stats": ..., "errors": [...], "final": true} at exit.
  *
  * Build: cc -std=c11 -D_GNU_SOURCE -O2 -Isrc -o xray_load
- *            contrib/bench/xray_load.c src/agent/proto.c
+ *            contrib/bench/xray_load.c src/common/proto.c
  *            -lmbedtls -lmbedx509 -lmbedcrypto
  */
 #ifndef _GNU_SOURCE
@@ -91,7 +91,7 @@
 #include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
-#include "agent/proto.h"
+#include "common/proto.h"
 
 #define MAX_K           2000 /* connections in one run: CONNECTs must fit the control buffer */
 #define MAX_PATHS       4

@@ -15,7 +15,7 @@
 #ifndef XR_LEASE_H
 #define XR_LEASE_H
 
-#include "agent/proto.h"
+#include "common/proto.h"
 
 typedef struct {
     uint8_t family;

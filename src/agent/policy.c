@@ -226,21 +226,6 @@ const xr_app_conf_t *xr_policy_find(const xr_policy_t *p, const xr_identity_t *i
 }
 
 /* a's address alone, "?" when it has none. */
-static const char *xr_host_str(const xr_paddr_t *a, char *buf, size_t size)
-{
-    snprintf(buf, size, "?");
-    if (a->family == 4 || a->family == 6)
-        inet_ntop(a->family == 4 ? AF_INET : AF_INET6, a->addr, buf, (socklen_t) size);
-    return buf;
-}
-
-const char *xr_paddr_str(const xr_paddr_t *a, char *buf, size_t size)
-{
-    char host[INET6_ADDRSTRLEN];
-    snprintf(buf, size, a->family == 6 ? "[%s]:%u" : "%s:%u", xr_host_str(a, host, sizeof(host)),
-             a->port);
-    return buf;
-}
 
 /* Does the network family/prefix/net contain addr (of that family)? */
 static int xr_in_net(uint8_t family, const uint8_t *net, int prefix, const xr_paddr_t *a)
@@ -404,7 +389,7 @@ int xr_policy_register(const xr_app_conf_t *app, const xr_paddr_t *local, const 
     char l[80], from[INET6_ADDRSTRLEN];
     xr_paddr_t a = xr_unmap(local), p = xr_unmap(peer);
     xr_paddr_str(local, l, sizeof(l));
-    xr_host_str(&p, from, sizeof(from));
+    xr_paddr_host(&p, from, sizeof(from));
 
     /* The agent dials a registered address for relayed connections: the
      * same places CONNECT may never reach must not be registered either,

@@ -17,10 +17,10 @@
 #ifndef XR_POLICY_H
 #define XR_POLICY_H
 
-#include "agent/proto.h"
+#include "common/proto.h"
 #include "core/conf.h"
 #include "core/gen.h"
-#include "tls/identity.h"
+#include "common/identity.h"
 
 /* An outbound rule: ADDR[/PREFIX][:PORTS] (see html-docs). */
 typedef struct {
@@ -93,8 +93,5 @@ int xr_policy_outbound(const xr_app_conf_t *app, const xr_paddr_t *dst, const xr
  * xr_policy_outbound. */
 int xr_policy_register(const xr_app_conf_t *app, const xr_paddr_t *local, const xr_paddr_t *peer,
                        const xr_paddr_t *self, size_t nself, char *why, size_t whylen);
-
-/* "198.18.2.1:80" or "[2001:db8::1]:443" into buf. */
-const char *xr_paddr_str(const xr_paddr_t *a, char *buf, size_t size);
 
 #endif

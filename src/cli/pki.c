@@ -8,7 +8,7 @@
  */
 #include "core/xrayd.h"
 #include "cli/pki.h"
-#include "tls/identity.h"
+#include "common/identity.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

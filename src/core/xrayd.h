@@ -4,22 +4,10 @@
 #ifndef XR_XRAYD_H
 #define XR_XRAYD_H
 
-#include "xr_config.h"
-
-#include <errno.h>
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
+#include "common/common.h"
 #include "xrayd_module.h"
 
 #define xr_container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
-
-#define XR_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-#define XR_MIN(a, b)     ((a) < (b) ? (a) : (b))
-#define XR_MAX(a, b)     ((a) > (b) ? (a) : (b))
 
 /* Allocation that cannot fail: xrayd aborts on out-of-memory rather than
  * limping on with half-built state. */

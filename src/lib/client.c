@@ -1,10 +1,9 @@
 /*
  * client.c: the client core (see client.h).
  */
+#include "common/common.h"
 #include "lib/client.h"
-#include "core/xrayd.h"
-#include "agent/policy.h"
-#include "tls/identity.h"
+#include "common/identity.h"
 
 #include <errno.h>
 #include <netinet/in.h>

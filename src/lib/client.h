@@ -15,7 +15,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
-#include "agent/proto.h"
+#include "common/proto.h"
 
 typedef struct {
     const char *agent;      /* HOST:PORT */

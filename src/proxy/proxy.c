@@ -231,17 +231,29 @@ static int xr_pc_open_filters(xr_pconn_t *c)
     return XR_OK;
 }
 
-static void xr_pc_end_close(xr_pend_t *e)
+static void xr_pc_end_close_how(xr_pend_t *e, int cut)
 {
     if (e->io.fd < 0)
         return;
     /* The master holds a duplicate of the same open socket: close() alone
      * would send nothing, and would not take it out of the epoll set
-     * either (events would keep coming for a freed connection). */
+     * either (events would keep coming for a freed connection).  A cut
+     * connection's peer gets a reset instead of a FIN: linger 0 applies
+     * to the socket, so whichever close is last sends it. */
     xr_io_del(&e->io);
-    shutdown(e->io.fd, SHUT_RDWR);
+    if (cut) {
+        struct linger lg = {1, 0};
+        setsockopt(e->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    } else {
+        shutdown(e->io.fd, SHUT_RDWR);
+    }
     close(e->io.fd);
     e->io.fd = -1;
+}
+
+static void xr_pc_end_close(xr_pend_t *e)
+{
+    xr_pc_end_close_how(e, 0);
 }
 
 static void xr_pc_release(xr_pconn_t *c)
@@ -288,8 +300,8 @@ void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...)
                 c->end[i].io.fd = -1;
             }
     } else {
-        xr_pc_end_close(&c->end[0]);
-        xr_pc_end_close(&c->end[1]);
+        xr_pc_end_close_how(&c->end[0], c->cut);
+        xr_pc_end_close_how(&c->end[1], c->cut);
         for (int i = 0; i < c->opened; i++) {
             const xr_filter_conf_t *f = &c->conf->filters[i];
             if (f->module->close)
@@ -576,6 +588,7 @@ static const char *xr_pc_end_name(int e)
 static void xr_pc_io_error(xr_pconn_t *c, const char *op, int e, int err)
 {
     int level = (err == ECONNRESET || err == EPIPE) ? XR_LOG_INFO : XR_LOG_ERR;
+    c->cut = 1;
     xr_log_session((xr_log_level_t) level, &c->s, "%s %s failed (%d: %s)", op, xr_pc_end_name(e),
                    err, strerror(err));
     xr_pconn_close(c, "%s %s: %s", op, xr_pc_end_name(e), strerror(err));

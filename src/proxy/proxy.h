@@ -67,6 +67,7 @@ struct xr_pconn_s {
     void *hs;              /* handler working state */
     unsigned char *fstate; /* the filters' per-connection state */
     int opened;            /* filters whose open hook ran */
+    int cut;               /* ended on an error: the ends get a reset, not a FIN */
     uv_timer_t timer;
     xr_list_t link;
     xr_posted_t posted;

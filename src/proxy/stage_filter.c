@@ -95,6 +95,7 @@ static int xr_fs_process(xr_pconn_t *c, int d)
         c->in_done[d] += n;
         if (xr_chain_run(c->rt, c->fstate, &c->s, d, &st->chain[d], b, off) != XR_OK) {
             xr_log_session(XR_LOG_NOTICE, &c->s, "closed by a filter: %s", c->s.close_reason);
+            c->cut = 1;
             xr_pconn_close(c, NULL);
             return XR_ERROR;
         }

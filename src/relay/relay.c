@@ -89,13 +89,24 @@ static void xr_relay_timer_closed(uv_handle_t *h)
     free(h->data);
 }
 
-static void xr_end_close(xr_end_t *e)
+/* Close an end's socket.  cut: the relay ended on an error, so the peer
+ * gets a reset, not a FIN it could take for a normal end of stream. */
+static void xr_end_close_how(xr_end_t *e, int cut)
 {
     if (e->io.fd >= 0) {
+        if (cut) {
+            struct linger lg = {1, 0};
+            setsockopt(e->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
         close(e->io.fd); /* also leaves the epoll set */
         e->io.fd = -1;
     }
     e->readable = e->writable = e->rdhup = 0;
+}
+
+static void xr_end_close(xr_end_t *e)
+{
+    xr_end_close_how(e, 0);
 }
 
 /* Release the end's own state (TLS); after the log hooks, which may read
@@ -128,8 +139,8 @@ void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
     r->s.end_ms = xr_wall_ms();
     uv_timer_stop(&r->timer);
     xr_reactor_unpost(&r->posted);
-    xr_end_close(&r->end[0]);
-    xr_end_close(&r->end[1]);
+    xr_end_close_how(&r->end[0], r->cut);
+    xr_end_close_how(&r->end[1], r->cut);
 
     xr_chain_close(r->rt, r->fstate, &r->s, r->opened);
 
@@ -399,6 +410,7 @@ static int xr_relay_filter(xr_relay_t *r, int d, uint32_t off)
 {
     xr_dir_t *dr = &r->dir[d];
     if (xr_chain_run(r->rt, r->fstate, &r->s, d, &dr->chain, dr->buf, off) != XR_OK) {
+        r->cut = 1;
         xr_relay_close(r, NULL);
         return XR_ERROR;
     }
@@ -419,6 +431,7 @@ static void xr_relay_io_error(xr_relay_t *r, const char *op, int which, int err)
     /* Peers that vanish or misbehave are the peers' business: info.  A
      * failure of our own making is an error. */
     int level = (err == ECONNRESET || err == EPIPE || why != NULL) ? XR_LOG_INFO : XR_LOG_ERR;
+    r->cut = 1;
     if (why != NULL) {
         xr_log_session((xr_log_level_t) level, &r->s, "%s %s failed: %s", op, xr_end_name(which),
                        why);
@@ -511,6 +524,10 @@ static int xr_relay_pump(xr_relay_t *r, int d)
             if (xr_relay_filter(r, d, off) != XR_OK)
                 return XR_ERROR;
             continue;
+        }
+        if (n == 0 && src->err != 0) {
+            xr_relay_io_error(r, "reading from", d, src->err);
+            return XR_ERROR;
         }
         if (n == 0) {
             src->rd_eof = 1;
@@ -616,7 +633,10 @@ static void xr_relay_io_cb(xr_io_t *io, uint32_t events)
             xr_relay_io_error(r, "connection to", which, err);
             return;
         }
-        /* A reset is seen by the read or write below, in order. */
+        /* Reading SO_ERROR cleared the reset: the read below that reaches
+         * the end of the bytes before it reports it. */
+        if (err != 0)
+            e->err = err;
     }
     /* Bytes from this end, and bytes waiting for it. */
     xr_relay_pump_both(r, which);

@@ -51,6 +51,7 @@ struct xr_end_s {
     unsigned rdhup : 1;   /* the peer's FIN arrived: read until 0 */
     unsigned rd_eof : 1;  /* read returned 0 */
     unsigned wr_shut : 1; /* shutdown_wr done */
+    int err;              /* a reset taken by SO_ERROR: reported after the bytes before it */
     const xr_end_ops_t *ops;
     void *data; /* the end's own state (TLS) */
 };
@@ -85,6 +86,7 @@ struct xr_relay_s {
     int peer;              /* upstream server index, -1 before */
     int tries;
     int opened; /* filters whose open hook ran */
+    int cut;    /* ended on an error: the ends get a reset, not a FIN */
     xr_relay_state_t state;
     int shm_counted;
 };

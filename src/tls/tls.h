@@ -14,7 +14,7 @@
 
 #include "core/conf.h"
 #include "relay/buf.h"
-#include "tls/identity.h"
+#include "common/identity.h"
 #include "tls/record.h"
 #include "tls/ticket.h"
 

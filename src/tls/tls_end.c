@@ -12,7 +12,7 @@
 #include "core/xrayd.h"
 #include "core/log.h"
 #include "relay/relay.h"
-#include "tls/identity.h"
+#include "common/identity.h"
 #include "tls/tls.h"
 
 #include <mbedtls/error.h>

@@ -1,5 +1,5 @@
 /*
- * test_proto.c: the XRAY control-protocol codec (src/agent/proto.c).
+ * test_proto.c: the XRAY control-protocol codec (src/common/proto.c).
  *
  * Every type round-trips field for field and byte for byte; a few frames
  * are pinned against hand-written bytes, so an accidental change to the
@@ -8,7 +8,7 @@
  * decoder would.  Frames are decoded out of buffers allocated at their
  * exact length, so a sanitizer build sees any read past the end.
  */
-#include "agent/proto.h"
+#include "common/proto.h"
 
 #include "unit.h"
 

@@ -1,8 +1,8 @@
 /*
  * identity.c: a certificate's identity as plain strings (see identity.h).
  */
-#include "core/xrayd.h"
-#include "tls/identity.h"
+#include "common/common.h"
+#include "common/identity.h"
 
 #include <arpa/inet.h>
 #include <fnmatch.h>

@@ -201,4 +201,9 @@ int xr_proto_err_errno(int code);
  * unprintable bytes become '?', so encoding cannot fail on it. */
 void xr_pstr_set(xr_pstr_t *p, const char *s);
 
+/* "198.18.2.1:80" or "[2001:db8::1]:443" into buf. */
+const char *xr_paddr_str(const xr_paddr_t *a, char *buf, size_t size);
+/* The host alone, "198.18.2.1" or "2001:db8::1" ("?" for no address). */
+const char *xr_paddr_host(const xr_paddr_t *a, char *buf, size_t size);
+
 #endif

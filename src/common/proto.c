@@ -7,10 +7,12 @@
  * run in both directions, so what one side can send the other accepts and
  * nothing else.
  */
-#include "agent/proto.h"
+#include "common/proto.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -402,4 +404,20 @@ unsigned xr_paddr_to_sockaddr(const xr_paddr_t *a, struct sockaddr_storage *ss)
         return sizeof(*s6);
     }
     return 0;
+}
+
+const char *xr_paddr_host(const xr_paddr_t *a, char *buf, size_t size)
+{
+    snprintf(buf, size, "?");
+    if (a->family == 4 || a->family == 6)
+        inet_ntop(a->family == 4 ? AF_INET : AF_INET6, a->addr, buf, (socklen_t) size);
+    return buf;
+}
+
+const char *xr_paddr_str(const xr_paddr_t *a, char *buf, size_t size)
+{
+    char host[INET6_ADDRSTRLEN];
+    snprintf(buf, size, a->family == 6 ? "[%s]:%u" : "%s:%u", xr_paddr_host(a, host, sizeof(host)),
+             a->port);
+    return buf;
 }
