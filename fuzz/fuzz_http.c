@@ -706,11 +706,45 @@ static void xr_fz_logs_add(xr_fz_logs_t *l, const void *p, size_t n)
     l->hash = h;
 }
 
+/* An HTTP request's record, read back from its fields by name. */
+typedef struct {
+    const char *method, *host, *uri;
+    int status, refused;
+    uint64_t request_bytes, response_bytes;
+} xr_fz_http_t;
+
+static const xr_fz_http_t *xr_fz_http_of(const xr_record_t *r, xr_fz_http_t *h)
+{
+    if (r == NULL)
+        return NULL;
+    XR_FZ_CHECK(r->kind != NULL && strcmp(r->kind, "http") == 0);
+    memset(h, 0, sizeof(*h));
+    for (size_t i = 0; i < r->nfields; i++) {
+        const xr_field_t *f = &r->fields[i];
+        if (strcmp(f->name, "method") == 0)
+            h->method = f->str;
+        else if (strcmp(f->name, "host") == 0)
+            h->host = f->str;
+        else if (strcmp(f->name, "uri") == 0)
+            h->uri = f->str;
+        else if (strcmp(f->name, "status") == 0)
+            h->status = (int) f->i;
+        else if (strcmp(f->name, "refused") == 0)
+            h->refused = (int) f->i;
+        else if (strcmp(f->name, "request_bytes") == 0)
+            h->request_bytes = f->u;
+        else if (strcmp(f->name, "response_bytes") == 0)
+            h->response_bytes = f->u;
+    }
+    return h;
+}
+
 void xr_pconn_log(xr_pconn_t *c)
 {
     xr_fz_conn_t *f = xr_fz_of(c);
     XR_FZ_CHECK(!f->closed);
-    const xr_http_log_t *l = c->s.http;
+    xr_fz_http_t rec;
+    const xr_fz_http_t *l = xr_fz_http_of(c->s.record, &rec);
     if (l == NULL)
         return;
     XR_FZ_CHECK(l->method != NULL && l->host != NULL && l->uri != NULL);

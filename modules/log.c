@@ -119,21 +119,36 @@ static void xr_accesslog_log(void *conf, void *state, xr_session_t *s)
                              (unsigned long long) s->written_total[XR_DIR_DOWN],
                              (long long) (s->end_ms - s->start_ms));
     off = xr_json_str(line, cap, off, s->close_reason[0] ? s->close_reason : "done");
-    if (s->http != NULL) {
-        /* One record per request of an HTTP proxy. */
-        const xr_http_log_t *h = s->http;
-        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ",\"http\":{\"method\":");
-        off = xr_json_str(line, cap, off, h->method);
-        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ",\"host\":");
-        off = xr_json_str(line, cap, off, h->host);
-        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ",\"uri\":");
-        off = xr_json_str(line, cap, off, h->uri);
-        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0,
-                                 ",\"status\":%d,\"refused\":%s,\"request_bytes\":%llu,"
-                                 "\"response_bytes\":%llu}",
-                                 h->status, h->refused ? "true" : "false",
-                                 (unsigned long long) h->request_bytes,
-                                 (unsigned long long) h->response_bytes);
+    if (s->record != NULL && s->record->kind != NULL) {
+        /* A front door's record (an HTTP proxy's request): "kind":{...}. */
+        const xr_record_t *r = s->record;
+        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ",");
+        off = xr_json_str(line, cap, off, r->kind);
+        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ":{");
+        for (size_t i = 0; i < r->nfields; i++) {
+            const xr_field_t *f = &r->fields[i];
+            if (i > 0)
+                off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ",");
+            off = xr_json_str(line, cap, off, f->name);
+            off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, ":");
+            switch (f->type) {
+            case XR_FIELD_STR: off = xr_json_str(line, cap, off, f->str); break;
+            case XR_FIELD_INT:
+                off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, "%lld",
+                                         (long long) f->i);
+                break;
+            case XR_FIELD_UINT:
+                off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, "%llu",
+                                         (unsigned long long) f->u);
+                break;
+            case XR_FIELD_BOOL:
+                off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, "%s",
+                                         f->i ? "true" : "false");
+                break;
+            default: off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, "null");
+            }
+        }
+        off += (size_t) snprintf(line + off, off < cap ? cap - off : 0, "}");
     }
     if (off > cap)
         off = cap;

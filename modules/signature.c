@@ -2,7 +2,9 @@
  * signature.c: the auxiliary test of XRAY section 2: close a relay whose
  * bytes contain any configured pattern, also when the pattern is split
  * across reads.  The last (longest pattern - 1) bytes of each direction
- * are kept so a match across a boundary is seen.
+ * are kept so a match across a boundary is seen.  With `answer`, the
+ * sender of the matching bytes gets that text back before the close (an
+ * HTTP 403, say) instead of a reset.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem */
@@ -27,6 +29,7 @@ typedef struct {
     size_t n;
     size_t maxlen;
     int direction; /* 0 up, 1 down, 2 both */
+    char *answer;  /* sent back to the sender of a match, or NULL: reset */
 } xr_sig_conf_t;
 
 typedef struct {
@@ -134,7 +137,32 @@ static const xr_directive_t xr_sig_directives[] = {
      "Byte patterns that close the relay: \"literal\", {hex: \"..\"}, optional name."},
     {"direction", XR_CTX_FILTER, XR_T_ENUM, offsetof(xr_sig_conf_t, direction), "both", 0, 0,
      xr_sig_directions, NULL, 0, "Which direction is inspected: up, down or both."},
+    {"answer", XR_CTX_FILTER, XR_T_STRING, offsetof(xr_sig_conf_t, answer), NULL, 0, 0, NULL, NULL,
+     0,
+     "Text sent back to the sender of a match before the connection closes with a FIN (C "
+     "escapes \\r \\n \\t \\\\); none: the connection is reset."},
     XR_DIRECTIVES_END};
+
+/* `answer` with \r, \n, \t and \\ turned into their bytes, in place. */
+static int xr_sig_init_conf(xr_conf_t *cf, const xr_node_t *node, void *conf)
+{
+    xr_sig_conf_t *c = conf;
+    if (c->answer == NULL)
+        return XR_OK;
+    char *w = c->answer;
+    for (const char *r = c->answer; *r; r++) {
+        if (*r != '\\' || r[1] == '\0') {
+            *w++ = *r;
+            continue;
+        }
+        r++;
+        *w++ = *r == 'r' ? '\r' : *r == 'n' ? '\n' : *r == 't' ? '\t' : *r;
+    }
+    *w = '\0';
+    if (w - c->answer > XR_SIG_MAX_LEN)
+        return xr_conf_error(cf, node, "answer longer than %d bytes", XR_SIG_MAX_LEN);
+    return XR_OK;
+}
 
 static const xr_sig_pattern_t *xr_sig_find(const xr_sig_conf_t *c, const unsigned char *buf,
                                            size_t len)
@@ -169,6 +197,12 @@ static xr_filter_rc_t xr_sig_data(void *conf, void *state, xr_session_t *s, int 
                  hit->label);
         xr_log_session(XR_LOG_WARN, s, "signature \"%s\" matched in the %s direction", hit->label,
                        dir == XR_DIR_UP ? "client-to-upstream" : "upstream-to-client");
+        size_t alen = sc->answer ? strlen(sc->answer) : 0;
+        if (alen > 0 && alen <= c->cap) {
+            memcpy(c->data, sc->answer, alen);
+            c->len = alen;
+            return XR_FILTER_ANSWER;
+        }
         return XR_FILTER_CLOSE;
     }
     if (keep > 0) {
@@ -206,7 +240,7 @@ xr_module_t xr_signature_module = {XR_MODULE_HEAD,
                                    "1.0",
                                    xr_sig_directives,
                                    sizeof(xr_sig_conf_t),
-                                   NULL,
+                                   xr_sig_init_conf,
                                    NULL,
                                    NULL,
                                    NULL,

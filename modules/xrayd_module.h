@@ -19,7 +19,9 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define XR_MODULE_ABI 1
+/* 2: XR_FILTER_ANSWER; a session's record (xr_record_t) replaced the HTTP
+ * proxy's own type. */
+#define XR_MODULE_ABI 2
 
 /* The build signature covers the layouts a module reads directly. */
 #define XR__STR2(x) #x
@@ -39,7 +41,13 @@ typedef enum {
     XR_FILTER_PASS = 0, /* forward the (possibly modified) chunk */
     XR_FILTER_HOLD,     /* keep these bytes; call again with more appended */
     XR_FILTER_DROP,     /* discard the chunk silently */
-    XR_FILTER_CLOSE     /* close the relay; set s->close_reason first */
+    XR_FILTER_CLOSE,    /* close the relay; set s->close_reason first */
+    /* Answer the peer that sent this chunk and close: the hook replaced
+     * the chunk's bytes with the answer (len <= cap).  The answer goes
+     * back after what was already on its way there, the far side gets
+     * what passed before this chunk, then both get a FIN.  Set
+     * s->close_reason first. */
+    XR_FILTER_ANSWER
 } xr_filter_rc_t;
 
 /* Directions of a relay. */
@@ -65,20 +73,30 @@ typedef struct xr_session_s {
     uint64_t written_total[2];
     char close_reason[96];
     void *_core; /* the core's relay; do not touch */
-    /* An HTTP proxy's request, for log hooks (called once per request),
-     * or NULL. */
-    const struct xr_http_log_s *http;
+    /* What a front door says of one exchange inside the connection, for
+     * log hooks (an HTTP proxy calls them once per request, with its
+     * method, host, status ...), or NULL. */
+    const struct xr_record_s *record;
 } xr_session_t;
 
-/* One request through an HTTP proxy (mode: http). */
-typedef struct xr_http_log_s {
-    const char *method;
-    const char *host;
-    const char *uri; /* as the client sent it, cut at 95 bytes */
-    int status;      /* the response's, or the proxy's own refusal */
-    int refused;     /* 1: answered by the proxy, not forwarded */
-    uint64_t request_bytes, response_bytes;
-} xr_http_log_t;
+/* One named value of a record. */
+typedef enum { XR_FIELD_STR = 1, XR_FIELD_INT, XR_FIELD_UINT, XR_FIELD_BOOL } xr_field_type_t;
+
+typedef struct {
+    const char *name;
+    xr_field_type_t type;
+    const char *str; /* XR_FIELD_STR: NUL-terminated, or NULL (no value) */
+    int64_t i;       /* XR_FIELD_INT, XR_FIELD_BOOL (0 or 1) */
+    uint64_t u;      /* XR_FIELD_UINT */
+} xr_field_t;
+
+/* A front door's record: what kind of exchange ("http"), and its fields
+ * in order. */
+typedef struct xr_record_s {
+    const char *kind;
+    const xr_field_t *fields;
+    size_t nfields;
+} xr_record_t;
 
 /* A chunk of cleartext handed to a data hook.  The hook may rewrite
  * data[0..len) in place and change len up to cap. */

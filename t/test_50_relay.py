@@ -629,3 +629,46 @@ def test_filter_close_is_a_reset(xrayd, cleanup):
         assert xf.closed_by_peer(c, 15) == "rst"
     xf.wait_until(lambda: seen, 10, what="the upstream's end")
     assert seen[0][0] == "rst" and b"FORBIDDEN" not in seen[0][1], seen
+
+
+def test_filter_answer_then_close(xrayd, cleanup):
+    """A filter that answers (signature with answer): the client gets what
+    the upstream sent before, then the answer, then a FIN; the upstream
+    gets what passed before the match and a FIN, never the pattern."""
+    seen = []
+
+    def upstream(srv, s):
+        s.sendall(b"welcome\n")
+        got = b""
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    seen.append(("eof", got))
+                    break
+                got += b
+        except ConnectionResetError:
+            seen.append(("rst", got))
+
+    srv = xf.HandlerServer(upstream)
+    cleanup.append(srv)
+    x = xrayd()
+    p = simple_conf(x, srv.port, log=False, extra_relay=(
+        "    filters:\n      - signature:\n          patterns: [\"/etc/passwd\"]\n"
+        "          answer: 'HTTP/1.0 403 Forbidden\\r\\n\\r\\n'\n"))
+    x.start()
+    with xf.connect(p) as c:
+        assert xf.recv_exact(c, 8, timeout=10) == b"welcome\n"
+        c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        time.sleep(0.2)
+        c.sendall(b"GET /etc/passwd HTTP/1.0\r\n\r\n")
+        c.settimeout(10)
+        rest = b""
+        while True:
+            b = c.recv(65536)  # a reset would raise here
+            if not b:
+                break
+            rest += b
+        assert rest == b"HTTP/1.0 403 Forbidden\r\n\r\n", rest
+    xf.wait_until(lambda: seen, 10, what="the upstream's end")
+    assert seen[0] == ("eof", b"GET / HTTP/1.0\r\n\r\n"), seen

@@ -453,6 +453,26 @@ def test_signature_stops_a_redirected_circuit(filtered_rig):
     rig.no_alerts()
 
 
+@pytest.mark.timeout(120)
+def test_signature_answers_on_a_redirected_circuit(topology, tmp_path):
+    """signature with answer on a REDIRECTed circuit: the client gets the
+    echo of what passed, then the answer, then a clean end (no reset);
+    the origin never sees the pattern."""
+    rig = Rig(topology, tmp_path, tcp_extra="""    filters:
+      - signature: {patterns: ["FORBIDDEN-PAYLOAD"], answer: "DENIED\\n"}
+""")
+    try:
+        rig.start()
+        out = rig.py(ECHO, ORIGIN, "hello ", "x FORBIDDEN-PAYLOAD y")
+        assert out == "GOT hello DENIED\n\n", repr(out)
+        _wait(lambda: "bytes back to the client" in rig.log(), 10,
+              "the answer logged")
+        rig.no_alerts()
+    finally:
+        rig.stop()
+    assert not rig.sanitizer_reports(), rig.sanitizer_reports()
+
+
 def test_http_proxy_refuses_data_filters(tmp_path):
     """mode: http has no stage for data hooks: -t refuses such a filter at
     its position rather than accept it and let bytes by unchecked."""

@@ -350,10 +350,19 @@ static size_t xr_error_page(const xr_pconn_t *c, const xr_hpend_t *e, char *out,
 /* Log request e (its response complete, or its refusal sent). */
 static void xr_http_log(xr_pconn_t *c, const xr_hpend_t *e, int status, uint64_t resp)
 {
-    xr_http_log_t l = {e->method, e->host, e->uri, status, e->status != 0, e->req_bytes, resp};
-    c->s.http = &l;
+    const xr_field_t f[] = {
+        {"method", XR_FIELD_STR, e->method, 0, 0},
+        {"host", XR_FIELD_STR, e->host, 0, 0},
+        {"uri", XR_FIELD_STR, e->uri, 0, 0},
+        {"status", XR_FIELD_INT, NULL, status, 0},
+        {"refused", XR_FIELD_BOOL, NULL, e->status != 0, 0},
+        {"request_bytes", XR_FIELD_UINT, NULL, 0, e->req_bytes},
+        {"response_bytes", XR_FIELD_UINT, NULL, 0, resp},
+    };
+    const xr_record_t rec = {"http", f, XR_ARRAY_SIZE(f)};
+    c->s.record = &rec;
     xr_pconn_log(c);
-    c->s.http = NULL;
+    c->s.record = NULL;
 }
 
 /* Answer refused requests whose turn it is: the client's output is at a

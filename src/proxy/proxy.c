@@ -245,6 +245,7 @@ static void xr_pc_end_close_how(xr_pend_t *e, int cut)
         struct linger lg = {1, 0};
         setsockopt(e->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     } else {
+        xr_drain_unread(e->io.fd);
         shutdown(e->io.fd, SHUT_RDWR);
     }
     close(e->io.fd);

@@ -14,6 +14,7 @@ typedef struct {
     uint64_t in_commit[2]; /* input up to here is filtered and in OUT */
     uint64_t out_made[2];
     uint32_t held[2]; /* a filter held bytes past in_commit */
+    uint32_t answered;
 } xr_frec_t;
 
 /* Working state. */
@@ -21,6 +22,7 @@ typedef struct {
     xr_buf_t *buf[2]; /* bytes inside the chain: [start, filt) passed, [filt, end) held */
     xr_chain_t chain[2];
     uint64_t in_commit[2];
+    int answered; /* a filter answered: the connection ends once its output is out */
 } xr_fstage_t;
 
 static void xr_fs_commit(xr_pconn_t *c)
@@ -35,6 +37,7 @@ static void xr_fs_commit(xr_pconn_t *c)
         r.out_made[d] = c->out_made[d];
         r.held[d] = st->buf[d] != NULL;
     }
+    r.answered = (uint32_t) st->answered;
     xr_pslot_commit(c->p, &r, sizeof(r));
 }
 
@@ -54,6 +57,35 @@ static int xr_fs_emit(xr_pconn_t *c, int d)
         st->buf[d] = NULL;
     }
     return b->start == b->filt || st->buf[d] == NULL;
+}
+
+/* A filter answered the sender of direction d (see relay/filter.h):
+ * the answer goes back through OUT[1-d], what passed before it goes on,
+ * and nothing more is read or filtered either way. */
+static int xr_fs_answer(xr_pconn_t *c, int d)
+{
+    xr_fstage_t *st = c->hs;
+    xr_buf_t *b = st->buf[d];
+    uint32_t alen = b->end - b->filt;
+    if (xr_pconn_out_room(c, 1 - d) < alen) {
+        xr_log_session(XR_LOG_WARN, &c->s, "no room to send a filter's answer of %u bytes", alen);
+        c->cut = 1;
+        xr_pconn_close(c, NULL);
+        return XR_ERROR;
+    }
+    xr_pconn_emit(c, 1 - d, b->data + b->filt, alen);
+    b->end = b->filt;
+    st->answered = 1;
+    for (int x = 0; x < 2; x++) {
+        c->in_done[x] = c->p->taken[x]; /* read after the answer: dropped */
+        c->end[x].rd_eof = 1;
+        xr_chain_eof(&st->chain[x], st->buf[x]);
+    }
+    xr_log_session(XR_LOG_INFO, &c->s, "%s: %u bytes back to the %s, then closing",
+                   c->s.close_reason, alen, d == XR_DIR_UP ? "client" : "upstream");
+    xr_fs_emit(c, d);
+    xr_fs_commit(c);
+    return XR_OK;
 }
 
 static int xr_fs_process(xr_pconn_t *c, int d)
@@ -93,7 +125,10 @@ static int xr_fs_process(xr_pconn_t *c, int d)
         xr_ring_get(c->ring[XR_RING_IN_UP + d], c->rsize, c->in_done[d], b->data + off, n);
         b->end += (uint32_t) n;
         c->in_done[d] += n;
-        if (xr_chain_run(c->rt, c->fstate, &c->s, d, &st->chain[d], b, off) != XR_OK) {
+        int crc = xr_chain_run(c->rt, c->fstate, &c->s, d, &st->chain[d], b, off);
+        if (crc == XR_CHAIN_ANSWER)
+            return xr_fs_answer(c, d);
+        if (crc != XR_OK) {
             xr_log_session(XR_LOG_NOTICE, &c->s, "closed by a filter: %s", c->s.close_reason);
             c->cut = 1;
             xr_pconn_close(c, NULL);
@@ -133,6 +168,11 @@ static int xr_fs_resume(xr_pconn_t *c)
     xr_fstage_t *st = c->hs;
     xr_frec_t r;
     memcpy(&r, xr_pslot_record(c->p), sizeof(r));
+    if (r.answered) {
+        snprintf(c->s.close_reason, sizeof(c->s.close_reason),
+                 "a filter had answered when the worker died");
+        return XR_ERROR;
+    }
     for (int d = 0; d < 2; d++) {
         if (r.held[d]) {
             snprintf(c->s.close_reason, sizeof(c->s.close_reason),
@@ -161,5 +201,13 @@ static void xr_fs_free(xr_pconn_t *c)
     c->hs = NULL;
 }
 
-const xr_phandler_t xr_filter_handler = {"filter",     xr_fs_process, xr_fs_eof, xr_fs_start,
-                                         xr_fs_resume, xr_fs_free,    NULL};
+/* After an answer: over once every byte emitted is out. */
+static int xr_fs_finished(const xr_pconn_t *c)
+{
+    const xr_fstage_t *st = c->hs;
+    return st != NULL && st->answered && c->out_made[0] == c->p->given[1] &&
+           c->out_made[1] == c->p->given[0];
+}
+
+const xr_phandler_t xr_filter_handler = {"filter",     xr_fs_process, xr_fs_eof,     xr_fs_start,
+                                         xr_fs_resume, xr_fs_free,    xr_fs_finished};

@@ -76,6 +76,20 @@ int xr_chain_run(const xr_relay_rt_t *rt, unsigned char *fstate, xr_session_t *s
                 b->filt = ch->holds[0].off;
                 return XR_OK;
             case XR_FILTER_DROP: b->end = rstart; break;
+            case XR_FILTER_ANSWER:
+                if (s->close_reason[0] == '\0')
+                    snprintf(s->close_reason, sizeof(s->close_reason), "answered by %s",
+                             f->module->name);
+                /* Held bytes after this chunk's start are the answer's now;
+                 * those before it were passed by every filter up to here
+                 * but not by the holders: they are not sent either. */
+                b->filt = ch->nholds ? XR_MIN(ch->holds[0].off, rstart) : rstart;
+                if (b->filt < rstart) {
+                    memmove(b->data + b->filt, b->data + rstart, b->end - rstart);
+                    b->end -= rstart - b->filt;
+                }
+                ch->nholds = 0;
+                return XR_CHAIN_ANSWER;
             case XR_FILTER_CLOSE:
             default:
                 if (s->close_reason[0] == '\0')

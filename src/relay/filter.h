@@ -32,11 +32,16 @@ unsigned char *xr_chain_state_new(const xr_relay_rt_t *rt);
  * filter denied: s->close_reason says why. */
 int xr_chain_open(const xr_relay_rt_t *rt, unsigned char *fstate, xr_session_t *s, int *opened);
 
+/* xr_chain_run's answer: a filter answered the peer that sent the bytes. */
+#define XR_CHAIN_ANSWER 1
+
 /* Run the data hooks over b->data[off, b->end), the bytes that just
  * arrived.  On return b->data[b->filt, b->end) is what filters hold and
- * b->data[b->start, b->filt) may be sent.  XR_OK, or XR_ERROR when a
- * filter closed the connection or misbehaved: s->close_reason says why
- * and the caller closes. */
+ * b->data[b->start, b->filt) may be sent.  XR_OK; XR_ERROR when a
+ * filter closed the connection or misbehaved (s->close_reason says why;
+ * the caller cuts it); or XR_CHAIN_ANSWER: a filter answered, the answer
+ * is b->data[b->filt, b->end) (nothing is held any more), and the caller
+ * sends what passed, sends the answer back to the sender and closes. */
 int xr_chain_run(const xr_relay_rt_t *rt, unsigned char *fstate, xr_session_t *s, int d,
                  xr_chain_t *ch, xr_buf_t *b, uint32_t off);
 

@@ -89,11 +89,23 @@ static void xr_relay_timer_closed(uv_handle_t *h)
     free(h->data);
 }
 
+/* Read and drop what a peer sent after we stopped reading: closing a
+ * socket with unread bytes resets it, which could throw away an answer
+ * still on its way to that peer. */
+void xr_drain_unread(int fd)
+{
+    char sink[4096];
+    for (int i = 0; i < 16 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++) {
+    }
+}
+
 /* Close an end's socket.  cut: the relay ended on an error, so the peer
  * gets a reset, not a FIN it could take for a normal end of stream. */
 static void xr_end_close_how(xr_end_t *e, int cut)
 {
     if (e->io.fd >= 0) {
+        if (!cut)
+            xr_drain_unread(e->io.fd);
         if (cut) {
             struct linger lg = {1, 0};
             setsockopt(e->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
@@ -404,12 +416,52 @@ static void xr_relay_connect(xr_relay_t *r)
 
 /* ---- the filter chain ---------------------------------------------------- */
 
+static void xr_relay_posted_cb(xr_posted_t *p);
+
+/* A filter answered the sender of direction d: the answer (the end of
+ * d's buffer) goes back after what was already on its way there, what
+ * passed before it goes on, and neither side is read again, so both get
+ * their bytes and then a FIN.  XR_OK, or XR_ERROR if the relay closed. */
+static int xr_relay_answer(xr_relay_t *r, int d)
+{
+    xr_buf_t *b = r->dir[d].buf;
+    xr_dir_t *back = &r->dir[1 - d];
+    uint32_t alen = b->end - b->filt;
+    if (back->buf == NULL)
+        back->buf = xr_buf_get((size_t) r->conf->buffer_size);
+    xr_buf_t *k = back->buf;
+    if (k != NULL) {
+        xr_chain_eof(&back->chain, k); /* held there: never passed, never sent */
+        if (k->cap - k->end < alen)
+            xr_chain_moved(&back->chain, xr_buf_compact(k));
+    }
+    if (k == NULL || k->cap - k->end < alen) {
+        xr_log_session(XR_LOG_WARN, &r->s, "no room to send a filter's answer of %u bytes", alen);
+        r->cut = 1;
+        xr_relay_close(r, NULL);
+        return XR_ERROR;
+    }
+    memcpy(k->data + k->end, b->data + b->filt, alen);
+    k->end += alen;
+    k->filt = k->end;
+    b->end = b->filt;
+    r->end[0].rd_eof = r->end[1].rd_eof = 1;
+    xr_log_session(XR_LOG_INFO, &r->s, "%s: %u bytes back to the %s, then closing",
+                   r->s.close_reason, alen, d == XR_DIR_UP ? "client" : "upstream");
+    /* The other direction may not be pumped again in this batch. */
+    xr_reactor_post(&r->posted, xr_relay_posted_cb);
+    return XR_OK;
+}
+
 /* Run the chain over the bytes that just arrived at data[off, end).
  * Returns XR_OK, or XR_ERROR if the relay was closed. */
 static int xr_relay_filter(xr_relay_t *r, int d, uint32_t off)
 {
     xr_dir_t *dr = &r->dir[d];
-    if (xr_chain_run(r->rt, r->fstate, &r->s, d, &dr->chain, dr->buf, off) != XR_OK) {
+    int rc = xr_chain_run(r->rt, r->fstate, &r->s, d, &dr->chain, dr->buf, off);
+    if (rc == XR_CHAIN_ANSWER)
+        return xr_relay_answer(r, d);
+    if (rc != XR_OK) {
         r->cut = 1;
         xr_relay_close(r, NULL);
         return XR_ERROR;

@@ -110,6 +110,10 @@ void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
  * the handles are closed.  Safe to call twice. */
 void xr_relay_close(xr_relay_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Read and drop (a little of) what a peer sent that nobody will read, so
+ * that closing the socket sends a FIN, not a reset. */
+void xr_drain_unread(int fd);
+
 /* Hooks the worker provides. */
 xr_relay_rt_t *xr_worker_rt(const xr_relay_conf_t *rc);
 void xr_worker_relay_added(xr_relay_t *r);

@@ -68,6 +68,16 @@ static xr_filter_rc_t overrun_data(void *conf, void *st, xr_session_t *s, int di
     return XR_FILTER_PASS;
 }
 
+/* Answers "NO\n" to a chunk holding '!'. */
+static xr_filter_rc_t answer_data(void *conf, void *st, xr_session_t *s, int dir, xr_chunk_t *c)
+{
+    if (memchr(c->data, '!', c->len) == NULL)
+        return XR_FILTER_PASS;
+    memcpy(c->data, "NO\n", 3);
+    c->len = 3;
+    return XR_FILTER_ANSWER;
+}
+
 static int order[16], norder;
 
 static int deny_open(void *conf, void *st, xr_session_t *s)
@@ -109,6 +119,7 @@ FAKE(m_drop, drop_data);
 FAKE(m_close, close_data);
 FAKE(m_double, double_data);
 FAKE(m_overrun, overrun_data);
+FAKE(m_answer, answer_data);
 static const xr_module_t m_deny = {.name = "m_deny", .open = deny_open};
 
 typedef struct {
@@ -289,5 +300,34 @@ TEST(compaction_moves_holds)
     ASSERT_EQ(c.b->start, 0);
     ASSERT_EQ(feed(&c, "f\n"), XR_OK);
     ASSERT_STREQ(sent(&c), "def\n");
+    chain_teardown(&c);
+}
+
+TEST(answer_replaces_the_chunk)
+{
+    chain_t c;
+    chain_setup(&c, &m_upper, &m_answer);
+    ASSERT_EQ(feed(&c, "fine "), XR_OK);
+    ASSERT_STREQ(sent(&c), "FINE ");
+    ASSERT_EQ(feed(&c, "stop!"), XR_CHAIN_ANSWER);
+    /* Nothing of the answering chunk is sent on; the answer is after filt. */
+    ASSERT_EQ(c.b->filt, c.b->start);
+    ASSERT_EQ(c.b->end - c.b->filt, 3);
+    ASSERT_EQ(memcmp(c.b->data + c.b->filt, "NO\n", 3), 0);
+    ASSERT_STREQ(c.s.close_reason, "answered by m_answer");
+    chain_teardown(&c);
+}
+
+TEST(answer_drops_what_a_holder_kept)
+{
+    chain_t c;
+    chain_setup(&c, &m_line, &m_answer);
+    ASSERT_EQ(feed(&c, "a\n"), XR_OK);
+    ASSERT_STREQ(sent(&c), "a\n");
+    ASSERT_EQ(feed(&c, "held "), XR_OK);
+    ASSERT_EQ(feed(&c, "now!\n"), XR_CHAIN_ANSWER);
+    ASSERT_EQ(c.b->filt, c.b->start); /* "held " never passed the holder */
+    ASSERT_EQ(c.b->end - c.b->filt, 3);
+    ASSERT_EQ(c.ch.nholds, 0);
     chain_teardown(&c);
 }
