@@ -232,8 +232,8 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
     }
 
     if (xr_io_add(&r->end[0].io, fd, xr_relay_io_cb) != XR_OK) {
+        /* end[0] holds fd now: xr_relay_close closes it. */
         int err = errno;
-        close(fd);
         xr_log_session(XR_LOG_ERR, &r->s, "cannot watch the client socket (%d: %s)", err,
                        strerror(err));
         xr_relay_close(r, "cannot watch client socket");
@@ -680,10 +680,10 @@ void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
         src[i]->io.fd = -1;
         src[i]->data = NULL;
         src[i]->ops = NULL;
-        if (xr_io_add(&e->io, fd, xr_relay_io_cb) != XR_OK) {
-            close(fd);
+        /* e holds fd from here on, watched or not: xr_relay_close closes
+         * it with the relay. */
+        if (xr_io_add(&e->io, fd, xr_relay_io_cb) != XR_OK)
             failed = 1;
-        }
         e->readable = e->writable = 1;
     }
     r->s.identity = xr_tls_end_identity(&r->end[0]);
