@@ -224,7 +224,8 @@ exist and be writable by the workers.</p>""",
 <p>The master answers <code>xray status</code> here: version and pid (and
 the pid it was upgraded from), workers, and per relay or proxy block its
 live connections, connections accepted, connections taken over after a
-crash or an upgrade, and bytes of finished connections. The agent has a
+crash or an upgrade, and bytes read from the clients and from the
+upstreams (live connections included, as they move). The agent has a
 <a href="#d-agent-admin_socket">socket of its own</a>.</p>""",
         "example": "admin_socket: /run/xrayd.sock",
     },

@@ -309,7 +309,8 @@ static void xr_master_status(xr_sb_t *b, int json)
                   (unsigned long long) atomic_load(&xr_shm->bytes[rc->slot][1]),
                   rc->listen.n ? rc->listen.items[0].text : "-", rc->listen.n > 1 ? " ..." : "");
     }
-    xr_sb_add(b, "(bytes: of finished connections)\n");
+    xr_sb_add(b, "(bytes: read from the clients (up) and the upstreams (down), live "
+                 "connections included)\n");
 }
 
 static void xr_master_admin_open(const xr_gen_t *g)

@@ -74,6 +74,9 @@ struct xr_pconn_s {
     int upstream_idx; /* parent proxy being tried, or -1: the destination */
     int64_t last_active;
     int shm_counted;
+    /* Of p->taken[d], what is already in xr_shm->bytes: added once per
+     * pump while the connection lives, the rest at close. */
+    uint64_t counted[2];
     int heap_slot, heap_rings; /* continuity off: freed with the connection */
     const char *action;
 };
