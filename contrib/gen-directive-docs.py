@@ -216,7 +216,9 @@ a file here (<code>proxy-PID.snap</code>, mode 0600): the state a
 replacement needs to carry them on after a crash or an upgrade. The file is
 sparse and mapped shared; it should be on tmpfs (<code>/run</code> usually
 is), since a disk would only be written to for nothing. The directory must
-exist and be writable by the workers.</p>""",
+exist and be writable by the workers: <code>xrayd -t</code>, start-up and a
+reload refuse a configuration with a proxy block with continuity when it is
+not.</p>""",
         "example": "state_dir: /run/xrayd",
     },
     "admin_socket": {
