@@ -227,7 +227,10 @@ not.</p>""",
 the pid it was upgraded from), workers, and per relay or proxy block its
 live connections, connections accepted, connections taken over after a
 crash or an upgrade, and bytes read from the clients and from the
-upstreams (live connections included, as they move). The agent has a
+upstreams (live connections included, as they move). When every worker
+keeps exiting during start-up it says so (<code>workers_failing</code>,
+with how many in a row and how the last one ended), as the error log does
+at <code>alert</code>. The agent has a
 <a href="#d-agent-admin_socket">socket of its own</a>.</p>""",
         "example": "admin_socket: /run/xrayd.sock",
     },
