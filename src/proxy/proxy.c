@@ -228,10 +228,13 @@ static void xr_pc_count(xr_pconn_t *c)
 void xr_pconn_log(xr_pconn_t *c)
 {
     c->s.end_ms = xr_wall_ms();
-    c->s.read_total[0] = c->p->taken[0];
-    c->s.read_total[1] = c->p->taken[1];
-    c->s.written_total[0] = c->p->given[1];
-    c->s.written_total[1] = c->p->given[0];
+    if (c->s.http == NULL) {
+        /* The connection's own record; a request's has its own counts. */
+        c->s.read_total[0] = c->p->taken[0];
+        c->s.read_total[1] = c->p->taken[1];
+        c->s.written_total[0] = c->p->given[1];
+        c->s.written_total[1] = c->p->given[0];
+    }
     xr_chain_log(c->rt, c->fstate, &c->s);
 }
 
@@ -309,6 +312,10 @@ void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...)
     } else {
         xr_pc_end_close(&c->end[0]);
         xr_pc_end_close(&c->end[1]);
+        /* Requests answered but not yet wholly given to the client get
+         * their records now, with what it got. */
+        if (c->h != NULL && c->h->delivered != NULL)
+            c->h->delivered(c, 1);
         for (int i = 0; i < c->opened; i++) {
             const xr_filter_conf_t *f = &c->conf->filters[i];
             if (f->module->close)
@@ -616,6 +623,7 @@ static int xr_pc_pump(xr_pconn_t *c, int d)
     xr_pend_t *src = &c->end[d], *dst = &c->end[1 - d];
     xr_pslot_t *p = c->p;
     unsigned char *in = c->ring[XR_RING_IN_UP + d], *out = xr_pc_out_ring(c, d);
+    uint64_t given_client = p->given[0];
     int round;
     for (round = 0; round < XR_PUMP_ROUNDS; round++) {
         int moved = 0;
@@ -692,6 +700,11 @@ static int xr_pc_pump(xr_pconn_t *c, int d)
     if (round == XR_PUMP_ROUNDS)
         xr_reactor_post(&c->posted, xr_pc_posted_cb);
     xr_pc_count(c);
+    /* What the client got may let the stage take more requests: the
+     * other direction's pump may already have run this turn. */
+    if (p->given[0] != given_client && c->h != NULL && c->h->delivered != NULL &&
+        c->h->delivered(c, 0))
+        xr_reactor_post(&c->posted, xr_pc_posted_cb);
     /* Half-close: the source's FIN goes on once its bytes have. */
     int drained = xr_pc_out_end(c, d) == p->given[1 - d];
     int ended = c->h ? c->out_closed[d] : src->rd_eof;

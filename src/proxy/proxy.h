@@ -47,6 +47,11 @@ typedef struct {
     /* Has the stage ended the connection (a refusal answered and sent)?
      * NULL: only the ends' EOFs end it. */
     int (*finished)(const xr_pconn_t *c);
+    /* The client was given more of OUT[DOWN] (closing: the connection
+     * ends, not frozen, and will be given nothing more): the stage may
+     * account for what it has now got.  1: that made room for input the
+     * stage had left waiting (run it again).  NULL: nothing to do. */
+    int (*delivered)(xr_pconn_t *c, int closing);
 } xr_phandler_t;
 
 struct xr_pconn_s {

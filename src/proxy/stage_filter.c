@@ -161,4 +161,4 @@ static void xr_fs_free(xr_pconn_t *c)
 }
 
 const xr_phandler_t xr_filter_handler = {"filter",     xr_fs_process, xr_fs_eof, xr_fs_start,
-                                         xr_fs_resume, xr_fs_free,    NULL};
+                                         xr_fs_resume, xr_fs_free,    NULL,      NULL};
