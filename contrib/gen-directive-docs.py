@@ -216,7 +216,9 @@ a file here (<code>proxy-PID.snap</code>, mode 0600): the state a
 replacement needs to carry them on after a crash or an upgrade. The file is
 sparse and mapped shared; it should be on tmpfs (<code>/run</code> usually
 is), since a disk would only be written to for nothing. The directory must
-exist and be writable by the workers.</p>""",
+exist and be writable by the workers: <code>xrayd -t</code>, start-up and a
+reload refuse a configuration with a proxy block with continuity when it is
+not.</p>""",
         "example": "state_dir: /run/xrayd",
     },
     "admin_socket": {
@@ -224,7 +226,11 @@ exist and be writable by the workers.</p>""",
 <p>The master answers <code>xray status</code> here: version and pid (and
 the pid it was upgraded from), workers, and per relay or proxy block its
 live connections, connections accepted, connections taken over after a
-crash or an upgrade, and bytes of finished connections. The agent has a
+crash or an upgrade, and bytes read from the clients and from the
+upstreams (live connections included, as they move). When every worker
+keeps exiting during start-up it says so (<code>workers_failing</code>,
+with how many in a row and how the last one ended), as the error log does
+at <code>alert</code>. The agent has a
 <a href="#d-agent-admin_socket">socket of its own</a>.</p>""",
         "example": "admin_socket: /run/xrayd.sock",
     },

@@ -574,7 +574,7 @@ typedef struct {
     uint64_t answered;  /* responses logged (not refusals) */
     int refused;        /* a refusal went out */
     uint64_t up_frozen; /* OUT[UP] after it */
-    int in_eof_step;    /* eof(DOWN) is running */
+    uint64_t eof_end;   /* 1 + OUT[DOWN]'s end after eof(DOWN) ran (0: it has not) */
     xr_fz_logs_t logs;  /* every log record */
     xr_fz_up_t up;      /* the upstream's reader */
     int torn;           /* '7': the next step that changes anything dies */
@@ -751,8 +751,13 @@ void xr_pconn_log(xr_pconn_t *c)
     xr_fz_logs_add(&f->logs, l->method, strlen(l->method) + 1);
     xr_fz_logs_add(&f->logs, l->host, strlen(l->host) + 1);
     xr_fz_logs_add(&f->logs, l->uri, strlen(l->uri) + 1);
+    /* A record is written once the client has been given its whole
+     * response (the engine calls the delivered hook): what it says was
+     * sent down ends that response. */
+    uint64_t end = f->seg_start + c->s.written_total[XR_DIR_DOWN];
+    XR_FZ_CHECK(end <= c->p->given[0] && end <= c->out_made[XR_DIR_DOWN]);
     uint64_t nums[5] = {(uint64_t) l->status, (uint64_t) l->refused, l->request_bytes,
-                        l->response_bytes, c->out_made[XR_DIR_DOWN]};
+                        l->response_bytes, end};
     xr_fz_logs_add(&f->logs, nums, sizeof(nums));
     f->logs.n++;
     XR_FZ_TRACE("  log: %s %s%s %d%s req %llu resp %llu\n", l->method, l->host, l->uri, l->status,
@@ -760,11 +765,9 @@ void xr_pconn_log(xr_pconn_t *c)
                 (unsigned long long) l->response_bytes);
 
     /* Every log record closes what the client got since the last one. */
-    uint64_t end = c->out_made[XR_DIR_DOWN];
-    XR_FZ_CHECK(end >= f->seg_start);
     int head = !l->refused && strcmp(l->method, "HEAD") == 0;
     xr_fz_down_segment(&f->out[XR_DIR_DOWN], f->seg_start, end, head,
-                       f->in_eof_step && !l->refused);
+                       f->eof_end == end + 1 && !l->refused);
     f->seg_start = end;
     xr_fz_up_feed(&f->up, &f->out[XR_DIR_UP], c->out_made[XR_DIR_UP]);
     XR_FZ_CHECK(!f->refused);
@@ -860,9 +863,9 @@ static void xr_fz_result(const xr_fz_conn_t *f, int rc, xr_fz_result_t *r)
 static int xr_fz_call(xr_fz_conn_t *f, int is_eof, int d)
 {
     if (is_eof) {
-        f->in_eof_step = d == XR_DIR_DOWN;
         int rc = xr_http_handler.eof(&f->c, d);
-        f->in_eof_step = 0;
+        if (d == XR_DIR_DOWN)
+            f->eof_end = f->c.out_made[XR_DIR_DOWN] + 1;
         return rc;
     }
     return xr_http_handler.process(&f->c, d);
@@ -1110,6 +1113,11 @@ static int xr_fz_drain(xr_fz_conn_t *f, int e, size_t n)
         done += m;
     }
     c->p->given[e] += k;
+    /* As proxy.c after a write to the client: answered requests it now
+     * has whole get their records (the event that follows pumps both
+     * ways, so room made in the queue is used). */
+    if (e == 0 && !f->closed && xr_http_handler.delivered != NULL)
+        xr_http_handler.delivered(c, 0);
     return 1;
 }
 

@@ -3,6 +3,7 @@ one `FILE:LINE:COL: "directive": reason` line, pointing at the offending
 node (the key for unknown/misplaced keys, the value for bad values, the
 block mapping for a missing required directive)."""
 
+import os
 import re
 import socket
 
@@ -252,3 +253,53 @@ def test_start_with_broken_config_fails(xrayd):
     assert (int(m.group(1)), int(m.group(2))) == (7, 1), text
     assert 'did you mean "buffer_size"' in m.group(3)
     x.allow_log(r"buffer_sise")
+
+
+# A proxy block whose connections have continuity (the default).
+PROXY = "proxy:\n  - name: p\n    listen: 127.0.0.1:18021\n"
+
+
+@pytest.mark.parametrize("state_dir,where,reason", [
+    ("missing", (1, 12), r'"state_dir": ".*/missing" does not exist.*proxy "p"'),
+    ("x.yaml", (1, 12), r'"state_dir": ".*/x\.yaml" is not a directory'),
+], ids=["missing", "not-a-directory"])
+def test_state_dir_must_exist_for_continuity(tmp_path, state_dir, where, reason):
+    """Every worker makes its snapshot store in state_dir at start and
+    exits if it cannot, so -t refuses a state_dir a proxy with continuity
+    could not use, at the directive's position."""
+    conf = tmp_path / "x.yaml"
+    conf.write_text("state_dir: %s\n%s" % (state_dir, PROXY))
+    r = xf.run_xrayd("-t", "-c", conf)
+    assert r.returncode == 1, r.stderr
+    m = error_line(r.stderr, conf)
+    assert m and (int(m.group(1)), int(m.group(2))) == where, r.stderr
+    assert re.search(reason, m.group(3)), r.stderr
+    assert len(re.findall(r":\d+:\d+: ", r.stderr)) == 1, r.stderr
+
+
+def test_state_dir_defaulted_is_checked_at_the_proxy(tmp_path):
+    """With state_dir left at its default, the error names the proxy block
+    that needs it (there is no state_dir line to point at)."""
+    if os.path.isdir("/run/xrayd"):
+        pytest.skip("/run/xrayd exists here: the default is usable")
+    conf = tmp_path / "x.yaml"
+    conf.write_text("workers: 1\n" + PROXY)
+    r = xf.run_xrayd("-t", "-c", conf)
+    assert r.returncode == 1, r.stderr
+    m = error_line(r.stderr, conf)
+    assert m and (int(m.group(1)), int(m.group(2))) == (3, 5), r.stderr
+    assert re.search(r'state_dir "/run/xrayd" \(the default\) does not exist', m.group(3)), \
+        r.stderr
+
+
+def test_state_dir_not_needed_without_continuity(tmp_path):
+    """Only continuity needs the directory: a proxy with continuity: off,
+    or relays alone, pass -t with none; an existing one passes too."""
+    (tmp_path / "state").mkdir()
+    for body in ("state_dir: missing\n" + PROXY + "    continuity: off\n",
+                 "state_dir: missing\n" + GOOD_RELAY,
+                 "state_dir: state\n" + PROXY):
+        conf = tmp_path / "x.yaml"
+        conf.write_text(body)
+        r = xf.run_xrayd("-t", "-c", conf)
+        assert r.returncode == 0 and "configuration ok" in r.stderr, (body, r.stderr)

@@ -3,8 +3,10 @@
 max_connections, IPv6."""
 
 import hashlib
+import json
 import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -672,3 +674,43 @@ def test_filter_answer_then_close(xrayd, cleanup):
         assert rest == b"HTTP/1.0 403 Forbidden\r\n\r\n", rest
     xf.wait_until(lambda: seen, 10, what="the upstream's end")
     assert seen[0] == ("eof", b"GET / HTTP/1.0\r\n\r\n"), seen
+
+
+# ---- xray status ---------------------------------------------------------------
+
+def _block_status(x, name):
+    r = subprocess.run([str(xf.OBJS / "xray"), "status", "--json", "--socket",
+                        str(x.tmp / "admin.sock")], capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 0, r.stderr
+    return next(b for b in json.loads(r.stdout)["blocks"] if b["name"] == name)
+
+
+def test_status_counts_relay_bytes_live_and_once(xrayd, cleanup):
+    """`xray status` counts a relay block's bytes as they move: what a
+    connection that is still open moved each way shows up before it
+    closes, and once it has closed the totals are exact (the bytes counted
+    while it lived are not added again at close)."""
+    echo = xf.EchoServer()
+    cleanup.append(echo)
+    x = xrayd()
+    p = simple_conf(x, echo.port, extra_main="admin_socket: ${tmp}/admin.sock\n", log=False)
+    x.start()
+    n = 300000
+    data = os.urandom(n)
+    with xf.connect(p) as s:
+        s.sendall(data)
+        assert xf.recv_exact(s, n) == data
+        # The count follows each pump, a moment after the bytes went on.
+        live = xf.wait_until(
+            lambda: (lambda b: b if b["bytes_up"] >= n and b["bytes_down"] >= n else None)(
+                _block_status(x, "r")), 10, what="the live connection's bytes in xray status")
+        assert live["live"] == 1, live
+        assert live["bytes_up"] == n and live["bytes_down"] == n, live
+        s.sendall(b"tail")
+        assert xf.recv_exact(s, 4) == b"tail"
+        s.shutdown(socket.SHUT_WR)
+        assert xf.recv_all(s) == b""
+    done = xf.wait_until(lambda: (lambda b: b if b["live"] == 0 else None)(
+        _block_status(x, "r")), 10, what="the relay to close")
+    assert (done["bytes_up"], done["bytes_down"]) == (n + 4, n + 4), done

@@ -339,6 +339,45 @@ def test_http_bad_input_never_reaches_the_origin(rig):
     rig.no_alerts()
 
 
+@pytest.mark.timeout(120)
+def test_http_access_log_counts_each_response_as_sent(rig):
+    """Each request's access record counts what the client really got for
+    that request (the response's head as rewritten, plus its body, or the
+    proxy's own error page) and what it sent, not the connection's running
+    totals when the response was produced.  Three requests on one
+    keep-alive connection (a 3,854-byte body, a 404, a 10-byte body), and
+    a refusal; curl says what it received and sent."""
+    rig.start()
+    urls = ["http://%s/blob?n=3854&seed=4" % ORIGIN, "http://%s/nope" % ORIGIN]
+    w = "%{http_code} %{size_header} %{size_download} %{size_request} %{num_connects}\\n"
+    r = _curl(rig, "-w", w, "-o", "/dev/null", urls[0], "-o", "/dev/null", urls[1],
+              "-o", "/dev/null", "http://%s/blob?n=10&seed=1" % ORIGIN)
+    lines = [[int(v) for v in line.split()] for line in r.stdout.split("\n") if line]
+    assert r.returncode == 0 and [l[0] for l in lines] == [200, 404, 200], (r.stdout, r.stderr)
+    assert [l[4] for l in lines] == [1, 0, 0], "want one keep-alive connection: %s" % r.stdout
+    r = _curl(rig, "-w", w, "-o", "/dev/null", "-X", "DELETE", "http://%s/x" % ORIGIN)
+    lines.append([int(v) for v in r.stdout.split()])
+    assert lines[3][0] == 405, r.stdout
+    uris = ["/blob?n=3854&seed=4", "/nope", "/blob?n=10&seed=1", "/x"]
+
+    def records():
+        by_uri = {a["http"]["uri"]: a for a in rig.access() if a.get("http")}
+        return [by_uri.get(u) for u in uris] if all(u in by_uri for u in uris) else None
+    recs = _wait(records, 10, "the four access records")
+    for (code, head, body, req, _), rec in zip(lines, recs):
+        assert rec["http"]["status"] == code, rec
+        # what the client got: the head it read and the body
+        assert rec["sent_down"] == head + body, (head, body, rec)
+        # what it sent, read by the proxy
+        assert rec["bytes_up"] == req == rec["http"]["request_bytes"], (req, rec)
+    assert lines[0][2] == 3854
+    for rec in recs[:3]:
+        # forwarded: its (rewritten) head went upstream, and the response came from there
+        assert rec["sent_up"] > 0 and rec["bytes_down"] == rec["http"]["response_bytes"] > 0, rec
+    assert recs[3]["http"]["refused"] and recs[3]["sent_up"] == 0 == recs[3]["bytes_down"], recs[3]
+    rig.no_alerts()
+
+
 # ---- continuity -------------------------------------------------------------------
 
 def _load_specs(n_mb, count=50, rate=None):

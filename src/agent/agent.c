@@ -807,7 +807,7 @@ static xr_ctl_t *xr_ctl_new(int fd, xr_ctl_kind_t kind)
     xr_ag.nsessions++;
     xr_ag.n.sessions++;
     if (xr_io_add(&c->end.io, fd, xr_ctl_io) != XR_OK) {
-        close(fd);
+        /* c->end holds fd now: xr_ctl_close closes it. */
         xr_ctl_close(c, "cannot watch the socket");
         return NULL;
     }

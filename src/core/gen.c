@@ -6,9 +6,11 @@
 #include "core/frontdoor.h"
 #include "core/log.h"
 
+#include <fcntl.h>
 #include <glob.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define XR_MAX_INCLUDE_DEPTH 8
@@ -542,6 +544,48 @@ static int xr_gen_validate(xr_conf_t *cf, xr_gen_t *g)
     return XR_OK;
 }
 
+/* A block with continuity (a proxy's) keeps its connections' snapshots in
+ * state_dir: every worker creates its store file there at start, and one
+ * that cannot exits at once (over and over, on every respawn).  So the
+ * directory must exist, be one and be writable (and searchable) by the
+ * workers, who run as this process does; -t, start-up and a reload all
+ * refuse a configuration that would make every worker die.  merged is
+ * the top level, includes expanded. */
+static int xr_gen_check_state_dir(xr_conf_t *cf, xr_gen_t *g, const xr_node_t *merged)
+{
+    if (cf->dry_run)
+        return XR_OK; /* parse only: nothing on disk is looked at */
+    const xr_relay_conf_t *need = NULL;
+    for (size_t r = 0; r < g->nrelays && need == NULL; r++)
+        if (g->relays[r]->continuity)
+            need = g->relays[r];
+    if (need == NULL)
+        return XR_OK;
+    const char *dir = g->main.state_dir;
+    char why[160];
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        snprintf(why, sizeof(why), "%s", errno == ENOENT ? "does not exist" : strerror(errno));
+    else if (!S_ISDIR(st.st_mode))
+        snprintf(why, sizeof(why), "is not a directory");
+    else if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) != 0)
+        snprintf(why, sizeof(why), "is not writable by the workers (uid %ld): %s", (long) geteuid(),
+                 strerror(errno));
+    else
+        return XR_OK;
+    const xr_node_t *at = xr_node_get(merged, "state_dir");
+    if (at != NULL)
+        return xr_conf_error(cf, at,
+                             "\"%s\" %s; the workers keep the snapshots of %s \"%s\" "
+                             "(continuity: on) there",
+                             dir, why, need->frontdoor->name, need->name);
+    return xr_conf_error(cf, need->node,
+                         "state_dir \"%s\" (the default) %s, and this %s block keeps its "
+                         "connections' snapshots there (continuity: on): create it, set "
+                         "state_dir, or set continuity: off",
+                         dir, why, need->frontdoor->name);
+}
+
 /* ---- generations --------------------------------------------------------- */
 
 static xr_gen_t *xr_gen_build(xr_conf_t *cf, xr_gen_t *g, xr_node_t *root)
@@ -574,7 +618,7 @@ static xr_gen_t *xr_gen_build(xr_conf_t *cf, xr_gen_t *g, xr_node_t *root)
         if (fd->active != NULL && fd->active(g))
             active = 1;
     }
-    if (xr_gen_validate(cf, g) != XR_OK)
+    if (xr_gen_validate(cf, g) != XR_OK || xr_gen_check_state_dir(cf, g, &merged) != XR_OK)
         return NULL;
     if (!active) {
         xr_conf_error(cf, root,

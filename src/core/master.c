@@ -32,6 +32,10 @@
 #define XR_RESPAWN_MAX_MS  5000
 #define XR_FAST_STOP_MS    5000
 #define XR_FREEZE_MS       5000 /* old workers' time to freeze in an upgrade */
+/* Workers of the current generation dying young this many times in a row,
+ * with none of them up for longer, is a master that cannot keep a worker
+ * alive: an alert each time, and `xray status` says so. */
+#define XR_FAILING_STARTS 3
 
 typedef struct {
     pid_t pid;
@@ -65,6 +69,11 @@ static struct {
     int pending_respawn;
     int64_t respawn_at;
     int64_t respawn_delay;
+    /* Workers of gens[0] that exited within XR_RESPAWN_FAST_MS, in a row;
+     * how the last one ended, and since when (wall ms) they have. */
+    int failed_starts;
+    char failed_how[128];
+    int64_t failing_since;
     char pid_path[4096];
     xr_orphan_t orphans[XR_MAX_ORPHANS];
     size_t norphans;
@@ -229,6 +238,27 @@ static void xr_master_collect_gens(void)
 
 static void xr_master_upgrade_failed(int status);
 
+/* Does a worker of the current generation run past its start-up?  One
+ * such worker means the generation can be served: the count of failed
+ * starts begins anew. */
+static int xr_master_workers_failing(void)
+{
+    if (xr_m.failed_starts < XR_FAILING_STARTS)
+        return 0;
+    int64_t now = xr_mono_ms();
+    for (int i = 0; i < XR_SHM_WORKERS; i++) {
+        const xr_proc_t *p = &xr_m.procs[i];
+        if (p->pid > 0 && p->gen == xr_m.gens[0] && !p->retiring &&
+            now - p->started >= XR_RESPAWN_FAST_MS) {
+            xr_log(XR_LOG_NOTICE, "worker process %d is up after %d failed starts", (int) p->pid,
+                   xr_m.failed_starts);
+            xr_m.failed_starts = 0;
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* ---- the admin socket: `xray status` ------------------------------------------ */
 
 static const char *xr_block_kind(const xr_relay_conf_t *rc)
@@ -246,12 +276,21 @@ static void xr_master_status(xr_sb_t *b, int json)
     uint64_t resumed = 0;
     for (size_t i = 0; i < g->nrelays; i++)
         resumed += atomic_load(&xr_shm->resumed[g->relays[i]->slot]);
+    int failing = xr_master_workers_failing();
     if (json) {
         xr_sb_add(b,
                   "{\"version\":\"%s\",\"pid\":%ld,\"generation\":%llu,\"uptime_ms\":%lld,"
-                  "\"upgraded_from\":%ld,\"held\":%zu,\"resumed\":%llu,\"workers\":[",
+                  "\"upgraded_from\":%ld,\"held\":%zu,\"resumed\":%llu,\"state\":\"%s\","
+                  "\"workers_failing\":%s,\"failed_starts\":%d,\"last_failure\":",
                   XR_VERSION, (long) getpid(), (unsigned long long) g->number, (long long) up,
-                  (long) xr_m.upgraded_from, xr_cont_count(), (unsigned long long) resumed);
+                  (long) xr_m.upgraded_from, xr_cont_count(), (unsigned long long) resumed,
+                  failing ? "workers_failing" : "running", failing ? "true" : "false",
+                  xr_m.failed_starts);
+        if (xr_m.failed_starts > 0)
+            xr_sb_json(b, xr_m.failed_how);
+        else
+            xr_sb_add(b, "null");
+        xr_sb_add(b, ",\"workers\":[");
         int first = 1;
         for (int i = 0; i < XR_SHM_WORKERS; i++) {
             const xr_proc_t *p = &xr_m.procs[i];
@@ -293,6 +332,12 @@ static void xr_master_status(xr_sb_t *b, int json)
         if (xr_m.procs[i].pid > 0)
             xr_sb_add(b, " %ld%s", (long) xr_m.procs[i].pid,
                       xr_m.procs[i].retiring ? " (retiring)" : "");
+    if (failing)
+        xr_sb_add(b,
+                  "\nWORKERS FAILING: %d workers in a row exited during start-up (the last %s), "
+                  "for %lld s; respawning with back-off, see the error log",
+                  xr_m.failed_starts, xr_m.failed_how,
+                  (long long) ((xr_wall_ms() - xr_m.failing_since) / 1000));
     xr_sb_add(b,
               "\nproxied connections held for continuity: %zu; taken over after a crash "
               "or an upgrade: %llu\n",
@@ -309,7 +354,8 @@ static void xr_master_status(xr_sb_t *b, int json)
                   (unsigned long long) atomic_load(&xr_shm->bytes[rc->slot][1]),
                   rc->listen.n ? rc->listen.items[0].text : "-", rc->listen.n > 1 ? " ..." : "");
     }
-    xr_sb_add(b, "(bytes: of finished connections)\n");
+    xr_sb_add(b, "(bytes: read from the clients (up) and the upstreams (down), live "
+                 "connections included)\n");
 }
 
 static void xr_master_admin_open(const xr_gen_t *g)
@@ -634,13 +680,15 @@ static void xr_master_reap(void)
             continue;
         xr_proc_t *p = &xr_m.procs[slot];
         int expected = p->retiring || xr_m.stopping;
+        char how[64];
         if (WIFSIGNALED(status))
-            xr_log(expected && WTERMSIG(status) == SIGTERM ? XR_LOG_NOTICE : XR_LOG_ALERT,
-                   "worker process %d exited on signal %d%s", (int) pid, WTERMSIG(status),
-                   WCOREDUMP(status) ? " (core dumped)" : "");
+            snprintf(how, sizeof(how), "on signal %d%s", WTERMSIG(status),
+                     WCOREDUMP(status) ? " (core dumped)" : "");
         else
-            xr_log(WEXITSTATUS(status) == 0 && expected ? XR_LOG_NOTICE : XR_LOG_ALERT,
-                   "worker process %d exited with code %d", (int) pid, WEXITSTATUS(status));
+            snprintf(how, sizeof(how), "with code %d", WEXITSTATUS(status));
+        int clean = WIFSIGNALED(status) ? WTERMSIG(status) == SIGTERM : WEXITSTATUS(status) == 0;
+        xr_log(expected && clean ? XR_LOG_NOTICE : XR_LOG_ALERT, "worker process %d exited %s",
+               (int) pid, how);
         xr_shm_reap_worker(slot);
         int respawn = !expected && p->gen == xr_m.gens[0];
         int64_t lived = xr_mono_ms() - p->started;
@@ -652,14 +700,28 @@ static void xr_master_reap(void)
             /* A worker that keeps dying young must not turn the master
              * into a fork loop (its connections wait no longer than the
              * back-off). */
-            if (lived < XR_RESPAWN_FAST_MS)
+            if (lived < XR_RESPAWN_FAST_MS) {
                 xr_m.respawn_delay =
                     xr_m.respawn_delay ? XR_MIN(xr_m.respawn_delay * 2, XR_RESPAWN_MAX_MS) : 100;
-            else
+                if (xr_m.failed_starts++ == 0)
+                    xr_m.failing_since = xr_wall_ms();
+                snprintf(xr_m.failed_how, sizeof(xr_m.failed_how), "exited %s after %lld ms", how,
+                         (long long) lived);
+            } else {
                 xr_m.respawn_delay = 0;
+                xr_m.failed_starts = 0;
+            }
             xr_m.pending_respawn++;
             xr_m.respawn_at = xr_mono_ms() + xr_m.respawn_delay;
-            if (xr_m.respawn_delay)
+            if (xr_master_workers_failing())
+                /* Silence here would leave a master serving nobody while
+                 * clients wait in the listen queues. */
+                xr_log(XR_LOG_ALERT,
+                       "no worker stays up: %d workers in a row exited during start-up (the "
+                       "last, process %d, %s); respawning in %lldms",
+                       xr_m.failed_starts, (int) pid, xr_m.failed_how,
+                       (long long) xr_m.respawn_delay);
+            else if (xr_m.respawn_delay)
                 xr_log(XR_LOG_NOTICE, "respawning a worker in %lldms",
                        (long long) xr_m.respawn_delay);
         }
@@ -710,6 +772,7 @@ static void xr_master_reload(void)
     xr_m.gens[0] = g;
     xr_m.pending_respawn = 0;
     xr_m.respawn_delay = 0;
+    xr_m.failed_starts = 0; /* the new configuration gets a fresh count */
 
     /* New workers first: the listening sockets never stop accepting. */
     int n = xr_gen_workers(g);

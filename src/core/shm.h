@@ -17,8 +17,9 @@ typedef struct {
     _Atomic uint64_t next_id;                /* connection ids */
     _Atomic int64_t active[XR_SHM_RELAYS];   /* live relays, all workers */
     _Atomic int64_t accepted[XR_SHM_RELAYS]; /* ever accepted */
-    /* Proxies: connections a replacement worker took over, and bytes
-     * read from the client (up) and the upstream (down) by finished ones. */
+    /* Proxies: connections a replacement worker took over.  Every block:
+     * bytes read from the client (up) and the upstream (down), live
+     * connections' included (added once per pump). */
     _Atomic uint64_t resumed[XR_SHM_RELAYS];
     _Atomic uint64_t bytes[XR_SHM_RELAYS][2];
     /* Per worker slot, so the master can take back a dead worker's share. */

@@ -80,6 +80,8 @@ int xr_reactor_init(uv_loop_t *loop)
 
 int xr_io_add(xr_io_t *io, int fd, xr_io_cb cb)
 {
+    /* Set before epoll_ctl() can fail: the owner's close path finds it
+     * (reactor.h). */
     io->fd = fd;
     io->cb = cb;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = io};

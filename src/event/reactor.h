@@ -42,7 +42,10 @@ struct xr_posted_s {
  * with errno. */
 int xr_reactor_init(uv_loop_t *loop);
 /* Register fd (non-blocking) for edge-triggered events.  XR_OK or
- * XR_ERROR with errno. */
+ * XR_ERROR with errno.  io->fd is fd from this call on, whether or not
+ * epoll took it: io's owner closes it through its usual close path, once,
+ * and a caller must not close fd by hand as well (that second close()
+ * would hit whatever took the number in between). */
 int xr_io_add(xr_io_t *io, int fd, xr_io_cb cb);
 /* Remove before close when another descriptor may share the socket (a
  * plain close removes it otherwise). */

@@ -50,6 +50,17 @@ typedef struct {
     uint64_t req_bytes;
 } xr_hpend_t;
 
+/* What a request's access record counts, beside its queue entry: where
+ * its bytes are in the OUT rings (sent is what of that span the far end
+ * was given), and of its response what the upstream sent. */
+typedef struct {
+    uint64_t up_start, up_end;     /* the request as forwarded, in OUT[UP] */
+    uint64_t down_start, down_end; /* its response or error page, in OUT[DOWN] */
+    uint64_t resp_read;            /* response bytes read from the upstream */
+    uint64_t resp_bytes;           /* the record's response_bytes */
+    uint16_t code;                 /* the status logged */
+} xr_hacct_t;
+
 /* The committed record (in the slot; see snapshot.h). */
 typedef struct {
     uint64_t in_done[2], out_made[2];
@@ -61,6 +72,14 @@ typedef struct {
     uint16_t status;     /* of the response being passed */
     uint64_t resp_bytes; /* of the response being passed */
     xr_hpend_t pend[XR_HTTP_PIPELINE];
+    /* After pend[], so that a record an older binary committed reads with
+     * these zero: no answered request waiting for its access record.
+     * Answered requests stay in the queue, the nlog entries before first,
+     * until the client has been given their whole response: the record
+     * then says what it really got. */
+    uint64_t down_mark; /* where the response being produced starts in OUT[DOWN] */
+    uint8_t nlog;
+    xr_hacct_t acct[XR_HTTP_PIPELINE];
 } xr_hrec_t;
 
 _Static_assert(sizeof(xr_hrec_t) <= XR_PSTATE_MAX, "the HTTP record must fit its slot");
@@ -114,9 +133,13 @@ static void xr_http_commit(xr_pconn_t *c)
      * only (a reader looks at no other), not all XR_HTTP_PIPELINE of them. */
     xr_hrec_t *to = xr_pslot_next(c->p);
     memcpy(to, r, offsetof(xr_hrec_t, pend));
-    for (int i = 0; i < r->npend && i < XR_HTTP_PIPELINE; i++) {
-        int k = (r->first + i) % XR_HTTP_PIPELINE;
+    to->down_mark = r->down_mark;
+    to->nlog = r->nlog;
+    int oldest = r->first + XR_HTTP_PIPELINE - r->nlog;
+    for (int i = 0; i < r->nlog + r->npend && i < XR_HTTP_PIPELINE; i++) {
+        int k = (oldest + i) % XR_HTTP_PIPELINE;
         to->pend[k] = r->pend[k];
+        to->acct[k] = r->acct[k];
     }
     xr_pslot_publish(c->p);
 }
@@ -347,22 +370,78 @@ static size_t xr_error_page(const xr_pconn_t *c, const xr_hpend_t *e, char *out,
     return n < 0 ? 0 : XR_MIN((size_t) n, cap);
 }
 
-/* Log request e (its response complete, or its refusal sent). */
-static void xr_http_log(xr_pconn_t *c, const xr_hpend_t *e, int status, uint64_t resp)
+/* What of [start, end) an end was given, when it has been given `given`
+ * bytes of its stream in all. */
+static uint64_t xr_span_sent(uint64_t given, uint64_t start, uint64_t end)
 {
+    return given <= start ? 0 : XR_MIN(given, end) - start;
+}
+
+/* Write the access record of queue entry k: its request, and what each
+ * side was given of it and of its response. */
+static void xr_http_log(xr_pconn_t *c, int k)
+{
+    const xr_hrec_t *r = xr_rec(c);
+    const xr_hpend_t *e = &r->pend[k];
+    const xr_hacct_t *a = &r->acct[k];
     const xr_field_t f[] = {
         {"method", XR_FIELD_STR, e->method, 0, 0},
         {"host", XR_FIELD_STR, e->host, 0, 0},
         {"uri", XR_FIELD_STR, e->uri, 0, 0},
-        {"status", XR_FIELD_INT, NULL, status, 0},
+        {"status", XR_FIELD_INT, NULL, a->code, 0},
         {"refused", XR_FIELD_BOOL, NULL, e->status != 0, 0},
         {"request_bytes", XR_FIELD_UINT, NULL, 0, e->req_bytes},
-        {"response_bytes", XR_FIELD_UINT, NULL, 0, resp},
+        {"response_bytes", XR_FIELD_UINT, NULL, 0, a->resp_bytes},
     };
     const xr_record_t rec = {"http", f, XR_ARRAY_SIZE(f)};
     c->s.record = &rec;
+    c->s.read_total[XR_DIR_UP] = e->req_bytes;
+    c->s.read_total[XR_DIR_DOWN] = a->resp_read;
+    c->s.written_total[XR_DIR_UP] = xr_span_sent(c->p->given[1], a->up_start, a->up_end);
+    c->s.written_total[XR_DIR_DOWN] = xr_span_sent(c->p->given[0], a->down_start, a->down_end);
     xr_pconn_log(c);
     c->s.record = NULL;
+}
+
+/* Write the records of answered requests whose responses the client has
+ * been given whole (closing: all of them, with what it got).  1 when that
+ * made room in the queue for more requests. */
+static int xr_http_delivered(xr_pconn_t *c, int closing)
+{
+    if (c->hs == NULL)
+        return 0;
+    xr_hrec_t *r = xr_rec(c);
+    int freed = 0;
+    while (r->nlog > 0) {
+        int k = (r->first + XR_HTTP_PIPELINE - r->nlog) % XR_HTTP_PIPELINE;
+        if (!closing && c->p->given[0] < r->acct[k].down_end)
+            break;
+        xr_http_log(c, k);
+        r->nlog--;
+        freed = 1;
+    }
+    if (freed && !closing)
+        xr_http_commit(c); /* a replacement must not write them again */
+    return freed && r->npend + r->nlog < XR_HTTP_PIPELINE;
+}
+
+/* The request at the head of the queue has its answer in OUT[DOWN] whole
+ * (a response of code, resp_read bytes from the upstream, or the proxy's
+ * own page): its record waits for the client to be given it. */
+static void xr_http_answered(xr_pconn_t *c, int code, uint64_t resp_read, uint64_t resp_bytes)
+{
+    xr_hrec_t *r = xr_rec(c);
+    xr_hacct_t *a = &r->acct[r->first];
+    a->code = (uint16_t) code;
+    a->resp_read = resp_read;
+    a->resp_bytes = resp_bytes;
+    a->down_start = r->down_mark;
+    a->down_end = c->out_made[XR_DIR_DOWN];
+    r->down_mark = a->down_end;
+    r->first = (uint8_t) ((r->first + 1) % XR_HTTP_PIPELINE);
+    r->npend--;
+    r->nlog++;
+    xr_http_delivered(c, 0);
 }
 
 /* Answer refused requests whose turn it is: the client's output is at a
@@ -382,17 +461,18 @@ static int xr_http_refusals(xr_pconn_t *c)
         xr_pconn_emit(c, XR_DIR_DOWN, page, n);
         xr_log_session(XR_LOG_NOTICE, &c->s, "HTTP %s %s%s refused with %d: %s", e->method, e->host,
                        e->uri, e->status, e->why);
-        xr_http_log(c, e, e->status, n);
-        r->first = (uint8_t) ((r->first + 1) % XR_HTTP_PIPELINE);
-        r->npend--;
+        xr_http_answered(c, e->status, 0, n);
         r->close_after = 1; /* what the client sent after it is dropped */
     }
     return XR_OK;
 }
 
-static void xr_pend_push(xr_hrec_t *r, const xr_hpend_t *e)
+/* Queue request e, as forwarded from up_start to up_end of OUT[UP]. */
+static void xr_pend_push(xr_hrec_t *r, const xr_hpend_t *e, uint64_t up_start, uint64_t up_end)
 {
-    r->pend[(r->first + r->npend) % XR_HTTP_PIPELINE] = *e;
+    int k = (r->first + r->npend) % XR_HTTP_PIPELINE;
+    r->pend[k] = *e;
+    r->acct[k] = (xr_hacct_t){.up_start = up_start, .up_end = up_end};
     r->npend++;
 }
 
@@ -723,11 +803,11 @@ static void xr_http_refuse(xr_pconn_t *c, int status, const char *host, const ch
     xr_pend_names(&e, method, host, uri, ulen);
     snprintf(e.why, sizeof(e.why), "%.111s", why);
     e.req_bytes = c->p->taken[XR_DIR_UP] - c->in_done[XR_DIR_UP];
-    if (r->npend == XR_HTTP_PIPELINE) { /* cannot happen: checked before parsing */
+    if (r->npend + r->nlog >= XR_HTTP_PIPELINE) { /* cannot happen: checked before parsing */
         xr_pconn_close(c, "refused: %s", why);
         return;
     }
-    xr_pend_push(r, &e);
+    xr_pend_push(r, &e, c->out_made[XR_DIR_UP], c->out_made[XR_DIR_UP]); /* none forwarded */
     r->phase[XR_DIR_UP] = XR_H_CLOSED;
     c->in_done[XR_DIR_UP] = c->p->taken[XR_DIR_UP];
 }
@@ -735,8 +815,8 @@ static void xr_http_refuse(xr_pconn_t *c, int status, const char *host, const ch
 static int xr_http_up_head(xr_pconn_t *c)
 {
     xr_hrec_t *r = xr_rec(c);
-    if (r->npend == XR_HTTP_PIPELINE)
-        return XR_AGAIN; /* wait for responses before reading more requests */
+    if (r->npend + r->nlog >= XR_HTTP_PIPELINE)
+        return XR_AGAIN; /* wait for responses (and their delivery) before reading more */
     xr_head_t h;
     http_parser p;
     size_t used = 0;
@@ -769,6 +849,7 @@ static int xr_http_up_head(xr_pconn_t *c)
         xr_http_refuse(c, status, host[0] ? host : "-", method, h.base + h.url, h.ulen, why);
         return XR_OK;
     }
+    uint64_t up_start = c->out_made[XR_DIR_UP];
     int rc = xr_http_emit_head(c, XR_DIR_UP, &h, &p);
     if (rc != XR_OK) {
         if (rc == XR_ERROR)
@@ -780,7 +861,7 @@ static int xr_http_up_head(xr_pconn_t *c)
     xr_pend_names(&e, method, host[0] ? host : "-", h.base + h.url, h.ulen);
     e.head = p.method == HTTP_HEAD;
     e.req_bytes = used;
-    xr_pend_push(r, &e);
+    xr_pend_push(r, &e, up_start, c->out_made[XR_DIR_UP]);
     c->in_done[XR_DIR_UP] += used;
     r->parser[XR_DIR_UP] = p;
     /* The head's parser is paused at its end; a message without a body
@@ -832,10 +913,7 @@ static int xr_http_down_head(xr_pconn_t *c)
     if (bodiless || (framed && !(p.flags & F_CHUNKED) && p.content_length == 0)) {
         if (p.status_code >= 100 && p.status_code < 200)
             return XR_OK; /* an interim response: the final one follows */
-        xr_hpend_t *e = &r->pend[r->first];
-        xr_http_log(c, e, p.status_code, used);
-        r->first = (uint8_t) ((r->first + 1) % XR_HTTP_PIPELINE);
-        r->npend--;
+        xr_http_answered(c, p.status_code, used, used);
         r->phase[XR_DIR_DOWN] = XR_H_HEAD;
         return xr_http_refusals(c);
     }
@@ -857,10 +935,13 @@ static int xr_http_pass(xr_pconn_t *c, int d)
     size_t n = xr_http_body(c, d, p, c->in_done[d], max, &complete, &err);
     xr_pconn_pass(c, d, c->in_done[d], n);
     c->in_done[d] += n;
-    if (d == XR_DIR_DOWN)
+    if (d == XR_DIR_DOWN) {
         r->resp_bytes += n;
-    else if (r->npend > 0)
-        r->pend[(r->first + r->npend - 1) % XR_HTTP_PIPELINE].req_bytes += n;
+    } else if (r->npend > 0) {
+        int k = (r->first + r->npend - 1) % XR_HTTP_PIPELINE;
+        r->pend[k].req_bytes += n;
+        r->acct[k].up_end = c->out_made[XR_DIR_UP];
+    }
     if (err != HPE_OK) {
         /* The head went on already: all that can be done is to stop. */
         xr_log_session(XR_LOG_NOTICE, &c->s, "invalid %s body: %s",
@@ -872,10 +953,7 @@ static int xr_http_pass(xr_pconn_t *c, int d)
         return XR_OK;
     r->phase[d] = XR_H_HEAD;
     if (d == XR_DIR_DOWN) {
-        xr_hpend_t *e = &r->pend[r->first];
-        xr_http_log(c, e, r->status, r->resp_bytes);
-        r->first = (uint8_t) ((r->first + 1) % XR_HTTP_PIPELINE);
-        r->npend--;
+        xr_http_answered(c, r->status, r->resp_bytes, r->resp_bytes);
         return xr_http_refusals(c);
     }
     return XR_OK;
@@ -929,10 +1007,7 @@ static int xr_http_eof(xr_pconn_t *c, int d)
         http_parser_execute(&r->parser[d], &xr_body_settings, NULL, 0);
         r->parser[d].data = NULL;
         if (none.done == 2 && r->npend > 0) {
-            xr_hpend_t *e = &r->pend[r->first];
-            xr_http_log(c, e, r->status, r->resp_bytes);
-            r->first = (uint8_t) ((r->first + 1) % XR_HTTP_PIPELINE);
-            r->npend--;
+            xr_http_answered(c, r->status, r->resp_bytes, r->resp_bytes);
             r->phase[d] = XR_H_HEAD;
         }
     }
@@ -948,8 +1023,8 @@ static int xr_http_resume(xr_pconn_t *c)
         c->hs = xr_calloc(1, sizeof(xr_hstate_t));
     xr_hrec_t *r = xr_rec(c);
     memcpy(r, xr_pslot_record(c->p), sizeof(*r));
-    if (r->npend > XR_HTTP_PIPELINE || r->first >= XR_HTTP_PIPELINE || r->phase[0] > XR_H_CLOSED ||
-        r->phase[1] > XR_H_CLOSED)
+    if (r->npend + r->nlog > XR_HTTP_PIPELINE || r->first >= XR_HTTP_PIPELINE ||
+        r->phase[0] > XR_H_CLOSED || r->phase[1] > XR_H_CLOSED)
         return XR_ERROR;
     /* Entries outside the queue hold what older commits left; none is read
      * before it is written, but no string of the record may run off. */
@@ -1008,6 +1083,6 @@ static int xr_http_finished(const xr_pconn_t *c)
     return r != NULL && r->close_after && c->p->given[0] == c->out_made[XR_DIR_DOWN];
 }
 
-const xr_phandler_t xr_http_handler = {"http",          xr_http_process, xr_http_eof,
-                                       xr_http_start,   xr_http_resume,  xr_http_free,
-                                       xr_http_finished};
+const xr_phandler_t xr_http_handler = {"http",           xr_http_process,  xr_http_eof,
+                                       xr_http_start,    xr_http_resume,   xr_http_free,
+                                       xr_http_finished, xr_http_delivered};

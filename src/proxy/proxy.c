@@ -203,17 +203,38 @@ static xr_pconn_t *xr_pc_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p
     rt->active++;
     atomic_fetch_add(&xr_shm->worker_active[xr_worker_slot][rt->rc->slot], 1);
     c->shm_counted = 1;
+    /* A connection taken over was counted by the worker that read its
+     * bytes so far (up to that worker's last pump). */
+    c->counted[0] = p->taken[0];
+    c->counted[1] = p->taken[1];
     xr_worker_conn_added();
     return c;
+}
+
+/* Add what c read since the last call to its block's shared counters
+ * (once per pump, and the remainder at close). */
+static void xr_pc_count(xr_pconn_t *c)
+{
+    for (int d = 0; d < 2; d++) {
+        uint64_t taken = c->p->taken[d];
+        if (taken <= c->counted[d])
+            continue;
+        atomic_fetch_add_explicit(&xr_shm->bytes[c->conf->slot][d], taken - c->counted[d],
+                                  memory_order_relaxed);
+        c->counted[d] = taken;
+    }
 }
 
 void xr_pconn_log(xr_pconn_t *c)
 {
     c->s.end_ms = xr_wall_ms();
-    c->s.read_total[0] = c->p->taken[0];
-    c->s.read_total[1] = c->p->taken[1];
-    c->s.written_total[0] = c->p->given[1];
-    c->s.written_total[1] = c->p->given[0];
+    if (c->s.record == NULL) {
+        /* The connection's own record; a request's has its own counts. */
+        c->s.read_total[0] = c->p->taken[0];
+        c->s.read_total[1] = c->p->taken[1];
+        c->s.written_total[0] = c->p->given[1];
+        c->s.written_total[1] = c->p->given[0];
+    }
     xr_chain_log(c->rt, c->fstate, &c->s);
 }
 
@@ -291,6 +312,7 @@ void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...)
     }
     uv_timer_stop(&c->timer);
     xr_reactor_unpost(&c->posted);
+    xr_pc_count(c); /* also when frozen: these bytes moved under this master */
     if (frozen) {
         /* Upgrade: the connection lives on in the new binary; only our
          * descriptors go. */
@@ -303,6 +325,10 @@ void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...)
     } else {
         xr_pc_end_close_how(&c->end[0], c->cut);
         xr_pc_end_close_how(&c->end[1], c->cut);
+        /* Requests answered but not yet wholly given to the client get
+         * their records now, with what it got. */
+        if (c->h != NULL && c->h->delivered != NULL)
+            c->h->delivered(c, 1);
         for (int i = 0; i < c->opened; i++) {
             const xr_filter_conf_t *f = &c->conf->filters[i];
             if (f->module->close)
@@ -318,9 +344,6 @@ void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...)
                        c->s.close_reason[0] ? c->s.close_reason : "done",
                        (unsigned long long) c->p->taken[0], (unsigned long long) c->p->given[1],
                        (unsigned long long) c->p->taken[1], (unsigned long long) c->p->given[0]);
-        uint64_t counts[4] = {c->p->taken[0], c->p->given[1], c->p->taken[1], c->p->given[0]};
-        atomic_fetch_add(&xr_shm->bytes[c->conf->slot][0], counts[0]);
-        atomic_fetch_add(&xr_shm->bytes[c->conf->slot][1], counts[2]);
     }
     if (c->h != NULL && c->h->free != NULL)
         c->h->free(c);
@@ -614,6 +637,7 @@ static int xr_pc_pump(xr_pconn_t *c, int d)
     xr_pend_t *src = &c->end[d], *dst = &c->end[1 - d];
     xr_pslot_t *p = c->p;
     unsigned char *in = c->ring[XR_RING_IN_UP + d], *out = xr_pc_out_ring(c, d);
+    uint64_t given_client = p->given[0];
     int round;
     for (round = 0; round < XR_PUMP_ROUNDS; round++) {
         int moved = 0;
@@ -688,6 +712,12 @@ static int xr_pc_pump(xr_pconn_t *c, int d)
             break;
     }
     if (round == XR_PUMP_ROUNDS)
+        xr_reactor_post(&c->posted, xr_pc_posted_cb);
+    xr_pc_count(c);
+    /* What the client got may let the stage take more requests: the
+     * other direction's pump may already have run this turn. */
+    if (p->given[0] != given_client && c->h != NULL && c->h->delivered != NULL &&
+        c->h->delivered(c, 0))
         xr_reactor_post(&c->posted, xr_pc_posted_cb);
     /* Half-close: the source's FIN goes on once its bytes have. */
     int drained = xr_pc_out_end(c, d) == p->given[1 - d];
@@ -879,6 +909,9 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
         p->taken[e] = a.taken - p->rx_base[e];
         p->given[e] = a.given - p->tx_base[e];
         c->end[e].wr_shut = a.fin_out;
+        /* What the dead worker read after its last count is lost to the
+         * statistics, not counted twice. */
+        c->counted[e] = XR_MAX(c->counted[e], p->taken[e]);
     }
     if (why[0] == '\0' && c->h != NULL && c->h->resume(c) != XR_OK)
         snprintf(why, sizeof(why), "%s",

@@ -47,6 +47,11 @@ typedef struct {
     /* Has the stage ended the connection (a refusal answered and sent)?
      * NULL: only the ends' EOFs end it. */
     int (*finished)(const xr_pconn_t *c);
+    /* The client was given more of OUT[DOWN] (closing: the connection
+     * ends, not frozen, and will be given nothing more): the stage may
+     * account for what it has now got.  1: that made room for input the
+     * stage had left waiting (run it again).  NULL: nothing to do. */
+    int (*delivered)(xr_pconn_t *c, int closing);
 } xr_phandler_t;
 
 struct xr_pconn_s {
@@ -75,6 +80,9 @@ struct xr_pconn_s {
     int upstream_idx; /* parent proxy being tried, or -1: the destination */
     int64_t last_active;
     int shm_counted;
+    /* Of p->taken[d], what is already in xr_shm->bytes: added once per
+     * pump while the connection lives, the rest at close. */
+    uint64_t counted[2];
     int heap_slot, heap_rings; /* continuity off: freed with the connection */
     const char *action;
 };

@@ -209,5 +209,5 @@ static int xr_fs_finished(const xr_pconn_t *c)
            c->out_made[1] == c->p->given[0];
 }
 
-const xr_phandler_t xr_filter_handler = {"filter",     xr_fs_process, xr_fs_eof,     xr_fs_start,
-                                         xr_fs_resume, xr_fs_free,    xr_fs_finished};
+const xr_phandler_t xr_filter_handler = {"filter",     xr_fs_process, xr_fs_eof,      xr_fs_start,
+                                         xr_fs_resume, xr_fs_free,    xr_fs_finished, NULL};

@@ -137,6 +137,20 @@ static void xr_dir_release(xr_dir_t *d)
     xr_chain_release(&d->chain);
 }
 
+/* Add what the relay read since the last call to its block's shared
+ * counters: once per pump, not per read, so the atomics stay off the hot
+ * path while `xray status` still sees a live connection's bytes. */
+static void xr_relay_count(xr_relay_t *r)
+{
+    for (int d = 0; d < 2; d++) {
+        uint64_t n = r->s.read_total[d] - r->counted[d];
+        if (n == 0)
+            continue;
+        atomic_fetch_add_explicit(&xr_shm->bytes[r->conf->slot][d], n, memory_order_relaxed);
+        r->counted[d] = r->s.read_total[d];
+    }
+}
+
 void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
 {
     if (r->state == XR_RELAY_CLOSED)
@@ -170,6 +184,7 @@ void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
     if (r->peer >= 0 && r->s.upstream.ss_family != 0)
         r->rt->peers[r->peer].active--;
     r->rt->active--;
+    xr_relay_count(r); /* the remainder since the last pump */
     if (r->shm_counted) {
         atomic_fetch_sub(&xr_shm->active[r->conf->slot], 1);
         atomic_fetch_sub(&xr_shm->worker_active[xr_worker_slot][r->conf->slot], 1);
@@ -255,8 +270,8 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
     }
 
     if (xr_io_add(&r->end[0].io, fd, xr_relay_io_cb) != XR_OK) {
+        /* end[0] holds fd now: xr_relay_close closes it. */
         int err = errno;
-        close(fd);
         xr_log_session(XR_LOG_ERR, &r->s, "cannot watch the client socket (%d: %s)", err,
                        strerror(err));
         xr_relay_close(r, "cannot watch client socket");
@@ -608,6 +623,7 @@ static int xr_relay_pump(xr_relay_t *r, int d)
      * for a socket that is still writable. */
     if (round == XR_PUMP_ROUNDS)
         xr_reactor_post(&r->posted, xr_relay_posted_cb);
+    xr_relay_count(r);
 
     if (src->rd_eof && !dr->done) {
         xr_buf_t *b = dr->buf;
@@ -752,10 +768,10 @@ void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
         src[i]->io.fd = -1;
         src[i]->data = NULL;
         src[i]->ops = NULL;
-        if (xr_io_add(&e->io, fd, xr_relay_io_cb) != XR_OK) {
-            close(fd);
+        /* e holds fd from here on, watched or not: xr_relay_close closes
+         * it with the relay. */
+        if (xr_io_add(&e->io, fd, xr_relay_io_cb) != XR_OK)
             failed = 1;
-        }
         e->readable = e->writable = 1;
     }
     r->s.identity = xr_tls_end_identity(&r->end[0]);

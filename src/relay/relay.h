@@ -89,6 +89,9 @@ struct xr_relay_s {
     int cut;    /* ended on an error: the ends get a reset, not a FIN */
     xr_relay_state_t state;
     int shm_counted;
+    /* Of s.read_total[d], what is already in xr_shm->bytes: a live relay
+     * adds what it read once per pump, the rest at close. */
+    uint64_t counted[2];
 };
 
 /* Take an accepted client socket (non-blocking) into a new relay of rt's
