@@ -261,6 +261,20 @@ used when none of them can be connected to within
 form.</p>""",
         "example": "upstream: [10.0.0.8:3128, 10.0.0.9:3128]",
     },
+    "continuity": {
+        "text": """
+<p>A relay block's connections survive a worker's crash (even SIGKILL), a
+reload and a binary upgrade, as a proxy block's do (see
+<a href="#d-proxy-continuity">the proxy's continuity</a>): they run on the
+engine's rings in the worker's snapshot in
+<a href="#d-state_dir">state_dir</a>, and the master holds a duplicate of
+each socket. Plain TCP blocks only: <code>xrayd -t</code> refuses it on a
+block with <a href="#d-tls">tls</a> or <a href="#d-upstream_tls">upstream_tls</a>,
+whose record layer is not in the snapshot yet. Off by default: it costs two
+descriptor passes to the master per connection and the snapshot's
+memory.</p>""",
+        "example": "continuity: on",
+    },
     "proxy/continuity": {
         "text": """
 <p>A worker's proxied connections survive its crash (even SIGKILL), a

@@ -7,7 +7,7 @@
  * crash whenever the input says so.
  *
  * proxy.c needs the worker, so this file supplies what http.c calls of it
- * (xr_ring_*, xr_pconn_*) and the log's session suffix; linked against
+ * (xr_ring_*, xr_conn_*) and the log's session suffix; linked against
  * libxrayd.a, nothing then pulls proxy.o or relay.o in.
  *
  * The input is one configuration byte, then operations, each a byte whose
@@ -75,7 +75,7 @@
 #include "core/xrayd.h"
 #include "core/log.h"
 #include "proxy/http.h"
-#include "proxy/proxy.h"
+#include "relay/conn.h"
 #include "proxy/proxy_conf.h"
 
 #if defined(__has_feature)
@@ -557,7 +557,7 @@ typedef struct {
 } xr_fz_result_t;
 
 typedef struct {
-    xr_pconn_t c;
+    xr_conn_t c;
     unsigned char *ring[XR_RINGS];
     xr_fz_buf_t sock[2]; /* sent by end d, not yet read (from sock_off) */
     size_t sock_off[2];
@@ -582,7 +582,7 @@ typedef struct {
 
 static xr_fz_conn_t *xr_fz_cur;
 
-static xr_fz_conn_t *xr_fz_of(const xr_pconn_t *c)
+static xr_fz_conn_t *xr_fz_of(const xr_conn_t *c)
 {
     XR_FZ_CHECK(xr_fz_cur != NULL && c == &xr_fz_cur->c);
     return xr_fz_cur;
@@ -620,7 +620,7 @@ int xr_ring_iov(unsigned char *ring, uint32_t size, uint64_t off, size_t n, stru
     return n - first > 0 ? 2 : 1;
 }
 
-uint64_t xr_pconn_out_room(const xr_pconn_t *c, int d)
+uint64_t xr_conn_out_room(const xr_conn_t *c, int d)
 {
     XR_FZ_CHECK(d == 0 || d == 1);
     XR_FZ_CHECK(c->out_made[d] >= c->p->given[1 - d]);
@@ -641,11 +641,11 @@ static void xr_fz_out_io(xr_fz_conn_t *f, int d, uint64_t off, unsigned char *p,
     XR_FZ_POISON(ring, f->c.rsize);
 }
 
-void xr_pconn_emit(xr_pconn_t *c, int d, const void *p, size_t n)
+void xr_conn_emit(xr_conn_t *c, int d, const void *p, size_t n)
 {
     xr_fz_conn_t *f = xr_fz_of(c);
     XR_FZ_CHECK(!f->closed);
-    XR_FZ_CHECK(n <= xr_pconn_out_room(c, d));
+    XR_FZ_CHECK(n <= xr_conn_out_room(c, d));
     uint64_t at = c->out_made[d];
     if (at + n > XR_FZ_MAX_OUT)
         XR_FZ_FAIL("more than %u bytes of output", XR_FZ_MAX_OUT);
@@ -665,7 +665,7 @@ void xr_pconn_emit(xr_pconn_t *c, int d, const void *p, size_t n)
     }
 }
 
-void xr_pconn_pass(xr_pconn_t *c, int d, uint64_t from, size_t n)
+void xr_conn_pass(xr_conn_t *c, int d, uint64_t from, size_t n)
 {
     /* Only input not yet consumed, still in the ring, may be passed. */
     XR_FZ_CHECK(from >= c->in_done[d]);
@@ -675,13 +675,13 @@ void xr_pconn_pass(xr_pconn_t *c, int d, uint64_t from, size_t n)
     while (n > 0) {
         size_t k = XR_MIN(n, sizeof(tmp));
         xr_ring_get(c->ring[XR_RING_IN_UP + d], c->rsize, from, tmp, k);
-        xr_pconn_emit(c, d, tmp, k);
+        xr_conn_emit(c, d, tmp, k);
         from += k;
         n -= k;
     }
 }
 
-void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...)
+void xr_conn_close(xr_conn_t *c, const char *fmt, ...)
 {
     xr_fz_conn_t *f = xr_fz_of(c);
     XR_FZ_CHECK(!f->closed);
@@ -739,7 +739,7 @@ static const xr_fz_http_t *xr_fz_http_of(const xr_record_t *r, xr_fz_http_t *h)
     return h;
 }
 
-void xr_pconn_log(xr_pconn_t *c)
+void xr_conn_log(xr_conn_t *c)
 {
     xr_fz_conn_t *f = xr_fz_of(c);
     XR_FZ_CHECK(!f->closed);
@@ -803,7 +803,7 @@ size_t xr__log_session_context(const xr_session_t *s, char *buf, size_t size)
 /* IN[d] may be read by the handler only in [in_done, taken). */
 static void xr_fz_poison_in(xr_fz_conn_t *f)
 {
-    xr_pconn_t *c = &f->c;
+    xr_conn_t *c = &f->c;
     for (int d = 0; d < 2; d++) {
         unsigned char *ring = f->ring[XR_RING_IN_UP + d];
         XR_FZ_POISON(ring, c->rsize);
@@ -822,7 +822,7 @@ static void xr_fz_poison_in(xr_fz_conn_t *f)
 /* The engine reads what end d sent into IN[d], as far as there is room. */
 static int xr_fz_read(xr_fz_conn_t *f, int d)
 {
-    xr_pconn_t *c = &f->c;
+    xr_conn_t *c = &f->c;
     if (f->rd_eof[d])
         return 0;
     uint64_t room = c->rsize - (c->p->taken[d] - c->in_done[d]);
@@ -874,7 +874,7 @@ static int xr_fz_call(xr_fz_conn_t *f, int is_eof, int d)
 /* The worker is gone: what proxy.c's resumption does with the slot. */
 static void xr_fz_resume(xr_fz_conn_t *f)
 {
-    xr_pconn_t *c = &f->c;
+    xr_conn_t *c = &f->c;
     xr_http_handler.free(c);
     for (int d = 0; d < 2; d++) {
         c->in_done[d] = c->out_made[d] = 0xdeadbeefdeadbeefull; /* resume must set them */
@@ -896,7 +896,7 @@ static void xr_fz_resume(xr_fz_conn_t *f)
 /* After a step that returned: the record must hold the live counters. */
 static void xr_fz_check_record(xr_fz_conn_t *f)
 {
-    static xr_pconn_t twin;
+    static xr_conn_t twin;
     twin = f->c;
     twin.hs = NULL;
     if (xr_http_handler.resume(&twin) != XR_OK)
@@ -914,7 +914,7 @@ static void xr_fz_check_record(xr_fz_conn_t *f)
 /* One call of the handler, with every check around it. */
 static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
 {
-    xr_pconn_t *c = &f->c;
+    xr_conn_t *c = &f->c;
     xr_pslot_t *p = c->p;
     XR_FZ_CHECK(!f->closed);
     static unsigned char pre_rec[XR_PSTATE_MAX];
@@ -1026,7 +1026,7 @@ static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
 
 static void xr_fz_end_check(xr_fz_conn_t *f)
 {
-    xr_pconn_t *c = &f->c;
+    xr_conn_t *c = &f->c;
     if (f->closed)
         return;
     for (int d = 0; d < 2; d++) {
@@ -1035,21 +1035,21 @@ static void xr_fz_end_check(xr_fz_conn_t *f)
             f->wr_shut[1 - d] = 1;
     }
     if (xr_http_handler.finished(c)) {
-        xr_pconn_close(c, NULL);
+        xr_conn_close(c, NULL);
         return;
     }
     int done = 1;
     for (int d = 0; d < 2; d++)
         done &= f->rd_eof[d] && f->wr_shut[1 - d] && c->out_made[d] == c->p->given[1 - d];
     if (done)
-        xr_pconn_close(c, NULL);
+        xr_conn_close(c, NULL);
 }
 
-/* proxy.c's xr_pc_pump for direction d, writing aside (the peers read
+/* proxy.c's xr_cn_pump for direction d, writing aside (the peers read
  * when the input says so). */
 static void xr_fz_pump(xr_fz_conn_t *f, int d)
 {
-    xr_pconn_t *c = &f->c;
+    xr_conn_t *c = &f->c;
     int round;
     for (round = 0; round < XR_FZ_ROUNDS && !f->closed; round++) {
         int moved = xr_fz_read(f, d);
@@ -1096,7 +1096,7 @@ static void xr_fz_event(xr_fz_conn_t *f, int e)
 /* End e reads up to n bytes of what goes to it (OUT[1 - e]). */
 static int xr_fz_drain(xr_fz_conn_t *f, int e, size_t n)
 {
-    xr_pconn_t *c = &f->c;
+    xr_conn_t *c = &f->c;
     int d = 1 - e;
     uint64_t ready = c->out_made[d] - c->p->given[e];
     size_t k = (size_t) XR_MIN((uint64_t) n, ready);
@@ -1124,7 +1124,7 @@ static int xr_fz_drain(xr_fz_conn_t *f, int e, size_t n)
 static void xr_fz_open(xr_fz_conn_t *f, unsigned cfg)
 {
     memset(f, 0, sizeof(*f));
-    xr_pconn_t *c = &f->c;
+    xr_conn_t *c = &f->c;
     c->conf = &xr_fz_rc;
     c->rsize = (uint32_t) (2 * XR_FZ_HEADER + 4096 * (cfg & 3));
     for (int i = 0; i < XR_RINGS; i++) {

@@ -451,7 +451,10 @@ for i, part in enumerate(sys.argv[2:]):
         s.sendall(part.encode())
     except OSError as e:
         print("ERROR", e); break
-s.shutdown(socket.SHUT_WR)
+try:
+    s.shutdown(socket.SHUT_WR)
+except OSError as e:  # a reset may have come first
+    print("ERROR", e)
 out = b""
 while True:
     try:

@@ -21,6 +21,8 @@
 #include "core/gen.h"
 
 struct xr_relay_rt_s;
+struct xr_conn_s;
+struct xr_stage_s;
 
 /* A directive table of a front door's own, with the label its rows carry
  * in --list-directives ("agent", "http", ...). */
@@ -90,6 +92,16 @@ typedef struct xr_frontdoor_s {
     size_t (*adopt)(pid_t dead, const char *state_dir);
     /* The worker exits. */
     void (*exit_worker)(void);
+
+    /* ---- its blocks' connections with continuity (relay/conn.h) ---- */
+    /* The next address connection c tries (*len set), or NULL when none
+     * is left.  It may set c->upstream_idx >= 0 to say more may follow. */
+    const struct sockaddr_storage *(*conn_target)(struct xr_conn_s *c, socklen_t *len);
+    /* How the attempt on the last target went (1: connected). */
+    void (*conn_target_result)(struct xr_conn_s *c, int ok);
+    /* The stage of a connection whose slot says mode (not 0), also for a
+     * replacement worker that resumes it. */
+    const struct xr_stage_s *(*conn_stage)(uint32_t mode);
 } xr_frontdoor_t;
 
 /* Every front door, NULL-terminated (objs/xr_frontdoors.c). */

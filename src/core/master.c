@@ -16,6 +16,7 @@
 #include "core/worker.h"
 #include "core/frontdoor.h"
 #include "event/listener.h"
+#include "relay/conn.h"
 
 #include <fcntl.h>
 #include <glob.h>
@@ -182,6 +183,7 @@ static int xr_master_spawn(xr_gen_t *g)
 static void xr_master_unlink_stores(const char *dir, pid_t pid)
 {
     const xr_frontdoor_t *fd;
+    xr_conn_forget(dir, pid);
     xr_frontdoor_each(fd, i) if (fd->forget) fd->forget(dir, pid);
 }
 

@@ -11,6 +11,7 @@
 #include "core/worker.h"
 #include "event/listener.h"
 #include "event/reactor.h"
+#include "relay/conn.h"
 #include "relay/relay.h"
 #include "tls/tls.h"
 
@@ -95,9 +96,11 @@ void xr_worker_conn_removed(void)
 }
 
 /* Every front door's close_all. */
+/* The engine's connections with continuity, then every front door's own. */
 static void xr_worker_doors_close_all(const char *why)
 {
     const xr_frontdoor_t *fd;
+    xr_conn_close_all(why);
     xr_frontdoor_each(fd, i) if (fd->close_all) fd->close_all(why);
 }
 
@@ -295,6 +298,7 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
                "binary upgrade: handing over %zu proxied connections, %zu relays "
                "to finish",
                xr_w.nconns, xr_w.nrelays);
+        xr_conn_freeze();
         {
             const xr_frontdoor_t *fd;
             xr_frontdoor_each(fd, i) if (fd->freeze) fd->freeze();
@@ -328,6 +332,7 @@ static void xr_worker_doors_exit(void)
 {
     const xr_frontdoor_t *fd;
     xr_frontdoor_each(fd, i) if (fd->exit_worker) fd->exit_worker();
+    xr_conn_worker_exit();
 }
 
 void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int cont_fd, pid_t adopt,
@@ -405,9 +410,15 @@ void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int c
     }
     if (!retiring && xr_w.nls > 0)
         atomic_store(&xr_shm->accepting[slot], g->number);
-    xr_frontdoor_each(fd, i) if (fd->init_worker &&
-                                 fd->init_worker(&xr_w.loop, g, retiring) != XR_OK) _exit(2);
+    if (xr_conn_worker_init(&xr_w.loop, g, retiring) != XR_OK)
+        _exit(2);
+    xr_frontdoor_each(fd, i)
+    {
+        if (fd->init_worker && fd->init_worker(&xr_w.loop, g, retiring) != XR_OK)
+            _exit(2);
+    }
     if (adopt > 0) {
+        xr_conn_adopt(adopt, adopt_dir);
         xr_frontdoor_each(fd, i) if (fd->adopt) fd->adopt(adopt, adopt_dir);
         xr_cont_release_unclaimed();
     }

@@ -117,12 +117,12 @@ static char *xr_http_scratch(int which, size_t n)
     return xr_scratch[which].p;
 }
 
-static xr_hrec_t *xr_rec(const xr_pconn_t *c)
+static xr_hrec_t *xr_rec(const xr_conn_t *c)
 {
     return &((xr_hstate_t *) c->hs)->r;
 }
 
-static void xr_http_commit(xr_pconn_t *c)
+static void xr_http_commit(xr_conn_t *c)
 {
     xr_hrec_t *r = xr_rec(c);
     for (int d = 0; d < 2; d++) {
@@ -354,7 +354,7 @@ static const char *xr_reason(int status)
     }
 }
 
-static size_t xr_error_page(const xr_pconn_t *c, const xr_hpend_t *e, char *out, size_t cap)
+static size_t xr_error_page(const xr_conn_t *c, const xr_hpend_t *e, char *out, size_t cap)
 {
     char body[512];
     int bl = snprintf(body, sizeof(body),
@@ -379,7 +379,7 @@ static uint64_t xr_span_sent(uint64_t given, uint64_t start, uint64_t end)
 
 /* Write the access record of queue entry k: its request, and what each
  * side was given of it and of its response. */
-static void xr_http_log(xr_pconn_t *c, int k)
+static void xr_http_log(xr_conn_t *c, int k)
 {
     const xr_hrec_t *r = xr_rec(c);
     const xr_hpend_t *e = &r->pend[k];
@@ -399,14 +399,14 @@ static void xr_http_log(xr_pconn_t *c, int k)
     c->s.read_total[XR_DIR_DOWN] = a->resp_read;
     c->s.written_total[XR_DIR_UP] = xr_span_sent(c->p->given[1], a->up_start, a->up_end);
     c->s.written_total[XR_DIR_DOWN] = xr_span_sent(c->p->given[0], a->down_start, a->down_end);
-    xr_pconn_log(c);
+    xr_conn_log(c);
     c->s.record = NULL;
 }
 
 /* Write the records of answered requests whose responses the client has
  * been given whole (closing: all of them, with what it got).  1 when that
  * made room in the queue for more requests. */
-static int xr_http_delivered(xr_pconn_t *c, int closing)
+static int xr_http_delivered(xr_conn_t *c, int closing)
 {
     if (c->hs == NULL)
         return 0;
@@ -428,7 +428,7 @@ static int xr_http_delivered(xr_pconn_t *c, int closing)
 /* The request at the head of the queue has its answer in OUT[DOWN] whole
  * (a response of code, resp_read bytes from the upstream, or the proxy's
  * own page): its record waits for the client to be given it. */
-static void xr_http_answered(xr_pconn_t *c, int code, uint64_t resp_read, uint64_t resp_bytes)
+static void xr_http_answered(xr_conn_t *c, int code, uint64_t resp_read, uint64_t resp_bytes)
 {
     xr_hrec_t *r = xr_rec(c);
     xr_hacct_t *a = &r->acct[r->first];
@@ -447,7 +447,7 @@ static void xr_http_answered(xr_pconn_t *c, int code, uint64_t resp_read, uint64
 /* Answer refused requests whose turn it is: the client's output is at a
  * response boundary (DOWN is not in a body; CLOSED after a bad response
  * head, none of which went out) and no forwarded request precedes them. */
-static int xr_http_refusals(xr_pconn_t *c)
+static int xr_http_refusals(xr_conn_t *c)
 {
     xr_hrec_t *r = xr_rec(c);
     while (r->npend > 0 && r->phase[XR_DIR_DOWN] != XR_H_BODY && !r->close_after) {
@@ -456,9 +456,9 @@ static int xr_http_refusals(xr_pconn_t *c)
             return XR_OK;
         char page[1024];
         size_t n = xr_error_page(c, e, page, sizeof(page));
-        if (xr_pconn_out_room(c, XR_DIR_DOWN) < n)
+        if (xr_conn_out_room(c, XR_DIR_DOWN) < n)
             return XR_AGAIN;
-        xr_pconn_emit(c, XR_DIR_DOWN, page, n);
+        xr_conn_emit(c, XR_DIR_DOWN, page, n);
         xr_log_session(XR_LOG_NOTICE, &c->s, "HTTP %s %s%s refused with %d: %s", e->method, e->host,
                        e->uri, e->status, e->why);
         xr_http_answered(c, e->status, 0, n);
@@ -496,7 +496,7 @@ static void xr_pend_names(xr_hpend_t *e, const char *method, const char *host, c
 /* ---- requests (up) and responses (down) --------------------------------------- */
 
 /* Copy what waits in IN[d] (at most cap bytes) into the scratch buffer. */
-static size_t xr_http_peek(xr_pconn_t *c, int d, size_t cap, char **buf)
+static size_t xr_http_peek(xr_conn_t *c, int d, size_t cap, char **buf)
 {
     size_t avail = (size_t) XR_MIN(c->p->taken[d] - c->in_done[d], (uint64_t) cap);
     *buf = xr_http_scratch(0, cap + 1);
@@ -507,7 +507,7 @@ static size_t xr_http_peek(xr_pconn_t *c, int d, size_t cap, char **buf)
 /* Parse the head at the start of what waits.  1: whole (*used its
  * length), 0: not yet, -1: invalid (the reason in why, the status in
  * *status). */
-static int xr_http_parse_head(xr_pconn_t *c, int d, xr_head_t *h, http_parser *p, size_t *used,
+static int xr_http_parse_head(xr_conn_t *c, int d, xr_head_t *h, http_parser *p, size_t *used,
                               int *status, char *why, size_t wl)
 {
     const xr_http_conf_t *hc = xr_proxy_conf(c->conf)->http;
@@ -571,7 +571,7 @@ static int xr_http_parse_head(xr_pconn_t *c, int d, xr_head_t *h, http_parser *p
 /* Run the body part of what waits (at most max bytes) through p: how
  * many bytes belong to this message; *complete when it ended there;
  * *err set on invalid input. */
-static size_t xr_http_body(xr_pconn_t *c, int d, http_parser *p, uint64_t from, size_t max,
+static size_t xr_http_body(xr_conn_t *c, int d, http_parser *p, uint64_t from, size_t max,
                            int *complete, enum http_errno *err)
 {
     struct iovec iov[2];
@@ -637,7 +637,7 @@ static void xr_cat_version(xr_emit_t *e, const http_parser *p)
 
 /* Write the rewritten head of h into OUT[d].  Returns XR_AGAIN when OUT
  * has no room for it. */
-static int xr_http_emit_head(xr_pconn_t *c, int d, const xr_head_t *h, const http_parser *p)
+static int xr_http_emit_head(xr_conn_t *c, int d, const xr_head_t *h, const http_parser *p)
 {
     const xr_http_conf_t *hc = xr_proxy_conf(c->conf)->http;
     xr_emit_t e = {.cap = (size_t) hc->max_header_size + 512};
@@ -684,9 +684,9 @@ static int xr_http_emit_head(xr_pconn_t *c, int d, const xr_head_t *h, const htt
     xr_cat(&e, "\r\n", 2);
     if (e.n >= e.cap)
         return XR_ERROR;
-    if (xr_pconn_out_room(c, d) < e.n)
+    if (xr_conn_out_room(c, d) < e.n)
         return XR_AGAIN;
-    xr_pconn_emit(c, d, e.out, e.n);
+    xr_conn_emit(c, d, e.out, e.n);
     return XR_OK;
 }
 
@@ -711,7 +711,7 @@ static int xr_target_host(const xr_head_t *h, const http_parser *p, const char *
 
 /* Check a request head against the rules: 0 to forward, else the status
  * of the refusal (why says what). */
-static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_parser *p, char *host,
+static int xr_http_check(const xr_conn_t *c, const xr_head_t *h, const http_parser *p, char *host,
                          size_t hl, char *why, size_t wl)
 {
     const xr_http_conf_t *hc = xr_proxy_conf(c->conf)->http;
@@ -794,7 +794,7 @@ static int xr_http_check(const xr_pconn_t *c, const xr_head_t *h, const http_par
 
 /* Refuse the request whose head starts IN[UP]: queued for its turn; the
  * rest of what the client sends is dropped. */
-static void xr_http_refuse(xr_pconn_t *c, int status, const char *host, const char *method,
+static void xr_http_refuse(xr_conn_t *c, int status, const char *host, const char *method,
                            const char *uri, size_t ulen, const char *why)
 {
     xr_hrec_t *r = xr_rec(c);
@@ -804,7 +804,7 @@ static void xr_http_refuse(xr_pconn_t *c, int status, const char *host, const ch
     snprintf(e.why, sizeof(e.why), "%.111s", why);
     e.req_bytes = c->p->taken[XR_DIR_UP] - c->in_done[XR_DIR_UP];
     if (r->npend + r->nlog >= XR_HTTP_PIPELINE) { /* cannot happen: checked before parsing */
-        xr_pconn_close(c, "refused: %s", why);
+        xr_conn_close(c, "refused: %s", why);
         return;
     }
     xr_pend_push(r, &e, c->out_made[XR_DIR_UP], c->out_made[XR_DIR_UP]); /* none forwarded */
@@ -812,7 +812,7 @@ static void xr_http_refuse(xr_pconn_t *c, int status, const char *host, const ch
     c->in_done[XR_DIR_UP] = c->p->taken[XR_DIR_UP];
 }
 
-static int xr_http_up_head(xr_pconn_t *c)
+static int xr_http_up_head(xr_conn_t *c)
 {
     xr_hrec_t *r = xr_rec(c);
     if (r->npend + r->nlog >= XR_HTTP_PIPELINE)
@@ -870,7 +870,7 @@ static int xr_http_up_head(xr_pconn_t *c)
     return XR_OK;
 }
 
-static int xr_http_down_head(xr_pconn_t *c)
+static int xr_http_down_head(xr_conn_t *c)
 {
     xr_hrec_t *r = xr_rec(c);
     xr_head_t h;
@@ -880,7 +880,7 @@ static int xr_http_down_head(xr_pconn_t *c)
     char why[160];
     if (r->npend == 0 || r->pend[r->first].status != 0) {
         xr_log_session(XR_LOG_NOTICE, &c->s, "the upstream sent a response nobody asked for");
-        xr_pconn_close(c, "unsolicited response");
+        xr_conn_close(c, "unsolicited response");
         return XR_ERROR;
     }
     int got = xr_http_parse_head(c, XR_DIR_DOWN, &h, &p, &used, &status, why, sizeof(why));
@@ -922,18 +922,18 @@ static int xr_http_down_head(xr_pconn_t *c)
 }
 
 /* A body (or tunnel) step in direction d: as much as OUT has room for. */
-static int xr_http_pass(xr_pconn_t *c, int d)
+static int xr_http_pass(xr_conn_t *c, int d)
 {
     xr_hrec_t *r = xr_rec(c);
     uint64_t avail = c->p->taken[d] - c->in_done[d];
-    size_t max = (size_t) XR_MIN(avail, xr_pconn_out_room(c, d));
+    size_t max = (size_t) XR_MIN(avail, xr_conn_out_room(c, d));
     if (max == 0)
         return avail > 0 ? XR_AGAIN : XR_OK;
     int complete;
     enum http_errno err;
     http_parser *p = &r->parser[d];
     size_t n = xr_http_body(c, d, p, c->in_done[d], max, &complete, &err);
-    xr_pconn_pass(c, d, c->in_done[d], n);
+    xr_conn_pass(c, d, c->in_done[d], n);
     c->in_done[d] += n;
     if (d == XR_DIR_DOWN) {
         r->resp_bytes += n;
@@ -946,7 +946,7 @@ static int xr_http_pass(xr_pconn_t *c, int d)
         /* The head went on already: all that can be done is to stop. */
         xr_log_session(XR_LOG_NOTICE, &c->s, "invalid %s body: %s",
                        d == XR_DIR_UP ? "request" : "response", http_errno_description(err));
-        xr_pconn_close(c, "invalid %s body", d == XR_DIR_UP ? "request" : "response");
+        xr_conn_close(c, "invalid %s body", d == XR_DIR_UP ? "request" : "response");
         return XR_ERROR;
     }
     if (!complete)
@@ -959,7 +959,7 @@ static int xr_http_pass(xr_pconn_t *c, int d)
     return XR_OK;
 }
 
-static int xr_http_process(xr_pconn_t *c, int d)
+static int xr_http_process(xr_conn_t *c, int d)
 {
     xr_hrec_t *r = xr_rec(c);
     /* An error page that found the client's ring full (XR_AGAIN) goes out
@@ -990,7 +990,7 @@ static int xr_http_process(xr_pconn_t *c, int d)
     return rc == XR_AGAIN ? XR_AGAIN : XR_OK;
 }
 
-static int xr_http_eof(xr_pconn_t *c, int d)
+static int xr_http_eof(xr_conn_t *c, int d)
 {
     xr_hrec_t *r = xr_rec(c);
     if (r->phase[d] == XR_H_HEAD && c->in_done[d] < c->p->taken[d]) {
@@ -1017,7 +1017,7 @@ static int xr_http_eof(xr_pconn_t *c, int d)
     return XR_OK;
 }
 
-static int xr_http_resume(xr_pconn_t *c)
+static int xr_http_resume(xr_conn_t *c)
 {
     if (c->hs == NULL)
         c->hs = xr_calloc(1, sizeof(xr_hstate_t));
@@ -1040,13 +1040,13 @@ static int xr_http_resume(xr_pconn_t *c)
     return XR_OK;
 }
 
-static void xr_http_free(xr_pconn_t *c)
+static void xr_http_free(xr_conn_t *c)
 {
     free(c->hs);
     c->hs = NULL;
 }
 
-int xr_http_start(xr_pconn_t *c)
+int xr_http_start(xr_conn_t *c)
 {
     if (c->hs == NULL)
         c->hs = xr_calloc(1, sizeof(xr_hstate_t));
@@ -1057,7 +1057,7 @@ int xr_http_start(xr_pconn_t *c)
     return XR_OK;
 }
 
-void xr_http_unreachable(xr_pconn_t *c)
+void xr_http_unreachable(xr_conn_t *c)
 {
     char page[1024], dst[64];
     xr_hpend_t e = {.status = 502};
@@ -1077,12 +1077,19 @@ void xr_http_unreachable(xr_pconn_t *c)
     }
 }
 
-static int xr_http_finished(const xr_pconn_t *c)
+static int xr_http_finished(const xr_conn_t *c)
 {
     const xr_hrec_t *r = c->hs ? xr_rec(c) : NULL;
     return r != NULL && r->close_after && c->p->given[0] == c->out_made[XR_DIR_DOWN];
 }
 
-const xr_phandler_t xr_http_handler = {"http",           xr_http_process,  xr_http_eof,
-                                       xr_http_start,    xr_http_resume,   xr_http_free,
-                                       xr_http_finished, xr_http_delivered};
+const xr_stage_t xr_http_handler = {.name = "http",
+                                    .logs_requests = 1,
+                                    .process = xr_http_process,
+                                    .eof = xr_http_eof,
+                                    .start = xr_http_start,
+                                    .resume = xr_http_resume,
+                                    .free = xr_http_free,
+                                    .finished = xr_http_finished,
+                                    .delivered = xr_http_delivered,
+                                    .unreachable = xr_http_unreachable};

@@ -10,14 +10,14 @@
 #ifndef XR_HTTP_H
 #define XR_HTTP_H
 
-#include "proxy/proxy.h"
+#include "relay/conn.h"
 
-extern const xr_phandler_t xr_http_handler;
+extern const xr_stage_t xr_http_handler;
 
 /* A new connection's handler (fresh state, committed). */
-int xr_http_start(xr_pconn_t *c);
+int xr_http_start(xr_conn_t *c);
 /* No upstream could be reached: tell the client so (502), best effort,
  * before the connection closes. */
-void xr_http_unreachable(xr_pconn_t *c);
+void xr_http_unreachable(xr_conn_t *c);
 
 #endif

@@ -1,136 +1,25 @@
 /*
- * proxy.h: transparent proxies (thesis ch. 7): connections that iptables
- * or nftables REDIRECT (or TPROXY) sent here are relayed to their
- * original destination, or through a parent proxy, as a circuit or as
- * HTTP, with their state in the worker's snapshot so that a replacement
- * worker - after a crash or a binary upgrade - carries every one on
- * without losing or repeating a byte.
+ * proxy.h: the transparent proxy front door (thesis ch. 7): connections
+ * that iptables or nftables REDIRECT (or TPROXY) sent here are relayed to
+ * their original destination, or through a parent proxy, as a circuit or
+ * as HTTP, on the relay engine's connections with continuity.
  */
 #ifndef XR_PROXY_H
 #define XR_PROXY_H
 
-#include <sys/socket.h>
-#include <sys/uio.h>
-#include <uv.h>
-
-#include "core/gen.h"
-#include "event/reactor.h"
-#include "proxy/snapshot.h"
-#include "relay/filter.h"
-#include "relay/upstream.h"
-
-typedef struct xr_pconn_s xr_pconn_t;
-
-/* One end of a proxied connection: 0 the client, 1 the upstream. */
-typedef struct {
-    xr_io_t io;
-    xr_pconn_t *c;
-    unsigned readable : 1, writable : 1, rdhup : 1, rd_eof : 1, wr_shut : 1;
-} xr_pend_t;
-
-/* What a protocol does between a connection's IN and OUT rings.  A
- * circuit has none: its IN rings are its OUT rings. */
-typedef struct {
-    const char *name; /* for the log: "http", "filter" */
-    /* New input in direction d: consume from IN[d] (from in_done[d] to
-     * taken[d]), produce into OUT[d] (and, for an answer of its own,
-     * OUT[1-d]), commit.  XR_OK, XR_AGAIN (no room to produce: call again
-     * when the far side drained), XR_ERROR (c was closed). */
-    int (*process)(xr_pconn_t *c, int d);
-    /* Direction d's source ended (EOF read).  XR_OK or XR_ERROR. */
-    int (*eof)(xr_pconn_t *c, int d);
-    /* Fresh working state for a new connection, committed. */
-    int (*start)(xr_pconn_t *c);
-    /* Build working state from the committed record (a resumption). */
-    int (*resume)(xr_pconn_t *c);
-    void (*free)(xr_pconn_t *c);
-    /* Has the stage ended the connection (a refusal answered and sent)?
-     * NULL: only the ends' EOFs end it. */
-    int (*finished)(const xr_pconn_t *c);
-    /* The client was given more of OUT[DOWN] (closing: the connection
-     * ends, not frozen, and will be given nothing more): the stage may
-     * account for what it has now got.  1: that made room for input the
-     * stage had left waiting (run it again).  NULL: nothing to do. */
-    int (*delivered)(xr_pconn_t *c, int closing);
-} xr_phandler_t;
-
-struct xr_pconn_s {
-    xr_session_t s; /* what filters' log hooks see */
-    xr_pend_t end[2];
-    xr_relay_rt_t *rt;
-    const xr_relay_conf_t *conf;
-    xr_store_t *store; /* NULL: continuity off (the slot is then on the heap) */
-    xr_pslot_t *p;     /* durable state */
-    unsigned char *ring[XR_RINGS];
-    uint32_t rsize;
-    /* Handler progress (from its committed record): input bytes consumed,
-     * output bytes produced, per direction. */
-    uint64_t in_done[2], out_made[2];
-    int out_closed[2]; /* the handler ends direction d after its output */
-    int again[2];      /* the handler waits for room in an OUT ring */
-    const xr_phandler_t *h;
-    void *hs;              /* handler working state */
-    unsigned char *fstate; /* the filters' per-connection state */
-    int opened;            /* filters whose open hook ran */
-    int cut;               /* ended on an error: the ends get a reset, not a FIN */
-    uv_timer_t timer;
-    xr_list_t link;
-    xr_posted_t posted;
-    int state;        /* XR_PC_* */
-    int upstream_idx; /* parent proxy being tried, or -1: the destination */
-    int64_t last_active;
-    int shm_counted;
-    /* Of p->taken[d], what is already in xr_shm->bytes: added once per
-     * pump while the connection lives, the rest at close. */
-    uint64_t counted[2];
-    int heap_slot, heap_rings; /* continuity off: freed with the connection */
-    const char *action;
-};
-
-/* Ring helpers: stream offset x lives at x % size. */
-void xr_ring_put(unsigned char *ring, uint32_t size, uint64_t off, const void *p, size_t n);
-void xr_ring_get(const unsigned char *ring, uint32_t size, uint64_t off, void *p, size_t n);
-/* The one or two pieces of ring holding [off, off + n): how many. */
-int xr_ring_iov(unsigned char *ring, uint32_t size, uint64_t off, size_t n, struct iovec iov[2]);
-
-/* Space left in OUT[d] for the handler. */
-uint64_t xr_pconn_out_room(const xr_pconn_t *c, int d);
-/* Append to OUT[d] (the caller checked the room). */
-void xr_pconn_emit(xr_pconn_t *c, int d, const void *p, size_t n);
-/* Copy n bytes of IN[d] at offset from into OUT[d]. */
-void xr_pconn_pass(xr_pconn_t *c, int d, uint64_t from, size_t n);
-/* Close with a reason (printf format); logs run once. */
-void xr_pconn_close(xr_pconn_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Run the log hooks now (HTTP: one record per request). */
-void xr_pconn_log(xr_pconn_t *c);
-
-/* ---- the worker's side ---------------------------------------------------- */
+#include "relay/conn.h"
 
 /* The front door (proxy_door.c). */
 extern const struct xr_frontdoor_s xr_proxy_frontdoor;
 
-/* Start the worker's proxy service: its own snapshot store if a proxy
- * block of g has continuity.  XR_OK or XR_ERROR. */
-int xr_proxy_worker_init(uv_loop_t *loop, xr_gen_t *g, int retiring);
-/* An accepted connection of proxy block rt (the caller reserved its
- * slot in xr_shm->active). */
+/* An accepted connection of proxy block rt (the caller reserved its slot
+ * in xr_shm->active): found its original destination and start it. */
 void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
                     const struct sockaddr_storage *client, uint64_t id);
-/* Take over the connections of dead worker pid (its store in g's
- * state_dir and the sockets the master passed on).  Returns how many. */
-size_t xr_proxy_adopt(pid_t dead, const char *state_dir);
-/* Stop touching every proxied connection (binary upgrade): their state
- * is complete in the store for the new binary. */
-void xr_proxy_freeze(void);
-/* Close every proxied connection. */
-void xr_proxy_close_all(const char *why);
-/* Live proxied connections in this worker. */
-size_t xr_proxy_count(void);
-/* The worker's store path for worker pid, and a glob(3) pattern of
- * every store it holds (its own, and those it adopted, renamed). */
-void xr_proxy_store_path(char *buf, size_t n, const char *state_dir, pid_t pid);
-void xr_proxy_store_glob(char *buf, size_t n, const char *state_dir, pid_t pid);
-/* Unlink this worker's own store when it exits with nothing live. */
-void xr_proxy_worker_exit(void);
+/* Where c goes next: its parent proxies in order, then its original
+ * destination; NULL when all were tried. */
+const struct sockaddr_storage *xr_proxy_target(xr_conn_t *c, socklen_t *len);
+/* The stage of mode (XR_PROXY_HTTP: the HTTP handler). */
+const xr_stage_t *xr_proxy_stage(uint32_t mode);
 
 #endif

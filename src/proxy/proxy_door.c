@@ -8,9 +8,6 @@
 #include "proxy/proxy.h"
 #include "proxy/proxy_conf.h"
 
-#include <glob.h>
-#include <unistd.h>
-
 extern const xr_frontdoor_t xr_proxy_frontdoor;
 
 static int xr_proxy_set_blocks(xr_conf_t *cf, const xr_node_t *n, void *conf,
@@ -34,19 +31,6 @@ static const char *xr_proxy_block_kind(const xr_relay_conf_t *rc)
     return xr_proxy_conf(rc)->mode == XR_PROXY_HTTP ? "http" : "circuit";
 }
 
-/* Nobody adopts a dead worker's connections: its store files go. */
-static void xr_proxy_forget(const char *state_dir, pid_t pid)
-{
-    char pattern[600];
-    xr_proxy_store_glob(pattern, sizeof(pattern), state_dir, pid);
-    glob_t gl;
-    if (glob(pattern, 0, NULL, &gl) == 0) {
-        for (size_t i = 0; i < gl.gl_pathc; i++)
-            unlink(gl.gl_pathv[i]);
-        globfree(&gl);
-    }
-}
-
 const xr_frontdoor_t xr_proxy_frontdoor = {
     .name = "proxy",
     .directives = xr_proxy_main_directives,
@@ -54,12 +38,7 @@ const xr_frontdoor_t xr_proxy_frontdoor = {
     .block_directives = xr_proxy_block_directives,
     .tables = xr_proxy_tables,
     .block_kind = xr_proxy_block_kind,
-    .forget = xr_proxy_forget,
-    .init_worker = xr_proxy_worker_init,
     .accept = xr_proxy_start,
-    .live = xr_proxy_count,
-    .close_all = xr_proxy_close_all,
-    .freeze = xr_proxy_freeze,
-    .adopt = xr_proxy_adopt,
-    .exit_worker = xr_proxy_worker_exit,
+    .conn_target = xr_proxy_target,
+    .conn_stage = xr_proxy_stage,
 };

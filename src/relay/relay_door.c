@@ -4,6 +4,7 @@
  */
 #include "core/xrayd.h"
 #include "core/frontdoor.h"
+#include "relay/conn.h"
 #include "relay/relay.h"
 #include "tls/tls.h"
 
@@ -38,6 +39,9 @@ static const xr_directive_t xr_relay_block_directives[] = {
     {"upstream_tls", R, XR_T_CUSTOM, RO(upstream_tls), NULL, 0, 0,
      (const char *const[]){"tls block", NULL}, xr_tls_set_client, 0,
      "Speak TLS to the upstream servers: ca, verify, certificate, key, server_name ..."},
+    {"continuity", R, XR_T_FLAG, RO(continuity), "off", 0, 0, NULL, NULL, 0,
+     "Keep live connections across worker crashes and binary upgrades (snapshots in "
+     "state_dir); plain TCP blocks only."},
     XR_DIRECTIVES_END};
 
 #undef R
@@ -50,10 +54,61 @@ static const xr_frontdoor_table_t xr_relay_tables[] = {
 
 extern const xr_frontdoor_t xr_relay_frontdoor;
 
+/* A relay block's own checks.  Continuity needs the whole state of a
+ * connection in the snapshot: a TLS end's record layer is not there yet,
+ * so continuity on a TLS block is refused rather than silently not kept. */
+static int xr_relay_check(xr_conf_t *cf, xr_relay_conf_t *rc)
+{
+    if (rc->continuity && (rc->tls != NULL || rc->upstream_tls != NULL))
+        return xr_conf_error(cf, xr_node_get(rc->node, "continuity"),
+                             "continuity is not kept for TLS relays yet (their record layer "
+                             "is not in the snapshot); turn it off or relay plain TCP");
+    return XR_OK;
+}
+
 static int xr_relay_set_blocks(xr_conf_t *cf, const xr_node_t *n, void *conf,
                                const xr_directive_t *d)
 {
-    return xr_gen_blocks(cf, n, &xr_relay_frontdoor, 0, NULL);
+    return xr_gen_blocks(cf, n, &xr_relay_frontdoor, 0, xr_relay_check);
+}
+
+static void xr_relay_accept(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
+                            const struct sockaddr_storage *client, uint64_t id)
+{
+    if (rt->rc->continuity)
+        xr_conn_start(loop, rt, fd, client, id, NULL, 0);
+    else
+        xr_relay_start(loop, rt, fd, client, id);
+}
+
+/* A connection with continuity picks its servers as a relay does: the
+ * block's balance, skipping servers it tried, up to upstream_tries. */
+static const struct sockaddr_storage *xr_relay_conn_target(xr_conn_t *c, socklen_t *len)
+{
+    const xr_relay_conf_t *rc = c->conf;
+    xr_pslot_t *p = c->p;
+    int64_t max_tries = rc->upstream_tries ? rc->upstream_tries : (int64_t) rc->upstream.n;
+    if ((int64_t) p->tries >= max_tries)
+        return NULL;
+    int i = xr_upstream_pick(c->rt, p->tried, &p->client);
+    if (i < 0 && p->tried != 0) {
+        p->tried = 0; /* upstream_tries above the server count: go round again */
+        i = xr_upstream_pick(c->rt, p->tried, &p->client);
+    }
+    if (i < 0)
+        return NULL;
+    p->peer = i;
+    if (i < 64)
+        p->tried |= (uint64_t) 1 << i;
+    c->upstream_idx = (int64_t) p->tries + 1 < max_tries ? i : -1;
+    *len = rc->upstream.items[i].len;
+    return &rc->upstream.items[i].sa;
+}
+
+static void xr_relay_conn_result(xr_conn_t *c, int ok)
+{
+    if (c->p->peer >= 0)
+        xr_upstream_result(c->rt, c->p->peer, ok, xr_mono_ms());
 }
 
 static const char *xr_relay_block_kind(const xr_relay_conf_t *rc)
@@ -68,5 +123,7 @@ const xr_frontdoor_t xr_relay_frontdoor = {
     .block_directives = xr_relay_block_directives,
     .tables = xr_relay_tables,
     .block_kind = xr_relay_block_kind,
-    .accept = xr_relay_start,
+    .accept = xr_relay_accept,
+    .conn_target = xr_relay_conn_target,
+    .conn_target_result = xr_relay_conn_result,
 };

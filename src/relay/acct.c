@@ -10,7 +10,7 @@
  * bytes_acked plus what is queued minus its FIN, less the values at the
  * start of the connection.
  */
-#include "proxy/acct.h"
+#include "relay/acct.h"
 
 #include <errno.h>
 #include <linux/sockios.h>

@@ -4,7 +4,7 @@
  */
 #include "core/xrayd.h"
 #include "core/log.h"
-#include "proxy/stage_filter.h"
+#include "relay/stage_filter.h"
 #include "relay/filter.h"
 
 #include <stdio.h>
@@ -25,7 +25,7 @@ typedef struct {
     int answered; /* a filter answered: the connection ends once its output is out */
 } xr_fstage_t;
 
-static void xr_fs_commit(xr_pconn_t *c)
+static void xr_fs_commit(xr_conn_t *c)
 {
     xr_fstage_t *st = c->hs;
     xr_frec_t r;
@@ -43,14 +43,14 @@ static void xr_fs_commit(xr_pconn_t *c)
 
 /* Emit what the chain passed, as far as OUT has room.  1 when all of it
  * went. */
-static int xr_fs_emit(xr_pconn_t *c, int d)
+static int xr_fs_emit(xr_conn_t *c, int d)
 {
     xr_fstage_t *st = c->hs;
     xr_buf_t *b = st->buf[d];
     if (b == NULL)
         return 1;
-    uint64_t n = XR_MIN((uint64_t) (b->filt - b->start), xr_pconn_out_room(c, d));
-    xr_pconn_emit(c, d, b->data + b->start, (size_t) n);
+    uint64_t n = XR_MIN((uint64_t) (b->filt - b->start), xr_conn_out_room(c, d));
+    xr_conn_emit(c, d, b->data + b->start, (size_t) n);
     b->start += (uint32_t) n;
     if (b->start == b->end && st->chain[d].nholds == 0) {
         xr_buf_put(b);
@@ -62,18 +62,18 @@ static int xr_fs_emit(xr_pconn_t *c, int d)
 /* A filter answered the sender of direction d (see relay/filter.h):
  * the answer goes back through OUT[1-d], what passed before it goes on,
  * and nothing more is read or filtered either way. */
-static int xr_fs_answer(xr_pconn_t *c, int d)
+static int xr_fs_answer(xr_conn_t *c, int d)
 {
     xr_fstage_t *st = c->hs;
     xr_buf_t *b = st->buf[d];
     uint32_t alen = b->end - b->filt;
-    if (xr_pconn_out_room(c, 1 - d) < alen) {
+    if (xr_conn_out_room(c, 1 - d) < alen) {
         xr_log_session(XR_LOG_WARN, &c->s, "no room to send a filter's answer of %u bytes", alen);
         c->cut = 1;
-        xr_pconn_close(c, NULL);
+        xr_conn_close(c, NULL);
         return XR_ERROR;
     }
-    xr_pconn_emit(c, 1 - d, b->data + b->filt, alen);
+    xr_conn_emit(c, 1 - d, b->data + b->filt, alen);
     b->end = b->filt;
     st->answered = 1;
     for (int x = 0; x < 2; x++) {
@@ -88,7 +88,7 @@ static int xr_fs_answer(xr_pconn_t *c, int d)
     return XR_OK;
 }
 
-static int xr_fs_process(xr_pconn_t *c, int d)
+static int xr_fs_process(xr_conn_t *c, int d)
 {
     xr_fstage_t *st = c->hs;
     int rc = XR_OK;
@@ -98,7 +98,7 @@ static int xr_fs_process(xr_pconn_t *c, int d)
             break;
         }
         uint64_t avail = c->p->taken[d] - c->in_done[d];
-        uint64_t room = xr_pconn_out_room(c, d);
+        uint64_t room = xr_conn_out_room(c, d);
         if (avail == 0)
             break;
         if (room == 0) {
@@ -109,7 +109,7 @@ static int xr_fs_process(xr_pconn_t *c, int d)
         if (b == NULL && (b = st->buf[d] = xr_buf_get((size_t) c->conf->buffer_size)) == NULL) {
             xr_log_session(XR_LOG_CRIT, &c->s, "cannot allocate a %lld byte buffer",
                            (long long) c->conf->buffer_size);
-            xr_pconn_close(c, "out of memory");
+            xr_conn_close(c, "out of memory");
             return XR_ERROR;
         }
         if (b->start > 0)
@@ -117,7 +117,7 @@ static int xr_fs_process(xr_pconn_t *c, int d)
         if (b->end == b->cap) {
             xr_log_session(XR_LOG_WARN, &c->s,
                            "filters held a whole buffer (%u bytes) without passing it", b->cap);
-            xr_pconn_close(c, "filter held more than buffer_size");
+            xr_conn_close(c, "filter held more than buffer_size");
             return XR_ERROR;
         }
         size_t n = (size_t) XR_MIN(XR_MIN(avail, room), (uint64_t) (b->cap - b->end));
@@ -131,7 +131,7 @@ static int xr_fs_process(xr_pconn_t *c, int d)
         if (crc != XR_OK) {
             xr_log_session(XR_LOG_NOTICE, &c->s, "closed by a filter: %s", c->s.close_reason);
             c->cut = 1;
-            xr_pconn_close(c, NULL);
+            xr_conn_close(c, NULL);
             return XR_ERROR;
         }
     }
@@ -139,7 +139,7 @@ static int xr_fs_process(xr_pconn_t *c, int d)
     return rc;
 }
 
-static int xr_fs_eof(xr_pconn_t *c, int d)
+static int xr_fs_eof(xr_conn_t *c, int d)
 {
     xr_fstage_t *st = c->hs;
     uint32_t held = xr_chain_eof(&st->chain[d], st->buf[d]);
@@ -151,7 +151,7 @@ static int xr_fs_eof(xr_pconn_t *c, int d)
     return XR_OK;
 }
 
-static int xr_fs_start(xr_pconn_t *c)
+static int xr_fs_start(xr_conn_t *c)
 {
     if (c->hs == NULL)
         c->hs = xr_calloc(1, sizeof(xr_fstage_t));
@@ -161,7 +161,7 @@ static int xr_fs_start(xr_pconn_t *c)
     return XR_OK;
 }
 
-static int xr_fs_resume(xr_pconn_t *c)
+static int xr_fs_resume(xr_conn_t *c)
 {
     if (c->hs == NULL)
         c->hs = xr_calloc(1, sizeof(xr_fstage_t));
@@ -188,7 +188,7 @@ static int xr_fs_resume(xr_pconn_t *c)
     return XR_OK;
 }
 
-static void xr_fs_free(xr_pconn_t *c)
+static void xr_fs_free(xr_conn_t *c)
 {
     xr_fstage_t *st = c->hs;
     if (st == NULL)
@@ -202,12 +202,17 @@ static void xr_fs_free(xr_pconn_t *c)
 }
 
 /* After an answer: over once every byte emitted is out. */
-static int xr_fs_finished(const xr_pconn_t *c)
+static int xr_fs_finished(const xr_conn_t *c)
 {
     const xr_fstage_t *st = c->hs;
     return st != NULL && st->answered && c->out_made[0] == c->p->given[1] &&
            c->out_made[1] == c->p->given[0];
 }
 
-const xr_phandler_t xr_filter_handler = {"filter",     xr_fs_process, xr_fs_eof,      xr_fs_start,
-                                         xr_fs_resume, xr_fs_free,    xr_fs_finished, NULL};
+const xr_stage_t xr_filter_handler = {.name = "filter",
+                                      .process = xr_fs_process,
+                                      .eof = xr_fs_eof,
+                                      .start = xr_fs_start,
+                                      .resume = xr_fs_resume,
+                                      .free = xr_fs_free,
+                                      .finished = xr_fs_finished};

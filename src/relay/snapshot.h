@@ -49,7 +49,10 @@ typedef struct {
     uint64_t taken[2], given[2]; /* bytes read from / written to each end */
     uint32_t resumed;            /* times a replacement took it over */
     uint32_t filtered;           /* a circuit whose filters run as a stage */
-    uint64_t commit_seq;         /* state[commit_seq & 1] is the committed record */
+    int32_t peer;                /* a relay block's upstream server, or -1 */
+    uint32_t pad;
+    uint64_t tried;      /* a relay block's servers tried (bit i: server i) */
+    uint64_t commit_seq; /* state[commit_seq & 1] is the committed record */
     _Alignas(8) unsigned char state[2][XR_PSTATE_MAX]; /* handlers write records in place */
 } xr_pslot_t;
 

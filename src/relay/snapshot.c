@@ -2,7 +2,7 @@
  * snapshot.c: the store file (see snapshot.h).
  */
 #include "core/xrayd.h"
-#include "proxy/snapshot.h"
+#include "relay/snapshot.h"
 
 #include <fcntl.h>
 #include <stdatomic.h>

@@ -15,8 +15,8 @@
 #ifndef XR_STAGE_FILTER_H
 #define XR_STAGE_FILTER_H
 
-#include "proxy/proxy.h"
+#include "relay/conn.h"
 
-extern const xr_phandler_t xr_filter_handler;
+extern const xr_stage_t xr_filter_handler;
 
 #endif

@@ -1,0 +1,168 @@
+"""Relay blocks with continuity: on (plain TCP) run on the engine's rings in
+the worker's snapshot: their connections survive kill -9 of the worker
+that holds them, byte-exact, as the transparent proxy's do; a signature
+filter still stops a payload there; and -t refuses continuity on a TLS
+block, whose record layer is not in the snapshot yet."""
+
+import hashlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+import xrayd_fixture as xf
+
+MB = int(os.environ.get("XRAYD_TEST_PROXY_MB", "50"))
+BLOCK = 1 << 20
+
+
+def _paced_send(s, stream, rate, t0, hasher=None):
+    sent = 0
+    for c in stream.chunks():
+        if hasher:
+            hasher.update(c)
+        s.sendall(c)
+        sent += len(c)
+        ahead = sent / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def _server(srv, s):
+    """D n seed: send that stream (paced); U n: read n bytes, answer
+    their SHA-256."""
+    kind = xf.recv_exact(s, 1, timeout=30)
+    if kind == b"D":
+        n, seed, rate = struct.unpack(">QQQ", xf.recv_exact(s, 24, timeout=30))
+        _paced_send(s, xf.Stream(seed, n), rate, time.monotonic())
+        s.shutdown(socket.SHUT_WR)
+    else:
+        (n,) = struct.unpack(">Q", xf.recv_exact(s, 8, timeout=30))
+        h = hashlib.sha256()
+        got = xf.recv_to_eof(s, h, limit=n)
+        s.sendall(h.digest() if got == n else b"short")
+        s.shutdown(socket.SHUT_WR)
+
+
+def _transfer(port, i, n, rate, res):
+    try:
+        with socket.create_connection(("127.0.0.1", port), 30) as s:
+            s.settimeout(120)
+            stream = xf.Stream(100 + i, n)
+            if i % 2:
+                s.sendall(b"U" + struct.pack(">Q", n))
+                _paced_send(s, stream, rate, time.monotonic())
+                s.shutdown(socket.SHUT_WR)
+                got = xf.recv_exact(s, 32, timeout=120)
+                res[i] = got == bytes.fromhex(stream.sha256()) or "server saw %r" % got[:8]
+            else:
+                s.sendall(b"D" + struct.pack(">QQQ", n, 100 + i, rate))
+                h = hashlib.sha256()
+                got = xf.recv_to_eof(s, h)
+                res[i] = (got == n and h.hexdigest() == stream.sha256()) or "got %d" % got
+    except Exception as e:  # noqa: BLE001 - reported by the test
+        res[i] = "%s: %s" % (type(e).__name__, e)
+
+
+def _conf(x, port, up, extra=""):
+    state = x.tmp / "state"
+    state.mkdir(exist_ok=True)
+    x.write_conf("""
+state_dir: ${state}
+relay:
+  - name: cont
+    listen: 127.0.0.1:${p}
+    upstream: 127.0.0.1:${u}
+    continuity: on
+""" + extra, state=state, p=port, u=up)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("filtered", [False, True], ids=["plain", "filtered"])
+def test_relay_connections_survive_kill_9(xrayd, cleanup, filtered):
+    """20 concurrent transfers of MB MiB (half up, half down) through a
+    relay block with continuity (and, filtered, a signature filter); the
+    busiest worker is killed three times: every transfer completes with
+    its SHA-256, and the replacements took the connections over."""
+    srv = xf.HandlerServer(_server)
+    cleanup.append(srv)
+    x = xrayd()
+    x.allow_log(r"exited on signal 9")
+    p = x.listen_port()
+    _conf(x, p, srv.port, "    filters:\n      - signature: {patterns: [FORBIDDEN-PAYLOAD]}\n"
+          if filtered else "")
+    x.start()
+    n = MB << 20
+    rate = max(1 << 20, n // 6)
+    res = [None] * 20
+    ts = [threading.Thread(target=_transfer, args=(p, i, n, rate, res), daemon=True)
+          for i in range(20)]
+    for t in ts:
+        t.start()
+    time.sleep(1.0)
+    for k in range(3):
+        w = {pid: len(os.listdir("/proc/%d/fd" % pid)) for pid in x.worker_pids()}
+        victim = max(w, key=w.get)
+        os.kill(victim, signal.SIGKILL)
+        x.wait_log(r"taking over worker %d" % victim, timeout=10)
+        time.sleep(1.0)
+    for t in ts:
+        t.join(200)
+    bad = [(i, r) for i, r in enumerate(res) if r is not True]
+    assert not bad, bad
+    took = [int(m) for m in
+            (l.split("took over ")[1].split()[0] for l in x.log_lines(r"took over \d+ connection"))]
+    assert len(took) == 3 and sum(took) >= 10, took
+    assert not x.log_lines(r"cannot resume|resume failed")
+
+
+def test_relay_continuity_keeps_filters(xrayd, cleanup):
+    """A signature filter on a relay block with continuity cuts the
+    connection before the pattern reaches the upstream (a reset)."""
+    seen = []
+
+    def upstream(srv, s):
+        got = b""
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                got += b
+        except ConnectionResetError:
+            pass
+        seen.append(got)
+
+    srv = xf.HandlerServer(upstream)
+    cleanup.append(srv)
+    x = xrayd()
+    p = x.listen_port()
+    _conf(x, p, srv.port, "    filters:\n      - signature: {patterns: [FORBIDDEN]}\n")
+    x.start()
+    with xf.connect(p) as c:
+        c.sendall(b"fine ")
+        time.sleep(0.2)
+        c.sendall(b"a FORBIDDEN word")
+        assert xf.closed_by_peer(c, 15) == "rst"
+    xf.wait_until(lambda: seen, 10, what="the upstream's end")
+    assert b"FORBIDDEN" not in seen[0], seen
+
+
+def test_continuity_on_a_tls_relay_is_refused(tmp_path):
+    conf = tmp_path / "x.yaml"
+    conf.write_text("""relay:
+  - listen: 127.0.0.1:18443
+    upstream: 127.0.0.1:18080
+    upstream_tls: {verify: off}
+    continuity: on
+""")
+    r = subprocess.run([str(xf.XRAYD_BIN), "-t", "-c", str(conf)], capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode != 0
+    assert "x.yaml:5:17: \"continuity\": continuity is not kept for TLS relays" in r.stderr, \
+        r.stderr
