@@ -20,7 +20,7 @@
  */
 #include "core/worker.c"
 #include "relay/relay.c"
-#include "agent/agent.c"
+#include "agent/ctl.c"
 
 #include <fcntl.h>
 #include <sys/syscall.h>
@@ -146,13 +146,13 @@ TEST(relay_join_closes_an_unwatchable_link_once)
 TEST(agent_connection_closes_an_unwatchable_socket_once)
 {
     setup();
-    xr_ag.loop = &loop;
-    xr_list_init(&xr_ag.sessions);
-    xr_list_init(&xr_ag.rps);
+    xr__ag.loop = &loop;
+    xr_list_init(&xr__ag.sessions);
+    xr_list_init(&xr__ag.rps);
     int fd = unwatchable();
     watched = fd;
     ASSERT_NULL(xr_ctl_new(fd, XR_KIND_UNKNOWN));
     expect_one_close(fd);
-    ASSERT_EQ(xr_ag.nsessions, 0);
+    ASSERT_EQ(xr__ag.nsessions, 0);
     run_loop();
 }
