@@ -166,3 +166,81 @@ def test_continuity_on_a_tls_relay_is_refused(tmp_path):
     assert r.returncode != 0
     assert "x.yaml:5:17: \"continuity\": continuity is not kept for TLS relays" in r.stderr, \
         r.stderr
+
+
+def _start_transfers(port, count, n):
+    rate = max(1 << 20, n // 6)
+    res = [None] * count
+    ts = [threading.Thread(target=_transfer, args=(port, i, n, rate, res), daemon=True)
+          for i in range(count)]
+    for t in ts:
+        t.start()
+    return ts, res
+
+
+def _finish(ts, res):
+    for t in ts:
+        t.join(200)
+    bad = [(i, r) for i, r in enumerate(res) if r is not True]
+    assert not bad, bad
+
+
+@pytest.mark.timeout(300)
+def test_relay_connections_survive_reloads(xrayd, cleanup):
+    """The same transfers while the configuration is reloaded three times:
+    old workers finish their connections; all complete byte-exact."""
+    srv = xf.HandlerServer(_server)
+    cleanup.append(srv)
+    x = xrayd()
+    p = x.listen_port()
+    _conf(x, p, srv.port)
+    x.start()
+    ts, res = _start_transfers(p, 20, max(1, MB // 2) << 20)
+    time.sleep(0.5)
+    for _ in range(3):
+        x.reload()
+        time.sleep(0.5)
+    _finish(ts, res)
+
+
+@pytest.mark.timeout(600)
+def test_relay_connections_survive_binary_upgrade(xrayd, cleanup, monkeypatch):
+    """The same transfers while SIGUSR2 replaces the binary with a build of
+    another version: the new master's workers take the relay block's
+    connections over from the old binary's snapshots; all complete
+    byte-exact."""
+    from test_75_proxy import _second_binary
+
+    srv = xf.HandlerServer(_server)
+    cleanup.append(srv)
+    x = xrayd()
+    new = _second_binary(x.tmp, "9.9.8-relay")
+    exe = x.tmp / "xrayd"
+    exe.write_bytes(xf.XRAYD_BIN.read_bytes())
+    exe.chmod(0o755)
+    monkeypatch.setattr(xf, "XRAYD_BIN", exe)
+    p = x.listen_port()
+    _conf(x, p, srv.port)
+    x.start()
+    old_pid = x.proc.pid
+    ts, res = _start_transfers(p, 20, max(1, MB // 2) << 20)
+    time.sleep(1.0)
+    os.replace(str(new), str(exe))
+    os.kill(old_pid, signal.SIGUSR2)
+    try:
+        x.wait_log(r"xrayd/9\.9\.8-relay started \(binary upgrade from pid %d\)" % old_pid,
+                   timeout=60)
+        _finish(ts, res)
+        assert x.log_lines(r"handed \d+ proxied connection")
+        took = x.log_lines(r"took over [1-9]\d* connection")
+        assert took, x.log_text()[-3000:]
+        xf.wait_until(lambda: x.proc.poll() is not None, 60, what="the old master to exit")
+    finally:
+        try:
+            new_pid = int((x.tmp / "xrayd.pid").read_text())
+            if new_pid != old_pid:
+                os.kill(new_pid, signal.SIGTERM)
+                xf.wait_until(lambda: not os.path.exists("/proc/%d" % new_pid), 20,
+                              what="the new master to exit")
+        except (OSError, ValueError):
+            pass

@@ -1,7 +1,7 @@
 /*
  * acct.h: what the kernel counted on a TCP socket - the bytes the process
  * took from it and gave to it - for resuming a connection another process
- * was serving (see proxy.c).  Its own file: <linux/tcp.h>, which has the
+ * was serving (see conn.c).  Its own file: <linux/tcp.h>, which has the
  * counters, cannot share a file with glibc's <netinet/tcp.h>.
  */
 #ifndef XR_ACCT_H

@@ -1,12 +1,14 @@
 /*
  * conn.c: the relay engine's connections with continuity (see conn.h).
  *
- * Life of a connection: accepted on a proxy listener; its original
- * destination read from the socket (SO_ORIGINAL_DST after REDIRECT, the
- * local address under TPROXY); a slot taken in the store and a duplicate
- * of the socket handed to the master; parent proxies tried, then the
- * destination; both ends' kernel counters noted; bytes pumped through the
- * rings (and the HTTP handler) until both directions have ended.
+ * Life of a connection: accepted on a listener of a block with
+ * continuity (a transparent proxy's front door first reads its original
+ * destination); a slot taken in the store and a duplicate of the socket
+ * handed to the master; the targets its front door names tried in turn
+ * (a proxy's parents then the destination, a relay block's servers by
+ * its balance); both ends' kernel counters noted; bytes pumped through
+ * the rings (and the stage: filters, HTTP) until both directions have
+ * ended.
  *
  * Exactness across a worker's death.  Data is in one of these places,
  * and the replacement finds each (thesis 7.4 lists where the thesis lost
@@ -530,7 +532,7 @@ static void xr_cn_connected(xr_conn_t *c)
 static void xr_cn_running(xr_conn_t *c, int fresh)
 {
     c->state = XR_PC_RUNNING;
-    c->action = "proxying";
+    c->action = "relaying";
     if (fresh && c->h != NULL && c->h->start(c) != XR_OK) {
         xr_conn_close(c, "cannot start the %s stage", c->h->name);
         return;
@@ -755,7 +757,7 @@ int xr_conn_worker_init(uv_loop_t *loop, xr_gen_t *g, int retiring)
     xr_cx.own = xr_store_create(path, (uint32_t) XR_MIN(slots, 1u << 20), (uint32_t) ring, err,
                                 sizeof(err));
     if (xr_cx.own == NULL) {
-        xr_log(XR_LOG_EMERG, "proxy: %s", err);
+        xr_log(XR_LOG_EMERG, "continuity: %s", err);
         return XR_ERROR;
     }
     return XR_OK;
@@ -786,7 +788,7 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
     char why[160] = "";
     xr_relay_rt_t *rt = xr_px_block(p->block);
     if (rt == NULL) {
-        xr_log(XR_LOG_WARN, "*%llu proxy \"%s\" is gone from the configuration; closing",
+        xr_log(XR_LOG_WARN, "*%llu block \"%s\" is gone from the configuration; closing",
                (unsigned long long) p->id, p->block);
         for (int i = 0; i < 2; i++)
             if (fd[i] >= 0) {
@@ -901,12 +903,12 @@ static size_t xr_px_adopt_store(pid_t dead, const char *found, const char *state
     char path[600], err[800];
     snprintf(path, sizeof(path), "%s/conn-%d.%u.snap", state_dir, (int) getpid(), ++seq);
     if (rename(found, path) != 0) {
-        xr_log(XR_LOG_ERR, "proxy: cannot take %s: %s", found, strerror(errno));
+        xr_log(XR_LOG_ERR, "continuity: cannot take %s: %s", found, strerror(errno));
         return 0;
     }
     xr_store_t *s = xr_store_open(path, err, sizeof(err));
     if (s == NULL) {
-        xr_log(XR_LOG_ERR, "proxy: cannot adopt worker %d's connections: %s", (int) dead, err);
+        xr_log(XR_LOG_ERR, "continuity: cannot adopt worker %d's connections: %s", (int) dead, err);
         return 0;
     }
     xr_astore_t *a = xr_calloc(1, sizeof(*a));
@@ -924,7 +926,7 @@ static size_t xr_px_adopt_store(pid_t dead, const char *found, const char *state
         int fd[2];
         if (!xr_cont_take(p->id, fd)) {
             /* It died between taking the slot and handing the socket over. */
-            xr_log(XR_LOG_NOTICE, "*%llu proxy %s: no socket survived the crash; dropped",
+            xr_log(XR_LOG_NOTICE, "*%llu %s: no socket survived the crash; dropped",
                    (unsigned long long) p->id, p->block);
             xr_store_release(s, p);
             continue;

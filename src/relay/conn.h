@@ -129,12 +129,12 @@ void xr_conn_forget(const char *state_dir, pid_t pid);
 /* Take over the connections of dead worker pid (its store in g's
  * state_dir and the sockets the master passed on).  Returns how many. */
 size_t xr_conn_adopt(pid_t dead, const char *state_dir);
-/* Stop touching every proxied connection (binary upgrade): their state
+/* Stop touching every connection (binary upgrade): their state
  * is complete in the store for the new binary. */
 void xr_conn_freeze(void);
-/* Close every proxied connection. */
+/* Close every connection of the engine's with continuity. */
 void xr_conn_close_all(const char *why);
-/* Live proxied connections in this worker. */
+/* Live such connections in this worker. */
 size_t xr_conn_count(void);
 /* The worker's store path for worker pid, and a glob(3) pattern of
  * every store it holds (its own, and those it adopted, renamed). */

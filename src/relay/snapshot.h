@@ -1,5 +1,5 @@
 /*
- * snapshot.h: a worker's memory-mapped file of its proxied connections
+ * snapshot.h: a worker's memory-mapped file of its connections with continuity
  * (thesis 7.2, footnote 37; DESIGN "Snapshots").
  *
  * One fixed-size slot per connection: the durable header below, then its
@@ -12,7 +12,7 @@
  *
  * What the process has taken from and given to each socket is not
  * trusted from the file but asked of the kernel at resumption (see
- * proxy.c); the file must only say where the bytes are.  A handler with
+ * conn.c); the file must only say where the bytes are.  A handler with
  * state of its own (HTTP) commits it as a record in one of two halves
  * and then flips commit_seq, so a torn record is never read.
  */
@@ -36,7 +36,7 @@ typedef enum { XR_PHASE_CONNECTING = 0, XR_PHASE_RUNNING } xr_phase_t;
 
 typedef struct {
     uint32_t live; /* XR_PSLOT_LIVE while a connection owns the slot */
-    uint32_t mode; /* xr_proxy_mode_t */
+    uint32_t mode; /* the front door's stage (conn_stage), 0: none but filters */
     uint64_t id;   /* the connection id, the master's key */
     char block[64];
     struct sockaddr_storage client, local, dst, upstream;

@@ -1,5 +1,5 @@
 /*
- * stage_filter.h: the filter chain as a stage of a proxied circuit: the
+ * stage_filter.h: the filter chain as a stage of a connection with continuity: the
  * block's filters see every byte between a direction's IN ring and its
  * OUT ring, in order, with every result (pass, modify, hold, drop,
  * close), as they do on every other front door.
