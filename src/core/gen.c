@@ -106,12 +106,22 @@ static const xr_directive_t *xr_table_join(const xr_directive_t *a, const xr_dir
  * door's. */
 static const xr_directive_t *xr_main_table(void)
 {
-    static const xr_directive_t *t;
+    static xr_directive_t *t;
     const xr_frontdoor_t *fd;
     if (t != NULL)
         return t;
-    t = xr_core_directives;
-    xr_frontdoor_each(fd, i) t = xr_table_join(t, fd->directives);
+    size_t n = xr_table_len(xr_core_directives);
+    xr_frontdoor_each(fd, i) n += xr_table_len(fd->directives);
+    t = xr_calloc(n + 1, sizeof(*t)); /* lives as long as the process */
+    n = xr_table_len(xr_core_directives);
+    memcpy(t, xr_core_directives, n * sizeof(*t));
+    xr_frontdoor_each(fd, i)
+    {
+        size_t k = xr_table_len(fd->directives);
+        if (k)
+            memcpy(t + n, fd->directives, k * sizeof(*t));
+        n += k;
+    }
     return t;
 }
 
