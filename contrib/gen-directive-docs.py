@@ -210,14 +210,15 @@ here.</p>""",
     },
     "state_dir": {
         "text": """
-<p>Each worker that serves proxy blocks with
-<a href="#d-proxy-continuity">continuity</a> keeps its live connections in
-a file here (<code>proxy-PID.snap</code>, mode 0600): the state a
+<p>Each worker that serves blocks with continuity (proxy blocks'
+<a href="#d-proxy-continuity">continuity</a>, relay blocks'
+<a href="#d-continuity">continuity</a>) keeps their live connections in
+a file here (<code>conn-PID.snap</code>, mode 0600): the state a
 replacement needs to carry them on after a crash or an upgrade. The file is
 sparse and mapped shared; it should be on tmpfs (<code>/run</code> usually
 is), since a disk would only be written to for nothing. The directory must
 exist and be writable by the workers: <code>xrayd -t</code>, start-up and a
-reload refuse a configuration with a proxy block with continuity when it is
+reload refuse a configuration with a block with continuity when it is
 not.</p>""",
         "example": "state_dir: /run/xrayd",
     },
