@@ -412,12 +412,20 @@ def test_source_hash_is_sticky(xrayd, cleanup):
     assert sorted((a.accepted, b.accepted)) == [0, 20]
 
 
-def test_least_conn(xrayd, cleanup):
+@pytest.mark.parametrize("continuity", [False, True], ids=["buffers", "continuity"])
+def test_least_conn(xrayd, cleanup, continuity):
+    """least_conn counts live connections per server, also those of a block
+    with continuity (which run on the engine's rings)."""
     a, b = xf.EchoServer(), xf.EchoServer()
     cleanup += [a, b]
     x = xrayd()
-    p = simple_conf(x, [a.port, b.port], log=False, workers=1,
-                    extra_relay="    balance: least_conn\n")
+    main = ""
+    if continuity:
+        (x.tmp / "state").mkdir()
+        main = "state_dir: %s\n" % (x.tmp / "state")
+    p = simple_conf(x, [a.port, b.port], log=False, workers=1, extra_main=main,
+                    extra_relay="    balance: least_conn\n" +
+                    ("    continuity: on\n" if continuity else ""))
     x.start()
     held = xf.connect(p)
     held.sendall(b"hold")

@@ -99,6 +99,8 @@ typedef struct xr_frontdoor_s {
     const struct sockaddr_storage *(*conn_target)(struct xr_conn_s *c, socklen_t *len);
     /* How the attempt on the last target went (1: connected). */
     void (*conn_target_result)(struct xr_conn_s *c, int ok);
+    /* Connection c ends (not frozen for an upgrade). */
+    void (*conn_closed)(struct xr_conn_s *c);
     /* The stage of a connection whose slot says mode (not 0), also for a
      * replacement worker that resumes it. */
     const struct xr_stage_s *(*conn_stage)(uint32_t mode);

@@ -349,6 +349,8 @@ void xr_conn_close(xr_conn_t *c, const char *fmt, ...)
                        (unsigned long long) c->p->taken[0], (unsigned long long) c->p->given[1],
                        (unsigned long long) c->p->taken[1], (unsigned long long) c->p->given[0]);
     }
+    if (!frozen && c->conf->frontdoor->conn_closed != NULL)
+        c->conf->frontdoor->conn_closed(c);
     if (c->h != NULL && c->h->free != NULL)
         c->h->free(c);
     free(c->fstate);

@@ -91,6 +91,7 @@ struct xr_conn_s {
      * pump while the connection lives, the rest at close. */
     uint64_t counted[2];
     int heap_slot, heap_rings; /* continuity off: freed with the connection */
+    int peer_held;             /* its front door counts it on an upstream server */
     const char *action;
 };
 

@@ -105,10 +105,23 @@ static const struct sockaddr_storage *xr_relay_conn_target(xr_conn_t *c, socklen
     return &rc->upstream.items[i].sa;
 }
 
+/* Health, and the count of connections on each server least_conn reads. */
 static void xr_relay_conn_result(xr_conn_t *c, int ok)
 {
-    if (c->p->peer >= 0)
-        xr_upstream_result(c->rt, c->p->peer, ok, xr_mono_ms());
+    if (c->p->peer < 0)
+        return;
+    xr_upstream_result(c->rt, c->p->peer, ok, xr_mono_ms());
+    if (ok && !c->peer_held) {
+        c->rt->peers[c->p->peer].active++;
+        c->peer_held = 1;
+    }
+}
+
+static void xr_relay_conn_closed(xr_conn_t *c)
+{
+    if (c->peer_held)
+        c->rt->peers[c->p->peer].active--;
+    c->peer_held = 0;
 }
 
 static const char *xr_relay_block_kind(const xr_relay_conf_t *rc)
@@ -126,4 +139,5 @@ const xr_frontdoor_t xr_relay_frontdoor = {
     .accept = xr_relay_accept,
     .conn_target = xr_relay_conn_target,
     .conn_target_result = xr_relay_conn_result,
+    .conn_closed = xr_relay_conn_closed,
 };
