@@ -251,7 +251,7 @@ proxy:
     assert st["state"] == "running" and st["workers_failing"] is False, st
     assert st["failed_starts"] == 0 and st["last_failure"] is None, st
     x.allow_log(r"worker process \d+ exited (with code 2|on signal 9)")
-    x.allow_log(r"\[emerg\].*proxy: ")
+    x.allow_log(r"\[emerg\].*continuity: cannot create snapshot")
     x.allow_log(r"no worker stays up")
     shutil.rmtree(state)  # the live worker keeps its store mapped
     x.reload(expect_ok=False)
