@@ -155,7 +155,10 @@ static void xr_rp_complete(xr_rp_t *rp)
     xr__ag.nrps--;
     uv_timer_stop(&rp->timer);
     uv_close((uv_handle_t *) &rp->timer, xr_rp_timer_closed);
-    xr_relay_join(xr__ag.loop, rt, ends, pend, npend, &client, id);
+    /* Each side's first frame after LINK_OK is its end-to-end ACK: the
+     * protocol's, not the application's stream, so no filter sees it. */
+    const uint32_t raw[2] = {XR_PROTO_HEADER, XR_PROTO_HEADER};
+    xr_relay_join(xr__ag.loop, rt, ends, pend, npend, raw, &client, id);
     xr__ctl_free(s[0]);
     xr__ctl_free(s[1]);
 }

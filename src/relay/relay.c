@@ -473,6 +473,17 @@ static int xr_relay_answer(xr_relay_t *r, int d)
 static int xr_relay_filter(xr_relay_t *r, int d, uint32_t off)
 {
     xr_dir_t *dr = &r->dir[d];
+    if (dr->raw > 0) {
+        /* The protocol's own bytes open the stream, before any filter
+         * held anything: they pass unseen, the application's start after. */
+        uint32_t k = XR_MIN(dr->raw, dr->buf->end - off);
+        dr->raw -= k;
+        off += k;
+        if (off == dr->buf->end) {
+            dr->buf->filt = dr->buf->end;
+            return XR_OK;
+        }
+    }
     int rc = xr_chain_run(r->rt, r->fstate, &r->s, d, &dr->chain, dr->buf, off);
     if (rc == XR_CHAIN_ANSWER)
         return xr_relay_answer(r, d);
@@ -748,7 +759,7 @@ static int xr_relay_tls_step(xr_relay_t *r, int which)
 /* ---- joining established ends (the agent's relay points) ----------------- */
 
 void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
-                   const unsigned char *pending[2], const size_t npending[2],
+                   const unsigned char *pending[2], const size_t npending[2], const uint32_t raw[2],
                    const struct sockaddr_storage *client, uint64_t id)
 {
     const xr_relay_conf_t *rc = rt->rc;
@@ -775,6 +786,8 @@ void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
         e->readable = e->writable = 1;
     }
     r->s.identity = xr_tls_end_identity(&r->end[0]);
+    r->dir[0].raw = raw[0];
+    r->dir[1].raw = raw[1];
     if (failed) {
         xr_relay_close(r, "cannot watch a link");
         return;

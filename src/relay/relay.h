@@ -59,6 +59,7 @@ struct xr_end_s {
 typedef struct {
     xr_buf_t *buf;     /* NULL while nothing is in flight */
     xr_chain_t chain;  /* regions held by filters */
+    uint32_t raw;      /* bytes still to come that are the protocol's, not filtered */
     unsigned done : 1; /* source ended and the far side was shut down */
 } xr_dir_t;
 
@@ -104,9 +105,10 @@ void xr_relay_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
  * end 0 the client's side, end 1 the server's) into a running relay of
  * rt's block, with its filters.  Takes over both ends (descriptor and
  * TLS state; src[i] is left empty); pending[i] holds bytes already read
- * from end i, relayed first. */
+ * from end i, relayed first.  The first raw[d] bytes of direction d are
+ * the protocol's (the XRAY end-to-end ACK), relayed but not filtered. */
 void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
-                   const unsigned char *pending[2], const size_t npending[2],
+                   const unsigned char *pending[2], const size_t npending[2], const uint32_t raw[2],
                    const struct sockaddr_storage *client, uint64_t id);
 
 /* Close with a reason (printf format), run close and log hooks, free when

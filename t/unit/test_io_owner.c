@@ -133,7 +133,8 @@ TEST(relay_join_closes_an_unwatchable_link_once)
     const unsigned char *pending[2] = {NULL, NULL};
     size_t npending[2] = {0, 0};
     watched = bad;
-    xr_relay_join(&loop, rt, ends, pending, npending, &client, 2);
+    const uint32_t raw[2] = {0, 0};
+    xr_relay_join(&loop, rt, ends, pending, npending, raw, &client, 2);
     expect_one_close(bad);
     ASSERT_EQ(xr_w.nrelays, 0);
     /* The link epoll took went with the relay. */
