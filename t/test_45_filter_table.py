@@ -164,14 +164,7 @@ DOORS = ["relay", "relay_tls", "upstream_tls", "agent", "proxy"]
 
 # Front door, case -> why it does not behave as the table says: a bug to
 # fix.  That parametrization runs as xfail(strict=True), so a fix shows up.
-KNOWN = {
-    ("agent", "hold"):
-        "the relay point runs its filters over the XRAY end-to-end ACK frames (42 00 00 00, "
-        "one each way), which are not the application's bytes (protocol.html: everything "
-        "AFTER the ACK is): the filter sees a 4-byte chunk per direction before any data, "
-        "holds both (agent A logs 'casefilter: holding 4 bytes' in each direction), neither "
-        "library ever reads its ACK, and the connection never comes up (the links time out)",
-}
+KNOWN = {}
 
 
 # ---- network namespaces ---------------------------------------------------------
