@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # contrib/bench/run.sh - xrayd against HAProxy (mode tcp), nginx stream and
-# socat (-b 131072), side by side in one run, all on 127.0.0.1:
+# socat (-b 131072), side by side in one run, all on 127.0.0.1; xrayd_cont is xrayd
+# (workers: 2) with continuity: on (state_dir a fresh directory in /dev/shm), measured
+# against xrayd with continuity off:
 #   1. throughput: iperf3, 1 stream, BENCH_SECS s through one relay (Gbit/s) and the
 #      CPU seconds per GB burnt by the relay process tree (master + workers)
 #   2. memory per idle relayed connection: N_IDLE connections, each echoed 32 B,
@@ -28,7 +30,7 @@ RUNS=${RUNS:-3}
 CONC=${CONC:-50}
 XRAYD_BIN=${XRAYD_BIN:-$ROOT/objs/xrayd}
 XRAYD_BUFFER_SIZE=${XRAYD_BUFFER_SIZE:-64k}
-RELAYS=${RELAYS:-xrayd xrayd_w1 haproxy nginx socat}
+RELAYS=${RELAYS:-xrayd xrayd_w1 xrayd_cont haproxy nginx socat}
 TESTS=${TESTS:-tput idle cps tls proxy}
 PLAIN_TESTS=$(echo " $TESTS " | sed 's/ tls / /g; s/ proxy / /g; s/^ *//; s/ *$//')
 PY=${PY:-python3}
@@ -36,7 +38,8 @@ PY=${PY:-python3}
 # Fixed ports, away from contrib/../bench-peers (15201-15830)
 P_IPERF=16201
 P_ECHO=16202
-declare -A RPORT=([xrayd]=16211 [xrayd_w1]=16212 [haproxy]=16213 [nginx]=16214 [socat]=16215)
+declare -A RPORT=([xrayd]=16211 [xrayd_w1]=16212 [haproxy]=16213 [nginx]=16214 [socat]=16215
+                  [xrayd_cont]=16216)
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=${BENCH_OUT:-/tmp/xrayd-bench.$STAMP}
@@ -44,11 +47,19 @@ mkdir -p "$OUT/logs" || exit 1
 RUN=$(mktemp -d /tmp/xrayd-bench-run.XXXXXX) || exit 1
 RAW="$OUT/raw.txt"
 : >"$RAW"
+# xrayd_cont's state_dir: a fresh directory under $SHM for every start, removed when
+# the relay stops; $SHM itself is removed on exit
+SHM=""
+STATE=""
+if [[ " $RELAYS " == *" xrayd_cont "* ]]; then
+  SHM=$(mktemp -d /dev/shm/xrayd-bench.XXXXXX) || SHM=""
+fi
 
 cleanup() {
   trap - EXIT INT TERM HUP
   stop_all
   rm -rf "$RUN"
+  [ -n "$SHM" ] && rm -rf "$SHM"
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
@@ -78,6 +89,7 @@ fi
 available() { # available RELAY : is the relay's program present?
   case $1 in
     xrayd|xrayd_w1) [ -x "$XRAYD_BIN" ] ;;
+    xrayd_cont) [ -x "$XRAYD_BIN" ] && [ -n "$SHM" ] ;;
     haproxy) have haproxy ;;
     nginx) have nginx && { [ -n "$NGINX_STREAM_SO" ] || nginx -V 2>&1 | grep -q -- '--with-stream[^=]'; } ;;
     socat) have socat ;;
@@ -100,8 +112,10 @@ fi
 relay_conf() {
   local r=$1 t=$2 port=${RPORT[$1]} f
   case $r in
-    xrayd|xrayd_w1)
-      local w=2; [ "$r" = xrayd_w1 ] && w=1
+    xrayd|xrayd_w1|xrayd_cont)
+      local w=2 cont=off state=""
+      [ "$r" = xrayd_w1 ] && w=1
+      [ "$r" = xrayd_cont ] && { cont=on; state="state_dir: $STATE"; }
       f="$RUN/$r-$t.yaml"
       cat >"$f" <<YAML
 workers: $w
@@ -112,11 +126,13 @@ log_level: warn
 buffer_size: $XRAYD_BUFFER_SIZE
 connect_timeout: 5s
 idle_timeout: 10m
+$state
 relay:
   - name: bench
     listen: 127.0.0.1:$port
     upstream: 127.0.0.1:$t
     max_connections: 8000
+    continuity: $cont
 YAML
       ;;
     haproxy)
@@ -163,10 +179,13 @@ relay_start() {
   available "$r" || return 1
   wait_port_free "$port" || return 1
   case $r in
-    xrayd|xrayd_w1)
+    xrayd|xrayd_w1|xrayd_cont)
+      if [ "$r" = xrayd_cont ]; then
+        STATE=$(mktemp -d "$SHM/state.XXXXXX") || { log "$r: cannot make a state_dir in $SHM"; return 1; }
+      fi
       cfg=$(relay_conf "$r" "$t")
       if ! "$XRAYD_BIN" -t -c "$cfg" >"$RUN/xrayd-t.out" 2>&1; then
-        log "$r: config test failed: $(head -3 "$RUN/xrayd-t.out")"; return 1
+        log "$r: config test failed: $(head -3 "$RUN/xrayd-t.out")"; relay_stop; return 1
       fi
       bg_start "$OUT/logs/$r.${CUR_TEST:-x}.stderr.log" "$XRAYD_BIN" -c "$cfg" ;;
     haproxy)
@@ -182,17 +201,22 @@ relay_start() {
   RPID=$LASTPID
   if ! wait_port "$port" "$RPID"; then
     log "$r did not start; see $OUT/logs/$r*"
-    stop_pid "$RPID"; RPID=""; return 1
+    relay_stop; return 1
   fi
   # let a master spawn its workers before anything is measured
   local want=1
-  case $r in xrayd) want=3 ;; xrayd_w1) want=2 ;; nginx) want=$(( $(nproc) + 1 )) ;; esac
+  case $r in xrayd|xrayd_cont) want=3 ;; xrayd_w1) want=2 ;; nginx) want=$(( $(nproc) + 1 )) ;; esac
   for _ in $(seq 1 30); do [ "$(nproc_tree "$RPID")" -ge "$want" ] && break; sleep 0.1; done
   sleep 0.3
   return 0
 }
 
-relay_stop() { [ -n "${RPID:-}" ] && stop_pid "$RPID"; RPID=""; }
+relay_stop() {
+  [ -n "${RPID:-}" ] && stop_pid "$RPID"
+  RPID=""
+  [ -n "$STATE" ] && rm -rf "$STATE"
+  STATE=""
+}
 
 rec() { echo "$1 $2 $3 $4" >>"$RAW"; }  # rec RUN RELAY METRIC VALUE
 
@@ -235,7 +259,7 @@ test_tput() { # test_tput RUN RELAY
 
 # ------------------------------------------------------- 2. idle memory
 test_idle() { # test_idle RUN RELAY
-  local n=$1 r=$2 field=VmRSS b a bp ap held hpid ready="$RUN/ready.$2.$1"
+  local n=$1 r=$2 field=VmRSS b a bp ap sb sa held hpid ready="$RUN/ready.$2.$1"
   if [ -z "$BT" ] || ! relay_start "$r" $P_ECHO; then
     rec "$n" "$r" idle_kib_per_conn NA; return
   fi
@@ -244,6 +268,7 @@ test_idle() { # test_idle RUN RELAY
   timeout 30 "$BT" idle "${RPORT[$r]}" 20 "$RUN/warm.$r.$n" 0 20 2>/dev/null
   sleep 0.5
   b=$(mem_kib "$field" "$RPID"); bp=$(mem_kib Pss "$RPID")
+  [ -n "$STATE" ] && sb=$(du -sk "$STATE" | cut -f1)   # xrayd_cont: snapshot pages in tmpfs
   rm -f "$ready"
   bg_start "$RUN/idle.$r.$n.log" "$BT" idle "${RPORT[$r]}" "$N_IDLE" "$ready" 150 100
   hpid=$LASTPID
@@ -252,12 +277,15 @@ test_idle() { # test_idle RUN RELAY
   held=$(cat "$ready" 2>/dev/null || echo 0)
   a=$(mem_kib "$field" "$RPID")
   if [ "$field" = Pss ]; then ap=$a; else ap=$(mem_kib Pss "$RPID"); fi
+  [ -n "$STATE" ] && sa=$(du -sk "$STATE" | cut -f1)
   rec "$n" "$r" idle_conns "$held"
   rec "$n" "$r" idle_fails $((N_IDLE - held))
   rec "$n" "$r" idle_kib_before "$b"
   rec "$n" "$r" idle_kib_after "$a"
   rec "$n" "$r" idle_kib_per_conn "$(awk -v a="$a" -v b="$b" -v n="$held" 'BEGIN { if (n > 0) printf "%.3f", (a - b) / n; else print "NA" }')"
   rec "$n" "$r" idle_pss_kib_per_conn "$(awk -v a="$ap" -v b="$bp" -v n="$held" 'BEGIN { if (n > 0) printf "%.3f", (a - b) / n; else print "NA" }')"
+  # the state_dir's growth (tmpfs pages of the snapshot; mapped, so already in the RSS delta)
+  [ -n "$STATE" ] && rec "$n" "$r" idle_state_kib_per_conn "$(awk -v a="$sa" -v b="$sb" -v n="$held" 'BEGIN { if (n > 0) printf "%.3f", (a - b) / n; else print "NA" }')"
   stop_pid "$hpid"
   grep -v '^idle: [0-9]* held' "$RUN/idle.$r.$n.log" | sed "s/^/# $r idle run $n: /" >&2
   sleep 2   # let the relay tear the connections down before it is stopped
@@ -308,6 +336,8 @@ fi
   echo "xrayd: ${XRAYD_ORIG:-$XRAYD_BIN} $(head -1 "$OUT/logs/xrayd-version.txt" 2>/dev/null)" \
        "(built $(date -u -r "${XRAYD_ORIG:-$XRAYD_BIN}" '+%F %T' 2>/dev/null) UTC, sha256 $(sha256sum "$XRAYD_BIN" 2>/dev/null | cut -c1-12))"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  [[ " $RELAYS " == *" xrayd_cont "* ]] &&
+    echo "xrayd_cont: continuity: on, state_dir a fresh directory under ${SHM:-(none: NA)} per start"
   have haproxy && echo "haproxy: $(haproxy -v 2>&1 | head -1)"
   have nginx && echo "nginx: $(nginx -v 2>&1 | head -1) stream module: ${NGINX_STREAM_SO:-built in?}"
   have socat && echo "socat: $(socat -V 2>&1 | grep -m1 'socat version')"

@@ -20,6 +20,7 @@ vals, med, spread, ratio, total, cell = (stats.vals, stats.med, stats.spread, st
 
 
 LABEL = {"direct": "direct (no relay)", "xrayd": "xrayd workers:2", "xrayd_w1": "xrayd workers:1",
+         "xrayd_cont": "xrayd continuity:on",
          "haproxy": "haproxy mode tcp", "nginx": "nginx stream", "socat": "socat -b 131072"}
 relays = [r for r in LABEL if any(k[0] == r for k in data)]
 
@@ -51,7 +52,7 @@ w("  the relay tree during the iperf3 run / the conn/s run; p50/p99 = latency of
 w("")
 
 # ratios xrayd / peers
-pairs = [(a, b) for a in ("xrayd", "xrayd_w1") for b in ("haproxy", "nginx", "socat")
+pairs = [(a, b) for a in ("xrayd", "xrayd_w1", "xrayd_cont") for b in ("haproxy", "nginx", "socat")
          if a in relays and b in relays]
 if pairs:
     w("%-24s %12s %12s %14s %12s %12s" % ("ratio (median per run)", "Gbit/s", "CPU-s/GB", "KiB/idle conn",
@@ -87,11 +88,32 @@ aims.append(("conn/s", med("xrayd", "cps"), med("haproxy", "cps"), r_s,
 r_u = ratio("xrayd", "haproxy", "cps_cpu_us_per_conn")
 aims.append(("(info) CPU-us/conn", med("xrayd", "cps_cpu_us_per_conn"), med("haproxy", "cps_cpu_us_per_conn"),
              r_u, "(no aim; lower=better)", "info"))
-w("AIMS (xrayd workers:2 vs haproxy)")
+# continuity on against off: xrayd_cont / xrayd (both workers: 2, same settings)
+r_ct = ratio("xrayd_cont", "xrayd", "gbps")
+if "xrayd_cont" in relays and "xrayd" in relays:
+    aims.append(("cont/off Gbit/s", med("xrayd_cont", "gbps"), med("xrayd", "gbps"), r_ct,
+                 ">= 0.95x continuity off", None if r_ct is None else r_ct >= 0.95))
+
+w("AIMS (xrayd workers:2 vs haproxy; cont/off: xrayd_cont in the xrayd column, xrayd in the other)")
 w("%-20s %12s %12s %10s   %-24s %s" % ("metric", "xrayd", "haproxy", "ratio", "aim", "result"))
 for name, x, h, rr, aim, ok in aims:
     w("%-20s %12s %12s %10s   %-24s %s" % (name, fmt(x, 3), fmt(h, 3), fmt(rr), aim, verdict(ok)))
 w("")
+
+if "xrayd_cont" in relays and "xrayd" in relays:
+    w("CONTINUITY (xrayd_cont = xrayd workers:2 with continuity: on, against xrayd, continuity off)")
+    w("%-24s %12s %12s %12s %12s" % ("", "Gbit/s", "CPU-s/GB", "conn/s", "CPU-us/conn"))
+    w("%-24s %12s %12s %12s %12s" % (
+        "xrayd_cont / xrayd", fmt(ratio("xrayd_cont", "xrayd", "gbps")),
+        fmt(ratio("xrayd_cont", "xrayd", "cpu_s_per_gb")), fmt(ratio("xrayd_cont", "xrayd", "cps")),
+        fmt(ratio("xrayd_cont", "xrayd", "cps_cpu_us_per_conn"))))
+    w("%-24s %12s %12s" % ("KiB per idle conn", "RSS", "PSS"))
+    for r in ("xrayd", "xrayd_cont"):
+        w("%-24s %12s %12s" % (LABEL[r], cell(r, "idle_kib_per_conn"), cell(r, "idle_pss_kib_per_conn")))
+    w("  of which the snapshot in state_dir (tmpfs, mapped: inside the RSS figure): %s KiB/conn"
+      % cell("xrayd_cont", "idle_state_kib_per_conn"))
+    w("  (aim: continuity on >= 0.95x continuity off's Gbit/s; conn/s and KiB are reported, no aim)")
+    w("")
 
 # xrayd's own logs
 for f in (sorted(glob.glob(os.path.join(log_dir, "xrayd*.error.log"))) + sorted(
