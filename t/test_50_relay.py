@@ -615,16 +615,7 @@ def test_filter_close_is_a_reset(xrayd, cleanup):
     seen = []
 
     def upstream(srv, s):
-        got = b""
-        try:
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    seen.append(("eof", got))
-                    break
-                got += b
-        except ConnectionResetError:
-            seen.append(("rst", got))
+        seen.append(xf.read_until_end(s))
 
     srv = xf.HandlerServer(upstream)
     cleanup.append(srv)
@@ -649,16 +640,7 @@ def test_filter_answer_then_close(xrayd, cleanup):
 
     def upstream(srv, s):
         s.sendall(b"welcome\n")
-        got = b""
-        try:
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    seen.append(("eof", got))
-                    break
-                got += b
-        except ConnectionResetError:
-            seen.append(("rst", got))
+        seen.append(xf.read_until_end(s))
 
     srv = xf.HandlerServer(upstream)
     cleanup.append(srv)

@@ -497,6 +497,20 @@ def set_rst_on_close(sock):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
+def read_until_end(sock):
+    """Read a socket to its end: ("eof", bytes) for a FIN, ("rst", bytes)
+    for a reset."""
+    got = b""
+    try:
+        while True:
+            b = sock.recv(65536)
+            if not b:
+                return "eof", got
+            got += b
+    except ConnectionResetError:
+        return "rst", got
+
+
 def closed_by_peer(sock, timeout):
     """Wait up to timeout for EOF or RST; returns 'eof', 'rst', or
     'open' (still open after timeout).  Discards data."""
