@@ -81,9 +81,8 @@ typedef struct xr_frontdoor_s {
                    const struct sockaddr_storage *client, uint64_t id);
     /* Stop taking new work (graceful stop, reload). */
     void (*stop)(void);
-    /* Live connections it holds outside the relay engine's list. */
-    size_t (*live)(void);
-    /* Close all of them now. */
+    /* Close now every connection it holds outside the relay engine (it
+     * counts them with xr_worker_conn_added/removed, core/worker.h). */
     void (*close_all)(const char *why);
     /* Binary upgrade: leave live connections to the new binary. */
     void (*freeze)(void);
