@@ -575,6 +575,7 @@ typedef struct {
     int refused;        /* a refusal went out */
     uint64_t up_frozen; /* OUT[UP] after it */
     uint64_t eof_end;   /* 1 + OUT[DOWN]'s end after eof(DOWN) ran (0: it has not) */
+    int in_eof_down;    /* eof(DOWN) is running: a record it writes may end at the close */
     xr_fz_logs_t logs;  /* every log record */
     xr_fz_up_t up;      /* the upstream's reader */
     int torn;           /* '7': the next step that changes anything dies */
@@ -766,8 +767,8 @@ void xr_conn_log(xr_conn_t *c)
 
     /* Every log record closes what the client got since the last one. */
     int head = !l->refused && strcmp(l->method, "HEAD") == 0;
-    xr_fz_down_segment(&f->out[XR_DIR_DOWN], f->seg_start, end, head,
-                       f->eof_end == end + 1 && !l->refused);
+    int at_close = f->eof_end == end + 1 || (f->in_eof_down && end == c->out_made[XR_DIR_DOWN]);
+    xr_fz_down_segment(&f->out[XR_DIR_DOWN], f->seg_start, end, head, at_close && !l->refused);
     f->seg_start = end;
     xr_fz_up_feed(&f->up, &f->out[XR_DIR_UP], c->out_made[XR_DIR_UP]);
     XR_FZ_CHECK(!f->refused);
@@ -863,7 +864,11 @@ static void xr_fz_result(const xr_fz_conn_t *f, int rc, xr_fz_result_t *r)
 static int xr_fz_call(xr_fz_conn_t *f, int is_eof, int d)
 {
     if (is_eof) {
+        /* eof(DOWN) may write the record of a response that runs until the
+         * server's close itself, when the client already has all of it. */
+        f->in_eof_down = d == XR_DIR_DOWN;
         int rc = xr_http_handler.eof(&f->c, d);
+        f->in_eof_down = 0;
         if (d == XR_DIR_DOWN)
             f->eof_end = f->c.out_made[XR_DIR_DOWN] + 1;
         return rc;

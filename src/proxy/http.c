@@ -67,7 +67,7 @@ typedef struct {
     http_parser parser[2]; /* data pointer unused: set on every run */
     uint8_t phase[2];
     uint8_t npend, first;
-    uint8_t close_after; /* an error page went out: end after it */
+    uint8_t close_after; /* an error page, or a response the close ended, went out: end after it */
     uint8_t keep_alive;  /* of the response being passed */
     uint16_t status;     /* of the response being passed */
     uint64_t resp_bytes; /* of the response being passed */
@@ -404,12 +404,10 @@ static void xr_http_log(xr_conn_t *c, int k)
 }
 
 /* Write the records of answered requests whose responses the client has
- * been given whole (closing: all of them, with what it got).  1 when that
- * made room in the queue for more requests. */
-static int xr_http_delivered(xr_conn_t *c, int closing)
+ * been given whole (closing: all of them, with what it got).  1 when it
+ * wrote any.  The caller commits. */
+static int xr_http_write_logs(xr_conn_t *c, int closing)
 {
-    if (c->hs == NULL)
-        return 0;
     xr_hrec_t *r = xr_rec(c);
     int freed = 0;
     while (r->nlog > 0) {
@@ -420,8 +418,20 @@ static int xr_http_delivered(xr_conn_t *c, int closing)
         r->nlog--;
         freed = 1;
     }
+    return freed;
+}
+
+/* The engine's delivered hook, between steps: records as above, committed
+ * at once so a replacement does not write them again.  1 when that made
+ * room in the queue for more requests. */
+static int xr_http_delivered(xr_conn_t *c, int closing)
+{
+    if (c->hs == NULL)
+        return 0;
+    xr_hrec_t *r = xr_rec(c);
+    int freed = xr_http_write_logs(c, closing);
     if (freed && !closing)
-        xr_http_commit(c); /* a replacement must not write them again */
+        xr_http_commit(c);
     return freed && r->npend + r->nlog < XR_HTTP_PIPELINE;
 }
 
@@ -441,7 +451,9 @@ static void xr_http_answered(xr_conn_t *c, int code, uint64_t resp_read, uint64_
     r->first = (uint8_t) ((r->first + 1) % XR_HTTP_PIPELINE);
     r->npend--;
     r->nlog++;
-    xr_http_delivered(c, 0);
+    /* Inside a step, which commits once at its end (a second commit in one
+     * step would overwrite the record a crash falls back to). */
+    xr_http_write_logs(c, 0);
 }
 
 /* Answer refused requests whose turn it is: the client's output is at a
@@ -815,8 +827,6 @@ static void xr_http_refuse(xr_conn_t *c, int status, const char *host, const cha
 static int xr_http_up_head(xr_conn_t *c)
 {
     xr_hrec_t *r = xr_rec(c);
-    if (r->npend + r->nlog >= XR_HTTP_PIPELINE)
-        return XR_AGAIN; /* wait for responses (and their delivery) before reading more */
     xr_head_t h;
     http_parser p;
     size_t used = 0;
@@ -824,7 +834,9 @@ static int xr_http_up_head(xr_conn_t *c)
     char why[160], host[64];
     int got = xr_http_parse_head(c, XR_DIR_UP, &h, &p, &used, &status, why, sizeof(why));
     if (got == 0)
-        return XR_OK;
+        return XR_OK; /* not a whole head yet: nothing waits for room */
+    if (r->npend + r->nlog >= XR_HTTP_PIPELINE)
+        return XR_AGAIN; /* wait for responses (and their delivery) before taking it */
     if (got < 0) {
         xr_http_refuse(c, status, "-", "-", "", 0, why);
         return XR_OK;
@@ -1008,7 +1020,12 @@ static int xr_http_eof(xr_conn_t *c, int d)
         r->parser[d].data = NULL;
         if (none.done == 2 && r->npend > 0) {
             xr_http_answered(c, r->status, r->resp_bytes, r->resp_bytes);
-            r->phase[d] = XR_H_HEAD;
+            /* The server's close ended it, so nothing can follow it on this
+             * connection (the client reads to the close): requests still
+             * queued get no answer, and the connection ends once this one
+             * is out. */
+            r->phase[d] = XR_H_CLOSED;
+            r->close_after = 1;
         }
     }
     if (d == XR_DIR_DOWN && r->phase[d] == XR_H_HEAD)
