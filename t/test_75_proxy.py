@@ -743,3 +743,21 @@ def test_failed_upgrade_leaves_the_old_binary_serving(rig):
     assert r.stdout == "200"
     assert _status(rig)["pid"] == pid
     rig.no_alerts(allow=[r"binary upgrade failed"])
+
+
+def test_http_remove_headers_cannot_remove_host(tmp_path):
+    """remove_headers naming Host (or the framing headers) would send the
+    server another request than the one the rules checked: -t refuses it
+    at its position."""
+    conf = tmp_path / "x.yaml"
+    conf.write_text("""proxy:
+  - listen: 127.0.0.1:3128
+    mode: http
+    http:
+      remove_headers: [X-Internal, Host]
+""")
+    r = subprocess.run([str(xf.XRAYD_BIN), "-t", "-c", str(conf)], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode != 0
+    assert re.search(r'x\.yaml:5:23: "remove_headers": "Host" cannot be removed', r.stderr), \
+        r.stderr

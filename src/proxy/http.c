@@ -330,6 +330,11 @@ static int xr_drop_header(const xr_head_t *h, int i, const xr_http_conf_t *hc)
     for (size_t k = 0; k < XR_ARRAY_SIZE(hop); k++)
         if (xr_name_is(h, i, hop[k]))
             return 1;
+    /* A Connection header cannot make these hop-by-hop: without them the
+     * server would read another message (no Host, another framing). */
+    if (xr_name_is(h, i, "host") || xr_name_is(h, i, "content-length") ||
+        xr_name_is(h, i, "transfer-encoding"))
+        return 0;
     for (int j = 0; j < h->n; j++)
         if (xr_name_is(h, j, "connection") && xr_list_has(h->base + h->h[j].value, h->h[j].vlen,
                                                           h->base + h->h[i].name, h->h[i].nlen))

@@ -64,6 +64,16 @@ int xr_proxy_set_http(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_di
             if (!xr_token_ok(lists[k]->items[i], lists[k]->lens[i]))
                 return xr_conf_error(cf, xr_node_get(n, names[k]), "\"%s\" is not an HTTP token",
                                      lists[k]->items[i]);
+    /* Removing these would send the server another message than the one
+     * checked (no Host, another framing). */
+    static const char *const kept[] = {"host", "content-length", "transfer-encoding"};
+    for (size_t i = 0; i < h->remove_headers.n; i++)
+        for (size_t k = 0; k < XR_ARRAY_SIZE(kept); k++)
+            if (strcasecmp(h->remove_headers.items[i], kept[k]) == 0)
+                return xr_conf_error(cf, xr_node_get(n, "remove_headers"),
+                                     "\"%s\" cannot be removed: the server would read another "
+                                     "request",
+                                     h->remove_headers.items[i]);
     *(xr_http_conf_t **) ((char *) conf + d->offset) = h;
     return XR_OK;
 }
