@@ -24,6 +24,7 @@
 #include "core/xrayd.h"
 #include "core/log.h"
 #include "proxy/http.h"
+#include "relay/sock.h"
 #include "proxy/proxy_conf.h"
 
 #include <ctype.h>
@@ -1094,9 +1095,7 @@ void xr_http_unreachable(xr_conn_t *c)
      * dropped, or closing with it unread would reset the connection. */
     if (send(fd, page, n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
         c->p->given[0] += n;
-    char sink[4096];
-    for (int i = 0; i < 16 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++) {
-    }
+    xr_drain_unread(fd);
 }
 
 static int xr_http_finished(const xr_conn_t *c)

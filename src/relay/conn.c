@@ -35,6 +35,7 @@
 #include "core/worker.h"
 #include "relay/acct.h"
 #include "relay/conn.h"
+#include "relay/sock.h"
 #include "core/frontdoor.h"
 #include "relay/stage_filter.h"
 #include "relay/relay.h"
@@ -267,13 +268,9 @@ static void xr_cn_end_close_how(xr_cend_t *e, int cut)
      * connection's peer gets a reset instead of a FIN: linger 0 applies
      * to the socket, so whichever close is last sends it. */
     xr_io_del(&e->io);
-    if (cut) {
-        struct linger lg = {1, 0};
-        setsockopt(e->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    } else {
-        xr_drain_unread(e->io.fd);
+    xr_sock_before_close(e->io.fd, cut);
+    if (!cut)
         shutdown(e->io.fd, SHUT_RDWR);
-    }
     close(e->io.fd);
     e->io.fd = -1;
 }
@@ -334,12 +331,7 @@ void xr_conn_close(xr_conn_t *c, const char *fmt, ...)
          * their records now, with what it got. */
         if (c->h != NULL && c->h->delivered != NULL)
             c->h->delivered(c, 1);
-        for (int i = 0; i < c->opened; i++) {
-            const xr_filter_conf_t *f = &c->conf->filters[i];
-            if (f->module->close)
-                f->module->close(f->conf, c->fstate ? c->fstate + c->rt->state_off[i] : NULL,
-                                 &c->s);
-        }
+        xr_chain_close_hooks(c->rt, c->fstate, &c->s, c->opened);
         /* HTTP logs each request as it ends; the connection's own record
          * only says why it was cut. */
         if (c->h == NULL || !c->h->logs_requests || c->s.close_reason[0] != '\0')

@@ -135,13 +135,19 @@ void xr_chain_log(const xr_relay_rt_t *rt, unsigned char *fstate, xr_session_t *
             rc->filters[i].module->log(rc->filters[i].conf, xr_chain_fstate(rt, fstate, i), s);
 }
 
-void xr_chain_close(const xr_relay_rt_t *rt, unsigned char *fstate, xr_session_t *s, int opened)
+void xr_chain_close_hooks(const xr_relay_rt_t *rt, unsigned char *fstate, xr_session_t *s,
+                          int opened)
 {
     const xr_relay_conf_t *rc = rt->rc;
     for (int i = 0; i < opened; i++)
         if (rc->filters[i].module->close)
             rc->filters[i].module->close(rc->filters[i].conf,
                                          xr_chain_fstate(rt, fstate, (size_t) i), s);
+}
+
+void xr_chain_close(const xr_relay_rt_t *rt, unsigned char *fstate, xr_session_t *s, int opened)
+{
+    xr_chain_close_hooks(rt, fstate, s, opened);
     xr_chain_log(rt, fstate, s);
 }
 

@@ -52,6 +52,10 @@ uint32_t xr_chain_eof(xr_chain_t *ch, xr_buf_t *b);
 /* The buffer's bytes moved `moved` towards its start (xr_buf_compact). */
 void xr_chain_moved(xr_chain_t *ch, uint32_t moved);
 
+/* Run the close hooks of the `opened` filters (a front door that logs
+ * per request runs the log hooks itself). */
+void xr_chain_close_hooks(const xr_relay_rt_t *rt, unsigned char *fstate, xr_session_t *s,
+                          int opened);
 /* Run the close hooks of the `opened` filters, then every log hook. */
 void xr_chain_close(const xr_relay_rt_t *rt, unsigned char *fstate, xr_session_t *s, int opened);
 

@@ -89,27 +89,12 @@ static void xr_relay_timer_closed(uv_handle_t *h)
     free(h->data);
 }
 
-/* Read and drop what a peer sent after we stopped reading: closing a
- * socket with unread bytes resets it, which could throw away an answer
- * still on its way to that peer. */
-void xr_drain_unread(int fd)
-{
-    char sink[4096];
-    for (int i = 0; i < 16 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++) {
-    }
-}
-
 /* Close an end's socket.  cut: the relay ended on an error, so the peer
  * gets a reset, not a FIN it could take for a normal end of stream. */
 static void xr_end_close_how(xr_end_t *e, int cut)
 {
     if (e->io.fd >= 0) {
-        if (!cut)
-            xr_drain_unread(e->io.fd);
-        if (cut) {
-            struct linger lg = {1, 0};
-            setsockopt(e->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-        }
+        xr_sock_before_close(e->io.fd, cut);
         close(e->io.fd); /* also leaves the epoll set */
         e->io.fd = -1;
     }

@@ -14,6 +14,7 @@
 #include "event/reactor.h"
 #include "relay/buf.h"
 #include "relay/filter.h"
+#include "relay/sock.h"
 #include "relay/upstream.h"
 
 typedef struct xr_end_s xr_end_t;
@@ -114,10 +115,6 @@ void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
 /* Close with a reason (printf format), run close and log hooks, free when
  * the handles are closed.  Safe to call twice. */
 void xr_relay_close(xr_relay_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-/* Read and drop (a little of) what a peer sent that nobody will read, so
- * that closing the socket sends a FIN, not a reset. */
-void xr_drain_unread(int fd);
 
 /* Hooks the worker provides. */
 xr_relay_rt_t *xr_worker_rt(const xr_relay_conf_t *rc);
