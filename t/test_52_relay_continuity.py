@@ -1,13 +1,15 @@
-"""Relay blocks with continuity: on (plain TCP) run on the engine's rings in
-the worker's snapshot: their connections survive kill -9 of the worker
-that holds them, byte-exact, as the transparent proxy's do; a signature
-filter still stops a payload there; and -t refuses continuity on a TLS
-block, whose record layer is not in the snapshot yet."""
+"""Relay blocks with continuity: on run on the engine's rings in the
+worker's snapshot: their connections survive kill -9 of the worker that
+holds them, reloads and a binary upgrade, byte-exact, as the transparent
+proxy's do - plain TCP, and TLS on either end or both (the record layer's
+keys and sequence numbers are in the snapshot; the TLS peers are Python's
+ssl, that is OpenSSL).  A signature filter still stops a payload there."""
 
 import hashlib
 import os
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -15,18 +17,19 @@ import time
 
 import pytest
 
+import tls_helpers as th
 import xrayd_fixture as xf
 
 MB = int(os.environ.get("XRAYD_TEST_PROXY_MB", "50"))
 BLOCK = 1 << 20
 
 
-def _paced_send(s, stream, rate, t0, hasher=None):
+def _paced_send(send, stream, rate, t0, hasher=None):
     sent = 0
     for c in stream.chunks():
         if hasher:
             hasher.update(c)
-        s.sendall(c)
+        send(c)
         sent += len(c)
         ahead = sent / rate - (time.monotonic() - t0)
         if ahead > 0:
@@ -39,7 +42,7 @@ def _server(srv, s):
     kind = xf.recv_exact(s, 1, timeout=30)
     if kind == b"D":
         n, seed, rate = struct.unpack(">QQQ", xf.recv_exact(s, 24, timeout=30))
-        _paced_send(s, xf.Stream(seed, n), rate, time.monotonic())
+        _paced_send(s.sendall, xf.Stream(seed, n), rate, time.monotonic())
         s.shutdown(socket.SHUT_WR)
     else:
         (n,) = struct.unpack(">Q", xf.recv_exact(s, 8, timeout=30))
@@ -56,7 +59,7 @@ def _transfer(port, i, n, rate, res):
             stream = xf.Stream(100 + i, n)
             if i % 2:
                 s.sendall(b"U" + struct.pack(">Q", n))
-                _paced_send(s, stream, rate, time.monotonic())
+                _paced_send(s.sendall, stream, rate, time.monotonic())
                 s.shutdown(socket.SHUT_WR)
                 got = xf.recv_exact(s, 32, timeout=120)
                 res[i] = got == bytes.fromhex(stream.sha256()) or "server saw %r" % got[:8]
@@ -67,6 +70,85 @@ def _transfer(port, i, n, rate, res):
                 res[i] = (got == n and h.hexdigest() == stream.sha256()) or "got %d" % got
     except Exception as e:  # noqa: BLE001 - reported by the test
         res[i] = "%s: %s" % (type(e).__name__, e)
+
+
+def _tls_transfer(ctx, port, i, n, rate, res):
+    """_transfer's two kinds through a TLS listener: the client ends its
+    upload with close_notify and reads until the relay's close_notify."""
+    try:
+        b = th.BioClient(port, ctx, timeout=120)
+        try:
+            b.handshake()
+            stream = xf.Stream(100 + i, n)
+            if i % 2:
+                b.send(b"U" + struct.pack(">Q", n))
+                _paced_send(b.send, stream, rate, time.monotonic())
+                b.close_notify()
+                got, how = b.read_to_end()
+                res[i] = got == bytes.fromhex(stream.sha256()) or "server saw %r (%s)" % (
+                    got[:8], how)
+            else:
+                b.send(b"D" + struct.pack(">QQQ", n, 100 + i, rate))
+                h = hashlib.sha256()
+                got = 0
+                while True:
+                    d = b.read_some()
+                    if not d:
+                        break
+                    h.update(d)
+                    got += len(d)
+                res[i] = (got == n and h.hexdigest() == stream.sha256()) or "got %d" % got
+        finally:
+            b.close()
+    except Exception as e:  # noqa: BLE001 - reported by the test
+        res[i] = "%s: %s" % (type(e).__name__, e)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return th.Pki(tmp_path_factory.mktemp("pki"))
+
+
+class Kind:
+    """A relay block with continuity: plain, or TLS towards the client
+    (tls-in), the upstream (tls-out) or both, with its peers."""
+
+    def __init__(self, name, pki):
+        self.name = name
+        self.pki = pki
+        self.tls_in = name in ("tls-in", "tls-both")
+        self.tls_out = name in ("tls-out", "tls-both")
+
+    def block(self):
+        out = ""
+        if self.tls_in:
+            out += ("    tls:\n      certificate: %s\n      key: %s\n"
+                    % (self.pki.crt("localhost"), self.pki.key("localhost")))
+        if self.tls_out:
+            out += ("    upstream_tls:\n      ca: %s\n      server_name: localhost\n"
+                    % self.pki.ca)
+        return out
+
+    def server(self):
+        if not self.tls_out:
+            return xf.HandlerServer(_server)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.pki.crt("localhost"), self.pki.key("localhost"))
+        return xf.HandlerServer(lambda srv, s: _server(srv, ctx.wrap_socket(s, server_side=True)))
+
+    def transfer(self):
+        if not self.tls_in:
+            return _transfer
+        ctx = th.client_ctx(self.pki)
+        return lambda *a: _tls_transfer(ctx, *a)
+
+
+@pytest.fixture(params=["plain", "tls-in", "tls-out", "tls-both"])
+def kind(request, pki):
+    """Which relay block a test runs on (parametrized; a test may narrow
+    the list with indirect parametrization)."""
+    return Kind(request.param, pki)
 
 
 def _conf(x, port, up, extra=""):
@@ -83,24 +165,27 @@ relay:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("filtered", [False, True], ids=["plain", "filtered"])
-def test_relay_connections_survive_kill_9(xrayd, cleanup, filtered):
+@pytest.mark.parametrize("filtered", [False, True], ids=["unfiltered", "filtered"])
+def test_relay_connections_survive_kill_9(xrayd, cleanup, kind, filtered):
     """20 concurrent transfers of MB MiB (half up, half down) through a
     relay block with continuity (and, filtered, a signature filter); the
     busiest worker is killed three times: every transfer completes with
     its SHA-256, and the replacements took the connections over."""
-    srv = xf.HandlerServer(_server)
+    if filtered and kind.name not in ("plain", "tls-both"):
+        pytest.skip("filters on one TLS end are covered by tls-both")
+    srv = kind.server()
     cleanup.append(srv)
     x = xrayd()
     x.allow_log(r"exited on signal 9")
     p = x.listen_port()
-    _conf(x, p, srv.port, "    filters:\n      - signature: {patterns: [FORBIDDEN-PAYLOAD]}\n"
-          if filtered else "")
+    _conf(x, p, srv.port, kind.block() + (
+        "    filters:\n      - signature: {patterns: [FORBIDDEN-PAYLOAD]}\n"
+        if filtered else ""))
     x.start()
     n = MB << 20
     rate = max(1 << 20, n // 6)
     res = [None] * 20
-    ts = [threading.Thread(target=_transfer, args=(p, i, n, rate, res), daemon=True)
+    ts = [threading.Thread(target=kind.transfer(), args=(p, i, n, rate, res), daemon=True)
           for i in range(20)]
     for t in ts:
         t.start()
@@ -144,25 +229,24 @@ def test_relay_continuity_keeps_filters(xrayd, cleanup):
     assert seen[0][0] == "rst" and b"FORBIDDEN" not in seen[0][1], seen
 
 
-def test_continuity_on_a_tls_relay_is_refused(tmp_path):
+def test_continuity_on_a_tls_relay_is_accepted(tmp_path):
     conf = tmp_path / "x.yaml"
-    conf.write_text("""relay:
+    conf.write_text("""state_dir: %s
+relay:
   - listen: 127.0.0.1:18443
     upstream: 127.0.0.1:18080
     upstream_tls: {verify: off}
     continuity: on
-""")
+""" % tmp_path)
     r = subprocess.run([str(xf.XRAYD_BIN), "-t", "-c", str(conf)], capture_output=True, text=True,
                        timeout=20)
-    assert r.returncode != 0
-    assert "x.yaml:5:17: \"continuity\": continuity is not kept for TLS relays" in r.stderr, \
-        r.stderr
+    assert r.returncode == 0, r.stderr
 
 
-def _start_transfers(port, count, n):
+def _start_transfers(port, count, n, transfer=_transfer):
     rate = max(1 << 20, n // 6)
     res = [None] * count
-    ts = [threading.Thread(target=_transfer, args=(port, i, n, rate, res), daemon=True)
+    ts = [threading.Thread(target=transfer, args=(port, i, n, rate, res), daemon=True)
           for i in range(count)]
     for t in ts:
         t.start()
@@ -177,16 +261,17 @@ def _finish(ts, res):
 
 
 @pytest.mark.timeout(300)
-def test_relay_connections_survive_reloads(xrayd, cleanup):
+@pytest.mark.parametrize("kind", ["plain", "tls-both"], indirect=True)
+def test_relay_connections_survive_reloads(xrayd, cleanup, kind):
     """The same transfers while the configuration is reloaded three times:
     old workers finish their connections; all complete byte-exact."""
-    srv = xf.HandlerServer(_server)
+    srv = kind.server()
     cleanup.append(srv)
     x = xrayd()
     p = x.listen_port()
-    _conf(x, p, srv.port)
+    _conf(x, p, srv.port, kind.block())
     x.start()
-    ts, res = _start_transfers(p, 20, max(1, MB // 2) << 20)
+    ts, res = _start_transfers(p, 20, max(1, MB // 2) << 20, kind.transfer())
     time.sleep(0.5)
     for _ in range(3):
         x.reload()
@@ -195,14 +280,15 @@ def test_relay_connections_survive_reloads(xrayd, cleanup):
 
 
 @pytest.mark.timeout(600)
-def test_relay_connections_survive_binary_upgrade(xrayd, cleanup, monkeypatch):
+@pytest.mark.parametrize("kind", ["plain", "tls-both"], indirect=True)
+def test_relay_connections_survive_binary_upgrade(xrayd, cleanup, monkeypatch, kind):
     """The same transfers while SIGUSR2 replaces the binary with a build of
     another version: the new master's workers take the relay block's
     connections over from the old binary's snapshots; all complete
     byte-exact."""
     from test_75_proxy import _second_binary
 
-    srv = xf.HandlerServer(_server)
+    srv = kind.server()
     cleanup.append(srv)
     x = xrayd()
     new = _second_binary(x.tmp, "9.9.8-relay")
@@ -211,10 +297,10 @@ def test_relay_connections_survive_binary_upgrade(xrayd, cleanup, monkeypatch):
     exe.chmod(0o755)
     monkeypatch.setattr(xf, "XRAYD_BIN", exe)
     p = x.listen_port()
-    _conf(x, p, srv.port)
+    _conf(x, p, srv.port, kind.block())
     x.start()
     old_pid = x.proc.pid
-    ts, res = _start_transfers(p, 20, max(1, MB // 2) << 20)
+    ts, res = _start_transfers(p, 20, max(1, MB // 2) << 20, kind.transfer())
     time.sleep(1.0)
     os.replace(str(new), str(exe))
     os.kill(old_pid, signal.SIGUSR2)

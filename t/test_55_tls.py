@@ -39,11 +39,48 @@ def pki(tmp_path_factory):
 
 # ---- configuration -------------------------------------------------------------
 
+# Every test here runs twice: with the block's continuity off (the TLS ends
+# relay on pooled buffers) and on (after the handshakes the connection goes
+# on in the ring engine, its record layer in the snapshot).  TLS must
+# behave the same on both.
+CONTINUITY = {"on": False}
+
+
+@pytest.fixture(autouse=True, params=["cont-off", "cont-on"])
+def continuity_mode(request):
+    CONTINUITY["on"] = request.param == "cont-on"
+    yield CONTINUITY["on"]
+    CONTINUITY["on"] = False
+
+
+def _continuity(x, continuity):
+    """The main section's state_dir and the block's continuity line."""
+    if continuity is None:
+        continuity = CONTINUITY["on"]
+    if not continuity:
+        return "", ""
+    state = x.tmp / "state"
+    state.mkdir(exist_ok=True)
+    return "state_dir: %s\n" % state, "    continuity: on\n"
+
+
+def with_continuity(x, body):
+    """body with every relay block's continuity as this run says."""
+    main, block = _continuity(x, None)
+    if not main:
+        return body
+    return main + re.sub(r"(?m)^(  - name: .*\n)", lambda m: m.group(1) + block, body)
+
+
 def tls_listener_conf(x, pki, upstream_port, ciphers=None, allow=("CN=app-*",),
                       verify="required", extra_tls="", extra_relay="", workers=2,
-                      log=True):
-    """One relay block: TLS in (mutual auth against ca1), plain out."""
+                      log=True, continuity=None):
+    """One relay block: TLS in (mutual auth against ca1), plain out; with
+    continuity, its connections go on in the ring engine after the
+    handshake."""
     p = x.listen_port()
+    main, block = _continuity(x, continuity)
+    extra_relay += block
     tls = ("    tls:\n"
            "      certificate: %s\n"
            "      key: %s\n" % (pki.crt("localhost"), pki.key("localhost")))
@@ -54,7 +91,7 @@ def tls_listener_conf(x, pki, upstream_port, ciphers=None, allow=("CN=app-*",),
     if ciphers:
         tls += "      ciphers: [%s]\n" % ", ".join(ciphers)
     tls += extra_tls
-    body = """
+    body = main + """
 relay:
   - name: tls-in
     listen: 127.0.0.1:${p}
@@ -68,10 +105,11 @@ relay:
 
 
 def tls_upstream_conf(x, pki, upstream_port, ciphers=None, cert="app-1",
-                      extra_tls="", workers=2, log=True):
+                      extra_tls="", workers=2, log=True, continuity=None):
     """One relay block: plain in, TLS out (verifying localhost against ca1,
     presenting `cert`)."""
     p = x.listen_port()
+    main, block = _continuity(x, continuity)
     tls = ("    upstream_tls:\n"
            "      ca: %s\n"
            "      server_name: localhost\n" % pki.ca)
@@ -80,12 +118,12 @@ def tls_upstream_conf(x, pki, upstream_port, ciphers=None, cert="app-1",
     if ciphers:
         tls += "      ciphers: [%s]\n" % ", ".join(ciphers)
     tls += extra_tls
-    body = """
+    body = main + """
 relay:
   - name: tls-out
     listen: 127.0.0.1:${p}
     upstream: 127.0.0.1:${u}
-""" + tls
+""" + block + tls
     if log:
         body += "    filters:\n      - log:\n          path: ${tmp}/access.log\n"
     x.write_conf(body, p=p, u=upstream_port, workers=workers)
@@ -634,7 +672,7 @@ def test_three_link_chain_bulk(xrayd, cleanup, pki):
     cleanup.append(srv)
     x = xrayd()
     pa, pb, pc = x.listen_port(), x.listen_port(), x.listen_port()
-    x.write_conf("""
+    x.write_conf(with_continuity(x, """
 relay:
   - name: A
     listen: 127.0.0.1:${pa}
@@ -678,7 +716,7 @@ relay:
     filters:
       - log:
           path: ${tmp}/access-c.log
-""", pa=pa, pb=pb, pc=pc, u=srv.port, ca=pki.ca,
+"""), pa=pa, pb=pb, pc=pc, u=srv.port, ca=pki.ca,
         acrt=pki.crt("relay-a"), akey=pki.key("relay-a"),
         bcrt=pki.crt("relay-b"), bkey=pki.key("relay-b"),
         ccrt=pki.crt("localhost"), ckey=pki.key("localhost"))

@@ -219,10 +219,24 @@ static xr_conn_t *xr_cn_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p)
 
 /* Add what c read since the last call to its block's shared counters
  * (once per pump, and the remainder at close). */
+static void xr_cn_counts(const xr_conn_t *c, uint64_t read[2], uint64_t written[2])
+{
+    if (c->h != NULL && c->h->counts != NULL && c->hs != NULL) {
+        c->h->counts(c, read, written);
+        return;
+    }
+    for (int d = 0; d < 2; d++) {
+        read[d] = c->p->taken[d];
+        written[d] = c->p->given[1 - d];
+    }
+}
+
 static void xr_cn_count(xr_conn_t *c)
 {
+    uint64_t read[2], written[2];
+    xr_cn_counts(c, read, written);
     for (int d = 0; d < 2; d++) {
-        uint64_t taken = c->p->taken[d];
+        uint64_t taken = read[d];
         if (taken <= c->counted[d])
             continue;
         atomic_fetch_add_explicit(&xr_shm->bytes[c->conf->slot][d], taken - c->counted[d],
@@ -234,13 +248,8 @@ static void xr_cn_count(xr_conn_t *c)
 void xr_conn_log(xr_conn_t *c)
 {
     c->s.end_ms = xr_wall_ms();
-    if (c->s.record == NULL) {
-        /* The connection's own record; a request's has its own counts. */
-        c->s.read_total[0] = c->p->taken[0];
-        c->s.read_total[1] = c->p->taken[1];
-        c->s.written_total[0] = c->p->given[1];
-        c->s.written_total[1] = c->p->given[0];
-    }
+    if (c->s.record == NULL) /* the connection's own record; a request's has its own counts */
+        xr_cn_counts(c, c->s.read_total, c->s.written_total);
     xr_chain_log(c->rt, c->fstate, &c->s);
 }
 
@@ -285,6 +294,8 @@ static void xr_cn_release(xr_conn_t *c)
     if (c->store == NULL)
         return;
     uint64_t id = c->p->id;
+    /* A stage's record may hold TLS keys: they go with the connection. */
+    explicit_bzero(c->p->state, sizeof(c->p->state));
     xr_store_release(c->store, c->p);
     xr_cont_drop(id);
     if (c->store != xr_cx.own) {
@@ -386,9 +397,11 @@ static void xr_cn_timer_cb(uv_timer_t *t)
 
 /* ---- accepting ------------------------------------------------------------ */
 
-void xr_conn_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
-                   const struct sockaddr_storage *client, uint64_t id,
-                   const struct sockaddr_storage *dst, uint32_t mode)
+/* A connection of rt's block around a new slot (in the store when the
+ * block has continuity and a slot is free, else on the heap), not yet
+ * live; its client end is fd. */
+static xr_conn_t *xr_cn_create(xr_relay_rt_t *rt, int fd, const struct sockaddr_storage *client,
+                               uint64_t id, uint32_t mode, int filtered)
 {
     const xr_relay_conf_t *rc = rt->rc;
     struct sockaddr_storage local;
@@ -407,32 +420,46 @@ void xr_conn_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
         p = xr_calloc(1, sizeof(*p));
     p->id = id;
     p->mode = mode;
-    p->filtered = mode == 0 && rt->has_data_filters;
+    p->filtered = (uint32_t) filtered;
     snprintf(p->block, sizeof(p->block), "%s", rc->name);
     p->client = *client;
     p->local = local;
-    if (dst != NULL)
-        p->dst = *dst;
     p->peer = -1;
     p->start_ms = xr_wall_ms();
     p->phase = XR_PHASE_CONNECTING;
     xr_conn_t *c = xr_cn_new(rt, store, p);
-    atomic_fetch_add(&xr_shm->accepted[rc->slot], 1);
     c->end[0].io.fd = fd;
-    xr_cn_base(c, 0);
-    if (store != NULL) {
-        p->live = XR_PSLOT_LIVE;
-        if (xr_cont_hold(id, 0, fd) != XR_OK) {
-            xr_log_session(XR_LOG_ERR, &c->s,
-                           "cannot hand the socket to the master (%s); no "
-                           "continuity for this connection",
-                           strerror(errno));
-        }
-    }
     if (rc->tcp_nodelay) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
+    return c;
+}
+
+/* The slot is live from here: a replacement takes it over.  The master
+ * is given the socket of end e. */
+static void xr_cn_hold(xr_conn_t *c, int e)
+{
+    if (c->store == NULL)
+        return;
+    c->p->live = XR_PSLOT_LIVE;
+    if (xr_cont_hold(c->p->id, e, c->end[e].io.fd) != XR_OK)
+        xr_log_session(XR_LOG_ERR, &c->s,
+                       "cannot hand the %s socket to the master (%s); no "
+                       "continuity for this connection",
+                       e == 0 ? "client" : "upstream", strerror(errno));
+}
+
+void xr_conn_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
+                   const struct sockaddr_storage *client, uint64_t id,
+                   const struct sockaddr_storage *dst, uint32_t mode)
+{
+    xr_conn_t *c = xr_cn_create(rt, fd, client, id, mode, mode == 0 && rt->has_data_filters);
+    atomic_fetch_add(&xr_shm->accepted[rt->rc->slot], 1);
+    if (dst != NULL)
+        c->p->dst = *dst;
+    xr_cn_base(c, 0);
+    xr_cn_hold(c, 0);
     if (xr_io_add(&c->end[0].io, fd, xr_cn_io_cb) != XR_OK) {
         xr_conn_close(c, "cannot watch the client socket");
         return;
@@ -442,6 +469,45 @@ void xr_conn_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
     if (xr_cn_open_filters(c) != XR_OK)
         return;
     xr_cn_connect(c);
+}
+
+void xr_conn_take(uv_loop_t *loop, xr_relay_rt_t *rt, xr_conn_handoff_t *h)
+{
+    const xr_session_t *s = h->s;
+    xr_conn_t *c = xr_cn_create(rt, h->fd[0], &s->client, s->id, 0, 1);
+    xr_pslot_t *p = c->p;
+    p->start_ms = s->start_ms;
+    c->s.start_ms = s->start_ms;
+    p->upstream = c->s.upstream = s->upstream;
+    p->peer = h->peer;
+    p->tried = h->tried;
+    p->tries = h->tries;
+    c->peer_held = h->peer >= 0;
+    c->fstate = h->fstate;
+    c->opened = h->opened;
+    c->end[1].io.fd = h->fd[1];
+    if (rt->rc->tcp_nodelay) {
+        int one = 1;
+        setsockopt(h->fd[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    xr_cn_base(c, 0);
+    xr_cn_base(c, 1);
+    xr_filter_stage_tls(c, h->rec, s->identity);
+    /* The stage's first record and the phase are in the slot before it
+     * goes live: a replacement never finds a half-made one. */
+    if (c->h->start(c) != XR_OK) {
+        xr_conn_close(c, "cannot start the %s stage", c->h->name);
+        return;
+    }
+    atomic_store_explicit((_Atomic uint32_t *) &p->phase, XR_PHASE_RUNNING, memory_order_release);
+    xr_cn_hold(c, 0);
+    xr_cn_hold(c, 1);
+    for (int e = 0; e < 2; e++)
+        if (xr_io_add(&c->end[e].io, c->end[e].io.fd, xr_cn_io_cb) != XR_OK) {
+            xr_conn_close(c, "cannot watch the %s socket", e == 0 ? "client" : "upstream");
+            return;
+        }
+    xr_cn_running(c, 1);
 }
 
 /* ---- connecting upstream ---------------------------------------------------- */
@@ -562,6 +628,19 @@ static void xr_cn_io_error(xr_conn_t *c, const char *op, int e, int err)
     xr_conn_close(c, "%s %s: %s", op, xr_cn_end_name(e), strerror(err));
 }
 
+void xr_conn_flush(xr_conn_t *c, int d)
+{
+    xr_cend_t *dst = &c->end[1 - d];
+    uint64_t ready = xr_cn_out_end(c, d) - c->p->given[1 - d];
+    if (ready == 0 || dst->io.fd < 0)
+        return;
+    struct iovec iov[2];
+    int k = xr_ring_iov(xr_cn_out_ring(c, d), c->rsize, c->p->given[1 - d], (size_t) ready, iov);
+    ssize_t n = writev(dst->io.fd, iov, k);
+    if (n > 0)
+        c->p->given[1 - d] += (uint64_t) n;
+}
+
 static void xr_cn_posted_cb(xr_posted_t *ps)
 {
     xr_conn_t *c = xr_container_of(ps, xr_conn_t, posted);
@@ -637,9 +716,12 @@ static int xr_cn_pump(xr_conn_t *c, int d)
                 return XR_ERROR;
             c->again[d] = rc == XR_AGAIN;
             if (src->rd_eof && !c->out_closed[d] && rc == XR_OK) {
-                if (c->h->eof(c, d) != XR_OK)
+                int erc = c->h->eof(c, d);
+                if (erc == XR_ERROR)
                     return XR_ERROR;
-                if (c->in_done[d] == p->taken[d])
+                if (erc == XR_AGAIN)
+                    c->again[d] = 1; /* its end waits for room in OUT */
+                else if (c->in_done[d] == p->taken[d])
                     c->out_closed[d] = 1;
             }
             if (c->out_made[d] + c->out_made[1 - d] + c->in_done[d] != before)
@@ -863,6 +945,11 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
                  c->s.close_reason[0] ? c->s.close_reason
                                       : "the stage's state in the "
                                         "snapshot is not usable");
+    if (why[0] == '\0' && c->h != NULL && c->h->counts != NULL) {
+        /* Its counts are the stage's (cleartext), from its record. */
+        uint64_t written[2];
+        xr_cn_counts(c, c->counted, written);
+    }
     for (int d = 0; why[0] == '\0' && d < 2; d++) {
         /* What was read but not yet sent (or consumed) must still be in
          * the ring: anything else is a snapshot this code did not write. */

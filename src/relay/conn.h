@@ -59,6 +59,10 @@ typedef struct xr_stage_s {
     /* No upstream could be reached: answer the client if the protocol
      * can (an HTTP 502), before the connection closes.  NULL: nothing. */
     void (*unreachable)(xr_conn_t *c);
+    /* The connection's byte counts as its users know them, when they are
+     * not the sockets' (TLS: cleartext): read[d] from direction d's
+     * source, written[d] to its destination.  NULL: the sockets'. */
+    void (*counts)(const xr_conn_t *c, uint64_t read[2], uint64_t written[2]);
 } xr_stage_t;
 
 struct xr_conn_s {
@@ -107,6 +111,9 @@ uint64_t xr_conn_out_room(const xr_conn_t *c, int d);
 void xr_conn_emit(xr_conn_t *c, int d, const void *p, size_t n);
 /* Copy n bytes of IN[d] at offset from into OUT[d]. */
 void xr_conn_pass(xr_conn_t *c, int d, uint64_t from, size_t n);
+/* Write what OUT[d] holds to its destination now, as far as the socket
+ * takes it (a last alert before a connection is cut). */
+void xr_conn_flush(xr_conn_t *c, int d);
 /* Close with a reason (printf format); logs run once. */
 void xr_conn_close(xr_conn_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Run the log hooks now (HTTP: one record per request). */
@@ -125,6 +132,25 @@ int xr_conn_worker_init(uv_loop_t *loop, xr_gen_t *g, int retiring);
 void xr_conn_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
                    const struct sockaddr_storage *client, uint64_t id,
                    const struct sockaddr_storage *dst, uint32_t mode);
+/* What xr_conn_take needs of a connection whose TLS handshakes ran
+ * elsewhere in the engine (relay.c). */
+typedef struct {
+    int fd[2];               /* both ends, connected */
+    struct xr_rec_s *rec[2]; /* end e's record layer, or NULL: plain TCP */
+    const xr_session_t *s;   /* id, addresses, start, the client's identity */
+    unsigned char *fstate;   /* the filters' state; their open hooks ran */
+    int opened;
+    int peer;       /* the block's upstream server (counted in its active), or -1 */
+    uint64_t tried; /* servers tried, for a later reconnect's balance */
+    uint32_t tries;
+} xr_conn_handoff_t;
+
+/* Carry on, with continuity, a connection of rt's block that is past its
+ * TLS handshakes: its bytes go through the cleartext stage (records
+ * opened, filters, records sealed) and its state into the snapshot.
+ * Takes the descriptors, the records, the filter state and the slot the
+ * accept reserved in xr_shm->active. */
+void xr_conn_take(uv_loop_t *loop, xr_relay_rt_t *rt, xr_conn_handoff_t *h);
 /* Remove dead worker pid's snapshot files (nobody takes them over). */
 void xr_conn_forget(const char *state_dir, pid_t pid);
 /* Take over the connections of dead worker pid (its store in g's

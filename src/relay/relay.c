@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "core/shm.h"
 #include "core/worker.h"
+#include "relay/conn.h"
 #include "relay/relay.h"
 #include "tls/tls.h"
 
@@ -153,12 +154,13 @@ void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
     xr_end_close_how(&r->end[0], r->cut);
     xr_end_close_how(&r->end[1], r->cut);
 
-    xr_chain_close(r->rt, r->fstate, &r->s, r->opened);
-
-    xr_debug_session(
-        &r->s, "relay closed: %s, up %llu/%llu, down %llu/%llu", r->s.close_reason,
-        (unsigned long long) r->s.read_total[0], (unsigned long long) r->s.written_total[0],
-        (unsigned long long) r->s.read_total[1], (unsigned long long) r->s.written_total[1]);
+    if (!r->moved) {
+        xr_chain_close(r->rt, r->fstate, &r->s, r->opened);
+        xr_debug_session(
+            &r->s, "relay closed: %s, up %llu/%llu, down %llu/%llu", r->s.close_reason,
+            (unsigned long long) r->s.read_total[0], (unsigned long long) r->s.written_total[0],
+            (unsigned long long) r->s.read_total[1], (unsigned long long) r->s.written_total[1]);
+    }
     free(r->fstate);
     r->fstate = NULL;
     r->s.identity = NULL;
@@ -166,12 +168,15 @@ void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
     xr_end_free(&r->end[1]);
     xr_dir_release(&r->dir[0]);
     xr_dir_release(&r->dir[1]);
-    if (r->peer >= 0 && r->s.upstream.ss_family != 0)
+    /* A moved connection's server count and its reserved slot in
+     * xr_shm->active went with it. */
+    if (r->peer >= 0 && r->s.upstream.ss_family != 0 && !r->moved)
         r->rt->peers[r->peer].active--;
     r->rt->active--;
     xr_relay_count(r); /* the remainder since the last pump */
     if (r->shm_counted) {
-        atomic_fetch_sub(&xr_shm->active[r->conf->slot], 1);
+        if (!r->moved)
+            atomic_fetch_sub(&xr_shm->active[r->conf->slot], 1);
         atomic_fetch_sub(&xr_shm->worker_active[xr_worker_slot][r->conf->slot], 1);
     }
     uv_close((uv_handle_t *) &r->timer, xr_relay_timer_closed);
@@ -330,8 +335,47 @@ static void xr_relay_connected(xr_relay_t *r)
     xr_relay_running(r);
 }
 
+/* A block with continuity whose TLS handshakes are done goes on in the
+ * ring engine (conn.c), whose snapshot carries it across a worker's
+ * death.  1 when it moved (r is closed, quietly); 0 when it cannot (it
+ * stays here, without continuity, and the log says why). */
+static int xr_relay_move(xr_relay_t *r)
+{
+    char why[96];
+    for (int i = 0; i < 2; i++)
+        if (r->end[i].ops != &xr_end_tcp_ops && !xr_tls_end_movable(&r->end[i], why, sizeof(why))) {
+            xr_log_session(XR_LOG_INFO, &r->s, "no continuity for this connection: %s", why);
+            return 0;
+        }
+    xr_rec_t rec[2];
+    xr_conn_handoff_t h = {.s = &r->s,
+                           .fstate = r->fstate,
+                           .opened = r->opened,
+                           .peer = r->peer,
+                           .tried = r->tried,
+                           .tries = (uint32_t) r->tries};
+    for (int i = 0; i < 2; i++) {
+        xr_end_t *e = &r->end[i];
+        if (e->ops != &xr_end_tcp_ops) {
+            xr_tls_end_detach(e, &rec[i]);
+            h.rec[i] = &rec[i];
+        }
+        xr_io_del(&e->io);
+        h.fd[i] = e->io.fd;
+        e->io.fd = -1;
+    }
+    r->fstate = NULL;
+    r->opened = 0;
+    r->moved = 1;
+    xr_conn_take(r->timer.loop, r->rt, &h); /* copies the identity the TLS end holds */
+    xr_relay_close(r, NULL);
+    return 1;
+}
+
 static void xr_relay_running(xr_relay_t *r)
 {
+    if (r->conf->continuity && xr_relay_move(r))
+        return;
     r->state = XR_RELAY_RUNNING;
     r->action = "relaying";
     r->last_active = (int64_t) uv_now(r->timer.loop);

@@ -89,6 +89,7 @@ struct xr_relay_s {
     int tries;
     int opened; /* filters whose open hook ran */
     int cut;    /* ended on an error: the ends get a reset, not a FIN */
+    int moved;  /* went on in the ring engine (continuity) */
     xr_relay_state_t state;
     int shm_counted;
     /* Of s.read_total[d], what is already in xr_shm->bytes: a live relay

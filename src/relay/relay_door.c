@@ -41,7 +41,7 @@ static const xr_directive_t xr_relay_block_directives[] = {
      "Speak TLS to the upstream servers: ca, verify, certificate, key, server_name ..."},
     {"continuity", R, XR_T_FLAG, RO(continuity), "off", 0, 0, NULL, NULL, 0,
      "Keep live connections across worker crashes and binary upgrades (snapshots in "
-     "state_dir); plain TCP blocks only."},
+     "state_dir), TLS ends included once their handshakes are done."},
     XR_DIRECTIVES_END};
 
 #undef R
@@ -54,28 +54,18 @@ static const xr_frontdoor_table_t xr_relay_tables[] = {
 
 extern const xr_frontdoor_t xr_relay_frontdoor;
 
-/* A relay block's own checks.  Continuity needs the whole state of a
- * connection in the snapshot: a TLS end's record layer is not there yet,
- * so continuity on a TLS block is refused rather than silently not kept. */
-static int xr_relay_check(xr_conf_t *cf, xr_relay_conf_t *rc)
-{
-    if (rc->continuity && (rc->tls != NULL || rc->upstream_tls != NULL))
-        return xr_conf_error(cf, xr_node_get(rc->node, "continuity"),
-                             "continuity is not kept for TLS relays yet (their record layer "
-                             "is not in the snapshot); turn it off or relay plain TCP");
-    return XR_OK;
-}
-
 static int xr_relay_set_blocks(xr_conf_t *cf, const xr_node_t *n, void *conf,
                                const xr_directive_t *d)
 {
-    return xr_gen_blocks(cf, n, &xr_relay_frontdoor, 0, xr_relay_check);
+    return xr_gen_blocks(cf, n, &xr_relay_frontdoor, 0, NULL);
 }
 
 static void xr_relay_accept(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
                             const struct sockaddr_storage *client, uint64_t id)
 {
-    if (rt->rc->continuity)
+    /* TLS handshakes run in relay.c, which hands a connection with
+     * continuity to the ring engine once they are done. */
+    if (rt->rc->continuity && rt->rc->tls == NULL && rt->rc->upstream_tls == NULL)
         xr_conn_start(loop, rt, fd, client, id, NULL, 0);
     else
         xr_relay_start(loop, rt, fd, client, id);

@@ -1,22 +1,38 @@
 /*
- * stage_filter.h: the filter chain as a stage of a connection with continuity: the
- * block's filters see every byte between a direction's IN ring and its
- * OUT ring, in order, with every result (pass, modify, hold, drop,
- * close), as they do on every other front door.
+ * stage_filter.h: the cleartext stage of a connection with continuity.
+ * Between a direction's IN ring and its OUT ring it opens the source
+ * end's TLS records (when that end speaks TLS), runs the block's filters
+ * over the cleartext with every result (pass, modify, hold, drop, close,
+ * answer), as they run on every other front door, and seals what passed
+ * into records for the far end (when that end speaks TLS).
  *
- * Continuity: the stage commits where its input is fully out (every
- * byte up to in_commit filtered and emitted) and whether a filter holds
- * bytes.  A replacement resumes a connection whose filters held nothing,
- * from that point, with fresh filter state (open hooks run again); one
- * whose filters held bytes at the crash is closed, since those bytes'
- * filter state died with the worker and passing them unchecked would
- * fail open.
+ * Continuity: the stage commits a point per direction, in_commit, where
+ * the cleartext of every input byte before it is out (in OUT), together
+ * with what it takes to go on from there: each TLS end's keys and record
+ * numbers at that point, how much cleartext after it is already out (a
+ * partly written buffer), and whether a filter holds bytes.  Opening and
+ * sealing are deterministic given the keys and record numbers, so a
+ * replacement that opens the same records again makes the same
+ * cleartext, drops what is already out, and seals the rest with the next
+ * record numbers: the peers see one unbroken TLS stream.
+ *
+ * A replacement resumes with fresh filter state (open hooks run again).
+ * A connection whose filters held bytes at the crash is closed: those
+ * bytes' filter state died with the worker and passing them unchecked
+ * would fail open.
  */
 #ifndef XR_STAGE_FILTER_H
 #define XR_STAGE_FILTER_H
 
 #include "relay/conn.h"
+#include "tls/record.h"
 
 extern const xr_stage_t xr_filter_handler;
+
+/* Before the stage starts on a connection taken over after its TLS
+ * handshakes: rec[e] is end e's record layer (moved into the stage), or
+ * NULL for a plain end; identity is the client's certificate identity
+ * for logs, or NULL.  XR_OK, or XR_ERROR (out of memory). */
+int xr_filter_stage_tls(xr_conn_t *c, xr_rec_t *rec[2], const char *identity);
 
 #endif

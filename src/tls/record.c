@@ -117,6 +117,35 @@ int xr_rec_init(xr_rec_t *r, xr_aead_t aead, int is_server, const unsigned char 
     return 0;
 }
 
+void xr_rec_export(const xr_rec_t *r, xr_rec_state_t *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->aead = (uint32_t) r->aead;
+    st->rx.seq = r->rx.seq;
+    memcpy(st->rx.key, r->rx.key, sizeof(st->rx.key));
+    memcpy(st->rx.iv, r->rx.iv, sizeof(st->rx.iv));
+    st->tx.seq = r->tx.seq;
+    memcpy(st->tx.key, r->tx.key, sizeof(st->tx.key));
+    memcpy(st->tx.iv, r->tx.iv, sizeof(st->tx.iv));
+}
+
+int xr_rec_import(xr_rec_t *r, const xr_rec_state_t *st)
+{
+    memset(r, 0, sizeof(*r));
+    xr_aead_t aead = (xr_aead_t) st->aead;
+    if ((aead != XR_AEAD_AES256GCM && aead != XR_AEAD_CHACHA20) || !xr_rec_available(aead))
+        return -1;
+    size_t ivlen = aead == XR_AEAD_AES256GCM ? 4 : 12;
+    r->aead = aead;
+    r->overhead = XR_REC_HEADER + xr__body_overhead(aead);
+    if (xr__dir_init(&r->rx, aead, st->rx.key, st->rx.iv, ivlen, st->rx.seq) < 0 ||
+        xr__dir_init(&r->tx, aead, st->tx.key, st->tx.iv, ivlen, st->tx.seq) < 0) {
+        xr_rec_free(r);
+        return -1;
+    }
+    return 0;
+}
+
 static void xr__dir_free(xr_rec_dir_t *d)
 {
     if (d->gcm != NULL) {

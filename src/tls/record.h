@@ -36,7 +36,7 @@ typedef struct {
     struct xr_gcm_key *vgcm; /* or the vector implementation's (gcm.h) */
 } xr_rec_dir_t;
 
-typedef struct {
+typedef struct xr_rec_s {
     xr_aead_t aead;
     size_t overhead; /* bytes a record adds to its plaintext (header included) */
     xr_rec_dir_t rx, tx;
@@ -64,6 +64,24 @@ int xr_rec_init(xr_rec_t *r, xr_aead_t aead, int is_server, const unsigned char 
                 size_t keylen, size_t ivlen, uint64_t rx_seq, uint64_t tx_seq);
 /* Wipe keys and free the precomputed state.  Safe on a zeroed struct. */
 void xr_rec_free(xr_rec_t *r);
+
+/* A record layer as bytes, to carry it to another process (a connection's
+ * snapshot): the suite, and each direction's key, IV and next sequence
+ * number.  As secret as the keys: wipe it when done. */
+typedef struct {
+    uint32_t aead; /* xr_aead_t */
+    uint32_t pad;
+    struct {
+        uint64_t seq;
+        unsigned char key[32];
+        unsigned char iv[12];
+        unsigned char pad[4];
+    } rx, tx;
+} xr_rec_state_t;
+
+void xr_rec_export(const xr_rec_t *r, xr_rec_state_t *st);
+/* Rebuild r from st.  0, or -1 if the AEAD is unknown or unavailable. */
+int xr_rec_import(xr_rec_t *r, const xr_rec_state_t *st);
 
 /* Seal plaintext in[0..len) as records of `type` into out[0..cap).  Each
  * record carries at most XR_REC_MAX_PLAIN bytes; as many whole records as

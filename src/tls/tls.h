@@ -99,6 +99,13 @@ const char *xr_tls_end_why(struct xr_end_s *e);
 const xr_identity_t *xr_tls_end_peer(struct xr_end_s *e);
 /* Was the last handshake an abbreviated (resumed) one? */
 int xr_tls_end_resumed(struct xr_end_s *e);
+/* Can e's record layer move out of it (xr_tls_end_detach)?  Only an end
+ * on record.c's records, with no partial record read and no sealed
+ * bytes waiting: otherwise why says what keeps it. */
+int xr_tls_end_movable(struct xr_end_s *e, char *why, size_t n);
+/* Move e's record layer into rec (the caller frees it with xr_rec_free);
+ * e keeps its descriptor and identity and can only be freed after. */
+void xr_tls_end_detach(struct xr_end_s *e, xr_rec_t *rec);
 
 /* mbedTLS's key export hook (registered on every TLS configuration). */
 int xr_tls_export_keys(void *p, const unsigned char *ms, const unsigned char *kb, size_t maclen,

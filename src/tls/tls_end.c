@@ -584,6 +584,30 @@ int xr_tls_end_resumed(xr_end_t *e)
     return t ? t->resumed : 0;
 }
 
+int xr_tls_end_movable(xr_end_t *e, char *why, size_t n)
+{
+    xr_tls_end_t *t = xr_tls(e);
+    if (t == NULL || !t->fast) {
+        snprintf(why, n, "its TLS suite is on mbedTLS's own records");
+        return 0;
+    }
+    if ((t->stash != NULL && t->stash->end > 0) || (t->tx != NULL && t->tx->start < t->tx->end) ||
+        t->eof) {
+        snprintf(why, n, "TLS bytes were in flight at the hand-over");
+        return 0;
+    }
+    return 1;
+}
+
+void xr_tls_end_detach(xr_end_t *e, xr_rec_t *rec)
+{
+    xr_tls_end_t *t = xr_tls(e);
+    /* The precomputed key state moves with the struct: t must not free it. */
+    *rec = t->rec;
+    memset(&t->rec, 0, sizeof(t->rec));
+    t->fast = 0;
+}
+
 int xr_tls_end_allowed(xr_end_t *e, const xr_tls_conf_t *c)
 {
     xr_tls_end_t *t = xr_tls(e);
