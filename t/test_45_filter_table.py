@@ -160,7 +160,10 @@ CASES = {
         client_end="eof", upstream_end="eof"),
 }
 
-DOORS = ["relay", "relay_tls", "upstream_tls", "agent", "proxy"]
+# A door name ending in "+cont" is the same door with continuity: on (its
+# connections in the ring engine and the snapshot, TLS record layers too).
+DOORS = ["relay", "relay+cont", "relay_tls", "relay_tls+cont", "upstream_tls",
+         "upstream_tls+cont", "agent", "agent+cont", "proxy"]
 
 # Front door, case -> why it does not behave as the table says: a bug to
 # fix.  That parametrization runs as xfail(strict=True), so a fix shows up.
@@ -558,12 +561,21 @@ def _filters(case):
     return "    filters:\n      - casefilter: %s\n" % CASES[case]["filter"]
 
 
+def _state_dir(tmp, cont):
+    """The main section's state_dir line when continuity is on."""
+    if not cont:
+        return ""
+    (tmp / "state").mkdir(exist_ok=True)
+    return "state_dir: %s\n" % (tmp / "state")
+
+
 class RelayDoor(Door):
     """One daemon, one relay: block per case; tls: "in" (a TLS listener),
-    "out" (upstream_tls) or None."""
+    "out" (upstream_tls) or None; cont: continuity on."""
 
-    def __init__(self, tmp, pki, tls):
+    def __init__(self, tmp, pki, tls, cont=False):
         super().__init__()
+        self.cont = cont
         with self.building():
             self._build(tmp, pki, tls)
 
@@ -579,11 +591,14 @@ class RelayDoor(Door):
         self.on_close(self.x.kill_all)
         self.on_close(self.x.check)
         self.ports = {}
-        body = "load_module: %s\nbuffer_size: %d\nrelay:\n" % (CASEFILTER_SO, BUFFER)
+        body = "load_module: %s\nbuffer_size: %d\n%srelay:\n" % (
+            CASEFILTER_SO, BUFFER, _state_dir(tmp, self.cont))
         for case in CASES:
             self.ports[case] = self.x.listen_port()
             body += ("  - name: fc-%s\n    listen: 127.0.0.1:%d\n    upstream: 127.0.0.1:%d\n"
                      % (case, self.ports[case], self.up.ports[0]))
+            if self.cont:
+                body += "    continuity: on\n"
             if tls == "in":
                 body += "    tls:\n      certificate: %s\n      key: %s\n" % (
                     pki.crt("localhost"), pki.key("localhost"))
@@ -706,9 +721,10 @@ class AgentDoor(Door):
     client link on one side, the link to agent B's relay point on the
     other; the server's link ends at the upstream Peer."""
 
-    def __init__(self, tmp, pki):
+    def __init__(self, tmp, pki, cont=False):
         super().__init__()
         self.pki = pki
+        self.cont = cont
         self.client_sess = None
         with self.building():
             self._build(tmp, pki)
@@ -734,6 +750,9 @@ class AgentDoor(Door):
                 ("a", "b", "198.18.1.0/24", pub_a, pub_b, apps_a, ""),
                 ("b", "a", "198.18.2.0/24", pub_b, pub_a, apps_b, "  incoming: connect_out\n")):
             d = tmp / ("agent-" + me)
+            d.mkdir(parents=True, exist_ok=True)
+            if self.cont:
+                extra += "  continuity: on\n"
             conf = """workers: 2
 daemon: off
 pid: %(d)s/xrayd.pid
@@ -741,7 +760,7 @@ error_log: %(d)s/error.log
 log_level: info
 load_module: %(so)s
 buffer_size: %(buf)d
-agent:
+%(state)sagent:
   listen: 0.0.0.0:7000
   tls:
     certificate: %(crt)s
@@ -761,7 +780,7 @@ agent:
 applications:
 %(apps)s""" % dict(d=d, so=CASEFILTER_SO, buf=BUFFER, crt=pki.crt("agent-" + me),
                    key=pki.key("agent-" + me), ca=pki.ca, lan=lan, pub=pub, opub=opub,
-                   other=other, apps=apps, extra=extra)
+                   other=other, apps=apps, extra=extra, state=_state_dir(d, self.cont))
             self.daemons[me] = NsDaemon(t, "nat" + me, d, conf)
             self.on_close(self.daemons[me].stop)
         for dm in self.daemons.values():
@@ -904,16 +923,17 @@ def door(request, pki, tmp_path_factory):
     name = request.param
     if not CASEFILTER_SO.exists():
         pytest.fail("no %s (build with make)" % CASEFILTER_SO)
-    if name in ("agent", "proxy") and _ns_why is not None:
+    base, cont = name.split("+")[0], name.endswith("+cont")
+    if base in ("agent", "proxy") and _ns_why is not None:
         pytest.skip(str(_ns_why))
-    tmp = tmp_path_factory.mktemp(name)
-    if name in ("agent", "proxy"):
+    tmp = tmp_path_factory.mktemp(name.replace("+", "-"))
+    if base in ("agent", "proxy"):
         netns.sweep_stale()
-    d = {"relay": lambda: RelayDoor(tmp, pki, None),
-         "relay_tls": lambda: RelayDoor(tmp, pki, "in"),
-         "upstream_tls": lambda: RelayDoor(tmp, pki, "out"),
-         "agent": lambda: AgentDoor(tmp, pki),
-         "proxy": lambda: ProxyDoor(tmp, pki)}[name]()
+    d = {"relay": lambda: RelayDoor(tmp, pki, None, cont),
+         "relay_tls": lambda: RelayDoor(tmp, pki, "in", cont),
+         "upstream_tls": lambda: RelayDoor(tmp, pki, "out", cont),
+         "agent": lambda: AgentDoor(tmp, pki, cont),
+         "proxy": lambda: ProxyDoor(tmp, pki)}[base]()
     yield d
     problems = d.close()
     assert not problems, "%s: xrayd's logs or exit show problems:\n  %s" % (

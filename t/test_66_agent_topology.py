@@ -226,9 +226,10 @@ def test_xray_listen_in_b_half_bound_and_back(topology, pki, tmp_path):
 
 # ---- connection setup across the two firewalls (XRAY §5.2) -----------------------
 
-def _two_agents(t, pki, tmp, server_filters="", b_extra=""):
+def _two_agents(t, pki, tmp, server_filters="", b_extra="", continuity=False):
     """Agent A on nata, agent B on natb, each the other's peer; b_extra:
-    more lines for agent B's agent block."""
+    more lines for agent B's agent block; continuity: both agents keep
+    their relay points across a worker's crash."""
     for name in ("agent-a", "agent-b"):
         if not os.path.exists(pki.crt(name)):
             pki._issue(pki.ca1, name, "--both", "--san", "DNS:" + name)
@@ -249,8 +250,14 @@ def _two_agents(t, pki, tmp, server_filters="", b_extra=""):
 """ % t.pub_addr("natb"))):
         d = tmp / ("agent-" + me)
         d.mkdir()
+        main = extra = ""
+        if continuity:
+            (d / "state").mkdir()
+            main, extra = "state_dir: %s\n" % (d / "state"), "  continuity: on\n"
+        if me == "b":
+            extra += b_extra
         conf = d / "agent.yaml"
-        conf.write_text("""
+        conf.write_text(main + """
 workers: 2
 daemon: off
 pid: %(d)s/xrayd.pid
@@ -276,7 +283,7 @@ agent:
         server_name: agent-%(other)s
 applications:%(apps)s""" % dict(d=d, crt=pki.crt("agent-" + me), key=pki.key("agent-" + me),
                                    ca=pki.ca, lan=lan, pub=my_pub, opub=other_pub,
-                                   other=other, apps=apps, extra=b_extra if me == "b" else ""))
+                                   other=other, apps=apps, extra=extra))
         confs[me] = d
         t.popen("nat" + me, [str(xf.XRAYD_BIN), "-c", str(conf)])
     for me, d in confs.items():
@@ -517,6 +524,55 @@ def test_agent_b_killed_and_back(topology, pki, tmp_path):
     idle.kill()
     listener.send_signal(signal.SIGTERM)
     listener.wait(timeout=20)
+
+
+def _workers(log):
+    """Pids of the workers a daemon's error log says it started."""
+    return [int(m) for m in re.findall(r"\] (\d+): worker process started", log.read_text())]
+
+
+@pytest.mark.timeout(300)
+def test_relay_points_survive_kill_9(topology, pki, tmp_path):
+    """Both agents with continuity: on; 20 clients in a each echo MB MiB
+    through agent A's and agent B's relay points to the server in b (so
+    bytes flow both ways at once); agent A's busiest worker is killed
+    three times: every echo completes byte-exact, and the replacements
+    took the relay points over (TLS record layers and all)."""
+    t = topology
+    mb = int(os.environ.get("XRAYD_TEST_AGENT_MB", "16"))
+    confs = _two_agents(t, pki, tmp_path, continuity=True)
+    server = _serve_in_b(t, pki)
+    first = server.stdout.readline()
+    assert first, server.stderr.read() if server.poll() is not None else "no output"
+    official = json.loads(first)["official"]
+    agent_a = "%s:7000" % t.addr("nata")
+    creds = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
+    # 64 KiB blocks paced so that each echo lasts about 8 s
+    env = dict(os.environ, PYTHONPATH=str(HERE), XRAY_PACE="%.4f" % (8.0 / (mb * 16)))
+    clients = [t.popen("a", [sys.executable, CLIENT, "connect", agent_a, *creds, official,
+                             str(mb << 20)], env=env, stdout=subprocess.PIPE, text=True)
+               for _ in range(20)]
+    log_a = confs["a"] / "error.log"
+    _wait(lambda: log_a.read_text().count("linked: client") >= 20, 30, "20 relay points")
+    time.sleep(1.0)
+    for k in range(3):
+        live = [p for p in _workers(log_a) if os.path.exists("/proc/%d" % p)]
+        victim = max(live, key=lambda p: len(os.listdir("/proc/%d/fd" % p)))
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: "taking over worker %d" % victim in log_a.read_text(), 10,
+              "the takeover of worker %d" % victim)
+        time.sleep(1.0)
+    results = []
+    for c in clients:
+        out, _ = c.communicate(timeout=120)
+        results.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
+    bad = [r for r in results if not (r.get("equal") and r.get("received") == mb << 20)]
+    assert not bad, bad
+    text = log_a.read_text()
+    took = [int(n) for n in re.findall(r"took over (\d+) connection", text)]
+    assert len(took) == 3 and sum(took) >= 10, took
+    assert "cannot resume" not in text and "resume failed" not in text, text[-3000:]
+    server.kill()
 
 
 @pytest.mark.timeout(240)

@@ -46,7 +46,8 @@ typedef struct xr_agent_conf_s {
     int64_t handshake_timeout;
     int64_t idle_session_timeout;
     char *admin_socket;
-    int incoming; /* xr_incoming_t */
+    int incoming;   /* xr_incoming_t */
+    int continuity; /* relay points survive a worker's crash */
     /* parsed */
     xr_net_rule_t *networks;
     size_t nnetworks;

@@ -63,6 +63,9 @@ const xr_directive_t xr_agent_directives[] = {
     {"incoming", A, XR_T_ENUM, GO(incoming), "auto", 0, 0, xr_reach_names, NULL, 0,
      "How relayed connections reach servers: auto (dial the server, else ask it to connect "
      "out), inbound (dial only) or connect_out (ask only)."},
+    {"continuity", A, XR_T_FLAG, GO(continuity), "off", 0, 0, NULL, NULL, 0,
+     "Keep linked relay points across worker crashes and binary upgrades (snapshots in "
+     "state_dir, their TLS record layers included)."},
     XR_DIRECTIVES_END};
 
 #undef A
@@ -184,6 +187,7 @@ int xr_agent_validate(xr_conf_t *cf, xr_gen_t *g)
         snprintf(rc->name, len, "agent:%s", app->name);
         rc->filters = app->filters;
         rc->nfilters = app->nfilters;
+        rc->continuity = ag->agent != NULL && ag->agent->continuity;
         rc->node = app->node;
         app->relay = rc;
     }

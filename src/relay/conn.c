@@ -492,13 +492,11 @@ void xr_conn_take(uv_loop_t *loop, xr_relay_rt_t *rt, xr_conn_handoff_t *h)
     }
     xr_cn_base(c, 0);
     xr_cn_base(c, 1);
-    xr_filter_stage_tls(c, h->rec, s->identity);
-    /* The stage's first record and the phase are in the slot before it
-     * goes live: a replacement never finds a half-made one. */
-    if (c->h->start(c) != XR_OK) {
-        xr_conn_close(c, "cannot start the %s stage", c->h->name);
+    /* The stage's first record (pending bytes in OUT) and the phase are
+     * in the slot before it goes live: a replacement never finds a
+     * half-made one. */
+    if (xr_filter_stage_take(c, h) != XR_OK)
         return;
-    }
     atomic_store_explicit((_Atomic uint32_t *) &p->phase, XR_PHASE_RUNNING, memory_order_release);
     xr_cn_hold(c, 0);
     xr_cn_hold(c, 1);
@@ -507,7 +505,7 @@ void xr_conn_take(uv_loop_t *loop, xr_relay_rt_t *rt, xr_conn_handoff_t *h)
             xr_conn_close(c, "cannot watch the %s socket", e == 0 ? "client" : "upstream");
             return;
         }
-    xr_cn_running(c, 1);
+    xr_cn_running(c, 0);
 }
 
 /* ---- connecting upstream ---------------------------------------------------- */

@@ -143,6 +143,12 @@ typedef struct {
     int peer;       /* the block's upstream server (counted in its active), or -1 */
     uint64_t tried; /* servers tried, for a later reconnect's balance */
     uint32_t tries;
+    /* Cleartext end d sent that was read before the hand-over: it goes
+     * on first.  The first raw[d] bytes of direction d are the protocol's
+     * (an XRAY end-to-end ACK): relayed, never filtered. */
+    const unsigned char *pending[2];
+    size_t npending[2];
+    uint32_t raw[2];
 } xr_conn_handoff_t;
 
 /* Carry on, with continuity, a connection of rt's block that is past its

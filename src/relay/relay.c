@@ -337,9 +337,11 @@ static void xr_relay_connected(xr_relay_t *r)
 
 /* A block with continuity whose TLS handshakes are done goes on in the
  * ring engine (conn.c), whose snapshot carries it across a worker's
- * death.  1 when it moved (r is closed, quietly); 0 when it cannot (it
- * stays here, without continuity, and the log says why). */
-static int xr_relay_move(xr_relay_t *r)
+ * death; h (may be NULL) brings the cleartext already read and the
+ * protocol's unfiltered prefix.  1 when it moved (r is closed, quietly);
+ * 0 when it cannot (it stays here, without continuity, and the log says
+ * why). */
+static int xr_relay_move(xr_relay_t *r, const xr_conn_handoff_t *with)
 {
     char why[96];
     for (int i = 0; i < 2; i++)
@@ -348,12 +350,15 @@ static int xr_relay_move(xr_relay_t *r)
             return 0;
         }
     xr_rec_t rec[2];
-    xr_conn_handoff_t h = {.s = &r->s,
-                           .fstate = r->fstate,
-                           .opened = r->opened,
-                           .peer = r->peer,
-                           .tried = r->tried,
-                           .tries = (uint32_t) r->tries};
+    xr_conn_handoff_t h = {0};
+    if (with != NULL)
+        h = *with;
+    h.s = &r->s;
+    h.fstate = r->fstate;
+    h.opened = r->opened;
+    h.peer = r->peer;
+    h.tried = r->tried;
+    h.tries = (uint32_t) r->tries;
     for (int i = 0; i < 2; i++) {
         xr_end_t *e = &r->end[i];
         if (e->ops != &xr_end_tcp_ops) {
@@ -374,7 +379,7 @@ static int xr_relay_move(xr_relay_t *r)
 
 static void xr_relay_running(xr_relay_t *r)
 {
-    if (r->conf->continuity && xr_relay_move(r))
+    if (r->conf->continuity && xr_relay_move(r, NULL))
         return;
     r->state = XR_RELAY_RUNNING;
     r->action = "relaying";
@@ -823,6 +828,13 @@ void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
     }
     if (xr_relay_open_filters(r) != XR_OK)
         return;
+    if (rc->continuity) {
+        xr_conn_handoff_t with = {.pending = {pending[0], pending[1]},
+                                  .npending = {npending[0], npending[1]},
+                                  .raw = {raw[0], raw[1]}};
+        if (xr_relay_move(r, &with))
+            return;
+    }
     for (int d = 0; d < 2; d++) {
         if (npending[d] == 0)
             continue;

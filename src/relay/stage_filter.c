@@ -37,6 +37,7 @@ typedef struct {
     uint32_t notified[2];  /* a close_notify for end 1 - d is in OUT[d] */
     uint64_t clear_in[2];  /* cleartext taken from direction d's source, at in_commit */
     uint64_t clear_out[2]; /* cleartext put into OUT[d] */
+    uint64_t raw_end[2];   /* the protocol's cleartext before here passes unfiltered */
     xr_rec_state_t rec[2];
     char identity[XR_FS_IDENTITY];
 } xr_frec_t;
@@ -52,6 +53,7 @@ typedef struct {
     uint64_t emitted[2]; /* cleartext after c->in_done[d] that is in OUT */
     uint64_t drop[2];    /* of that, what a resumed stage has still to skip */
     uint64_t clear_in[2], clear_in_done[2], clear_out[2]; /* cleartext counts (the log's) */
+    uint64_t raw_end[2];
     xr_rec_t rec[2];
     unsigned tls;
     int closed[2], notified[2];
@@ -90,6 +92,7 @@ static void xr_fs_commit(xr_conn_t *c)
         r.notified[d] = (uint32_t) st->notified[d];
         r.clear_in[d] = st->clear_in_done[d];
         r.clear_out[d] = st->clear_out[d];
+        r.raw_end[d] = st->raw_end[d];
     }
     r.answered = (uint32_t) st->answered;
     r.tls = st->tls;
@@ -187,6 +190,20 @@ static int xr_fs_notify(xr_conn_t *c, int d)
 
 /* A record from end d could not be opened: tell that end why (an alert,
  * sent before the reset), then cut the connection. */
+/* Direction d's source ended: what filters still hold is discarded (never
+ * passed unchecked), what passed goes out, then close_notify.  XR_OK
+ * when all of it is in OUT, XR_AGAIN while it waits for room. */
+static int xr_fs_ended(xr_conn_t *c, int d)
+{
+    xr_fstage_t *st = c->hs;
+    uint32_t held = xr_chain_eof(&st->chain[d], st->buf[d]);
+    if (held > 0)
+        xr_log_session(XR_LOG_INFO, &c->s, "%u held bytes discarded at end of stream from %s", held,
+                       xr_fs_end_name(d));
+    xr_fs_emit(c, d);
+    return xr_fs_notify(c, d);
+}
+
 static int xr_fs_tls_failed(xr_conn_t *c, int d, xr_rec_status_t rst, const uint8_t alert[2])
 {
     char why[96];
@@ -257,6 +274,46 @@ static int xr_fs_answer(xr_conn_t *c, int d)
     return XR_OK;
 }
 
+/* New cleartext of direction d at buf[off, off + n): what a resumed stage
+ * had already sent is dropped, the protocol's own bytes pass unseen, the
+ * rest goes through the filter chain.  XR_OK; XR_AGAIN when a filter
+ * answered (the connection ends once the answer is out); XR_ERROR when
+ * the connection was closed (c->hs is gone). */
+static int xr_fs_chain(xr_conn_t *c, int d, uint32_t off, size_t n)
+{
+    xr_fstage_t *st = c->hs;
+    xr_buf_t *b = st->buf[d];
+    uint64_t pos = st->clear_in[d];
+    st->clear_in[d] += n;
+    if (st->drop[d] > 0) {
+        /* Resumed: this much of the cleartext was out before the crash. */
+        size_t k = (size_t) XR_MIN(st->drop[d], (uint64_t) n);
+        memmove(b->data + off, b->data + off + k, n - k);
+        n -= k;
+        pos += k;
+        st->drop[d] -= k;
+    }
+    b->end = off + (uint32_t) n;
+    if (pos < st->raw_end[d] && n > 0) {
+        /* They open the stream, before any filter held anything. */
+        uint32_t k = (uint32_t) XR_MIN(st->raw_end[d] - pos, (uint64_t) n);
+        off += k;
+        b->filt = off;
+    }
+    if (off == b->end)
+        return XR_OK;
+    int crc = xr_chain_run(c->rt, c->fstate, &c->s, d, &st->chain[d], b, off);
+    if (crc == XR_CHAIN_ANSWER)
+        return xr_fs_answer(c, d) == XR_OK ? XR_AGAIN : XR_ERROR;
+    if (crc != XR_OK) {
+        xr_log_session(XR_LOG_NOTICE, &c->s, "closed by a filter: %s", c->s.close_reason);
+        c->cut = 1;
+        xr_conn_close(c, NULL);
+        return XR_ERROR;
+    }
+    return XR_OK;
+}
+
 /* Take more of IN[d] into the buffer (opening records) and run the
  * chain over it.  XR_OK (more may follow), XR_AGAIN (nothing more to
  * take now), XR_ERROR (c was closed). */
@@ -306,26 +363,9 @@ static int xr_fs_take(xr_conn_t *c, int d)
     } else {
         st->rd[d] += n;
     }
-    st->clear_in[d] += plain;
-    if (st->drop[d] > 0) {
-        /* Resumed: this much of the cleartext was out before the crash. */
-        size_t k = (size_t) XR_MIN(st->drop[d], (uint64_t) plain);
-        memmove(b->data + off, b->data + off + k, plain - k);
-        plain -= k;
-        st->drop[d] -= k;
-    }
-    b->end = off + (uint32_t) plain;
-    if (plain > 0) {
-        int crc = xr_chain_run(c->rt, c->fstate, &c->s, d, &st->chain[d], b, off);
-        if (crc == XR_CHAIN_ANSWER)
-            return xr_fs_answer(c, d) == XR_OK ? XR_AGAIN : XR_ERROR;
-        if (crc != XR_OK) {
-            xr_log_session(XR_LOG_NOTICE, &c->s, "closed by a filter: %s", c->s.close_reason);
-            c->cut = 1;
-            xr_conn_close(c, NULL);
-            return XR_ERROR;
-        }
-    }
+    int crc = xr_fs_chain(c, d, off, plain);
+    if (crc != XR_OK)
+        return crc;
     if (rst == XR_REC_CLOSE_NOTIFY) {
         xr_debug_session(&c->s, "close_notify from the %s", xr_fs_end_name(d));
         st->closed[d] = 1;
@@ -347,8 +387,7 @@ static int xr_fs_process(xr_conn_t *c, int d)
             /* After close_notify nothing counts; the direction ends once
              * what came before it is out. */
             st->rd[d] = c->p->taken[d];
-            xr_fs_emit(c, d);
-            if (!c->out_closed[d] && xr_fs_notify(c, d) == XR_OK)
+            if (!c->out_closed[d] && xr_fs_ended(c, d) == XR_OK)
                 c->out_closed[d] = 1;
             else if (!c->out_closed[d])
                 rc = XR_AGAIN;
@@ -376,12 +415,7 @@ static int xr_fs_eof(xr_conn_t *c, int d)
         xr_conn_close(c, "truncated TLS record from the %s", xr_fs_end_name(d));
         return XR_ERROR;
     }
-    uint32_t held = xr_chain_eof(&st->chain[d], st->buf[d]);
-    if (held > 0)
-        xr_log_session(XR_LOG_INFO, &c->s, "%u held bytes discarded at end of stream from %s", held,
-                       xr_fs_end_name(d));
-    xr_fs_emit(c, d);
-    int rc = xr_fs_notify(c, d);
+    int rc = xr_fs_ended(c, d);
     xr_fs_commit(c);
     return rc;
 }
@@ -393,21 +427,6 @@ static xr_fstage_t *xr_fs_state(xr_conn_t *c)
     return c->hs;
 }
 
-int xr_filter_stage_tls(xr_conn_t *c, xr_rec_t *rec[2], const char *identity)
-{
-    xr_fstage_t *st = xr_fs_state(c);
-    for (int e = 0; e < 2; e++)
-        if (rec[e] != NULL) {
-            st->rec[e] = *rec[e]; /* its key state moves with it */
-            memset(rec[e], 0, sizeof(*rec[e]));
-            st->tls |= 1u << e;
-        }
-    if (identity != NULL)
-        snprintf(st->identity, sizeof(st->identity), "%s", identity);
-    c->s.identity = st->identity[0] ? st->identity : NULL;
-    return XR_OK;
-}
-
 static int xr_fs_start(xr_conn_t *c)
 {
     xr_fstage_t *st = xr_fs_state(c);
@@ -415,6 +434,42 @@ static int xr_fs_start(xr_conn_t *c)
         c->in_done[d] = c->out_made[d] = st->rd[d] = 0;
         st->emitted[d] = st->drop[d] = 0;
         st->rx_seq[d] = xr_fs_rec(st, d) != NULL ? st->rec[d].rx.seq : 0;
+    }
+    xr_fs_commit(c);
+    return XR_OK;
+}
+
+int xr_filter_stage_take(xr_conn_t *c, xr_conn_handoff_t *h)
+{
+    xr_fstage_t *st = xr_fs_state(c);
+    for (int e = 0; e < 2; e++)
+        if (h->rec[e] != NULL) {
+            st->rec[e] = *h->rec[e]; /* its key state moves with it */
+            memset(h->rec[e], 0, sizeof(*h->rec[e]));
+            st->tls |= 1u << e;
+        }
+    if (h->s->identity != NULL)
+        snprintf(st->identity, sizeof(st->identity), "%s", h->s->identity);
+    c->s.identity = st->identity[0] ? st->identity : NULL;
+    xr_fs_start(c);
+    for (int d = 0; d < 2; d++) {
+        st->raw_end[d] = h->raw[d];
+        if (h->npending[d] == 0)
+            continue;
+        /* Cleartext an end sent before the hand-over goes first; once in
+         * OUT (committed below) it is the snapshot's like any output. */
+        xr_buf_t *b = st->buf[d] = xr_buf_get((size_t) c->conf->buffer_size);
+        if (b == NULL || h->npending[d] > b->cap || h->npending[d] > xr_conn_out_room(c, d)) {
+            xr_conn_close(c, "out of memory");
+            return XR_ERROR;
+        }
+        memcpy(b->data, h->pending[d], h->npending[d]);
+        int crc = xr_fs_chain(c, d, 0, h->npending[d]);
+        if (crc == XR_ERROR)
+            return XR_ERROR;
+        if (crc == XR_AGAIN)
+            break; /* answered */
+        xr_fs_emit(c, d);
     }
     xr_fs_commit(c);
     return XR_OK;
@@ -459,6 +514,7 @@ static int xr_fs_resume(xr_conn_t *c)
         st->notified[d] = (int) r.notified[d];
         st->clear_in[d] = st->clear_in_done[d] = r.clear_in[d];
         st->clear_out[d] = r.clear_out[d];
+        st->raw_end[d] = r.raw_end[d];
         /* A direction that had ended gets its end again from process. */
         c->again[d] = st->closed[d];
     }

@@ -29,10 +29,11 @@
 
 extern const xr_stage_t xr_filter_handler;
 
-/* Before the stage starts on a connection taken over after its TLS
- * handshakes: rec[e] is end e's record layer (moved into the stage), or
- * NULL for a plain end; identity is the client's certificate identity
- * for logs, or NULL.  XR_OK, or XR_ERROR (out of memory). */
-int xr_filter_stage_tls(xr_conn_t *c, xr_rec_t *rec[2], const char *identity);
+/* Start the stage on a connection taken over after its TLS handshakes
+ * (xr_conn_take): with h's record layers (moved into the stage) and the
+ * client's identity, and h's pending cleartext first in OUT (the first
+ * raw[d] bytes of direction d pass unfiltered).  Commits.  XR_OK, or
+ * XR_ERROR when c was closed (a filter refused the pending bytes). */
+int xr_filter_stage_take(xr_conn_t *c, xr_conn_handoff_t *h);
 
 #endif
