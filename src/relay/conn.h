@@ -91,7 +91,10 @@ struct xr_conn_s {
      * pump while the connection lives, the rest at close. */
     uint64_t counted[2];
     int heap_slot, heap_rings; /* continuity off: freed with the connection */
-    int peer_held;             /* its front door counts it on an upstream server */
+    /* Timed, listed, counted in the worker and the shared memory: every
+     * connection the worker accepted or adopted, not a detached one. */
+    int in_service;
+    int peer_held; /* its front door counts it on an upstream server */
     const char *action;
 };
 
@@ -111,6 +114,25 @@ void xr_conn_pass(xr_conn_t *c, int d, uint64_t from, size_t n);
 void xr_conn_close(xr_conn_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Run the log hooks now (HTTP: one record per request). */
 void xr_conn_log(xr_conn_t *c);
+
+/* ---- detached connections ------------------------------------------------- */
+
+/* A connection of block rt with heap rings and no sockets, outside the
+ * worker's service: nothing of the worker process (its loop, list,
+ * shared counters) is touched, so it needs none.  Its owner moves the
+ * bytes itself (fills IN rings and taken, drains OUT rings and given) and
+ * calls the stage's hooks as the engine does; fuzz/fuzz_http.c drives the
+ * HTTP stage so.  Filters' open hooks and the stage's start have run (it
+ * may already be closed, if one refused).  mode: as for xr_conn_start. */
+xr_conn_t *xr_conn_detached_new(xr_relay_rt_t *rt, uint64_t id, uint32_t mode);
+/* The process died: drop what it held (stage and filter working state),
+ * rebuild from the committed record and check the counters fit, as a
+ * replacement worker does.  XR_OK, or XR_ERROR (then it is closed). */
+int xr_conn_detached_resume(xr_conn_t *c);
+/* Has it been closed (by its stage, a filter, or an error)? */
+int xr_conn_is_closed(const xr_conn_t *c);
+/* Close it if still open, and free it. */
+void xr_conn_detached_free(xr_conn_t *c);
 
 /* ---- the worker's side ---------------------------------------------------- */
 
