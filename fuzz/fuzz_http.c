@@ -1109,7 +1109,7 @@ static void xr_fz_open(xr_fz_conn_t *f, unsigned cfg)
     xr_fz_cur = f;
     xr_fz_rc.buffer_size = 2 * XR_FZ_HEADER + 4096 * (cfg & 3);
     xr_fz_up_init(&f->up);
-    f->c = xr_conn_detached_new(&xr_fz_rt, 1, XR_PROXY_HTTP);
+    f->c = xr_conn_detached_new(&xr_fz_rt, 1, XR_HTTP_STAGE_PLAIN);
     XR_FZ_CHECK(!xr_fz_closed(f) && f->c->h != NULL);
     /* Through a parent proxy, as the front door's target hook says. */
     f->c->upstream_idx = (cfg & 4) ? 0 : -1;

@@ -29,6 +29,7 @@
 #include "proxy/http.h"
 #include "proxy/http_head.h"
 #include "relay/sock.h"
+#include "relay/stage_pair.h"
 #include "proxy/proxy_conf.h"
 
 #include <http_parser.h>
@@ -270,9 +271,9 @@ static void xr_pend_names(xr_hpend_t *e, const char *method, const char *host, c
 /* Copy what waits in IN[d] (at most cap bytes) into the scratch buffer. */
 static size_t xr_http_peek(xr_conn_t *c, int d, size_t cap, char **buf)
 {
-    size_t avail = (size_t) XR_MIN(c->p->taken[d] - c->in_done[d], (uint64_t) cap);
+    size_t avail = (size_t) XR_MIN(xr_conn_in_end(c, d) - c->in_done[d], (uint64_t) cap);
     *buf = xr_http_scratch(0, cap + 1);
-    xr_ring_get(c->ring[XR_RING_IN_UP + d], c->rsize, c->in_done[d], *buf, avail);
+    xr_ring_get(xr_conn_in_ring(c, d), c->rsize, c->in_done[d], *buf, avail);
     return avail;
 }
 
@@ -298,7 +299,7 @@ static size_t xr_http_body(xr_conn_t *c, int d, http_parser *p, uint64_t from, s
                            int *complete, enum http_errno *err)
 {
     struct iovec iov[2];
-    int k = xr_ring_iov(c->ring[XR_RING_IN_UP + d], c->rsize, from, max, iov);
+    int k = xr_ring_iov(xr_conn_in_ring(c, d), c->rsize, from, max, iov);
     size_t total = 0;
     *complete = 0;
     *err = HPE_OK;
@@ -340,14 +341,14 @@ static void xr_http_refuse(xr_conn_t *c, int status, const char *host, const cha
     e.status = (uint16_t) status;
     xr_pend_names(&e, method, host, uri, ulen);
     snprintf(e.why, sizeof(e.why), "%.111s", why);
-    e.req_bytes = c->p->taken[XR_DIR_UP] - c->in_done[XR_DIR_UP];
+    e.req_bytes = xr_conn_in_end(c, XR_DIR_UP) - c->in_done[XR_DIR_UP];
     if (r->npend + r->nlog >= XR_HTTP_PIPELINE) { /* cannot happen: checked before parsing */
         xr_conn_close(c, "refused: %s", why);
         return;
     }
     xr_pend_push(r, &e, c->out_made[XR_DIR_UP], c->out_made[XR_DIR_UP]); /* none forwarded */
     r->phase[XR_DIR_UP] = XR_H_CLOSED;
-    c->in_done[XR_DIR_UP] = c->p->taken[XR_DIR_UP];
+    c->in_done[XR_DIR_UP] = xr_conn_in_end(c, XR_DIR_UP);
 }
 
 static int xr_http_up_head(xr_conn_t *c)
@@ -377,7 +378,7 @@ static int xr_http_up_head(xr_conn_t *c)
     http_parser trial = p;
     int complete = 0;
     enum http_errno perr = HPE_OK;
-    size_t rest = (size_t) (c->p->taken[XR_DIR_UP] - c->in_done[XR_DIR_UP]) - used;
+    size_t rest = (size_t) (xr_conn_in_end(c, XR_DIR_UP) - c->in_done[XR_DIR_UP]) - used;
     if (status == 0 && has_body && rest > 0)
         xr_http_body(c, XR_DIR_UP, &trial, c->in_done[XR_DIR_UP] + used, rest, &complete, &perr);
     if (status == 0 && perr != HPE_OK) {
@@ -432,8 +433,8 @@ static int xr_http_down_head(xr_conn_t *c)
         e->status = (uint16_t) status;
         snprintf(e->why, sizeof(e->why), "%.111s", why);
         r->phase[XR_DIR_UP] = XR_H_CLOSED;
-        c->in_done[XR_DIR_UP] = c->p->taken[XR_DIR_UP];
-        c->in_done[XR_DIR_DOWN] = c->p->taken[XR_DIR_DOWN];
+        c->in_done[XR_DIR_UP] = xr_conn_in_end(c, XR_DIR_UP);
+        c->in_done[XR_DIR_DOWN] = xr_conn_in_end(c, XR_DIR_DOWN);
         int rc = xr_http_refusals(c);
         r->phase[XR_DIR_DOWN] = XR_H_CLOSED;
         return rc;
@@ -464,7 +465,7 @@ static int xr_http_down_head(xr_conn_t *c)
 static int xr_http_pass(xr_conn_t *c, int d)
 {
     xr_hrec_t *r = xr_rec(c);
-    uint64_t avail = c->p->taken[d] - c->in_done[d];
+    uint64_t avail = xr_conn_in_end(c, d) - c->in_done[d];
     size_t max = (size_t) XR_MIN(avail, xr_conn_out_room(c, d));
     if (max == 0)
         return avail > 0 ? XR_AGAIN : XR_OK;
@@ -508,11 +509,11 @@ static int xr_http_process(xr_conn_t *c, int d)
         uint64_t before = c->in_done[d] + c->out_made[0] + c->out_made[1];
         switch (r->phase[d]) {
         case XR_H_CLOSED:
-            c->in_done[d] = c->p->taken[d]; /* read and dropped */
+            c->in_done[d] = xr_conn_in_end(c, d); /* read and dropped */
             rc = XR_OK;
             break;
         case XR_H_HEAD:
-            if (c->in_done[d] == c->p->taken[d])
+            if (c->in_done[d] == xr_conn_in_end(c, d))
                 break;
             rc = d == XR_DIR_UP ? xr_http_up_head(c) : xr_http_down_head(c);
             if (rc == XR_OK && d == XR_DIR_UP)
@@ -532,12 +533,12 @@ static int xr_http_process(xr_conn_t *c, int d)
 static int xr_http_eof(xr_conn_t *c, int d)
 {
     xr_hrec_t *r = xr_rec(c);
-    if (r->phase[d] == XR_H_HEAD && c->in_done[d] < c->p->taken[d]) {
+    if (r->phase[d] == XR_H_HEAD && c->in_done[d] < xr_conn_in_end(c, d)) {
         /* A head cut short by the end of the stream goes nowhere. */
         xr_log_session(XR_LOG_INFO, &c->s, "%llu bytes of an unfinished %s head dropped at the end",
-                       (unsigned long long) (c->p->taken[d] - c->in_done[d]),
+                       (unsigned long long) (xr_conn_in_end(c, d) - c->in_done[d]),
                        d == XR_DIR_UP ? "request" : "response");
-        c->in_done[d] = c->p->taken[d];
+        c->in_done[d] = xr_conn_in_end(c, d);
     }
     if (d == XR_DIR_DOWN && r->phase[d] == XR_H_BODY) {
         /* A response that runs until the server closes ends here. */
@@ -633,3 +634,6 @@ const xr_stage_t xr_http_handler = {.name = "http",
                                     .finished = xr_http_finished,
                                     .delivered = xr_http_delivered,
                                     .unreachable = xr_http_unreachable};
+
+const xr_stage_t xr_http_filtered_handler =
+    XR_STAGE_AFTER_FILTERS("filters+http", &xr_http_handler, 1);

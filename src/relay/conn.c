@@ -120,14 +120,37 @@ static uint64_t xr_cn_out_end(const xr_conn_t *c, int d)
     return c->h ? c->out_made[d] : c->p->taken[d];
 }
 
+void xr_conn_view_default(xr_conn_t *c)
+{
+    for (int d = 0; d < 2; d++) {
+        c->v[d].in = c->ring[XR_RING_IN_UP + d];
+        c->v[d].out = c->ring[XR_RING_OUT_UP + d];
+        c->v[d].in_end = &c->p->taken[d];
+        c->v[d].out_taken = &c->p->given[1 - d];
+    }
+}
+
+void xr_conn_commit(xr_conn_t *c, const void *rec, size_t len)
+{
+    if (c->aux_record)
+        xr_pslot_aux_commit(c->p, rec, len);
+    else
+        xr_pslot_commit(c->p, rec, len);
+}
+
+const void *xr_conn_record(const xr_conn_t *c)
+{
+    return c->aux_record ? xr_pslot_aux_record(c->p) : xr_pslot_record(c->p);
+}
+
 uint64_t xr_conn_out_room(const xr_conn_t *c, int d)
 {
-    return c->rsize - (c->out_made[d] - c->p->given[1 - d]);
+    return c->rsize - (c->out_made[d] - *c->v[d].out_taken);
 }
 
 void xr_conn_emit(xr_conn_t *c, int d, const void *p, size_t n)
 {
-    xr_ring_put(c->ring[XR_RING_OUT_UP + d], c->rsize, c->out_made[d], p, n);
+    xr_ring_put(c->v[d].out, c->rsize, c->out_made[d], p, n);
     c->out_made[d] += n;
 }
 
@@ -135,7 +158,7 @@ void xr_conn_pass(xr_conn_t *c, int d, uint64_t from, size_t n)
 {
     /* At most two pieces each way: copy through the source's pieces. */
     struct iovec iov[2];
-    int k = xr_ring_iov(c->ring[XR_RING_IN_UP + d], c->rsize, from, n, iov);
+    int k = xr_ring_iov(c->v[d].in, c->rsize, from, n, iov);
     for (int i = 0; i < k; i++)
         xr_conn_emit(c, d, iov[i].iov_base, iov[i].iov_len);
 }
@@ -204,6 +227,7 @@ static xr_conn_t *xr_cn_object(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t 
         c->end[i].io.fd = -1;
         c->end[i].c = c;
     }
+    xr_conn_view_default(c);
     if (p->mode != 0 && rt->rc->frontdoor->conn_stage != NULL)
         c->h = rt->rc->frontdoor->conn_stage(p->mode);
     else

@@ -59,7 +59,18 @@ typedef struct xr_stage_s {
     /* No upstream could be reached: answer the client if the protocol
      * can (an HTTP 502), before the connection closes.  NULL: nothing. */
     void (*unreachable)(xr_conn_t *c);
+    /* A chain of stages (stage_pair.h): the one after the filters. */
+    const struct xr_stage_s *next;
 } xr_stage_t;
+
+/* Where the running stage reads and writes direction d.  conn.c points
+ * them at IN[d] up to what was read and OUT[d] up to what was sent; two
+ * chained stages (stage_pair.h) each see their side of a middle ring. */
+typedef struct {
+    unsigned char *in, *out;
+    const uint64_t *in_end;    /* input there so far */
+    const uint64_t *out_taken; /* output the next one has taken */
+} xr_sview_t;
 
 struct xr_conn_s {
     xr_session_t s; /* what filters' log hooks see */
@@ -77,6 +88,9 @@ struct xr_conn_s {
     int again[2];      /* the handler waits for room in an OUT ring */
     const xr_stage_t *h;
     void *hs;              /* handler working state */
+    xr_sview_t v[2];       /* the running stage's rings (see xr_sview_t) */
+    int aux_record;        /* the running stage commits to the slot's second record */
+    void *outer;           /* a chain's own state while one of its stages runs */
     unsigned char *fstate; /* the filters' per-connection state */
     int opened;            /* filters whose open hook ran */
     int cut;               /* ended on an error: the ends get a reset, not a FIN */
@@ -103,6 +117,23 @@ void xr_ring_put(unsigned char *ring, uint32_t size, uint64_t off, const void *p
 void xr_ring_get(const unsigned char *ring, uint32_t size, uint64_t off, void *p, size_t n);
 /* The one or two pieces of ring holding [off, off + n): how many. */
 int xr_ring_iov(unsigned char *ring, uint32_t size, uint64_t off, size_t n, struct iovec iov[2]);
+
+/* The running stage's input in direction d: its ring, and how far it is
+ * filled (IN[d]: what was read). */
+static inline unsigned char *xr_conn_in_ring(const xr_conn_t *c, int d)
+{
+    return c->v[d].in;
+}
+static inline uint64_t xr_conn_in_end(const xr_conn_t *c, int d)
+{
+    return *c->v[d].in_end;
+}
+/* Point the stage views at IN and OUT (what a single stage sees). */
+void xr_conn_view_default(xr_conn_t *c);
+/* Commit a stage's record, or read the committed one: the slot's main
+ * record, or its second one while c->aux_record is set. */
+void xr_conn_commit(xr_conn_t *c, const void *rec, size_t len);
+const void *xr_conn_record(const xr_conn_t *c);
 
 /* Space left in OUT[d] for the handler. */
 uint64_t xr_conn_out_room(const xr_conn_t *c, int d);

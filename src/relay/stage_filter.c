@@ -38,7 +38,7 @@ static void xr_fs_commit(xr_conn_t *c)
         r.held[d] = st->buf[d] != NULL;
     }
     r.answered = (uint32_t) st->answered;
-    xr_pslot_commit(c->p, &r, sizeof(r));
+    xr_conn_commit(c, &r, sizeof(r));
 }
 
 /* Emit what the chain passed, as far as OUT has room.  1 when all of it
@@ -77,7 +77,7 @@ static int xr_fs_answer(xr_conn_t *c, int d)
     b->end = b->filt;
     st->answered = 1;
     for (int x = 0; x < 2; x++) {
-        c->in_done[x] = c->p->taken[x]; /* read after the answer: dropped */
+        c->in_done[x] = xr_conn_in_end(c, x); /* read after the answer: dropped */
         c->end[x].rd_eof = 1;
         xr_chain_eof(&st->chain[x], st->buf[x]);
     }
@@ -97,7 +97,7 @@ static int xr_fs_process(xr_conn_t *c, int d)
             rc = XR_AGAIN;
             break;
         }
-        uint64_t avail = c->p->taken[d] - c->in_done[d];
+        uint64_t avail = xr_conn_in_end(c, d) - c->in_done[d];
         uint64_t room = xr_conn_out_room(c, d);
         if (avail == 0)
             break;
@@ -122,7 +122,7 @@ static int xr_fs_process(xr_conn_t *c, int d)
         }
         size_t n = (size_t) XR_MIN(XR_MIN(avail, room), (uint64_t) (b->cap - b->end));
         uint32_t off = b->end;
-        xr_ring_get(c->ring[XR_RING_IN_UP + d], c->rsize, c->in_done[d], b->data + off, n);
+        xr_ring_get(xr_conn_in_ring(c, d), c->rsize, c->in_done[d], b->data + off, n);
         b->end += (uint32_t) n;
         c->in_done[d] += n;
         int crc = xr_chain_run(c->rt, c->fstate, &c->s, d, &st->chain[d], b, off);
@@ -167,7 +167,7 @@ static int xr_fs_resume(xr_conn_t *c)
         c->hs = xr_calloc(1, sizeof(xr_fstage_t));
     xr_fstage_t *st = c->hs;
     xr_frec_t r;
-    memcpy(&r, xr_pslot_record(c->p), sizeof(r));
+    memcpy(&r, xr_conn_record(c), sizeof(r));
     if (r.answered) {
         snprintf(c->s.close_reason, sizeof(c->s.close_reason),
                  "a filter had answered when the worker died");
@@ -180,7 +180,7 @@ static int xr_fs_resume(xr_conn_t *c)
                      d == XR_DIR_UP ? "client" : "upstream");
             return XR_ERROR;
         }
-        if (r.in_commit[d] > c->p->taken[d])
+        if (r.in_commit[d] > xr_conn_in_end(c, d))
             return XR_ERROR;
         c->in_done[d] = st->in_commit[d] = r.in_commit[d];
         c->out_made[d] = r.out_made[d];
@@ -199,6 +199,16 @@ static void xr_fs_free(xr_conn_t *c)
     }
     free(st);
     c->hs = NULL;
+}
+
+int xr_filter_stage_answered(const void *hs)
+{
+    return hs != NULL && ((const xr_fstage_t *) hs)->answered;
+}
+
+int xr_filter_stage_pending(const void *hs, int d)
+{
+    return hs != NULL && ((const xr_fstage_t *) hs)->buf[d] != NULL;
 }
 
 /* After an answer: over once every byte emitted is out. */

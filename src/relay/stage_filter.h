@@ -19,4 +19,10 @@
 
 extern const xr_stage_t xr_filter_handler;
 
+/* Of the stage's working state hs (c->hs while it runs): has a filter
+ * answered?  Does direction d have bytes inside the chain (held, or
+ * passed and not yet out)? */
+int xr_filter_stage_answered(const void *hs);
+int xr_filter_stage_pending(const void *hs, int d);
+
 #endif
