@@ -1,14 +1,14 @@
 /*
- * fuzz_http.c: libFuzzer target for the transparent proxy's HTTP handler
- * (src/proxy/http.c), driven as the engine (src/proxy/proxy.c) drives it,
- * with no sockets and no event loop: one connection of a proxy block with
- * mode: http, its four rings on the heap, its snapshot slot on the heap,
- * and a client and a server that send, read, close and see the worker
- * crash whenever the input says so.
- *
- * proxy.c needs the worker, so this file supplies what http.c calls of it
- * (xr_ring_*, xr_conn_*) and the log's session suffix; linked against
- * libxrayd.a, nothing then pulls proxy.o or relay.o in.
+ * fuzz_http.c: libFuzzer target for the transparent proxy's HTTP stage
+ * (src/proxy/http.c), run by the relay engine's own code: one detached
+ * connection (relay/conn.h: heap rings, a heap snapshot slot, continuity
+ * off, no sockets, nothing of the worker process) of a proxy block with
+ * mode: http, whose stage is the one the proxy front door names.  This
+ * file plays only what the kernel and the event loop would: it fills the
+ * IN rings with what the peers send, calls the stage's process, eof and
+ * delivered hooks as relay/conn.c's pump does, and drains the OUT rings as
+ * if the sockets took them.  Log records come back through a filter of
+ * the block with a log hook, as an access log's would.
  *
  * The input is one configuration byte, then operations, each a byte whose
  * value modulo 8 says what happens (so the seeds use the digits '0'..'7');
@@ -26,23 +26,20 @@
  * After the last operation both peers read until nothing moves.
  *
  * Bytes sent wait in a "socket" until the IN ring has room, as in the
- * kernel; a close reaches the handler once they are read.  After every
- * operation the engine's pump runs for the ends it concerns: read what
- * fits, call process (and eof once the source ended, after an XR_OK),
- * half-close, end the connection when the handler is finished or both
- * directions are done; and, as proxy.h promises, process is called again
- * after an XR_AGAIN.  A resumption is proxy.c's: the working state is
- * dropped, resume() rebuilds it from the committed record, the counters
- * must fit what the kernel says (what was taken and given), and both
- * directions are pumped again.
+ * kernel; a close reaches the stage once they are read.  After every
+ * operation the pump runs for the ends it concerns (read what fits, call
+ * process, and eof once the source ended after an XR_OK, half-close, end
+ * the connection when the stage is finished or both directions are
+ * done).  A resumption is the engine's own (xr_conn_detached_resume): the
+ * working state is dropped, the stage rebuilds it from the committed
+ * record, and the counters must fit the snapshot.
  *
- * Checked (abort() on violation):
- *   - the handler reads IN[d] only in [in_done, taken) (the rest of the
- *     ring is ASan-poisoned), emits only into room it has, and passes only
- *     input it has not consumed; in_done never passes taken; nothing of a
- *     step goes backwards; after a step returns, the committed record
- *     holds exactly the live counters (a resume gives them back), and the
- *     kernel's counters fit it as proxy.c's resume demands;
+ * Checked (abort() on violation, beside ASan and UBSan):
+ *   - the stage reads IN[d] only in [in_done, taken) (the rest of the
+ *     ring is ASan-poisoned); what it made in OUT[d] and not yet sent
+ *     never exceeds the ring; no counter goes backwards; after every step
+ *     the committed record holds exactly the live counters, so no peer is
+ *     ever given output that was not committed;
  *   - a step that dies before its commit, done again from the record
  *     before it, gives the same status, counters, output bytes and logs;
  *   - XR_AGAIN is a promise: the next call produces, consumes or waits
@@ -59,10 +56,10 @@
  *     and then exactly one response, ending exactly at the record (or at
  *     the server's close, for one that runs until it), framed for the
  *     request's method; hop-by-hop headers dropped there too;
- *   - a refusal goes out in its turn: every request forwarded before it
- *     has its response (a 502 stands for the response of the first one);
- *     after it, nothing more goes upstream; the handler's finished hook ends the
- *     connection; nothing is fed to a closed connection.
+ *   - a refused request gets an HTTP error response with the status the
+ *     record says, in its turn: every request forwarded before it has its
+ *     response (a 502 stands for the response of the first one); after
+ *     it, nothing more goes upstream.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -74,9 +71,10 @@
 
 #include "core/xrayd.h"
 #include "core/log.h"
+#include "core/frontdoor.h"
 #include "proxy/http.h"
-#include "relay/conn.h"
 #include "proxy/proxy_conf.h"
+#include "relay/conn.h"
 
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer)
@@ -101,7 +99,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define XR_FZ_MAX_OUT   (1u << 22) /* per direction; more ends the run */
 #define XR_FZ_HEADER    4096       /* max_header_size */
 #define XR_FZ_HEAD_CAP  (XR_FZ_HEADER + 512)
-#define XR_FZ_ROUNDS    8 /* proxy.c's XR_PUMP_ROUNDS */
+#define XR_FZ_ROUNDS    8 /* conn.c's XR_PUMP_ROUNDS */
 
 #define XR_FZ_CHECK(c)                                                                             \
     do {                                                                                           \
@@ -142,6 +140,15 @@ static size_t xr_fz_remove_h_l[] = {10};
 static xr_http_conf_t xr_fz_hc;
 static xr_relay_conf_t xr_fz_rc;
 static xr_proxy_conf_t xr_fz_pc;
+static xr_relay_rt_t xr_fz_rt;
+
+extern const xr_frontdoor_t xr_proxy_frontdoor;
+
+/* The block's one filter: a log hook that checks every record. */
+static void xr_fz_log_hook(void *conf, void *state, xr_session_t *s);
+static const xr_module_t xr_fz_logger = {XR_MODULE_HEAD, .name = "fuzz_log", .version = "1",
+                                         .log = xr_fz_log_hook};
+static xr_filter_conf_t xr_fz_filter = {.module = &xr_fz_logger};
 
 static void xr_fz_conf(void)
 {
@@ -158,11 +165,15 @@ static void xr_fz_conf(void)
     xr_fz_hc.max_header_size = XR_FZ_HEADER;
     xr_fz_hc.via = "xrayd";
     xr_fz_rc.name = "fuzz";
+    xr_fz_rc.frontdoor = &xr_proxy_frontdoor;
+    xr_fz_rc.filters = &xr_fz_filter;
+    xr_fz_rc.nfilters = 1;
     xr_fz_pc.mode = XR_PROXY_HTTP;
     xr_fz_pc.http = &xr_fz_hc;
     xr_fz_rc.ext = &xr_fz_pc;
     xr_fz_rc.buffer_size = 2 * XR_FZ_HEADER;
     XR_FZ_CHECK(xr_fz_hc.max_header_size <= xr_fz_rc.buffer_size / 2);
+    xr_relay_rt_init(&xr_fz_rt, &xr_fz_rc);
     /* Log lines are formatted (peers' bytes go into them) but not kept. */
     if (xr_log_open("/dev/null", XR_LOG_INFO) != XR_OK)
         xr_log_set_level(XR_LOG_EMERG);
@@ -503,9 +514,10 @@ static const http_parser_settings xr_fz_dn_settings = {
 };
 
 /* The client's bytes [from, to) answer one request: interim responses,
- * then one response that ends at to (or at the server's close). */
+ * then one response that ends at to (or at the server's close), of the
+ * given status if that is not 0. */
 static void xr_fz_down_segment(const xr_fz_buf_t *s, uint64_t from, uint64_t to, int head,
-                               int at_eof)
+                               int at_eof, int status)
 {
     static xr_fz_down_t r;
     uint64_t at = from;
@@ -537,6 +549,8 @@ static void xr_fz_down_segment(const xr_fz_buf_t *s, uint64_t from, uint64_t to,
         if (at != to)
             XR_FZ_FAIL("the response ends %llu bytes before the proxy's record of it",
                        (unsigned long long) (to - at));
+        if (status != 0 && r.status != status)
+            XR_FZ_FAIL("a request refused with %d got a response of status %d", status, r.status);
         return;
     }
 }
@@ -557,19 +571,14 @@ typedef struct {
 } xr_fz_result_t;
 
 typedef struct {
-    xr_conn_t c;
-    unsigned char *ring[XR_RINGS];
+    xr_conn_t *c;
     xr_fz_buf_t sock[2]; /* sent by end d, not yet read (from sock_off) */
     size_t sock_off[2];
-    int peer_fin[2]; /* end d closed after what it sent */
-    int rd_eof[2];   /* the engine read that close */
-    int wr_shut[2];  /* the engine shut down writing to end d */
-    int again[2];    /* process(d) said XR_AGAIN */
-    int owed[2];     /* ... and nothing has happened since */
-    int posted;      /* a pump ran out of rounds */
-    int closed;
-    char reason[96];
-    xr_fz_buf_t out[2]; /* every byte the handler produced into OUT[d] */
+    int peer_fin[2];    /* end d closed after what it sent */
+    int owed[2];        /* process(d) said XR_AGAIN, and nothing has happened since */
+    int posted;         /* a pump ran out of rounds */
+    xr_fz_buf_t out[2]; /* every byte the stage produced into OUT[d] ... */
+    uint64_t seen[2];   /* ... as far as it has been copied from the ring */
     uint64_t seg_start; /* the client's stream since the last log record */
     uint64_t answered;  /* responses logged (not refusals) */
     int refused;        /* a refusal went out */
@@ -583,120 +592,43 @@ typedef struct {
 
 static xr_fz_conn_t *xr_fz_cur;
 
-static xr_fz_conn_t *xr_fz_of(const xr_conn_t *c)
+static int xr_fz_closed(const xr_fz_conn_t *f)
 {
-    XR_FZ_CHECK(xr_fz_cur != NULL && c == &xr_fz_cur->c);
-    return xr_fz_cur;
+    return xr_conn_is_closed(f->c);
 }
 
-/* ---- what http.c calls of proxy.c -------------------------------------------------- */
-
-void xr_ring_put(unsigned char *ring, uint32_t size, uint64_t off, const void *p, size_t n)
+/* Copy what the stage made in the OUT rings since the last look: it is
+ * still there, since what is made and not sent never exceeds a ring. */
+static void xr_fz_capture(xr_fz_conn_t *f)
 {
-    XR_FZ_CHECK(n <= size);
-    uint32_t at = (uint32_t) (off % size);
-    size_t first = XR_MIN(n, (size_t) (size - at));
-    memcpy(ring + at, p, first);
-    memcpy(ring, (const unsigned char *) p + first, n - first);
-}
-
-void xr_ring_get(const unsigned char *ring, uint32_t size, uint64_t off, void *p, size_t n)
-{
-    XR_FZ_CHECK(n <= size);
-    uint32_t at = (uint32_t) (off % size);
-    size_t first = XR_MIN(n, (size_t) (size - at));
-    memcpy(p, ring + at, first);
-    memcpy((unsigned char *) p + first, ring, n - first);
-}
-
-int xr_ring_iov(unsigned char *ring, uint32_t size, uint64_t off, size_t n, struct iovec iov[2])
-{
-    XR_FZ_CHECK(n <= size);
-    uint32_t at = (uint32_t) (off % size);
-    size_t first = XR_MIN(n, (size_t) (size - at));
-    iov[0].iov_base = ring + at;
-    iov[0].iov_len = first;
-    iov[1].iov_base = ring;
-    iov[1].iov_len = n - first;
-    return n - first > 0 ? 2 : 1;
-}
-
-uint64_t xr_conn_out_room(const xr_conn_t *c, int d)
-{
-    XR_FZ_CHECK(d == 0 || d == 1);
-    XR_FZ_CHECK(c->out_made[d] >= c->p->given[1 - d]);
-    XR_FZ_CHECK(c->out_made[d] - c->p->given[1 - d] <= c->rsize);
-    return c->rsize - (c->out_made[d] - c->p->given[1 - d]);
-}
-
-/* OUT rings are poisoned but for the moment this file writes or reads. */
-static void xr_fz_out_io(xr_fz_conn_t *f, int d, uint64_t off, unsigned char *p, size_t n,
-                         int write)
-{
-    unsigned char *ring = f->ring[XR_RING_OUT_UP + d];
-    XR_FZ_UNPOISON(ring, f->c.rsize);
-    if (write)
-        xr_ring_put(ring, f->c.rsize, off, p, n);
-    else
-        xr_ring_get(ring, f->c.rsize, off, p, n);
-    XR_FZ_POISON(ring, f->c.rsize);
-}
-
-void xr_conn_emit(xr_conn_t *c, int d, const void *p, size_t n)
-{
-    xr_fz_conn_t *f = xr_fz_of(c);
-    XR_FZ_CHECK(!f->closed);
-    XR_FZ_CHECK(n <= xr_conn_out_room(c, d));
-    uint64_t at = c->out_made[d];
-    if (at + n > XR_FZ_MAX_OUT)
-        XR_FZ_FAIL("more than %u bytes of output", XR_FZ_MAX_OUT);
-    xr_fz_buf_t *s = &f->out[d];
-    xr_fz_buf_reserve(s, (size_t) (at + n));
-    memcpy(s->p + at, p, n);
-    s->len = (size_t) (at + n);
-    xr_fz_out_io(f, d, at, s->p + at, n, 1);
-    c->out_made[d] += n;
-    if (xr_fz_trace > 1) {
-        fprintf(stderr, "  emit %s [", d == XR_DIR_UP ? "up" : "down");
-        for (size_t k = 0; k < n; k++) {
-            unsigned char ch = ((const unsigned char *) p)[k];
-            fprintf(stderr, ch >= 0x20 && ch < 0x7f && ch != '\\' ? "%c" : "\\x%02x", ch);
+    xr_conn_t *c = f->c;
+    for (int d = 0; d < 2; d++) {
+        uint64_t made = c->out_made[d];
+        XR_FZ_CHECK(made >= c->p->given[1 - d]);
+        if (made - c->p->given[1 - d] > c->rsize)
+            XR_FZ_FAIL("OUT[%d] holds %llu bytes not sent, in a ring of %u", d,
+                       (unsigned long long) (made - c->p->given[1 - d]), c->rsize);
+        if (made <= f->seen[d])
+            continue;
+        if (made > XR_FZ_MAX_OUT)
+            XR_FZ_FAIL("more than %u bytes of output", XR_FZ_MAX_OUT);
+        xr_fz_buf_t *s = &f->out[d];
+        xr_fz_buf_reserve(s, (size_t) made);
+        xr_ring_get(c->ring[XR_RING_OUT_UP + d], c->rsize, f->seen[d], s->p + f->seen[d],
+                    (size_t) (made - f->seen[d]));
+        if (xr_fz_trace > 1) {
+            fprintf(stderr, "  made %s [", d == XR_DIR_UP ? "up" : "down");
+            for (uint64_t k = f->seen[d]; k < made; k++) {
+                unsigned char ch = s->p[k];
+                fprintf(stderr, ch >= 0x20 && ch < 0x7f && ch != '\\' ? "%c" : "\\x%02x", ch);
+            }
+            fprintf(stderr, "]\n");
         }
-        fprintf(stderr, "]\n");
+        f->seen[d] = s->len = (size_t) made;
     }
 }
 
-void xr_conn_pass(xr_conn_t *c, int d, uint64_t from, size_t n)
-{
-    /* Only input not yet consumed, still in the ring, may be passed. */
-    XR_FZ_CHECK(from >= c->in_done[d]);
-    XR_FZ_CHECK(from + n <= c->p->taken[d]);
-    XR_FZ_CHECK(c->p->taken[d] - from <= c->rsize);
-    unsigned char tmp[XR_FZ_HEADER];
-    while (n > 0) {
-        size_t k = XR_MIN(n, sizeof(tmp));
-        xr_ring_get(c->ring[XR_RING_IN_UP + d], c->rsize, from, tmp, k);
-        xr_conn_emit(c, d, tmp, k);
-        from += k;
-        n -= k;
-    }
-}
-
-void xr_conn_close(xr_conn_t *c, const char *fmt, ...)
-{
-    xr_fz_conn_t *f = xr_fz_of(c);
-    XR_FZ_CHECK(!f->closed);
-    f->closed = 1;
-    if (fmt != NULL) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(f->reason, sizeof(f->reason), fmt, ap);
-        va_end(ap);
-    }
-    /* As proxy.c: the handler's state goes with the connection. */
-    if (c->h != NULL && c->h->free != NULL)
-        c->h->free(c);
-}
+/* ---- log records ---------------------------------------------------------------- */
 
 static void xr_fz_logs_add(xr_fz_logs_t *l, const void *p, size_t n)
 {
@@ -740,22 +672,42 @@ static const xr_fz_http_t *xr_fz_http_of(const xr_record_t *r, xr_fz_http_t *h)
     return h;
 }
 
-void xr_conn_log(xr_conn_t *c)
+/* A refusal's record: in its turn (every request forwarded before it is
+ * answered, or a 502 answers the first one not yet answered). */
+static void xr_fz_check_refusal(xr_fz_conn_t *f, const xr_fz_http_t *l)
 {
-    xr_fz_conn_t *f = xr_fz_of(c);
-    XR_FZ_CHECK(!f->closed);
+    static const int statuses[] = {400, 403, 405, 431, 502};
+    int known = 0;
+    for (size_t i = 0; i < XR_ARRAY_SIZE(statuses); i++)
+        known |= l->status == statuses[i];
+    if (!known)
+        XR_FZ_FAIL("refused with status %d", l->status);
+    if (l->status == 502 ? f->answered >= f->up.heads : f->answered != f->up.heads)
+        XR_FZ_FAIL("a %d went out with %llu of %llu forwarded requests answered", l->status,
+                   (unsigned long long) f->answered, (unsigned long long) f->up.heads);
+    f->refused = 1;
+    f->up_frozen = f->c->out_made[XR_DIR_UP];
+}
+
+/* The block's log hook: every request's record, written once the client
+ * has been given its whole response (the engine's delivered hook), or
+ * when the connection closes with what it got by then. */
+static void xr_fz_log_hook(void *conf, void *state, xr_session_t *s)
+{
+    xr_fz_conn_t *f = xr_fz_cur;
+    XR_FZ_CHECK(f != NULL && f->c != NULL && s == &f->c->s);
+    xr_conn_t *c = f->c;
+    xr_fz_capture(f);
     xr_fz_http_t rec;
-    const xr_fz_http_t *l = xr_fz_http_of(c->s.record, &rec);
+    const xr_fz_http_t *l = xr_fz_http_of(s->record, &rec);
     if (l == NULL)
-        return;
+        return; /* the connection's own record, after a cut */
     XR_FZ_CHECK(l->method != NULL && l->host != NULL && l->uri != NULL);
     xr_fz_logs_add(&f->logs, l->method, strlen(l->method) + 1);
     xr_fz_logs_add(&f->logs, l->host, strlen(l->host) + 1);
     xr_fz_logs_add(&f->logs, l->uri, strlen(l->uri) + 1);
-    /* A record is written once the client has been given its whole
-     * response (the engine calls the delivered hook): what it says was
-     * sent down ends that response. */
-    uint64_t end = f->seg_start + c->s.written_total[XR_DIR_DOWN];
+    /* What it says was sent down ends that response. */
+    uint64_t end = f->seg_start + s->written_total[XR_DIR_DOWN];
     XR_FZ_CHECK(end <= c->p->given[0] && end <= c->out_made[XR_DIR_DOWN]);
     uint64_t nums[5] = {(uint64_t) l->status, (uint64_t) l->refused, l->request_bytes,
                         l->response_bytes, end};
@@ -764,50 +716,47 @@ void xr_conn_log(xr_conn_t *c)
     XR_FZ_TRACE("  log: %s %s%s %d%s req %llu resp %llu\n", l->method, l->host, l->uri, l->status,
                 l->refused ? " refused" : "", (unsigned long long) l->request_bytes,
                 (unsigned long long) l->response_bytes);
-
+    if (xr_fz_closed(f)) {
+        /* Closing: the client may have got part of it only. */
+        f->seg_start = end;
+        return;
+    }
     /* Every log record closes what the client got since the last one. */
     int head = !l->refused && strcmp(l->method, "HEAD") == 0;
     int at_close = f->eof_end == end + 1 || (f->in_eof_down && end == c->out_made[XR_DIR_DOWN]);
-    xr_fz_down_segment(&f->out[XR_DIR_DOWN], f->seg_start, end, head, at_close && !l->refused);
+    xr_fz_down_segment(&f->out[XR_DIR_DOWN], f->seg_start, end, head, at_close && !l->refused,
+                       l->refused ? l->status : 0);
     f->seg_start = end;
     xr_fz_up_feed(&f->up, &f->out[XR_DIR_UP], c->out_made[XR_DIR_UP]);
     XR_FZ_CHECK(!f->refused);
     if (l->refused) {
-        static const int statuses[] = {400, 403, 405, 431, 502};
-        int known = 0;
-        for (size_t i = 0; i < XR_ARRAY_SIZE(statuses); i++)
-            known |= l->status == statuses[i];
-        if (!known)
-            XR_FZ_FAIL("refused with status %d", l->status);
-        /* In its turn: every forwarded request before it is answered (a
-         * 502 answers the first one not yet answered). */
-        if (l->status == 502 ? f->answered >= f->up.heads : f->answered != f->up.heads)
-            XR_FZ_FAIL("a %d went out with %llu of %llu forwarded requests answered", l->status,
-                       (unsigned long long) f->answered, (unsigned long long) f->up.heads);
-        f->refused = 1;
-        f->up_frozen = c->out_made[XR_DIR_UP];
+        xr_fz_check_refusal(f, l);
     } else {
         f->answered++;
         XR_FZ_CHECK(f->answered <= f->up.heads);
     }
 }
 
-/* Log lines name the connection; relay.c's version needs the relay. */
-size_t xr__log_session_context(const xr_session_t *s, char *buf, size_t size)
-{
-    int n = snprintf(buf, size, ", relay: %s", s->listener ? s->listener : "-");
-    return n < 0 ? 0 : XR_MIN((size_t) n, size);
-}
-
 /* ---- rings ------------------------------------------------------------------------ */
 
-/* IN[d] may be read by the handler only in [in_done, taken). */
+static void xr_fz_in_poison(xr_fz_conn_t *f, int poison)
+{
+    for (int d = 0; d < 2; d++) {
+        unsigned char *ring = f->c->ring[XR_RING_IN_UP + d];
+        if (poison)
+            XR_FZ_POISON(ring, f->c->rsize);
+        else
+            XR_FZ_UNPOISON(ring, f->c->rsize);
+    }
+}
+
+/* IN[d] may be read by the stage only in [in_done, taken). */
 static void xr_fz_poison_in(xr_fz_conn_t *f)
 {
-    xr_conn_t *c = &f->c;
+    xr_conn_t *c = f->c;
+    xr_fz_in_poison(f, 1);
     for (int d = 0; d < 2; d++) {
-        unsigned char *ring = f->ring[XR_RING_IN_UP + d];
-        XR_FZ_POISON(ring, c->rsize);
+        unsigned char *ring = c->ring[XR_RING_IN_UP + d];
         uint64_t from = c->in_done[d], n = c->p->taken[d] - c->in_done[d];
         if (n == 0)
             continue;
@@ -823,21 +772,22 @@ static void xr_fz_poison_in(xr_fz_conn_t *f)
 /* The engine reads what end d sent into IN[d], as far as there is room. */
 static int xr_fz_read(xr_fz_conn_t *f, int d)
 {
-    xr_conn_t *c = &f->c;
-    if (f->rd_eof[d])
+    xr_conn_t *c = f->c;
+    xr_cend_t *src = &c->end[d];
+    if (src->rd_eof)
         return 0;
     uint64_t room = c->rsize - (c->p->taken[d] - c->in_done[d]);
     size_t queued = f->sock[d].len - f->sock_off[d];
     if (queued == 0) {
         if (!f->peer_fin[d])
             return 0;
-        f->rd_eof[d] = 1;
+        src->rd_eof = 1;
         return 1;
     }
     size_t n = (size_t) XR_MIN((uint64_t) queued, room);
     if (n == 0)
         return 0;
-    unsigned char *ring = f->ring[XR_RING_IN_UP + d];
+    unsigned char *ring = c->ring[XR_RING_IN_UP + d];
     XR_FZ_UNPOISON(ring, c->rsize);
     xr_ring_put(ring, c->rsize, c->p->taken[d], f->sock[d].p + f->sock_off[d], n);
     f->sock_off[d] += n;
@@ -852,87 +802,152 @@ static void xr_fz_result(const xr_fz_conn_t *f, int rc, xr_fz_result_t *r)
 {
     memset(r, 0, sizeof(*r));
     r->rc = rc;
-    r->closed = f->closed;
+    r->closed = xr_fz_closed(f);
     for (int d = 0; d < 2; d++) {
-        r->in_done[d] = f->c.in_done[d];
-        r->out_made[d] = f->c.out_made[d];
+        r->in_done[d] = f->c->in_done[d];
+        r->out_made[d] = f->c->out_made[d];
     }
     r->logs = f->logs;
-    snprintf(r->reason, sizeof(r->reason), "%s", f->reason);
+    snprintf(r->reason, sizeof(r->reason), "%s", f->c->s.close_reason);
 }
 
 static int xr_fz_call(xr_fz_conn_t *f, int is_eof, int d)
 {
+    xr_conn_t *c = f->c;
+    int rc;
     if (is_eof) {
         /* eof(DOWN) may write the record of a response that runs until the
          * server's close itself, when the client already has all of it. */
         f->in_eof_down = d == XR_DIR_DOWN;
-        int rc = xr_http_handler.eof(&f->c, d);
+        rc = c->h->eof(c, d);
         f->in_eof_down = 0;
         if (d == XR_DIR_DOWN)
-            f->eof_end = f->c.out_made[XR_DIR_DOWN] + 1;
-        return rc;
+            f->eof_end = c->out_made[XR_DIR_DOWN] + 1;
+    } else {
+        rc = c->h->process(c, d);
     }
-    return xr_http_handler.process(&f->c, d);
+    xr_fz_capture(f);
+    return rc;
 }
 
-/* The worker is gone: what proxy.c's resumption does with the slot. */
-static void xr_fz_resume(xr_fz_conn_t *f)
-{
-    xr_conn_t *c = &f->c;
-    xr_http_handler.free(c);
-    for (int d = 0; d < 2; d++) {
-        c->in_done[d] = c->out_made[d] = 0xdeadbeefdeadbeefull; /* resume must set them */
-        c->out_closed[d] = 0; /* the engine's, not in the snapshot */
-        f->again[d] = f->owed[d] = 0;
-    }
-    if (xr_http_handler.resume(c) != XR_OK)
-        XR_FZ_FAIL("resume() refused the record the handler committed");
-    for (int d = 0; d < 2; d++) {
-        /* proxy.c refuses a snapshot that does not fit the kernel. */
-        XR_FZ_CHECK(c->p->taken[d] >= c->in_done[d]);
-        XR_FZ_CHECK(c->p->taken[d] - c->in_done[d] <= c->rsize);
-        XR_FZ_CHECK(c->out_made[d] >= c->p->given[1 - d]);
-        XR_FZ_CHECK(c->out_made[d] - c->p->given[1 - d] <= c->rsize);
-    }
-    xr_fz_poison_in(f);
-}
-
-/* After a step that returned: the record must hold the live counters. */
+/* After a step that returned: the record must hold the live counters, so
+ * whatever a peer is given was committed. */
 static void xr_fz_check_record(xr_fz_conn_t *f)
 {
     static xr_conn_t twin;
-    twin = f->c;
+    twin = *f->c;
     twin.hs = NULL;
-    if (xr_http_handler.resume(&twin) != XR_OK)
+    if (twin.h->resume(&twin) != XR_OK)
         XR_FZ_FAIL("resume() refused the record just committed");
     for (int d = 0; d < 2; d++) {
-        if (twin.in_done[d] != f->c.in_done[d] || twin.out_made[d] != f->c.out_made[d])
+        if (twin.in_done[d] != f->c->in_done[d] || twin.out_made[d] != f->c->out_made[d])
             XR_FZ_FAIL("committed %s counters %llu/%llu, live %llu/%llu",
                        d == XR_DIR_UP ? "up" : "down", (unsigned long long) twin.in_done[d],
-                       (unsigned long long) twin.out_made[d], (unsigned long long) f->c.in_done[d],
-                       (unsigned long long) f->c.out_made[d]);
+                       (unsigned long long) twin.out_made[d], (unsigned long long) f->c->in_done[d],
+                       (unsigned long long) f->c->out_made[d]);
     }
-    xr_http_handler.free(&twin);
+    twin.h->free(&twin);
 }
 
-/* One call of the handler, with every check around it. */
+/* The worker is gone: the engine's resumption from the slot. */
+static void xr_fz_resume(xr_fz_conn_t *f)
+{
+    xr_conn_t *c = f->c;
+    for (int d = 0; d < 2; d++) {
+        c->in_done[d] = c->out_made[d] = 0xdeadbeefdeadbeefull; /* resume must set them */
+        f->owed[d] = 0;
+    }
+    xr_fz_in_poison(f, 0);
+    if (xr_conn_detached_resume(c) != XR_OK)
+        XR_FZ_FAIL("the committed record does not resume: %s", c->s.close_reason);
+    xr_fz_poison_in(f);
+}
+
+/* Everything the checks keep across a step, to put back when the step
+ * is undone. */
+typedef struct {
+    xr_fz_result_t r;
+    uint64_t seq, seg_start, answered, up_frozen, seen[2];
+    int refused, again[2];
+    xr_fz_up_t up;
+} xr_fz_saved_t;
+
+static void xr_fz_save(xr_fz_conn_t *f, xr_fz_saved_t *s)
+{
+    xr_fz_result(f, 0, &s->r);
+    s->seq = f->c->p->commit_seq;
+    s->seg_start = f->seg_start;
+    s->answered = f->answered;
+    s->up_frozen = f->up_frozen;
+    s->refused = f->refused;
+    s->up = f->up;
+    for (int d = 0; d < 2; d++) {
+        s->seen[d] = f->seen[d];
+        s->again[d] = f->c->again[d];
+    }
+}
+
+/* The worker died in the step just done, before its commit: the record
+ * before it is intact, the output past it never went anywhere, and a new
+ * worker does the step again from the same input; it must do the same. */
+static int xr_fz_redo(xr_fz_conn_t *f, const xr_fz_saved_t *pre, const unsigned char *pre_rec,
+                      int is_eof, int d, const xr_fz_result_t *post)
+{
+    xr_conn_t *c = f->c;
+    static unsigned char made[2][XR_FZ_MAX_OUT / 64];
+    size_t made_n[2];
+    for (int k = 0; k < 2; k++) {
+        made_n[k] = XR_MIN((size_t) (post->out_made[k] - pre->r.out_made[k]), sizeof(made[k]));
+        if (made_n[k] > 0)
+            memcpy(made[k], f->out[k].p + pre->r.out_made[k], made_n[k]);
+    }
+    c->p->commit_seq = pre->seq;
+    if (memcmp(pre_rec, xr_pslot_record(c->p), XR_PSTATE_MAX) != 0)
+        XR_FZ_FAIL("a commit overwrote the record in use");
+    f->logs = pre->r.logs;
+    f->seg_start = pre->seg_start;
+    f->answered = pre->answered;
+    f->refused = pre->refused;
+    f->up_frozen = pre->up_frozen;
+    f->up = pre->up;
+    xr_fz_resume(f);
+    for (int k = 0; k < 2; k++) {
+        XR_FZ_CHECK(c->in_done[k] == pre->r.in_done[k] && c->out_made[k] == pre->r.out_made[k]);
+        f->seen[k] = pre->seen[k];
+        c->again[k] = pre->again[k];
+    }
+    int rc = xr_fz_call(f, is_eof, d);
+    xr_fz_result_t again_r;
+    xr_fz_result(f, rc, &again_r);
+    if (again_r.rc != post->rc || again_r.closed != post->closed ||
+        strcmp(again_r.reason, post->reason) != 0 || again_r.logs.n != post->logs.n ||
+        again_r.logs.hash != post->logs.hash)
+        XR_FZ_FAIL("the step done again differs: rc %d/%d closed %d/%d logs %llu/%llu", post->rc,
+                   again_r.rc, post->closed, again_r.closed, (unsigned long long) post->logs.n,
+                   (unsigned long long) again_r.logs.n);
+    for (int k = 0; k < 2; k++) {
+        if (again_r.in_done[k] != post->in_done[k] || again_r.out_made[k] != post->out_made[k])
+            XR_FZ_FAIL(
+                "the step done again moved %d to %llu/%llu, not %llu/%llu", k,
+                (unsigned long long) again_r.in_done[k], (unsigned long long) again_r.out_made[k],
+                (unsigned long long) post->in_done[k], (unsigned long long) post->out_made[k]);
+        if (made_n[k] > 0 && memcmp(made[k], f->out[k].p + pre->r.out_made[k], made_n[k]) != 0)
+            XR_FZ_FAIL("the step done again produced other bytes (direction %d)", k);
+    }
+    return rc;
+}
+
+/* One call of the stage, with every check around it. */
 static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
 {
-    xr_conn_t *c = &f->c;
-    xr_pslot_t *p = c->p;
-    XR_FZ_CHECK(!f->closed);
+    xr_conn_t *c = f->c;
+    XR_FZ_CHECK(!xr_fz_closed(f));
     static unsigned char pre_rec[XR_PSTATE_MAX];
-    static xr_fz_up_t pre_up;
-    xr_fz_result_t pre, post;
-    xr_fz_result(f, 0, &pre);
-    uint64_t pre_seq = p->commit_seq, pre_seg = f->seg_start, pre_answered = f->answered;
-    uint64_t pre_frozen = f->up_frozen;
-    int pre_refused = f->refused;
+    static xr_fz_saved_t pre;
+    xr_fz_result_t post;
+    xr_fz_save(f, &pre);
     int owed = f->owed[d];
-    memcpy(pre_rec, xr_pslot_record(p), XR_PSTATE_MAX);
-    if (f->torn)
-        pre_up = f->up;
+    memcpy(pre_rec, xr_pslot_record(c->p), XR_PSTATE_MAX);
 
     int rc = xr_fz_call(f, is_eof, d);
     xr_fz_result(f, rc, &post);
@@ -940,75 +955,30 @@ static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
                 is_eof ? "eof" : "process", d ? "down" : "up", rc,
                 (unsigned long long) c->in_done[0], (unsigned long long) c->in_done[1],
                 (unsigned long long) c->out_made[0], (unsigned long long) c->out_made[1],
-                (unsigned long long) p->taken[0], (unsigned long long) p->taken[1],
-                (unsigned long long) p->given[0], (unsigned long long) p->given[1],
-                f->closed ? " closed" : "");
+                (unsigned long long) c->p->taken[0], (unsigned long long) c->p->taken[1],
+                (unsigned long long) c->p->given[0], (unsigned long long) c->p->given[1],
+                post.closed ? " closed" : "");
 
-    int changed = f->closed || memcmp(pre_rec, xr_pslot_record(p), XR_PSTATE_MAX) != 0;
+    int changed = post.closed || memcmp(pre_rec, xr_pslot_record(c->p), XR_PSTATE_MAX) != 0;
     for (int k = 0; k < 2; k++)
-        changed |= post.in_done[k] != pre.in_done[k] || post.out_made[k] != pre.out_made[k];
-
+        changed |= post.in_done[k] != pre.r.in_done[k] || post.out_made[k] != pre.r.out_made[k];
     if (f->torn && changed) {
-        /* The worker died in this step, before its commit: the record
-         * before it is intact, the output past it never went anywhere,
-         * and a new worker does the step again from the same input. */
         f->torn = 0;
-        static unsigned char made[2][XR_FZ_MAX_OUT / 64];
-        size_t made_n[2];
-        for (int k = 0; k < 2; k++) {
-            made_n[k] = (size_t) (post.out_made[k] - pre.out_made[k]);
-            if (made_n[k] > sizeof(made[k]))
-                made_n[k] = sizeof(made[k]);
-            if (made_n[k] > 0)
-                memcpy(made[k], f->out[k].p + pre.out_made[k], made_n[k]);
-        }
-        p->commit_seq = pre_seq;
-        if (memcmp(pre_rec, xr_pslot_record(p), XR_PSTATE_MAX) != 0)
-            XR_FZ_FAIL("a commit overwrote the record in use");
-        f->closed = 0;
-        f->reason[0] = '\0';
-        f->logs = pre.logs;
-        f->seg_start = pre_seg;
-        f->answered = pre_answered;
-        f->refused = pre_refused;
-        f->up_frozen = pre_frozen;
-        f->up = pre_up;
-        int again[2] = {f->again[0], f->again[1]};
-        xr_fz_resume(f);
-        f->again[0] = again[0];
-        f->again[1] = again[1];
-        for (int k = 0; k < 2; k++)
-            XR_FZ_CHECK(c->in_done[k] == pre.in_done[k] && c->out_made[k] == pre.out_made[k]);
-        rc = xr_fz_call(f, is_eof, d);
-        xr_fz_result_t again_r;
-        xr_fz_result(f, rc, &again_r);
-        if (again_r.rc != post.rc || again_r.closed != post.closed ||
-            strcmp(again_r.reason, post.reason) != 0 || again_r.logs.n != post.logs.n ||
-            again_r.logs.hash != post.logs.hash)
-            XR_FZ_FAIL("the step done again differs: rc %d/%d closed %d/%d logs %llu/%llu", post.rc,
-                       again_r.rc, post.closed, again_r.closed, (unsigned long long) post.logs.n,
-                       (unsigned long long) again_r.logs.n);
-        for (int k = 0; k < 2; k++) {
-            if (again_r.in_done[k] != post.in_done[k] || again_r.out_made[k] != post.out_made[k])
-                XR_FZ_FAIL("the step done again moved %d to %llu/%llu, not %llu/%llu", k,
-                           (unsigned long long) again_r.in_done[k],
-                           (unsigned long long) again_r.out_made[k],
-                           (unsigned long long) post.in_done[k],
-                           (unsigned long long) post.out_made[k]);
-            if (made_n[k] > 0 && memcmp(made[k], f->out[k].p + pre.out_made[k], made_n[k]) != 0)
-                XR_FZ_FAIL("the step done again produced other bytes (direction %d)", k);
-        }
+        /* A step that closed the connection cannot be undone here (its
+         * state is gone): only the others are done again. */
+        if (!post.closed)
+            rc = xr_fz_redo(f, &pre, pre_rec, is_eof, d, &post);
     }
 
     for (int k = 0; k < 2; k++) {
         XR_FZ_CHECK(c->in_done[k] <= c->p->taken[k]);
-        XR_FZ_CHECK(post.in_done[k] >= pre.in_done[k]);
-        XR_FZ_CHECK(post.out_made[k] >= pre.out_made[k]);
+        XR_FZ_CHECK(post.in_done[k] >= pre.r.in_done[k]);
+        XR_FZ_CHECK(post.out_made[k] >= pre.r.out_made[k]);
     }
     if (f->refused && c->out_made[XR_DIR_UP] != f->up_frozen)
         XR_FZ_FAIL("%llu bytes went upstream after a refusal",
                    (unsigned long long) (c->out_made[XR_DIR_UP] - f->up_frozen));
-    if (f->closed)
+    if (xr_fz_closed(f))
         return XR_ERROR;
     XR_FZ_CHECK(rc == XR_OK || rc == XR_AGAIN);
     XR_FZ_CHECK(is_eof ? rc == XR_OK : 1);
@@ -1018,7 +988,7 @@ static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
     if (changed)
         f->owed[0] = f->owed[1] = 0;
     if (!is_eof) {
-        f->again[d] = rc == XR_AGAIN;
+        c->again[d] = rc == XR_AGAIN;
         if (rc == XR_AGAIN)
             f->owed[d] = 1;
     }
@@ -1027,43 +997,44 @@ static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
     return rc;
 }
 
-/* ---- the engine ------------------------------------------------------------------- */
+/* ---- the engine's pump, without sockets ----------------------------------------------- */
 
+/* conn.c after a pump: half-close once a direction's output is out, end
+ * the connection when the stage is finished or both directions are done. */
 static void xr_fz_end_check(xr_fz_conn_t *f)
 {
-    xr_conn_t *c = &f->c;
-    if (f->closed)
+    xr_conn_t *c = f->c;
+    if (xr_fz_closed(f))
         return;
-    for (int d = 0; d < 2; d++) {
-        int drained = c->out_made[d] == c->p->given[1 - d];
-        if (c->out_closed[d] && drained && !f->wr_shut[1 - d])
-            f->wr_shut[1 - d] = 1;
-    }
-    if (xr_http_handler.finished(c)) {
+    for (int d = 0; d < 2; d++)
+        if (c->out_closed[d] && c->out_made[d] == c->p->given[1 - d])
+            c->end[1 - d].wr_shut = 1;
+    if (c->h->finished != NULL && c->h->finished(c)) {
         xr_conn_close(c, NULL);
         return;
     }
     int done = 1;
     for (int d = 0; d < 2; d++)
-        done &= f->rd_eof[d] && f->wr_shut[1 - d] && c->out_made[d] == c->p->given[1 - d];
+        done &= c->end[d].rd_eof && c->end[1 - d].wr_shut && c->out_made[d] == c->p->given[1 - d];
     if (done)
         xr_conn_close(c, NULL);
 }
 
-/* proxy.c's xr_cn_pump for direction d, writing aside (the peers read
+/* conn.c's xr_cn_pump for direction d, writing aside (the peers read
  * when the input says so). */
 static void xr_fz_pump(xr_fz_conn_t *f, int d)
 {
-    xr_conn_t *c = &f->c;
+    xr_conn_t *c = f->c;
     int round;
-    for (round = 0; round < XR_FZ_ROUNDS && !f->closed; round++) {
+    for (round = 0; round < XR_FZ_ROUNDS && !xr_fz_closed(f); round++) {
         int moved = xr_fz_read(f, d);
-        if (c->in_done[d] < c->p->taken[d] || (f->rd_eof[d] && !c->out_closed[d]) || f->again[d]) {
+        int rd_eof = c->end[d].rd_eof;
+        if (c->in_done[d] < c->p->taken[d] || (rd_eof && !c->out_closed[d]) || c->again[d]) {
             uint64_t before = c->out_made[0] + c->out_made[1] + c->in_done[d];
             int rc = xr_fz_step(f, 0, d);
             if (rc == XR_ERROR)
                 return;
-            if (f->rd_eof[d] && !c->out_closed[d] && rc == XR_OK) {
+            if (rd_eof && !c->out_closed[d] && rc == XR_OK) {
                 if (xr_fz_step(f, 1, d) != XR_OK)
                     return;
                 if (c->in_done[d] == c->p->taken[d])
@@ -1080,20 +1051,24 @@ static void xr_fz_pump(xr_fz_conn_t *f, int d)
     xr_fz_end_check(f);
 }
 
-/* Something happened at end e: proxy.c pumps e's direction, then the other;
- * then the posted callbacks run. */
+/* Something happened at end e: conn.c pumps e's direction, then the
+ * other; then the posted callbacks run. */
 static void xr_fz_event(xr_fz_conn_t *f, int e)
 {
+    if (xr_fz_closed(f))
+        return;
     xr_fz_pump(f, e);
-    xr_fz_pump(f, 1 - e);
-    for (int i = 0; i < 64 && f->posted && !f->closed; i++) {
+    if (!xr_fz_closed(f))
+        xr_fz_pump(f, 1 - e);
+    for (int i = 0; i < 64 && f->posted && !xr_fz_closed(f); i++) {
         f->posted = 0;
         xr_fz_pump(f, XR_DIR_UP);
-        xr_fz_pump(f, XR_DIR_DOWN);
+        if (!xr_fz_closed(f))
+            xr_fz_pump(f, XR_DIR_DOWN);
     }
     f->posted = 0;
-    if (!f->closed) {
-        xr_fz_up_feed(&f->up, &f->out[XR_DIR_UP], f->c.out_made[XR_DIR_UP]);
+    if (!xr_fz_closed(f)) {
+        xr_fz_up_feed(&f->up, &f->out[XR_DIR_UP], f->c->out_made[XR_DIR_UP]);
         xr_fz_end_check(f);
     }
 }
@@ -1101,65 +1076,52 @@ static void xr_fz_event(xr_fz_conn_t *f, int e)
 /* End e reads up to n bytes of what goes to it (OUT[1 - e]). */
 static int xr_fz_drain(xr_fz_conn_t *f, int e, size_t n)
 {
-    xr_conn_t *c = &f->c;
+    xr_conn_t *c = f->c;
     int d = 1 - e;
+    if (xr_fz_closed(f))
+        return 0;
+    xr_fz_capture(f);
     uint64_t ready = c->out_made[d] - c->p->given[e];
     size_t k = (size_t) XR_MIN((uint64_t) n, ready);
     if (k == 0)
         return 0;
-    /* What the ring holds is what the handler produced. */
+    /* What the ring holds is what the stage made. */
     static unsigned char tmp[1 << 16];
-    size_t done = 0;
-    while (done < k) {
+    for (size_t done = 0; done < k;) {
         size_t m = XR_MIN(k - done, sizeof(tmp));
-        xr_fz_out_io(f, d, c->p->given[e] + done, tmp, m, 0);
+        xr_ring_get(c->ring[XR_RING_OUT_UP + d], c->rsize, c->p->given[e] + done, tmp, m);
         if (memcmp(tmp, f->out[d].p + c->p->given[e] + done, m) != 0)
-            XR_FZ_FAIL("OUT[%d] does not hold what was emitted", d);
+            XR_FZ_FAIL("OUT[%d] does not hold what was made", d);
         done += m;
     }
     c->p->given[e] += k;
-    /* As proxy.c after a write to the client: answered requests it now
-     * has whole get their records (the event that follows pumps both
-     * ways, so room made in the queue is used). */
-    if (e == 0 && !f->closed && xr_http_handler.delivered != NULL)
-        xr_http_handler.delivered(c, 0);
+    /* As conn.c after a write to the client: answered requests it now has
+     * whole get their records (the event that follows pumps both ways, so
+     * room made in the queue is used). */
+    if (e == 0 && c->h->delivered != NULL)
+        c->h->delivered(c, 0);
     return 1;
 }
 
 static void xr_fz_open(xr_fz_conn_t *f, unsigned cfg)
 {
     memset(f, 0, sizeof(*f));
-    xr_conn_t *c = &f->c;
-    c->conf = &xr_fz_rc;
-    c->rsize = (uint32_t) (2 * XR_FZ_HEADER + 4096 * (cfg & 3));
-    for (int i = 0; i < XR_RINGS; i++) {
-        f->ring[i] = xr_malloc(c->rsize);
-        c->ring[i] = f->ring[i];
-        XR_FZ_POISON(f->ring[i], c->rsize);
-    }
-    c->p = xr_calloc(1, sizeof(xr_pslot_t));
-    c->p->id = 1;
-    c->p->mode = XR_PROXY_HTTP;
-    c->p->phase = XR_PHASE_RUNNING;
-    c->s.id = 1;
-    c->s.listener = xr_fz_rc.name;
-    c->h = &xr_http_handler;
-    c->upstream_idx = (cfg & 4) ? 0 : -1;
-    xr_fz_up_init(&f->up);
     xr_fz_cur = f;
-    XR_FZ_CHECK(xr_http_start(c) == XR_OK);
+    xr_fz_rc.buffer_size = 2 * XR_FZ_HEADER + 4096 * (cfg & 3);
+    xr_fz_up_init(&f->up);
+    f->c = xr_conn_detached_new(&xr_fz_rt, 1, XR_HTTP_STAGE_PLAIN);
+    XR_FZ_CHECK(!xr_fz_closed(f) && f->c->h != NULL);
+    /* Through a parent proxy, as the front door's target hook says. */
+    f->c->upstream_idx = (cfg & 4) ? 0 : -1;
+    xr_fz_poison_in(f);
     xr_fz_check_record(f);
 }
 
 static void xr_fz_shut(xr_fz_conn_t *f)
 {
-    if (!f->closed)
-        xr_http_handler.free(&f->c);
-    for (int i = 0; i < XR_RINGS; i++) {
-        XR_FZ_UNPOISON(f->ring[i], f->c.rsize);
-        free(f->ring[i]);
-    }
-    free(f->c.p);
+    xr_fz_in_poison(f, 0);
+    xr_conn_detached_free(f->c);
+    f->c = NULL;
     for (int d = 0; d < 2; d++) {
         xr_fz_buf_free(&f->sock[d]);
         xr_fz_buf_free(&f->out[d]);
@@ -1175,6 +1137,46 @@ static size_t xr_fz_len(const uint8_t *data, size_t size, size_t *i)
     return n;
 }
 
+/* Operation op of the input at *i. */
+static void xr_fz_op(xr_fz_conn_t *f, int op, const uint8_t *data, size_t size, size_t *i)
+{
+    size_t n;
+    switch (op) {
+    case 0:
+    case 1: {
+        n = xr_fz_len(data, size, i);
+        n = XR_MIN(n, size - *i);
+        if (!f->peer_fin[op]) { /* nothing after a close */
+            xr_fz_buf_t *s = &f->sock[op];
+            xr_fz_buf_reserve(s, s->len + n + 1);
+            memcpy(s->p + s->len, data + *i, n);
+            s->len += n;
+        }
+        *i += n;
+        if (!f->peer_fin[op])
+            xr_fz_event(f, op);
+        break;
+    }
+    case 2:
+    case 3:
+        n = xr_fz_len(data, size, i);
+        if (xr_fz_drain(f, op - 2, n))
+            xr_fz_event(f, op - 2);
+        break;
+    case 4:
+    case 5:
+        f->peer_fin[op - 4] = 1;
+        xr_fz_event(f, op - 4);
+        break;
+    case 6:
+        xr_fz_resume(f);
+        xr_fz_check_record(f);
+        xr_fz_event(f, XR_DIR_UP);
+        break;
+    default: f->torn = 1; break;
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1 || size > XR_FZ_MAX_INPUT)
@@ -1183,54 +1185,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static xr_fz_conn_t f;
     xr_fz_open(&f, data[0]);
     size_t i = 1;
-    while (i < size && !f.closed) {
+    while (i < size && !xr_fz_closed(&f)) {
         int op = data[i++] % 8;
-        size_t n;
         static const char *const names[] = {"client sends", "server sends",  "client reads",
                                             "server reads", "client closes", "server closes",
                                             "crash",        "torn"};
         XR_FZ_TRACE("%s\n", names[op]);
-        switch (op) {
-        case 0:
-        case 1: {
-            int e = op;
-            n = xr_fz_len(data, size, &i);
-            n = XR_MIN(n, size - i);
-            if (f.peer_fin[e]) {
-                i += n; /* nothing after a close */
-                break;
-            }
-            xr_fz_buf_t *s = &f.sock[e];
-            xr_fz_buf_reserve(s, s->len + n + 1);
-            memcpy(s->p + s->len, data + i, n);
-            s->len += n;
-            i += n;
-            xr_fz_event(&f, e);
-            break;
-        }
-        case 2:
-        case 3:
-            n = xr_fz_len(data, size, &i);
-            if (xr_fz_drain(&f, op - 2, n))
-                xr_fz_event(&f, op - 2);
-            break;
-        case 4:
-        case 5:
-            f.peer_fin[op - 4] = 1;
-            xr_fz_event(&f, op - 4);
-            break;
-        case 6:
-            xr_fz_resume(&f);
-            xr_fz_check_record(&f);
-            xr_fz_event(&f, XR_DIR_UP);
-            break;
-        default: f.torn = 1; break;
-        }
+        xr_fz_op(&f, op, data, size, &i);
     }
     /* Both peers read until nothing moves. */
-    for (int k = 0; k < 64 && !f.closed; k++) {
+    for (int k = 0; k < 64 && !xr_fz_closed(&f); k++) {
         int moved = 0;
-        for (int e = 0; e < 2 && !f.closed; e++)
+        for (int e = 0; e < 2 && !xr_fz_closed(&f); e++)
             if (xr_fz_drain(&f, e, SIZE_MAX)) {
                 moved = 1;
                 xr_fz_event(&f, e);
@@ -1238,11 +1204,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!moved)
             break;
     }
-    if (!f.closed)
-        xr_fz_up_feed(&f.up, &f.out[XR_DIR_UP], f.c.out_made[XR_DIR_UP]);
+    if (!xr_fz_closed(&f))
+        xr_fz_up_feed(&f.up, &f.out[XR_DIR_UP], f.c->out_made[XR_DIR_UP]);
     XR_FZ_TRACE("end: %s%s, %llu requests up, %llu answered, %llu log records\n",
-                f.closed ? "closed " : "open", f.reason, (unsigned long long) f.up.heads,
-                (unsigned long long) f.answered, (unsigned long long) f.logs.n);
+                xr_fz_closed(&f) ? "closed " : "open", f.c->s.close_reason,
+                (unsigned long long) f.up.heads, (unsigned long long) f.answered,
+                (unsigned long long) f.logs.n);
     xr_fz_shut(&f);
     return 0;
 }

@@ -21,8 +21,10 @@ hold on every front door:
   proxy         a transparent circuit proxy (proxy: mode: circuit) behind
                 nftables REDIRECT on nata, as in t/test_75_proxy.py
 
-A proxy in mode: http refuses data filters at -t (test_75); it is not a
-front door of this table.
+A proxy in mode: http runs data filters before its HTTP stage; its bytes
+must be HTTP, so it is not a front door of this table: t/test_75_proxy.py
+runs signature (close and answer) on it, and its kill -9 test a
+pass-through data filter.
 
 Every end of a connection here (client or upstream, plain or TLS, in this
 network namespace or another) is a Peer: one thread that reads everything,

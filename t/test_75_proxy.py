@@ -64,13 +64,14 @@ def _serving(t, role, host, port):
 class Rig:
     """xrayd on nata as the REDIRECT target, the servers on pub."""
 
-    def __init__(self, t, tmp, http_extra="", workers=2, tcp_extra=""):
+    def __init__(self, t, tmp, http_extra="", workers=2, tcp_extra="", web_filters=""):
         self.t, self.d = t, tmp
         self.state = Path("/dev/shm") / ("xrayd-test-" + tmp.name)
         self.state.mkdir(exist_ok=True)
         self.conf = tmp / "xrayd.yaml"
         self.origin_log = tmp / "origin.log"
         self.origin_log.write_text("")
+        self.web_filters = web_filters
         self.write_conf(http_extra, workers, tcp_extra)
         r = t.run("nata", ["/usr/sbin/nft", "-f", "-"], input=REDIRECT)
         assert r.returncode == 0, r.stderr
@@ -98,10 +99,11 @@ proxy:
       deny_headers: [X-Evil]
 %(extra)s    filters:
       - log: {path: %(d)s/access.log}
-  - name: tcp
+%(web_filters)s  - name: tcp
     listen: 0.0.0.0:3129
     mode: circuit
-%(tcp)s""" % {"d": self.d, "s": self.state, "w": workers, "extra": http_extra, "tcp": tcp_extra})
+%(tcp)s""" % {"d": self.d, "s": self.state, "w": workers, "extra": http_extra, "tcp": tcp_extra,
+              "web_filters": self.web_filters})
 
     def start(self, binary=None):
         # stderr is where a sanitizer build reports (checked at stop)
@@ -404,13 +406,30 @@ def _finish_load(proc, timeout=240):
     return res
 
 
+# A data filter that passes everything the load sends: the HTTP block's
+# connections then run the filters and the HTTP stage chained.
+PASS_FILTER = """      - signature: {patterns: ["NEVER-IN-THE-LOAD-7f3a"]}
+"""
+
+
+@pytest.fixture
+def passfilter_rig(topology, tmp_path):
+    r = Rig(topology, tmp_path, web_filters=PASS_FILTER)
+    yield r
+    r.stop()
+    assert not r.sanitizer_reports(), r.sanitizer_reports()
+
+
 @pytest.mark.timeout(400)
-def test_connections_survive_kill_9(rig):
+def test_connections_survive_kill_9(passfilter_rig):
     """50 concurrent transfers of BIG_MB each (circuit and HTTP, uploads and
-    downloads); the worker holding most of them is killed with SIGKILL three
-    times while they run: every transfer completes with its SHA-256, none
-    is reset, and the replacements say how many connections they took
-    over."""
+    downloads; the HTTP block with a pass-through data filter, so its
+    connections run the filters, then the HTTP stage); the worker holding
+    most of them is killed with SIGKILL three times while they run: every
+    transfer completes with its SHA-256, none is reset, and the
+    replacements say how many connections they took over, of both
+    blocks."""
+    rig = passfilter_rig
     rig.start()
     proc = _start_load(rig, _load_specs(BIG_MB))
     _wait(lambda: sum(rig.workers().values()) > 120, 30, "the transfers to start")
@@ -431,6 +450,7 @@ def test_connections_survive_kill_9(rig):
     assert st["resumed"] == sum(took), (st, took)
     blocks = {b["name"]: b for b in st["blocks"]}
     assert blocks["web"]["resumed"] + blocks["tcp"]["resumed"] == sum(took), st
+    assert blocks["web"]["resumed"] > 0, st
     assert blocks["tcp"]["bytes_up"] >= 12 * (BIG_MB << 20), st
     rig.no_alerts(allow=[r"exited on signal 9"])
 
@@ -515,20 +535,110 @@ def test_signature_answers_on_a_redirected_circuit(topology, tmp_path):
     assert not rig.sanitizer_reports(), rig.sanitizer_reports()
 
 
-def test_http_proxy_refuses_data_filters(tmp_path):
-    """mode: http has no stage for data hooks: -t refuses such a filter at
-    its position rather than accept it and let bytes by unchecked."""
+def test_http_proxy_accepts_data_filters(tmp_path):
+    """mode: http runs data filters (before its HTTP stage): -t accepts
+    them."""
     conf = tmp_path / "x.yaml"
-    conf.write_text("""proxy:
+    conf.write_text("""state_dir: %s
+proxy:
   - listen: 127.0.0.1:3128
     mode: http
     filters:
       - signature: {patterns: [x]}
-""")
+""" % tmp_path)
     r = subprocess.run([str(xf.XRAYD_BIN), "-t", "-c", str(conf)], capture_output=True,
                        text=True, timeout=20)
-    assert r.returncode != 0
-    assert re.search(r"x\.yaml:5:9: .*filter \"signature\" inspects bytes", r.stderr), r.stderr
+    assert r.returncode == 0, r.stderr
+
+
+HTTP_PARTS = r'''
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 80), 10)
+s.settimeout(10)
+for i, part in enumerate(sys.argv[2:]):
+    if i:
+        time.sleep(0.3)
+    try:
+        s.sendall(part.encode("latin-1").decode("unicode_escape").encode("latin-1"))
+    except OSError as e:
+        print("ERROR", e); break
+out = b""
+while True:
+    try:
+        b = s.recv(65536)
+    except OSError as e:
+        print("ERROR", e); break
+    if not b: break
+    out += b
+print("GOT", out.decode("latin-1"))
+'''
+
+WEB_SIGNATURE = """      - signature: {patterns: ["FORBIDDEN-PAYLOAD"]}
+"""
+
+
+@pytest.mark.timeout(120)
+def test_signature_stops_a_redirected_http_proxy(topology, tmp_path):
+    """A signature filter on a REDIRECTed proxy in mode: http sees the
+    client's bytes before the HTTP stage parses them: a request carrying
+    the pattern (in its target, in a header, split over two writes, in its
+    body) never reaches the origin and the client sees a reset; clean
+    requests pass, before and after, with their responses exact."""
+    rig = Rig(topology, tmp_path, web_filters=WEB_SIGNATURE)
+    try:
+        rig.start()
+        r = _curl(rig, "-o", "/dev/null", "-w", "%{http_code}", "http://%s/headers" % ORIGIN)
+        assert r.stdout == "200", (r.stdout, r.stderr)
+        req = "GET %s HTTP/1.1\\r\\nHost: " + ORIGIN + "\\r\\n%s\\r\\n"
+        cases = [
+            [req % ("/target?q=FORBIDDEN-PAYLOAD", "")],
+            [req % ("/in-a-header", "X-A: FORBIDDEN-PAYLOAD\\r\\n")],
+            [(req % ("/split", "X-A: FORBID"))[:-4], "DEN-PAYLOAD\\r\\n\\r\\n"],
+            ["POST /sink-forbidden HTTP/1.1\\r\\nHost: %s\\r\\nContent-Length: 23\\r\\n\\r\\n"
+             % ORIGIN, "xx FORBIDDEN-PAYLOAD yy"],
+        ]
+        for parts in cases:
+            out = rig.py(HTTP_PARTS, ORIGIN, *parts)
+            assert "HTTP/1.1 200" not in out and "FORBIDDEN" not in out, (parts, out)
+            assert "ERROR" in out and "reset" in out, (parts, out)  # a cut, not a clean end
+        _wait(lambda: rig.log().count('signature "FORBIDDEN-PAYLOAD" matched in the '
+                                      'client-to-upstream') == 4, 10, "every match logged")
+        lines = " ".join(rig.origin_lines())
+        assert "FORBIDDEN" not in lines and "/in-a-header" not in lines and "/split" not in lines
+        # the POST's head may have gone on, its body never did: the origin
+        # answered nothing the client saw, and read no whole body
+        r = _curl(rig, "-s", "-d", "clean body", "http://%s/sink" % ORIGIN)
+        assert '"n": 10' in r.stdout, (r.stdout, r.stderr)
+        rig.no_alerts()
+    finally:
+        rig.stop()
+    assert not rig.sanitizer_reports(), rig.sanitizer_reports()
+
+
+@pytest.mark.timeout(120)
+def test_signature_answers_on_a_redirected_http_proxy(topology, tmp_path):
+    """signature with answer on a REDIRECTed proxy in mode: http: the
+    client gets the answer (here an HTTP 403 of the filter's own) and a
+    clean end, and the origin never sees the request."""
+    answer = ("HTTP/1.1 403 Forbidden\\r\\nContent-Length: 7\\r\\n"
+              "Connection: close\\r\\n\\r\\nDENIED\\n")
+    rig = Rig(topology, tmp_path, web_filters="""      - signature: {patterns: ["FORBIDDEN-PAYLOAD"], answer: "%s"}
+""" % answer)
+    try:
+        rig.start()
+        req = "GET /answer?FORBIDDEN-PAYLOAD HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n" % ORIGIN
+        out = rig.py(HTTP_PARTS, ORIGIN, req)
+        # (the helper's output is read as text: its CRs do not survive)
+        assert out == "GOT HTTP/1.1 403 Forbidden\nContent-Length: 7\n" \
+                      "Connection: close\n\nDENIED\n\n", repr(out)
+        _wait(lambda: "bytes back to the client" in rig.log(), 10, "the answer logged")
+        assert "/answer" not in " ".join(rig.origin_lines())
+        r = _curl(rig, "-o", "/dev/null", "-w", "%{http_code}", "http://%s/headers" % ORIGIN)
+        assert r.stdout == "200", (r.stdout, r.stderr)
+        rig.no_alerts()
+    finally:
+        rig.stop()
+    assert not rig.sanitizer_reports(), rig.sanitizer_reports()
 
 
 @pytest.mark.timeout(400)

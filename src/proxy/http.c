@@ -1,5 +1,8 @@
 /*
- * http.c: the HTTP handler (see http.h).
+ * http.c: the HTTP stage's machinery (see http.h): the committed record,
+ * the queue of pending requests, the phases of each direction, what goes
+ * from the IN rings to the OUT rings and when, and the access records.
+ * What a head says and how it is rewritten is http_head.c's.
  *
  * Each direction is in one of three phases.  HEAD: bytes wait in the IN
  * ring until a whole head has come; it is parsed in one go (so the
@@ -24,18 +27,17 @@
 #include "core/xrayd.h"
 #include "core/log.h"
 #include "proxy/http.h"
+#include "proxy/http_head.h"
 #include "relay/sock.h"
+#include "relay/stage_pair.h"
 #include "proxy/proxy_conf.h"
 
-#include <ctype.h>
 #include <http_parser.h>
 #include <limits.h>
 #include <stdio.h>
 #include <sys/socket.h>
-#include <strings.h>
 
-#define XR_HTTP_PIPELINE 8   /* requests awaiting their responses */
-#define XR_HTTP_HEADERS  128 /* headers in one head */
+#define XR_HTTP_PIPELINE 8 /* requests awaiting their responses */
 
 enum { XR_H_HEAD = 0, XR_H_BODY, XR_H_CLOSED };
 
@@ -85,18 +87,6 @@ typedef struct {
 
 _Static_assert(sizeof(xr_hrec_t) <= XR_PSTATE_MAX, "the HTTP record must fit its slot");
 
-/* One head being parsed, in the worker's scratch buffer. */
-typedef struct {
-    const char *base;
-    struct {
-        uint32_t name, nlen, value, vlen;
-    } h[XR_HTTP_HEADERS];
-    int n, overflow, in_value, done;
-    const char *bad; /* why the head is refused, when the parser would take it */
-    uint32_t url, ulen, status_at, slen;
-    int skip_body; /* a response to HEAD */
-} xr_head_t;
-
 typedef struct {
     xr_hrec_t r; /* working copy; committed after each step */
 } xr_hstate_t;
@@ -145,239 +135,13 @@ static void xr_http_commit(xr_conn_t *c)
     xr_pslot_publish(c->p);
 }
 
-/* ---- head parsing ----------------------------------------------------------- */
-
-static xr_head_t *xr_hd(http_parser *p)
-{
-    return p->data;
-}
-
-/* The parser may hand a span over in pieces: keep where it starts. */
-static void xr_span_grow(const xr_head_t *h, uint32_t *off, uint32_t *len, const char *at, size_t n)
-{
-    if (*len == 0)
-        *off = (uint32_t) (at - h->base);
-    *len += (uint32_t) n;
-}
-
-static int xr_on_url(http_parser *p, const char *at, size_t n)
-{
-    xr_head_t *h = xr_hd(p);
-    xr_span_grow(h, &h->url, &h->ulen, at, n);
-    return 0;
-}
-
-static int xr_on_status(http_parser *p, const char *at, size_t n)
-{
-    xr_head_t *h = xr_hd(p);
-    xr_span_grow(h, &h->status_at, &h->slen, at, n);
-    return 0;
-}
-
-static int xr_on_field(http_parser *p, const char *at, size_t n)
-{
-    xr_head_t *h = xr_hd(p);
-    if (memchr(at, ' ', n) != NULL) {
-        /* The lenient parser takes "Transfer-Encoding : chunked"; a server
-         * must refuse it (RFC 9112 5.1), and one that reads it otherwise
-         * than the proxy did frames the body otherwise: refused here. */
-        h->bad = "whitespace in a header name";
-        return 1;
-    }
-    if (h->in_value || h->n == 0 || h->h[h->n - 1].vlen > 0 || h->h[h->n - 1].nlen == 0) {
-        if (h->n == XR_HTTP_HEADERS) {
-            h->overflow = 1;
-            return 1;
-        }
-        if (!(h->n > 0 && !h->in_value && h->h[h->n - 1].vlen == 0 && h->h[h->n - 1].nlen > 0)) {
-            h->h[h->n].name = (uint32_t) (at - h->base);
-            h->h[h->n].nlen = 0;
-            h->h[h->n].vlen = 0;
-            h->n++;
-        }
-    }
-    h->in_value = 0;
-    h->h[h->n - 1].nlen += (uint32_t) n;
-    return 0;
-}
-
-static int xr_on_value(http_parser *p, const char *at, size_t n)
-{
-    xr_head_t *h = xr_hd(p);
-    if (h->n == 0)
-        return 1;
-    if (h->in_value) {
-        /* A head is parsed in one run, so a value comes in one piece but
-         * for a continuation line: its pieces are not contiguous, and the
-         * value written out would carry the CRLF between them. */
-        h->bad = "a header value folded over lines (obs-fold)";
-        return 1;
-    }
-    if (h->h[h->n - 1].vlen == 0)
-        h->h[h->n - 1].value = (uint32_t) (at - h->base);
-    h->h[h->n - 1].vlen += (uint32_t) n;
-    h->in_value = 1;
-    return 0;
-}
-
-static int xr_on_headers_complete(http_parser *p)
-{
-    xr_head_t *h = xr_hd(p);
-    h->done = 1;
-    http_parser_pause(p, 1);
-    return h->skip_body ? 1 : 0;
-}
-
-static int xr_on_message_complete(http_parser *p)
-{
-    xr_head_t *h = xr_hd(p);
-    if (h != NULL)
-        h->done = 2;
-    http_parser_pause(p, 1);
-    return 0;
-}
-
-static const http_parser_settings xr_head_settings = {
-    .on_url = xr_on_url,
-    .on_status = xr_on_status,
-    .on_header_field = xr_on_field,
-    .on_header_value = xr_on_value,
-    .on_headers_complete = xr_on_headers_complete,
-    .on_message_complete = xr_on_message_complete,
-};
-
-/* Body runs need only the end of the message. */
-static const http_parser_settings xr_body_settings = {
-    .on_message_complete = xr_on_message_complete,
-};
-
-static int xr_name_is(const xr_head_t *h, int i, const char *name)
-{
-    size_t n = strlen(name);
-    return h->h[i].nlen == n && strncasecmp(h->base + h->h[i].name, name, n) == 0;
-}
-
-static int xr_find(const xr_head_t *h, const char *name)
-{
-    for (int i = 0; i < h->n; i++)
-        if (xr_name_is(h, i, name))
-            return i;
-    return -1;
-}
-
-/* Header i's value without the trailing whitespace the parser leaves. */
-static size_t xr_value_len(const xr_head_t *h, int i)
-{
-    size_t n = h->h[i].vlen;
-    while (n > 0 &&
-           (h->base[h->h[i].value + n - 1] == ' ' || h->base[h->h[i].value + n - 1] == '\t'))
-        n--;
-    return n;
-}
-
-/* Is v[0..n) a host and optional port as Host carries them (RFC 9110
- * 7.2): a name of letters, digits, '-', '.' and '_', or an IPv6 address
- * in brackets, then ":" and digits?  Anything else ("ok@denied.example",
- * spaces, "/", '%'-escapes) a server or a parent proxy reads otherwise
- * than the rules did. */
-static int xr_host_ok(const char *v, size_t n)
-{
-    size_t i = 0;
-    if (n > 0 && v[0] == '[') {
-        for (i = 1; i < n && v[i] != ']'; i++)
-            if (!isxdigit((unsigned char) v[i]) && v[i] != ':' && v[i] != '.')
-                return 0;
-        if (i++ == n)
-            return 0;
-    } else {
-        for (; i < n && v[i] != ':'; i++)
-            if (!isalnum((unsigned char) v[i]) && v[i] != '-' && v[i] != '.' && v[i] != '_')
-                return 0;
-    }
-    if (i < n && v[i++] != ':')
-        return 0;
-    for (; i < n; i++)
-        if (!isdigit((unsigned char) v[i]))
-            return 0;
-    return 1;
-}
-
-/* Does the comma-separated value list v[0..n) hold token t? */
-static int xr_list_has(const char *v, size_t n, const char *t, size_t tl)
-{
-    size_t i = 0;
-    while (i < n) {
-        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        size_t s = i;
-        while (i < n && v[i] != ',')
-            i++;
-        size_t e = i;
-        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-            e--;
-        if (e - s == tl && strncasecmp(v + s, t, tl) == 0)
-            return 1;
-    }
-    return 0;
-}
-
-/* Is header i hop-by-hop (RFC 9110 7.6.1), named by a Connection header,
- * or one the rules remove? */
-static int xr_drop_header(const xr_head_t *h, int i, const xr_http_conf_t *hc)
-{
-    static const char *const hop[] = {"connection", "keep-alive",          "proxy-connection",
-                                      "te",         "proxy-authorization", "proxy-authenticate",
-                                      "upgrade"};
-    for (size_t k = 0; k < XR_ARRAY_SIZE(hop); k++)
-        if (xr_name_is(h, i, hop[k]))
-            return 1;
-    /* A Connection header cannot make these hop-by-hop: without them the
-     * server would read another message (no Host, another framing). */
-    if (xr_name_is(h, i, "host") || xr_name_is(h, i, "content-length") ||
-        xr_name_is(h, i, "transfer-encoding"))
-        return 0;
-    for (int j = 0; j < h->n; j++)
-        if (xr_name_is(h, j, "connection") && xr_list_has(h->base + h->h[j].value, h->h[j].vlen,
-                                                          h->base + h->h[i].name, h->h[i].nlen))
-            return 1;
-    for (size_t k = 0; hc && k < hc->remove_headers.n; k++)
-        if (xr_name_is(h, i, hc->remove_headers.items[k]))
-            return 1;
-    return 0;
-}
-
 /* ---- answers of the proxy's own ---------------------------------------------- */
-
-static const char *xr_reason(int status)
-{
-    switch (status) {
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 405: return "Method Not Allowed";
-    case 431: return "Request Header Fields Too Large";
-    case 502: return "Bad Gateway";
-    default: return "Error";
-    }
-}
 
 static size_t xr_error_page(const xr_conn_t *c, const xr_hpend_t *e, char *out, size_t cap)
 {
-    char body[512];
-    int bl = snprintf(body, sizeof(body),
-                      "<!DOCTYPE html>\n<html><head><title>%d %s</title></head><body>\n"
-                      "<h1>%d %s</h1>\n<p>%s</p>\n<hr><p>%s</p>\n</body></html>\n",
-                      e->status, xr_reason(e->status), e->status, xr_reason(e->status), e->why,
-                      xr_proxy_conf(c->conf)->http->via);
-    int n = snprintf(out, cap,
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"
-                     "Content-Length: %d\r\nConnection: close\r\nCache-Control: no-store\r\n"
-                     "Via: 1.1 %s\r\n\r\n%s",
-                     e->status, xr_reason(e->status), bl, xr_proxy_conf(c->conf)->http->via, body);
-    return n < 0 ? 0 : XR_MIN((size_t) n, cap);
+    return xr_http_error_page(e->status, e->why, xr_proxy_conf(c->conf)->http->via, out, cap);
 }
 
-/* What of [start, end) an end was given, when it has been given `given`
- * bytes of its stream in all. */
 static uint64_t xr_span_sent(uint64_t given, uint64_t start, uint64_t end)
 {
     return given <= start ? 0 : XR_MIN(given, end) - start;
@@ -494,21 +258,12 @@ static void xr_pend_push(xr_hrec_t *r, const xr_hpend_t *e, uint64_t up_start, u
     r->npend++;
 }
 
-static void xr_copy_field(char *dst, size_t cap, const char *src, size_t n)
-{
-    size_t k = 0;
-    for (size_t i = 0; i < n && k + 1 < cap; i++)
-        dst[k++] = (src[i] >= 0x20 && src[i] < 0x7f) ? src[i] : '?';
-    dst[k] = '\0';
-}
-
-/* What the log and an error page say of a request. */
 static void xr_pend_names(xr_hpend_t *e, const char *method, const char *host, const char *uri,
                           size_t ulen)
 {
-    xr_copy_field(e->method, sizeof(e->method), method, strlen(method));
-    xr_copy_field(e->host, sizeof(e->host), host, strlen(host));
-    xr_copy_field(e->uri, sizeof(e->uri), uri, ulen);
+    xr_http_copy_field(e->method, sizeof(e->method), method, strlen(method));
+    xr_http_copy_field(e->host, sizeof(e->host), host, strlen(host));
+    xr_http_copy_field(e->uri, sizeof(e->uri), uri, ulen);
 }
 
 /* ---- requests (up) and responses (down) --------------------------------------- */
@@ -516,9 +271,9 @@ static void xr_pend_names(xr_hpend_t *e, const char *method, const char *host, c
 /* Copy what waits in IN[d] (at most cap bytes) into the scratch buffer. */
 static size_t xr_http_peek(xr_conn_t *c, int d, size_t cap, char **buf)
 {
-    size_t avail = (size_t) XR_MIN(c->p->taken[d] - c->in_done[d], (uint64_t) cap);
+    size_t avail = (size_t) XR_MIN(xr_conn_in_end(c, d) - c->in_done[d], (uint64_t) cap);
     *buf = xr_http_scratch(0, cap + 1);
-    xr_ring_get(c->ring[XR_RING_IN_UP + d], c->rsize, c->in_done[d], *buf, avail);
+    xr_ring_get(xr_conn_in_ring(c, d), c->rsize, c->in_done[d], *buf, avail);
     return avail;
 }
 
@@ -531,59 +286,10 @@ static int xr_http_parse_head(xr_conn_t *c, int d, xr_head_t *h, http_parser *p,
     const xr_http_conf_t *hc = xr_proxy_conf(c->conf)->http;
     char *buf;
     size_t avail = xr_http_peek(c, d, (size_t) hc->max_header_size, &buf);
-    memset(h, 0, sizeof(*h));
-    h->base = buf;
-    if (d == XR_DIR_DOWN) {
-        const xr_hrec_t *r = xr_rec(c);
-        h->skip_body = r->npend > 0 && r->pend[r->first].head;
-    }
-    http_parser_init(p, d == XR_DIR_UP ? HTTP_REQUEST : HTTP_RESPONSE);
-    p->data = h;
-    size_t n = http_parser_execute(p, &xr_head_settings, buf, avail);
-    enum http_errno err = HTTP_PARSER_ERRNO(p);
-    if (h->done) {
-        /* Paused on the head's last LF, which the parser reads again as it
-         * goes on: feed it now, so the head ends after it and the body
-         * (or the next message) starts clean.  Whatever the byte is: the
-         * lenient parser takes any byte after the last CR for that LF, and
-         * left in place it would go on as body (one byte more than the
-         * rewritten head's framing says). */
-        http_parser_pause(p, 0);
-        if (n < avail) {
-            xr_head_t none = {0};
-            p->data = &none;
-            http_parser_execute(p, &xr_body_settings, buf + n, 1);
-            if (HTTP_PARSER_ERRNO(p) == HPE_PAUSED)
-                http_parser_pause(p, 0);
-            p->data = NULL;
-            n++;
-        }
-        /* Some heads are refused only on that byte (a request whose
-         * Transfer-Encoding does not end in chunked): invalid as any. */
-        err = HTTP_PARSER_ERRNO(p);
-        if (err == HPE_OK) {
-            *used = n;
-            return 1;
-        }
-    }
-    if (h->bad != NULL) {
-        *status = d == XR_DIR_UP ? 400 : 502;
-        snprintf(why, wl, "invalid %s head: %s", d == XR_DIR_UP ? "request" : "response", h->bad);
-        return -1;
-    }
-    if (h->overflow || (err == HPE_OK && avail == (size_t) hc->max_header_size)) {
-        *status = d == XR_DIR_UP ? 431 : 502;
-        snprintf(why, wl, "the %s head is larger than %lld bytes",
-                 d == XR_DIR_UP ? "request" : "response", (long long) hc->max_header_size);
-        return -1;
-    }
-    if (err != HPE_OK) {
-        *status = d == XR_DIR_UP ? 400 : 502;
-        snprintf(why, wl, "invalid %s head: %s", d == XR_DIR_UP ? "request" : "response",
-                 http_errno_description(err));
-        return -1;
-    }
-    return 0;
+    const xr_hrec_t *r = xr_rec(c);
+    int skip_body = d == XR_DIR_DOWN && r->npend > 0 && r->pend[r->first].head;
+    return xr_http_head_parse(buf, avail, (size_t) hc->max_header_size, d, skip_body, h, p, used,
+                              status, why, wl);
 }
 
 /* Run the body part of what waits (at most max bytes) through p: how
@@ -593,221 +299,36 @@ static size_t xr_http_body(xr_conn_t *c, int d, http_parser *p, uint64_t from, s
                            int *complete, enum http_errno *err)
 {
     struct iovec iov[2];
-    int k = xr_ring_iov(c->ring[XR_RING_IN_UP + d], c->rsize, from, max, iov);
-    xr_head_t none = {0};
-    p->data = &none;
+    int k = xr_ring_iov(xr_conn_in_ring(c, d), c->rsize, from, max, iov);
     size_t total = 0;
     *complete = 0;
     *err = HPE_OK;
     for (int i = 0; i < k && iov[i].iov_len > 0; i++) {
-        size_t n = http_parser_execute(p, &xr_body_settings, iov[i].iov_base, iov[i].iov_len);
-        total += n;
-        if (none.done == 2 || HTTP_PARSER_ERRNO(p) == HPE_PAUSED) {
-            http_parser_pause(p, 0);
-            *complete = 1;
+        total += xr_http_body_run(p, iov[i].iov_base, iov[i].iov_len, complete);
+        if (*complete)
             break;
-        }
         if (HTTP_PARSER_ERRNO(p) != HPE_OK) {
             *err = HTTP_PARSER_ERRNO(p);
             break;
         }
     }
-    p->data = NULL;
     return total;
 }
 
-/* The head being rewritten: bytes past cap are counted, not written. */
-typedef struct {
-    char *out;
-    size_t n, cap;
-} xr_emit_t;
-
-/* memcpy, not snprintf: formatting every line was the proxy's costliest
- * code after the parser. */
-static void xr_cat(xr_emit_t *e, const char *s, size_t len)
-{
-    if (e->n + len < e->cap)
-        memcpy(e->out + e->n, s, len);
-    e->n += len;
-}
-
-static void xr_cats(xr_emit_t *e, const char *s)
-{
-    xr_cat(e, s, strlen(s));
-}
-
-static void xr_cat_uint(xr_emit_t *e, unsigned v)
-{
-    char digits[12];
-    size_t k = sizeof(digits);
-    do
-        digits[--k] = (char) ('0' + v % 10);
-    while ((v /= 10) != 0 && k > 0);
-    xr_cat(e, digits + k, sizeof(digits) - k);
-}
-
-static void xr_cat_version(xr_emit_t *e, const http_parser *p)
-{
-    xr_cat_uint(e, p->http_major);
-    xr_cat(e, ".", 1);
-    xr_cat_uint(e, p->http_minor);
-}
-
-/* Write the rewritten head of h into OUT[d].  Returns XR_AGAIN when OUT
- * has no room for it. */
+/* Write the rewritten head of h into OUT[d].  XR_AGAIN when OUT has no
+ * room for it, XR_ERROR when it is too large. */
 static int xr_http_emit_head(xr_conn_t *c, int d, const xr_head_t *h, const http_parser *p)
 {
     const xr_http_conf_t *hc = xr_proxy_conf(c->conf)->http;
-    xr_emit_t e = {.cap = (size_t) hc->max_header_size + 512};
-    e.out = xr_http_scratch(1, e.cap);
-    if (d == XR_DIR_UP) {
-        xr_cats(&e, http_method_str((enum http_method) p->method));
-        xr_cat(&e, " ", 1);
-        /* A parent proxy wants the absolute form (the thesis' web cache). */
-        int hi =
-            c->upstream_idx >= 0 && h->ulen > 0 && h->base[h->url] == '/' ? xr_find(h, "host") : -1;
-        if (hi >= 0) {
-            xr_cat(&e, "http://", 7);
-            xr_cat(&e, h->base + h->h[hi].value, xr_value_len(h, hi));
-        }
-        xr_cat(&e, h->base + h->url, h->ulen);
-        xr_cat(&e, " HTTP/", 6);
-        xr_cat_version(&e, p);
-    } else {
-        xr_cat(&e, "HTTP/", 5);
-        xr_cat_version(&e, p);
-        xr_cat(&e, " ", 1);
-        xr_cat_uint(&e, p->status_code);
-        xr_cat(&e, " ", 1);
-        xr_cat(&e, h->base + h->status_at, h->slen);
-    }
-    xr_cat(&e, "\r\n", 2);
-    for (int i = 0; i < h->n; i++) {
-        if (xr_drop_header(h, i, d == XR_DIR_UP ? hc : NULL))
-            continue;
-        xr_cat(&e, h->base + h->h[i].name, h->h[i].nlen);
-        xr_cat(&e, ": ", 2);
-        xr_cat(&e, h->base + h->h[i].value, h->h[i].vlen);
-        xr_cat(&e, "\r\n", 2);
-    }
-    xr_cat(&e, "Via: ", 5);
-    xr_cat_version(&e, p);
-    xr_cat(&e, " ", 1);
-    xr_cats(&e, hc->via);
-    xr_cat(&e, "\r\n", 2);
-    if (!http_should_keep_alive(p))
-        xr_cats(&e, "Connection: close\r\n");
-    else if (p->http_major == 1 && p->http_minor == 0)
-        xr_cats(&e, "Connection: keep-alive\r\n");
-    xr_cat(&e, "\r\n", 2);
-    if (e.n >= e.cap)
+    size_t cap = (size_t) hc->max_header_size + 512;
+    char *out = xr_http_scratch(1, cap);
+    size_t n = xr_http_head_rewrite(h, p, d, c->upstream_idx >= 0, hc, out, cap);
+    if (n >= cap)
         return XR_ERROR;
-    if (xr_conn_out_room(c, d) < e.n)
+    if (xr_conn_out_room(c, d) < n)
         return XR_AGAIN;
-    xr_conn_emit(c, d, e.out, e.n);
+    xr_conn_emit(c, d, out, n);
     return XR_OK;
-}
-
-/* The host a request's target names (absolute-form, or CONNECT's
- * authority-form), which a server takes over Host (RFC 9112 3.2.2): 1
- * with it in *name, 0 for none (origin-form, "*"), -1 for a target that
- * does not parse or carries userinfo (RFC 9110 4.2.4). */
-static int xr_target_host(const xr_head_t *h, const http_parser *p, const char **name, size_t *len)
-{
-    int connect = p->method == HTTP_CONNECT;
-    if (h->ulen == 0 || (!connect && (h->base[h->url] == '/' || h->base[h->url] == '*')))
-        return 0;
-    struct http_parser_url u;
-    http_parser_url_init(&u);
-    if (http_parser_parse_url(h->base + h->url, h->ulen, connect, &u) != 0 ||
-        !(u.field_set & (1 << UF_HOST)) || (u.field_set & (1 << UF_USERINFO)))
-        return -1;
-    *name = h->base + h->url + u.field_data[UF_HOST].off;
-    *len = u.field_data[UF_HOST].len;
-    return 1;
-}
-
-/* Check a request head against the rules: 0 to forward, else the status
- * of the refusal (why says what). */
-static int xr_http_check(const xr_conn_t *c, const xr_head_t *h, const http_parser *p, char *host,
-                         size_t hl, char *why, size_t wl)
-{
-    const xr_http_conf_t *hc = xr_proxy_conf(c->conf)->http;
-    const char *method = http_method_str((enum http_method) p->method);
-    int hi = xr_find(h, "host");
-    size_t n = 0, e = 0;
-    const char *v = "";
-    if (hi >= 0) {
-        v = h->base + h->h[hi].value;
-        n = xr_value_len(h, hi);
-        /* the name without its port (and without IPv6 brackets) */
-        e = n;
-        if (n > 0 && v[0] == '[') {
-            const char *rb = memchr(v, ']', n);
-            e = rb ? (size_t) (rb - v) + 1 : n;
-        } else {
-            const char *colon = memchr(v, ':', n);
-            if (colon)
-                e = (size_t) (colon - v);
-        }
-        xr_copy_field(host, hl, v, e);
-    } else {
-        host[0] = '\0';
-    }
-    int ok = 0;
-    for (size_t i = 0; i < hc->methods.n && !ok; i++)
-        ok = strcmp(hc->methods.items[i], method) == 0;
-    if (!ok) {
-        snprintf(why, wl, "method %s is not allowed here", method);
-        return 405;
-    }
-    if (hi < 0 && (p->http_major > 1 || p->http_minor >= 1)) {
-        snprintf(why, wl, "an HTTP/1.1 request needs a Host header");
-        return 400;
-    }
-    /* The rules see the first Host; the server must see the same one. */
-    int nhost = 0;
-    for (int i = 0; i < h->n; i++)
-        nhost += xr_name_is(h, i, "host");
-    if (nhost > 1 || (hi >= 0 && !xr_host_ok(h->base + h->h[hi].value, n))) {
-        snprintf(why, wl, nhost > 1 ? "more than one Host header" : "an invalid Host header");
-        return 400;
-    }
-    if (xr_find(h, "content-length") >= 0 && xr_find(h, "transfer-encoding") >= 0) {
-        /* What a smuggler sends: two framings for the server to choose. */
-        snprintf(why, wl, "both Content-Length and Transfer-Encoding");
-        return 400;
-    }
-    /* An absolute target names the host the server will take: the rules
-     * hold for it as for Host. */
-    const char *tn = "";
-    size_t tl = 0;
-    int t = xr_target_host(h, p, &tn, &tl);
-    if (t < 0) {
-        snprintf(why, wl, "an invalid request target");
-        return 400;
-    }
-    for (int k = 0; k < 1 + (t > 0); k++) {
-        /* The whole name is matched: host is cut to fit the log. */
-        const char *name = k == 0 ? v : tn;
-        size_t len = k == 0 ? e : tl;
-        char shown[64];
-        xr_copy_field(shown, sizeof(shown), name, len);
-        if (hc->hosts_deny.n > 0 && xr_http_host_match(&hc->hosts_deny, name, len)) {
-            snprintf(why, wl, "host %s is denied", shown);
-            return 403;
-        }
-        if (hc->hosts_allow.n > 0 && !xr_http_host_match(&hc->hosts_allow, name, len)) {
-            snprintf(why, wl, "host %s is not allowed", shown);
-            return 403;
-        }
-    }
-    for (size_t i = 0; i < hc->deny_headers.n; i++)
-        if (xr_find(h, hc->deny_headers.items[i]) >= 0) {
-            snprintf(why, wl, "header %s is not allowed", hc->deny_headers.items[i]);
-            return 403;
-        }
-    return 0;
 }
 
 /* Refuse the request whose head starts IN[UP]: queued for its turn; the
@@ -820,14 +341,14 @@ static void xr_http_refuse(xr_conn_t *c, int status, const char *host, const cha
     e.status = (uint16_t) status;
     xr_pend_names(&e, method, host, uri, ulen);
     snprintf(e.why, sizeof(e.why), "%.111s", why);
-    e.req_bytes = c->p->taken[XR_DIR_UP] - c->in_done[XR_DIR_UP];
+    e.req_bytes = xr_conn_in_end(c, XR_DIR_UP) - c->in_done[XR_DIR_UP];
     if (r->npend + r->nlog >= XR_HTTP_PIPELINE) { /* cannot happen: checked before parsing */
         xr_conn_close(c, "refused: %s", why);
         return;
     }
     xr_pend_push(r, &e, c->out_made[XR_DIR_UP], c->out_made[XR_DIR_UP]); /* none forwarded */
     r->phase[XR_DIR_UP] = XR_H_CLOSED;
-    c->in_done[XR_DIR_UP] = c->p->taken[XR_DIR_UP];
+    c->in_done[XR_DIR_UP] = xr_conn_in_end(c, XR_DIR_UP);
 }
 
 static int xr_http_up_head(xr_conn_t *c)
@@ -848,7 +369,8 @@ static int xr_http_up_head(xr_conn_t *c)
         return XR_OK;
     }
     const char *method = http_method_str((enum http_method) p.method);
-    status = xr_http_check(c, &h, &p, host, sizeof(host), why, sizeof(why));
+    status = xr_http_head_check(&h, &p, xr_proxy_conf(c->conf)->http, host, sizeof(host), why,
+                                sizeof(why));
     /* Whatever of the body has come is checked before the head goes
      * upstream: a bad chunk size is refused, not half-forwarded. */
     int has_body =
@@ -856,7 +378,7 @@ static int xr_http_up_head(xr_conn_t *c)
     http_parser trial = p;
     int complete = 0;
     enum http_errno perr = HPE_OK;
-    size_t rest = (size_t) (c->p->taken[XR_DIR_UP] - c->in_done[XR_DIR_UP]) - used;
+    size_t rest = (size_t) (xr_conn_in_end(c, XR_DIR_UP) - c->in_done[XR_DIR_UP]) - used;
     if (status == 0 && has_body && rest > 0)
         xr_http_body(c, XR_DIR_UP, &trial, c->in_done[XR_DIR_UP] + used, rest, &complete, &perr);
     if (status == 0 && perr != HPE_OK) {
@@ -911,8 +433,8 @@ static int xr_http_down_head(xr_conn_t *c)
         e->status = (uint16_t) status;
         snprintf(e->why, sizeof(e->why), "%.111s", why);
         r->phase[XR_DIR_UP] = XR_H_CLOSED;
-        c->in_done[XR_DIR_UP] = c->p->taken[XR_DIR_UP];
-        c->in_done[XR_DIR_DOWN] = c->p->taken[XR_DIR_DOWN];
+        c->in_done[XR_DIR_UP] = xr_conn_in_end(c, XR_DIR_UP);
+        c->in_done[XR_DIR_DOWN] = xr_conn_in_end(c, XR_DIR_DOWN);
         int rc = xr_http_refusals(c);
         r->phase[XR_DIR_DOWN] = XR_H_CLOSED;
         return rc;
@@ -943,7 +465,7 @@ static int xr_http_down_head(xr_conn_t *c)
 static int xr_http_pass(xr_conn_t *c, int d)
 {
     xr_hrec_t *r = xr_rec(c);
-    uint64_t avail = c->p->taken[d] - c->in_done[d];
+    uint64_t avail = xr_conn_in_end(c, d) - c->in_done[d];
     size_t max = (size_t) XR_MIN(avail, xr_conn_out_room(c, d));
     if (max == 0)
         return avail > 0 ? XR_AGAIN : XR_OK;
@@ -987,11 +509,11 @@ static int xr_http_process(xr_conn_t *c, int d)
         uint64_t before = c->in_done[d] + c->out_made[0] + c->out_made[1];
         switch (r->phase[d]) {
         case XR_H_CLOSED:
-            c->in_done[d] = c->p->taken[d]; /* read and dropped */
+            c->in_done[d] = xr_conn_in_end(c, d); /* read and dropped */
             rc = XR_OK;
             break;
         case XR_H_HEAD:
-            if (c->in_done[d] == c->p->taken[d])
+            if (c->in_done[d] == xr_conn_in_end(c, d))
                 break;
             rc = d == XR_DIR_UP ? xr_http_up_head(c) : xr_http_down_head(c);
             if (rc == XR_OK && d == XR_DIR_UP)
@@ -1011,20 +533,18 @@ static int xr_http_process(xr_conn_t *c, int d)
 static int xr_http_eof(xr_conn_t *c, int d)
 {
     xr_hrec_t *r = xr_rec(c);
-    if (r->phase[d] == XR_H_HEAD && c->in_done[d] < c->p->taken[d]) {
+    if (r->phase[d] == XR_H_HEAD && c->in_done[d] < xr_conn_in_end(c, d)) {
         /* A head cut short by the end of the stream goes nowhere. */
         xr_log_session(XR_LOG_INFO, &c->s, "%llu bytes of an unfinished %s head dropped at the end",
-                       (unsigned long long) (c->p->taken[d] - c->in_done[d]),
+                       (unsigned long long) (xr_conn_in_end(c, d) - c->in_done[d]),
                        d == XR_DIR_UP ? "request" : "response");
-        c->in_done[d] = c->p->taken[d];
+        c->in_done[d] = xr_conn_in_end(c, d);
     }
     if (d == XR_DIR_DOWN && r->phase[d] == XR_H_BODY) {
         /* A response that runs until the server closes ends here. */
-        xr_head_t none = {0};
-        r->parser[d].data = &none;
-        http_parser_execute(&r->parser[d], &xr_body_settings, NULL, 0);
-        r->parser[d].data = NULL;
-        if (none.done == 2 && r->npend > 0) {
+        int complete;
+        xr_http_body_end(&r->parser[d], &complete);
+        if (complete && r->npend > 0) {
             xr_http_answered(c, r->status, r->resp_bytes, r->resp_bytes);
             /* The server's close ended it, so nothing can follow it on this
              * connection (the client reads to the close): requests still
@@ -1114,3 +634,6 @@ const xr_stage_t xr_http_handler = {.name = "http",
                                     .finished = xr_http_finished,
                                     .delivered = xr_http_delivered,
                                     .unreachable = xr_http_unreachable};
+
+const xr_stage_t xr_http_filtered_handler =
+    XR_STAGE_AFTER_FILTERS("filters+http", &xr_http_handler, 1);

@@ -74,7 +74,10 @@ void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
         atomic_fetch_sub(&xr_shm->active[rc->slot], 1);
         return;
     }
-    xr_conn_start(loop, rt, fd, client, id, &dst, (uint32_t) xr_proxy_conf(rc)->mode);
+    uint32_t stage = 0;
+    if (xr_proxy_conf(rc)->mode == XR_PROXY_HTTP)
+        stage = rt->has_data_filters ? XR_HTTP_STAGE_FILTERED : XR_HTTP_STAGE_PLAIN;
+    xr_conn_start(loop, rt, fd, client, id, &dst, stage);
 }
 
 const struct sockaddr_storage *xr_proxy_target(xr_conn_t *c, socklen_t *len)
@@ -97,5 +100,9 @@ const struct sockaddr_storage *xr_proxy_target(xr_conn_t *c, socklen_t *len)
 
 const xr_stage_t *xr_proxy_stage(uint32_t mode)
 {
-    return mode == XR_PROXY_HTTP ? &xr_http_handler : NULL;
+    switch (mode) {
+    case XR_HTTP_STAGE_PLAIN: return &xr_http_handler;
+    case XR_HTTP_STAGE_FILTERED: return &xr_http_filtered_handler;
+    default: return NULL;
+    }
 }

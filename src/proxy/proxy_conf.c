@@ -124,14 +124,6 @@ int xr_proxy_check(xr_conf_t *cf, xr_relay_conf_t *rc)
             m->lens[i] = strlen(xr_default_methods[i]);
         }
     }
-    /* A filter that is accepted must run (fail closed): mode http has no
-     * stage for data hooks yet, so it refuses them rather than skip them. */
-    for (size_t i = 0; pc->mode == XR_PROXY_HTTP && i < rc->nfilters; i++)
-        if (rc->filters[i].module->data != NULL)
-            return xr_conf_error(cf, rc->filters[i].node,
-                                 "filter \"%s\" inspects bytes, which a proxy in mode: http "
-                                 "does not run; use mode: circuit for it",
-                                 rc->filters[i].module->name);
     if (pc->http != NULL && pc->http->max_header_size > rc->buffer_size / 2) {
         const xr_node_t *bs = xr_node_get(rc->node, "buffer_size");
         return xr_conf_error(cf, bs ? bs : rc->node,

@@ -76,6 +76,8 @@ static void xr_cn_running(xr_conn_t *c, int fresh);
 static int xr_cn_pump(xr_conn_t *c, int d);
 static void xr_cn_posted_cb(xr_posted_t *ps);
 static void xr_cn_target_result(xr_conn_t *c, int ok);
+static void xr_cn_check_resumed(const xr_conn_t *c, const uint64_t was_taken[2], char *why,
+                                size_t wl);
 
 /* ---- rings ------------------------------------------------------------------ */
 
@@ -118,14 +120,37 @@ static uint64_t xr_cn_out_end(const xr_conn_t *c, int d)
     return c->h ? c->out_made[d] : c->p->taken[d];
 }
 
+void xr_conn_view_default(xr_conn_t *c)
+{
+    for (int d = 0; d < 2; d++) {
+        c->v[d].in = c->ring[XR_RING_IN_UP + d];
+        c->v[d].out = c->ring[XR_RING_OUT_UP + d];
+        c->v[d].in_end = &c->p->taken[d];
+        c->v[d].out_taken = &c->p->given[1 - d];
+    }
+}
+
+void xr_conn_commit(xr_conn_t *c, const void *rec, size_t len)
+{
+    if (c->aux_record)
+        xr_pslot_aux_commit(c->p, rec, len);
+    else
+        xr_pslot_commit(c->p, rec, len);
+}
+
+const void *xr_conn_record(const xr_conn_t *c)
+{
+    return c->aux_record ? xr_pslot_aux_record(c->p) : xr_pslot_record(c->p);
+}
+
 uint64_t xr_conn_out_room(const xr_conn_t *c, int d)
 {
-    return c->rsize - (c->out_made[d] - c->p->given[1 - d]);
+    return c->rsize - (c->out_made[d] - *c->v[d].out_taken);
 }
 
 void xr_conn_emit(xr_conn_t *c, int d, const void *p, size_t n)
 {
-    xr_ring_put(c->ring[XR_RING_OUT_UP + d], c->rsize, c->out_made[d], p, n);
+    xr_ring_put(c->v[d].out, c->rsize, c->out_made[d], p, n);
     c->out_made[d] += n;
 }
 
@@ -133,7 +158,7 @@ void xr_conn_pass(xr_conn_t *c, int d, uint64_t from, size_t n)
 {
     /* At most two pieces each way: copy through the source's pieces. */
     struct iovec iov[2];
-    int k = xr_ring_iov(c->ring[XR_RING_IN_UP + d], c->rsize, from, n, iov);
+    int k = xr_ring_iov(c->v[d].in, c->rsize, from, n, iov);
     for (int i = 0; i < k; i++)
         xr_conn_emit(c, d, iov[i].iov_base, iov[i].iov_len);
 }
@@ -152,9 +177,8 @@ static void xr_cn_base(xr_conn_t *c, int e)
 
 /* ---- life cycle ------------------------------------------------------------- */
 
-static void xr_cn_timer_closed(uv_handle_t *h)
+static void xr_cn_free(xr_conn_t *c)
 {
-    xr_conn_t *c = h->data;
     if (c->heap_slot)
         free(c->p);
     if (c->heap_rings)
@@ -162,10 +186,16 @@ static void xr_cn_timer_closed(uv_handle_t *h)
     free(c);
 }
 
+static void xr_cn_timer_closed(uv_handle_t *h)
+{
+    xr_cn_free(h->data);
+}
+
 static void xr_cn_timer_cb(uv_timer_t *t);
 
-/* A connection object around slot p (new or adopted). */
-static xr_conn_t *xr_cn_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p)
+/* A connection object around slot p, outside the worker's service: its
+ * session, rings and stage, nothing counted, listed or timed. */
+static xr_conn_t *xr_cn_object(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p)
 {
     xr_conn_t *c = xr_calloc(1, sizeof(*c));
     c->rt = rt;
@@ -197,10 +227,21 @@ static xr_conn_t *xr_cn_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p)
         c->end[i].io.fd = -1;
         c->end[i].c = c;
     }
+    xr_conn_view_default(c);
     if (p->mode != 0 && rt->rc->frontdoor->conn_stage != NULL)
         c->h = rt->rc->frontdoor->conn_stage(p->mode);
     else
         c->h = p->filtered ? &xr_filter_handler : NULL;
+    return c;
+}
+
+/* A connection object around slot p (new or adopted), in the worker's
+ * service: timed, listed, and counted in the worker and the shared
+ * memory. */
+static xr_conn_t *xr_cn_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p)
+{
+    xr_conn_t *c = xr_cn_object(rt, store, p);
+    c->in_service = 1;
     uv_timer_init(xr_cx.loop, &c->timer);
     c->timer.data = c;
     c->last_active = (int64_t) uv_now(xr_cx.loop);
@@ -233,6 +274,8 @@ static void xr_cn_counts(const xr_conn_t *c, uint64_t read[2], uint64_t written[
 
 static void xr_cn_count(xr_conn_t *c)
 {
+    if (!c->in_service)
+        return;
     uint64_t read[2], written[2];
     xr_cn_counts(c, read, written);
     for (int d = 0; d < 2; d++) {
@@ -323,8 +366,10 @@ void xr_conn_close(xr_conn_t *c, const char *fmt, ...)
         vsnprintf(c->s.close_reason, sizeof(c->s.close_reason), fmt, ap);
         va_end(ap);
     }
-    uv_timer_stop(&c->timer);
-    xr_reactor_unpost(&c->posted);
+    if (c->in_service) {
+        uv_timer_stop(&c->timer);
+        xr_reactor_unpost(&c->posted);
+    }
     xr_cn_count(c); /* also when frozen: these bytes moved under this master */
     if (frozen) {
         /* Upgrade: the connection lives on in the new binary; only our
@@ -360,6 +405,8 @@ void xr_conn_close(xr_conn_t *c, const char *fmt, ...)
     c->fstate = NULL;
     if (!frozen)
         xr_cn_release(c); /* after this the slot (and maybe its file) is gone */
+    if (!c->in_service)
+        return; /* its owner frees it (xr_conn_detached_free) */
     xr_list_remove(&c->link);
     xr_cx.n--;
     c->rt->active--;
@@ -393,6 +440,71 @@ static void xr_cn_timer_cb(uv_timer_t *t)
         return;
     }
     uv_timer_start(&c->timer, xr_cn_timer_cb, (uint64_t) (c->conf->idle_timeout - idle), 0);
+}
+
+/* ---- detached connections ------------------------------------------------ */
+
+/* Outside the worker's service (see conn.h): no socket, timer, list or
+ * shared counter, so nothing of the worker process is needed. */
+xr_conn_t *xr_conn_detached_new(xr_relay_rt_t *rt, uint64_t id, uint32_t mode)
+{
+    xr_pslot_t *p = xr_calloc(1, sizeof(*p));
+    p->id = id;
+    p->mode = mode;
+    p->filtered = mode == 0 && rt->has_data_filters;
+    snprintf(p->block, sizeof(p->block), "%s", rt->rc->name);
+    p->peer = -1;
+    p->start_ms = xr_wall_ms();
+    p->phase = XR_PHASE_RUNNING;
+    xr_conn_t *c = xr_cn_object(rt, NULL, p);
+    c->state = XR_PC_RUNNING;
+    c->action = "relaying";
+    if (xr_cn_open_filters(c) != XR_OK)
+        return c;
+    if (c->h != NULL && c->h->start(c) != XR_OK)
+        xr_conn_close(c, "cannot start the %s stage", c->h->name);
+    return c;
+}
+
+int xr_conn_detached_resume(xr_conn_t *c)
+{
+    if (c->state == XR_PC_CLOSED)
+        return XR_ERROR;
+    /* What died with the process: the stage's working state, the filters'
+     * state, the engine's own flags.  The slot and the rings remain. */
+    if (c->h != NULL && c->h->free != NULL)
+        c->h->free(c);
+    free(c->fstate);
+    c->fstate = NULL;
+    c->opened = 0;
+    for (int d = 0; d < 2; d++)
+        c->out_closed[d] = c->again[d] = 0;
+    c->p->resumed++;
+    if (xr_cn_open_filters(c) != XR_OK)
+        return XR_ERROR;
+    char why[160] = "";
+    const uint64_t taken[2] = {c->p->taken[0], c->p->taken[1]};
+    if (c->h != NULL && c->h->resume(c) != XR_OK)
+        snprintf(why, sizeof(why), "the stage's state in the snapshot is not usable");
+    if (why[0] == '\0')
+        xr_cn_check_resumed(c, taken, why, sizeof(why));
+    if (why[0] != '\0') {
+        xr_log_session(XR_LOG_ERR, &c->s, "cannot resume: %s", why);
+        xr_conn_close(c, "resume failed");
+        return XR_ERROR;
+    }
+    return XR_OK;
+}
+
+int xr_conn_is_closed(const xr_conn_t *c)
+{
+    return c->state == XR_PC_CLOSED;
+}
+
+void xr_conn_detached_free(xr_conn_t *c)
+{
+    xr_conn_close(c, NULL);
+    xr_cn_free(c);
 }
 
 /* ---- accepting ------------------------------------------------------------ */
@@ -855,6 +967,28 @@ static xr_relay_rt_t *xr_px_block(const char *name)
     return NULL;
 }
 
+/* Do the counters of a resumed connection fit its snapshot?  What was
+ * read but not yet sent (or consumed) must still be in the ring: anything
+ * else is a snapshot this code did not write.  Sets why if not. */
+static void xr_cn_check_resumed(const xr_conn_t *c, const uint64_t was_taken[2], char *why,
+                                size_t wl)
+{
+    const xr_pslot_t *p = c->p;
+    for (int d = 0; d < 2; d++) {
+        uint64_t floor = c->h ? c->in_done[d] : p->given[1 - d];
+        uint64_t end = xr_cn_out_end(c, d);
+        if (p->taken[d] < floor || p->taken[d] - floor > c->rsize || end < p->given[1 - d] ||
+            p->taken[d] + c->rsize < was_taken[d]) {
+            snprintf(why, wl,
+                     "the kernel's counters do not fit the snapshot (%s: read %llu, sent on "
+                     "%llu)",
+                     d == XR_DIR_UP ? "up" : "down", (unsigned long long) p->taken[d],
+                     (unsigned long long) p->given[1 - d]);
+            return;
+        }
+    }
+}
+
 /* Resume slot p of store s with its sockets fd[]; the kernel says where
  * every byte is (see the comment at the top). */
 static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
@@ -948,19 +1082,8 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
         uint64_t written[2];
         xr_cn_counts(c, c->counted, written);
     }
-    for (int d = 0; why[0] == '\0' && d < 2; d++) {
-        /* What was read but not yet sent (or consumed) must still be in
-         * the ring: anything else is a snapshot this code did not write. */
-        uint64_t floor = c->h ? c->in_done[d] : p->given[1 - d];
-        uint64_t end = xr_cn_out_end(c, d);
-        if (p->taken[d] < floor || p->taken[d] - floor > c->rsize || end < p->given[1 - d] ||
-            p->taken[d] + c->rsize < was_taken[d])
-            snprintf(why, sizeof(why),
-                     "the kernel's counters do not fit the snapshot (%s: read %llu, sent on "
-                     "%llu)",
-                     d == XR_DIR_UP ? "up" : "down", (unsigned long long) p->taken[d],
-                     (unsigned long long) p->given[1 - d]);
-    }
+    if (why[0] == '\0')
+        xr_cn_check_resumed(c, was_taken, why, sizeof(why));
     if (why[0] != '\0') {
         xr_log_session(XR_LOG_ERR, &c->s, "cannot resume: %s", why);
         xr_conn_close(c, "resume failed");

@@ -63,7 +63,18 @@ typedef struct xr_stage_s {
      * not the sockets' (TLS: cleartext): read[d] from direction d's
      * source, written[d] to its destination.  NULL: the sockets'. */
     void (*counts)(const xr_conn_t *c, uint64_t read[2], uint64_t written[2]);
+    /* A chain of stages (stage_pair.h): the one after the filters. */
+    const struct xr_stage_s *next;
 } xr_stage_t;
+
+/* Where the running stage reads and writes direction d.  conn.c points
+ * them at IN[d] up to what was read and OUT[d] up to what was sent; two
+ * chained stages (stage_pair.h) each see their side of a middle ring. */
+typedef struct {
+    unsigned char *in, *out;
+    const uint64_t *in_end;    /* input there so far */
+    const uint64_t *out_taken; /* output the next one has taken */
+} xr_sview_t;
 
 struct xr_conn_s {
     xr_session_t s; /* what filters' log hooks see */
@@ -81,6 +92,9 @@ struct xr_conn_s {
     int again[2];      /* the handler waits for room in an OUT ring */
     const xr_stage_t *h;
     void *hs;              /* handler working state */
+    xr_sview_t v[2];       /* the running stage's rings (see xr_sview_t) */
+    int aux_record;        /* the running stage commits to the slot's second record */
+    void *outer;           /* a chain's own state while one of its stages runs */
     unsigned char *fstate; /* the filters' per-connection state */
     int opened;            /* filters whose open hook ran */
     int cut;               /* ended on an error: the ends get a reset, not a FIN */
@@ -95,7 +109,10 @@ struct xr_conn_s {
      * pump while the connection lives, the rest at close. */
     uint64_t counted[2];
     int heap_slot, heap_rings; /* continuity off: freed with the connection */
-    int peer_held;             /* its front door counts it on an upstream server */
+    /* Timed, listed, counted in the worker and the shared memory: every
+     * connection the worker accepted or adopted, not a detached one. */
+    int in_service;
+    int peer_held; /* its front door counts it on an upstream server */
     const char *action;
 };
 
@@ -104,6 +121,23 @@ void xr_ring_put(unsigned char *ring, uint32_t size, uint64_t off, const void *p
 void xr_ring_get(const unsigned char *ring, uint32_t size, uint64_t off, void *p, size_t n);
 /* The one or two pieces of ring holding [off, off + n): how many. */
 int xr_ring_iov(unsigned char *ring, uint32_t size, uint64_t off, size_t n, struct iovec iov[2]);
+
+/* The running stage's input in direction d: its ring, and how far it is
+ * filled (IN[d]: what was read). */
+static inline unsigned char *xr_conn_in_ring(const xr_conn_t *c, int d)
+{
+    return c->v[d].in;
+}
+static inline uint64_t xr_conn_in_end(const xr_conn_t *c, int d)
+{
+    return *c->v[d].in_end;
+}
+/* Point the stage views at IN and OUT (what a single stage sees). */
+void xr_conn_view_default(xr_conn_t *c);
+/* Commit a stage's record, or read the committed one: the slot's main
+ * record, or its second one while c->aux_record is set. */
+void xr_conn_commit(xr_conn_t *c, const void *rec, size_t len);
+const void *xr_conn_record(const xr_conn_t *c);
 
 /* Space left in OUT[d] for the handler. */
 uint64_t xr_conn_out_room(const xr_conn_t *c, int d);
@@ -118,6 +152,25 @@ void xr_conn_flush(xr_conn_t *c, int d);
 void xr_conn_close(xr_conn_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Run the log hooks now (HTTP: one record per request). */
 void xr_conn_log(xr_conn_t *c);
+
+/* ---- detached connections ------------------------------------------------- */
+
+/* A connection of block rt with heap rings and no sockets, outside the
+ * worker's service: nothing of the worker process (its loop, list,
+ * shared counters) is touched, so it needs none.  Its owner moves the
+ * bytes itself (fills IN rings and taken, drains OUT rings and given) and
+ * calls the stage's hooks as the engine does; fuzz/fuzz_http.c drives the
+ * HTTP stage so.  Filters' open hooks and the stage's start have run (it
+ * may already be closed, if one refused).  mode: as for xr_conn_start. */
+xr_conn_t *xr_conn_detached_new(xr_relay_rt_t *rt, uint64_t id, uint32_t mode);
+/* The process died: drop what it held (stage and filter working state),
+ * rebuild from the committed record and check the counters fit, as a
+ * replacement worker does.  XR_OK, or XR_ERROR (then it is closed). */
+int xr_conn_detached_resume(xr_conn_t *c);
+/* Has it been closed (by its stage, a filter, or an error)? */
+int xr_conn_is_closed(const xr_conn_t *c);
+/* Close it if still open, and free it. */
+void xr_conn_detached_free(xr_conn_t *c);
 
 /* ---- the worker's side ---------------------------------------------------- */
 

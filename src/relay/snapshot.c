@@ -31,14 +31,28 @@ struct xr_store_s {
     size_t len;
     uint64_t slot_size;
     uint32_t nslots, ring, used;
-    uint32_t *free; /* a stack of free slot indexes */
+    uint32_t nrings; /* per slot */
+    uint32_t *free;  /* a stack of free slot indexes */
     uint32_t nfree;
 };
 
-static uint64_t xr_store_slot_size(uint32_t ring)
+static uint64_t xr_store_head_size(void)
 {
-    uint64_t head = (sizeof(xr_pslot_t) + XR_PAGE - 1) / XR_PAGE * XR_PAGE;
-    return head + (uint64_t) XR_RINGS * ring;
+    return (sizeof(xr_pslot_t) + XR_PAGE - 1) / XR_PAGE * XR_PAGE;
+}
+
+static uint64_t xr_store_slot_size(uint32_t ring, uint32_t nrings)
+{
+    return xr_store_head_size() + (uint64_t) nrings * ring;
+}
+
+/* How many rings a store's slots have: XR_RINGS, or XR_RINGS_OLD in a
+ * store an older binary made (0: neither, not a store this code wrote). */
+static uint32_t xr_store_nrings(uint64_t slot_size, uint32_t ring)
+{
+    if (slot_size == xr_store_slot_size(ring, XR_RINGS))
+        return XR_RINGS;
+    return slot_size == xr_store_slot_size(ring, XR_RINGS_OLD) ? XR_RINGS_OLD : 0;
 }
 
 static size_t xr_store_slots_at(uint32_t nslots)
@@ -67,7 +81,7 @@ xr_store_t *xr_store_create(const char *path, uint32_t nslots, uint32_t ring, ch
         snprintf(err, errlen, "bad snapshot geometry (%u slots of %u-byte rings)", nslots, ring);
         return NULL;
     }
-    uint64_t slot = xr_store_slot_size(ring);
+    uint64_t slot = xr_store_slot_size(ring, XR_RINGS);
     size_t len = xr_store_slots_at(nslots) + (size_t) (slot * nslots);
     /* A new file, then a rename: an adopter never sees one half made. */
     char tmp[600];
@@ -108,6 +122,7 @@ xr_store_t *xr_store_create(const char *path, uint32_t nslots, uint32_t ring, ch
     s->slot_size = slot;
     s->nslots = nslots;
     s->ring = ring;
+    s->nrings = XR_RINGS;
     s->live = s->base + XR_PAGE;
     s->slots_at = xr_store_slots_at(nslots);
     s->free = xr_malloc(nslots * sizeof(uint32_t));
@@ -129,7 +144,7 @@ xr_store_t *xr_store_open(const char *path, char *err, size_t errlen)
     if (fstat(fd, &st) != 0 || st.st_size < (off_t) XR_PAGE ||
         pread(fd, &h, sizeof(h), 0) != (ssize_t) sizeof(h) || h.magic != XR_SNAP_MAGIC ||
         h.version != XR_SNAP_VERSION || h.ring == 0 || h.ring % XR_PAGE != 0 ||
-        h.slot_size != xr_store_slot_size(h.ring) ||
+        xr_store_nrings(h.slot_size, h.ring) == 0 ||
         (uint64_t) st.st_size < xr_store_slots_at(h.nslots) + h.slot_size * h.nslots) {
         snprintf(err, errlen, "%s is not a snapshot this xrayd can read", path);
         close(fd);
@@ -143,6 +158,7 @@ xr_store_t *xr_store_open(const char *path, char *err, size_t errlen)
     s->slot_size = h.slot_size;
     s->nslots = h.nslots;
     s->ring = h.ring;
+    s->nrings = xr_store_nrings(h.slot_size, h.ring);
     s->live = s->base + XR_PAGE;
     s->slots_at = xr_store_slots_at(h.nslots);
     s->free = xr_malloc(h.nslots * sizeof(uint32_t));
@@ -200,8 +216,9 @@ int xr_store_is_live(const xr_store_t *s, uint32_t i)
 
 unsigned char *xr_store_ring(xr_store_t *s, xr_pslot_t *p, int which)
 {
-    uint64_t head = (sizeof(xr_pslot_t) + XR_PAGE - 1) / XR_PAGE * XR_PAGE;
-    return (unsigned char *) p + head + (uint64_t) which * s->ring;
+    if (which < 0 || (uint32_t) which >= s->nrings)
+        return NULL;
+    return (unsigned char *) p + xr_store_head_size() + (uint64_t) which * s->ring;
 }
 
 xr_pslot_t *xr_store_alloc(xr_store_t *s)
@@ -225,7 +242,7 @@ void xr_store_release(xr_store_t *s, xr_pslot_t *p)
     s->free[s->nfree++] = i;
     s->used--;
     /* The pages of an idle slot hold nothing worth keeping. */
-    madvise(xr_store_ring(s, p, 0), (size_t) XR_RINGS * s->ring, MADV_REMOVE);
+    madvise(xr_store_ring(s, p, 0), (size_t) s->nrings * s->ring, MADV_REMOVE);
 }
 
 void *xr_pslot_next(xr_pslot_t *p)
@@ -250,4 +267,15 @@ void xr_pslot_commit(xr_pslot_t *p, const void *rec, size_t len)
 const void *xr_pslot_record(const xr_pslot_t *p)
 {
     return p->state[p->commit_seq & 1];
+}
+
+void xr_pslot_aux_commit(xr_pslot_t *p, const void *rec, size_t len)
+{
+    memcpy(p->aux[(p->aux_seq + 1) & 1], rec, XR_MIN(len, (size_t) XR_PAUX_MAX));
+    atomic_store_explicit((_Atomic uint64_t *) &p->aux_seq, p->aux_seq + 1, memory_order_release);
+}
+
+const void *xr_pslot_aux_record(const xr_pslot_t *p)
+{
+    return p->aux[p->aux_seq & 1];
 }

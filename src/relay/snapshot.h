@@ -1,6 +1,6 @@
 /*
  * snapshot.h: a worker's memory-mapped file of its connections with continuity
- * (thesis 7.2, footnote 37; DESIGN "Snapshots").
+ * (thesis 7.2, footnote 37; internals.html, "Crash continuity").
  *
  * One fixed-size slot per connection: the durable header below, then its
  * ring buffers.  The worker reads from its sockets straight into the
@@ -28,9 +28,23 @@
 #define XR_PSLOT_LIVE   0x4c495645u /* "LIVE" */
 #define XR_PSTATE_MAX   3072        /* a handler's commit record */
 
+#define XR_PAUX_MAX 128 /* the first of two chained stages' record */
+
 /* Rings of a slot: what each end sent (IN) and what goes to each end
- * after the handler (OUT); a circuit uses its IN rings as OUT. */
-enum { XR_RING_IN_UP = 0, XR_RING_IN_DOWN, XR_RING_OUT_UP, XR_RING_OUT_DOWN, XR_RINGS };
+ * after the handler (OUT); a circuit uses its IN rings as OUT.  Two
+ * chained stages (relay/stage_pair.h: filters, then a front door's own)
+ * meet at the MID rings.  A store written before the MID rings existed
+ * has slots of XR_RINGS_OLD rings (xr_store_ring() gives NULL for MID). */
+enum {
+    XR_RING_IN_UP = 0,
+    XR_RING_IN_DOWN,
+    XR_RING_OUT_UP,
+    XR_RING_OUT_DOWN,
+    XR_RING_MID_UP,
+    XR_RING_MID_DOWN,
+    XR_RINGS
+};
+#define XR_RINGS_OLD 4
 
 typedef enum { XR_PHASE_CONNECTING = 0, XR_PHASE_RUNNING } xr_phase_t;
 
@@ -54,6 +68,11 @@ typedef struct {
     uint64_t tried;      /* a relay block's servers tried (bit i: server i) */
     uint64_t commit_seq; /* state[commit_seq & 1] is the committed record */
     _Alignas(8) unsigned char state[2][XR_PSTATE_MAX]; /* handlers write records in place */
+    /* The first of two chained stages commits here, as the second does in
+     * state[]: each record describes its own stage's rings.  Zero in a
+     * slot an older binary wrote (the header page's unused end). */
+    uint64_t aux_seq;
+    _Alignas(8) unsigned char aux[2][XR_PAUX_MAX];
 } xr_pslot_t;
 
 typedef struct xr_store_s xr_store_t;
@@ -74,6 +93,7 @@ const char *xr_store_path(const xr_store_t *s);
 xr_pslot_t *xr_store_slot(xr_store_t *s, uint32_t i);
 /* Does the store's map say slot i may be live (its header decides)? */
 int xr_store_is_live(const xr_store_t *s, uint32_t i);
+/* Ring which of slot p, or NULL if the store's slots have no such ring. */
 unsigned char *xr_store_ring(xr_store_t *s, xr_pslot_t *p, int which);
 /* A free slot, zeroed (not yet live), or NULL when all are taken. */
 xr_pslot_t *xr_store_alloc(xr_store_t *s);
@@ -91,5 +111,8 @@ void *xr_pslot_next(xr_pslot_t *p);
 void xr_pslot_publish(xr_pslot_t *p);
 /* The committed record (XR_PSTATE_MAX bytes). */
 const void *xr_pslot_record(const xr_pslot_t *p);
+/* The same for the second record (XR_PAUX_MAX bytes). */
+void xr_pslot_aux_commit(xr_pslot_t *p, const void *rec, size_t len);
+const void *xr_pslot_aux_record(const xr_pslot_t *p);
 
 #endif

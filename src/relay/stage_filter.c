@@ -102,7 +102,7 @@ static void xr_fs_commit(xr_conn_t *c)
             r.rec[e].rx.seq = st->rx_seq[e];
         }
     memcpy(r.identity, st->identity, sizeof(r.identity));
-    xr_pslot_commit(c->p, &r, sizeof(r));
+    xr_conn_commit(c, &r, sizeof(r));
     explicit_bzero(r.rec, sizeof(r.rec));
 }
 
@@ -133,8 +133,8 @@ static size_t xr_fs_put(xr_conn_t *c, int d, uint8_t type, const unsigned char *
                                    (size_t) XR_MIN(room, (uint64_t) sizeof(bounce)), &took);
             xr_conn_emit(c, d, bounce, w);
         } else {
-            c->out_made[d] += xr_rec_seal(r, type, p + done, n - done,
-                                          c->ring[XR_RING_OUT_UP + d] + at, flat, &took);
+            c->out_made[d] +=
+                xr_rec_seal(r, type, p + done, n - done, c->v[d].out + at, flat, &took);
         }
         if (took == 0)
             break;
@@ -263,7 +263,7 @@ static int xr_fs_answer(xr_conn_t *c, int d)
         st->notified[1 - d] = 1;
     }
     for (int x = 0; x < 2; x++) {
-        c->in_done[x] = st->rd[x] = c->p->taken[x]; /* read after the answer: dropped */
+        c->in_done[x] = st->rd[x] = xr_conn_in_end(c, x); /* read after the answer: dropped */
         c->end[x].rd_eof = 1;
         xr_chain_eof(&st->chain[x], st->buf[x]);
     }
@@ -321,7 +321,7 @@ static int xr_fs_take(xr_conn_t *c, int d)
 {
     xr_fstage_t *st = c->hs;
     xr_rec_t *src = xr_fs_rec(st, d);
-    uint64_t avail = c->p->taken[d] - st->rd[d];
+    uint64_t avail = xr_conn_in_end(c, d) - st->rd[d];
     if (avail == 0)
         return XR_AGAIN;
     xr_buf_t *b = st->buf[d];
@@ -337,7 +337,7 @@ static int xr_fs_take(xr_conn_t *c, int d)
     size_t n = (size_t) XR_MIN(avail, (uint64_t) space);
     uint32_t off = b->end;
     if (n > 0)
-        xr_ring_get(c->ring[XR_RING_IN_UP + d], c->rsize, st->rd[d], b->data + off, n);
+        xr_ring_get(xr_conn_in_ring(c, d), c->rsize, st->rd[d], b->data + off, n);
     size_t plain = n;
     xr_rec_status_t rst = XR_REC_OK;
     if (src != NULL) {
@@ -386,7 +386,7 @@ static int xr_fs_process(xr_conn_t *c, int d)
         if (st->closed[d]) {
             /* After close_notify nothing counts; the direction ends once
              * what came before it is out. */
-            st->rd[d] = c->p->taken[d];
+            st->rd[d] = xr_conn_in_end(c, d);
             if (!c->out_closed[d] && xr_fs_ended(c, d) == XR_OK)
                 c->out_closed[d] = 1;
             else if (!c->out_closed[d])
@@ -408,7 +408,7 @@ static int xr_fs_process(xr_conn_t *c, int d)
 static int xr_fs_eof(xr_conn_t *c, int d)
 {
     xr_fstage_t *st = c->hs;
-    if (xr_fs_rec(st, d) != NULL && !st->closed[d] && st->rd[d] < c->p->taken[d]) {
+    if (xr_fs_rec(st, d) != NULL && !st->closed[d] && st->rd[d] < xr_conn_in_end(c, d)) {
         xr_log_session(XR_LOG_NOTICE, &c->s, "the %s ended its stream inside a TLS record",
                        xr_fs_end_name(d));
         c->cut = 1;
@@ -486,7 +486,7 @@ static int xr_fs_resume(xr_conn_t *c)
 {
     xr_fstage_t *st = xr_fs_state(c);
     xr_frec_t r;
-    memcpy(&r, xr_pslot_record(c->p), sizeof(r));
+    memcpy(&r, xr_conn_record(c), sizeof(r));
     if (r.answered)
         return xr_fs_resume_fail(c, &r, "a filter had answered when the worker died");
     for (int d = 0; d < 2; d++)
@@ -504,7 +504,7 @@ static int xr_fs_resume(xr_conn_t *c)
     st->identity[sizeof(st->identity) - 1] = '\0';
     c->s.identity = st->identity[0] ? st->identity : NULL;
     for (int d = 0; d < 2; d++) {
-        if (r.in_commit[d] > c->p->taken[d])
+        if (r.in_commit[d] > xr_conn_in_end(c, d))
             return xr_fs_resume_fail(c, &r, "the stage's input point is past what was read");
         c->in_done[d] = st->rd[d] = r.in_commit[d];
         c->out_made[d] = r.out_made[d];
@@ -545,6 +545,16 @@ static void xr_fs_counts(const xr_conn_t *c, uint64_t read[2], uint64_t written[
         read[d] = st->clear_in[d];
         written[d] = st->clear_out[d];
     }
+}
+
+int xr_filter_stage_answered(const void *hs)
+{
+    return hs != NULL && ((const xr_fstage_t *) hs)->answered;
+}
+
+int xr_filter_stage_pending(const void *hs, int d)
+{
+    return hs != NULL && ((const xr_fstage_t *) hs)->buf[d] != NULL;
 }
 
 /* After an answer: over once every byte emitted is out. */

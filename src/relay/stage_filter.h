@@ -36,4 +36,10 @@ extern const xr_stage_t xr_filter_handler;
  * XR_ERROR when c was closed (a filter refused the pending bytes). */
 int xr_filter_stage_take(xr_conn_t *c, xr_conn_handoff_t *h);
 
+/* Of the stage's working state hs (c->hs while it runs): has a filter
+ * answered?  Does direction d have bytes inside the chain (held, or
+ * passed and not yet out)? */
+int xr_filter_stage_answered(const void *hs);
+int xr_filter_stage_pending(const void *hs, int d);
+
 #endif
