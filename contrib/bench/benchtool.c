@@ -43,7 +43,10 @@
  *       the kill, its echo less the later of its send and the kill (ms; -1: no echo
  *       after the kill; a ping sent before the kill waited from the kill on, so for a
  *       connection that pings soon after the kill this is the resumption itself,
- *       whatever PING_MS is).  Totals on
+ *       whatever PING_MS is), and the probe: right after the kill every connection
+ *       sends one ping more, and its round trip is that connection's stall (ms; -1:
+ *       never echoed) - on the killed worker's connections the resumption, on the
+ *       others what the burst and the machine's load cost without one.  Totals on
  *       stdout as "name: value" lines.
  *
  * Build: cc -O2 -o benchtool benchtool.c
@@ -472,6 +475,8 @@ struct pconn {
     double t0, last_echo;
     double before_ref, after_ref, before_kill, after_kill, max_rtt_post;
     double pause; /* the longest a ping waited on the kill: echo - max(sent, kill) */
+    uint64_t probe;   /* the ping sent on it right after the kill, + 1 (0: none) */
+    double probe_rtt; /* its round trip: this connection's stall, the kill's or the load's */
 };
 
 static int ping_anomalies; /* reported on stderr, the first 20 */
@@ -602,6 +607,8 @@ static void ping_frame(struct pconn *c, double t, double t_kill)
         double waited = t - (sent_at > t_kill ? sent_at : t_kill);
         if (waited > c->pause) c->pause = waited;
     }
+    if (c->probe && c->probe_rtt == 0 && shift == 0 && c->rpos >= c->probe * PING_LEN)
+        c->probe_rtt = t - t_kill;
     c->last_echo = t;
     if (c->after_ref == 0 && c->before_ref > 0) c->after_ref = t;
     if (c->after_kill == 0 && c->before_kill > 0) c->after_kill = t;
@@ -721,6 +728,15 @@ static int run_ping(int port, int n, double interval_ms, double warm, double pos
             if (f) fclose(f);
             if (t_kill) {
                 for (int i = 0; i < n; i++) cs[i].before_kill = cs[i].last_echo > 0 ? cs[i].last_echo : -1;
+                /* the probe: one ping on every connection at the kill, so that each has
+                 * bytes waiting through the whole resumption, whatever its phase */
+                for (int i = 0; i < n; i++) {
+                    struct pconn *c = &cs[i];
+                    if (c->state != PS_UP) continue;
+                    uint64_t seq = c->sent;
+                    if (ping_send(ep, c, t_kill) < 0) ping_close(ep, c, &nclosed);
+                    else if (c->sent > seq) c->probe = c->sent;
+                }
                 t_post_end = t_kill + post;
             }
         }
@@ -807,11 +823,12 @@ static int run_ping(int port, int n, double interval_ms, double warm, double pos
             else c->corrupt += (uint64_t)c->rlen;
         }
         double pause = t_kill > 0 && c->after_kill > 0 ? c->pause * 1e3 : -1;
-        fprintf(cf, "%d %d %.3f %.3f %.3f %.3f %llu %llu %llu %llu %llu %d %.3f\n", i, c->port, g_ref,
+        double probe = c->probe_rtt > 0 ? c->probe_rtt * 1e3 : -1;
+        fprintf(cf, "%d %d %.3f %.3f %.3f %.3f %llu %llu %llu %llu %llu %d %.3f %.3f\n", i, c->port, g_ref,
                 g_kill, k_first, c->max_rtt_post * 1e3, (unsigned long long)c->sent,
                 (unsigned long long)(c->rpos / PING_LEN), (unsigned long long)(c->lost + miss),
                 (unsigned long long)c->dup, (unsigned long long)c->corrupt, c->state == PS_CLOSED,
-                pause);
+                pause, probe);
         sent += c->sent; recvd += c->rpos / PING_LEN; lost += c->lost; dup += c->dup;
         corrupt += c->corrupt; missing += miss; skipped += c->skipped; late += c->late;
         if (g_ref >= 0) gr[ngr++] = g_ref;

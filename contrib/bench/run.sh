@@ -9,10 +9,13 @@
 #      held idle; KiB/conn = RSS delta of the relay process tree / connections held
 #   3. connections per second: BENCH_SECS s of short connections (connect, 32 B
 #      echo, close), CONC in flight, through each relay
-#   4. TLS (test "tls"): contrib/bench/tls.sh, after the plain tests - xrayd's TLS ends
+#   4. resumption after kill -9 (test "resume", xrayd_cont only): N_LIVE pinging
+#      connections, kill -9 of the busiest worker; per connection of that worker the
+#      pause until its bytes flow again (worst, median), 0 bytes lost
+#   5. TLS (test "tls"): contrib/bench/tls.sh, after the plain tests - xrayd's TLS ends
 #      against HAProxy and stunnel (one hop, 3-link re-encryption chain, connect latency,
 #      memory per idle TLS end); its results go to $OUT/tls
-#   5. transparent proxies (test "proxy", root only): contrib/bench/proxy_bench.sh -
+#   6. transparent proxies (test "proxy", root only): contrib/bench/proxy_bench.sh -
 #      xrayd's proxy blocks against HAProxy, tinyproxy and socat through REDIRECT in
 #      network namespaces (HTTP req/s, circuit throughput, resumption after kill -9);
 #      its results go to $OUT/proxy
@@ -29,7 +32,8 @@ N_IDLE=${N_IDLE:-2000}
 RUNS=${RUNS:-3}
 CONC=${CONC:-50}
 N_LIVE=${N_LIVE:-2000}              # resume: live connections (the victim holds about half)
-PING_MS=${PING_MS:-50}              # resume: each connection's ping interval
+PING_MS=${PING_MS:-200}             # resume: each connection's ping interval (2000 at 50 ms
+                                    # load 2 cores before any kill)
 RESUME_WARM=${RESUME_WARM:-2}       # resume: s of pings before the reference instant (kill 1 s later)
 RESUME_POST=${RESUME_POST:-3}       # resume: s of pings after the kill
 RESUME_LOG_LEVEL=${RESUME_LOG_LEVEL:-notice}   # the replacement's "took over" line is a notice
@@ -329,10 +333,12 @@ test_cps() { # test_cps RUN RELAY
 # ----------------------------------------------- 4. resumption after kill -9
 # test_resume RUN RELAY : N_LIVE connections through the relay to the echo server,
 # each pinging every PING_MS with a checked byte stream; kill -9 of the worker holding
-# the most of them. Per killed-worker connection the pause is the longest any ping
-# waited on the kill (benchtool ping's pause column): worst and median are the
-# figures, with bytes lost / duplicated / corrupt and the replacement's own
-# "took over K connection(s) ... in X ms" line. Only relays with continuity have one.
+# the most of them, and at that instant one more ping (the probe) on every connection.
+# A killed-worker connection's pause is its probe's round trip: worst and median are
+# the figures; the surviving worker's probes are the reference (what the burst and
+# the machine's load cost with no resumption in it). Also bytes lost / duplicated /
+# corrupt and the replacement's own "took over K connection(s) ... in X ms" line.
+# Only relays with continuity have one.
 test_resume() {
   local n=$1 r=$2 ready="$RUN/ping.ready.$2.$1" killf="$RUN/ping.kill.$2.$1" tpid w fds best=0 victim=""
   local out="$OUT/logs/resume.$r.ping.$n.txt" conns="$OUT/logs/resume.$r.conns.$n.txt"
@@ -378,12 +384,16 @@ v = [r for r in rows if int(r[1]) in vp]
 def q(xs, p):
     xs = sorted(xs)
     return "NA" if not xs else xs[max(0, int(p * len(xs) + 0.999999) - 1)]
-pause = [float(r[12]) for r in v if float(r[12]) >= 0]
+o = [r for r in rows if int(r[1]) not in vp]   # the surviving worker's: the reference
+pause = [float(r[13]) for r in v if float(r[13]) >= 0]
+ref = [float(r[13]) for r in o if float(r[13]) >= 0]
+wait = [float(r[12]) for r in v if float(r[12]) >= 0]
 first = [float(r[4]) for r in v if float(r[4]) >= 0]
 out = {"resume_matched": len(v), "resume_pause_max_ms": q(pause, 1.0),
        "resume_pause_p50_ms": q(pause, 0.5), "resume_pause_p99_ms": q(pause, 0.99),
-       "resume_kill_first_max_ms": q(first, 1.0),
-       "resume_no_echo": sum(1 for r in v if float(r[4]) < 0)}
+       "resume_ref_max_ms": q(ref, 1.0), "resume_ref_p50_ms": q(ref, 0.5),
+       "resume_wait_max_ms": q(wait, 1.0), "resume_kill_first_max_ms": q(first, 1.0),
+       "resume_no_echo": sum(1 for r in v if float(r[13]) < 0)}
 for k, x in out.items():
     print(run, relay, k, x)
 PYEOF

@@ -137,6 +137,9 @@ if has_resume:
                      ("pause, worst (ms)", "resume_pause_max_ms"),
                      ("pause, p99 (ms)", "resume_pause_p99_ms"),
                      ("pause, median (ms)", "resume_pause_p50_ms"),
+                     ("reference: other worker's, worst (ms)", "resume_ref_max_ms"),
+                     ("reference: other worker's, median (ms)", "resume_ref_p50_ms"),
+                     ("longest any ping waited (ms)", "resume_wait_max_ms"),
                      ("kill -> first echo, worst (ms)", "resume_kill_first_max_ms"),
                      ("replacement's 'took over ... in X ms'", "resume_takeover_ms"),
                      ("no echo after the kill", "resume_no_echo"),
@@ -149,9 +152,10 @@ if has_resume:
         else:
             per = [fmt(data.get(("xrayd_cont", m), {}).get(n), 1) for n in runs]
         w("  %-40s %s" % (label, "  ".join(per)))
-    w("  pause = the longest any ping of a connection waited on the kill (its echo less the later of")
-    w("  its send and the kill): for a connection that pings soon after the kill, the time until the")
-    w("  replacement moved its bytes. kill -> first echo adds up to PING_MS of the connection's silence.")
+    w("  pause = the round trip of the probe, a ping every connection sends right after the kill: on")
+    w("  the killed worker's connections the time until the replacement moved their bytes; the same")
+    w("  probe on the surviving worker's connections is the reference (the burst and the machine's")
+    w("  load, no resumption). kill -> first echo adds up to PING_MS of the connection's silence.")
     w("")
 
 # xrayd's own logs
