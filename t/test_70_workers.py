@@ -265,8 +265,10 @@ proxy:
     assert st["failed_starts"] >= 3, st
     assert re.match(r"exited with code 2 after \d+ ms$", st["last_failure"]), st
     # The respawns back off: each delay at least as long as the one before.
+    # The first young death respawns at once (connections it leaves wait
+    # for the replacement), so the third failure has logged two delays.
     delays = [int(d) for d in re.findall(r"respawning (?:a worker )?in (\d+)ms", x.log_text())]
-    assert len(delays) >= 3 and delays == sorted(delays), delays
+    assert len(delays) >= 2 and delays == sorted(delays) and delays[0] > 0, delays
     text = subprocess.run([str(xf.OBJS / "xray"), "status", "--socket",
                            str(x.tmp / "admin.sock")], capture_output=True, text=True,
                           timeout=20).stdout

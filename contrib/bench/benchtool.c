@@ -39,7 +39,14 @@
  *       the last echo before and the first echo after the reference instant and
  *       the kill, kill -> first echo, the longest ping round trip after the kill (ms;
  *       -1: none), pings sent, pings echoed, bytes lost, duplicated, corrupt, closed
- *       (1: the far side closed it).  Totals on
+ *       (1: the far side closed it), and the pause: the longest any ping waited on
+ *       the kill, its echo less the later of its send and the kill (ms; -1: no echo
+ *       after the kill; a ping sent before the kill waited from the kill on, so for a
+ *       connection that pings soon after the kill this is the resumption itself,
+ *       whatever PING_MS is), and the probe: right after the kill every connection
+ *       sends one ping more, and its round trip is that connection's stall (ms; -1:
+ *       never echoed) - on the killed worker's connections the resumption, on the
+ *       others what the burst and the machine's load cost without one.  Totals on
  *       stdout as "name: value" lines.
  *
  * Build: cc -O2 -o benchtool benchtool.c
@@ -66,6 +73,13 @@
 
 static volatile sig_atomic_t stop_flag;
 static void on_stop(int sig) { (void)sig; stop_flag = 1; }
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
 
 static double now(void)
 {
@@ -460,6 +474,9 @@ struct pconn {
     double sendt[PING_WIN];
     double t0, last_echo;
     double before_ref, after_ref, before_kill, after_kill, max_rtt_post;
+    double pause; /* the longest a ping waited on the kill: echo - max(sent, kill) */
+    uint64_t probe;   /* the ping sent on it right after the kill, + 1 (0: none) */
+    double probe_rtt; /* its round trip: this connection's stall, the kill's or the load's */
 };
 
 static int ping_anomalies; /* reported on stderr, the first 20 */
@@ -583,9 +600,15 @@ static void ping_frame(struct pconn *c, double t, double t_kill)
     if (shift < 0) c->dup += (uint64_t)(-shift);
     c->rpos += PING_LEN + shift;
     if (t_kill > 0 && shift == 0 && c->rpos % PING_LEN == 0) {
-        double rtt = t - c->sendt[(c->rpos / PING_LEN - 1) % PING_WIN];
+        double sent_at = c->sendt[(c->rpos / PING_LEN - 1) % PING_WIN];
+        double rtt = t - sent_at;
         if (rtt > c->max_rtt_post) c->max_rtt_post = rtt;
+        /* a ping sent before the kill waited from the kill on, not from its send */
+        double waited = t - (sent_at > t_kill ? sent_at : t_kill);
+        if (waited > c->pause) c->pause = waited;
     }
+    if (c->probe && c->probe_rtt == 0 && shift == 0 && c->rpos >= c->probe * PING_LEN)
+        c->probe_rtt = t - t_kill;
     c->last_echo = t;
     if (c->after_ref == 0 && c->before_ref > 0) c->after_ref = t;
     if (c->after_kill == 0 && c->before_kill > 0) c->after_kill = t;
@@ -633,6 +656,7 @@ static int run_ping(int port, int n, double interval_ms, double warm, double pos
     double P = interval_ms / 1000.0;
     int next = 0, inflight = 0, up = 0, fails = 0, echoed_once = 0, nclosed = 0;
     double t_start = now(), t_ready = 0, t_ref = 0, t_kill = 0, t_kill_at = 0, t_post_end = 0;
+    double t_kill_wall = 0;
     double t_drain_end = 0, hard_end = t_start + 60 + warm + 1 + 30 + post + 10;
     long kill_pid = 0;
     int kill_err = 0, no_kill = 0;
@@ -697,12 +721,22 @@ static int run_ping(int port, int n, double interval_ms, double warm, double pos
             } else if (f) {
                 if (fscanf(f, "%ld", &kill_pid) != 1) kill_pid = 0;
                 t_kill = now();
+                t_kill_wall = wall_now();
                 if (kill_pid > 1 && kill((pid_t)kill_pid, SIGKILL) < 0) kill_err = errno;
                 if (kill_pid <= 1) { no_kill = 1; kill_err = EINVAL; }
             }
             if (f) fclose(f);
             if (t_kill) {
                 for (int i = 0; i < n; i++) cs[i].before_kill = cs[i].last_echo > 0 ? cs[i].last_echo : -1;
+                /* the probe: one ping on every connection at the kill, so that each has
+                 * bytes waiting through the whole resumption, whatever its phase */
+                for (int i = 0; i < n; i++) {
+                    struct pconn *c = &cs[i];
+                    if (c->state != PS_UP) continue;
+                    uint64_t seq = c->sent;
+                    if (ping_send(ep, c, t_kill) < 0) ping_close(ep, c, &nclosed);
+                    else if (c->sent > seq) c->probe = c->sent;
+                }
                 t_post_end = t_kill + post;
             }
         }
@@ -771,9 +805,10 @@ static int run_ping(int port, int n, double interval_ms, double warm, double pos
     FILE *cf = fopen(connfile, "w");
     double *gk = calloc(n + 1, sizeof *gk), *gr = calloc(n + 1, sizeof *gr);
     double *kf = calloc(n + 1, sizeof *kf), *rt = calloc(n + 1, sizeof *rt);
-    int ngk = 0, ngr = 0, nkf = 0, nrt = 0, survived = 0;
+    double *pz = calloc(n + 1, sizeof *pz);
+    int ngk = 0, ngr = 0, nkf = 0, nrt = 0, npz = 0, survived = 0;
     uint64_t sent = 0, recvd = 0, lost = 0, dup = 0, corrupt = 0, missing = 0, skipped = 0, late = 0;
-    if (!cf || !gk || !gr || !kf || !rt) die("report");
+    if (!cf || !gk || !gr || !kf || !rt || !pz) die("report");
     for (int i = 0; i < n; i++) {
         struct pconn *c = &cs[i];
         if (c->port == 0) continue;
@@ -787,16 +822,20 @@ static int run_ping(int port, int n, double interval_ms, double warm, double pos
             if (memcmp(w, c->rbuf, (size_t)c->rlen) == 0) miss -= miss < (uint64_t)c->rlen ? miss : (uint64_t)c->rlen;
             else c->corrupt += (uint64_t)c->rlen;
         }
-        fprintf(cf, "%d %d %.3f %.3f %.3f %.3f %llu %llu %llu %llu %llu %d\n", i, c->port, g_ref,
+        double pause = t_kill > 0 && c->after_kill > 0 ? c->pause * 1e3 : -1;
+        double probe = c->probe_rtt > 0 ? c->probe_rtt * 1e3 : -1;
+        fprintf(cf, "%d %d %.3f %.3f %.3f %.3f %llu %llu %llu %llu %llu %d %.3f %.3f\n", i, c->port, g_ref,
                 g_kill, k_first, c->max_rtt_post * 1e3, (unsigned long long)c->sent,
                 (unsigned long long)(c->rpos / PING_LEN), (unsigned long long)(c->lost + miss),
-                (unsigned long long)c->dup, (unsigned long long)c->corrupt, c->state == PS_CLOSED);
+                (unsigned long long)c->dup, (unsigned long long)c->corrupt, c->state == PS_CLOSED,
+                pause, probe);
         sent += c->sent; recvd += c->rpos / PING_LEN; lost += c->lost; dup += c->dup;
         corrupt += c->corrupt; missing += miss; skipped += c->skipped; late += c->late;
         if (g_ref >= 0) gr[ngr++] = g_ref;
         if (g_kill >= 0) gk[ngk++] = g_kill;
         if (k_first >= 0) kf[nkf++] = k_first;
         if (t_kill > 0 && c->after_kill > 0) rt[nrt++] = c->max_rtt_post * 1e3;
+        if (pause >= 0) pz[npz++] = pause;
         if (c->state == PS_UP && c->after_kill > 0 && miss == 0 && c->lost == 0 && c->dup == 0 &&
             c->corrupt == 0)
             survived++;
@@ -805,6 +844,8 @@ static int run_ping(int port, int n, double interval_ms, double warm, double pos
     double p99, mx;
     printf("conns: %d\nsetup_fails: %d\n", echoed_once, n - echoed_once);
     printf("kill_pid: %ld\nkill_errno: %d\nkilled: %d\n", kill_pid, kill_err, !no_kill && kill_pid > 1 && !kill_err);
+    if (t_kill > 0) /* on the wall clock, to set beside the relay's log */
+        printf("kill_wall: %.6f\n", t_kill_wall);
     printf("survived: %d\nclosed: %d\n", survived, nclosed);
     printf("pings_sent: %llu\npings_echoed: %llu\npings_skipped: %llu\npings_late: %llu\n",
            (unsigned long long)sent, (unsigned long long)recvd, (unsigned long long)skipped,
@@ -816,6 +857,11 @@ static int run_ping(int port, int n, double interval_ms, double warm, double pos
     if (cmpd_desc_p99(gk, ngk, &p99, &mx)) printf("gap_kill_p99_ms: %.3f\ngap_kill_max_ms: %.3f\n", p99, mx);
     if (cmpd_desc_p99(kf, nkf, &p99, &mx)) printf("kill_first_p99_ms: %.3f\nkill_first_max_ms: %.3f\n", p99, mx);
     if (cmpd_desc_p99(rt, nrt, &p99, &mx)) printf("rtt_post_p99_ms: %.3f\nrtt_post_max_ms: %.3f\n", p99, mx);
+    if (npz) {
+        qsort(pz, npz, sizeof *pz, cmpd);
+        printf("pause_p50_ms: %.3f\n", pz[(npz - 1) / 2]);
+    }
+    if (cmpd_desc_p99(pz, npz, &p99, &mx)) printf("pause_p99_ms: %.3f\npause_max_ms: %.3f\n", p99, mx);
     printf("no_echo_after_kill: %d\n", echoed_once - nkf);
     for (int i = 0; i < n; i++) if (cs[i].fd >= 0) close(cs[i].fd);
     return 0;

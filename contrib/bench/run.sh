@@ -9,10 +9,13 @@
 #      held idle; KiB/conn = RSS delta of the relay process tree / connections held
 #   3. connections per second: BENCH_SECS s of short connections (connect, 32 B
 #      echo, close), CONC in flight, through each relay
-#   4. TLS (test "tls"): contrib/bench/tls.sh, after the plain tests - xrayd's TLS ends
+#   4. resumption after kill -9 (test "resume", xrayd_cont only): N_LIVE pinging
+#      connections, kill -9 of the busiest worker; per connection of that worker the
+#      pause until its bytes flow again (worst, median), 0 bytes lost
+#   5. TLS (test "tls"): contrib/bench/tls.sh, after the plain tests - xrayd's TLS ends
 #      against HAProxy and stunnel (one hop, 3-link re-encryption chain, connect latency,
 #      memory per idle TLS end); its results go to $OUT/tls
-#   5. transparent proxies (test "proxy", root only): contrib/bench/proxy_bench.sh -
+#   6. transparent proxies (test "proxy", root only): contrib/bench/proxy_bench.sh -
 #      xrayd's proxy blocks against HAProxy, tinyproxy and socat through REDIRECT in
 #      network namespaces (HTTP req/s, circuit throughput, resumption after kill -9);
 #      its results go to $OUT/proxy
@@ -28,10 +31,16 @@ BENCH_SECS=${BENCH_SECS:-5}
 N_IDLE=${N_IDLE:-2000}
 RUNS=${RUNS:-3}
 CONC=${CONC:-50}
+N_LIVE=${N_LIVE:-2000}              # resume: live connections (the victim holds about half)
+PING_MS=${PING_MS:-200}             # resume: each connection's ping interval (2000 at 50 ms
+                                    # load 2 cores before any kill)
+RESUME_WARM=${RESUME_WARM:-2}       # resume: s of pings before the reference instant (kill 1 s later)
+RESUME_POST=${RESUME_POST:-3}       # resume: s of pings after the kill
+RESUME_LOG_LEVEL=${RESUME_LOG_LEVEL:-notice}   # the replacement's "took over" line is a notice
 XRAYD_BIN=${XRAYD_BIN:-$ROOT/objs/xrayd}
 XRAYD_BUFFER_SIZE=${XRAYD_BUFFER_SIZE:-64k}
 RELAYS=${RELAYS:-xrayd xrayd_w1 xrayd_cont haproxy nginx socat}
-TESTS=${TESTS:-tput idle cps tls proxy}
+TESTS=${TESTS:-tput idle cps resume tls proxy}
 PLAIN_TESTS=$(echo " $TESTS " | sed 's/ tls / /g; s/ proxy / /g; s/^ *//; s/ *$//')
 PY=${PY:-python3}
 
@@ -113,7 +122,8 @@ relay_conf() {
   local r=$1 t=$2 port=${RPORT[$1]} f
   case $r in
     xrayd|xrayd_w1|xrayd_cont)
-      local w=2 cont=off state=""
+      local w=2 cont=off state="" level=warn
+      [ "${CUR_TEST:-}" = resume ] && level=$RESUME_LOG_LEVEL
       [ "$r" = xrayd_w1 ] && w=1
       [ "$r" = xrayd_cont ] && { cont=on; state="state_dir: $STATE"; }
       f="$RUN/$r-$t.yaml"
@@ -122,7 +132,7 @@ workers: $w
 daemon: off
 pid: $RUN/$r.pid
 error_log: $OUT/logs/$r.${CUR_TEST:-x}.error.log
-log_level: warn
+log_level: $level
 buffer_size: $XRAYD_BUFFER_SIZE
 connect_timeout: 5s
 idle_timeout: 10m
@@ -320,6 +330,77 @@ test_cps() { # test_cps RUN RELAY
   sleep 1   # let TIME_WAIT churn settle between relays
 }
 
+# ----------------------------------------------- 4. resumption after kill -9
+# test_resume RUN RELAY : N_LIVE connections through the relay to the echo server,
+# each pinging every PING_MS with a checked byte stream; kill -9 of the worker holding
+# the most of them, and at that instant one more ping (the probe) on every connection.
+# A killed-worker connection's pause is its probe's round trip: worst and median are
+# the figures; the surviving worker's probes are the reference (what the burst and
+# the machine's load cost with no resumption in it). Also bytes lost / duplicated /
+# corrupt and the replacement's own "took over K connection(s) ... in X ms" line.
+# Only relays with continuity have one.
+test_resume() {
+  local n=$1 r=$2 ready="$RUN/ping.ready.$2.$1" killf="$RUN/ping.kill.$2.$1" tpid w fds best=0 victim=""
+  local out="$OUT/logs/resume.$r.ping.$n.txt" conns="$OUT/logs/resume.$r.conns.$n.txt"
+  local ports="$OUT/logs/resume.$r.victim-ports.$n.txt" log_f
+  case $r in xrayd_cont) ;; *) rec "$n" "$r" resume_pause_max_ms NA; return ;; esac
+  if [ -z "$BT" ] || ! relay_start "$r" $P_ECHO; then rec "$n" "$r" resume_pause_max_ms NA; return; fi
+  log_f="$OUT/logs/$r.${CUR_TEST:-x}.error.log"
+  rm -f "$ready" "$killf"
+  bg_start "$out" "$BT" ping "${RPORT[$r]}" "$N_LIVE" "$PING_MS" "$RESUME_WARM" "$RESUME_POST" \
+    "$ready" "$killf" "$conns"
+  tpid=$LASTPID
+  for _ in $(seq 1 900); do [ -f "$ready" ] && break; kill -0 "$tpid" 2>/dev/null || break; sleep 0.1; done
+  if [ ! -f "$ready" ]; then
+    log "resume: the ping client did not get its connections up"; stop_pid "$tpid"; relay_stop
+    rec "$n" "$r" resume_pause_max_ms NA; return
+  fi
+  # the victim: the worker holding the most descriptors (2 per connection)
+  for w in $(descendants "$RPID"); do
+    fds=$(ls /proc/"$w"/fd 2>/dev/null | wc -l)
+    [ "$fds" -gt "$best" ] && { best=$fds; victim=$w; }
+  done
+  # its connections by the client's port (the master holds a duplicate of every
+  # socket: match the worker's pid)
+  ss -Htnp state established "( sport = :${RPORT[$r]} )" 2>/dev/null |
+    grep "pid=$victim," | awk '{ split($4, a, ":"); print a[length(a)] }' | sort -n >"$ports"
+  rec "$n" "$r" resume_victim_conns "$(wc -l <"$ports")"
+  echo "${victim:-0}" >"$killf.tmp" && mv "$killf.tmp" "$killf"
+  for _ in $(seq 1 $(( (RESUME_WARM + RESUME_POST + 50) * 10 ))); do kill -0 "$tpid" 2>/dev/null || break; sleep 0.1; done
+  stop_pid "$tpid"
+  local k
+  for k in killed survived closed lost_bytes dup_bytes corrupt_bytes; do
+    rec "$n" "$r" "resume_$k" "$(awk -F': ' -v k="$k" '$1 == k { print $2 }' "$out" | grep . || echo NA)"
+  done
+  local took
+  took=$(grep -m1 "took over .* of worker $victim" "$log_f" 2>/dev/null)
+  rec "$n" "$r" resume_takeover_ms "$(echo "$took" | sed -n 's/.* in \([0-9.]*\) ms.*/\1/p' | grep . || echo NA)"
+  "$PY" - "$conns" "$ports" "$n" "$r" >>"$RAW" <<'PYEOF'
+import sys
+conns, ports, run, relay = sys.argv[1:5]
+vp = {int(l) for l in open(ports) if l.strip()}
+rows = [l.split() for l in open(conns) if l.strip()]
+v = [r for r in rows if int(r[1]) in vp]
+def q(xs, p):
+    xs = sorted(xs)
+    return "NA" if not xs else xs[max(0, int(p * len(xs) + 0.999999) - 1)]
+o = [r for r in rows if int(r[1]) not in vp]   # the surviving worker's: the reference
+pause = [float(r[13]) for r in v if float(r[13]) >= 0]
+ref = [float(r[13]) for r in o if float(r[13]) >= 0]
+wait = [float(r[12]) for r in v if float(r[12]) >= 0]
+first = [float(r[4]) for r in v if float(r[4]) >= 0]
+out = {"resume_matched": len(v), "resume_pause_max_ms": q(pause, 1.0),
+       "resume_pause_p50_ms": q(pause, 0.5), "resume_pause_p99_ms": q(pause, 0.99),
+       "resume_ref_max_ms": q(ref, 1.0), "resume_ref_p50_ms": q(ref, 0.5),
+       "resume_wait_max_ms": q(wait, 1.0), "resume_kill_first_max_ms": q(first, 1.0),
+       "resume_no_echo": sum(1 for r in v if float(r[13]) < 0)}
+for k, x in out.items():
+    print(run, relay, k, x)
+PYEOF
+  sleep 1
+  relay_stop
+}
+
 # -------------------------------------------------------------------- main
 if have iperf3; then
   bg_start "$OUT/logs/iperf3-server.log" iperf3 -s -B 127.0.0.1 -p $P_IPERF
@@ -360,6 +441,7 @@ for ((run = 1; run <= RUNS; run++)); do
       idle) for r in $ORDER; do log "  $r"; test_idle "$run" "$r"; done ;;
       cps)  test_cps "$run" direct
             for r in $ORDER; do log "  $r"; test_cps "$run" "$r"; done ;;
+      resume) for r in $ORDER; do log "  $r"; test_resume "$run" "$r"; done ;;
     esac
   done
 done

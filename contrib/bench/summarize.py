@@ -94,6 +94,21 @@ if "xrayd_cont" in relays and "xrayd" in relays:
     aims.append(("cont/off Gbit/s", med("xrayd_cont", "gbps"), med("xrayd", "gbps"), r_ct,
                  ">= 0.95x continuity off", None if r_ct is None else r_ct >= 0.95))
 
+# resumption after kill -9 (test resume): the worst run's worst pause
+def worst(r, m):
+    xs = vals(r, m)
+    return max(xs) if xs else None
+
+
+has_resume = any(k == ("xrayd_cont", "resume_pause_max_ms") and any(
+    v is not None for v in d.values()) for k, d in data.items())
+if has_resume:
+    pz = worst("xrayd_cont", "resume_pause_max_ms")
+    aims.append(("resume pause, worst", pz, None, None, "< 100 ms", None if pz is None else pz < 100))
+    lost = [total("xrayd_cont", m) for m in ("resume_lost_bytes", "resume_dup_bytes", "resume_corrupt_bytes")]
+    bad = None if None in lost else sum(lost)
+    aims.append(("resume bytes l/d/c", bad, None, None, "0", None if bad is None else bad == 0))
+
 w("AIMS (xrayd workers:2 vs haproxy; cont/off: xrayd_cont in the xrayd column, xrayd in the other)")
 w("%-20s %12s %12s %10s   %-24s %s" % ("metric", "xrayd", "haproxy", "ratio", "aim", "result"))
 for name, x, h, rr, aim, ok in aims:
@@ -113,6 +128,34 @@ if "xrayd_cont" in relays and "xrayd" in relays:
     w("  of which the snapshot in state_dir (tmpfs, mapped: inside the RSS figure): %s KiB/conn"
       % cell("xrayd_cont", "idle_state_kib_per_conn"))
     w("  (aim: continuity on >= 0.95x continuity off's Gbit/s; conn/s and KiB are reported, no aim)")
+    w("")
+
+if has_resume:
+    w("RESUMPTION after kill -9 (xrayd_cont; the killed worker's connections; per run: "
+      + ", ".join(str(n) for n in runs) + ")")
+    for label, m in (("connections of the killed worker", "resume_matched"),
+                     ("pause, worst (ms)", "resume_pause_max_ms"),
+                     ("pause, p99 (ms)", "resume_pause_p99_ms"),
+                     ("pause, median (ms)", "resume_pause_p50_ms"),
+                     ("reference: other worker's, worst (ms)", "resume_ref_max_ms"),
+                     ("reference: other worker's, median (ms)", "resume_ref_p50_ms"),
+                     ("longest any ping waited (ms)", "resume_wait_max_ms"),
+                     ("kill -> first echo, worst (ms)", "resume_kill_first_max_ms"),
+                     ("replacement's 'took over ... in X ms'", "resume_takeover_ms"),
+                     ("no echo after the kill", "resume_no_echo"),
+                     ("connections survived (all workers)", "resume_survived"),
+                     ("bytes lost / duplicated / corrupt", None)):
+        if m is None:
+            per = ["%s/%s/%s" % tuple(fmt(data.get(("xrayd_cont", k), {}).get(n), 0)
+                                      for k in ("resume_lost_bytes", "resume_dup_bytes",
+                                                "resume_corrupt_bytes")) for n in runs]
+        else:
+            per = [fmt(data.get(("xrayd_cont", m), {}).get(n), 1) for n in runs]
+        w("  %-40s %s" % (label, "  ".join(per)))
+    w("  pause = the round trip of the probe, a ping every connection sends right after the kill: on")
+    w("  the killed worker's connections the time until the replacement moved their bytes; the same")
+    w("  probe on the surviving worker's connections is the reference (the burst and the machine's")
+    w("  load, no resumption). kill -> first echo adds up to PING_MS of the connection's silence.")
     w("")
 
 # xrayd's own logs

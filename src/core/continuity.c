@@ -326,6 +326,28 @@ void xr_cont_adopted(pid_t dead, pid_t pid)
 
 /* ---- worker side --------------------------------------------------------- */
 
+/* Close every entry not owned by owner (0: every entry) in one pass, and
+ * index what is left once.  A replacement runs this while its dead
+ * predecessor's clients wait: removing entries one by one leaves a
+ * tombstone each, and with thousands of them every later probe walks
+ * long runs of tombstones. */
+static void xr_cont_keep_only(pid_t owner)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < xr_ct.n; i++) {
+        xr_cont_entry_t *x = &xr_ct.e[i];
+        if (owner != 0 && x->owner == owner) {
+            xr_ct.e[kept++] = *x;
+            continue;
+        }
+        for (int k = 0; k < XR_CONT_ENDS; k++)
+            if (x->fd[k] >= 0)
+                close(x->fd[k]);
+    }
+    xr_ct.n = kept;
+    xr_cont_reindex(0);
+}
+
 void xr_cont_child_init(int fd, pid_t dead)
 {
     xr_ct.wfd = fd;
@@ -339,12 +361,12 @@ void xr_cont_child_init(int fd, pid_t dead)
         if (xr_ct.ch[i].fd > 0)
             close(xr_ct.ch[i].fd);
     memset(xr_ct.ch, 0, sizeof(xr_ct.ch));
-    for (size_t i = 0; i < xr_ct.n;) {
-        if (dead != 0 && xr_ct.e[i].owner == dead)
-            i++;
-        else
-            xr_cont_close_entry(&xr_ct.e[i]);
-    }
+    /* A replacement closes them after its first turn, once the
+     * connections it adopts move bytes again (xr_cont_release_unclaimed):
+     * a few thousand close() calls are milliseconds those connections
+     * would otherwise wait. */
+    if (dead == 0)
+        xr_cont_keep_only(0);
 }
 
 pid_t xr_cont_adopting(void)
@@ -359,29 +381,34 @@ int xr_cont_take(uint64_t id, int fd[XR_CONT_ENDS])
         fd[0] = fd[1] = -1;
         return 0;
     }
-    for (int k = 0; k < XR_CONT_ENDS; k++)
+    /* The descriptors are the caller's now.  The entry stays, owned by
+     * nobody, until xr_cont_release_unclaimed sweeps the table once. */
+    for (int k = 0; k < XR_CONT_ENDS; k++) {
         fd[k] = x->fd[k];
-    xr_cont_remove(x); /* the descriptors are the caller's now */
+        x->fd[k] = -1;
+    }
+    x->owner = 0;
     return 1;
 }
 
 void xr_cont_release_unclaimed(void)
 {
-    for (size_t i = 0; i < xr_ct.n;) {
+    for (size_t i = 0; i < xr_ct.n; i++) {
         xr_cont_entry_t *x = &xr_ct.e[i];
-        if (x->owner != xr_ct.adopting) {
-            i++;
+        if (x->owner != xr_ct.adopting || xr_ct.adopting == 0)
             continue;
-        }
         /* The dead worker had finished it (its slot was free) but died
          * before saying so: end it as it would have. */
         for (int k = 0; k < XR_CONT_ENDS; k++)
-            if (x->fd[k] >= 0)
+            if (x->fd[k] >= 0) {
                 shutdown(x->fd[k], SHUT_RDWR);
-        uint64_t id = x->id;
-        xr_cont_close_entry(x);
-        xr_cont_drop(id);
+                close(x->fd[k]);
+                x->fd[k] = -1;
+            }
+        xr_cont_drop(x->id);
     }
+    /* Nothing in the table is this worker's business any more. */
+    xr_cont_keep_only(0);
 }
 
 static int xr_cont_send(const xr_cont_msg_t *m, int fd)

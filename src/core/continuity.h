@@ -64,8 +64,8 @@ void xr_cont_add(uint64_t id, pid_t owner, const int fd[XR_CONT_ENDS]);
 /* ---- worker ------------------------------------------------------------ */
 
 /* In the new worker: keep channel fd, close every descriptor of the
- * master's table but those of the connections of dead (the one this
- * worker adopts, or 0). */
+ * master's table (with dead, the worker this one adopts, not yet: see
+ * xr_cont_release_unclaimed). */
 void xr_cont_child_init(int fd, pid_t dead);
 /* The dead worker this one adopts (0: none), and its connections. */
 pid_t xr_cont_adopting(void);
@@ -73,7 +73,8 @@ pid_t xr_cont_adopting(void);
  * master held nothing for it. */
 int xr_cont_take(uint64_t id, int fd[XR_CONT_ENDS]);
 /* Adopted connections nobody claimed (their snapshot slot was free):
- * closed and dropped. */
+ * closed and dropped; and every other descriptor inherited from the
+ * master's table closed. */
 void xr_cont_release_unclaimed(void);
 /* Hand the master a duplicate of socket fd, end `which` of connection
  * id.  XR_OK, or XR_ERROR (the connection then has no continuity). */

@@ -107,10 +107,16 @@ int xr__master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, int re
     xr__m.procs[slot].gen = g;
     xr__m.procs[slot].retiring = retiring;
     xr__m.procs[slot].started = xr_mono_ms();
-    if (adopt > 0)
+    if (adopt > 0) {
         xr_log(XR_LOG_NOTICE, "start worker process %d, taking over worker %d's connections",
                (int) pid, (int) adopt);
-    else
+        /* With the replacement's own timings (debug), where a takeover's
+         * time went. */
+        if (xr__m.reaped_at > 0)
+            xr_log(XR_LOG_DEBUG, "worker %d's replacement forked %lld ms after its death was seen",
+                   (int) adopt, (long long) (xr_mono_ms() - xr__m.reaped_at));
+        xr__m.reaped_at = 0;
+    } else
         xr_log(XR_LOG_NOTICE, "start worker process %d", (int) pid);
     return XR_OK;
 }
@@ -215,6 +221,7 @@ static void xr_master_reap(void)
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        xr__m.reaped_at = xr_mono_ms();
         if (pid == xr__m.up.pid) {
             xr__master_upgrade_failed(status);
             continue;
@@ -246,10 +253,17 @@ static void xr_master_reap(void)
         if (respawn) {
             /* A worker that keeps dying young must not turn the master
              * into a fork loop (its connections wait no longer than the
-             * back-off). */
+             * back-off).  One young death is no loop yet: its
+             * replacement starts at once, since the connections it takes
+             * over are stalled until it runs; the back-off starts with
+             * the second death in a row. */
             if (lived < XR_RESPAWN_FAST_MS) {
-                xr__m.respawn_delay =
-                    xr__m.respawn_delay ? XR_MIN(xr__m.respawn_delay * 2, XR_RESPAWN_MAX_MS) : 100;
+                if (xr__m.failed_starts == 0)
+                    xr__m.respawn_delay = 0;
+                else
+                    xr__m.respawn_delay = xr__m.respawn_delay
+                                              ? XR_MIN(xr__m.respawn_delay * 2, XR_RESPAWN_MAX_MS)
+                                              : 100;
                 if (xr__m.failed_starts++ == 0)
                     xr__m.failing_since = xr_wall_ms();
                 snprintf(xr__m.failed_how, sizeof(xr__m.failed_how), "exited %s after %lld ms", how,

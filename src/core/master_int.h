@@ -59,6 +59,7 @@ typedef struct {
     int pending_respawn;
     int64_t respawn_at;
     int64_t respawn_delay;
+    int64_t reaped_at; /* when the last worker's death was seen (ms, monotonic) */
     /* Workers of gens[0] that exited within XR_RESPAWN_FAST_MS, in a row;
      * how the last one ended, and since when (wall ms) they have. */
     int failed_starts;

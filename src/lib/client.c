@@ -1,8 +1,12 @@
 /*
- * client.c: the client core (see client.h).
+ * client.c: the client core's control connection (see client.h): loading
+ * the application's certificates, the TLS connection to the agent and
+ * HELLO, request/answer pairs, and INCOMING frames queued for
+ * xr_client_next.  Links are in link.c, links the agent dials to us in
+ * incoming.c.
  */
 #include "common/common.h"
-#include "lib/client.h"
+#include "lib/client_int.h"
 #include "common/identity.h"
 
 #include <errno.h>
@@ -18,64 +22,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <mbedtls/ctr_drbg.h>
-#include <mbedtls/entropy.h>
-#include <mbedtls/error.h>
-#include <mbedtls/net_sockets.h>
-#include <mbedtls/ssl.h>
-#include <mbedtls/ssl_ticket.h>
-#include <mbedtls/x509_crt.h>
-
-/* INCOMING mode 1 frames whose link has not come yet, and how long one
- * waits (a relay point lives 2 x handshake_timeout, 20 s by default). */
-#define XR_EXPECT_MAX 64
-#define XR_EXPECT_MS  30000
-
-struct xr_client_s {
-    xr_client_conf_t cf;
-    char host[256], port[16];
-    mbedtls_entropy_context entropy;
-    mbedtls_ctr_drbg_context drbg;
-    mbedtls_x509_crt ca, crt;
-    mbedtls_pk_context pk;
-    mbedtls_ssl_config conf;
-    mbedtls_ssl_context ssl;
-    mbedtls_net_context net;
-    int open;
-    uint32_t next_id;
-    uint32_t heartbeat_ms;
-    uint8_t in[XR_PROTO_MAX_FRAME * 2];
-    size_t inlen;
-    /* INCOMING frames that arrived while an answer was awaited */
-    xr_msg_t queued[16];
-    size_t nqueued;
-    /* The agent as the control connection saw it: links it dials to us
-     * (INCOMING mode 1) come from this address with this key. */
-    char agent_key[65];
-    struct sockaddr_storage agent_addr;
-    /* Those links: we are the TLS server, with tickets so the agent's
-     * next link resumes. */
-    mbedtls_ssl_config sconf;
-    mbedtls_ssl_ticket_context ticket;
-    int sconf_ready;
-    struct {
-        xr_msg_t in;
-        int64_t until;
-    } expect[XR_EXPECT_MAX];
-    size_t nexpect;
-    /* The last session with the agent's relay points (mode 2 links). */
-    mbedtls_ssl_session link_session;
-    int has_link_session;
-};
-
-static int64_t xr_client_now_ms(void)
+int64_t xr__client_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void xr_mberr(int rc, char *buf, size_t n)
+void xr__mberr(int rc, char *buf, size_t n)
 {
     mbedtls_strerror(rc, buf, n);
 }
@@ -123,18 +77,18 @@ xr_client_t *xr_client_new(const xr_client_conf_t *cf, char *err, size_t errlen)
         goto fail;
     }
     if ((rc = mbedtls_x509_crt_parse_file(&c->ca, cf->ca)) != 0) {
-        xr_mberr(rc, why, sizeof(why));
+        xr__mberr(rc, why, sizeof(why));
         snprintf(err, errlen, "cannot load CA %s: %s", cf->ca, why);
         goto fail;
     }
     if ((rc = mbedtls_x509_crt_parse_file(&c->crt, cf->cert)) != 0) {
-        xr_mberr(rc, why, sizeof(why));
+        xr__mberr(rc, why, sizeof(why));
         snprintf(err, errlen, "cannot load certificate %s: %s", cf->cert, why);
         goto fail;
     }
     if ((rc = mbedtls_pk_parse_keyfile(&c->pk, cf->key, NULL)) != 0 ||
         (rc = mbedtls_pk_check_pair(&c->crt.pk, &c->pk)) != 0) {
-        xr_mberr(rc, why, sizeof(why));
+        xr__mberr(rc, why, sizeof(why));
         snprintf(err, errlen, "cannot use key %s: %s", cf->key, why);
         goto fail;
     }
@@ -238,7 +192,7 @@ int xr_client_local(const xr_client_t *c, struct sockaddr_storage *ss)
     return c->open ? getsockname(c->net.fd, (struct sockaddr *) ss, &len) : -1;
 }
 
-static int xr_client_send(xr_client_t *c, const xr_msg_t *m, char *err, size_t errlen)
+int xr__client_send(xr_client_t *c, const xr_msg_t *m, char *err, size_t errlen)
 {
     uint8_t buf[XR_PROTO_MAX_FRAME];
     size_t n = xr_proto_encode(m, buf, sizeof(buf));
@@ -252,7 +206,7 @@ static int xr_client_send(xr_client_t *c, const xr_msg_t *m, char *err, size_t e
             continue;
         if (rc < 0) {
             char why[128];
-            xr_mberr(rc, why, sizeof(why));
+            xr__mberr(rc, why, sizeof(why));
             snprintf(err, errlen, "sending to the agent failed: %s", why);
             return -1;
         }
@@ -290,7 +244,7 @@ static int xr_client_recv(xr_client_t *c, xr_msg_t *m, char *err, size_t errlen)
         }
         if (rc < 0) {
             char e[128];
-            xr_mberr(rc, e, sizeof(e));
+            xr__mberr(rc, e, sizeof(e));
             snprintf(err, errlen, "reading from the agent failed: %s", e);
             return -1;
         }
@@ -298,8 +252,8 @@ static int xr_client_recv(xr_client_t *c, xr_msg_t *m, char *err, size_t errlen)
     }
 }
 
-static int xr_client_answer(xr_client_t *c, uint32_t id, xr_msg_t *reply, int *perr, char *err,
-                            size_t errlen)
+int xr__client_answer(xr_client_t *c, uint32_t id, xr_msg_t *reply, int *perr, char *err,
+                      size_t errlen)
 {
     for (;;) {
         if (xr_client_recv(c, reply, err, errlen) < 0) {
@@ -332,7 +286,7 @@ int xr_client_open(xr_client_t *c, int *perr, char *err, size_t errlen)
     *perr = 0;
     xr_client_close(c);
     if ((rc = mbedtls_net_connect(&c->net, c->host, c->port, MBEDTLS_NET_PROTO_TCP)) != 0) {
-        xr_mberr(rc, why, sizeof(why));
+        xr__mberr(rc, why, sizeof(why));
         snprintf(err, errlen, "cannot connect to the agent at %s: %s", c->cf.agent, why);
         return -1;
     }
@@ -354,7 +308,7 @@ int xr_client_open(xr_client_t *c, int *perr, char *err, size_t errlen)
             info[strcspn(info, "\n")] = '\0';
             snprintf(err, errlen, "the agent's certificate is not trusted: %s", info);
         } else {
-            xr_mberr(rc, why, sizeof(why));
+            xr__mberr(rc, why, sizeof(why));
             snprintf(err, errlen, "TLS handshake with the agent failed: %s", why);
         }
         xr_client_close(c);
@@ -373,8 +327,8 @@ int xr_client_open(xr_client_t *c, int *perr, char *err, size_t errlen)
     m.u.hello.min_version = m.u.hello.max_version = XR_PROTO_VERSION;
     m.u.hello.role = XR_ROLE_LIBRARY;
     xr_pstr_set(&m.u.hello.software, "xray/" XR_VERSION);
-    if (xr_client_send(c, &m, err, errlen) < 0 ||
-        xr_client_answer(c, 0, &r, perr, err, errlen) < 0) {
+    if (xr__client_send(c, &m, err, errlen) < 0 ||
+        xr__client_answer(c, 0, &r, perr, err, errlen) < 0) {
         xr_client_close(c);
         return -1;
     }
@@ -403,19 +357,12 @@ int xr_client_call(xr_client_t *c, xr_msg_t *req, xr_msg_t *reply, int *perr, ch
     case XR_MSG_CONNECT: req->u.connect.id = id; break;
     default: snprintf(err, errlen, "%s is not a request", xr_proto_type_name(req->type)); return -1;
     }
-    if (xr_client_send(c, req, err, errlen) < 0) {
+    if (xr__client_send(c, req, err, errlen) < 0) {
         xr_client_close(c);
         return -1;
     }
-    return xr_client_answer(c, id, reply, perr, err, errlen);
+    return xr__client_answer(c, id, reply, perr, err, errlen);
 }
-
-/* ---- links ------------------------------------------------------------------ */
-
-struct xr_link_s {
-    mbedtls_net_context net;
-    mbedtls_ssl_context ssl;
-};
 
 int xr_client_pending_incoming(const xr_client_t *c)
 {
@@ -425,256 +372,6 @@ int xr_client_pending_incoming(const xr_client_t *c)
 int xr_client_fd(const xr_client_t *c)
 {
     return c->open ? c->net.fd : -1;
-}
-
-static int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = xr_paddr_to_sockaddr(a, &ss);
-    char at[80];
-    if (len == 0) {
-        snprintf(err, errlen, "bad address");
-        return -1;
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)); /* bounds connect() too */
-    if (fd < 0 || connect(fd, (struct sockaddr *) &ss, len) != 0) {
-        snprintf(err, errlen, "cannot connect to %s: %s", xr_paddr_str(a, at, sizeof(at)),
-                 strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* Read exactly one frame from a link: nothing after it may be consumed,
- * it is the application's stream.  0, or -1 with err. */
-static int xr_link_frame(xr_link_t *l, xr_msg_t *r, const char *what, char *err, size_t errlen)
-{
-    uint8_t in[XR_PROTO_MAX_FRAME];
-    size_t have = 0, used = 0, need = XR_PROTO_HEADER;
-    const char *why = NULL;
-    for (;;) {
-        while (have < need) {
-            int rc = mbedtls_ssl_read(&l->ssl, in + have, need - have);
-            if (rc == MBEDTLS_ERR_SSL_WANT_READ)
-                continue;
-            if (rc <= 0) {
-                snprintf(err, errlen, "the %s closed the link%s", what,
-                         rc == MBEDTLS_ERR_SSL_TIMEOUT ? " (timeout)" : "");
-                return -1;
-            }
-            have += (size_t) rc;
-        }
-        xr_proto_status_t st = xr_proto_decode(in, have, r, &used, &why);
-        if (st == XR_PROTO_OK)
-            return 0;
-        if (st != XR_PROTO_AGAIN) {
-            snprintf(err, errlen, "the %s sent an invalid frame (bad %s)", what, why);
-            return -1;
-        }
-        need = XR_PROTO_HEADER + ((size_t) in[2] << 8 | in[3]);
-    }
-}
-
-static int xr_link_send(xr_link_t *l, const xr_msg_t *m, const char *what, char *err, size_t errlen)
-{
-    uint8_t f[XR_PROTO_MAX_FRAME];
-    size_t n = xr_proto_encode(m, f, sizeof(f));
-    if (n == 0 || mbedtls_ssl_write(&l->ssl, f, n) != (int) n) {
-        snprintf(err, errlen, "sending to the %s failed", what);
-        return -1;
-    }
-    return 0;
-}
-
-/* Expect a frame of type want; an ERROR becomes the reason. */
-static int xr_link_expect(xr_link_t *l, int want, const char *what, char *err, size_t errlen)
-{
-    xr_msg_t r;
-    if (xr_link_frame(l, &r, what, err, errlen) < 0)
-        return -1;
-    if (r.type == XR_MSG_ERROR) {
-        snprintf(err, errlen, "%s: %s", xr_proto_err_name(r.u.error.code), r.u.error.message.s);
-        return -1;
-    }
-    if ((int) r.type != want) {
-        snprintf(err, errlen, "the %s answered %s", what, xr_proto_type_name(r.type));
-        return -1;
-    }
-    return 0;
-}
-
-static void xr_link_free(xr_link_t *l)
-{
-    mbedtls_ssl_free(&l->ssl);
-    mbedtls_net_free(&l->net);
-    free(l);
-}
-
-static int xr_key_is(const mbedtls_ssl_context *ssl, const char *want)
-{
-    xr_identity_t id;
-    const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(ssl);
-    return crt != NULL && want[0] != '\0' && xr_identity_from_crt(crt, &id) == XR_OK &&
-           strcasecmp(id.pubkey_sha256, want) == 0;
-}
-
-/* TCP and TLS to a relay point (offering the session of the last
- * link); NULL with err. */
-static xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, char *err,
-                              size_t errlen)
-{
-    xr_link_t *l = calloc(1, sizeof(*l));
-    if (l == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    mbedtls_net_init(&l->net);
-    mbedtls_ssl_init(&l->ssl);
-    int rc;
-    l->net.fd = xr_tcp_to(rp, c->cf.timeout_ms, err, errlen);
-    if (l->net.fd < 0)
-        goto fail;
-    if (mbedtls_ssl_setup(&l->ssl, &c->conf) != 0 ||
-        (check_name &&
-         mbedtls_ssl_set_hostname(&l->ssl, c->cf.agent_name ? c->cf.agent_name : c->host) != 0)) {
-        snprintf(err, errlen, "TLS setup failed");
-        goto fail;
-    }
-    if (c->has_link_session)
-        mbedtls_ssl_set_session(&l->ssl, &c->link_session); /* a failed offer is a full one */
-    mbedtls_ssl_set_bio(&l->ssl, &l->net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
-    while ((rc = mbedtls_ssl_handshake(&l->ssl)) != 0)
-        if (rc != MBEDTLS_ERR_SSL_WANT_READ && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
-            char why[128];
-            xr_mberr(rc, why, sizeof(why));
-            snprintf(err, errlen, "TLS with the relay point failed: %s", why);
-            goto fail;
-        }
-    /* The relay points of one agent share its session: the next link
-     * resumes. */
-    if (c->has_link_session)
-        mbedtls_ssl_session_free(&c->link_session);
-    mbedtls_ssl_session_init(&c->link_session);
-    c->has_link_session = mbedtls_ssl_get_session(&l->ssl, &c->link_session) == 0;
-    return l;
-fail:
-    xr_link_free(l);
-    return NULL;
-}
-
-/* On a link whose TLS is up: the relay point's key (hex, from
- * CONNECT_OK; NULL: its name was checked), LINK, LINK_OK, ACK both ways.
- * Frees l on failure. */
-static xr_link_t *xr_link_join(xr_link_t *l, const uint8_t *token, const char *want_key, char *err,
-                               size_t errlen)
-{
-    if (want_key != NULL && !xr_key_is(&l->ssl, want_key)) {
-        snprintf(err, errlen, "the relay point's certificate is not the agent's");
-        goto fail;
-    }
-    /* The link's frames, then one ACK each way; the rest is the stream. */
-    xr_msg_t m = {.type = XR_MSG_LINK}, ack = {.type = XR_MSG_ACK};
-    memcpy(m.u.link.token, token, XR_PROTO_TOKEN);
-    if (xr_link_send(l, &m, "relay point", err, errlen) < 0 ||
-        xr_link_expect(l, XR_MSG_LINK_OK, "relay point", err, errlen) < 0 ||
-        xr_link_send(l, &ack, "relay point", err, errlen) < 0 ||
-        xr_link_expect(l, XR_MSG_ACK, "relay point", err, errlen) < 0)
-        goto fail;
-    return l;
-fail:
-    xr_link_free(l);
-    return NULL;
-}
-
-static xr_link_t *xr_link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8_t *token,
-                               const char *want_key, char *err, size_t errlen)
-{
-    xr_link_t *l = xr_link_tls(c, rp, want_key == NULL, err, errlen);
-    return l ? xr_link_join(l, token, want_key, err, errlen) : NULL;
-}
-
-static int xr_udp_to(const xr_paddr_t *a, char *err, size_t errlen)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = xr_paddr_to_sockaddr(a, &ss);
-    char at[80];
-    int fd = len ? socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0) : -1;
-    if (fd < 0 || connect(fd, (struct sockaddr *) &ss, len) != 0) {
-        snprintf(err, errlen, "cannot reach %s: %s", xr_paddr_str(a, at, sizeof(at)),
-                 strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int *fd, int *perr,
-                   char *err, size_t errlen)
-{
-    return xr_client_dial_proto(c, XR_PROTO_TCP, dst, link, fd, perr, err, errlen);
-}
-
-int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_link_t **link,
-                         int *fd, int *perr, char *err, size_t errlen)
-{
-    *link = NULL;
-    *fd = -1;
-    *perr = 0;
-    if (!c->open) {
-        snprintf(err, errlen, "not connected to the agent");
-        return -1;
-    }
-    xr_msg_t req = {.type = XR_MSG_CONNECT}, r;
-    uint32_t id = ++c->next_id;
-    req.u.connect.id = id;
-    req.u.connect.proto = (uint8_t) proto;
-    req.u.connect.dst = *dst;
-    if (xr_client_send(c, &req, err, errlen) < 0) {
-        xr_client_close(c);
-        return -1;
-    }
-    /* The link to our agent's relay point comes up while the agent
-     * answers (XRAY §8: the links of a connection are set up in
-     * parallel): its relay points are at the address the control
-     * connection reaches.  A direct answer or another address wastes one
-     * (resumed) handshake. */
-    xr_paddr_t at;
-    xr_paddr_from_sockaddr(&at, &c->agent_addr);
-    char e2[200];
-    xr_link_t *early = at.family ? xr_link_tls(c, &at, 0, e2, sizeof(e2)) : NULL;
-    if (xr_client_answer(c, id, &r, perr, err, errlen) < 0) {
-        if (early)
-            xr_link_free(early);
-        return -1;
-    }
-    if (r.type != XR_MSG_CONNECT_OK) {
-        if (early)
-            xr_link_free(early);
-        snprintf(err, errlen, "the agent answered CONNECT with %s", xr_proto_type_name(r.type));
-        return -1;
-    }
-    if (early != NULL && (r.u.connect_ok.mode != XR_CONNECT_RELAY ||
-                          memcmp(&r.u.connect_ok.addr, &at, sizeof(at)) != 0)) {
-        xr_link_free(early);
-        early = NULL;
-    }
-    if (r.u.connect_ok.mode == XR_CONNECT_DIRECT) {
-        *fd = proto == XR_PROTO_UDP
-                  ? xr_udp_to(&r.u.connect_ok.addr, err, errlen)
-                  : xr_tcp_to(&r.u.connect_ok.addr, c->cf.timeout_ms, err, errlen);
-        return *fd < 0 ? -1 : 0;
-    }
-    char key[65];
-    sodium_bin2hex(key, sizeof(key), r.u.connect_ok.peer_key, sizeof(r.u.connect_ok.peer_key));
-    *link = early ? xr_link_join(early, r.u.connect_ok.token, key, err, errlen)
-                  : xr_link_open(c, &r.u.connect_ok.addr, r.u.connect_ok.token, key, err, errlen);
-    return *link != NULL ? 0 : -1;
 }
 
 int xr_client_next(xr_client_t *c, xr_msg_t *m, int timeout_ms, char *err, size_t errlen)
@@ -703,340 +400,4 @@ int xr_client_next(xr_client_t *c, xr_msg_t *m, int timeout_ms, char *err, size_
         return -1;
     }
     return 1;
-}
-
-/* Remember a mode 1 INCOMING until its link comes (or it is too old). */
-static void xr_client_expect(xr_client_t *c, const xr_msg_t *in)
-{
-    int64_t now = xr_client_now_ms();
-    size_t j = 0;
-    for (size_t i = 0; i < c->nexpect; i++)
-        if (c->expect[i].until > now)
-            c->expect[j++] = c->expect[i];
-    c->nexpect = j;
-    if (c->nexpect == XR_EXPECT_MAX) { /* the oldest gives way */
-        memmove(c->expect, c->expect + 1, (XR_EXPECT_MAX - 1) * sizeof(c->expect[0]));
-        c->nexpect--;
-    }
-    c->expect[c->nexpect].in = *in;
-    c->expect[c->nexpect].until = now + XR_EXPECT_MS;
-    c->nexpect++;
-}
-
-/* Take the mode 1 INCOMING with this token out of the expected ones. */
-static int xr_client_expected(xr_client_t *c, const uint8_t *token, xr_msg_t *in)
-{
-    for (size_t i = 0; i < c->nexpect; i++)
-        if (sodium_memcmp(c->expect[i].in.u.incoming.token, token, XR_PROTO_TOKEN) == 0) {
-            if (in != NULL)
-                *in = c->expect[i].in;
-            memmove(c->expect + i, c->expect + i + 1, (c->nexpect - i - 1) * sizeof(c->expect[0]));
-            c->nexpect--;
-            return 1;
-        }
-    return 0;
-}
-
-int xr_client_take(xr_client_t *c, const xr_msg_t *in, xr_link_t **link, char *err, size_t errlen)
-{
-    *link = NULL;
-    xr_msg_t ok = {.type = XR_MSG_INCOMING_OK};
-    ok.u.done.id = in->u.incoming.id;
-    if (xr_client_send(c, &ok, err, errlen) < 0) {
-        xr_client_close(c);
-        return -1;
-    }
-    if (in->u.incoming.mode == XR_INCOMING_INBOUND) {
-        xr_client_expect(c, in); /* the agent's link comes to the server socket */
-        return 0;
-    }
-    /* Mode 2, maybe after a mode 1 whose link the agent could not open. */
-    xr_client_expected(c, in->u.incoming.token, NULL);
-    *link = xr_link_open(c, &in->u.incoming.addr, in->u.incoming.token, NULL, err, errlen);
-    return *link != NULL ? 0 : -1;
-}
-
-int xr_client_from_agent(const xr_client_t *c, const struct sockaddr_storage *peer)
-{
-    const struct sockaddr_storage *a = &c->agent_addr;
-    if (!c->open || peer->ss_family != a->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET)
-        return ((const struct sockaddr_in *) peer)->sin_addr.s_addr ==
-               ((const struct sockaddr_in *) a)->sin_addr.s_addr;
-    if (a->ss_family == AF_INET6)
-        return memcmp(&((const struct sockaddr_in6 *) peer)->sin6_addr,
-                      &((const struct sockaddr_in6 *) a)->sin6_addr, 16) == 0;
-    return 0;
-}
-
-/* Read what the agent sent meanwhile: mode 1 INCOMINGs are answered and
- * expected, others queued for xr_client_next.  Waits up to wait_ms for
- * the first frame.  -1 when the control connection failed. */
-static int xr_client_absorb(xr_client_t *c, int wait_ms, char *err, size_t errlen)
-{
-    for (int first = 1;; first = 0) {
-        xr_msg_t in;
-        size_t q = c->nqueued;
-        c->nqueued = 0; /* xr_client_next must read the connection, not the queue */
-        int got = xr_client_next(c, &in, first ? wait_ms : 0, err, errlen);
-        if (got <= 0) {
-            c->nqueued = got < 0 ? 0 : q;
-            return got;
-        }
-        c->nqueued = q;
-        if (in.type != XR_MSG_INCOMING)
-            continue;
-        if (in.u.incoming.mode == XR_INCOMING_INBOUND) {
-            xr_msg_t ok = {.type = XR_MSG_INCOMING_OK};
-            ok.u.done.id = in.u.incoming.id;
-            if (xr_client_send(c, &ok, err, errlen) < 0) {
-                xr_client_close(c);
-                return -1;
-            }
-            xr_client_expect(c, &in);
-        } else if (c->nqueued < XR_ARRAY_SIZE(c->queued)) {
-            c->queued[c->nqueued++] = in;
-        }
-    }
-}
-
-int xr_client_is_link(xr_client_t *c, int fd, const struct sockaddr_storage *peer)
-{
-    if (!xr_client_from_agent(c, peer))
-        return 0;
-    /* The agent announces a link before it dials: with nothing announced
-     * (after a moment for the INCOMING to arrive) this is a direct client
-     * on the agent's host. */
-    char err[200];
-    if (c->nexpect == 0 && xr_client_absorb(c, 100, err, sizeof(err)) < 0)
-        return 0;
-    if (c->nexpect == 0)
-        return 0;
-    /* A link opens with a TLS ClientHello at once: a handshake record. */
-    struct pollfd p = {fd, POLLIN, 0};
-    unsigned char b;
-    return poll(&p, 1, 1000) == 1 && recv(fd, &b, 1, MSG_PEEK) == 1 && b == 0x16;
-}
-
-int xr_client_accept_link(xr_client_t *c, int fd, xr_link_t **link, xr_msg_t *incoming, char *err,
-                          size_t errlen)
-{
-    *link = NULL;
-    xr_link_t *l = calloc(1, sizeof(*l));
-    if (l == NULL) {
-        close(fd);
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    mbedtls_net_init(&l->net);
-    mbedtls_ssl_init(&l->ssl);
-    l->net.fd = fd;
-    int rc;
-    if (mbedtls_ssl_setup(&l->ssl, &c->sconf) != 0) {
-        snprintf(err, errlen, "TLS setup failed");
-        goto fail;
-    }
-    mbedtls_ssl_set_bio(&l->ssl, &l->net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
-    while ((rc = mbedtls_ssl_handshake(&l->ssl)) != 0)
-        if (rc != MBEDTLS_ERR_SSL_WANT_READ && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
-            char why[128];
-            xr_mberr(rc, why, sizeof(why));
-            snprintf(err, errlen, "TLS with the agent failed: %s", why);
-            goto fail;
-        }
-    if (!xr_key_is(&l->ssl, c->agent_key)) {
-        snprintf(err, errlen, "the link's certificate is not the agent's");
-        goto fail;
-    }
-    xr_msg_t m;
-    if (xr_link_frame(l, &m, "agent", err, errlen) < 0)
-        goto fail;
-    if (m.type != XR_MSG_LINK) {
-        snprintf(err, errlen, "the agent's link began with %s", xr_proto_type_name(m.type));
-        goto fail;
-    }
-    /* The INCOMING may still be on its way on the control connection. */
-    int64_t until = xr_client_now_ms() + 2000;
-    while (!xr_client_expected(c, m.u.link.token, incoming)) {
-        char e2[200];
-        int64_t left = until - xr_client_now_ms();
-        int got = left > 0 ? xr_client_absorb(c, (int) left, e2, sizeof(e2)) : 0;
-        if (got < 0) {
-            snprintf(err, errlen, "control connection lost: %s", e2);
-            goto fail;
-        }
-        if (got == 0 && left <= 0) {
-            xr_msg_t no = {.type = XR_MSG_ERROR};
-            no.u.error.code = XR_PERR_BAD_TOKEN;
-            xr_pstr_set(&no.u.error.message, "no INCOMING names that token");
-            xr_link_send(l, &no, "agent", e2, sizeof(e2));
-            snprintf(err, errlen, "a link with a token no INCOMING named");
-            goto fail;
-        }
-    }
-    xr_msg_t ok = {.type = XR_MSG_LINK_OK}, ack = {.type = XR_MSG_ACK};
-    if (xr_link_send(l, &ok, "agent", err, errlen) < 0 ||
-        xr_link_send(l, &ack, "agent", err, errlen) < 0 ||
-        xr_link_expect(l, XR_MSG_ACK, "agent", err, errlen) < 0)
-        goto fail;
-    *link = l;
-    return 0;
-fail:
-    xr_link_free(l);
-    return -1;
-}
-
-ssize_t xr_link_read(xr_link_t *l, void *buf, size_t len)
-{
-    for (;;) {
-        int rc = mbedtls_ssl_read(&l->ssl, buf, len);
-        if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_TIMEOUT)
-            continue;
-        if (rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || rc == 0)
-            return 0;
-        return rc < 0 ? -1 : rc;
-    }
-}
-
-ssize_t xr_link_write(xr_link_t *l, const void *buf, size_t len)
-{
-    size_t off = 0;
-    while (off < len) {
-        int rc = mbedtls_ssl_write(&l->ssl, (const unsigned char *) buf + off, len - off);
-        if (rc == MBEDTLS_ERR_SSL_WANT_WRITE)
-            continue;
-        if (rc < 0)
-            return -1;
-        off += (size_t) rc;
-    }
-    return (ssize_t) off;
-}
-
-int xr_link_send_dgram(xr_link_t *l, const void *p, size_t n)
-{
-    if (n > XR_UDP_MAX) {
-        errno = EMSGSIZE;
-        return -1;
-    }
-    /* One write, so that the datagram is one record (or a few), never
-     * split around another's. */
-    unsigned char f[2 + XR_UDP_MAX];
-    f[0] = (unsigned char) (n >> 8);
-    f[1] = (unsigned char) n;
-    memcpy(f + 2, p, n);
-    return xr_link_write(l, f, n + 2) == (ssize_t) (n + 2) ? 0 : -1;
-}
-
-/* Exactly n bytes, or 0 at a clean end before the first, or -1. */
-static ssize_t xr_link_read_exact(xr_link_t *l, unsigned char *p, size_t n)
-{
-    size_t have = 0;
-    while (have < n) {
-        ssize_t r = xr_link_read(l, p + have, n - have);
-        if (r <= 0)
-            return r < 0 || have > 0 ? -1 : 0;
-        have += (size_t) r;
-    }
-    return (ssize_t) n;
-}
-
-int xr_link_recv_dgram(xr_link_t *l, void *buf, size_t cap, size_t *len)
-{
-    unsigned char h[2];
-    ssize_t r = xr_link_read_exact(l, h, 2);
-    if (r <= 0)
-        return (int) r;
-    size_t n = (size_t) h[0] << 8 | h[1];
-    if (n > XR_UDP_MAX || n > cap) {
-        errno = EMSGSIZE;
-        return -1;
-    }
-    if (n > 0 && xr_link_read_exact(l, buf, n) != (ssize_t) n)
-        return -1;
-    *len = n;
-    return 1;
-}
-
-void xr_link_shutdown(xr_link_t *l)
-{
-    mbedtls_ssl_close_notify(&l->ssl);
-}
-
-int xr_link_fd(const xr_link_t *l)
-{
-    return l->net.fd;
-}
-
-size_t xr_link_pending(xr_link_t *l)
-{
-    return mbedtls_ssl_get_bytes_avail(&l->ssl);
-}
-
-void xr_link_close(xr_link_t *l)
-{
-    if (l == NULL)
-        return;
-    mbedtls_ssl_close_notify(&l->ssl);
-    xr_link_free(l);
-}
-
-void xr_link_drop(xr_link_t *l)
-{
-    if (l == NULL)
-        return;
-    mbedtls_ssl_free(&l->ssl);
-    /* Not mbedtls_net_free(): its shutdown() would end the socket for a
-     * child process that shares it too. */
-    if (l->net.fd >= 0)
-        close(l->net.fd);
-    free(l);
-}
-
-int xr_link_pump(xr_link_t *link, int sock, int in, int out, int both, void (*tick)(void *),
-                 void *arg)
-{
-    char buf[16384];
-    int cfd = link ? xr_link_fd(link) : sock, in_open = 1, conn_open = 1;
-    while (conn_open || (both && in_open)) {
-        struct pollfd p[2] = {{conn_open ? cfd : -1, POLLIN, 0}, {in_open ? in : -1, POLLIN, 0}};
-        int ready = conn_open && link != NULL && xr_link_pending(link) > 0;
-        int n = ready ? 1 : poll(p, 2, 1000);
-        if (n < 0 && errno != EINTR)
-            return -1;
-        if (tick != NULL)
-            tick(arg);
-        if (n <= 0)
-            continue;
-        if (ready || (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
-            ssize_t r = link ? xr_link_read(link, buf, sizeof(buf)) : read(cfd, buf, sizeof(buf));
-            if (r < 0)
-                return -1;
-            if (r == 0) {
-                conn_open = 0;
-                shutdown(out, SHUT_WR); /* a socket's reader sees the end too */
-                continue;
-            }
-            for (ssize_t off = 0; off < r;) {
-                ssize_t w = write(out, buf + off, (size_t) (r - off));
-                if (w <= 0)
-                    return -1;
-                off += w;
-            }
-        }
-        if (in_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-            ssize_t r = read(in, buf, sizeof(buf));
-            if (r <= 0) {
-                in_open = 0;
-                if (link)
-                    xr_link_shutdown(link);
-                else
-                    shutdown(cfd, SHUT_WR);
-            } else if ((link ? xr_link_write(link, buf, (size_t) r)
-                             : write(cfd, buf, (size_t) r)) != r) {
-                return -1;
-            }
-        }
-    }
-    return 0;
 }

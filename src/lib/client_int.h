@@ -1,0 +1,89 @@
+/*
+ * client_int.h: what the client core's files share (client.c, link.c,
+ * incoming.c): the client and link structures and the few calls one
+ * file makes into another.  Not for the library's users: client.h is.
+ */
+#ifndef XR_CLIENT_INT_H
+#define XR_CLIENT_INT_H
+
+#include "lib/client.h"
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ticket.h>
+#include <mbedtls/x509_crt.h>
+
+/* INCOMING mode 1 frames whose link has not come yet, and how long one
+ * waits (a relay point lives 2 x handshake_timeout, 20 s by default). */
+#define XR_EXPECT_MAX 64
+#define XR_EXPECT_MS  30000
+
+struct xr_client_s {
+    xr_client_conf_t cf;
+    char host[256], port[16];
+    mbedtls_entropy_context entropy;
+    mbedtls_ctr_drbg_context drbg;
+    mbedtls_x509_crt ca, crt;
+    mbedtls_pk_context pk;
+    mbedtls_ssl_config conf;
+    mbedtls_ssl_context ssl;
+    mbedtls_net_context net;
+    int open;
+    uint32_t next_id;
+    uint32_t heartbeat_ms;
+    uint8_t in[XR_PROTO_MAX_FRAME * 2];
+    size_t inlen;
+    /* INCOMING frames that arrived while an answer was awaited */
+    xr_msg_t queued[16];
+    size_t nqueued;
+    /* The agent as the control connection saw it: links it dials to us
+     * (INCOMING mode 1) come from this address with this key. */
+    char agent_key[65];
+    struct sockaddr_storage agent_addr;
+    /* Those links: we are the TLS server, with tickets so the agent's
+     * next link resumes. */
+    mbedtls_ssl_config sconf;
+    mbedtls_ssl_ticket_context ticket;
+    int sconf_ready;
+    struct {
+        xr_msg_t in;
+        int64_t until;
+    } expect[XR_EXPECT_MAX];
+    size_t nexpect;
+    /* The last session with the agent's relay points (mode 2 links). */
+    mbedtls_ssl_session link_session;
+    int has_link_session;
+};
+
+struct xr_link_s {
+    mbedtls_net_context net;
+    mbedtls_ssl_context ssl;
+};
+
+/* client.c */
+int64_t xr__client_now_ms(void);
+void xr__mberr(int rc, char *buf, size_t n);
+/* Send one frame on the control connection.  0, or -1 with err. */
+int xr__client_send(xr_client_t *c, const xr_msg_t *m, char *err, size_t errlen);
+/* Wait for the answer to request id (INCOMING frames meanwhile are
+ * queued for xr_client_next).  As xr_client_call. */
+int xr__client_answer(xr_client_t *c, uint32_t id, xr_msg_t *reply, int *perr, char *err,
+                      size_t errlen);
+
+/* link.c: one frame on a link, sent, read exactly, or expected of a
+ * type; a link dialed to a relay point and joined with token (want_key:
+ * the relay point's key to check, NULL: its name was checked); freeing
+ * one that never became the caller's. */
+int xr__link_send(xr_link_t *l, const xr_msg_t *m, const char *what, char *err, size_t errlen);
+int xr__link_frame(xr_link_t *l, xr_msg_t *r, const char *what, char *err, size_t errlen);
+int xr__link_expect(xr_link_t *l, int want, const char *what, char *err, size_t errlen);
+xr_link_t *xr__link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8_t *token,
+                         const char *want_key, char *err, size_t errlen);
+void xr__link_free(xr_link_t *l);
+/* Is the peer's public key of ssl the key want (hex)? */
+int xr__key_is(const mbedtls_ssl_context *ssl, const char *want);
+
+#endif

@@ -1,0 +1,426 @@
+/*
+ * link.c: overlay links (see client.h): dialing a destination through
+ * the agent (CONNECT, then TLS to the relay point, LINK, LINK_OK and
+ * the end-to-end ACK), and moving the application's bytes and datagrams
+ * on a link.
+ */
+#include "common/common.h"
+#include "lib/client_int.h"
+#include "common/identity.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = xr_paddr_to_sockaddr(a, &ss);
+    char at[80];
+    if (len == 0) {
+        snprintf(err, errlen, "bad address");
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)); /* bounds connect() too */
+    if (fd < 0 || connect(fd, (struct sockaddr *) &ss, len) != 0) {
+        snprintf(err, errlen, "cannot connect to %s: %s", xr_paddr_str(a, at, sizeof(at)),
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Read exactly one frame from a link: nothing after it may be consumed,
+ * it is the application's stream.  0, or -1 with err. */
+int xr__link_frame(xr_link_t *l, xr_msg_t *r, const char *what, char *err, size_t errlen)
+{
+    uint8_t in[XR_PROTO_MAX_FRAME];
+    size_t have = 0, used = 0, need = XR_PROTO_HEADER;
+    const char *why = NULL;
+    for (;;) {
+        while (have < need) {
+            int rc = mbedtls_ssl_read(&l->ssl, in + have, need - have);
+            if (rc == MBEDTLS_ERR_SSL_WANT_READ)
+                continue;
+            if (rc <= 0) {
+                snprintf(err, errlen, "the %s closed the link%s", what,
+                         rc == MBEDTLS_ERR_SSL_TIMEOUT ? " (timeout)" : "");
+                return -1;
+            }
+            have += (size_t) rc;
+        }
+        xr_proto_status_t st = xr_proto_decode(in, have, r, &used, &why);
+        if (st == XR_PROTO_OK)
+            return 0;
+        if (st != XR_PROTO_AGAIN) {
+            snprintf(err, errlen, "the %s sent an invalid frame (bad %s)", what, why);
+            return -1;
+        }
+        need = XR_PROTO_HEADER + ((size_t) in[2] << 8 | in[3]);
+    }
+}
+
+int xr__link_send(xr_link_t *l, const xr_msg_t *m, const char *what, char *err, size_t errlen)
+{
+    uint8_t f[XR_PROTO_MAX_FRAME];
+    size_t n = xr_proto_encode(m, f, sizeof(f));
+    if (n == 0 || mbedtls_ssl_write(&l->ssl, f, n) != (int) n) {
+        snprintf(err, errlen, "sending to the %s failed", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* Expect a frame of type want; an ERROR becomes the reason. */
+int xr__link_expect(xr_link_t *l, int want, const char *what, char *err, size_t errlen)
+{
+    xr_msg_t r;
+    if (xr__link_frame(l, &r, what, err, errlen) < 0)
+        return -1;
+    if (r.type == XR_MSG_ERROR) {
+        snprintf(err, errlen, "%s: %s", xr_proto_err_name(r.u.error.code), r.u.error.message.s);
+        return -1;
+    }
+    if ((int) r.type != want) {
+        snprintf(err, errlen, "the %s answered %s", what, xr_proto_type_name(r.type));
+        return -1;
+    }
+    return 0;
+}
+
+void xr__link_free(xr_link_t *l)
+{
+    mbedtls_ssl_free(&l->ssl);
+    mbedtls_net_free(&l->net);
+    free(l);
+}
+
+int xr__key_is(const mbedtls_ssl_context *ssl, const char *want)
+{
+    xr_identity_t id;
+    const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(ssl);
+    return crt != NULL && want[0] != '\0' && xr_identity_from_crt(crt, &id) == XR_OK &&
+           strcasecmp(id.pubkey_sha256, want) == 0;
+}
+
+/* TCP and TLS to a relay point (offering the session of the last
+ * link); NULL with err. */
+static xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, char *err,
+                              size_t errlen)
+{
+    xr_link_t *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    mbedtls_net_init(&l->net);
+    mbedtls_ssl_init(&l->ssl);
+    int rc;
+    l->net.fd = xr_tcp_to(rp, c->cf.timeout_ms, err, errlen);
+    if (l->net.fd < 0)
+        goto fail;
+    if (mbedtls_ssl_setup(&l->ssl, &c->conf) != 0 ||
+        (check_name &&
+         mbedtls_ssl_set_hostname(&l->ssl, c->cf.agent_name ? c->cf.agent_name : c->host) != 0)) {
+        snprintf(err, errlen, "TLS setup failed");
+        goto fail;
+    }
+    if (c->has_link_session)
+        mbedtls_ssl_set_session(&l->ssl, &c->link_session); /* a failed offer is a full one */
+    mbedtls_ssl_set_bio(&l->ssl, &l->net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
+    while ((rc = mbedtls_ssl_handshake(&l->ssl)) != 0)
+        if (rc != MBEDTLS_ERR_SSL_WANT_READ && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
+            char why[128];
+            xr__mberr(rc, why, sizeof(why));
+            snprintf(err, errlen, "TLS with the relay point failed: %s", why);
+            goto fail;
+        }
+    /* The relay points of one agent share its session: the next link
+     * resumes. */
+    if (c->has_link_session)
+        mbedtls_ssl_session_free(&c->link_session);
+    mbedtls_ssl_session_init(&c->link_session);
+    c->has_link_session = mbedtls_ssl_get_session(&l->ssl, &c->link_session) == 0;
+    return l;
+fail:
+    xr__link_free(l);
+    return NULL;
+}
+
+/* On a link whose TLS is up: the relay point's key (hex, from
+ * CONNECT_OK; NULL: its name was checked), LINK, LINK_OK, ACK both ways.
+ * Frees l on failure. */
+static xr_link_t *xr_link_join(xr_link_t *l, const uint8_t *token, const char *want_key, char *err,
+                               size_t errlen)
+{
+    if (want_key != NULL && !xr__key_is(&l->ssl, want_key)) {
+        snprintf(err, errlen, "the relay point's certificate is not the agent's");
+        goto fail;
+    }
+    /* The link's frames, then one ACK each way; the rest is the stream. */
+    xr_msg_t m = {.type = XR_MSG_LINK}, ack = {.type = XR_MSG_ACK};
+    memcpy(m.u.link.token, token, XR_PROTO_TOKEN);
+    if (xr__link_send(l, &m, "relay point", err, errlen) < 0 ||
+        xr__link_expect(l, XR_MSG_LINK_OK, "relay point", err, errlen) < 0 ||
+        xr__link_send(l, &ack, "relay point", err, errlen) < 0 ||
+        xr__link_expect(l, XR_MSG_ACK, "relay point", err, errlen) < 0)
+        goto fail;
+    return l;
+fail:
+    xr__link_free(l);
+    return NULL;
+}
+
+xr_link_t *xr__link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8_t *token,
+                         const char *want_key, char *err, size_t errlen)
+{
+    xr_link_t *l = xr_link_tls(c, rp, want_key == NULL, err, errlen);
+    return l ? xr_link_join(l, token, want_key, err, errlen) : NULL;
+}
+
+static int xr_udp_to(const xr_paddr_t *a, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = xr_paddr_to_sockaddr(a, &ss);
+    char at[80];
+    int fd = len ? socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0) : -1;
+    if (fd < 0 || connect(fd, (struct sockaddr *) &ss, len) != 0) {
+        snprintf(err, errlen, "cannot reach %s: %s", xr_paddr_str(a, at, sizeof(at)),
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int *fd, int *perr,
+                   char *err, size_t errlen)
+{
+    return xr_client_dial_proto(c, XR_PROTO_TCP, dst, link, fd, perr, err, errlen);
+}
+
+int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_link_t **link,
+                         int *fd, int *perr, char *err, size_t errlen)
+{
+    *link = NULL;
+    *fd = -1;
+    *perr = 0;
+    if (!c->open) {
+        snprintf(err, errlen, "not connected to the agent");
+        return -1;
+    }
+    xr_msg_t req = {.type = XR_MSG_CONNECT}, r;
+    uint32_t id = ++c->next_id;
+    req.u.connect.id = id;
+    req.u.connect.proto = (uint8_t) proto;
+    req.u.connect.dst = *dst;
+    if (xr__client_send(c, &req, err, errlen) < 0) {
+        xr_client_close(c);
+        return -1;
+    }
+    /* The link to our agent's relay point comes up while the agent
+     * answers (XRAY §8: the links of a connection are set up in
+     * parallel): its relay points are at the address the control
+     * connection reaches.  A direct answer or another address wastes one
+     * (resumed) handshake. */
+    xr_paddr_t at;
+    xr_paddr_from_sockaddr(&at, &c->agent_addr);
+    char e2[200];
+    xr_link_t *early = at.family ? xr_link_tls(c, &at, 0, e2, sizeof(e2)) : NULL;
+    if (xr__client_answer(c, id, &r, perr, err, errlen) < 0) {
+        if (early)
+            xr__link_free(early);
+        return -1;
+    }
+    if (r.type != XR_MSG_CONNECT_OK) {
+        if (early)
+            xr__link_free(early);
+        snprintf(err, errlen, "the agent answered CONNECT with %s", xr_proto_type_name(r.type));
+        return -1;
+    }
+    if (early != NULL && (r.u.connect_ok.mode != XR_CONNECT_RELAY ||
+                          memcmp(&r.u.connect_ok.addr, &at, sizeof(at)) != 0)) {
+        xr__link_free(early);
+        early = NULL;
+    }
+    if (r.u.connect_ok.mode == XR_CONNECT_DIRECT) {
+        *fd = proto == XR_PROTO_UDP
+                  ? xr_udp_to(&r.u.connect_ok.addr, err, errlen)
+                  : xr_tcp_to(&r.u.connect_ok.addr, c->cf.timeout_ms, err, errlen);
+        return *fd < 0 ? -1 : 0;
+    }
+    char key[65];
+    sodium_bin2hex(key, sizeof(key), r.u.connect_ok.peer_key, sizeof(r.u.connect_ok.peer_key));
+    *link = early ? xr_link_join(early, r.u.connect_ok.token, key, err, errlen)
+                  : xr__link_open(c, &r.u.connect_ok.addr, r.u.connect_ok.token, key, err, errlen);
+    return *link != NULL ? 0 : -1;
+}
+
+ssize_t xr_link_read(xr_link_t *l, void *buf, size_t len)
+{
+    for (;;) {
+        int rc = mbedtls_ssl_read(&l->ssl, buf, len);
+        if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_TIMEOUT)
+            continue;
+        if (rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || rc == 0)
+            return 0;
+        return rc < 0 ? -1 : rc;
+    }
+}
+
+ssize_t xr_link_write(xr_link_t *l, const void *buf, size_t len)
+{
+    size_t off = 0;
+    while (off < len) {
+        int rc = mbedtls_ssl_write(&l->ssl, (const unsigned char *) buf + off, len - off);
+        if (rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+            continue;
+        if (rc < 0)
+            return -1;
+        off += (size_t) rc;
+    }
+    return (ssize_t) off;
+}
+
+int xr_link_send_dgram(xr_link_t *l, const void *p, size_t n)
+{
+    if (n > XR_UDP_MAX) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    /* One write, so that the datagram is one record (or a few), never
+     * split around another's. */
+    unsigned char f[2 + XR_UDP_MAX];
+    f[0] = (unsigned char) (n >> 8);
+    f[1] = (unsigned char) n;
+    memcpy(f + 2, p, n);
+    return xr_link_write(l, f, n + 2) == (ssize_t) (n + 2) ? 0 : -1;
+}
+
+/* Exactly n bytes, or 0 at a clean end before the first, or -1. */
+static ssize_t xr_link_read_exact(xr_link_t *l, unsigned char *p, size_t n)
+{
+    size_t have = 0;
+    while (have < n) {
+        ssize_t r = xr_link_read(l, p + have, n - have);
+        if (r <= 0)
+            return r < 0 || have > 0 ? -1 : 0;
+        have += (size_t) r;
+    }
+    return (ssize_t) n;
+}
+
+int xr_link_recv_dgram(xr_link_t *l, void *buf, size_t cap, size_t *len)
+{
+    unsigned char h[2];
+    ssize_t r = xr_link_read_exact(l, h, 2);
+    if (r <= 0)
+        return (int) r;
+    size_t n = (size_t) h[0] << 8 | h[1];
+    if (n > XR_UDP_MAX || n > cap) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    if (n > 0 && xr_link_read_exact(l, buf, n) != (ssize_t) n)
+        return -1;
+    *len = n;
+    return 1;
+}
+
+void xr_link_shutdown(xr_link_t *l)
+{
+    mbedtls_ssl_close_notify(&l->ssl);
+}
+
+int xr_link_fd(const xr_link_t *l)
+{
+    return l->net.fd;
+}
+
+size_t xr_link_pending(xr_link_t *l)
+{
+    return mbedtls_ssl_get_bytes_avail(&l->ssl);
+}
+
+void xr_link_close(xr_link_t *l)
+{
+    if (l == NULL)
+        return;
+    mbedtls_ssl_close_notify(&l->ssl);
+    xr__link_free(l);
+}
+
+void xr_link_drop(xr_link_t *l)
+{
+    if (l == NULL)
+        return;
+    mbedtls_ssl_free(&l->ssl);
+    /* Not mbedtls_net_free(): its shutdown() would end the socket for a
+     * child process that shares it too. */
+    if (l->net.fd >= 0)
+        close(l->net.fd);
+    free(l);
+}
+
+int xr_link_pump(xr_link_t *link, int sock, int in, int out, int both, void (*tick)(void *),
+                 void *arg)
+{
+    char buf[16384];
+    int cfd = link ? xr_link_fd(link) : sock, in_open = 1, conn_open = 1;
+    while (conn_open || (both && in_open)) {
+        struct pollfd p[2] = {{conn_open ? cfd : -1, POLLIN, 0}, {in_open ? in : -1, POLLIN, 0}};
+        int ready = conn_open && link != NULL && xr_link_pending(link) > 0;
+        int n = ready ? 1 : poll(p, 2, 1000);
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (tick != NULL)
+            tick(arg);
+        if (n <= 0)
+            continue;
+        if (ready || (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t r = link ? xr_link_read(link, buf, sizeof(buf)) : read(cfd, buf, sizeof(buf));
+            if (r < 0)
+                return -1;
+            if (r == 0) {
+                conn_open = 0;
+                shutdown(out, SHUT_WR); /* a socket's reader sees the end too */
+                continue;
+            }
+            for (ssize_t off = 0; off < r;) {
+                ssize_t w = write(out, buf + off, (size_t) (r - off));
+                if (w <= 0)
+                    return -1;
+                off += w;
+            }
+        }
+        if (in_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t r = read(in, buf, sizeof(buf));
+            if (r <= 0) {
+                in_open = 0;
+                if (link)
+                    xr_link_shutdown(link);
+                else
+                    shutdown(cfd, SHUT_WR);
+            } else if ((link ? xr_link_write(link, buf, (size_t) r)
+                             : write(cfd, buf, (size_t) r)) != r) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
