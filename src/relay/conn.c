@@ -35,12 +35,12 @@
 #include "core/worker.h"
 #include "relay/acct.h"
 #include "relay/conn.h"
+#include "relay/conn_int.h"
 #include "relay/sock.h"
 #include "core/frontdoor.h"
 #include "relay/stage_filter.h"
 #include "relay/relay.h"
 
-#include <glob.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/in.h>
@@ -53,31 +53,11 @@
 
 #define XR_PUMP_ROUNDS 8
 
-enum { XR_PC_CONNECTING = 1, XR_PC_RUNNING, XR_PC_CLOSED, XR_PC_FROZEN };
+xr_conn_worker_t xr__cx;
 
-typedef struct xr_astore_s {
-    xr_store_t *store;
-    struct xr_astore_s *next;
-} xr_astore_t;
-
-static struct {
-    uv_loop_t *loop;
-    xr_gen_t *gen;
-    xr_store_t *own;      /* new connections go here */
-    xr_astore_t *adopted; /* stores of dead workers, until their last connection ends */
-    xr_list_t conns;
-    size_t n;
-    int frozen;
-} xr_cx;
-
-static void xr_cn_io_cb(xr_io_t *io, uint32_t events);
-static void xr_cn_connect(xr_conn_t *c);
-static void xr_cn_running(xr_conn_t *c, int fresh);
 static int xr_cn_pump(xr_conn_t *c, int d);
 static void xr_cn_posted_cb(xr_posted_t *ps);
 static void xr_cn_target_result(xr_conn_t *c, int ok);
-static void xr_cn_check_resumed(const xr_conn_t *c, const uint64_t was_taken[2], char *why,
-                                size_t wl);
 
 /* ---- rings ------------------------------------------------------------------ */
 
@@ -115,7 +95,7 @@ static unsigned char *xr_cn_out_ring(const xr_conn_t *c, int d)
 
 /* Output of direction d ready to go: up to what the handler committed
  * (a circuit: everything read). */
-static uint64_t xr_cn_out_end(const xr_conn_t *c, int d)
+uint64_t xr__cn_out_end(const xr_conn_t *c, int d)
 {
     return c->h ? c->out_made[d] : c->p->taken[d];
 }
@@ -191,8 +171,6 @@ static void xr_cn_timer_closed(uv_handle_t *h)
     xr_cn_free(h->data);
 }
 
-static void xr_cn_timer_cb(uv_timer_t *t);
-
 /* A connection object around slot p, outside the worker's service: its
  * session, rings and stage, nothing counted, listed or timed. */
 static xr_conn_t *xr_cn_object(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p)
@@ -238,15 +216,15 @@ static xr_conn_t *xr_cn_object(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t 
 /* A connection object around slot p (new or adopted), in the worker's
  * service: timed, listed, and counted in the worker and the shared
  * memory. */
-static xr_conn_t *xr_cn_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p)
+xr_conn_t *xr__cn_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p)
 {
     xr_conn_t *c = xr_cn_object(rt, store, p);
     c->in_service = 1;
-    uv_timer_init(xr_cx.loop, &c->timer);
+    uv_timer_init(xr__cx.loop, &c->timer);
     c->timer.data = c;
-    c->last_active = (int64_t) uv_now(xr_cx.loop);
-    xr_list_insert_tail(&xr_cx.conns, &c->link);
-    xr_cx.n++;
+    c->last_active = (int64_t) uv_now(xr__cx.loop);
+    xr_list_insert_tail(&xr__cx.conns, &c->link);
+    xr__cx.n++;
     rt->active++;
     atomic_fetch_add(&xr_shm->worker_active[xr_worker_slot][rt->rc->slot], 1);
     c->shm_counted = 1;
@@ -260,7 +238,7 @@ static xr_conn_t *xr_cn_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p)
 
 /* Add what c read since the last call to its block's shared counters
  * (once per pump, and the remainder at close). */
-static void xr_cn_counts(const xr_conn_t *c, uint64_t read[2], uint64_t written[2])
+void xr__cn_counts(const xr_conn_t *c, uint64_t read[2], uint64_t written[2])
 {
     if (c->h != NULL && c->h->counts != NULL && c->hs != NULL) {
         c->h->counts(c, read, written);
@@ -277,7 +255,7 @@ static void xr_cn_count(xr_conn_t *c)
     if (!c->in_service)
         return;
     uint64_t read[2], written[2];
-    xr_cn_counts(c, read, written);
+    xr__cn_counts(c, read, written);
     for (int d = 0; d < 2; d++) {
         uint64_t taken = read[d];
         if (taken <= c->counted[d])
@@ -292,14 +270,14 @@ void xr_conn_log(xr_conn_t *c)
 {
     c->s.end_ms = xr_wall_ms();
     if (c->s.record == NULL) /* the connection's own record; a request's has its own counts */
-        xr_cn_counts(c, c->s.read_total, c->s.written_total);
+        xr__cn_counts(c, c->s.read_total, c->s.written_total);
     xr_chain_log(c->rt, c->fstate, &c->s);
 }
 
 /* Run the filters' open hooks (a new connection, or one taken over:
  * filter state does not survive a worker).  XR_OK, or XR_ERROR when one
  * denied: c is closed. */
-static int xr_cn_open_filters(xr_conn_t *c)
+int xr__cn_open_filters(xr_conn_t *c)
 {
     c->fstate = xr_chain_state_new(c->rt);
     if (xr_chain_open(c->rt, c->fstate, &c->s, &c->opened) != XR_OK) {
@@ -341,9 +319,9 @@ static void xr_cn_release(xr_conn_t *c)
     explicit_bzero(c->p->state, sizeof(c->p->state));
     xr_store_release(c->store, c->p);
     xr_cont_drop(id);
-    if (c->store != xr_cx.own) {
+    if (c->store != xr__cx.own) {
         /* The last connection of an adopted store: the file can go. */
-        for (xr_astore_t **a = &xr_cx.adopted; *a; a = &(*a)->next)
+        for (xr_astore_t **a = &xr__cx.adopted; *a; a = &(*a)->next)
             if ((*a)->store == c->store && xr_store_used(c->store) == 0) {
                 xr_astore_t *dead = *a;
                 *a = dead->next;
@@ -408,7 +386,7 @@ void xr_conn_close(xr_conn_t *c, const char *fmt, ...)
     if (!c->in_service)
         return; /* its owner frees it (xr_conn_detached_free) */
     xr_list_remove(&c->link);
-    xr_cx.n--;
+    xr__cx.n--;
     c->rt->active--;
     if (c->shm_counted) {
         atomic_fetch_sub(&xr_shm->active[c->conf->slot], 1);
@@ -418,7 +396,7 @@ void xr_conn_close(xr_conn_t *c, const char *fmt, ...)
     xr_worker_conn_removed();
 }
 
-static void xr_cn_timer_cb(uv_timer_t *t)
+void xr__cn_timer_cb(uv_timer_t *t)
 {
     xr_conn_t *c = t->data;
     if (c->state == XR_PC_CONNECTING) {
@@ -428,7 +406,7 @@ static void xr_cn_timer_cb(uv_timer_t *t)
                        (long long) c->conf->connect_timeout);
         xr_cn_target_result(c, 0);
         xr_cn_end_close(&c->end[1]);
-        xr_cn_connect(c);
+        xr__cn_connect(c);
         return;
     }
     if (c->state != XR_PC_RUNNING)
@@ -439,7 +417,7 @@ static void xr_cn_timer_cb(uv_timer_t *t)
         xr_conn_close(c, "idle timeout");
         return;
     }
-    uv_timer_start(&c->timer, xr_cn_timer_cb, (uint64_t) (c->conf->idle_timeout - idle), 0);
+    uv_timer_start(&c->timer, xr__cn_timer_cb, (uint64_t) (c->conf->idle_timeout - idle), 0);
 }
 
 /* ---- detached connections ------------------------------------------------ */
@@ -459,7 +437,7 @@ xr_conn_t *xr_conn_detached_new(xr_relay_rt_t *rt, uint64_t id, uint32_t mode)
     xr_conn_t *c = xr_cn_object(rt, NULL, p);
     c->state = XR_PC_RUNNING;
     c->action = "relaying";
-    if (xr_cn_open_filters(c) != XR_OK)
+    if (xr__cn_open_filters(c) != XR_OK)
         return c;
     if (c->h != NULL && c->h->start(c) != XR_OK)
         xr_conn_close(c, "cannot start the %s stage", c->h->name);
@@ -480,14 +458,14 @@ int xr_conn_detached_resume(xr_conn_t *c)
     for (int d = 0; d < 2; d++)
         c->out_closed[d] = c->again[d] = 0;
     c->p->resumed++;
-    if (xr_cn_open_filters(c) != XR_OK)
+    if (xr__cn_open_filters(c) != XR_OK)
         return XR_ERROR;
     char why[160] = "";
     const uint64_t taken[2] = {c->p->taken[0], c->p->taken[1]};
     if (c->h != NULL && c->h->resume(c) != XR_OK)
         snprintf(why, sizeof(why), "the stage's state in the snapshot is not usable");
     if (why[0] == '\0')
-        xr_cn_check_resumed(c, taken, why, sizeof(why));
+        xr__cn_check_resumed(c, taken, why, sizeof(why));
     if (why[0] != '\0') {
         xr_log_session(XR_LOG_ERR, &c->s, "cannot resume: %s", why);
         xr_conn_close(c, "resume failed");
@@ -520,7 +498,7 @@ static xr_conn_t *xr_cn_create(xr_relay_rt_t *rt, int fd, const struct sockaddr_
     socklen_t ll = sizeof(local);
     getsockname(fd, (struct sockaddr *) &local, &ll);
     xr_pslot_t *p = NULL;
-    xr_store_t *store = rc->continuity ? xr_cx.own : NULL;
+    xr_store_t *store = rc->continuity ? xr__cx.own : NULL;
     if (store != NULL && (p = xr_store_alloc(store)) == NULL) {
         xr_log(XR_LOG_WARN,
                "*%llu %s %s: every snapshot slot is taken; this connection has "
@@ -539,7 +517,7 @@ static xr_conn_t *xr_cn_create(xr_relay_rt_t *rt, int fd, const struct sockaddr_
     p->peer = -1;
     p->start_ms = xr_wall_ms();
     p->phase = XR_PHASE_CONNECTING;
-    xr_conn_t *c = xr_cn_new(rt, store, p);
+    xr_conn_t *c = xr__cn_new(rt, store, p);
     c->end[0].io.fd = fd;
     if (rc->tcp_nodelay) {
         int one = 1;
@@ -572,15 +550,15 @@ void xr_conn_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
         c->p->dst = *dst;
     xr_cn_base(c, 0);
     xr_cn_hold(c, 0);
-    if (xr_io_add(&c->end[0].io, fd, xr_cn_io_cb) != XR_OK) {
+    if (xr_io_add(&c->end[0].io, fd, xr__cn_io_cb) != XR_OK) {
         xr_conn_close(c, "cannot watch the client socket");
         return;
     }
     if (dst != NULL)
         c->s.upstream = *dst; /* what filters see: the original destination */
-    if (xr_cn_open_filters(c) != XR_OK)
+    if (xr__cn_open_filters(c) != XR_OK)
         return;
-    xr_cn_connect(c);
+    xr__cn_connect(c);
 }
 
 void xr_conn_take(uv_loop_t *loop, xr_relay_rt_t *rt, xr_conn_handoff_t *h)
@@ -613,11 +591,11 @@ void xr_conn_take(uv_loop_t *loop, xr_relay_rt_t *rt, xr_conn_handoff_t *h)
     xr_cn_hold(c, 0);
     xr_cn_hold(c, 1);
     for (int e = 0; e < 2; e++)
-        if (xr_io_add(&c->end[e].io, c->end[e].io.fd, xr_cn_io_cb) != XR_OK) {
+        if (xr_io_add(&c->end[e].io, c->end[e].io.fd, xr__cn_io_cb) != XR_OK) {
             xr_conn_close(c, "cannot watch the %s socket", e == 0 ? "client" : "upstream");
             return;
         }
-    xr_cn_running(c, 0);
+    xr__cn_running(c, 0);
 }
 
 /* ---- connecting upstream ---------------------------------------------------- */
@@ -630,7 +608,7 @@ static void xr_cn_target_result(xr_conn_t *c, int ok)
         c->conf->frontdoor->conn_target_result(c, ok);
 }
 
-static void xr_cn_connect(xr_conn_t *c)
+void xr__cn_connect(xr_conn_t *c)
 {
     const xr_relay_conf_t *rc = c->conf;
     xr_cend_t *e = &c->end[1];
@@ -674,16 +652,16 @@ static void xr_cn_connect(xr_conn_t *c)
             xr_cn_end_close(e);
             continue;
         }
-        if (xr_io_add(&e->io, fd, xr_cn_io_cb) != XR_OK) {
+        if (xr_io_add(&e->io, fd, xr__cn_io_cb) != XR_OK) {
             xr_conn_close(c, "cannot watch the upstream socket");
             return;
         }
-        uv_timer_start(&c->timer, xr_cn_timer_cb, (uint64_t) rc->connect_timeout, 0);
+        uv_timer_start(&c->timer, xr__cn_timer_cb, (uint64_t) rc->connect_timeout, 0);
         return;
     }
 }
 
-static void xr_cn_connected(xr_conn_t *c)
+void xr__cn_connected(xr_conn_t *c)
 {
     uv_timer_stop(&c->timer);
     xr_cn_target_result(c, 1);
@@ -696,10 +674,10 @@ static void xr_cn_connected(xr_conn_t *c)
      * bases written. */
     atomic_store_explicit((_Atomic uint32_t *) &c->p->phase, XR_PHASE_RUNNING,
                           memory_order_release);
-    xr_cn_running(c, 1);
+    xr__cn_running(c, 1);
 }
 
-static void xr_cn_running(xr_conn_t *c, int fresh)
+void xr__cn_running(xr_conn_t *c, int fresh)
 {
     c->state = XR_PC_RUNNING;
     c->action = "relaying";
@@ -707,8 +685,8 @@ static void xr_cn_running(xr_conn_t *c, int fresh)
         xr_conn_close(c, "cannot start the %s stage", c->h->name);
         return;
     }
-    c->last_active = (int64_t) uv_now(xr_cx.loop);
-    uv_timer_start(&c->timer, xr_cn_timer_cb, (uint64_t) c->conf->idle_timeout, 0);
+    c->last_active = (int64_t) uv_now(xr__cx.loop);
+    uv_timer_start(&c->timer, xr__cn_timer_cb, (uint64_t) c->conf->idle_timeout, 0);
     /* The client may have sent while we connected: no edge will say so. */
     for (int i = 0; i < 2; i++)
         c->end[i].readable = c->end[i].writable = 1;
@@ -724,7 +702,7 @@ static void xr_cn_running(xr_conn_t *c, int fresh)
 
 /* ---- moving bytes ---------------------------------------------------------- */
 
-static const char *xr_cn_end_name(int e)
+const char *xr__cn_end_name(int e)
 {
     return e == 0 ? "client" : "upstream";
 }
@@ -733,15 +711,15 @@ static void xr_cn_io_error(xr_conn_t *c, const char *op, int e, int err)
 {
     int level = (err == ECONNRESET || err == EPIPE) ? XR_LOG_INFO : XR_LOG_ERR;
     c->cut = 1;
-    xr_log_session((xr_log_level_t) level, &c->s, "%s %s failed (%d: %s)", op, xr_cn_end_name(e),
+    xr_log_session((xr_log_level_t) level, &c->s, "%s %s failed (%d: %s)", op, xr__cn_end_name(e),
                    err, strerror(err));
-    xr_conn_close(c, "%s %s: %s", op, xr_cn_end_name(e), strerror(err));
+    xr_conn_close(c, "%s %s: %s", op, xr__cn_end_name(e), strerror(err));
 }
 
 void xr_conn_flush(xr_conn_t *c, int d)
 {
     xr_cend_t *dst = &c->end[1 - d];
-    uint64_t ready = xr_cn_out_end(c, d) - c->p->given[1 - d];
+    uint64_t ready = xr__cn_out_end(c, d) - c->p->given[1 - d];
     if (ready == 0 || dst->io.fd < 0)
         return;
     struct iovec iov[2];
@@ -762,7 +740,7 @@ static void xr_cn_posted_cb(xr_posted_t *ps)
  * far side shut down? */
 static int xr_cn_dir_done(const xr_conn_t *c, int d)
 {
-    return c->end[d].rd_eof && c->end[1 - d].wr_shut && xr_cn_out_end(c, d) == c->p->given[1 - d];
+    return c->end[d].rd_eof && c->end[1 - d].wr_shut && xr__cn_out_end(c, d) == c->p->given[1 - d];
 }
 
 static int xr_cn_pump(xr_conn_t *c, int d)
@@ -774,7 +752,7 @@ static int xr_cn_pump(xr_conn_t *c, int d)
     int round;
     for (round = 0; round < XR_PUMP_ROUNDS; round++) {
         int moved = 0;
-        uint64_t ready = xr_cn_out_end(c, d) - p->given[1 - d];
+        uint64_t ready = xr__cn_out_end(c, d) - p->given[1 - d];
         if (ready > 0 && dst->writable) {
             struct iovec iov[2];
             int k = xr_ring_iov(out, c->rsize, p->given[1 - d], (size_t) ready, iov);
@@ -843,7 +821,7 @@ static int xr_cn_pump(xr_conn_t *c, int d)
             }
         }
         if (moved)
-            c->last_active = (int64_t) uv_now(xr_cx.loop);
+            c->last_active = (int64_t) uv_now(xr__cx.loop);
         if (!moved)
             break;
     }
@@ -856,7 +834,7 @@ static int xr_cn_pump(xr_conn_t *c, int d)
         c->h->delivered(c, 0))
         xr_reactor_post(&c->posted, xr_cn_posted_cb);
     /* Half-close: the source's FIN goes on once its bytes have. */
-    int drained = xr_cn_out_end(c, d) == p->given[1 - d];
+    int drained = xr__cn_out_end(c, d) == p->given[1 - d];
     int ended = c->h ? c->out_closed[d] : src->rd_eof;
     if (ended && drained && !dst->wr_shut) {
         if (shutdown(dst->io.fd, SHUT_WR) != 0 && errno != ENOTCONN) {
@@ -876,7 +854,7 @@ static int xr_cn_pump(xr_conn_t *c, int d)
     return XR_OK;
 }
 
-static void xr_cn_io_cb(xr_io_t *io, uint32_t events)
+void xr__cn_io_cb(xr_io_t *io, uint32_t events)
 {
     xr_cend_t *e = xr_container_of(io, xr_cend_t, io);
     xr_conn_t *c = e->c;
@@ -905,315 +883,12 @@ static void xr_cn_io_cb(xr_io_t *io, uint32_t events)
             uv_timer_stop(&c->timer);
             xr_cn_target_result(c, 0);
             xr_cn_end_close(e);
-            xr_cn_connect(c);
+            xr__cn_connect(c);
             return;
         }
-        xr_cn_connected(c);
+        xr__cn_connected(c);
         return;
     }
     if (xr_cn_pump(c, which) == XR_OK)
         xr_cn_pump(c, 1 - which);
-}
-
-/* ---- the worker's service ---------------------------------------------------- */
-
-void xr_conn_store_path(char *buf, size_t n, const char *state_dir, pid_t pid)
-{
-    snprintf(buf, n, "%s/conn-%d.snap", state_dir, (int) pid);
-}
-
-int xr_conn_worker_init(uv_loop_t *loop, xr_gen_t *g, int retiring)
-{
-    memset(&xr_cx, 0, sizeof(xr_cx));
-    xr_cx.loop = loop;
-    xr_cx.gen = g;
-    xr_list_init(&xr_cx.conns);
-    uint64_t slots = 0, ring = 4096;
-    for (size_t i = 0; i < g->nrelays; i++) {
-        const xr_relay_conf_t *rc = g->relays[i];
-        if (!rc->continuity)
-            continue;
-        slots += (uint64_t) rc->max_connections;
-        ring = XR_MAX(ring, (uint64_t) (rc->buffer_size + 4095) / 4096 * 4096);
-    }
-    if (slots == 0 || retiring)
-        return XR_OK;
-    char path[600], err[800];
-    xr_conn_store_path(path, sizeof(path), g->main.state_dir, getpid());
-    xr_cx.own = xr_store_create(path, (uint32_t) XR_MIN(slots, 1u << 20), (uint32_t) ring, err,
-                                sizeof(err));
-    if (xr_cx.own == NULL) {
-        xr_log(XR_LOG_EMERG, "continuity: %s", err);
-        return XR_ERROR;
-    }
-    return XR_OK;
-}
-
-void xr_conn_worker_exit(void)
-{
-    if (xr_cx.own != NULL && xr_store_used(xr_cx.own) == 0) {
-        xr_store_close(xr_cx.own, 1);
-        xr_cx.own = NULL;
-    }
-}
-
-static xr_relay_rt_t *xr_px_block(const char *name)
-{
-    for (size_t i = 0; i < xr_cx.gen->nrelays; i++) {
-        const xr_relay_conf_t *rc = xr_cx.gen->relays[i];
-        if (rc->continuity && strcmp(rc->name, name) == 0)
-            return xr_worker_rt(rc);
-    }
-    return NULL;
-}
-
-/* Do the counters of a resumed connection fit its snapshot?  What was
- * read but not yet sent (or consumed) must still be in the ring: anything
- * else is a snapshot this code did not write.  Sets why if not. */
-static void xr_cn_check_resumed(const xr_conn_t *c, const uint64_t was_taken[2], char *why,
-                                size_t wl)
-{
-    const xr_pslot_t *p = c->p;
-    for (int d = 0; d < 2; d++) {
-        uint64_t floor = c->h ? c->in_done[d] : p->given[1 - d];
-        uint64_t end = xr_cn_out_end(c, d);
-        if (p->taken[d] < floor || p->taken[d] - floor > c->rsize || end < p->given[1 - d] ||
-            p->taken[d] + c->rsize < was_taken[d]) {
-            snprintf(why, wl,
-                     "the kernel's counters do not fit the snapshot (%s: read %llu, sent on "
-                     "%llu)",
-                     d == XR_DIR_UP ? "up" : "down", (unsigned long long) p->taken[d],
-                     (unsigned long long) p->given[1 - d]);
-            return;
-        }
-    }
-}
-
-/* Resume slot p of store s with its sockets fd[]; the kernel says where
- * every byte is (see the comment at the top). */
-static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
-{
-    char why[160] = "";
-    xr_relay_rt_t *rt = xr_px_block(p->block);
-    if (rt == NULL) {
-        xr_log(XR_LOG_WARN, "*%llu block \"%s\" is gone from the configuration; closing",
-               (unsigned long long) p->id, p->block);
-        for (int i = 0; i < 2; i++)
-            if (fd[i] >= 0) {
-                shutdown(fd[i], SHUT_RDWR);
-                close(fd[i]);
-            }
-        uint64_t id = p->id;
-        xr_store_release(s, p);
-        xr_cont_drop(id);
-        return;
-    }
-    atomic_fetch_add(&xr_shm->active[rt->rc->slot], 1);
-    xr_conn_t *c = xr_cn_new(rt, s, p);
-    p->resumed++;
-    atomic_fetch_add(&xr_shm->resumed[rt->rc->slot], 1);
-    if (xr_cn_open_filters(c) != XR_OK)
-        return;
-    c->end[0].io.fd = fd[0];
-    c->end[1].io.fd = fd[1];
-    for (int i = 0; i < 2; i++)
-        if (fd[i] >= 0 && xr_io_add(&c->end[i].io, fd[i], xr_cn_io_cb) != XR_OK) {
-            xr_conn_close(c, "cannot watch a resumed socket");
-            return;
-        }
-    if (fd[0] < 0) {
-        xr_conn_close(c, "the client socket was not handed over");
-        return;
-    }
-    if (p->phase == XR_PHASE_CONNECTING) {
-        xr_acct_t a = {0};
-        if (fd[1] >= 0 && xr_acct(fd[1], &a) == XR_OK && xr_acct_established(a.state)) {
-            xr_log_session(XR_LOG_NOTICE, &c->s, "resumed (%u), upstream connected meanwhile",
-                           p->resumed);
-            xr_cn_connected(c);
-            return;
-        }
-        if (fd[1] >= 0 && xr_acct_connecting(a.state)) {
-            c->state = XR_PC_CONNECTING;
-            uv_timer_start(&c->timer, xr_cn_timer_cb, (uint64_t) c->conf->connect_timeout, 0);
-            c->end[1].writable = 1; /* the edge may be gone: look now */
-            xr_log_session(XR_LOG_NOTICE, &c->s, "resumed (%u) while connecting", p->resumed);
-            xr_cn_io_cb(&c->end[1].io, EPOLLOUT);
-            return;
-        }
-        if (fd[1] >= 0) {
-            xr_io_del(&c->end[1].io);
-            close(fd[1]);
-            c->end[1].io.fd = -1;
-        }
-        if (p->tries > 0)
-            p->tries--; /* that attempt never went out */
-        xr_log_session(XR_LOG_NOTICE, &c->s, "resumed (%u) before the upstream connected",
-                       p->resumed);
-        xr_cn_connect(c);
-        return;
-    }
-    if (fd[1] < 0) {
-        xr_conn_close(c, "the upstream socket was not handed over");
-        return;
-    }
-    uint64_t was_taken[2] = {p->taken[0], p->taken[1]};
-    for (int e = 0; e < 2; e++) {
-        xr_acct_t a;
-        if (xr_acct(fd[e], &a) != XR_OK) {
-            snprintf(why, sizeof(why), "cannot read the kernel's counters of the %s socket",
-                     xr_cn_end_name(e));
-            break;
-        }
-        p->taken[e] = a.taken - p->rx_base[e];
-        p->given[e] = a.given - p->tx_base[e];
-        c->end[e].wr_shut = a.fin_out;
-        /* What the dead worker read after its last count is lost to the
-         * statistics, not counted twice. */
-        c->counted[e] = XR_MAX(c->counted[e], p->taken[e]);
-    }
-    if (why[0] == '\0' && c->h != NULL && c->h->resume(c) != XR_OK)
-        snprintf(why, sizeof(why), "%s",
-                 c->s.close_reason[0] ? c->s.close_reason
-                                      : "the stage's state in the "
-                                        "snapshot is not usable");
-    if (why[0] == '\0' && c->h != NULL && c->h->counts != NULL) {
-        /* Its counts are the stage's (cleartext), from its record. */
-        uint64_t written[2];
-        xr_cn_counts(c, c->counted, written);
-    }
-    if (why[0] == '\0')
-        xr_cn_check_resumed(c, was_taken, why, sizeof(why));
-    if (why[0] != '\0') {
-        xr_log_session(XR_LOG_ERR, &c->s, "cannot resume: %s", why);
-        xr_conn_close(c, "resume failed");
-        return;
-    }
-    xr_log_session(XR_LOG_INFO, &c->s,
-                   "resumed (%u): up %llu read, %llu sent; down %llu read, %llu sent", p->resumed,
-                   (unsigned long long) p->taken[0], (unsigned long long) p->given[1],
-                   (unsigned long long) p->taken[1], (unsigned long long) p->given[0]);
-    xr_cn_running(c, 0);
-}
-
-/* Take over one store file of a dead worker. */
-static size_t xr_px_adopt_store(pid_t dead, const char *found, const char *state_dir)
-{
-    /* Renamed ours first: if this worker dies too, its own replacement
-     * finds every store it held by its pid. */
-    static unsigned seq;
-    char path[600], err[800];
-    snprintf(path, sizeof(path), "%s/conn-%d.%u.snap", state_dir, (int) getpid(), ++seq);
-    if (rename(found, path) != 0) {
-        xr_log(XR_LOG_ERR, "continuity: cannot take %s: %s", found, strerror(errno));
-        return 0;
-    }
-    xr_store_t *s = xr_store_open(path, err, sizeof(err));
-    if (s == NULL) {
-        xr_log(XR_LOG_ERR, "continuity: cannot adopt worker %d's connections: %s", (int) dead, err);
-        return 0;
-    }
-    xr_astore_t *a = xr_calloc(1, sizeof(*a));
-    a->store = s;
-    a->next = xr_cx.adopted;
-    xr_cx.adopted = a;
-    size_t n = 0;
-    int64_t t0 = 0;
-    for (uint32_t i = 0; i < xr_store_nslots(s); i++) {
-        if (!xr_store_is_live(s, i))
-            continue;
-        xr_pslot_t *p = xr_store_slot(s, i);
-        if (p->live != XR_PSLOT_LIVE)
-            continue;
-        int fd[2];
-        if (!xr_cont_take(p->id, fd)) {
-            /* It died between taking the slot and handing the socket over. */
-            xr_log(XR_LOG_NOTICE, "*%llu %s: no socket survived the crash; dropped",
-                   (unsigned long long) p->id, p->block);
-            xr_store_release(s, p);
-            continue;
-        }
-        xr_px_resume(s, p, fd);
-        n++;
-    }
-    if (xr_store_used(s) == 0) {
-        xr_cx.adopted = a->next;
-        xr_store_close(s, 1);
-        free(a);
-    }
-    (void) t0;
-    return n;
-}
-
-void xr_conn_forget(const char *state_dir, pid_t pid)
-{
-    char pattern[600];
-    xr_conn_store_glob(pattern, sizeof(pattern), state_dir, pid);
-    glob_t gl;
-    if (glob(pattern, 0, NULL, &gl) == 0) {
-        for (size_t i = 0; i < gl.gl_pathc; i++)
-            unlink(gl.gl_pathv[i]);
-        globfree(&gl);
-    }
-}
-
-void xr_conn_store_glob(char *buf, size_t n, const char *state_dir, pid_t pid)
-{
-    snprintf(buf, n, "%s/conn-%d.*snap", state_dir, (int) pid);
-}
-
-size_t xr_conn_adopt(pid_t dead, const char *state_dir)
-{
-    /* The dead worker's own store, and those it had adopted itself. */
-    char pattern[600];
-    xr_conn_store_glob(pattern, sizeof(pattern), state_dir, dead);
-    glob_t gl;
-    size_t n = 0;
-    int64_t t0 = xr_mono_ms();
-    if (glob(pattern, 0, NULL, &gl) == 0) {
-        for (size_t i = 0; i < gl.gl_pathc; i++)
-            n += xr_px_adopt_store(dead, gl.gl_pathv[i], state_dir);
-        globfree(&gl);
-    }
-    xr_log(XR_LOG_NOTICE, "took over %zu connection(s) of worker %d in %lld ms", n, (int) dead,
-           (long long) (xr_mono_ms() - t0));
-    return n;
-}
-
-void xr_conn_freeze(void)
-{
-    xr_cx.frozen = 1;
-    while (!xr_list_empty(&xr_cx.conns)) {
-        xr_conn_t *c = xr_container_of(xr_cx.conns.next, xr_conn_t, link);
-        if (c->store == NULL) {
-            /* No snapshot to carry it: it ends with this worker. */
-            xr_conn_close(c, "binary upgrade (no continuity)");
-            continue;
-        }
-        c->state = XR_PC_FROZEN;
-        xr_conn_close(c, NULL);
-    }
-    /* The stores stay on disk for the new binary's workers. */
-    if (xr_cx.own != NULL)
-        xr_store_close(xr_cx.own, 0);
-    xr_cx.own = NULL;
-    for (xr_astore_t *a = xr_cx.adopted, *next; a; a = next) {
-        next = a->next;
-        xr_store_close(a->store, 0);
-        free(a);
-    }
-    xr_cx.adopted = NULL;
-}
-
-void xr_conn_close_all(const char *why)
-{
-    while (!xr_list_empty(&xr_cx.conns)) {
-        xr_conn_t *c = xr_container_of(xr_cx.conns.next, xr_conn_t, link);
-        xr_conn_close(c, "%s", why);
-    }
-}
-
-size_t xr_conn_count(void)
-{
-    return xr_cx.n;
 }
