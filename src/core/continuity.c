@@ -1,5 +1,5 @@
 /*
- * continuity.c: the master's table of proxied connections' sockets and
+ * continuity.c: the master's table of continuity connections' sockets and
  * the channel each worker reports on (see continuity.h).
  */
 #include "core/xrayd.h"

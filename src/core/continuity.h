@@ -1,5 +1,5 @@
 /*
- * continuity.h: the master's duplicates of proxied connections' sockets
+ * continuity.h: the master's duplicates of connections with continuity' sockets
  * (DESIGN "crash continuity").
  *
  * A worker that proxies with continuity sends the master a duplicate of
@@ -81,7 +81,7 @@ void xr_cont_release_unclaimed(void);
 int xr_cont_hold(uint64_t id, int which, int fd);
 /* The connection is done: the master closes its duplicates. */
 void xr_cont_drop(uint64_t id);
-/* Upgrade: this worker no longer touches any proxied connection. */
+/* Upgrade: this worker no longer touches any connection with continuity. */
 void xr_cont_frozen(void);
 
 #endif

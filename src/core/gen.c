@@ -50,7 +50,7 @@ const xr_directive_t xr_core_directives[] = {
     {"drain_timeout", M, XR_T_DURATION, MO(drain_timeout), "1m", 0, 86400000, NULL, NULL, 0,
      "How long retiring workers may keep relaying after reload or quit."},
     {"state_dir", M, XR_T_PATH, MO(state_dir), "/run/xrayd", 0, 0, NULL, NULL, 0,
-     "Where each worker keeps the snapshot of its proxied connections (tmpfs is best)."},
+     "Where each worker keeps the snapshot of its connections with continuity (tmpfs is best)."},
     {"admin_socket", M, XR_T_PATH, MO(admin_socket), NULL, 0, 0, NULL, NULL, 0,
      "UNIX socket (mode 0600) the master answers `xray status` on: proxies, live "
      "connections, resumptions."},

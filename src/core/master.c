@@ -53,7 +53,7 @@ static int xr_master_nprocs(const xr_gen_t *g)
 }
 
 /* Start a worker of g; with adopt, it takes over that dead worker's
- * proxied connections, and with retiring only those. */
+ * connections with continuity, and with retiring only those. */
 int xr__master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, int retiring)
 {
     int slot = -1;
@@ -133,7 +133,7 @@ static int xr_master_spawn(xr_gen_t *g)
     return xr__master_spawn_for(g, 0, NULL, 0);
 }
 
-/* Worker pid of g died with proxied connections: they wait for the next
+/* Worker pid of g died with connections with continuity: they wait for the next
  * worker of g (the respawn), or - g retiring - for a replacement that only
  * finishes them. */
 /* Remove every snapshot of dead worker pid (nobody adopts them). */
@@ -153,7 +153,7 @@ static void xr_master_orphan(pid_t pid, xr_gen_t *g, const char *dir, size_t n)
         xr_master_unlink_stores(dir, pid);
         return;
     }
-    xr_log(XR_LOG_NOTICE, "worker %d left %zu proxied connection(s) to take over", (int) pid, n);
+    xr_log(XR_LOG_NOTICE, "worker %d left %zu connection(s) to take over", (int) pid, n);
     if (g != xr__m.gens[0]) {
         if (xr__master_spawn_for(g, pid, dir, 1) != XR_OK)
             xr_cont_forget(pid);

@@ -33,10 +33,10 @@ typedef struct {
     unsigned singles; /* single-worker front doors it serves (bit: table index) */
     int64_t started;
     int cont_fd; /* the master's end of its continuity channel */
-    int frozen;  /* told to hand its proxied connections over (upgrade) */
+    int frozen;  /* told to hand its connections with continuity over (upgrade) */
 } xr_proc_t;
 
-/* A dead worker whose proxied connections wait for a replacement; dir
+/* A dead worker whose connections with continuity wait for a replacement; dir
  * holds its stores (an old binary's may differ from ours). */
 typedef struct {
     pid_t pid;
@@ -88,7 +88,7 @@ extern xr__m_t xr__m;
 /* ---- supervision (master.c) ---- */
 
 /* Start a worker of g; with adopt, it takes over that dead worker's
- * proxied connections (their stores in adopt_dir), and with retiring
+ * connections with continuity (their stores in adopt_dir), and with retiring
  * only those.  XR_OK or XR_ERROR. */
 int xr__master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, int retiring);
 /* Do workers of the current generation keep dying during start-up?  One
@@ -115,7 +115,7 @@ void xr__master_upgrade_tick(void);
  * taken over. */
 void xr__master_upgrade_failed(int status);
 /* New master: take the old master's listening sockets and, after READY,
- * its proxied connections over fd; *old is its pid.  XR_OK, or XR_ERROR:
+ * its connections with continuity over fd; *old is its pid.  XR_OK, or XR_ERROR:
  * the old master goes on serving. */
 int xr__master_upgrade_receive(xr_gen_t *g, int fd, pid_t *old);
 

@@ -94,7 +94,7 @@ void xr__master_status(xr_sb_t *b, int json)
                   xr__m.failed_starts, xr__m.failed_how,
                   (long long) ((xr_wall_ms() - xr__m.failing_since) / 1000));
     xr_sb_add(b,
-              "\nproxied connections held for continuity: %zu; taken over after a crash "
+              "\nconnections held for continuity: %zu; taken over after a crash "
               "or an upgrade: %llu\n",
               xr_cont_count(), (unsigned long long) resumed);
     xr_sb_add(b, "  %-16s %-8s %8s %10s %8s %14s %14s  %s\n", "BLOCK", "KIND", "LIVE", "ACCEPTED",

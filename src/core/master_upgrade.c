@@ -3,7 +3,7 @@
  * upgrade.h for the conversation and upgrade.c for its messages).
  *
  * The old master starts the new binary, passes it the listening sockets,
- * and once it is READY freezes its workers and hands every proxied
+ * and once it is READY freezes its workers and hands every
  * connection over before it steps down; the new master, at start-up,
  * takes all of that.  Both sides are here so that the conversation reads
  * in one place.  A new binary that fails before READY changes nothing:
@@ -105,7 +105,7 @@ void xr__master_upgrade_read(void)
     }
     if (m.type == XR_UP_READY && xr__m.up.phase == XR_UP_STARTED) {
         /* The new binary runs with our configuration: our workers stop
-         * touching their proxied connections, then it takes them. */
+         * touching their connections, then it takes them. */
         xr__m.up.phase = XR_UP_FREEZING;
         xr__m.up.deadline = xr_mono_ms() + XR_FREEZE_MS;
         xr__m.pending_respawn = 0;
@@ -126,7 +126,7 @@ static void xr_master_send_store(pid_t pid, const char *dir)
     xr_up_send(xr__m.up.fd, &m, NULL, 0);
 }
 
-/* Every worker froze (or had its time): hand every proxied connection and
+/* Every worker froze (or had its time): hand every connection with continuity and
  * every store over, then step down. */
 static void xr_master_upgrade_handover(void)
 {
@@ -157,10 +157,11 @@ static void xr_master_upgrade_handover(void)
     xr__m.norphans = 0;
     xr_up_msg_t done = {.type = XR_UP_DONE};
     xr_up_send(xr__m.up.fd, &done, NULL, 0);
-    xr_log(XR_LOG_NOTICE,
-           "binary upgrade: handed %zu proxied connection(s) to pid %d; finishing the relays "
-           "left and exiting",
-           sent, (int) xr__m.up.pid);
+    xr_log(
+        XR_LOG_NOTICE,
+        "binary upgrade: handed %zu connection(s) with continuity to pid %d; finishing the relays "
+        "left and exiting",
+        sent, (int) xr__m.up.pid);
     /* Ours to close, not to shut down: they live on in the new master. */
     xr_cont_clear();
     xr_listeners_close_all();
@@ -220,7 +221,7 @@ void xr__master_upgrade_failed(int status)
             snprintf(xr__m.pid_path, sizeof(xr__m.pid_path), "%s", orig);
     }
     if (xr__m.up.phase == XR_UP_FREEZING) {
-        /* Our workers let go of their proxied connections: new ones of
+        /* Our workers let go of their connections with continuity: new ones of
          * ours take them back, as after a crash. */
         for (int i = 0; i < XR_SHM_WORKERS; i++) {
             xr_proc_t *p = &xr__m.procs[i];
@@ -239,7 +240,7 @@ void xr__master_upgrade_failed(int status)
 
 /* ---- binary upgrade: the new master's side ------------------------------------- */
 
-/* Take the old master's listening sockets, then (after READY) its proxied
+/* Take the old master's listening sockets, then (after READY) its
  * connections.  XR_OK, or XR_ERROR: the old master goes on serving. */
 int xr__master_upgrade_receive(xr_gen_t *g, int fd, pid_t *old)
 {
@@ -304,8 +305,8 @@ int xr__master_upgrade_receive(xr_gen_t *g, int fd, pid_t *old)
     }
     close(fd);
     xr_log(XR_LOG_NOTICE,
-           "binary upgrade from pid %d: %zu listening socket(s), %zu proxied "
-           "connection(s) taken over",
+           "binary upgrade from pid %d: %zu listening socket(s), %zu "
+           "connection(s) with continuity taken over",
            (int) *old, nl, nc);
     return XR_OK;
 }

@@ -3,8 +3,8 @@
  * model"): the old master starts the new binary with one end of a
  * SOCK_SEQPACKET pair in XRAYD_UPGRADE_FD and hands it, over SCM_RIGHTS,
  * its listening sockets, then - once the new one has its configuration
- * and said READY, and the old workers have frozen their proxied
- * connections - every proxied connection's sockets and where their
+ * and said READY, and the old workers have frozen their
+ * connections - every continuity connection's sockets and where their
  * snapshots are.  The new master's workers take those over as they would
  * a crashed worker's.  A new binary that fails before READY changes
  * nothing: the old one goes on serving.
@@ -20,7 +20,7 @@ typedef enum {
     XR_UP_LISTENER,       /* old -> new: one listening socket (1 fd) */
     XR_UP_LISTENERS_DONE, /* old -> new */
     XR_UP_READY,          /* new -> old: configuration loaded, sockets taken */
-    XR_UP_CONN,           /* old -> new: a proxied connection (its fds) */
+    XR_UP_CONN,           /* old -> new: a connection with continuity (its fds) */
     XR_UP_STORE,          /* old -> new: a worker whose stores are in dir */
     XR_UP_DONE            /* old -> new: that was all; I am stepping down */
 } xr_up_type_t;

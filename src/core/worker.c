@@ -307,7 +307,7 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
          * binary's workers (from our snapshot and the master's
          * descriptors); the others finish here. */
         xr_log(XR_LOG_NOTICE,
-               "binary upgrade: handing over %zu proxied connections, %zu relays "
+               "binary upgrade: handing over %zu connections with continuity, %zu relays "
                "to finish",
                xr_w.nconns, xr_w.nrelays);
         xr_conn_freeze();
