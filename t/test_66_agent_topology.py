@@ -421,12 +421,14 @@ def test_200_concurrent_connects(topology, pki, tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_reload_keeps_established_relays(topology, pki, tmp_path):
+@pytest.mark.parametrize("continuity", [False, True], ids=["cont-off", "cont-on"])
+def test_reload_keeps_established_relays(topology, pki, tmp_path, continuity):
     """SIGHUP of both agents (a new policy generation) while a relayed
-    connection is moving bytes: it finishes byte-exact on the old workers,
-    and a new connection works through the new ones."""
+    connection is moving bytes: it finishes byte-exact on the old workers
+    (with continuity, on the ring engine), and a new connection works
+    through the new ones."""
     t = topology
-    confs = _two_agents(t, pki, tmp_path)
+    confs = _two_agents(t, pki, tmp_path, continuity=continuity)
     server = _serve_in_b(t, pki)
     official = json.loads(server.stdout.readline())["official"]
     agent_a = "%s:7000" % t.addr("nata")
@@ -571,6 +573,51 @@ def test_relay_points_survive_kill_9(topology, pki, tmp_path):
     text = log_a.read_text()
     took = [int(n) for n in re.findall(r"took over (\d+) connection", text)]
     assert len(took) == 3 and sum(took) >= 10, took
+    assert "cannot resume" not in text and "resume failed" not in text, text[-3000:]
+    server.kill()
+
+
+@pytest.mark.timeout(600)
+def test_relay_points_survive_binary_upgrade(topology, pki, tmp_path, monkeypatch):
+    """Both agents with continuity: on; 20 paced echoes through both
+    agents' relay points while agent A's master is sent SIGUSR2 with a
+    build of another version in place: the new binary's workers take the
+    relay points over from the old binary's snapshots and every echo
+    completes byte-exact."""
+    from test_75_proxy import _second_binary
+
+    t = topology
+    exe = tmp_path / "xrayd"
+    exe.write_bytes(xf.XRAYD_BIN.read_bytes())
+    exe.chmod(0o755)
+    new = _second_binary(tmp_path, "9.9.7-agent")
+    monkeypatch.setattr(xf, "XRAYD_BIN", exe)
+    mb = int(os.environ.get("XRAYD_TEST_AGENT_MB", "16"))
+    confs = _two_agents(t, pki, tmp_path, continuity=True)
+    server = _serve_in_b(t, pki)
+    official = json.loads(server.stdout.readline())["official"]
+    agent_a = "%s:7000" % t.addr("nata")
+    creds = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
+    env = dict(os.environ, PYTHONPATH=str(HERE), XRAY_PACE="%.4f" % (8.0 / (mb * 16)))
+    clients = [t.popen("a", [sys.executable, CLIENT, "connect", agent_a, *creds, official,
+                             str(mb << 20)], env=env, stdout=subprocess.PIPE, text=True)
+               for _ in range(20)]
+    log_a = confs["a"] / "error.log"
+    _wait(lambda: log_a.read_text().count("linked: client") >= 20, 30, "20 relay points")
+    time.sleep(1.0)
+    old_pid = int((confs["a"] / "xrayd.pid").read_text())
+    os.replace(str(new), str(exe))
+    os.kill(old_pid, signal.SIGUSR2)
+    _wait(lambda: re.search(r"xrayd/9\.9\.7-agent started \(binary upgrade from pid %d\)"
+                            % old_pid, log_a.read_text()), 60, "the new binary")
+    results = []
+    for c in clients:
+        out, _ = c.communicate(timeout=120)
+        results.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
+    bad = [r for r in results if not (r.get("equal") and r.get("received") == mb << 20)]
+    assert not bad, bad
+    text = log_a.read_text()
+    assert re.search(r"took over [1-9]\d* connection", text), text[-3000:]
     assert "cannot resume" not in text and "resume failed" not in text, text[-3000:]
     server.kill()
 
