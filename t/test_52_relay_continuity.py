@@ -321,3 +321,42 @@ def test_relay_connections_survive_binary_upgrade(xrayd, cleanup, monkeypatch, k
                               what="the new master to exit")
         except (OSError, ValueError):
             pass
+
+
+@pytest.mark.timeout(120)
+def test_idle_connections_give_their_ring_pages_back(xrayd, cleanup):
+    """40 connections with continuity each move 256 KiB each way and then
+    idle, open: their rings' pages go back (the snapshot file's blocks
+    shrink to the slot headers), and bytes flow again afterwards."""
+    def echo(srv, s):
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            s.sendall(d)
+        s.close()
+
+    srv = xf.HandlerServer(echo)
+    cleanup.append(srv)
+    x = xrayd()
+    p = x.listen_port()
+    _conf(x, p, srv.port)
+    x.start()
+    blob = os.urandom(256 << 10)
+    conns = []
+    for _ in range(40):
+        c = xf.connect(p)
+        c.sendall(blob)
+        assert xf.recv_exact(c, len(blob), timeout=20) == blob
+        conns.append(c)
+
+    def used():
+        return sum(os.stat(f).st_blocks * 512 for f in (x.tmp / "state").glob("conn-*.snap"))
+
+    busy = used()
+    assert busy > 40 * (64 << 10), busy   # both 64 KiB rings of each are in the file
+    xf.wait_until(lambda: used() < busy // 4, 10, what="the idle rings' pages to go back")
+    for c in conns:
+        c.sendall(b"again\n")
+        assert xf.recv_exact(c, 6, timeout=10) == b"again\n"
+        c.close()

@@ -7,7 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static void xr_oom(size_t size)
+void xr_oom(size_t size)
 {
     /* The log may need memory; write(2) does not. */
     char msg[96];

@@ -15,6 +15,8 @@ void *xr_malloc(size_t size);
 void *xr_calloc(size_t n, size_t size);
 void *xr_realloc(void *p, size_t size);
 char *xr_strdup(const char *s);
+/* Say so on stderr and abort: what the above do when memory runs out. */
+void xr_oom(size_t size) __attribute__((noreturn));
 
 /* Milliseconds since the epoch. */
 int64_t xr_wall_ms(void);

@@ -47,11 +47,16 @@
 #include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #define XR_PUMP_ROUNDS 8
+/* A connection idle this long with nothing in its rings gives their pages
+ * back: an idle connection then keeps its slot's header, not the rings'
+ * worth of memory that its last burst touched. */
+#define XR_TRIM_IDLE_MS 1000
 
 xr_conn_worker_t xr__cx;
 
@@ -162,7 +167,7 @@ static void xr_cn_free(xr_conn_t *c)
     if (c->heap_slot)
         free(c->p);
     if (c->heap_rings)
-        free(c->ring[0]);
+        munmap(c->ring[0], (size_t) XR_RINGS * c->rsize);
     free(c);
 }
 
@@ -193,9 +198,13 @@ static xr_conn_t *xr_cn_object(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t 
         for (int i = 0; i < XR_RINGS; i++)
             c->ring[i] = xr_store_ring(store, p, i);
     } else {
-        /* Continuity off: the same rings, on the heap. */
+        /* Continuity off: the same rings, in pages of their own (trimmed
+         * like the store's). */
         c->rsize = (uint32_t) ((rt->rc->buffer_size + 4095) / 4096 * 4096);
-        unsigned char *r = xr_malloc((size_t) XR_RINGS * c->rsize);
+        unsigned char *r = mmap(NULL, (size_t) XR_RINGS * c->rsize, PROT_READ | PROT_WRITE,
+                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (r == MAP_FAILED)
+            xr_oom((size_t) XR_RINGS * c->rsize);
         for (int i = 0; i < XR_RINGS; i++)
             c->ring[i] = r + (size_t) i * c->rsize;
         c->heap_rings = 1;
@@ -396,6 +405,28 @@ void xr_conn_close(xr_conn_t *c, const char *fmt, ...)
     xr_worker_conn_removed();
 }
 
+/* Has c nothing in its rings that is still needed: every input byte
+ * consumed for good, every output byte sent?  A pair's middle rings are
+ * its own business: never. */
+static int xr_cn_drained(const xr_conn_t *c)
+{
+    for (int d = 0; d < 2; d++) {
+        uint64_t floor = c->h ? c->in_done[d] : c->p->given[1 - d];
+        if (floor != c->p->taken[d] || xr__cn_out_end(c, d) != c->p->given[1 - d])
+            return 0;
+    }
+    return c->h == NULL || c->h->next == NULL;
+}
+
+static void xr_cn_trim(xr_conn_t *c)
+{
+    if (c->store != NULL)
+        xr_store_trim(c->store, c->p);
+    else if (c->heap_rings)
+        madvise(c->ring[0], (size_t) XR_RINGS * c->rsize, MADV_DONTNEED);
+    c->trimmed = 1;
+}
+
 void xr__cn_timer_cb(uv_timer_t *t)
 {
     xr_conn_t *c = t->data;
@@ -417,7 +448,12 @@ void xr__cn_timer_cb(uv_timer_t *t)
         xr_conn_close(c, "idle timeout");
         return;
     }
-    uv_timer_start(&c->timer, xr__cn_timer_cb, (uint64_t) (c->conf->idle_timeout - idle), 0);
+    if (!c->trimmed && idle >= XR_TRIM_IDLE_MS && xr_cn_drained(c))
+        xr_cn_trim(c);
+    int64_t next = c->conf->idle_timeout - idle;
+    if (!c->trimmed)
+        next = XR_MIN(next, idle < XR_TRIM_IDLE_MS ? XR_TRIM_IDLE_MS - idle : XR_TRIM_IDLE_MS);
+    uv_timer_start(&c->timer, xr__cn_timer_cb, (uint64_t) next, 0);
 }
 
 /* ---- detached connections ------------------------------------------------ */
@@ -686,7 +722,8 @@ void xr__cn_running(xr_conn_t *c, int fresh)
         return;
     }
     c->last_active = (int64_t) uv_now(xr__cx.loop);
-    uv_timer_start(&c->timer, xr__cn_timer_cb, (uint64_t) c->conf->idle_timeout, 0);
+    uv_timer_start(&c->timer, xr__cn_timer_cb,
+                   (uint64_t) XR_MIN(c->conf->idle_timeout, (int64_t) XR_TRIM_IDLE_MS), 0);
     /* The client may have sent while we connected: no edge will say so. */
     for (int i = 0; i < 2; i++)
         c->end[i].readable = c->end[i].writable = 1;
@@ -820,8 +857,14 @@ static int xr_cn_pump(xr_conn_t *c, int d)
                     return XR_ERROR;
             }
         }
-        if (moved)
+        if (moved) {
             c->last_active = (int64_t) uv_now(xr__cx.loop);
+            if (c->trimmed) {
+                /* Busy again: trimmed again once it idles. */
+                c->trimmed = 0;
+                uv_timer_start(&c->timer, xr__cn_timer_cb, XR_TRIM_IDLE_MS, 0);
+            }
+        }
         if (!moved)
             break;
     }

@@ -113,6 +113,7 @@ struct xr_conn_s {
      * connection the worker accepted or adopted, not a detached one. */
     int in_service;
     int peer_held; /* its front door counts it on an upstream server */
+    int trimmed;   /* its rings' pages were given back while it idled */
     const char *action;
 };
 

@@ -272,6 +272,11 @@ void xr_store_release(xr_store_t *s, xr_pslot_t *p)
     s->free[s->nfree++] = i;
     s->used--;
     /* The pages of an idle slot hold nothing worth keeping. */
+    xr_store_trim(s, p);
+}
+
+void xr_store_trim(xr_store_t *s, xr_pslot_t *p)
+{
     madvise(xr_store_ring(s, p, 0), (size_t) s->nrings * s->ring, MADV_REMOVE);
 }
 

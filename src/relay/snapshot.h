@@ -99,6 +99,9 @@ unsigned char *xr_store_ring(xr_store_t *s, xr_pslot_t *p, int which);
 xr_pslot_t *xr_store_alloc(xr_store_t *s);
 /* The slot is free again (its connection ended). */
 void xr_store_release(xr_store_t *s, xr_pslot_t *p);
+/* Give the pages of slot p's rings back (they read as zeros after): its
+ * connection has nothing in them. */
+void xr_store_trim(xr_store_t *s, xr_pslot_t *p);
 /* Slots in use. */
 uint32_t xr_store_used(const xr_store_t *s);
 
