@@ -104,6 +104,10 @@ SEEDS = {
     + CRASH + UR() + UR(),
     "resume-after-eof": cfg(NONE) + C(b"data") + CF + CRASH + UR() + U(b"more") + UF + CRASH
     + CR(),
+    # close_notify read while cleartext before it waits for room in OUT:
+    # the record says "closed", a replacement skips that cleartext.
+    "crash-notify-before-cleartext-out": cfg(NONE) + C(BULK[:20000])
+    + C(BULK[:20000], 0, True) + CC(CLOSE_NOTIFY) + CRASH + UR() + UR(),
     "resume-hold-refused": cfg(HOLD) + C(b"no newline yet") + CRASH + UR(),
     "resume-hold-ok": cfg(HOLD) + C(b"line\n") + UR() + CRASH + C(b"next\n") + UR(),
     "torn-process": cfg(PASS) + TORN + C(b"torn once\n") + UR() + TORN + U(b"and back\n") + CR(),
