@@ -108,6 +108,10 @@ SEEDS = {
     # the record says "closed", a replacement skips that cleartext.
     "crash-notify-before-cleartext-out": cfg(NONE) + C(BULK[:20000])
     + C(BULK[:20000], 0, True) + CC(CLOSE_NOTIFY) + CRASH + UR() + UR(),
+    # A filter holds cleartext of small records: their ciphertext fills
+    # IN (pinned at in_commit) with a partial record at its end, which
+    # can never complete; the connection neither goes on nor closes.
+    "crash-hold-fills-in-ring": cfg(HOLD) + C(b"x" * 2000, 1) + CF + UR(),
     "resume-hold-refused": cfg(HOLD) + C(b"no newline yet") + CRASH + UR(),
     "resume-hold-ok": cfg(HOLD) + C(b"line\n") + UR() + CRASH + C(b"next\n") + UR(),
     "torn-process": cfg(PASS) + TORN + C(b"torn once\n") + UR() + TORN + U(b"and back\n") + CR(),
