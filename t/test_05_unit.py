@@ -5,10 +5,11 @@ one test here: it must exit 0 and print a complete TAP plan with every
 line "ok".  Then fuzz/corpus/conf/ is replayed through
 objs/fuzz/fuzz_conf_replay, the fuzz target linked with a plain driver, so
 an input that once crashed the configuration loader stays fixed; and
-fuzz/corpus/record/, fuzz/corpus/gcm/, fuzz/corpus/proto/ and
-fuzz/corpus/http/ through fuzz/fuzz_record.c, fuzz/fuzz_gcm.c,
-fuzz/fuzz_proto.c and fuzz/fuzz_http.c, which this file compiles itself
-with the Makefile's flags until the Makefile builds them.
+fuzz/corpus/record/, fuzz/corpus/gcm/, fuzz/corpus/proto/,
+fuzz/corpus/http/ and fuzz/corpus/stage/ through fuzz/fuzz_record.c,
+fuzz/fuzz_gcm.c, fuzz/fuzz_proto.c, fuzz/fuzz_http.c and
+fuzz/fuzz_stage.c, which this file compiles itself with the Makefile's
+flags until the Makefile builds them.
 
 Binaries are taken from $XRAYD_OBJS (default: <repo>/objs).
 """
@@ -30,6 +31,7 @@ RECORD_CORPUS = REPO / "fuzz" / "corpus" / "record"
 GCM_CORPUS = REPO / "fuzz" / "corpus" / "gcm"
 PROTO_CORPUS = REPO / "fuzz" / "corpus" / "proto"
 HTTP_CORPUS = REPO / "fuzz" / "corpus" / "http"
+STAGE_CORPUS = REPO / "fuzz" / "corpus" / "stage"
 
 TIMEOUT = 600
 
@@ -184,4 +186,18 @@ def test_fuzz_http_corpus_replays(tmp_path):
     files = sorted(p for p in HTTP_CORPUS.iterdir() if p.is_file())
     assert files, "empty corpus: %s" % HTTP_CORPUS
     failed = _replay_each(_build_replay("fuzz_http", tmp_path), files)
+    assert not failed, "\n".join(failed)
+
+
+def test_fuzz_stage_corpus_replays(tmp_path):
+    """fuzz/fuzz_stage.c: the cleartext stage with TLS on both ends, driven
+    as the engine drives it (sends, garbage and tampered records, reads,
+    closes, crashes and resumptions), keeps every invariant on every
+    committed connection: each peer opens one unbroken TLS stream whose
+    cleartext is a prefix of what the other sent before any bad record,
+    close_notify comes before a FIN, and a resumption goes on with no gap
+    or repeat."""
+    files = sorted(p for p in STAGE_CORPUS.iterdir() if p.is_file())
+    assert files, "empty corpus: %s" % STAGE_CORPUS
+    failed = _replay_each(_build_replay("fuzz_stage", tmp_path), files)
     assert not failed, "\n".join(failed)
