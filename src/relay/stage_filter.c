@@ -88,7 +88,9 @@ static void xr_fs_commit(xr_conn_t *c)
         r.skip[d] = st->emitted[d];
         r.rx_seq[d] = st->rx_seq[d];
         r.held[d] = (uint32_t) xr_fs_holds(st, d);
-        r.closed[d] = (uint32_t) st->closed[d];
+        /* close_notify counts once the cleartext before it is out: until
+         * then a replacement opens it again from in_commit. */
+        r.closed[d] = (uint32_t) (st->closed[d] && st->buf[d] == NULL && st->drop[d] == 0);
         r.notified[d] = (uint32_t) st->notified[d];
         r.clear_in[d] = st->clear_in_done[d];
         r.clear_out[d] = st->clear_out[d];
@@ -347,7 +349,9 @@ static int xr_fs_take(xr_conn_t *c, int d)
         if (rst != XR_REC_OK && rst != XR_REC_CLOSE_NOTIFY)
             return xr_fs_tls_failed(c, d, rst, alert);
         st->rd[d] += used;
-        if (used == 0 && n < avail) {
+        /* No room in the buffer for the next record, or none in IN for
+         * its rest (held bytes pin in_done): it can never be opened. */
+        if (used == 0 && (n < avail || xr_conn_in_end(c, d) - c->in_done[d] >= c->rsize)) {
             xr_log_session(XR_LOG_WARN, &c->s,
                            "filters held %u bytes, no room left for a TLS record", b->end);
             xr_conn_close(c, "filter held more than buffer_size");
