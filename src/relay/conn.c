@@ -825,6 +825,11 @@ static int xr_cn_pump(xr_conn_t *c, int d)
                 moved = 1;
             } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 src->readable = 0;
+            } else if (errno == ECONNRESET && c->out_closed[d]) {
+                /* The stream had ended (a TLS peer's close_notify) and the
+                 * peer then dropped its socket: an end, not a cut. */
+                src->rd_eof = 1;
+                moved = 1;
             } else if (errno != EINTR) {
                 xr_cn_io_error(c, "reading from", d, errno);
                 return XR_ERROR;
