@@ -418,7 +418,7 @@ ping_run() {
     if ! proxy_start "$v" $D_ECHO resume; then rec "$n" "$tag" survived NA; return; fi
     redirect $D_ECHO "${PPORT[$v]}" || { proxy_stop; rec "$n" "$tag" survived NA; return; }
   fi
-  local log_lines0; log_lines0=$(wc -l <"$log_f" 2>/dev/null || echo 0)
+  local log_lines0; log_lines0=$( { wc -l <"$log_f"; } 2>/dev/null || echo 0)
   rm -f "$ready" "$killf"
   [ "$kill" = 1 ] || echo - >"$killf"   # no kill: the tool marks the instant only
   bg_start "$out" ip netns exec $NS_C env BENCH_ADDR=$A_SRV "$BT" ping $D_ECHO "$N_LIVE" "$PING_MS" \

@@ -10,6 +10,10 @@
 #         concurrent ones (and, with TLS_NORESUME=1, the same with resumption off)
 #   idle  N_IDLE idle connections through a 1-link pair (each echoed 32 B first);
 #         KiB per connection of the client node and of the server node (RSS deltas)
+# xrayd_cont is xrayd (workers: 2) with continuity: on on every node's relay block (after
+# the handshakes a connection goes on in the ring engine, its record layer in the
+# snapshot); each node's state_dir is a fresh directory under /dev/shm, removed when the
+# node stops. It is measured against xrayd (continuity off): the cost of continuity.
 # TLS 1.2, ECDHE-ECDSA, P-256 certificates from one private CA; clients verify the chain
 # and the name bench.local. xrayd runs with its default suites (AES-256-GCM); the peers
 # are pinned to ECDHE-ECDSA-AES256-GCM-SHA384 and P-256 (the *_a128 variants: their
@@ -31,8 +35,8 @@ XRAYD_BIN=${XRAYD_BIN:-$ROOT/objs/xrayd}
 XRAY_BIN=${XRAY_BIN:-$ROOT/objs/xray}
 XRAYD_BUFFER_SIZE=${XRAYD_BUFFER_SIZE:-64k}
 TLS_TESTS=${TLS_TESTS:-hop1 link3 lat idle}
-TLS_TPUT_VARIANTS=${TLS_TPUT_VARIANTS:-xrayd xrayd_w1 haproxy stunnel haproxy_a128 stunnel_a128}
-TLS_VARIANTS=${TLS_VARIANTS:-xrayd haproxy stunnel}   # lat and idle
+TLS_TPUT_VARIANTS=${TLS_TPUT_VARIANTS:-xrayd xrayd_cont xrayd_w1 haproxy stunnel haproxy_a128 stunnel_a128}
+TLS_VARIANTS=${TLS_VARIANTS:-xrayd xrayd_cont haproxy stunnel}   # lat and idle
 TLS_NORESUME=${TLS_NORESUME:-1}
 PY=${PY:-python3}
 
@@ -44,7 +48,7 @@ P_ECHO=16302
 P_PROBE=16303
 # chain base ports: a chain of N links uses BASE..BASE+N (stunnel: BASE..BASE+2N-1)
 declare -A BASE=([xrayd]=16310 [xrayd_w1]=16320 [haproxy]=16330 [stunnel]=16340
-                 [haproxy_a128]=16350 [stunnel_a128]=16360 [check]=16370)
+                 [haproxy_a128]=16350 [stunnel_a128]=16360 [check]=16370 [xrayd_cont]=16380)
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=${BENCH_OUT:-/tmp/xrayd-bench-tls.$STAMP}
@@ -52,11 +56,19 @@ mkdir -p "$OUT/logs" || exit 1
 RUN=$(mktemp -d /tmp/xrayd-bench-tls-run.XXXXXX) || exit 1
 RAW="$OUT/raw.txt"
 : >"$RAW"
+# xrayd_cont: every node's state_dir is a fresh directory under $SHM (made at the
+# node's start, removed when the chain stops); $SHM itself is removed on exit
+SHM=""
+CHAIN_STATES=()
+if [[ " $TLS_TPUT_VARIANTS $TLS_VARIANTS " == *" xrayd_cont "* ]]; then
+  SHM=$(mktemp -d /dev/shm/xrayd-bench-tls.XXXXXX) || SHM=""
+fi
 
 cleanup() {
   trap - EXIT INT TERM HUP
   stop_all
   rm -rf "$RUN"
+  [ -n "$SHM" ] && rm -rf "$SHM"
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
@@ -91,6 +103,7 @@ for s in stunnel stunnel4; do have "$s" && { STUNNEL=$s; break; }; done
 available() {
   case $1 in
     xrayd|xrayd_w1) [ -x "$XRAYD_BIN" ] ;;
+    xrayd_cont) [ -x "$XRAYD_BIN" ] && [ -n "$SHM" ] ;;
     haproxy|haproxy_a128) [ "$HAPROXY_SSL" = 1 ] ;;
     stunnel|stunnel_a128) [ -n "$STUNNEL" ] ;;
     *) return 1 ;;
@@ -144,9 +157,14 @@ log "certificates: ECDSA P-256 CA + leaf by $CERT_TOOL"
 # CHAIN_IN (plain entry port) and CHAIN_TLS1 (the first TLS listener, for probing).
 CHAIN_PIDS=()
 
-xrayd_node() { # xrayd_node NAME WORKERS LISTEN UPSTREAM TLS_IN(0|1) TLS_OUT(0|1) RESUME LOGLEVEL
-  local name=$1 w=$2 lp=$3 up=$4 tin=$5 tout=$6 res=$7 ll=$8 f="$RUN/$1.yaml"
+xrayd_node() { # xrayd_node NAME WORKERS LISTEN UPSTREAM TLS_IN(0|1) TLS_OUT(0|1) RESUME LOGLEVEL [CONT(0|1)]
+  local name=$1 w=$2 lp=$3 up=$4 tin=$5 tout=$6 res=$7 ll=$8 cont=${9:-0} f="$RUN/$1.yaml" state=""
+  if [ "$cont" = 1 ]; then
+    state=$(mktemp -d "$SHM/$name.XXXXXX") || { log "xrayd $name: cannot make a state_dir in $SHM"; return 1; }
+    CHAIN_STATES+=("$state")
+  fi
   {
+    [ -n "$state" ] && echo "state_dir: $state"
     cat <<YAML
 workers: $w
 daemon: off
@@ -162,6 +180,7 @@ relay:
     upstream: 127.0.0.1:$up
     max_connections: 8000
 YAML
+    [ "$cont" = 1 ] && echo "    continuity: on"
     [ "$tin" = 1 ] && cat <<YAML
     tls:
       certificate: $CERTS/leaf.crt
@@ -230,12 +249,12 @@ chain_start() {
   for ((i = 0; i <= 2 * N; i++)); do wait_port_free $((B + i)) || return 1; done
   case $kind in
     xrayd)
-      local w=2; [ "$v" = xrayd_w1 ] && w=1
+      local w=2 cont=0; [ "$v" = xrayd_w1 ] && w=1; [ "$v" = xrayd_cont ] && cont=1
       for ((i = 0; i <= N; i++)); do
         local up=$((B + i + 1)) tin=1 tout=1
         ((i == 0)) && tin=0
         ((i == N)) && { tout=0; up=$T; }
-        xrayd_node "$v-L$N-n$i" "$w" $((B + i)) "$up" $tin $tout "$R" "$ll" || return 1
+        xrayd_node "$v-L$N-n$i" "$w" $((B + i)) "$up" $tin $tout "$R" "$ll" $cont || return 1
         ports+=($((B + i)))
       done ;;
     haproxy)
@@ -278,6 +297,8 @@ chain_stop() { # entry node first, so nothing new is sent down a half-stopped ch
   local p
   for p in "${CHAIN_PIDS[@]}"; do stop_pid "$p"; done
   CHAIN_PIDS=()
+  for p in "${CHAIN_STATES[@]}"; do rm -rf "$p"; done   # xrayd_cont's state_dirs
+  CHAIN_STATES=()
 }
 
 # chain_alive VARIANT : did every node survive? (a crash shows up here and in the logs)
@@ -382,6 +403,8 @@ test_idle() { # test_idle RUN VARIANT
   timeout 60 "$BT" idle "$CHAIN_IN" 20 "$RUN/warm.$v.$n" 0 20 >/dev/null 2>&1
   sleep 0.5
   bc=$(mem_kib VmRSS "$cn"); bs=$(mem_kib VmRSS "$sn")
+  local sb sa   # xrayd_cont: the snapshots' tmpfs pages in both nodes' state_dirs
+  [ ${#CHAIN_STATES[@]} -gt 0 ] && sb=$(du -sk "${CHAIN_STATES[@]}" | awk '{ t += $1 } END { print t }')
   rm -f "$ready"
   bg_start "$RUN/idle.$v.$n.log" "$BT" idle "$CHAIN_IN" "$N_IDLE" "$ready" 200 100
   hpid=$LASTPID
@@ -389,6 +412,7 @@ test_idle() { # test_idle RUN VARIANT
   sleep 1
   held=$(cat "$ready" 2>/dev/null || echo 0)
   ac=$(mem_kib VmRSS "$cn"); as=$(mem_kib VmRSS "$sn")
+  [ ${#CHAIN_STATES[@]} -gt 0 ] && sa=$(du -sk "${CHAIN_STATES[@]}" | awk '{ t += $1 } END { print t }')
   rec "$n" "$v" idle_conns "$held"
   rec "$n" "$v" idle_fails $((N_IDLE - held))
   rec "$n" "$v" idle_rss_client_before_kib "$bc"; rec "$n" "$v" idle_rss_client_after_kib "$ac"
@@ -399,6 +423,8 @@ test_idle() { # test_idle RUN VARIANT
   rec "$n" "$v" idle_total_kib "$(awk -v a="$((ac + as))" -v b="$((bc + bs))" -v n="$held" "$per")"
   rec "$n" "$v" idle_per_end_kib "$(awk -v a="$((ac + as))" -v b="$((bc + bs))" -v n="$held" \
       'BEGIN { if (n > 0) printf "%.2f", (a - b) / n / 2; else print "NA" }')"
+  # the state_dirs' growth, both nodes (tmpfs pages, mapped: already in the RSS deltas)
+  [ ${#CHAIN_STATES[@]} -gt 0 ] && rec "$n" "$v" idle_state_kib "$(awk -v a="$sa" -v b="$sb" -v n="$held" "$per")"
   stop_pid "$hpid"
   grep -v '^idle: [0-9]* held' "$RUN/idle.$v.$n.log" | sed "s/^/# $v idle run $n: /" >&2
   sleep 2   # let the nodes tear the connections down before they are stopped

@@ -19,7 +19,8 @@ vals, med, spread, ratio, total, cell = (stats.vals, stats.med, stats.spread, st
                                          stats.total, stats.cell)
 
 
-LABEL = {"direct": "direct (no proxy)", "xrayd": "xrayd workers:2", "xrayd_w1": "xrayd workers:1",
+LABEL = {"direct": "direct (no proxy)", "xrayd": "xrayd workers:2",
+         "xrayd_cont": "xrayd w:2 continuity", "xrayd_w1": "xrayd workers:1",
          "haproxy": "haproxy AES256", "stunnel": "stunnel AES256",
          "haproxy_a128": "haproxy AES128 (ref)", "stunnel_a128": "stunnel AES128 (ref)"}
 present = {k[0] for k in data} | {k[0] for k in info}
@@ -91,6 +92,9 @@ for v in variants:
         "NA" if total(v, "idle_fails") is None else total(v, "idle_fails")))
 w("  RSS = VmRSS summed over the node's processes (xrayd: master + workers). per TLS end = pair total / 2")
 w("  (each connection has one TLS end in each node).")
+if (("xrayd_cont", "idle_state_kib")) in data:
+    w("  xrayd continuity: of the pair total, the snapshots in both state_dirs (tmpfs, mapped: inside the RSS")
+    w("  figures): %s KiB/conn" % cell("xrayd_cont", "idle_state_kib"))
 w("")
 
 # ---- ratios
@@ -99,7 +103,7 @@ metrics = [("hop1_gbps", "1hop Gbit/s"), ("hop1_cpu_s_per_gb", "1hop CPU/GB"), (
            ("lat_seq_p99_ms", "lat p99"), ("lat_conc_total_ms", "conc total"),
            ("latnr_seq_median_ms", "noresume p50"), ("idle_client_kib", "idle cli KiB"),
            ("idle_server_kib", "idle srv KiB")]
-pairs = [(a, b) for a in ("xrayd", "xrayd_w1") for b in ("haproxy", "stunnel", "haproxy_a128", "stunnel_a128")
+pairs = [(a, b) for a in ("xrayd", "xrayd_cont", "xrayd_w1") for b in ("haproxy", "stunnel", "haproxy_a128", "stunnel_a128")
          if a in variants and b in variants]
 if pairs:
     w("RATIOS (median of per-run ratios; Gbit/s: higher is better for xrayd, the rest: lower is better)")
@@ -111,6 +115,17 @@ if pairs:
 
 def verdict(ok):
     return "NA" if ok is None else ("PASS" if ok else "FAIL")
+
+
+# ---- continuity on against off (both xrayd workers:2, same settings)
+has_cont = "xrayd_cont" in variants and "xrayd" in variants
+if has_cont:
+    w("CONTINUITY (xrayd_cont = xrayd workers:2 with continuity: on on every node, against xrayd, continuity off;")
+    w("median of per-run ratios xrayd_cont / xrayd; Gbit/s: higher is better, the rest: lower is better)")
+    w("%-22s" % "ratio" + "".join("%13s" % h for _, h in metrics))
+    w("%-22s" % "xrayd_cont / xrayd" + "".join("%13s" % fmt(ratio("xrayd_cont", "xrayd", m)) for m, _ in metrics))
+    w("  (aim: 1 hop Gbit/s >= 0.95x continuity off; the rest reported, no aim)")
+    w("")
 
 
 aims = []
@@ -126,13 +141,26 @@ aims.append(("N_CONC at once: total ms", x, med("haproxy", "lat_conc_total_ms"),
 for m, name in (("idle_client_kib", "KiB/idle end, client"), ("idle_server_kib", "KiB/idle end, server")):
     x = med("xrayd", m)
     aims.append((name, x, med("haproxy", m), ratio("xrayd", "haproxy", m), "<= 6 KiB", None if x is None else x <= 6.0))
+if has_cont:
+    for m, name in (("hop1_gbps", "TLS 1 hop Gbit/s, cont"), ("link3_gbps", "TLS 3-link Gbit/s, cont")):
+        r = ratio("xrayd_cont", "haproxy", m)
+        aims.append((name, med("xrayd_cont", m), med("haproxy", m), r, ">= 1.3x haproxy",
+                     None if r is None else r >= 1.3))
+    r = ratio("xrayd_cont", "xrayd", "hop1_gbps")
+    aims.append(("TLS 1 hop cont/off Gbit/s", med("xrayd_cont", "hop1_gbps"), med("xrayd", "hop1_gbps"), r,
+                 ">= 0.95x cont off", None if r is None else r >= 0.95))
 fails = sum(total("xrayd", m) or 0 for m in ("lat_seq_fails", "lat_conc_fails", "idle_fails"))
-w("AIMS (xrayd workers:2; haproxy for reference)")
+w("AIMS (xrayd workers:2; haproxy for reference; \", cont\": xrayd_cont in the xrayd column; cont/off: xrayd_cont")
+w("in the xrayd column, xrayd in the haproxy column)")
 w("%-26s %12s %12s %10s   %-18s %s" % ("metric", "xrayd", "haproxy", "ratio", "aim", "result"))
 for name, x, h, r, aim, ok in aims:
     w("%-26s %12s %12s %10s   %-18s %s" % (name, fmt(x, 3), fmt(h, 3), fmt(r), aim, verdict(ok)))
 nrf = sum(total("xrayd", m) or 0 for m in ("latnr_seq_fails", "latnr_conc_fails"))
 w("xrayd failed connections, all runs: %d with resumption (latency + idle tests), %d without (latency)" % (fails, nrf))
+if has_cont:
+    cf = sum(total("xrayd_cont", m) or 0 for m in ("lat_seq_fails", "lat_conc_fails", "idle_fails"))
+    cnr = sum(total("xrayd_cont", m) or 0 for m in ("latnr_seq_fails", "latnr_conc_fails"))
+    w("xrayd_cont failed connections, all runs: %d with resumption, %d without" % (cf, cnr))
 crashed = [v for v in variants if vals(v, "crashed")]
 if crashed:
     w("PROCESSES THAT DIED DURING A TEST: " + ", ".join(crashed))
