@@ -319,6 +319,27 @@ static int xr_fs_chain(xr_conn_t *c, int d, uint32_t off, size_t n)
 /* Take more of IN[d] into the buffer (opening records) and run the
  * chain over it.  XR_OK (more may follow), XR_AGAIN (nothing more to
  * take now), XR_ERROR (c was closed). */
+/* Plain bytes for a TLS end with no filter to run: seal them straight
+ * from IN into OUT, committed as they go.  XR_OK when all are in,
+ * XR_DECLINED while OUT has no room for more. */
+static int xr_fs_seal_direct(xr_conn_t *c, int d)
+{
+    xr_fstage_t *st = c->hs;
+    uint64_t avail = xr_conn_in_end(c, d) - st->rd[d];
+    struct iovec iov[2];
+    int k = xr_ring_iov(xr_conn_in_ring(c, d), c->rsize, st->rd[d], (size_t) avail, iov);
+    for (int i = 0; i < k; i++) {
+        size_t took = xr_fs_put(c, d, XR_REC_TYPE_APPDATA, iov[i].iov_base, iov[i].iov_len);
+        st->rd[d] += took;
+        st->clear_in[d] += took;
+        c->in_done[d] = st->rd[d];
+        st->clear_in_done[d] = st->clear_in[d];
+        if (took < iov[i].iov_len)
+            return XR_DECLINED;
+    }
+    return XR_OK;
+}
+
 static int xr_fs_take(xr_conn_t *c, int d)
 {
     xr_fstage_t *st = c->hs;
@@ -327,6 +348,9 @@ static int xr_fs_take(xr_conn_t *c, int d)
     if (avail == 0)
         return XR_AGAIN;
     xr_buf_t *b = st->buf[d];
+    if (src == NULL && b == NULL && xr_fs_rec(st, 1 - d) != NULL && !c->rt->has_data_filters &&
+        st->drop[d] == 0 && st->clear_in[d] >= st->raw_end[d])
+        return xr_fs_seal_direct(c, d);
     if (b == NULL && (b = st->buf[d] = xr_buf_get((size_t) c->conf->buffer_size)) == NULL) {
         xr_log_session(XR_LOG_CRIT, &c->s, "cannot allocate a %lld byte buffer",
                        (long long) c->conf->buffer_size);
@@ -338,14 +362,22 @@ static int xr_fs_take(xr_conn_t *c, int d)
     size_t space = b->cap - b->end;
     size_t n = (size_t) XR_MIN(avail, (uint64_t) space);
     uint32_t off = b->end;
-    if (n > 0)
-        xr_ring_get(xr_conn_in_ring(c, d), c->rsize, st->rd[d], b->data + off, n);
     size_t plain = n;
     xr_rec_status_t rst = XR_REC_OK;
     if (src != NULL) {
         size_t used = 0;
         uint8_t alert[2] = {0, 0};
-        rst = xr_rec_open(src, b->data + off, n, &plain, &used, alert);
+        /* Records that do not run round the ring's end open straight from
+         * it into the buffer; the rest (one across the end, an alert, a
+         * handshake, one without room) are copied in and opened there. */
+        struct iovec iov[2];
+        xr_ring_iov(xr_conn_in_ring(c, d), c->rsize, st->rd[d], (size_t) avail, iov);
+        rst = xr_rec_open_to(src, iov[0].iov_base, iov[0].iov_len, b->data + off, space, &plain,
+                             &used);
+        if (rst == XR_REC_OK && used == 0 && n > 0) {
+            xr_ring_get(xr_conn_in_ring(c, d), c->rsize, st->rd[d], b->data + off, n);
+            rst = xr_rec_open(src, b->data + off, n, &plain, &used, alert);
+        }
         if (rst != XR_REC_OK && rst != XR_REC_CLOSE_NOTIFY)
             return xr_fs_tls_failed(c, d, rst, alert);
         st->rd[d] += used;
@@ -365,6 +397,7 @@ static int xr_fs_take(xr_conn_t *c, int d)
         xr_conn_close(c, "filter held more than buffer_size");
         return XR_ERROR;
     } else {
+        xr_ring_get(xr_conn_in_ring(c, d), c->rsize, st->rd[d], b->data + off, n);
         st->rd[d] += n;
     }
     int crc = xr_fs_chain(c, d, off, plain);
@@ -400,6 +433,10 @@ static int xr_fs_process(xr_conn_t *c, int d)
         int trc = xr_fs_take(c, d);
         if (trc == XR_ERROR)
             return XR_ERROR;
+        if (trc == XR_DECLINED) {
+            rc = XR_AGAIN; /* no room in OUT */
+            break;
+        }
         if (trc == XR_AGAIN && !st->closed[d]) {
             xr_fs_emit(c, d);
             break;

@@ -233,72 +233,92 @@ size_t xr_rec_alert(xr_rec_t *r, uint8_t level, uint8_t desc, unsigned char *out
     return xr__seal_one(r, XR_REC_TYPE_ALERT, a, 2, out);
 }
 
+/* Judge the header of the record at h (left bytes from h on): XR_REC_OK
+ * with its type and body length, or why it is refused.  The header is
+ * judged before the body arrives, so garbage is refused at once rather
+ * than after waiting for up to 64 KiB. */
+static xr_rec_status_t xr__header(const xr_rec_t *r, const unsigned char *h, uint8_t *type,
+                                  size_t *body)
+{
+    size_t extra = xr__body_overhead(r->aead);
+    *type = h[0];
+    *body = (size_t) h[3] << 8 | h[4];
+    if (h[1] != 3 || h[2] != 3 || *type < XR_REC_TYPE_ALERT || *type > XR_REC_TYPE_APPDATA)
+        return XR_REC_ERR_FORMAT; /* change_cipher_spec (20) has no place once keys are in use */
+    /* RFC 5246 6.2: record_overflow for a ciphertext over 2^14+2048 or for
+     * one that would decrypt to more than 2^14 bytes. */
+    if (*body > XR_REC_MAX_CIPHER || (*body >= extra && *body - extra > XR_REC_MAX_PLAIN))
+        return XR_REC_ERR_OVERSIZE;
+    /* An alert is exactly level and description; fragmenting one across
+     * records is legal in theory and done by no implementation. */
+    if (*body < extra || (*type == XR_REC_TYPE_ALERT && *body != extra + 2))
+        return XR_REC_ERR_FORMAT;
+    return XR_REC_OK;
+}
+
+/* Decrypt the whole record at h (type, body bytes after the header) into
+ * m (where its ciphertext is, or elsewhere), checking its tag.  0, or -1
+ * for a bad record MAC. */
+static int xr__decrypt(xr_rec_t *r, const unsigned char *h, uint8_t type, size_t body,
+                       unsigned char *m)
+{
+    xr_rec_dir_t *d = &r->rx;
+    size_t n = body - xr__body_overhead(r->aead);
+    unsigned char aad[XR_REC_AAD], nonce[12];
+    int rc;
+    xr__aad(aad, d->seq, type, n);
+    if (r->aead == XR_AEAD_AES256GCM) {
+        const unsigned char *c = h + XR_REC_HEADER + XR_REC_GCM_EXPLICIT;
+        memcpy(nonce, d->iv, 4);
+        memcpy(nonce + 4, h + XR_REC_HEADER, XR_REC_GCM_EXPLICIT);
+        if (d->vgcm != NULL)
+            rc = xr_gcm_open(d->vgcm, m, c, n, c + n, aad, XR_REC_AAD, nonce);
+        else
+            rc = crypto_aead_aes256gcm_decrypt_detached_afternm(m, NULL, c, n, c + n, aad,
+                                                                XR_REC_AAD, nonce, d->gcm);
+    } else {
+        const unsigned char *c = h + XR_REC_HEADER;
+        xr__chacha_nonce(nonce, d->iv, d->seq);
+        rc = crypto_aead_chacha20poly1305_ietf_decrypt_detached(m, NULL, c, n, c + n, aad,
+                                                                XR_REC_AAD, nonce, d->key);
+    }
+    if (rc != 0)
+        return -1;
+    d->seq++;
+    return 0;
+}
+
+/* Where a record's ciphertext starts, after the header (and GCM's
+ * explicit nonce). */
+static size_t xr__cipher_at(const xr_rec_t *r)
+{
+    return XR_REC_HEADER + (r->aead == XR_AEAD_AES256GCM ? XR_REC_GCM_EXPLICIT : 0);
+}
+
 xr_rec_status_t xr_rec_open(xr_rec_t *r, unsigned char *buf, size_t len, size_t *plain,
                             size_t *used, uint8_t alert[2])
 {
-    xr_rec_dir_t *d = &r->rx;
     size_t pos = 0, out = 0;
     xr_rec_status_t st = XR_REC_OK;
-    size_t extra = xr__body_overhead(r->aead);
 
     if (r->aead == XR_AEAD_NONE) {
         st = XR_REC_ERR_FORMAT;
         goto done;
     }
-
     while (len - pos >= XR_REC_HEADER) {
         unsigned char *h = buf + pos;
-        uint8_t type = h[0];
-        size_t body = (size_t) h[3] << 8 | h[4];
-
-        /* The header is judged before the body arrives, so garbage is
-         * refused at once rather than after waiting for up to 64 KiB. */
-        if (h[1] != 3 || h[2] != 3 || type < XR_REC_TYPE_ALERT || type > XR_REC_TYPE_APPDATA) {
-            /* change_cipher_spec (20) has no place once keys are in use. */
-            st = XR_REC_ERR_FORMAT;
+        uint8_t type;
+        size_t body;
+        if ((st = xr__header(r, h, &type, &body)) != XR_REC_OK)
             goto done;
-        }
-        if (body > XR_REC_MAX_CIPHER || (body >= extra && body - extra > XR_REC_MAX_PLAIN)) {
-            /* RFC 5246 6.2: record_overflow for a ciphertext over 2^14+2048
-             * or for one that would decrypt to more than 2^14 bytes. */
-            st = XR_REC_ERR_OVERSIZE;
-            goto done;
-        }
-        /* An alert is exactly level and description; fragmenting one across
-         * records is legal in theory and done by no implementation. */
-        if (body < extra || (type == XR_REC_TYPE_ALERT && body != extra + 2)) {
-            st = XR_REC_ERR_FORMAT;
-            goto done;
-        }
         if (len - pos - XR_REC_HEADER < body)
             break; /* a partial record: the caller appends and calls again */
-
-        size_t n = body - extra;
-        unsigned char aad[XR_REC_AAD], *m;
-        int rc;
-        xr__aad(aad, d->seq, type, n);
-        if (r->aead == XR_AEAD_AES256GCM) {
-            unsigned char nonce[12];
-            memcpy(nonce, d->iv, 4);
-            memcpy(nonce + 4, h + XR_REC_HEADER, XR_REC_GCM_EXPLICIT);
-            m = h + XR_REC_HEADER + XR_REC_GCM_EXPLICIT;
-            if (d->vgcm != NULL)
-                rc = xr_gcm_open(d->vgcm, m, m, n, m + n, aad, XR_REC_AAD, nonce);
-            else
-                rc = crypto_aead_aes256gcm_decrypt_detached_afternm(m, NULL, m, n, m + n, aad,
-                                                                    XR_REC_AAD, nonce, d->gcm);
-        } else {
-            unsigned char nonce[12];
-            xr__chacha_nonce(nonce, d->iv, d->seq);
-            m = h + XR_REC_HEADER;
-            rc = crypto_aead_chacha20poly1305_ietf_decrypt_detached(m, NULL, m, n, m + n, aad,
-                                                                    XR_REC_AAD, nonce, d->key);
-        }
-        if (rc != 0) {
+        size_t n = body - xr__body_overhead(r->aead);
+        unsigned char *m = h + xr__cipher_at(r);
+        if (xr__decrypt(r, h, type, body, m) != 0) {
             st = XR_REC_ERR_MAC;
             goto done;
         }
-        d->seq++;
         pos += XR_REC_HEADER + body;
 
         if (type == XR_REC_TYPE_APPDATA) {
@@ -316,6 +336,39 @@ xr_rec_status_t xr_rec_open(xr_rec_t *r, unsigned char *buf, size_t len, size_t 
         }
         st = m[1] == 0 ? XR_REC_CLOSE_NOTIFY : XR_REC_ALERT;
         goto done;
+    }
+
+done:
+    *plain = out;
+    *used = pos;
+    return st;
+}
+
+xr_rec_status_t xr_rec_open_to(xr_rec_t *r, const unsigned char *in, size_t len, unsigned char *to,
+                               size_t cap, size_t *plain, size_t *used)
+{
+    size_t pos = 0, out = 0;
+    xr_rec_status_t st = XR_REC_OK;
+
+    if (r->aead == XR_AEAD_NONE) {
+        st = XR_REC_ERR_FORMAT;
+        goto done;
+    }
+    while (len - pos >= XR_REC_HEADER) {
+        const unsigned char *h = in + pos;
+        uint8_t type;
+        size_t body;
+        if ((st = xr__header(r, h, &type, &body)) != XR_REC_OK)
+            goto done;
+        size_t n = body - xr__body_overhead(r->aead);
+        if (len - pos - XR_REC_HEADER < body || type != XR_REC_TYPE_APPDATA || cap - out < n)
+            break; /* partial, not application data, or no room: the caller's business */
+        if (xr__decrypt(r, h, type, body, to + out) != 0) {
+            st = XR_REC_ERR_MAC;
+            goto done;
+        }
+        pos += XR_REC_HEADER + body;
+        out += n;
     }
 
 done:

@@ -103,6 +103,15 @@ size_t xr_rec_seal(xr_rec_t *r, uint8_t type, const unsigned char *in, size_t le
 xr_rec_status_t xr_rec_open(xr_rec_t *r, unsigned char *buf, size_t len, size_t *plain,
                             size_t *used, uint8_t alert[2]);
 
+/* The same, out of place: the cleartext of the application-data records
+ * at in[0..len) goes to to[0..cap), in[] is left as it is.  Stops, with
+ * XR_REC_OK, at a partial record, at a record that is not application
+ * data (xr_rec_open deals with those), or at one whose cleartext would
+ * not fit; *plain and *used say how far it got.  XR_REC_ERR_* as
+ * xr_rec_open, with the cleartext before the bad record delivered. */
+xr_rec_status_t xr_rec_open_to(xr_rec_t *r, const unsigned char *in, size_t len, unsigned char *to,
+                               size_t cap, size_t *plain, size_t *used);
+
 /* Seal an alert (level 1 warning / 2 fatal, description) into out; returns
  * its length, or 0 if cap is too small. */
 size_t xr_rec_alert(xr_rec_t *r, uint8_t level, uint8_t desc, unsigned char *out, size_t cap);

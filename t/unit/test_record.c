@@ -589,6 +589,58 @@ TEST(export_import_chacha)
     export_import(XR_AEAD_CHACHA20);
 }
 
+/* Opening out of place gives what opening in place gives, leaves the
+ * records as they were, and stops where it is told to. */
+static void open_to(xr_aead_t aead)
+{
+    xr_rec_t cli, srv, cli2, srv2; /* srv2: a second reader of the same stream */
+    if (pair_init(&cli, &srv, aead) < 0 || pair_init(&cli2, &srv2, aead) < 0)
+        SKIP("AEAD not available on this CPU");
+    xr_rec_free(&cli2);
+    unsigned char *in = pattern(40000, 3);
+    size_t cap = 40000 + 4 * cli.overhead + 64, c, plain, used;
+    unsigned char *wire = malloc(cap), *copy = malloc(cap), *out = malloc(40000);
+    size_t w = xr_rec_seal(&cli, XR_REC_TYPE_APPDATA, in, 40000, wire, cap, &c);
+    w += xr_rec_alert(&cli, 1, 0, wire + w, cap - w);
+    memcpy(copy, wire, w);
+    /* room for the first two records only */
+    ASSERT_EQ(xr_rec_open_to(&srv, wire, w, out, 2 * XR_REC_MAX_PLAIN + 5, &plain, &used),
+              XR_REC_OK);
+    ASSERT_EQ(plain, 2 * XR_REC_MAX_PLAIN);
+    ASSERT_MEMEQ(out, in, plain);
+    ASSERT_MEMEQ(wire, copy, w);
+    /* the rest, up to the close_notify, which it leaves to xr_rec_open */
+    size_t p2, u2;
+    ASSERT_EQ(xr_rec_open_to(&srv, wire + used, w - used, out + plain, 40000 - plain, &p2, &u2),
+              XR_REC_OK);
+    ASSERT_EQ(plain + p2, 40000);
+    ASSERT_MEMEQ(out, in, 40000);
+    uint8_t a[2];
+    size_t p3, u3;
+    ASSERT_EQ(xr_rec_open(&srv, wire + used + u2, w - used - u2, &p3, &u3, a), XR_REC_CLOSE_NOTIFY);
+    /* a flipped bit: the bad record MAC, the good cleartext before it */
+    copy[XR_REC_HEADER + XR_REC_MAX_PLAIN + cli.overhead + 20] ^= 1;
+    ASSERT_EQ(xr_rec_open_to(&srv2, copy, w, out, 40000, &plain, &used), XR_REC_ERR_MAC);
+    ASSERT_EQ(plain, XR_REC_MAX_PLAIN);
+    free(in);
+    free(wire);
+    free(copy);
+    free(out);
+    xr_rec_free(&cli);
+    xr_rec_free(&srv);
+    xr_rec_free(&srv2);
+}
+
+TEST(open_to_gcm)
+{
+    open_to(XR_AEAD_AES256GCM);
+}
+
+TEST(open_to_chacha)
+{
+    open_to(XR_AEAD_CHACHA20);
+}
+
 TEST(seal_fills_the_buffer_gcm)
 {
     seal_limits(XR_AEAD_AES256GCM);
