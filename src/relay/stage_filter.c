@@ -4,8 +4,9 @@
  *
  * Per direction d the source is end d and the destination end 1 - d.
  * Input is taken from IN[d] at rd[d] into a buffer; a TLS source's
- * records are opened in place there.  The filters run over the new
- * cleartext; what they pass goes to OUT[d], sealed for a TLS destination.
+ * records are opened from the ring into it.  The filters run over the new
+ * cleartext; what they pass goes to OUT[d], sealed for a TLS destination
+ * (with no filter to run, plain bytes are sealed straight from IN).
  * c->in_done[d] is the committed point: it moves up to rd[d] only when the
  * buffer is empty, so every input byte before it is out and the ring keeps
  * every byte after it (the pump reads no further than in_done allows).
