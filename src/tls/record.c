@@ -295,8 +295,12 @@ static size_t xr__cipher_at(const xr_rec_t *r)
     return XR_REC_HEADER + (r->aead == XR_AEAD_AES256GCM ? XR_REC_GCM_EXPLICIT : 0);
 }
 
-xr_rec_status_t xr_rec_open(xr_rec_t *r, unsigned char *buf, size_t len, size_t *plain,
-                            size_t *used, uint8_t alert[2])
+/* Both opens: to == NULL opens in place (buf is written; the cleartext
+ * is moved to its front, and any record is taken), else out of place into
+ * to[0..cap) (buf is only read; it stops before a record that is not
+ * application data or does not fit). */
+static xr_rec_status_t xr__open(xr_rec_t *r, unsigned char *buf, size_t len, unsigned char *to,
+                                size_t cap, size_t *plain, size_t *used, uint8_t alert[2])
 {
     size_t pos = 0, out = 0;
     xr_rec_status_t st = XR_REC_OK;
@@ -311,10 +315,12 @@ xr_rec_status_t xr_rec_open(xr_rec_t *r, unsigned char *buf, size_t len, size_t 
         size_t body;
         if ((st = xr__header(r, h, &type, &body)) != XR_REC_OK)
             goto done;
+        size_t n = body - xr__body_overhead(r->aead);
         if (len - pos - XR_REC_HEADER < body)
             break; /* a partial record: the caller appends and calls again */
-        size_t n = body - xr__body_overhead(r->aead);
-        unsigned char *m = h + xr__cipher_at(r);
+        if (to != NULL && (type != XR_REC_TYPE_APPDATA || cap - out < n))
+            break; /* the caller's business (xr_rec_open_to) */
+        unsigned char *m = to != NULL ? to + out : h + xr__cipher_at(r);
         if (xr__decrypt(r, h, type, body, m) != 0) {
             st = XR_REC_ERR_MAC;
             goto done;
@@ -322,7 +328,8 @@ xr_rec_status_t xr_rec_open(xr_rec_t *r, unsigned char *buf, size_t len, size_t 
         pos += XR_REC_HEADER + body;
 
         if (type == XR_REC_TYPE_APPDATA) {
-            memmove(buf + out, m, n);
+            if (to == NULL)
+                memmove(buf + out, m, n);
             out += n;
             continue;
         }
@@ -344,35 +351,15 @@ done:
     return st;
 }
 
+xr_rec_status_t xr_rec_open(xr_rec_t *r, unsigned char *buf, size_t len, size_t *plain,
+                            size_t *used, uint8_t alert[2])
+{
+    return xr__open(r, buf, len, NULL, 0, plain, used, alert);
+}
+
 xr_rec_status_t xr_rec_open_to(xr_rec_t *r, const unsigned char *in, size_t len, unsigned char *to,
                                size_t cap, size_t *plain, size_t *used)
 {
-    size_t pos = 0, out = 0;
-    xr_rec_status_t st = XR_REC_OK;
-
-    if (r->aead == XR_AEAD_NONE) {
-        st = XR_REC_ERR_FORMAT;
-        goto done;
-    }
-    while (len - pos >= XR_REC_HEADER) {
-        const unsigned char *h = in + pos;
-        uint8_t type;
-        size_t body;
-        if ((st = xr__header(r, h, &type, &body)) != XR_REC_OK)
-            goto done;
-        size_t n = body - xr__body_overhead(r->aead);
-        if (len - pos - XR_REC_HEADER < body || type != XR_REC_TYPE_APPDATA || cap - out < n)
-            break; /* partial, not application data, or no room: the caller's business */
-        if (xr__decrypt(r, h, type, body, to + out) != 0) {
-            st = XR_REC_ERR_MAC;
-            goto done;
-        }
-        pos += XR_REC_HEADER + body;
-        out += n;
-    }
-
-done:
-    *plain = out;
-    *used = pos;
-    return st;
+    /* Out of place, in[] is only read. */
+    return xr__open(r, (unsigned char *) in, len, to, cap, plain, used, NULL);
 }
