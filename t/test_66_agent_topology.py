@@ -533,15 +533,13 @@ def _workers(log):
     return [int(m) for m in re.findall(r"\] (\d+): worker process started", log.read_text())]
 
 
-@pytest.mark.timeout(300)
-def test_relay_points_survive_kill_9(topology, pki, tmp_path):
-    """Both agents with continuity: on; 20 clients in a each echo MB MiB
-    through agent A's and agent B's relay points to the server in b (so
-    bytes flow both ways at once); agent A's busiest worker is killed
-    three times: every echo completes byte-exact, and the replacements
-    took the relay points over (TLS record layers and all)."""
-    t = topology
-    mb = int(os.environ.get("XRAYD_TEST_AGENT_MB", "16"))
+AGENT_MB = int(os.environ.get("XRAYD_TEST_AGENT_MB", "16"))
+
+
+def _paced_echoes(t, pki, tmp_path):
+    """Both agents with continuity: on, the server in b, and 20 clients in
+    a each echoing AGENT_MB MiB through both agents' relay points (paced
+    to last about 8 s), all linked.  Returns (confs, server, clients)."""
     confs = _two_agents(t, pki, tmp_path, continuity=True)
     server = _serve_in_b(t, pki)
     first = server.stdout.readline()
@@ -549,14 +547,35 @@ def test_relay_points_survive_kill_9(topology, pki, tmp_path):
     official = json.loads(first)["official"]
     agent_a = "%s:7000" % t.addr("nata")
     creds = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
-    # 64 KiB blocks paced so that each echo lasts about 8 s
-    env = dict(os.environ, PYTHONPATH=str(HERE), XRAY_PACE="%.4f" % (8.0 / (mb * 16)))
+    env = dict(os.environ, PYTHONPATH=str(HERE), XRAY_PACE="%.4f" % (8.0 / (AGENT_MB * 16)))
     clients = [t.popen("a", [sys.executable, CLIENT, "connect", agent_a, *creds, official,
-                             str(mb << 20)], env=env, stdout=subprocess.PIPE, text=True)
+                             str(AGENT_MB << 20)], env=env, stdout=subprocess.PIPE, text=True)
                for _ in range(20)]
     log_a = confs["a"] / "error.log"
     _wait(lambda: log_a.read_text().count("linked: client") >= 20, 30, "20 relay points")
     time.sleep(1.0)
+    return confs, server, clients
+
+
+def _echoes_exact(clients):
+    """Every echo completed byte-exact."""
+    results = []
+    for c in clients:
+        out, _ = c.communicate(timeout=120)
+        results.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
+    bad = [r for r in results if not (r.get("equal") and r.get("received") == AGENT_MB << 20)]
+    assert not bad, bad
+
+
+@pytest.mark.timeout(300)
+def test_relay_points_survive_kill_9(topology, pki, tmp_path):
+    """Both agents with continuity: on; 20 clients in a each echo MB MiB
+    through agent A's and agent B's relay points to the server in b (so
+    bytes flow both ways at once); agent A's busiest worker is killed
+    three times: every echo completes byte-exact, and the replacements
+    took the relay points over (TLS record layers and all)."""
+    confs, server, clients = _paced_echoes(topology, pki, tmp_path)
+    log_a = confs["a"] / "error.log"
     for k in range(3):
         live = [p for p in _workers(log_a) if os.path.exists("/proc/%d" % p)]
         victim = max(live, key=lambda p: len(os.listdir("/proc/%d/fd" % p)))
@@ -564,12 +583,7 @@ def test_relay_points_survive_kill_9(topology, pki, tmp_path):
         _wait(lambda: "taking over worker %d" % victim in log_a.read_text(), 10,
               "the takeover of worker %d" % victim)
         time.sleep(1.0)
-    results = []
-    for c in clients:
-        out, _ = c.communicate(timeout=120)
-        results.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
-    bad = [r for r in results if not (r.get("equal") and r.get("received") == mb << 20)]
-    assert not bad, bad
+    _echoes_exact(clients)
     text = log_a.read_text()
     took = [int(n) for n in re.findall(r"took over (\d+) connection", text)]
     assert len(took) == 3 and sum(took) >= 10, took
@@ -586,36 +600,19 @@ def test_relay_points_survive_binary_upgrade(topology, pki, tmp_path, monkeypatc
     completes byte-exact."""
     from test_75_proxy import _second_binary
 
-    t = topology
     exe = tmp_path / "xrayd"
     exe.write_bytes(xf.XRAYD_BIN.read_bytes())
     exe.chmod(0o755)
     new = _second_binary(tmp_path, "9.9.7-agent")
     monkeypatch.setattr(xf, "XRAYD_BIN", exe)
-    mb = int(os.environ.get("XRAYD_TEST_AGENT_MB", "16"))
-    confs = _two_agents(t, pki, tmp_path, continuity=True)
-    server = _serve_in_b(t, pki)
-    official = json.loads(server.stdout.readline())["official"]
-    agent_a = "%s:7000" % t.addr("nata")
-    creds = (pki.ca, pki.crt("app-1"), pki.key("app-1"))
-    env = dict(os.environ, PYTHONPATH=str(HERE), XRAY_PACE="%.4f" % (8.0 / (mb * 16)))
-    clients = [t.popen("a", [sys.executable, CLIENT, "connect", agent_a, *creds, official,
-                             str(mb << 20)], env=env, stdout=subprocess.PIPE, text=True)
-               for _ in range(20)]
+    confs, server, clients = _paced_echoes(topology, pki, tmp_path)
     log_a = confs["a"] / "error.log"
-    _wait(lambda: log_a.read_text().count("linked: client") >= 20, 30, "20 relay points")
-    time.sleep(1.0)
     old_pid = int((confs["a"] / "xrayd.pid").read_text())
     os.replace(str(new), str(exe))
     os.kill(old_pid, signal.SIGUSR2)
     _wait(lambda: re.search(r"xrayd/9\.9\.7-agent started \(binary upgrade from pid %d\)"
                             % old_pid, log_a.read_text()), 60, "the new binary")
-    results = []
-    for c in clients:
-        out, _ = c.communicate(timeout=120)
-        results.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
-    bad = [r for r in results if not (r.get("equal") and r.get("received") == mb << 20)]
-    assert not bad, bad
+    _echoes_exact(clients)
     text = log_a.read_text()
     assert re.search(r"took over [1-9]\d* connection", text), text[-3000:]
     assert "cannot resume" not in text and "resume failed" not in text, text[-3000:]
