@@ -326,7 +326,10 @@ static void xr_cn_release(xr_conn_t *c)
     uint64_t id = c->p->id;
     /* A stage's record may hold TLS keys: they go with the connection. */
     explicit_bzero(c->p->state, sizeof(c->p->state));
-    xr_store_release(c->store, c->p);
+    if (c->store == xr__cx.own)
+        xr__cn_slot_freed(c->p);
+    else
+        xr_store_release(c->store, c->p, 0);
     xr_cont_drop(id);
     if (c->store != xr__cx.own) {
         /* The last connection of an adopted store: the file can go. */

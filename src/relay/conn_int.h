@@ -25,9 +25,14 @@ typedef struct {
     xr_list_t conns;
     size_t n;
     int frozen;
+    uv_timer_t sweep; /* gives back the pages of the own store's free slots */
 } xr_conn_worker_t;
 
 extern xr_conn_worker_t xr__cx;
+
+/* Slot p of the own store is free: its pages stay for the next
+ * connection, and go back a while later if none takes it. */
+void xr__cn_slot_freed(xr_pslot_t *p);
 
 /* A connection object around slot p (new or adopted), in the worker's
  * service: timed, listed, counted. */

@@ -34,6 +34,10 @@ struct xr_store_s {
     uint32_t nrings; /* per slot */
     uint32_t *free;  /* a stack of free slot indexes */
     uint32_t nfree;
+    /* Per slot: when a free slot whose ring pages were kept was released
+     * (ms, never 0), or 0 (its pages are given back, or it is live). */
+    uint32_t *kept_since;
+    uint32_t nkept;
 };
 
 #ifndef MADV_POPULATE_WRITE
@@ -145,6 +149,7 @@ xr_store_t *xr_store_create(const char *path, uint32_t nslots, uint32_t ring, ch
     for (uint32_t i = 0; i < nslots; i++)
         s->free[i] = nslots - 1 - i; /* slot 0 first */
     s->nfree = nslots;
+    s->kept_since = xr_calloc(nslots, sizeof(uint32_t));
     return s;
 }
 
@@ -200,6 +205,7 @@ xr_store_t *xr_store_open(const char *path, char *err, size_t errlen)
         else
             s->free[s->nfree++] = i;
     }
+    s->kept_since = xr_calloc(h.nslots, sizeof(uint32_t));
     return s;
 }
 
@@ -211,6 +217,7 @@ void xr_store_close(xr_store_t *s, int unlink_it)
     if (unlink_it)
         unlink(s->path);
     free(s->free);
+    free(s->kept_since);
     free(s);
 }
 
@@ -256,6 +263,10 @@ xr_pslot_t *xr_store_alloc(xr_store_t *s)
     if (s->nfree == 0)
         return NULL;
     uint32_t i = s->free[--s->nfree];
+    if (s->kept_since[i] != 0) {
+        s->kept_since[i] = 0; /* its pages serve the new connection */
+        s->nkept--;
+    }
     xr_pslot_t *p = xr_store_slot(s, i);
     /* Only the header: the rings are written before they are read. */
     memset(p, 0, offsetof(xr_pslot_t, state));
@@ -264,15 +275,37 @@ xr_pslot_t *xr_store_alloc(xr_store_t *s)
     return p;
 }
 
-void xr_store_release(xr_store_t *s, xr_pslot_t *p)
+static uint32_t xr_store_index(const xr_store_t *s, const xr_pslot_t *p)
+{
+    return (uint32_t) (((const unsigned char *) p - s->base - s->slots_at) / s->slot_size);
+}
+
+void xr_store_release(xr_store_t *s, xr_pslot_t *p, uint64_t keep_from_ms)
 {
     atomic_store_explicit((_Atomic uint32_t *) &p->live, 0, memory_order_release);
-    uint32_t i = (uint32_t) (((unsigned char *) p - s->base - s->slots_at) / s->slot_size);
+    uint32_t i = xr_store_index(s, p);
     s->live[i] = 0;
     s->free[s->nfree++] = i;
     s->used--;
-    /* The pages of an idle slot hold nothing worth keeping. */
-    xr_store_trim(s, p);
+    if (keep_from_ms == 0) {
+        xr_store_trim(s, p);
+        return;
+    }
+    s->kept_since[i] = (uint32_t) keep_from_ms ? (uint32_t) keep_from_ms : 1;
+    s->nkept++;
+}
+
+uint32_t xr_store_sweep(xr_store_t *s, uint64_t now_ms, uint32_t age_ms)
+{
+    for (uint32_t k = 0; k < s->nfree && s->nkept > 0; k++) {
+        uint32_t i = s->free[k];
+        if (s->kept_since[i] == 0 || (uint32_t) now_ms - s->kept_since[i] < age_ms)
+            continue;
+        xr_store_trim(s, xr_store_slot(s, i));
+        s->kept_since[i] = 0;
+        s->nkept--;
+    }
+    return s->nkept;
 }
 
 void xr_store_trim(xr_store_t *s, xr_pslot_t *p)

@@ -97,8 +97,13 @@ int xr_store_is_live(const xr_store_t *s, uint32_t i);
 unsigned char *xr_store_ring(xr_store_t *s, xr_pslot_t *p, int which);
 /* A free slot, zeroed (not yet live), or NULL when all are taken. */
 xr_pslot_t *xr_store_alloc(xr_store_t *s);
-/* The slot is free again (its connection ended). */
-void xr_store_release(xr_store_t *s, xr_pslot_t *p);
+/* The slot is free again (its connection ended).  Its ring pages are
+ * given back now (keep_from_ms 0), or kept for the next connection to
+ * take it, until xr_store_sweep gives them back: keep_from_ms is now. */
+void xr_store_release(xr_store_t *s, xr_pslot_t *p, uint64_t keep_from_ms);
+/* Give back the pages of free slots kept since at least age_ms before
+ * now_ms.  Returns how many free slots still keep theirs. */
+uint32_t xr_store_sweep(xr_store_t *s, uint64_t now_ms, uint32_t age_ms);
 /* Give the pages of slot p's rings back (they read as zeros after): its
  * connection has nothing in them. */
 void xr_store_trim(xr_store_t *s, xr_pslot_t *p);
