@@ -47,6 +47,13 @@ int xr_shm_assign(xr_gen_t *g, char *err, size_t errsize)
     return XR_OK;
 }
 
+void xr_shm_bind(xr_relay_rt_t *rt, int w)
+{
+    int b = rt->rc->slot;
+    rt->ctr = (xr_counters_t){&xr_shm->active[b], &xr_shm->worker_active[w][b],
+                              &xr_shm->accepted[b], &xr_shm->resumed[b], xr_shm->bytes[b]};
+}
+
 void xr_shm_reap_worker(int w)
 {
     if (w < 0 || w >= XR_SHM_WORKERS)

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 
 #include "core/gen.h"
+#include "relay/upstream.h"
 
 #define XR_SHM_WORKERS 160
 #define XR_SHM_RELAYS  256
@@ -35,6 +36,8 @@ extern xr_shm_t *xr_shm;
 int xr_shm_init(void);
 /* Give every relay block of g its slot by name.  XR_ERROR if full. */
 int xr_shm_assign(xr_gen_t *g, char *err, size_t errsize);
+/* Count rt's connections here, as worker slot w (relay/upstream.h). */
+void xr_shm_bind(xr_relay_rt_t *rt, int w);
 /* The master's cleanup after worker slot w died: subtract its share. */
 void xr_shm_reap_worker(int w);
 

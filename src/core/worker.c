@@ -215,8 +215,8 @@ static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
             return;
         /* Reserve the slot before accepting: a check-then-count would let
          * two workers both take the last one. */
-        if (atomic_fetch_add(&xr_shm->active[rc->slot], 1) >= rc->max_connections) {
-            atomic_fetch_sub(&xr_shm->active[rc->slot], 1);
+        if (atomic_fetch_add(rt->ctr.active, 1) >= rc->max_connections) {
+            atomic_fetch_sub(rt->ctr.active, 1);
             /* Leave the rest queued in the backlog: waiting beats refusing. */
             xr_worker_pause(rt, XR_ACCEPT_RETRY_MS);
             return;
@@ -226,7 +226,7 @@ static void xr_worker_accept_cb(uv_poll_t *h, int status, int events)
         int fd = accept4(l->fd, (struct sockaddr *) &sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int err = errno;
-            atomic_fetch_sub(&xr_shm->active[rc->slot], 1);
+            atomic_fetch_sub(rt->ctr.active, 1);
             if (err == EAGAIN || err == EWOULDBLOCK)
                 return;
             if (err == EINTR || err == ECONNABORTED)
@@ -425,6 +425,7 @@ void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int c
     size_t nls = 0;
     for (size_t r = 0; r < g->nrelays; r++) {
         xr_relay_rt_init(&xr_w.rts[r], g->relays[r]);
+        xr_shm_bind(&xr_w.rts[r], slot);
         nls += g->relays[r]->listen.n;
     }
     xr_w.ls = xr_calloc(nls, sizeof(xr_wlistener_t));

@@ -7,7 +7,6 @@
  */
 #include "core/xrayd.h"
 #include "core/log.h"
-#include "core/shm.h"
 #include "proxy/http.h"
 #include "proxy/proxy.h"
 #include "proxy/proxy_conf.h"
@@ -71,7 +70,7 @@ void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
                "destination), closing",
                (unsigned long long) id, rc->name, xr_addr_format(client, ca, sizeof(ca)));
         close(fd);
-        atomic_fetch_sub(&xr_shm->active[rc->slot], 1);
+        atomic_fetch_sub(rt->ctr.active, 1);
         return;
     }
     uint32_t stage = 0;

@@ -31,7 +31,6 @@
 #include "core/xrayd.h"
 #include "core/continuity.h"
 #include "core/log.h"
-#include "core/shm.h"
 #include "core/worker.h"
 #include "relay/acct.h"
 #include "relay/conn.h"
@@ -235,7 +234,7 @@ xr_conn_t *xr__cn_new(xr_relay_rt_t *rt, xr_store_t *store, xr_pslot_t *p)
     xr_list_insert_tail(&xr__cx.conns, &c->link);
     xr__cx.n++;
     rt->active++;
-    atomic_fetch_add(&xr_shm->worker_active[xr_worker_slot][rt->rc->slot], 1);
+    atomic_fetch_add(rt->ctr.worker_active, 1);
     c->shm_counted = 1;
     /* A connection taken over was counted by the worker that read its
      * bytes so far (up to that worker's last pump). */
@@ -269,7 +268,7 @@ static void xr_cn_count(xr_conn_t *c)
         uint64_t taken = read[d];
         if (taken <= c->counted[d])
             continue;
-        atomic_fetch_add_explicit(&xr_shm->bytes[c->conf->slot][d], taken - c->counted[d],
+        atomic_fetch_add_explicit(&c->rt->ctr.bytes[d], taken - c->counted[d],
                                   memory_order_relaxed);
         c->counted[d] = taken;
     }
@@ -401,8 +400,8 @@ void xr_conn_close(xr_conn_t *c, const char *fmt, ...)
     xr__cx.n--;
     c->rt->active--;
     if (c->shm_counted) {
-        atomic_fetch_sub(&xr_shm->active[c->conf->slot], 1);
-        atomic_fetch_sub(&xr_shm->worker_active[xr_worker_slot][c->conf->slot], 1);
+        atomic_fetch_sub(c->rt->ctr.active, 1);
+        atomic_fetch_sub(c->rt->ctr.worker_active, 1);
     }
     uv_close((uv_handle_t *) &c->timer, xr_cn_timer_closed);
     xr_worker_conn_removed();
@@ -584,7 +583,7 @@ void xr_conn_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
                    const struct sockaddr_storage *dst, uint32_t mode)
 {
     xr_conn_t *c = xr_cn_create(rt, fd, client, id, mode, mode == 0 && rt->has_data_filters);
-    atomic_fetch_add(&xr_shm->accepted[rt->rc->slot], 1);
+    atomic_fetch_add(rt->ctr.accepted, 1);
     if (dst != NULL)
         c->p->dst = *dst;
     xr_cn_base(c, 0);

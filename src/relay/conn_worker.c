@@ -8,7 +8,6 @@
 #include "core/xrayd.h"
 #include "core/continuity.h"
 #include "core/log.h"
-#include "core/shm.h"
 #include "core/worker.h"
 #include "relay/acct.h"
 #include "relay/conn.h"
@@ -67,8 +66,7 @@ int xr_conn_worker_init(uv_loop_t *loop, xr_gen_t *g, int retiring)
 
 static void xr_cn_sweep_cb(uv_timer_t *t)
 {
-    if (xr__cx.own != NULL &&
-        xr_store_sweep(xr__cx.own, uv_now(xr__cx.loop), XR_KEEP_FREED_MS) > 0)
+    if (xr__cx.own != NULL && xr_store_sweep(xr__cx.own, uv_now(xr__cx.loop), XR_KEEP_FREED_MS) > 0)
         uv_timer_start(t, xr_cn_sweep_cb, XR_KEEP_FREED_MS, 0);
 }
 
@@ -137,10 +135,10 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
         xr_cont_drop(id);
         return;
     }
-    atomic_fetch_add(&xr_shm->active[rt->rc->slot], 1);
+    atomic_fetch_add(rt->ctr.active, 1);
     xr_conn_t *c = xr__cn_new(rt, s, p);
     p->resumed++;
-    atomic_fetch_add(&xr_shm->resumed[rt->rc->slot], 1);
+    atomic_fetch_add(rt->ctr.resumed, 1);
     if (xr__cn_open_filters(c) != XR_OK)
         return;
     c->end[0].io.fd = fd[0];

@@ -10,7 +10,6 @@
  */
 #include "core/xrayd.h"
 #include "core/log.h"
-#include "core/shm.h"
 #include "core/worker.h"
 #include "relay/conn.h"
 #include "relay/relay.h"
@@ -132,7 +131,7 @@ static void xr_relay_count(xr_relay_t *r)
         uint64_t n = r->s.read_total[d] - r->counted[d];
         if (n == 0)
             continue;
-        atomic_fetch_add_explicit(&xr_shm->bytes[r->conf->slot][d], n, memory_order_relaxed);
+        atomic_fetch_add_explicit(&r->rt->ctr.bytes[d], n, memory_order_relaxed);
         r->counted[d] = r->s.read_total[d];
     }
 }
@@ -169,15 +168,15 @@ void xr_relay_close(xr_relay_t *r, const char *fmt, ...)
     xr_dir_release(&r->dir[0]);
     xr_dir_release(&r->dir[1]);
     /* A moved connection's server count and its reserved slot in
-     * xr_shm->active went with it. */
+     * the block's active count went with it. */
     if (r->peer >= 0 && r->s.upstream.ss_family != 0 && !r->moved)
         r->rt->peers[r->peer].active--;
     r->rt->active--;
     xr_relay_count(r); /* the remainder since the last pump */
     if (r->shm_counted) {
         if (!r->moved)
-            atomic_fetch_sub(&xr_shm->active[r->conf->slot], 1);
-        atomic_fetch_sub(&xr_shm->worker_active[xr_worker_slot][r->conf->slot], 1);
+            atomic_fetch_sub(r->rt->ctr.active, 1);
+        atomic_fetch_sub(r->rt->ctr.worker_active, 1);
     }
     uv_close((uv_handle_t *) &r->timer, xr_relay_timer_closed);
     xr_worker_relay_removed(r);
@@ -214,7 +213,7 @@ static void xr_relay_timer_cb(uv_timer_t *t)
 }
 
 /* A relay of rt's block for a client, counted in the worker and in the
- * shared counters (the caller reserved xr_shm->active[]). */
+ * shared counters (the caller reserved its place in rt->ctr.active). */
 static xr_relay_t *xr_relay_new(uv_loop_t *loop, xr_relay_rt_t *rt,
                                 const struct sockaddr_storage *client, uint64_t id)
 {
@@ -237,8 +236,8 @@ static xr_relay_t *xr_relay_new(uv_loop_t *loop, xr_relay_rt_t *rt,
     uv_timer_init(loop, &r->timer);
     r->timer.data = r;
     rt->active++;
-    atomic_fetch_add(&xr_shm->worker_active[xr_worker_slot][rc->slot], 1);
-    atomic_fetch_add(&xr_shm->accepted[rc->slot], 1);
+    atomic_fetch_add(rt->ctr.worker_active, 1);
+    atomic_fetch_add(rt->ctr.accepted, 1);
     r->shm_counted = 1;
     xr_worker_relay_added(r);
     return r;
@@ -798,7 +797,7 @@ void xr_relay_join(uv_loop_t *loop, xr_relay_rt_t *rt, xr_end_t *src[2],
 {
     const xr_relay_conf_t *rc = rt->rc;
     /* Nothing was accepted through a listener that reserved a slot. */
-    atomic_fetch_add(&xr_shm->active[rc->slot], 1);
+    atomic_fetch_add(rt->ctr.active, 1);
     xr_relay_t *r = xr_relay_new(loop, rt, client, id);
 
     int failed = 0;

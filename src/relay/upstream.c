@@ -24,6 +24,8 @@ void xr_relay_rt_init(xr_relay_rt_t *rt, const xr_relay_conf_t *rc)
     rt->state_total = off;
     /* Workers start at different servers so round robin spreads at once. */
     rt->rr = (size_t) xr_mono_ms();
+    rt->ctr = (xr_counters_t){&rt->own.active, &rt->own.worker_active, &rt->own.accepted,
+                              &rt->own.resumed, rt->own.bytes};
 }
 
 void xr_relay_rt_free(xr_relay_rt_t *rt)

@@ -8,11 +8,30 @@
 
 #include "core/gen.h"
 
+#include <stdatomic.h>
+
 typedef struct {
     int64_t down_until; /* monotonic ms */
     int64_t fails;
     int64_t active; /* relays of this worker on this server */
 } xr_peer_t;
+
+/* Where one worker counts a block's connections.  A worker points them
+ * into the memory it shares with the master and its siblings
+ * (xr_shm_bind); until then they are the block's own (`own`), so a test
+ * or a fuzzer drives the engine without any process-wide state. */
+typedef struct {
+    _Atomic int64_t *active;        /* live, every worker's: the limit */
+    _Atomic int64_t *worker_active; /* live, this worker's */
+    _Atomic int64_t *accepted;      /* ever accepted */
+    _Atomic uint64_t *resumed;      /* taken over from a dead worker */
+    _Atomic uint64_t *bytes;        /* [2]: read from the client, from the upstream */
+} xr_counters_t;
+
+typedef struct {
+    _Atomic int64_t active, worker_active, accepted;
+    _Atomic uint64_t resumed, bytes[2];
+} xr_counters_own_t;
 
 /* A relay block's state in one worker. */
 typedef struct xr_relay_rt_s {
@@ -24,6 +43,8 @@ typedef struct xr_relay_rt_s {
     size_t state_total;
     int has_data_filters;
     int has_log_hooks; /* then the session's local address is wanted */
+    xr_counters_t ctr;
+    xr_counters_own_t own;
 } xr_relay_rt_t;
 
 void xr_relay_rt_init(xr_relay_rt_t *rt, const xr_relay_conf_t *rc);

@@ -61,11 +61,9 @@ static xr_relay_rt_t *setup(void)
                                "  - name: a\n"
                                "    listen: 127.0.0.1:18001\n"
                                "    upstream: 127.0.0.1:18002\n";
-    ASSERT_EQ(xr_shm_init(), XR_OK);
     xr_gen_t *g = xr_gen_load_buffer((const unsigned char *) yaml, strlen(yaml), err, sizeof(err));
     if (g == NULL)
         FAIL("%s", err);
-    ASSERT_EQ(xr_shm_assign(g, err, sizeof(err)), XR_OK);
     ASSERT_EQ(uv_loop_init(&loop), 0);
     ASSERT_EQ(xr_reactor_init(&loop), XR_OK);
     memset(&xr_w, 0, sizeof(xr_w));
@@ -108,12 +106,12 @@ TEST(relay_start_closes_an_unwatchable_client_once)
     xr_relay_rt_t *rt = setup();
     struct sockaddr_storage client = {.ss_family = AF_INET};
     int fd = unwatchable();
-    atomic_fetch_add(&xr_shm->active[rt->rc->slot], 1); /* the listener's reservation */
+    atomic_fetch_add(rt->ctr.active, 1); /* the listener's reservation */
     watched = fd;
     xr_relay_start(&loop, rt, fd, &client, 1);
     expect_one_close(fd);
     ASSERT_EQ(xr_w.nrelays, 0);
-    ASSERT_EQ(atomic_load(&xr_shm->active[rt->rc->slot]), 0);
+    ASSERT_EQ(atomic_load(rt->ctr.active), 0);
     run_loop();
 }
 
