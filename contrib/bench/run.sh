@@ -390,6 +390,7 @@ ref = [float(r[13]) for r in o if float(r[13]) >= 0]
 wait = [float(r[12]) for r in v if float(r[12]) >= 0]
 first = [float(r[4]) for r in v if float(r[4]) >= 0]
 out = {"resume_matched": len(v), "resume_pause_max_ms": q(pause, 1.0),
+       "resume_pause_min_ms": min(pause) if pause else "NA",
        "resume_pause_p50_ms": q(pause, 0.5), "resume_pause_p99_ms": q(pause, 0.99),
        "resume_ref_max_ms": q(ref, 1.0), "resume_ref_p50_ms": q(ref, 0.5),
        "resume_wait_max_ms": q(wait, 1.0), "resume_kill_first_max_ms": q(first, 1.0),

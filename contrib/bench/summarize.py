@@ -137,6 +137,7 @@ if has_resume:
                      ("pause, worst (ms)", "resume_pause_max_ms"),
                      ("pause, p99 (ms)", "resume_pause_p99_ms"),
                      ("pause, median (ms)", "resume_pause_p50_ms"),
+                     ("pause, shortest: bytes move again (ms)", "resume_pause_min_ms"),
                      ("reference: other worker's, worst (ms)", "resume_ref_max_ms"),
                      ("reference: other worker's, median (ms)", "resume_ref_p50_ms"),
                      ("longest any ping waited (ms)", "resume_wait_max_ms"),

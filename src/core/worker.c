@@ -56,7 +56,7 @@ static struct {
     uv_signal_t sig[6];
     uv_timer_t drain, retry;
     int retry_armed;
-    uv_idle_t adopted; /* the first turn after taking connections over */
+    uv_check_t adopted; /* the first turn after taking connections over */
     pid_t adopting;
     double t_start, t_adopt, t_adopted; /* ms on the monotonic clock */
 } xr_w;
@@ -339,14 +339,16 @@ static void xr_worker_signal_cb(uv_signal_t *h, int signum)
     }
 }
 
-/* The adopted connections have had their first turn (the reactor's
- * posted pumps run from an idle handle started before this one): now
- * close what the fork brought along that is not ours. */
-static void xr_worker_adopted_cb(uv_idle_t *h)
+/* The adopted connections have had their first turn: the reactor's
+ * posted pumps (idle phase) and the events of their sockets (poll phase)
+ * come before a check handle.  Now close what the fork brought along
+ * that is not ours: a few thousand close() calls are milliseconds that
+ * those connections would otherwise wait. */
+static void xr_worker_adopted_cb(uv_check_t *h)
 {
     if (!uv_is_active((uv_handle_t *) h))
         return;
-    uv_idle_stop(h);
+    uv_check_stop(h);
     double now = xr_worker_clock_ms(CLOCK_MONOTONIC);
     xr_cont_release_unclaimed();
     /* Where a takeover's time goes, from this process's start to the
@@ -459,8 +461,8 @@ void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int c
         xr_conn_adopt(adopt, adopt_dir);
         xr_frontdoor_each(fd, i) if (fd->adopt) fd->adopt(adopt, adopt_dir);
         xr_w.t_adopted = xr_worker_clock_ms(CLOCK_MONOTONIC);
-        uv_idle_init(&xr_w.loop, &xr_w.adopted);
-        uv_idle_start(&xr_w.adopted, xr_worker_adopted_cb);
+        uv_check_init(&xr_w.loop, &xr_w.adopted);
+        uv_check_start(&xr_w.adopted, xr_worker_adopted_cb);
     }
     if (retiring) {
         /* A replacement for a worker of a retiring generation: it only
