@@ -76,22 +76,7 @@
 #include "proxy/proxy_conf.h"
 #include "relay/conn.h"
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define XR_FZ_ASAN 1
-#endif
-#endif
-#if !defined(XR_FZ_ASAN) && defined(__SANITIZE_ADDRESS__)
-#define XR_FZ_ASAN 1
-#endif
-#ifdef XR_FZ_ASAN
-#include <sanitizer/asan_interface.h>
-#define XR_FZ_POISON(p, n)   ASAN_POISON_MEMORY_REGION(p, n)
-#define XR_FZ_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
-#else
-#define XR_FZ_POISON(p, n)   ((void) (p), (void) (n))
-#define XR_FZ_UNPOISON(p, n) ((void) (p), (void) (n))
-#endif
+#include "wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -100,21 +85,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define XR_FZ_HEADER    4096       /* max_header_size */
 #define XR_FZ_HEAD_CAP  (XR_FZ_HEADER + 512)
 #define XR_FZ_ROUNDS    8 /* conn.c's XR_PUMP_ROUNDS */
-
-#define XR_FZ_CHECK(c)                                                                             \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "fuzz_http.c:%d: invariant failed: %s\n", __LINE__, #c);               \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-#define XR_FZ_FAIL(...)                                                                            \
-    do {                                                                                           \
-        fprintf(stderr, "fuzz_http.c:%d: ", __LINE__);                                             \
-        fprintf(stderr, __VA_ARGS__);                                                              \
-        fputc('\n', stderr);                                                                       \
-        abort();                                                                                   \
-    } while (0)
 
 /* XR_FUZZ_TRACE=1 in the environment prints every step (for a reproducer),
  * XR_FUZZ_TRACE=2 every byte produced as well. */
@@ -177,30 +147,6 @@ static void xr_fz_conf(void)
     /* Log lines are formatted (peers' bytes go into them) but not kept. */
     if (xr_log_open("/dev/null", XR_LOG_INFO) != XR_OK)
         xr_log_set_level(XR_LOG_EMERG);
-}
-
-/* ---- growable byte strings ------------------------------------------------------ */
-
-typedef struct {
-    unsigned char *p;
-    size_t len, cap;
-} xr_fz_buf_t;
-
-static void xr_fz_buf_reserve(xr_fz_buf_t *b, size_t n)
-{
-    if (n <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < n)
-        cap *= 2;
-    b->p = xr_realloc(b->p, cap);
-    b->cap = cap;
-}
-
-static void xr_fz_buf_free(xr_fz_buf_t *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof(*b));
 }
 
 /* ---- heads, as an independent reader sees them ------------------------------------ */
@@ -571,10 +517,7 @@ typedef struct {
 } xr_fz_result_t;
 
 typedef struct {
-    xr_conn_t *c;
-    xr_fz_buf_t sock[2]; /* sent by end d, not yet read (from sock_off) */
-    size_t sock_off[2];
-    int peer_fin[2];    /* end d closed after what it sent */
+    xr_fz_wire_t w;     /* the connection and its sockets */
     int owed[2];        /* process(d) said XR_AGAIN, and nothing has happened since */
     int posted;         /* a pump ran out of rounds */
     xr_fz_buf_t out[2]; /* every byte the stage produced into OUT[d] ... */
@@ -594,14 +537,14 @@ static xr_fz_conn_t *xr_fz_cur;
 
 static int xr_fz_closed(const xr_fz_conn_t *f)
 {
-    return xr_conn_is_closed(f->c);
+    return xr_conn_is_closed(f->w.c);
 }
 
 /* Copy what the stage made in the OUT rings since the last look: it is
  * still there, since what is made and not sent never exceeds a ring. */
 static void xr_fz_capture(xr_fz_conn_t *f)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     for (int d = 0; d < 2; d++) {
         uint64_t made = c->out_made[d];
         XR_FZ_CHECK(made >= c->p->given[1 - d]);
@@ -686,7 +629,7 @@ static void xr_fz_check_refusal(xr_fz_conn_t *f, const xr_fz_http_t *l)
         XR_FZ_FAIL("a %d went out with %llu of %llu forwarded requests answered", l->status,
                    (unsigned long long) f->answered, (unsigned long long) f->up.heads);
     f->refused = 1;
-    f->up_frozen = f->c->out_made[XR_DIR_UP];
+    f->up_frozen = f->w.c->out_made[XR_DIR_UP];
 }
 
 /* The block's log hook: every request's record, written once the client
@@ -695,8 +638,8 @@ static void xr_fz_check_refusal(xr_fz_conn_t *f, const xr_fz_http_t *l)
 static void xr_fz_log_hook(void *conf, void *state, xr_session_t *s)
 {
     xr_fz_conn_t *f = xr_fz_cur;
-    XR_FZ_CHECK(f != NULL && f->c != NULL && s == &f->c->s);
-    xr_conn_t *c = f->c;
+    XR_FZ_CHECK(f != NULL && f->w.c != NULL && s == &f->w.c->s);
+    xr_conn_t *c = f->w.c;
     xr_fz_capture(f);
     xr_fz_http_t rec;
     const xr_fz_http_t *l = xr_fz_http_of(s->record, &rec);
@@ -737,65 +680,6 @@ static void xr_fz_log_hook(void *conf, void *state, xr_session_t *s)
     }
 }
 
-/* ---- rings ------------------------------------------------------------------------ */
-
-static void xr_fz_in_poison(xr_fz_conn_t *f, int poison)
-{
-    for (int d = 0; d < 2; d++) {
-        unsigned char *ring = f->c->ring[XR_RING_IN_UP + d];
-        if (poison)
-            XR_FZ_POISON(ring, f->c->rsize);
-        else
-            XR_FZ_UNPOISON(ring, f->c->rsize);
-    }
-}
-
-/* IN[d] may be read by the stage only in [in_done, taken). */
-static void xr_fz_poison_in(xr_fz_conn_t *f)
-{
-    xr_conn_t *c = f->c;
-    xr_fz_in_poison(f, 1);
-    for (int d = 0; d < 2; d++) {
-        unsigned char *ring = c->ring[XR_RING_IN_UP + d];
-        uint64_t from = c->in_done[d], n = c->p->taken[d] - c->in_done[d];
-        if (n == 0)
-            continue;
-        XR_FZ_CHECK(n <= c->rsize);
-        uint32_t at = (uint32_t) (from % c->rsize);
-        size_t first = (size_t) XR_MIN(n, (uint64_t) (c->rsize - at));
-        XR_FZ_UNPOISON(ring + at, first);
-        if (n > first)
-            XR_FZ_UNPOISON(ring, (size_t) (n - first));
-    }
-}
-
-/* The engine reads what end d sent into IN[d], as far as there is room. */
-static int xr_fz_read(xr_fz_conn_t *f, int d)
-{
-    xr_conn_t *c = f->c;
-    xr_cend_t *src = &c->end[d];
-    if (src->rd_eof)
-        return 0;
-    uint64_t room = c->rsize - (c->p->taken[d] - c->in_done[d]);
-    size_t queued = f->sock[d].len - f->sock_off[d];
-    if (queued == 0) {
-        if (!f->peer_fin[d])
-            return 0;
-        src->rd_eof = 1;
-        return 1;
-    }
-    size_t n = (size_t) XR_MIN((uint64_t) queued, room);
-    if (n == 0)
-        return 0;
-    unsigned char *ring = c->ring[XR_RING_IN_UP + d];
-    XR_FZ_UNPOISON(ring, c->rsize);
-    xr_ring_put(ring, c->rsize, c->p->taken[d], f->sock[d].p + f->sock_off[d], n);
-    f->sock_off[d] += n;
-    c->p->taken[d] += n;
-    xr_fz_poison_in(f);
-    return 1;
-}
-
 /* ---- steps ---------------------------------------------------------------------- */
 
 static void xr_fz_result(const xr_fz_conn_t *f, int rc, xr_fz_result_t *r)
@@ -804,16 +688,16 @@ static void xr_fz_result(const xr_fz_conn_t *f, int rc, xr_fz_result_t *r)
     r->rc = rc;
     r->closed = xr_fz_closed(f);
     for (int d = 0; d < 2; d++) {
-        r->in_done[d] = f->c->in_done[d];
-        r->out_made[d] = f->c->out_made[d];
+        r->in_done[d] = f->w.c->in_done[d];
+        r->out_made[d] = f->w.c->out_made[d];
     }
     r->logs = f->logs;
-    snprintf(r->reason, sizeof(r->reason), "%s", f->c->s.close_reason);
+    snprintf(r->reason, sizeof(r->reason), "%s", f->w.c->s.close_reason);
 }
 
 static int xr_fz_call(xr_fz_conn_t *f, int is_eof, int d)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     int rc;
     if (is_eof) {
         /* eof(DOWN) may write the record of a response that runs until the
@@ -835,16 +719,16 @@ static int xr_fz_call(xr_fz_conn_t *f, int is_eof, int d)
 static void xr_fz_check_record(xr_fz_conn_t *f)
 {
     static xr_conn_t twin;
-    twin = *f->c;
+    twin = *f->w.c;
     twin.hs = NULL;
     if (twin.h->resume(&twin) != XR_OK)
         XR_FZ_FAIL("resume() refused the record just committed");
     for (int d = 0; d < 2; d++) {
-        if (twin.in_done[d] != f->c->in_done[d] || twin.out_made[d] != f->c->out_made[d])
-            XR_FZ_FAIL("committed %s counters %llu/%llu, live %llu/%llu",
-                       d == XR_DIR_UP ? "up" : "down", (unsigned long long) twin.in_done[d],
-                       (unsigned long long) twin.out_made[d], (unsigned long long) f->c->in_done[d],
-                       (unsigned long long) f->c->out_made[d]);
+        if (twin.in_done[d] != f->w.c->in_done[d] || twin.out_made[d] != f->w.c->out_made[d])
+            XR_FZ_FAIL(
+                "committed %s counters %llu/%llu, live %llu/%llu", d == XR_DIR_UP ? "up" : "down",
+                (unsigned long long) twin.in_done[d], (unsigned long long) twin.out_made[d],
+                (unsigned long long) f->w.c->in_done[d], (unsigned long long) f->w.c->out_made[d]);
     }
     twin.h->free(&twin);
 }
@@ -852,15 +736,15 @@ static void xr_fz_check_record(xr_fz_conn_t *f)
 /* The worker is gone: the engine's resumption from the slot. */
 static void xr_fz_resume(xr_fz_conn_t *f)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     for (int d = 0; d < 2; d++) {
         c->in_done[d] = c->out_made[d] = 0xdeadbeefdeadbeefull; /* resume must set them */
         f->owed[d] = 0;
     }
-    xr_fz_in_poison(f, 0);
+    xr_fz_in_poison(&f->w, 0);
     if (xr_conn_detached_resume(c) != XR_OK)
         XR_FZ_FAIL("the committed record does not resume: %s", c->s.close_reason);
-    xr_fz_poison_in(f);
+    xr_fz_poison_in(&f->w);
 }
 
 /* Everything the checks keep across a step, to put back when the step
@@ -875,7 +759,7 @@ typedef struct {
 static void xr_fz_save(xr_fz_conn_t *f, xr_fz_saved_t *s)
 {
     xr_fz_result(f, 0, &s->r);
-    s->seq = f->c->p->commit_seq;
+    s->seq = f->w.c->p->commit_seq;
     s->seg_start = f->seg_start;
     s->answered = f->answered;
     s->up_frozen = f->up_frozen;
@@ -883,7 +767,7 @@ static void xr_fz_save(xr_fz_conn_t *f, xr_fz_saved_t *s)
     s->up = f->up;
     for (int d = 0; d < 2; d++) {
         s->seen[d] = f->seen[d];
-        s->again[d] = f->c->again[d];
+        s->again[d] = f->w.c->again[d];
     }
 }
 
@@ -893,7 +777,7 @@ static void xr_fz_save(xr_fz_conn_t *f, xr_fz_saved_t *s)
 static int xr_fz_redo(xr_fz_conn_t *f, const xr_fz_saved_t *pre, const unsigned char *pre_rec,
                       int is_eof, int d, const xr_fz_result_t *post)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     static unsigned char made[2][XR_FZ_MAX_OUT / 64];
     size_t made_n[2];
     for (int k = 0; k < 2; k++) {
@@ -940,7 +824,7 @@ static int xr_fz_redo(xr_fz_conn_t *f, const xr_fz_saved_t *pre, const unsigned 
 /* One call of the stage, with every check around it. */
 static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     XR_FZ_CHECK(!xr_fz_closed(f));
     static unsigned char pre_rec[XR_PSTATE_MAX];
     static xr_fz_saved_t pre;
@@ -992,7 +876,7 @@ static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
         if (rc == XR_AGAIN)
             f->owed[d] = 1;
     }
-    xr_fz_poison_in(f);
+    xr_fz_poison_in(&f->w);
     xr_fz_check_record(f);
     return rc;
 }
@@ -1003,7 +887,7 @@ static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
  * the connection when the stage is finished or both directions are done. */
 static void xr_fz_end_check(xr_fz_conn_t *f)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     if (xr_fz_closed(f))
         return;
     for (int d = 0; d < 2; d++)
@@ -1024,10 +908,10 @@ static void xr_fz_end_check(xr_fz_conn_t *f)
  * when the input says so). */
 static void xr_fz_pump(xr_fz_conn_t *f, int d)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     int round;
     for (round = 0; round < XR_FZ_ROUNDS && !xr_fz_closed(f); round++) {
-        int moved = xr_fz_read(f, d);
+        int moved = xr_fz_read(&f->w, d);
         int rd_eof = c->end[d].rd_eof;
         if (c->in_done[d] < c->p->taken[d] || (rd_eof && !c->out_closed[d]) || c->again[d]) {
             uint64_t before = c->out_made[0] + c->out_made[1] + c->in_done[d];
@@ -1068,7 +952,7 @@ static void xr_fz_event(xr_fz_conn_t *f, int e)
     }
     f->posted = 0;
     if (!xr_fz_closed(f)) {
-        xr_fz_up_feed(&f->up, &f->out[XR_DIR_UP], f->c->out_made[XR_DIR_UP]);
+        xr_fz_up_feed(&f->up, &f->out[XR_DIR_UP], f->w.c->out_made[XR_DIR_UP]);
         xr_fz_end_check(f);
     }
 }
@@ -1076,7 +960,7 @@ static void xr_fz_event(xr_fz_conn_t *f, int e)
 /* End e reads up to n bytes of what goes to it (OUT[1 - e]). */
 static int xr_fz_drain(xr_fz_conn_t *f, int e, size_t n)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     int d = 1 - e;
     if (xr_fz_closed(f))
         return 0;
@@ -1109,21 +993,21 @@ static void xr_fz_open(xr_fz_conn_t *f, unsigned cfg)
     xr_fz_cur = f;
     xr_fz_rc.buffer_size = 2 * XR_FZ_HEADER + 4096 * (cfg & 3);
     xr_fz_up_init(&f->up);
-    f->c = xr_conn_detached_new(&xr_fz_rt, 1, XR_HTTP_STAGE_PLAIN);
-    XR_FZ_CHECK(!xr_fz_closed(f) && f->c->h != NULL);
+    f->w.c = xr_conn_detached_new(&xr_fz_rt, 1, XR_HTTP_STAGE_PLAIN);
+    XR_FZ_CHECK(!xr_fz_closed(f) && f->w.c->h != NULL);
     /* Through a parent proxy, as the front door's target hook says. */
-    f->c->upstream_idx = (cfg & 4) ? 0 : -1;
-    xr_fz_poison_in(f);
+    f->w.c->upstream_idx = (cfg & 4) ? 0 : -1;
+    xr_fz_poison_in(&f->w);
     xr_fz_check_record(f);
 }
 
 static void xr_fz_shut(xr_fz_conn_t *f)
 {
-    xr_fz_in_poison(f, 0);
-    xr_conn_detached_free(f->c);
-    f->c = NULL;
+    xr_fz_in_poison(&f->w, 0);
+    xr_conn_detached_free(f->w.c);
+    f->w.c = NULL;
     for (int d = 0; d < 2; d++) {
-        xr_fz_buf_free(&f->sock[d]);
+        xr_fz_buf_free(&f->w.sock[d]);
         xr_fz_buf_free(&f->out[d]);
     }
     xr_fz_cur = NULL;
@@ -1146,14 +1030,14 @@ static void xr_fz_op(xr_fz_conn_t *f, int op, const uint8_t *data, size_t size, 
     case 1: {
         n = xr_fz_len(data, size, i);
         n = XR_MIN(n, size - *i);
-        if (!f->peer_fin[op]) { /* nothing after a close */
-            xr_fz_buf_t *s = &f->sock[op];
+        if (!f->w.peer_fin[op]) { /* nothing after a close */
+            xr_fz_buf_t *s = &f->w.sock[op];
             xr_fz_buf_reserve(s, s->len + n + 1);
             memcpy(s->p + s->len, data + *i, n);
             s->len += n;
         }
         *i += n;
-        if (!f->peer_fin[op])
+        if (!f->w.peer_fin[op])
             xr_fz_event(f, op);
         break;
     }
@@ -1165,7 +1049,7 @@ static void xr_fz_op(xr_fz_conn_t *f, int op, const uint8_t *data, size_t size, 
         break;
     case 4:
     case 5:
-        f->peer_fin[op - 4] = 1;
+        f->w.peer_fin[op - 4] = 1;
         xr_fz_event(f, op - 4);
         break;
     case 6:
@@ -1205,9 +1089,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
     }
     if (!xr_fz_closed(&f))
-        xr_fz_up_feed(&f.up, &f.out[XR_DIR_UP], f.c->out_made[XR_DIR_UP]);
+        xr_fz_up_feed(&f.up, &f.out[XR_DIR_UP], f.w.c->out_made[XR_DIR_UP]);
     XR_FZ_TRACE("end: %s%s, %llu requests up, %llu answered, %llu log records\n",
-                xr_fz_closed(&f) ? "closed " : "open", f.c->s.close_reason,
+                xr_fz_closed(&f) ? "closed " : "open", f.w.c->s.close_reason,
                 (unsigned long long) f.up.heads, (unsigned long long) f.answered,
                 (unsigned long long) f.logs.n);
     xr_fz_shut(&f);

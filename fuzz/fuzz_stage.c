@@ -72,45 +72,15 @@
 #include "core/log.h"
 #include "core/frontdoor.h"
 #include "relay/conn.h"
+
+#include "wire.h"
 #include "relay/stage_filter.h"
 #include "tls/record.h"
-
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define XR_FZ_ASAN 1
-#endif
-#endif
-#if !defined(XR_FZ_ASAN) && defined(__SANITIZE_ADDRESS__)
-#define XR_FZ_ASAN 1
-#endif
-#ifdef XR_FZ_ASAN
-#include <sanitizer/asan_interface.h>
-#define XR_FZ_POISON(p, n)   ASAN_POISON_MEMORY_REGION(p, n)
-#define XR_FZ_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
-#else
-#define XR_FZ_POISON(p, n)   ((void) (p), (void) (n))
-#define XR_FZ_UNPOISON(p, n) ((void) (p), (void) (n))
-#endif
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define XR_FZ_MAX_INPUT (1u << 16)
 #define XR_FZ_ROUNDS    8 /* conn.c's XR_PUMP_ROUNDS */
-
-#define XR_FZ_CHECK(c)                                                                             \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "fuzz_stage.c:%d: invariant failed: %s\n", __LINE__, #c);              \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-#define XR_FZ_FAIL(...)                                                                            \
-    do {                                                                                           \
-        fprintf(stderr, "fuzz_stage.c:%d: ", __LINE__);                                            \
-        fprintf(stderr, __VA_ARGS__);                                                              \
-        fputc('\n', stderr);                                                                       \
-        abort();                                                                                   \
-    } while (0)
 
 /* XR_FUZZ_TRACE=1 in the environment prints every step. */
 static int xr_fz_trace;
@@ -182,49 +152,14 @@ static void xr_fz_conf(void)
         xr_log_set_level(XR_LOG_EMERG);
 }
 
-/* ---- growable byte strings ------------------------------------------------------ */
-
-typedef struct {
-    unsigned char *p;
-    size_t len, cap;
-} xr_fz_buf_t;
-
-static void xr_fz_buf_reserve(xr_fz_buf_t *b, size_t n)
-{
-    if (n <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < n)
-        cap *= 2;
-    b->p = xr_realloc(b->p, cap);
-    b->cap = cap;
-}
-
-static void xr_fz_buf_add(xr_fz_buf_t *b, const void *p, size_t n)
-{
-    xr_fz_buf_reserve(b, b->len + n + 1);
-    if (n > 0)
-        memcpy(b->p + b->len, p, n);
-    b->len += n;
-}
-
-static void xr_fz_buf_free(xr_fz_buf_t *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof(*b));
-}
-
 /* ---- the connection --------------------------------------------------------------- */
 
 typedef struct {
-    xr_conn_t *c;
-    int kind; /* XR_FZ_NONE, _PASS, _HOLD */
+    xr_fz_wire_t w; /* the connection and its sockets */
+    int kind;       /* XR_FZ_NONE, _PASS, _HOLD */
     /* The peers: peer[0] the client (of end 0), peer[1] the upstream. */
     xr_rec_t peer[2];
-    xr_fz_buf_t sock[2]; /* sent by end e, not yet read (from sock_off) */
-    size_t sock_off[2];
-    int peer_fin[2]; /* end e closed after what it sent */
-    int posted;      /* a pump ran out of rounds */
+    int posted; /* a pump ran out of rounds */
     /* Direction d: what end d's peer sealed as cleartext before anything
      * that ends the stream (the only bytes end 1 - d may ever open) ... */
     xr_fz_buf_t sent[2];
@@ -242,72 +177,12 @@ typedef struct {
 
 static int xr_fz_closed(const xr_fz_conn_t *f)
 {
-    return xr_conn_is_closed(f->c);
+    return xr_conn_is_closed(f->w.c);
 }
 
 static const char *xr_fz_end(int e)
 {
     return e == 0 ? "client" : "upstream";
-}
-
-/* ---- rings ------------------------------------------------------------------------ */
-
-static void xr_fz_in_poison(xr_fz_conn_t *f, int poison)
-{
-    for (int d = 0; d < 2; d++) {
-        unsigned char *ring = f->c->ring[XR_RING_IN_UP + d];
-        if (poison)
-            XR_FZ_POISON(ring, f->c->rsize);
-        else
-            XR_FZ_UNPOISON(ring, f->c->rsize);
-    }
-}
-
-/* IN[d] may be read by the stage only in [in_done, taken). */
-static void xr_fz_poison_in(xr_fz_conn_t *f)
-{
-    xr_conn_t *c = f->c;
-    xr_fz_in_poison(f, 1);
-    for (int d = 0; d < 2; d++) {
-        unsigned char *ring = c->ring[XR_RING_IN_UP + d];
-        uint64_t from = c->in_done[d], n = c->p->taken[d] - c->in_done[d];
-        if (n == 0)
-            continue;
-        XR_FZ_CHECK(n <= c->rsize);
-        uint32_t at = (uint32_t) (from % c->rsize);
-        size_t first = (size_t) XR_MIN(n, (uint64_t) (c->rsize - at));
-        XR_FZ_UNPOISON(ring + at, first);
-        if (n > first)
-            XR_FZ_UNPOISON(ring, (size_t) (n - first));
-    }
-}
-
-/* The engine reads what end d sent into IN[d], as far as there is room
- * above in_done (conn.c's floor for a connection with a stage). */
-static int xr_fz_read(xr_fz_conn_t *f, int d)
-{
-    xr_conn_t *c = f->c;
-    xr_cend_t *src = &c->end[d];
-    if (src->rd_eof)
-        return 0;
-    uint64_t room = c->rsize - (c->p->taken[d] - c->in_done[d]);
-    size_t queued = f->sock[d].len - f->sock_off[d];
-    if (queued == 0) {
-        if (!f->peer_fin[d])
-            return 0;
-        src->rd_eof = 1;
-        return 1;
-    }
-    size_t n = (size_t) XR_MIN((uint64_t) queued, room);
-    if (n == 0)
-        return 0;
-    unsigned char *ring = c->ring[XR_RING_IN_UP + d];
-    XR_FZ_UNPOISON(ring, c->rsize);
-    xr_ring_put(ring, c->rsize, c->p->taken[d], f->sock[d].p + f->sock_off[d], n);
-    f->sock_off[d] += n;
-    c->p->taken[d] += n;
-    xr_fz_poison_in(f);
-    return 1;
 }
 
 /* ---- steps ---------------------------------------------------------------------- */
@@ -319,21 +194,21 @@ static int xr_fz_read(xr_fz_conn_t *f, int d)
 static void xr_fz_check_record(xr_fz_conn_t *f)
 {
     static xr_conn_t twin;
-    twin = *f->c;
+    twin = *f->w.c;
     twin.hs = NULL;
     if (twin.h->resume(&twin) != XR_OK) {
         if (f->kind != XR_FZ_HOLD ||
-            (!xr_filter_stage_pending(f->c->hs, 0) && !xr_filter_stage_pending(f->c->hs, 1)))
+            (!xr_filter_stage_pending(f->w.c->hs, 0) && !xr_filter_stage_pending(f->w.c->hs, 1)))
             XR_FZ_FAIL("resume() refused the record just committed: %s", twin.s.close_reason);
         twin.h->free(&twin);
         return;
     }
     for (int d = 0; d < 2; d++) {
-        if (twin.in_done[d] != f->c->in_done[d] || twin.out_made[d] != f->c->out_made[d])
-            XR_FZ_FAIL("committed %s counters %llu/%llu, live %llu/%llu",
-                       d == XR_DIR_UP ? "up" : "down", (unsigned long long) twin.in_done[d],
-                       (unsigned long long) twin.out_made[d], (unsigned long long) f->c->in_done[d],
-                       (unsigned long long) f->c->out_made[d]);
+        if (twin.in_done[d] != f->w.c->in_done[d] || twin.out_made[d] != f->w.c->out_made[d])
+            XR_FZ_FAIL(
+                "committed %s counters %llu/%llu, live %llu/%llu", d == XR_DIR_UP ? "up" : "down",
+                (unsigned long long) twin.in_done[d], (unsigned long long) twin.out_made[d],
+                (unsigned long long) f->w.c->in_done[d], (unsigned long long) f->w.c->out_made[d]);
     }
     twin.h->free(&twin);
 }
@@ -343,10 +218,10 @@ static void xr_fz_check_record(xr_fz_conn_t *f)
  * filter held bytes. */
 static int xr_fz_resume(xr_fz_conn_t *f)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     for (int d = 0; d < 2; d++)
         c->in_done[d] = c->out_made[d] = 0xdeadbeefdeadbeefull; /* resume must set them */
-    xr_fz_in_poison(f, 0);
+    xr_fz_in_poison(&f->w, 0);
     if (xr_conn_detached_resume(c) != XR_OK) {
         XR_FZ_TRACE("  resume refused: %s\n", c->s.close_reason);
         if (f->kind != XR_FZ_HOLD || strstr(c->s.close_reason, "held") == NULL)
@@ -354,20 +229,20 @@ static int xr_fz_resume(xr_fz_conn_t *f)
         f->resume_fail = 1;
         return XR_ERROR;
     }
-    xr_fz_poison_in(f);
+    xr_fz_poison_in(&f->w);
     return XR_OK;
 }
 
 static int xr_fz_call(xr_fz_conn_t *f, int is_eof, int d)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     return is_eof ? c->h->eof(c, d) : c->h->process(c, d);
 }
 
 /* One call of the stage, with the checks around it. */
 static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     XR_FZ_CHECK(!xr_fz_closed(f));
     static unsigned char pre_rec[XR_PSTATE_MAX];
     uint64_t pre_in[2], pre_out[2], pre_seq = c->p->commit_seq;
@@ -416,7 +291,7 @@ static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
                        (unsigned long long) (c->out_made[k] - c->p->given[1 - k]), c->rsize);
     }
     XR_FZ_CHECK(rc == XR_OK || rc == XR_AGAIN);
-    xr_fz_poison_in(f);
+    xr_fz_poison_in(&f->w);
     xr_fz_check_record(f);
     return rc;
 }
@@ -428,7 +303,7 @@ static int xr_fz_step(xr_fz_conn_t *f, int is_eof, int d)
  * done. */
 static void xr_fz_end_check(xr_fz_conn_t *f)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     if (xr_fz_closed(f))
         return;
     for (int d = 0; d < 2; d++)
@@ -453,10 +328,10 @@ static void xr_fz_end_check(xr_fz_conn_t *f)
  * read when the input says so). */
 static void xr_fz_pump(xr_fz_conn_t *f, int d)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     int round;
     for (round = 0; round < XR_FZ_ROUNDS && !xr_fz_closed(f); round++) {
-        int moved = xr_fz_read(f, d);
+        int moved = xr_fz_read(&f->w, d);
         int rd_eof = c->end[d].rd_eof;
         if (c->in_done[d] < c->p->taken[d] || (rd_eof && !c->out_closed[d]) || c->again[d]) {
             uint64_t before = c->out_made[0] + c->out_made[1] + c->in_done[d];
@@ -516,7 +391,7 @@ static void xr_fz_seal(xr_fz_conn_t *f, int e, uint8_t type, const unsigned char
         size_t k = XR_MIN(n - done, rs), took = 0;
         size_t w = xr_rec_seal(&f->peer[e], type, p + done, k, rec, sizeof(rec), &took);
         XR_FZ_CHECK(took == k);
-        xr_fz_buf_add(&f->sock[e], rec, w);
+        xr_fz_buf_add(&f->w.sock[e], rec, w);
         done += k;
     } while (done < n);
 }
@@ -536,7 +411,7 @@ static void xr_fz_send(xr_fz_conn_t *f, int e, const unsigned char *p, size_t n,
  * them.  1 if anything moved. */
 static int xr_fz_deliver(xr_fz_conn_t *f, int e, size_t n)
 {
-    xr_conn_t *c = f->c;
+    xr_conn_t *c = f->w.c;
     int d = 1 - e;
     if (xr_fz_closed(f))
         return 0;
@@ -573,7 +448,7 @@ static int xr_fz_deliver(xr_fz_conn_t *f, int e, size_t n)
                     (unsigned long long) f->opened[d]);
         if (r->len > 0)
             XR_FZ_FAIL("%zu bytes after close_notify to the %s", r->len, xr_fz_end(e));
-        if (!f->peer_fin[d] && !f->notified[d])
+        if (!f->w.peer_fin[d] && !f->notified[d])
             XR_FZ_FAIL("close_notify to the %s while the %s goes on", xr_fz_end(e), xr_fz_end(d));
         f->got_notify[d] = 1;
     }
@@ -613,15 +488,15 @@ static void xr_fz_open(xr_fz_conn_t *f, const uint8_t *data, size_t size, size_t
     uint64_t seq = (cfg & 32) ? 0xfffffffeull : 1;
     xr_fz_rc[f->kind].buffer_size = 32768 + 4096 * (int64_t) ((cfg >> 3) & 3);
 
-    f->c = xr_conn_detached_new(&xr_fz_rt[f->kind], 1, 0);
+    f->w.c = xr_conn_detached_new(&xr_fz_rt[f->kind], 1, 0);
     XR_FZ_CHECK(!xr_fz_closed(f));
-    if (f->c->h == NULL) {
+    if (f->w.c->h == NULL) {
         /* A block without data filters: the take-over runs the stage all
          * the same (xr_conn_take makes a "filtered" slot). */
-        f->c->p->filtered = 1;
-        f->c->h = &xr_filter_handler;
+        f->w.c->p->filtered = 1;
+        f->w.c->h = &xr_filter_handler;
     }
-    XR_FZ_CHECK(f->c->h == &xr_filter_handler);
+    XR_FZ_CHECK(f->w.c->h == &xr_filter_handler);
 
     /* The stage's ends: end 0 is the server of the client's handshake,
      * end 1 the client of the upstream's; the peers are the other sides
@@ -660,27 +535,27 @@ static void xr_fz_open(xr_fz_conn_t *f, const uint8_t *data, size_t size, size_t
                 aead == XR_AEAD_AES256GCM ? "aes-gcm" : "chacha",
                 (long long) xr_fz_rc[f->kind].buffer_size, (unsigned long long) seq, h.npending[0],
                 h.npending[1], h.raw[0], h.raw[1]);
-    int rc = xr_filter_stage_take(f->c, &h);
+    int rc = xr_filter_stage_take(f->w.c, &h);
     for (int e = 0; e < 2; e++)
         xr_rec_free(&rec[e]); /* moved into the stage: zeroed */
     if (rc != XR_OK) {
         XR_FZ_CHECK(xr_fz_closed(f));
         return;
     }
-    XR_FZ_CHECK(!xr_fz_closed(f) && f->c->hs != NULL);
-    XR_FZ_CHECK(f->c->s.identity != NULL && strcmp(f->c->s.identity, s.identity) == 0);
-    xr_fz_poison_in(f);
+    XR_FZ_CHECK(!xr_fz_closed(f) && f->w.c->hs != NULL);
+    XR_FZ_CHECK(f->w.c->s.identity != NULL && strcmp(f->w.c->s.identity, s.identity) == 0);
+    xr_fz_poison_in(&f->w);
     xr_fz_check_record(f);
 }
 
 static void xr_fz_shut(xr_fz_conn_t *f)
 {
-    xr_fz_in_poison(f, 0);
-    xr_conn_detached_free(f->c);
-    f->c = NULL;
+    xr_fz_in_poison(&f->w, 0);
+    xr_conn_detached_free(f->w.c);
+    f->w.c = NULL;
     for (int e = 0; e < 2; e++) {
         xr_rec_free(&f->peer[e]);
-        xr_fz_buf_free(&f->sock[e]);
+        xr_fz_buf_free(&f->w.sock[e]);
         xr_fz_buf_free(&f->sent[e]);
         xr_fz_buf_free(&f->rbuf[e]);
     }
@@ -697,7 +572,7 @@ static void xr_fz_op(xr_fz_conn_t *f, uint8_t opb, const uint8_t *data, size_t s
         n = xr_fz_len(data, size, i);
         size_t rs = xr_fz_recsize(xr_fz_byte(data, size, i));
         n = XR_MIN(n, size - *i);
-        if (!f->peer_fin[e])
+        if (!f->w.peer_fin[e])
             xr_fz_send(f, e, data + *i, n, rs);
         *i += n;
         break;
@@ -706,8 +581,8 @@ static void xr_fz_op(xr_fz_conn_t *f, uint8_t opb, const uint8_t *data, size_t s
     case 3:
         n = xr_fz_len(data, size, i);
         n = XR_MIN(n, size - *i);
-        if (!f->peer_fin[e] && n > 0) {
-            xr_fz_buf_add(&f->sock[e], data + *i, n);
+        if (!f->w.peer_fin[e] && n > 0) {
+            xr_fz_buf_add(&f->w.sock[e], data + *i, n);
             f->bad[e] = 1;
         }
         *i += n;
@@ -717,12 +592,12 @@ static void xr_fz_op(xr_fz_conn_t *f, uint8_t opb, const uint8_t *data, size_t s
         n = xr_fz_len(data, size, i);
         size_t at = xr_fz_len(data, size, i);
         n = XR_MIN(n, size - *i);
-        if (!f->peer_fin[e]) {
-            size_t from = f->sock[e].len;
+        if (!f->w.peer_fin[e]) {
+            size_t from = f->w.sock[e].len;
             xr_fz_seal(f, e, XR_REC_TYPE_APPDATA, data + *i, n, XR_REC_MAX_PLAIN);
-            size_t len = f->sock[e].len - from;
+            size_t len = f->w.sock[e].len - from;
             if (len > 0) {
-                f->sock[e].p[from + (at / 8) % len] ^= (unsigned char) (1u << (at % 8));
+                f->w.sock[e].p[from + (at / 8) % len] ^= (unsigned char) (1u << (at % 8));
                 f->bad[e] = 1;
             }
         }
@@ -732,7 +607,7 @@ static void xr_fz_op(xr_fz_conn_t *f, uint8_t opb, const uint8_t *data, size_t s
     case 6:
     case 7: {
         int k = xr_fz_byte(data, size, i) % 4;
-        if (f->peer_fin[e])
+        if (f->w.peer_fin[e])
             break;
         static const unsigned char alerts[4][2] = {{1, 0}, {2, 40}, {0, 0}, {1, 90}};
         static const unsigned char hello[4] = {0, 0, 0, 0}; /* hello_request */
@@ -753,7 +628,7 @@ static void xr_fz_op(xr_fz_conn_t *f, uint8_t opb, const uint8_t *data, size_t s
             xr_fz_event(f, e);
         return;
     case 10:
-    case 11: f->peer_fin[e] = 1; break;
+    case 11: f->w.peer_fin[e] = 1; break;
     case 12:
         if (xr_fz_resume(f) != XR_OK)
             return;
@@ -792,7 +667,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Both peers read until nothing moves (with an event at each end
      * first: bytes sent quietly are read then). */
     for (int k = 0; k < 256 && !xr_fz_closed(&f); k++) {
-        xr_conn_t *c = f.c;
+        xr_conn_t *c = f.w.c;
         uint64_t before = c->p->taken[0] + c->p->taken[1] + c->p->given[0] + c->p->given[1] +
                           c->out_made[0] + c->out_made[1] + c->in_done[0] + c->in_done[1];
         for (int e = 0; e < 2 && !xr_fz_closed(&f); e++)
@@ -810,21 +685,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Nothing bad was sent and the connection was not cut: every byte
      * went through, and a direction whose sender ended is closed. */
     int clean = !f.bad[0] && !f.bad[1] && !f.resume_fail &&
-                (!xr_fz_closed(&f) || (f.c->s.close_reason[0] == '\0' && !f.c->cut));
+                (!xr_fz_closed(&f) || (f.w.c->s.close_reason[0] == '\0' && !f.w.c->cut));
     XR_FZ_TRACE("end: %s%s%s, opened %llu/%zu up, %llu/%zu down\n",
-                xr_fz_closed(&f) ? "closed " : "open", f.c->s.close_reason, clean ? " (clean)" : "",
-                (unsigned long long) f.opened[0], f.sent[0].len, (unsigned long long) f.opened[1],
-                f.sent[1].len);
+                xr_fz_closed(&f) ? "closed " : "open", f.w.c->s.close_reason,
+                clean ? " (clean)" : "", (unsigned long long) f.opened[0], f.sent[0].len,
+                (unsigned long long) f.opened[1], f.sent[1].len);
     for (int d = 0; d < 2 && clean; d++) {
         if (f.kind != XR_FZ_HOLD && f.opened[d] != f.sent[d].len)
             XR_FZ_FAIL("the %s opened %llu of the %zu bytes the %s sent", xr_fz_end(1 - d),
                        (unsigned long long) f.opened[d], f.sent[d].len, xr_fz_end(d));
-        if (f.kind == XR_FZ_HOLD && (f.peer_fin[d] || f.notified[d]) && f.sent[d].len > 0 &&
+        if (f.kind == XR_FZ_HOLD && (f.w.peer_fin[d] || f.notified[d]) && f.sent[d].len > 0 &&
             f.sent[d].p[f.sent[d].len - 1] == '\n' && f.opened[d] != f.sent[d].len)
             XR_FZ_FAIL("the %s opened %llu of the %zu bytes the %s sent, ending in a newline",
                        xr_fz_end(1 - d), (unsigned long long) f.opened[d], f.sent[d].len,
                        xr_fz_end(d));
-        if ((f.peer_fin[d] || f.notified[d]) && !f.got_notify[d])
+        if ((f.w.peer_fin[d] || f.notified[d]) && !f.got_notify[d])
             XR_FZ_FAIL("the %s ended, the %s has no close_notify", xr_fz_end(d), xr_fz_end(1 - d));
     }
     xr_fz_shut(&f);

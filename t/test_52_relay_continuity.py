@@ -328,15 +328,7 @@ def test_idle_connections_give_their_ring_pages_back(xrayd, cleanup):
     """40 connections with continuity each move 256 KiB each way and then
     idle, open: their rings' pages go back (the snapshot file's blocks
     shrink to the slot headers), and bytes flow again afterwards."""
-    def echo(srv, s):
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            s.sendall(d)
-        s.close()
-
-    srv = xf.HandlerServer(echo)
+    srv = xf.EchoServer()
     cleanup.append(srv)
     x = xrayd()
     p = x.listen_port()

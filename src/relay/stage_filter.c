@@ -317,9 +317,6 @@ static int xr_fs_chain(xr_conn_t *c, int d, uint32_t off, size_t n)
     return XR_OK;
 }
 
-/* Take more of IN[d] into the buffer (opening records) and run the
- * chain over it.  XR_OK (more may follow), XR_AGAIN (nothing more to
- * take now), XR_ERROR (c was closed). */
 /* Plain bytes for a TLS end with no filter to run: seal them straight
  * from IN into OUT, committed as they go.  XR_OK when all are in,
  * XR_DECLINED while OUT has no room for more. */
@@ -341,6 +338,9 @@ static int xr_fs_seal_direct(xr_conn_t *c, int d)
     return XR_OK;
 }
 
+/* Take more of IN[d] into the buffer (opening records) and run the
+ * chain over it.  XR_OK (more may follow), XR_AGAIN (nothing more to
+ * take now), XR_ERROR (c was closed). */
 static int xr_fs_take(xr_conn_t *c, int d)
 {
     xr_fstage_t *st = c->hs;
