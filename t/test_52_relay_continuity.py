@@ -352,3 +352,63 @@ def test_idle_connections_give_their_ring_pages_back(xrayd, cleanup):
         c.sendall(b"again\n")
         assert xf.recv_exact(c, 6, timeout=10) == b"again\n"
         c.close()
+
+
+def _echo_round(conns, tag):
+    """Every connection sends a distinct line and gets it back."""
+    for i, c in enumerate(conns):
+        c.sendall(b"%s-%d\n" % (tag, i))
+    for i, c in enumerate(conns):
+        want = b"%s-%d\n" % (tag, i)
+        assert xf.recv_exact(c, len(want), timeout=10) == want, (tag, i)
+
+
+@pytest.mark.timeout(120)
+def test_standby_worker_takes_over(xrayd, cleanup):
+    """With continuity on, the master keeps a standby worker forked ahead:
+    kill -9 of a worker makes that standby (no fork) the replacement,
+    which carries on every connection; a new standby follows, and takes
+    over the next death too.  The standby waited longer than idle_timeout
+    before its takeover: the connections it adopts are not idle for it.
+    A standby that dies is forked again, and nothing else notices."""
+    srv = xf.EchoServer()
+    cleanup.append(srv)
+    x = xrayd()
+    x.allow_log(r"exited on signal 9")
+    x.allow_log(r"standby worker process \d+ exited on a signal")
+    p = x.listen_port()
+    _conf(x, p, srv.port, "    idle_timeout: 2s\n")
+    x.start()
+    xf.wait_until(lambda: x.standby_pids(), 10, what="a standby worker")
+    conns = [xf.connect(p) for _ in range(30)]
+    cleanup.extend(conns)
+    _echo_round(conns, b"before")
+    # Older than idle_timeout, the standby's event loop; the connections
+    # keep talking every half second so none is idle for real.
+    for k in range(5):
+        time.sleep(0.5)
+        _echo_round(conns, b"wait%d" % k)
+    for death in range(2):
+        standby = x.standby_pids()
+        assert len(standby) == 1, standby
+        w = {pid: len(os.listdir("/proc/%d/fd" % pid)) for pid in x.worker_pids()}
+        victim = max(w, key=w.get)
+        os.kill(victim, signal.SIGKILL)
+        x.wait_log(r"standby worker process %d is the new worker, taking over worker %d's "
+                   r"[1-9]\d* connection" % (standby[0], victim), timeout=10)
+        _echo_round(conns, b"after%d" % death)
+        assert standby[0] in x.worker_pids()
+        xf.wait_until(lambda: x.standby_pids() and x.standby_pids() != standby, 10,
+                      what="a new standby worker")
+        # The new standby must have been up long enough to map the stores.
+        time.sleep(0.5)
+        for k in range(3):
+            time.sleep(0.5)
+            _echo_round(conns, b"idle%d-%d" % (death, k))
+    assert not x.log_lines(r"idle for \d+ms, closing|cannot resume|resume failed")
+    standby = x.standby_pids()
+    os.kill(standby[0], signal.SIGKILL)
+    x.wait_log(r"standby worker process %d exited on a signal" % standby[0])
+    xf.wait_until(lambda: x.standby_pids() and x.standby_pids() != standby, 15,
+                  what="the standby forked again")
+    _echo_round(conns, b"end")

@@ -272,9 +272,25 @@ class Xrayd:
                           what="%d log line(s) matching %r" % (count, regex))
 
     def worker_pids(self):
+        """The master's workers, not its standby worker (which serves
+        nothing until a worker dies)."""
         pids = children_of(self.proc.pid)
         self.seen_pids.update(pids)
-        return pids
+        standby = set(self.standby_pids(pids))
+        return [p for p in pids if p not in standby]
+
+    def standby_pids(self, pids=None):
+        """The standby worker, forked ahead of a worker's death when a
+        block has continuity (a list: empty, or one pid)."""
+        out = []
+        for p in children_of(self.proc.pid) if pids is None else pids:
+            try:
+                with open("/proc/%d/cmdline" % p, "rb") as f:
+                    if f.read().startswith(b"xrayd: standby"):
+                        out.append(p)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return out
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

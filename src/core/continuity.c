@@ -7,12 +7,30 @@
 #include "core/log.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
-enum { XR_CONT_HOLD = 1, XR_CONT_DROP, XR_CONT_FROZEN };
+enum { XR_CONT_HOLD = 1, XR_CONT_DROP, XR_CONT_FROZEN, XR_CONT_ORDER, XR_CONT_BATCH_MSG };
+
+/* Connections a message of an order carries: two descriptors each, under
+ * the kernel's limit of 253 a message (SCM_MAX_FD). */
+#define XR_CONT_BATCH 120
+
+typedef struct {
+    uint32_t type; /* XR_CONT_ORDER */
+    uint32_t pad;
+    xr_cont_order_t o;
+} xr_cont_order_msg_t;
+
+typedef struct {
+    uint32_t type; /* XR_CONT_BATCH_MSG */
+    uint32_t n;
+    uint64_t id[XR_CONT_BATCH];
+    uint8_t has[XR_CONT_BATCH][XR_CONT_ENDS]; /* which ends' descriptors follow, in order */
+} xr_cont_batch_t;
 
 typedef struct {
     uint32_t type;
@@ -36,7 +54,6 @@ static struct {
     size_t icap;
     size_t iused; /* index slots not empty: live entries and tombstones */
     xr_channel_t ch[XR_CONT_CHANNELS];
-    pid_t adopt_next; /* the next worker started adopts this one's */
     /* in a worker */
     int wfd;
     pid_t adopting;
@@ -310,18 +327,140 @@ size_t xr_cont_reap(pid_t pid)
     return xr_cont_count_of(pid);
 }
 
-void xr_cont_will_adopt(pid_t dead)
-{
-    xr_ct.adopt_next = dead;
-}
-
 void xr_cont_adopted(pid_t dead, pid_t pid)
 {
     for (size_t i = 0; i < xr_ct.n; i++)
         if (xr_ct.e[i].owner == dead)
             xr_ct.e[i].owner = pid;
-    if (xr_ct.adopt_next == dead)
-        xr_ct.adopt_next = 0;
+}
+
+/* ---- the standby ----------------------------------------------------------- */
+
+static int xr_cont_sendfds(int fd, const void *buf, size_t len, const int *fds, size_t nfds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * XR_CONT_BATCH * XR_CONT_ENDS)];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof(u));
+    struct iovec iov = {(void *) buf, len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds > 0) {
+        mh.msg_control = u.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+    }
+    for (;;) {
+        ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+        if (n == (ssize_t) len)
+            return XR_OK;
+        if (n < 0 && errno == EINTR)
+            continue;
+        return XR_ERROR;
+    }
+}
+
+int xr_cont_send_order(int master_end, xr_cont_order_t *o)
+{
+    xr_cont_order_msg_t m = {.type = XR_CONT_ORDER, .o = *o};
+    m.o.n = (uint32_t) xr_cont_count_of(o->dead);
+    o->n = m.o.n;
+    if (xr_cont_sendfds(master_end, &m, sizeof(m), NULL, 0) != XR_OK)
+        return XR_ERROR;
+    static xr_cont_batch_t b;
+    int fds[XR_CONT_BATCH * XR_CONT_ENDS];
+    size_t nfds = 0;
+    b.type = XR_CONT_BATCH_MSG;
+    b.n = 0;
+    for (size_t i = 0; i < xr_ct.n; i++) {
+        const xr_cont_entry_t *x = &xr_ct.e[i];
+        if (x->owner != o->dead)
+            continue;
+        b.id[b.n] = x->id;
+        for (int k = 0; k < XR_CONT_ENDS; k++) {
+            b.has[b.n][k] = x->fd[k] >= 0;
+            if (x->fd[k] >= 0)
+                fds[nfds++] = x->fd[k];
+        }
+        if (++b.n == XR_CONT_BATCH) {
+            if (xr_cont_sendfds(master_end, &b, sizeof(b), fds, nfds) != XR_OK)
+                return XR_ERROR;
+            b.n = 0;
+            nfds = 0;
+        }
+    }
+    if (b.n > 0 && xr_cont_sendfds(master_end, &b, sizeof(b), fds, nfds) != XR_OK)
+        return XR_ERROR;
+    return XR_OK;
+}
+
+/* One batch of an order into the table.  XR_OK or XR_ERROR. */
+static int xr_cont_recv_batch(pid_t dead, uint32_t *left)
+{
+    static xr_cont_batch_t b;
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * XR_CONT_BATCH * XR_CONT_ENDS)];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {&b, sizeof(b)};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    ssize_t got = recvmsg(xr_ct.wfd, &mh, MSG_CMSG_CLOEXEC);
+    int fds[XR_CONT_BATCH * XR_CONT_ENDS];
+    size_t nfds = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); got > 0 && cm != NULL; cm = CMSG_NXTHDR(&mh, cm))
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            memcpy(fds + nfds, CMSG_DATA(cm), sizeof(int) * XR_MIN(k, XR_ARRAY_SIZE(fds) - nfds));
+            nfds += XR_MIN(k, XR_ARRAY_SIZE(fds) - nfds);
+        }
+    size_t want = 0;
+    int ok = got == (ssize_t) sizeof(b) && b.type == XR_CONT_BATCH_MSG && b.n <= XR_CONT_BATCH &&
+             b.n <= *left && !(mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC));
+    for (uint32_t i = 0; ok && i < b.n; i++)
+        want += (size_t) b.has[i][0] + b.has[i][1];
+    if (!ok || want != nfds) {
+        for (size_t i = 0; i < nfds; i++)
+            close(fds[i]);
+        return XR_ERROR;
+    }
+    size_t at = 0;
+    for (uint32_t i = 0; i < b.n; i++) {
+        int fd[XR_CONT_ENDS];
+        for (int k = 0; k < XR_CONT_ENDS; k++)
+            fd[k] = b.has[i][k] ? fds[at++] : -1;
+        xr_cont_add(b.id[i], dead, fd);
+    }
+    *left -= b.n;
+    return XR_OK;
+}
+
+int xr_cont_wait_order(int ms, xr_cont_order_t *o)
+{
+    struct pollfd pfd = {xr_ct.wfd, POLLIN, 0};
+    int rc = poll(&pfd, 1, ms);
+    if (rc == 0 || (rc < 0 && errno == EINTR))
+        return 0;
+    xr_cont_order_msg_t m;
+    if (rc < 0 || recv(xr_ct.wfd, &m, sizeof(m), 0) != (ssize_t) sizeof(m) ||
+        m.type != XR_CONT_ORDER || m.o.dead <= 0)
+        return -1;
+    *o = m.o;
+    o->dir[sizeof(o->dir) - 1] = '\0';
+    /* The master sends the rest at once; a master that stops half-way
+     * leaves this standby nothing to do. */
+    struct timeval tv = {2, 0};
+    setsockopt(xr_ct.wfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    uint32_t left = o->n;
+    while (left > 0)
+        if (xr_cont_recv_batch(o->dead, &left) != XR_OK)
+            return -1;
+    xr_ct.adopting = o->dead;
+    return 1;
 }
 
 /* ---- worker side --------------------------------------------------------- */

@@ -7,9 +7,10 @@
  * fork) and says when a connection is done.  The kernel keeps a socket
  * open while any process holds it, so when a worker dies - even by
  * SIGKILL - its connections stay established, their unread bytes stay
- * queued, and the replacement that the master forks inherits the
- * duplicates with the rest of the master's memory, maps the dead
- * worker's snapshot and carries on.  A normal close therefore uses
+ * queued, and the replacement - the standby worker below, which the
+ * master sends the duplicates, or else a worker it forks, which inherits
+ * them with the rest of its memory - maps the dead worker's snapshot and
+ * carries on.  A normal close therefore uses
  * shutdown(): close() alone would not send the FIN while the master
  * holds the socket.
  */
@@ -42,10 +43,8 @@ void xr_cont_master_read(int fd);
 /* Worker pid died: read what it still said, close its channel.  Returns
  * how many connections it leaves to adopt. */
 size_t xr_cont_reap(pid_t pid);
-/* The next worker started adopts dead worker pid's connections (the
- * child finds them with xr_cont_adoptions). */
-void xr_cont_will_adopt(pid_t dead);
-/* The child of the fork that adopts has started as pid. */
+/* Worker pid (a forked replacement, or the standby) now serves dead
+ * worker dead's connections. */
 void xr_cont_adopted(pid_t dead, pid_t pid);
 /* Close and forget every connection of pid (nobody will adopt them). */
 void xr_cont_forget(pid_t pid);
@@ -60,6 +59,36 @@ size_t xr_cont_entries(const xr_cont_entry_t **out);
 int xr_cont_all_frozen(void);
 /* The new master's side of an upgrade: hold these (fds are ours now). */
 void xr_cont_add(uint64_t id, pid_t owner, const int fd[XR_CONT_ENDS]);
+
+/* ---- the standby worker ---------------------------------------------------
+ *
+ * A takeover's pause is mostly its first touches of memory: the dead
+ * worker's snapshots, mapped anew, and the new process's own heap.  So
+ * the master keeps one worker forked ahead, the standby, that has done
+ * its start-up, keeps every running worker's snapshots mapped with the
+ * pages a takeover reads in its page tables (relay/snapshot.h,
+ * xr_store_warm), and waits on its channel.  When a worker dies the
+ * master sends the standby the order below, then the dead worker's
+ * descriptors from its table, XR_CONT_BATCH connections a message; the
+ * standby becomes the replacement, and the master forks a new standby
+ * once the takeover is over. */
+
+typedef struct {
+    pid_t dead;       /* the worker whose connections it takes over */
+    int slot;         /* its slot in the shared segment */
+    unsigned singles; /* single-worker front doors it serves too */
+    uint32_t n;       /* connections that follow */
+    char dir[512];    /* where the dead worker's snapshots are */
+} xr_cont_order_t;
+
+/* Master: send order o (o->n filled in here) and the descriptors of
+ * worker o->dead's connections on channel master_end.  XR_OK, or
+ * XR_ERROR: the standby is of no use (the caller kills it). */
+int xr_cont_send_order(int master_end, xr_cont_order_t *o);
+/* Standby: wait up to ms for the order.  1: *o is filled in and the dead
+ * worker's descriptors are in the table (xr_cont_take); 0: none came;
+ * -1: the channel broke (the master is gone). */
+int xr_cont_wait_order(int ms, xr_cont_order_t *o);
 
 /* ---- worker ------------------------------------------------------------ */
 

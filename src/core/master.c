@@ -52,6 +52,102 @@ static int xr_master_nprocs(const xr_gen_t *g)
     return n;
 }
 
+static void xr_master_child_close(void)
+{
+    if (xr__m.admin_fd >= 0)
+        close(xr__m.admin_fd);
+    if (xr__m.up.fd >= 0)
+        close(xr__m.up.fd);
+}
+
+/* Does g want a standby worker: does a block of it keep its connections
+ * across a worker's death? */
+static int xr_master_wants_standby(const xr_gen_t *g)
+{
+    if (xr__m.stopping || xr__m.handed_over || xr__m.up.phase != XR_UP_NONE)
+        return 0;
+    for (size_t i = 0; i < g->nrelays; i++)
+        if (g->relays[i]->continuity)
+            return 1;
+    return 0;
+}
+
+static void xr_master_standby_spawn(xr_gen_t *g)
+{
+    int child_end = -1;
+    int cont_fd = xr_cont_channel(&child_end);
+    if (cont_fd < 0) {
+        xr_log_errno(XR_LOG_ALERT, errno, "cannot make the standby worker's channel");
+        xr__m.standby.due = xr_mono_ms() + XR_RESPAWN_MAX_MS;
+        return;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        xr_log_errno(XR_LOG_ALERT, errno, "fork() failed");
+        close(cont_fd);
+        close(child_end);
+        xr__m.standby.due = xr_mono_ms() + XR_RESPAWN_MAX_MS;
+        return;
+    }
+    if (pid == 0) {
+        xr_master_child_close();
+        xr_worker_standby_main(g, xr__m.sigfd, child_end);
+    }
+    close(child_end);
+    xr_cont_attach(cont_fd, pid);
+    xr__m.standby.pid = pid;
+    xr__m.standby.gen = g;
+    xr__m.standby.cont_fd = cont_fd;
+    xr__m.standby.started = xr_mono_ms();
+    xr_log(XR_LOG_INFO, "start standby worker process %d", (int) pid);
+}
+
+void xr__master_standby_stop(int64_t delay_ms)
+{
+    xr__m.standby.due = xr_mono_ms() + delay_ms;
+    pid_t pid = xr__m.standby.pid;
+    if (pid <= 0)
+        return;
+    kill(pid, SIGTERM);
+    xr_cont_reap(pid); /* its channel; it held nothing */
+    xr__m.standby.pid = 0;
+    xr__m.standby.gen = NULL;
+}
+
+/* Hand dead worker adopt's connections to the standby, as worker slot of
+ * g.  XR_OK, or XR_ERROR when there is none that can (the caller forks). */
+static int xr_master_wake_standby(xr_gen_t *g, int slot, unsigned singles, pid_t adopt,
+                                  const char *adopt_dir)
+{
+    if (xr__m.standby.pid <= 0 || xr__m.standby.gen != g)
+        return XR_ERROR;
+    xr_cont_order_t o = {.dead = adopt, .slot = slot, .singles = singles};
+    snprintf(o.dir, sizeof(o.dir), "%s", adopt_dir);
+    pid_t pid = xr__m.standby.pid;
+    if (xr_cont_send_order(xr__m.standby.cont_fd, &o) != XR_OK) {
+        xr_log_errno(XR_LOG_ALERT, errno, "cannot wake standby worker %d; forking a replacement",
+                     (int) pid);
+        xr__master_standby_stop(XR_STANDBY_AFTER_MS);
+        return XR_ERROR;
+    }
+    xr_cont_adopted(adopt, pid);
+    xr_proc_t *p = &xr__m.procs[slot];
+    p->cont_fd = xr__m.standby.cont_fd;
+    p->singles = singles;
+    p->pid = pid;
+    p->gen = g;
+    p->retiring = 0;
+    p->started = xr__m.standby.started;
+    memset(&xr__m.standby, 0, sizeof(xr__m.standby));
+    xr__m.standby.due = xr_mono_ms() + XR_STANDBY_AFTER_MS;
+    xr_log(XR_LOG_NOTICE,
+           "standby worker process %d is the new worker, taking over worker %d's %u "
+           "connection(s), %lld ms after its death was seen",
+           (int) pid, (int) adopt, o.n, (long long) (xr_mono_ms() - xr__m.reaped_at));
+    xr__m.reaped_at = 0;
+    return XR_OK;
+}
+
 /* Start a worker of g; with adopt, it takes over that dead worker's
  * connections with continuity, and with retiring only those. */
 int xr__master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, int retiring)
@@ -76,6 +172,10 @@ int xr__master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, int re
     for (int i = 0; i < XR_SHM_WORKERS && singles; i++)
         if (xr__m.procs[i].pid > 0 && xr__m.procs[i].gen == g)
             singles &= ~xr__m.procs[i].singles;
+    if (adopt > 0 && !retiring &&
+        xr_master_wake_standby(g, slot, singles, adopt,
+                               adopt_dir ? adopt_dir : g->main.state_dir) == XR_OK)
+        return XR_OK;
     int child_end = -1;
     int cont_fd = xr_cont_channel(&child_end);
     if (cont_fd < 0) {
@@ -90,10 +190,7 @@ int xr__master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, int re
         return XR_ERROR;
     }
     if (pid == 0) {
-        if (xr__m.admin_fd >= 0)
-            close(xr__m.admin_fd);
-        if (xr__m.up.fd >= 0)
-            close(xr__m.up.fd);
+        xr_master_child_close();
         xr_worker_main(g, slot, singles, xr__m.sigfd, child_end, adopt,
                        adopt_dir ? adopt_dir : g->main.state_dir, retiring);
     }
@@ -226,6 +323,16 @@ static void xr_master_reap(void)
             xr__master_upgrade_failed(status);
             continue;
         }
+        if (pid == xr__m.standby.pid) {
+            int64_t lived = xr_mono_ms() - xr__m.standby.started;
+            xr_log(XR_LOG_ALERT, "standby worker process %d exited %s", (int) pid,
+                   WIFSIGNALED(status) ? "on a signal" : "by itself");
+            xr_cont_reap(pid);
+            memset(&xr__m.standby, 0, sizeof(xr__m.standby));
+            xr__m.standby.due = xr_mono_ms() + (lived < XR_RESPAWN_FAST_MS ? XR_RESPAWN_MAX_MS
+                                                                           : XR_STANDBY_AFTER_MS);
+            continue;
+        }
         int slot = -1;
         for (int i = 0; i < XR_SHM_WORKERS; i++)
             if (xr__m.procs[i].pid == pid)
@@ -335,6 +442,8 @@ static void xr_master_reload(void)
     xr__m.respawn_delay = 0;
     xr__m.failed_starts = 0; /* the new configuration gets a fresh count */
 
+    /* The standby serves the old configuration: the next serves g. */
+    xr__master_standby_stop(XR_STANDBY_AFTER_MS);
     /* New workers first: the listening sockets never stop accepting. */
     int n = xr_gen_workers(g);
     for (int i = 0; i < n; i++)
@@ -377,6 +486,7 @@ static void xr_master_handle_signal(int sig)
             break;
         xr_log(XR_LOG_NOTICE, "graceful shutdown requested");
         xr__m.stopping = 1;
+        xr__master_standby_stop(0);
         xr_master_signal_gen(NULL, SIGQUIT, 0);
         xr_listeners_close_unused(NULL, 0); /* new connections are refused */
         break;
@@ -386,6 +496,7 @@ static void xr_master_handle_signal(int sig)
             break;
         xr_log(XR_LOG_NOTICE, "shutting down (signal %d)", sig);
         xr__m.stopping = 2;
+        xr__master_standby_stop(0);
         xr__m.stop_deadline = xr_mono_ms() + XR_FAST_STOP_MS;
         xr_master_signal_gen(NULL, SIGTERM, 0);
         xr_listeners_close_unused(NULL, 0);
@@ -454,6 +565,7 @@ int xr_master_run(xr_gen_t *g, const char *conf_path, int upgrade_fd)
     int n = xr_gen_workers(g);
     for (int i = 0; i < n; i++)
         xr_master_spawn(g);
+    xr__m.standby.due = xr_mono_ms() + XR_STANDBY_AFTER_MS; /* after the workers' start-up */
     /* An old binary had more workers than we start: the rest of its
      * connections get replacements of their own that finish them. */
     while (xr__m.norphans > 0) {
@@ -471,6 +583,12 @@ int xr_master_run(xr_gen_t *g, const char *conf_path, int upgrade_fd)
                 xr_master_spawn(xr__m.gens[0]);
             }
         }
+        int standby_wanted = xr__m.standby.pid == 0 && xr__m.pending_respawn == 0 &&
+                             xr_master_wants_standby(xr__m.gens[0]);
+        if (standby_wanted && now >= xr__m.standby.due) {
+            xr_master_standby_spawn(xr__m.gens[0]);
+            standby_wanted = 0;
+        }
         if (xr__m.stopping == 2 && now >= xr__m.stop_deadline) {
             xr_log(XR_LOG_WARN, "workers did not stop in %dms, killing them", XR_FAST_STOP_MS);
             xr_master_signal_gen(NULL, SIGKILL, 0);
@@ -479,6 +597,10 @@ int xr_master_run(xr_gen_t *g, const char *conf_path, int upgrade_fd)
         int timeout = -1;
         if (xr__m.pending_respawn > 0 && !xr__m.stopping)
             timeout = (int) XR_MAX(0, xr__m.respawn_at - now);
+        if (standby_wanted) {
+            int64_t wait = XR_MAX(0, xr__m.standby.due - now);
+            timeout = timeout < 0 ? (int) wait : XR_MIN(timeout, (int) wait);
+        }
         if (xr__m.stopping == 2)
             timeout = (int) XR_MAX(0, xr__m.stop_deadline - now);
         if (xr__m.up.phase == XR_UP_FREEZING)

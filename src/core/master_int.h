@@ -24,6 +24,10 @@
 
 #define XR_MAX_GENS    16
 #define XR_MAX_ORPHANS 64
+/* The next standby worker forks this long after the last one became a
+ * worker (so that it takes no CPU from the takeover), after a reload, or
+ * after an upgrade that failed. */
+#define XR_STANDBY_AFTER_MS 1000
 
 /* A worker the master started, by its slot in the shared segment. */
 typedef struct {
@@ -74,6 +78,15 @@ typedef struct {
     int64_t started; /* wall ms */
     pid_t upgraded_from;
     int handed_over; /* an upgrade took our connections: we only finish relays */
+    /* The standby worker (core/continuity.h): forked ahead of a worker's
+     * death, it is the replacement that takes over its connections. */
+    struct {
+        pid_t pid;
+        xr_gen_t *gen;
+        int cont_fd;     /* the master's end of its channel */
+        int64_t started; /* ms, monotonic */
+        int64_t due;     /* when to fork the next one (ms, monotonic) */
+    } standby;
     struct {
         int phase;
         pid_t pid; /* the new master */
@@ -91,6 +104,8 @@ extern xr__m_t xr__m;
  * connections with continuity (their stores in adopt_dir), and with retiring
  * only those.  XR_OK or XR_ERROR. */
 int xr__master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, int retiring);
+/* End the standby worker, if any; the next is forked after delay_ms. */
+void xr__master_standby_stop(int64_t delay_ms);
 /* Do workers of the current generation keep dying during start-up?  One
  * that runs past it resets the count. */
 int xr__master_workers_failing(void);

@@ -56,7 +56,12 @@ void xr__master_status(xr_sb_t *b, int json)
                       p->retiring ? "true" : "false", xr_cont_count_of(p->pid));
             first = 0;
         }
-        xr_sb_add(b, "],\"blocks\":[");
+        xr_sb_add(b, "],\"standby\":");
+        if (xr__m.standby.pid > 0)
+            xr_sb_add(b, "%ld", (long) xr__m.standby.pid);
+        else
+            xr_sb_add(b, "null");
+        xr_sb_add(b, ",\"blocks\":[");
         for (size_t i = 0; i < g->nrelays; i++) {
             const xr_relay_conf_t *rc = g->relays[i];
             xr_sb_add(b, "%s{\"name\":", i ? "," : "");
@@ -87,6 +92,8 @@ void xr__master_status(xr_sb_t *b, int json)
         if (xr__m.procs[i].pid > 0)
             xr_sb_add(b, " %ld%s", (long) xr__m.procs[i].pid,
                       xr__m.procs[i].retiring ? " (retiring)" : "");
+    if (xr__m.standby.pid > 0)
+        xr_sb_add(b, "  standby: %ld", (long) xr__m.standby.pid);
     if (failing)
         xr_sb_add(b,
                   "\nWORKERS FAILING: %d workers in a row exited during start-up (the last %s), "

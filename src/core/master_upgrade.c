@@ -57,6 +57,9 @@ void xr__master_upgrade_begin(void)
         _exit(127);
     }
     close(sp[1]);
+    /* The new binary's master keeps a standby of its own; ours comes
+     * back only if the upgrade fails. */
+    xr__master_standby_stop(XR_STANDBY_AFTER_MS);
     xr__m.up.phase = XR_UP_STARTED;
     xr__m.up.pid = pid;
     xr__m.up.fd = sp[0];

@@ -15,6 +15,7 @@
 #include "relay/relay.h"
 #include "tls/tls.h"
 
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -59,6 +60,8 @@ static struct {
     uv_check_t adopted; /* the first turn after taking connections over */
     pid_t adopting;
     double t_start, t_adopt, t_adopted; /* ms on the monotonic clock */
+    double cpu_start;                   /* ms of CPU time at t_start */
+    int standby;                        /* started as the standby */
 } xr_w;
 
 /* ms on clock id, for the log of a takeover's timings. */
@@ -351,6 +354,15 @@ static void xr_worker_adopted_cb(uv_check_t *h)
     uv_check_stop(h);
     double now = xr_worker_clock_ms(CLOCK_MONOTONIC);
     xr_cont_release_unclaimed();
+    if (xr_w.standby) {
+        /* The other workers' stores and the spare heap served their
+         * purpose: glibc's default thresholds again (fixed now, where
+         * they would have adapted), and what is free goes back. */
+        xr_conn_standby_end();
+        mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+        mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+        malloc_trim(0);
+    }
     /* Where a takeover's time goes, from this process's start to the
      * adopted connections' first pumps; the master logs the death and
      * the fork. */
@@ -359,7 +371,7 @@ static void xr_worker_adopted_cb(uv_check_t *h)
            "closing inherited descriptors %.1f ms; %.1f ms CPU",
            (int) xr_w.adopting, xr_w.t_adopt - xr_w.t_start, xr_w.t_adopted - xr_w.t_adopt,
            now - xr_w.t_adopted, xr_worker_clock_ms(CLOCK_MONOTONIC) - now,
-           xr_worker_clock_ms(CLOCK_PROCESS_CPUTIME_ID));
+           xr_worker_clock_ms(CLOCK_PROCESS_CPUTIME_ID) - xr_w.cpu_start);
 }
 
 /* Every front door's exit_worker. */
@@ -370,14 +382,11 @@ static void xr_worker_doors_exit(void)
     xr_conn_worker_exit();
 }
 
-void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int cont_fd, pid_t adopt,
-                    const char *adopt_dir, int retiring)
+/* What a worker sets up before it knows its slot: a standby does this
+ * ahead of a takeover (xr_worker_standby_main). */
+static void xr_worker_prepare(xr_gen_t *g, int close_fd, int cont_fd, pid_t adopt)
 {
-    const xr_frontdoor_t *fd;
-    double t_start = xr_worker_clock_ms(CLOCK_MONOTONIC);
     xr_log_set_pid();
-    xr_proctitle_set("xrayd: worker process");
-    xr_worker_slot = slot;
     if (close_fd >= 0)
         close(close_fd);
     /* The master blocks signals for its signalfd; a worker takes them. */
@@ -394,17 +403,11 @@ void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int c
     xr_cont_child_init(cont_fd, adopt);
 
     memset(&xr_w, 0, sizeof(xr_w));
-    xr_w.t_start = t_start;
     xr_w.gen = g;
     xr_list_init(&xr_w.relays);
     if (uv_loop_init(&xr_w.loop) != 0) {
         xr_log(XR_LOG_EMERG, "uv_loop_init() failed in worker");
         _exit(2);
-    }
-    static const int sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
-    for (size_t i = 0; i < XR_ARRAY_SIZE(sigs); i++) {
-        uv_signal_init(&xr_w.loop, &xr_w.sig[i]);
-        uv_signal_start(&xr_w.sig[i], xr_worker_signal_cb, sigs[i]);
     }
     if (xr_tls_worker_init() != XR_OK) {
         xr_log(XR_LOG_EMERG, "cannot reseed the random generator in the worker");
@@ -422,7 +425,22 @@ void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int c
             xr_log(XR_LOG_EMERG, "filter \"%s\" failed to start in the worker", f->module->name);
             _exit(2);
         }
+}
 
+/* The rest of a worker's life, as worker slot of g (see xr_worker_main). */
+static void xr_worker_serve(xr_gen_t *g, int slot, unsigned singles, pid_t adopt,
+                            const char *adopt_dir, int retiring) __attribute__((noreturn));
+static void xr_worker_serve(xr_gen_t *g, int slot, unsigned singles, pid_t adopt,
+                            const char *adopt_dir, int retiring)
+{
+    const xr_frontdoor_t *fd;
+    xr_proctitle_set("xrayd: worker process");
+    xr_worker_slot = slot;
+    static const int sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
+    for (size_t i = 0; i < XR_ARRAY_SIZE(sigs); i++) {
+        uv_signal_init(&xr_w.loop, &xr_w.sig[i]);
+        uv_signal_start(&xr_w.sig[i], xr_worker_signal_cb, sigs[i]);
+    }
     xr_w.rts = xr_calloc(g->nrelays, sizeof(xr_relay_rt_t));
     size_t nls = 0;
     for (size_t r = 0; r < g->nrelays; r++) {
@@ -497,4 +515,86 @@ void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int c
     xr_worker_doors_exit();
     xr_log(XR_LOG_NOTICE, "worker process exiting");
     exit(0);
+}
+
+void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int cont_fd, pid_t adopt,
+                    const char *adopt_dir, int retiring)
+{
+    double t_start = xr_worker_clock_ms(CLOCK_MONOTONIC);
+    xr_proctitle_set("xrayd: worker process");
+    xr_worker_prepare(g, close_fd, cont_fd, adopt);
+    xr_w.t_start = t_start;
+    xr_worker_serve(g, slot, singles, adopt, adopt_dir, retiring);
+}
+
+/* How often a standby brings the running workers' new connections'
+ * pages in: what a takeover finds cold is at most this old.  A round
+ * costs about a microsecond a live connection, so with very many the
+ * rounds space out to keep the standby under 2% of a core. */
+#define XR_STANDBY_WARM_MS    100
+#define XR_STANDBY_CPU_FACTOR 50
+/* The heap a standby keeps faulted in, per connection its takeover may
+ * bring (a connection object, its handles and filter state), and at most. */
+#define XR_STANDBY_HEAP_PER_CONN 3072
+#define XR_STANDBY_HEAP_MAX      (16u << 20)
+/* glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems (a larger value
+ * is refused, and every large block would be a mapping of its own). */
+#define XR_STANDBY_MMAP_THRESHOLD (32u << 20)
+
+/* Keep at least want bytes of heap faulted in: malloc carves a takeover's
+ * objects out of them instead of faulting pages in while clients wait. */
+static void xr_worker_standby_heap(size_t want)
+{
+    static size_t kept;
+    want = XR_MIN(want, (size_t) XR_STANDBY_HEAP_MAX);
+    if (want <= kept)
+        return;
+    if (kept == 0) {
+        /* From the heap, not a mapping of its own, and not given back
+         * when freed. */
+        mallopt(M_MMAP_THRESHOLD, (int) XR_STANDBY_MMAP_THRESHOLD);
+        mallopt(M_TRIM_THRESHOLD, (int) XR_STANDBY_MMAP_THRESHOLD * 2);
+    }
+    char *p = malloc(want);
+    if (p == NULL)
+        return;
+    /* Not memset: a store the compiler sees freed unread is dropped. */
+    explicit_bzero(p, want);
+    free(p);
+    kept = want;
+}
+
+void xr_worker_standby_main(xr_gen_t *g, int close_fd, int cont_fd)
+{
+    xr_proctitle_set("xrayd: standby worker process");
+    xr_worker_prepare(g, close_fd, cont_fd, 0);
+    /* Nothing to finish: the master's SIGTERM just ends it. */
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
+    xr_cont_order_t o;
+    for (;;) {
+        double t0 = xr_worker_clock_ms(CLOCK_MONOTONIC);
+        size_t live = xr_conn_standby_warm(g->main.state_dir);
+        xr_worker_standby_heap(live * XR_STANDBY_HEAP_PER_CONN);
+        double took = xr_worker_clock_ms(CLOCK_MONOTONIC) - t0;
+        int rc = xr_cont_wait_order(
+            (int) XR_MAX((double) XR_STANDBY_WARM_MS, took * XR_STANDBY_CPU_FACTOR), &o);
+        if (rc < 0)
+            _exit(0);
+        if (rc > 0)
+            break;
+    }
+    /* The loop's clock stopped when it was made, maybe minutes ago: the
+     * connections taken over must not start out that idle. */
+    uv_update_time(&xr_w.loop);
+    xr_w.t_start = xr_worker_clock_ms(CLOCK_MONOTONIC);
+    xr_w.cpu_start = xr_worker_clock_ms(CLOCK_PROCESS_CPUTIME_ID);
+    xr_w.standby = 1;
+    xr_log_reopen(); /* the log may have been rotated meanwhile */
+    xr_log(XR_LOG_NOTICE, "standby worker process takes over worker %d's %u connection(s)",
+           (int) o.dead, o.n);
+    xr_worker_serve(g, o.slot, o.singles, o.dead, o.dir, 0);
 }

@@ -21,6 +21,12 @@ extern int xr_worker_slot;
 void xr_worker_main(xr_gen_t *g, int slot, unsigned singles, int close_fd, int cont_fd, pid_t adopt,
                     const char *adopt_dir, int retiring) __attribute__((noreturn));
 
+/* Run the standby worker of generation g in a freshly forked child
+ * (core/continuity.h): start up, keep the running workers' snapshots
+ * warm, and on the master's order on cont_fd become the replacement of
+ * a dead worker.  Never returns. */
+void xr_worker_standby_main(xr_gen_t *g, int close_fd, int cont_fd) __attribute__((noreturn));
+
 /* A front door took on (or ended) a connection that is not in the relay
  * engine's list: a stopping worker waits for these too. */
 void xr_worker_conn_added(void);

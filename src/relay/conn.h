@@ -216,6 +216,11 @@ void xr_conn_forget(const char *state_dir, pid_t pid);
 /* Take over the connections of dead worker pid (its store in g's
  * state_dir and the sockets the master passed on).  Returns how many. */
 size_t xr_conn_adopt(pid_t dead, const char *state_dir);
+/* The standby worker (core/continuity.h): keep every store in state_dir
+ * warm for a takeover (xr_store_warm); returns their live connections.
+ * xr_conn_standby_end unmaps the ones its takeover did not adopt. */
+size_t xr_conn_standby_warm(const char *state_dir);
+void xr_conn_standby_end(void);
 /* Stop touching every connection (binary upgrade): their state
  * is complete in the store for the new binary. */
 void xr_conn_freeze(void);

@@ -15,6 +15,7 @@
 #include "relay/relay.h"
 
 #include <glob.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -116,11 +117,22 @@ void xr__cn_check_resumed(const xr_conn_t *c, const uint64_t was_taken[2], char 
     }
 }
 
-/* Resume slot p of store s with its sockets fd[]; the kernel says where
- * every byte is (see the comment at the top). */
-static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
+/* A connection being taken over: its slot, its sockets, and where the
+ * kernel says their bytes are. */
+typedef struct {
+    xr_pslot_t *p;
+    int fd[2];
+    xr_conn_t *c; /* NULL until made, and if it was closed on the way */
+    xr_acct_t acct[2];
+    int acct_ok[2];
+} xr_px_taking_t;
+
+/* Resume, first half: the connection object around slot t->p and its
+ * sockets watched; nothing read or written yet. */
+static void xr_px_resume_open(xr_store_t *s, xr_px_taking_t *t)
 {
-    char why[160] = "";
+    xr_pslot_t *p = t->p;
+    const int *fd = t->fd;
     xr_relay_rt_t *rt = xr_px_block(p->block);
     if (rt == NULL) {
         xr_log(XR_LOG_WARN, "*%llu block \"%s\" is gone from the configuration; closing",
@@ -152,15 +164,26 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
         xr_conn_close(c, "the client socket was not handed over");
         return;
     }
+    t->c = c;
+}
+
+/* Resume, second half: carry on where the kernel's counters (t->acct)
+ * say every byte is (see the comment at the top). */
+static void xr_px_resume_run(xr_px_taking_t *t)
+{
+    char why[160] = "";
+    xr_conn_t *c = t->c;
+    xr_pslot_t *p = t->p;
+    const int *fd = t->fd;
     if (p->phase == XR_PHASE_CONNECTING) {
-        xr_acct_t a = {0};
-        if (fd[1] >= 0 && xr_acct(fd[1], &a) == XR_OK && xr_acct_established(a.state)) {
+        const xr_acct_t *a = &t->acct[1];
+        if (fd[1] >= 0 && t->acct_ok[1] && xr_acct_established(a->state)) {
             xr_log_session(XR_LOG_NOTICE, &c->s, "resumed (%u), upstream connected meanwhile",
                            p->resumed);
             xr__cn_connected(c);
             return;
         }
-        if (fd[1] >= 0 && xr_acct_connecting(a.state)) {
+        if (fd[1] >= 0 && t->acct_ok[1] && xr_acct_connecting(a->state)) {
             c->state = XR_PC_CONNECTING;
             uv_timer_start(&c->timer, xr__cn_timer_cb, (uint64_t) c->conf->connect_timeout, 0);
             c->end[1].writable = 1; /* the edge may be gone: look now */
@@ -186,15 +209,15 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
     }
     uint64_t was_taken[2] = {p->taken[0], p->taken[1]};
     for (int e = 0; e < 2; e++) {
-        xr_acct_t a;
-        if (xr_acct(fd[e], &a) != XR_OK) {
+        const xr_acct_t *a = &t->acct[e];
+        if (!t->acct_ok[e]) {
             snprintf(why, sizeof(why), "cannot read the kernel's counters of the %s socket",
                      xr__cn_end_name(e));
             break;
         }
-        p->taken[e] = a.taken - p->rx_base[e];
-        p->given[e] = a.given - p->tx_base[e];
-        c->end[e].wr_shut = a.fin_out;
+        p->taken[e] = a->taken - p->rx_base[e];
+        p->given[e] = a->given - p->tx_base[e];
+        c->end[e].wr_shut = a->fin_out;
         /* What the dead worker read after its last count is lost to the
          * statistics, not counted twice. */
         c->counted[e] = XR_MAX(c->counted[e], p->taken[e]);
@@ -223,6 +246,24 @@ static void xr_px_resume(xr_store_t *s, xr_pslot_t *p, const int fd[2])
     xr__cn_running(c, 0);
 }
 
+typedef struct {
+    xr_px_taking_t *t;
+    size_t n;
+} xr_px_acct_job_t;
+
+/* The kernel's counters of every socket taken over.  Nobody reads or
+ * writes them until every connection is resumed, so the readings hold
+ * whenever they are taken. */
+static void *xr_px_acct_all(void *arg)
+{
+    xr_px_acct_job_t *job = arg;
+    for (size_t i = 0; i < job->n; i++)
+        for (int e = 0; e < 2; e++)
+            job->t[i].acct_ok[e] =
+                job->t[i].fd[e] >= 0 && xr_acct(job->t[i].fd[e], &job->t[i].acct[e]) == XR_OK;
+    return NULL;
+}
+
 /* Take over one store file of a dead worker. */
 static size_t xr_px_adopt_store(pid_t dead, const char *found, const char *state_dir)
 {
@@ -244,31 +285,46 @@ static size_t xr_px_adopt_store(pid_t dead, const char *found, const char *state
     a->store = s;
     a->next = xr__cx.adopted;
     xr__cx.adopted = a;
+    uint32_t live = xr_store_used(s), seen = 0;
+    xr_px_taking_t *t = xr_calloc(XR_MAX(live, 1u), sizeof(*t));
     size_t n = 0;
-    int64_t t0 = 0;
-    for (uint32_t i = 0; i < xr_store_nslots(s); i++) {
+    for (uint32_t i = 0; i < xr_store_nslots(s) && seen < live; i++) {
         if (!xr_store_is_live(s, i))
             continue;
         xr_pslot_t *p = xr_store_slot(s, i);
         if (p->live != XR_PSLOT_LIVE)
             continue;
-        int fd[2];
-        if (!xr_cont_take(p->id, fd)) {
+        seen++;
+        if (!xr_cont_take(p->id, t[n].fd)) {
             /* It died between taking the slot and handing the socket over. */
             xr_log(XR_LOG_NOTICE, "*%llu %s: no socket survived the crash; dropped",
                    (unsigned long long) p->id, p->block);
             xr_store_release(s, p, 0);
             continue;
         }
-        xr_px_resume(s, p, fd);
-        n++;
+        t[n++].p = p;
     }
+    /* Three system calls a socket read its counters, and as many make and
+     * watch its connection: with a thousand connections waiting, the
+     * counters are read on the other core meanwhile. */
+    xr_px_acct_job_t job = {t, n};
+    pthread_t th;
+    int threaded = n >= 64 && pthread_create(&th, NULL, xr_px_acct_all, &job) == 0;
+    for (size_t i = 0; i < n; i++)
+        xr_px_resume_open(s, &t[i]);
+    if (threaded)
+        pthread_join(th, NULL);
+    else
+        xr_px_acct_all(&job);
+    for (size_t i = 0; i < n; i++)
+        if (t[i].c != NULL)
+            xr_px_resume_run(&t[i]);
+    free(t);
     if (xr_store_used(s) == 0) {
         xr__cx.adopted = a->next;
         xr_store_close(s, 1);
         free(a);
     }
-    (void) t0;
     return n;
 }
 
@@ -282,6 +338,25 @@ void xr_conn_forget(const char *state_dir, pid_t pid)
             unlink(gl.gl_pathv[i]);
         globfree(&gl);
     }
+}
+
+size_t xr_conn_standby_warm(const char *state_dir)
+{
+    char pattern[600];
+    snprintf(pattern, sizeof(pattern), "%s/conn-*.snap", state_dir);
+    glob_t gl;
+    size_t live = 0;
+    int rc = glob(pattern, 0, NULL, &gl);
+    if (rc == 0 || rc == GLOB_NOMATCH)
+        live = xr_store_warm(rc == 0 ? gl.gl_pathv : NULL, rc == 0 ? gl.gl_pathc : 0);
+    if (rc == 0)
+        globfree(&gl);
+    return live;
+}
+
+void xr_conn_standby_end(void)
+{
+    xr_store_unwarm();
 }
 
 void xr_conn_store_glob(char *buf, size_t n, const char *state_dir, pid_t pid)

@@ -38,7 +38,23 @@ struct xr_store_s {
      * (ms, never 0), or 0 (its pages are given back, or it is live). */
     uint32_t *kept_since;
     uint32_t nkept;
+    int warm; /* mapped by xr_store_warm: its pages are in already */
 };
+
+/* A store another worker runs, mapped ahead of its death (see
+ * xr_store_warm). */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    unsigned char *base;
+    size_t len;
+    int seen;
+} xr_warm_map_t;
+
+static struct {
+    xr_warm_map_t *m;
+    size_t n, cap;
+} xr_warm;
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels say EINVAL */
@@ -159,6 +175,8 @@ xr_store_t *xr_store_create(const char *path, uint32_t nslots, uint32_t ring, ch
 static int xr_store_slot_live(xr_store_t *s, uint32_t i)
 {
     xr_pslot_t *p = xr_store_slot(s, i);
+    if (s->warm)
+        return p->live == XR_PSLOT_LIVE;
     xr_store_populate(p, offsetof(xr_pslot_t, state));
     if (p->live != XR_PSLOT_LIVE)
         return 0;
@@ -167,26 +185,62 @@ static int xr_store_slot_live(xr_store_t *s, uint32_t i)
     return 1;
 }
 
-xr_store_t *xr_store_open(const char *path, char *err, size_t errlen)
+/* Open path and read its header: the descriptor, or -1 with err. */
+static int xr_store_open_file(const char *path, xr_store_header_t *h, struct stat *st, size_t *len,
+                              char *err, size_t errlen)
 {
     int fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0) {
         snprintf(err, errlen, "cannot open snapshot %s: %s", path, strerror(errno));
-        return NULL;
+        return -1;
     }
-    struct stat st;
-    xr_store_header_t h;
-    if (fstat(fd, &st) != 0 || st.st_size < (off_t) XR_PAGE ||
-        pread(fd, &h, sizeof(h), 0) != (ssize_t) sizeof(h) || h.magic != XR_SNAP_MAGIC ||
-        h.version != XR_SNAP_VERSION || h.ring == 0 || h.ring % XR_PAGE != 0 ||
-        xr_store_nrings(h.slot_size, h.ring) == 0 ||
-        (uint64_t) st.st_size < xr_store_slots_at(h.nslots) + h.slot_size * h.nslots) {
+    if (fstat(fd, st) != 0 || st->st_size < (off_t) XR_PAGE ||
+        pread(fd, h, sizeof(*h), 0) != (ssize_t) sizeof(*h) || h->magic != XR_SNAP_MAGIC ||
+        h->version != XR_SNAP_VERSION || h->ring == 0 || h->ring % XR_PAGE != 0 ||
+        xr_store_nrings(h->slot_size, h->ring) == 0 ||
+        (uint64_t) st->st_size < xr_store_slots_at(h->nslots) + h->slot_size * h->nslots) {
         snprintf(err, errlen, "%s is not a snapshot this xrayd can read", path);
         close(fd);
-        return NULL;
+        return -1;
     }
-    size_t len = xr_store_slots_at(h.nslots) + (size_t) (h.slot_size * h.nslots);
-    xr_store_t *s = xr_store_map(path, fd, len, err, errlen);
+    *len = xr_store_slots_at(h->nslots) + (size_t) (h->slot_size * h->nslots);
+    return fd;
+}
+
+static xr_warm_map_t *xr_warm_find(const struct stat *st)
+{
+    for (size_t i = 0; i < xr_warm.n; i++)
+        if (xr_warm.m[i].dev == st->st_dev && xr_warm.m[i].ino == st->st_ino)
+            return &xr_warm.m[i];
+    return NULL;
+}
+
+static void xr_warm_remove(xr_warm_map_t *w)
+{
+    *w = xr_warm.m[--xr_warm.n];
+}
+
+xr_store_t *xr_store_open(const char *path, char *err, size_t errlen)
+{
+    xr_store_header_t h;
+    struct stat st;
+    size_t len;
+    int fd = xr_store_open_file(path, &h, &st, &len, err, errlen);
+    if (fd < 0)
+        return NULL;
+    xr_store_t *s;
+    xr_warm_map_t *w = xr_warm_find(&st);
+    if (w != NULL && w->len == len) {
+        /* The standby's mapping, its pages in already: the takeover
+         * skips the faults it was made for. */
+        s = xr_calloc(1, sizeof(*s));
+        snprintf(s->path, sizeof(s->path), "%s", path);
+        s->base = w->base;
+        s->len = len;
+        s->warm = 1;
+        xr_warm_remove(w);
+    } else
+        s = xr_store_map(path, fd, len, err, errlen);
     close(fd);
     if (s == NULL)
         return NULL;
@@ -207,6 +261,97 @@ xr_store_t *xr_store_open(const char *path, char *err, size_t errlen)
     }
     s->kept_since = xr_calloc(h.nslots, sizeof(uint32_t));
     return s;
+}
+
+/* Read one byte of every page in [p, p + len): its page table entry is
+ * made now, not when a takeover's clients wait for it. */
+static void xr_warm_touch(const unsigned char *p, size_t len)
+{
+    uintptr_t at = (uintptr_t) p & ~(uintptr_t) (XR_PAGE - 1);
+    for (; at < (uintptr_t) p + len; at += XR_PAGE)
+        (void) __atomic_load_n((const unsigned char *) at, __ATOMIC_RELAXED);
+}
+
+/* The pages of w's live slots that a takeover touches first: the
+ * header, and where each ring is read from and written to next.  The
+ * worker that runs the store writes them meanwhile: what is read here
+ * only picks pages. */
+static size_t xr_warm_slots(xr_warm_map_t *w)
+{
+    const xr_store_header_t *h = (const xr_store_header_t *) w->base;
+    uint32_t nslots = h->nslots, ring = h->ring;
+    uint64_t slot_size = h->slot_size;
+    size_t slots_at = xr_store_slots_at(nslots);
+    if (ring == 0 || slots_at + slot_size * nslots > w->len)
+        return 0;
+    const unsigned char *live = w->base + XR_PAGE;
+    size_t n = 0;
+    for (uint32_t i = 0; i < nslots; i++) {
+        if (__atomic_load_n(&live[i], __ATOMIC_RELAXED) == 0)
+            continue;
+        const xr_pslot_t *p = (const xr_pslot_t *) (w->base + slots_at + slot_size * i);
+        xr_warm_touch((const unsigned char *) p, xr_store_head_size());
+        if (__atomic_load_n(&p->live, __ATOMIC_RELAXED) != XR_PSLOT_LIVE)
+            continue;
+        n++;
+        const unsigned char *rings = (const unsigned char *) p + xr_store_head_size();
+        for (int d = 0; d < 2; d++) {
+            const unsigned char *in = rings + (size_t) d * ring;
+            xr_warm_touch(in + __atomic_load_n(&p->taken[d], __ATOMIC_RELAXED) % ring, 1);
+            xr_warm_touch(in + __atomic_load_n(&p->given[1 - d], __ATOMIC_RELAXED) % ring, 1);
+        }
+    }
+    return n;
+}
+
+size_t xr_store_warm(char *const *paths, size_t npaths)
+{
+    for (size_t i = 0; i < xr_warm.n; i++)
+        xr_warm.m[i].seen = 0;
+    size_t live = 0;
+    for (size_t k = 0; k < npaths; k++) {
+        xr_store_header_t h;
+        struct stat st;
+        size_t len;
+        char err[800];
+        if (stat(paths[k], &st) != 0)
+            continue;
+        xr_warm_map_t *w = xr_warm_find(&st);
+        if (w == NULL) {
+            int fd = xr_store_open_file(paths[k], &h, &st, &len, err, sizeof(err));
+            if (fd < 0)
+                continue; /* still being made, or not ours: looked at again next time */
+            void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            close(fd);
+            if (m == MAP_FAILED)
+                continue;
+            if (xr_warm.n == xr_warm.cap) {
+                xr_warm.cap = xr_warm.cap ? xr_warm.cap * 2 : 8;
+                xr_warm.m = xr_realloc(xr_warm.m, xr_warm.cap * sizeof(*xr_warm.m));
+            }
+            w = &xr_warm.m[xr_warm.n++];
+            *w = (xr_warm_map_t){st.st_dev, st.st_ino, m, len, 0};
+        }
+        w->seen = 1;
+        live += xr_warm_slots(w);
+    }
+    for (size_t i = 0; i < xr_warm.n;) {
+        if (xr_warm.m[i].seen) {
+            i++;
+            continue;
+        }
+        munmap(xr_warm.m[i].base, xr_warm.m[i].len); /* its worker ended */
+        xr_warm_remove(&xr_warm.m[i]);
+    }
+    return live;
+}
+
+void xr_store_unwarm(void)
+{
+    for (size_t i = 0; i < xr_warm.n; i++)
+        munmap(xr_warm.m[i].base, xr_warm.m[i].len);
+    free(xr_warm.m);
+    memset(&xr_warm, 0, sizeof(xr_warm));
 }
 
 void xr_store_close(xr_store_t *s, int unlink_it)

@@ -84,6 +84,19 @@ xr_store_t *xr_store_create(const char *path, uint32_t nslots, uint32_t ring, ch
 /* Map an existing store (a dead worker's, an old binary's).  NULL with
  * err if it is missing or not one. */
 xr_store_t *xr_store_open(const char *path, char *err, size_t errlen);
+/* A standby worker's preparation for a takeover (see core/continuity.h):
+ * map the stores at paths that other workers run, keep their mappings,
+ * and bring into its page tables the pages of their live slots that a
+ * takeover touches first.  A page's first touch in a process is a fault
+ * (13-20 us on a virtual machine, and it does not run faster on two
+ * cores), and a takeover of a thousand connections touches thousands:
+ * done here, beforehand, instead of while their clients wait.  Call it
+ * again and again: connections come and go, and a store no path names
+ * any more is unmapped.  xr_store_open of one of these files uses the
+ * mapping made here.  Returns the live slots seen. */
+size_t xr_store_warm(char *const *paths, size_t npaths);
+/* Unmap every store xr_store_warm mapped and xr_store_open did not take. */
+void xr_store_unwarm(void);
 /* Unmap; with unlink_it, remove the file too. */
 void xr_store_close(xr_store_t *s, int unlink_it);
 

@@ -1,13 +1,15 @@
 /*
  * test_continuity.c: the master's table of held connections, fed through
  * a real worker channel by a forked worker: holds, drops, and churn that
- * never lets the table empty (the index must not fill with tombstones).
+ * never lets the table empty (the index must not fill with tombstones),
+ * and the order that hands a dead worker's sockets to the standby.
  */
 #include "core/xrayd.h"
 #include "core/continuity.h"
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include "unit.h"
 
@@ -84,4 +86,87 @@ TEST(churn_never_fills_the_index)
     xr_cont_reap(pid);
     xr_cont_forget(pid);
     ASSERT_EQ(xr_cont_count(), 0);
+}
+
+/* Fork a standby on a new channel: 0 in the child (which holds none of
+ * the table, as a standby at its start), its pid in the parent, with
+ * *master_end the master's end. */
+static pid_t fork_standby(int *master_end)
+{
+    int child_end;
+    *master_end = xr_cont_channel(&child_end);
+    ASSERT_GE(*master_end, 0);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        close(*master_end);
+        xr_cont_child_init(child_end, 0);
+        return 0;
+    }
+    close(child_end);
+    xr_cont_attach(*master_end, pid);
+    return pid;
+}
+
+/* The order to a standby carries every connection of the dead worker,
+ * more than one message's worth, with the ends it has (one connection
+ * has no upstream socket yet) and none of another worker's: the standby
+ * takes each as the very socket the master holds. */
+TEST(standby_order_carries_the_dead_workers_sockets)
+{
+    enum { N = 300 };
+    int sp[N][2];
+    pid_t dead = 4242, other = 4343;
+    for (int i = 0; i < N; i++) {
+        ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sp[i]), 0);
+        int fd[XR_CONT_ENDS] = {dup(sp[i][0]), i == 7 ? -1 : dup(sp[i][1])};
+        xr_cont_add(1000 + (uint64_t) i, i % 10 == 9 ? other : dead, fd);
+    }
+    int master_end;
+    pid_t pid = fork_standby(&master_end);
+    if (pid == 0) {
+        xr_cont_order_t o;
+        if (xr_cont_wait_order(10, &o) != 0)
+            _exit(1); /* nothing sent yet */
+        if (xr_cont_wait_order(5000, &o) != 1 || o.dead != dead || o.slot != 3 || o.n != 270 ||
+            strcmp(o.dir, "/run/xrayd-test") != 0 || xr_cont_adopting() != dead)
+            _exit(2);
+        for (int i = 0; i < N; i++) {
+            int fd[XR_CONT_ENDS];
+            int held = xr_cont_take(1000 + (uint64_t) i, fd);
+            if (i % 10 == 9) {
+                if (held)
+                    _exit(3); /* another worker's */
+                continue;
+            }
+            struct stat a, b;
+            if (!held || fstat(fd[0], &a) != 0 || fstat(sp[i][0], &b) != 0 || a.st_ino != b.st_ino)
+                _exit(4);
+            if (i == 7
+                    ? fd[1] != -1
+                    : (fstat(fd[1], &a) != 0 || fstat(sp[i][1], &b) != 0 || a.st_ino != b.st_ino))
+                _exit(5);
+        }
+        _exit(0);
+    }
+    usleep(50 * 1000);
+    xr_cont_order_t o = {.dead = dead, .slot = 3, .singles = 0};
+    snprintf(o.dir, sizeof(o.dir), "%s", "/run/xrayd-test");
+    ASSERT_EQ(xr_cont_send_order(master_end, &o), XR_OK);
+    ASSERT_EQ(o.n, 270);
+    ASSERT_CHILD_OK(pid);
+}
+
+/* A master gone before the order (its end closed) leaves the standby
+ * nothing to wait for. */
+TEST(standby_sees_the_master_go)
+{
+    int master_end;
+    pid_t pid = fork_standby(&master_end);
+    if (pid == 0) {
+        xr_cont_order_t o;
+        _exit(xr_cont_wait_order(5000, &o) == -1 ? 0 : 1);
+    }
+    close(master_end);
+    ASSERT_CHILD_OK(pid);
 }

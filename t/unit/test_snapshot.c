@@ -1,7 +1,8 @@
 /*
  * test_snapshot.c: the store file: slots taken and freed, the pages a
  * freed slot keeps for the next connection and gives back when swept,
- * and what another process sees when it opens the store (adoption).
+ * what another process sees when it opens the store (adoption), and a
+ * standby's warm mappings of other workers' stores.
  */
 #include "core/xrayd.h"
 #include "relay/snapshot.h"
@@ -94,9 +95,81 @@ TEST(adopter_sees_live_slots_only)
         xr_store_close(a, 0);
         _exit(found == 100 ? 0 : 3);
     }
-    int status = 0;
-    ASSERT_EQ(waitpid(pid, &status, 0), pid);
-    ASSERT_TRUE(WIFEXITED(status));
-    ASSERT_EQ(WEXITSTATUS(status), 0);
+    ASSERT_CHILD_OK(pid);
     xr_store_close(s, 1);
+}
+
+/* How many of this process's mappings are of path. */
+static int mappings_of(const char *path)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (f == NULL)
+        return -1;
+    char line[1024];
+    int n = 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        n += strstr(line, path) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* A standby maps another process's store ahead (xr_store_warm counts its
+ * live slots as they come and go), and its takeover opens the store
+ * through that mapping, renamed meanwhile, instead of mapping it again. */
+TEST(standby_warms_a_store_and_adopts_through_that_mapping)
+{
+    char path[128], moved[160], err[256];
+    xr_store_t *s = new_store(path, sizeof(path), 300);
+    xr_pslot_t *live[50];
+    for (int i = 0; i < 50; i++)
+        live[i] = take(s, 100 + (uint64_t) i, (char) ('a' + i % 26));
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        char *paths[] = {path};
+        if (xr_store_warm(paths, 1) != 50 || mappings_of(path) != 2)
+            _exit(1);
+        xr_store_release(s, live[0], 0); /* the running worker ends one */
+        if (xr_store_warm(paths, 1) != 49)
+            _exit(2);
+        snprintf(moved, sizeof(moved), "%s.adopted", path);
+        if (rename(path, moved) != 0)
+            _exit(3);
+        xr_store_t *a = xr_store_open(moved, err, sizeof(err));
+        if (a == NULL || xr_store_used(a) != 49 || mappings_of(path) != 2)
+            _exit(4);
+        xr_pslot_t *p = xr_store_slot(a, 1);
+        if (p->id != 101 || xr_store_ring(a, p, XR_RING_IN_UP)[RING - 1] != 'b')
+            _exit(5);
+        /* The warm mapping is the store's now: not unmapped under it. */
+        xr_store_unwarm();
+        if (mappings_of(path) != 2 || p->id != 101)
+            _exit(6);
+        xr_store_close(a, 1);
+        _exit(0);
+    }
+    ASSERT_CHILD_OK(pid);
+    xr_store_close(s, 0);
+}
+
+/* A store whose file is gone (its worker ended) is unmapped at the next
+ * round; a file that is not a store is skipped. */
+TEST(standby_forgets_stores_whose_files_are_gone)
+{
+    char path[128], junk[160];
+    xr_store_t *s = new_store(path, sizeof(path), 10);
+    take(s, 7, 'x');
+    snprintf(junk, sizeof(junk), "%s.junk", path);
+    FILE *f = fopen(junk, "w");
+    ASSERT_NOT_NULL(f);
+    fputs("not a store\n", f);
+    fclose(f);
+    char *paths[] = {path, junk};
+    ASSERT_EQ(xr_store_warm(paths, 2), 1);
+    ASSERT_EQ(mappings_of(path), 2);
+    ASSERT_EQ(mappings_of(junk), 0);
+    xr_store_close(s, 1);
+    ASSERT_EQ(xr_store_warm(paths, 0), 0);
+    ASSERT_EQ(mappings_of(path), 0);
+    unlink(junk);
 }

@@ -192,6 +192,18 @@ __attribute__((unused)) static const char *unit_quote(const char *s, char *buf, 
 
 #define FAIL(...) unit_fail(__FILE__, __LINE__, __VA_ARGS__)
 
+/* Wait for child pid, a test's helper process: it must exit 0 (its other
+ * codes say which of its checks failed). */
+#define ASSERT_CHILD_OK(pid)                                                                       \
+    do {                                                                                           \
+        pid_t unit_pid_ = (pid);                                                                   \
+        int unit_st_ = 0;                                                                          \
+        if (waitpid(unit_pid_, &unit_st_, 0) != unit_pid_)                                         \
+            unit_fail(__FILE__, __LINE__, "waitpid(%d): %s", (int) unit_pid_, strerror(errno));    \
+        if (!WIFEXITED(unit_st_) || WEXITSTATUS(unit_st_) != 0)                                    \
+            unit_fail(__FILE__, __LINE__, "child %s failed: status %#x", #pid, unit_st_);          \
+    } while (0)
+
 /* Skip the rest of this test (reported as "ok N - name # SKIP why"). */
 #define SKIP(why)                                                                                  \
     do {                                                                                           \
