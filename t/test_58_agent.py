@@ -510,3 +510,164 @@ def test_xray_listen_refused(xrayd, pki):
     proc = _xray_listen(x, pki, p, xf.free_port(), cert="relay-a")
     out = proc.communicate(timeout=20)[1]
     assert proc.returncode == 1 and "refused: NOT_AUTHORIZED" in out and "inbound: off" in out, out
+
+
+def _client_env(home, **kw):
+    """The environment of an xray tool that finds everything itself:
+    none of the XRAY_ settings of the test's own environment, HOME set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XRAY_")}
+    env["HOME"] = str(home)
+    env.update(kw)
+    return env
+
+
+def _cat_server(home, cleanup):
+    """`xray listen --exec cat` on a free loopback port, its agent and
+    certificates from the client file under home: (port, process)."""
+    port = xf.free_port()
+    proc = subprocess.Popen([str(th.XRAY), "listen", str(port), "--bind", "127.0.0.1",
+                             "--exec", "cat"], env=_client_env(home),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    cleanup.append(_Reaper(proc))
+    line = _stderr_until(proc, r"fully bound")
+    assert "official 127.0.0.1:%d" % port in line, line
+    return port, proc
+
+
+def test_tools_find_agent_and_certificates_without_flags(xrayd, pki, cleanup, tmp_path):
+    """One client configuration: `xray listen` and `xray connect` with no
+    --agent/--cert/--key/--ca: from ~/.config/xray/client.yaml (relative
+    paths are the file's directory's), from $XRAY_CONFIG, and from the
+    XRAY_* variables, which win over the file; a broken file or a missing
+    setting is an error that says where."""
+    import shutil
+    x = xrayd()
+    p = agent_conf(x, pki, servers='["127.0.0.1/32"]\n    outbound: ["127.0.0.1/32"]')
+    x.start()
+    home = tmp_path / "home"
+    conf_dir = home / ".config" / "xray"
+    conf_dir.mkdir(parents=True)
+    shutil.copy(pki.crt("app-1"), conf_dir / "app.crt")
+    shutil.copy(pki.key("app-1"), conf_dir / "app.key")
+    (conf_dir / "client.yaml").write_text(
+        "agent: 127.0.0.1:%d\nagent_name: localhost\ncert: app.crt\nkey: app.key\n"
+        "ca: %s\n" % (p, pki.ca))
+    port, proc = _cat_server(home, cleanup)
+
+    def connect(env, payload=b"through the client file\n"):
+        return subprocess.run([str(th.XRAY), "connect", "127.0.0.1:%d" % port], env=env,
+                              input=payload, capture_output=True, timeout=30)
+
+    r = connect(_client_env(home))
+    assert r.returncode == 0 and r.stdout == b"through the client file\n", r.stderr
+    # It left its TLS sessions for the next run, the user's alone, and the
+    # next run resumes them: no full handshake with the agent.
+    cache = list((home / ".cache" / "xray").iterdir())
+    assert len(cache) == 1 and (cache[0].stat().st_mode & 0o777) == 0o600, cache
+    assert (cache[0].parent.stat().st_mode & 0o777) == 0o700
+    before = json.loads(xray_status(x, "--json"))["counters"]
+    r = connect(_client_env(home))
+    assert r.returncode == 0 and r.stdout == b"through the client file\n", r.stderr
+    after = json.loads(xray_status(x, "--json"))["counters"]
+    assert after["resumed_handshakes"] > before["resumed_handshakes"], (before, after)
+    assert after["full_handshakes"] == before["full_handshakes"], (before, after)
+    # A session file others may read is not used.
+    cache[0].chmod(0o644)
+    r = connect(_client_env(home))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(xray_status(x, "--json"))["counters"]["full_handshakes"] > \
+        after["full_handshakes"]
+    # $XRAY_CONFIG names another file; the default one is not read then.
+    other = tmp_path / "other.yaml"
+    other.write_text("agent: 127.0.0.1:%d\nagent_name: localhost\ncert: %s\nkey: %s\n"
+                     "ca: %s\n" % (p, pki.crt("app-1"), pki.key("app-1"), pki.ca))
+    r = connect(_client_env(tmp_path / "nohome", XRAY_CONFIG=str(other)))
+    assert r.returncode == 0 and r.stdout == b"through the client file\n", r.stderr
+    # The environment wins over the file.
+    r = connect(_client_env(home, XRAY_CERT=str(tmp_path / "missing.crt")))
+    assert r.returncode == 1 and b"missing.crt" in r.stderr, r.stderr
+    # A broken file says file:line:column.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agent: 127.0.0.1:%d\ncertificate: x.crt\n" % p)
+    r = connect(_client_env(home, XRAY_CONFIG=str(bad)))
+    assert r.returncode == 2 and b'bad.yaml:2:1: unknown setting "certificate"' in r.stderr, \
+        r.stderr
+    r = connect(_client_env(home, XRAY_CONFIG=str(tmp_path / "none.yaml")))
+    assert r.returncode == 2 and b"none.yaml, which does not exist" in r.stderr, r.stderr
+    # Nothing anywhere: the message says where a setting could come from.
+    if not os.path.exists("/etc/xray/client.yaml") and not os.path.exists("/etc/xray/agent"):
+        r = connect(_client_env(tmp_path / "nohome"))
+        assert r.returncode == 2 and b"no agent: give --agent, set $XRAY_AGENT" in r.stderr, \
+            r.stderr
+        r = connect(_client_env(tmp_path / "nohome", XRAY_AGENT="127.0.0.1:%d" % p))
+        assert r.returncode == 2 and b"no cert: give --cert" in r.stderr, r.stderr
+    proc.send_signal(signal.SIGTERM)
+
+
+def test_xray_forward_carries_concurrent_connections(xrayd, pki, cleanup, tmp_path):
+    """`xray forward LOCAL OFFICIAL` (agent and certificates from the
+    client file): 10 connections at once to the local port each reach the
+    server registered by `xray listen` and get their own bytes back, and
+    resume the first connection's TLS session with the agent; with --max 1
+    a second connection is refused while the first is open."""
+    import threading
+    x = xrayd()
+    p = agent_conf(x, pki, servers='["127.0.0.1/32"]\n    outbound: ["127.0.0.1/32"]')
+    x.start()
+    home = tmp_path / "home"
+    (home / ".config" / "xray").mkdir(parents=True)
+    (home / ".config" / "xray" / "client.yaml").write_text(
+        "agent: 127.0.0.1:%d\nagent_name: localhost\ncert: %s\nkey: %s\nca: %s\n"
+        % (p, pki.crt("app-1"), pki.key("app-1"), pki.ca))
+    port, server = _cat_server(home, cleanup)
+
+    def forward(*extra):
+        local = xf.free_port()
+        proc = subprocess.Popen([str(th.XRAY), "forward", str(local), "127.0.0.1:%d" % port,
+                                 *extra], env=_client_env(home), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cleanup.append(_Reaper(proc))
+        line = _stderr_until(proc, r"listening on")
+        assert "listening on %d for 127.0.0.1:%d" % (local, port) in line, line
+        return local
+
+    local = forward()
+    res = [None] * 10
+
+    def one(i):
+        try:
+            payload = os.urandom(200000) + b"end %d\n" % i
+            with socket.create_connection(("127.0.0.1", local), 10) as c:
+                c.settimeout(30)
+                t = threading.Thread(target=lambda: (c.sendall(payload),
+                                                     c.shutdown(socket.SHUT_WR)))
+                t.start()
+                got = xf.recv_all(c, timeout=30)
+                t.join()
+            res[i] = got == payload or "got %d of %d bytes" % (len(got), len(payload))
+        except Exception as e:  # noqa: BLE001 - reported below
+            res[i] = repr(e)
+
+    one(0)  # the first: full handshakes
+    before = json.loads(xray_status(x, "--json"))["counters"]
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert res == [True] * 10, res
+    # The next connections resume the first one's session with the agent.
+    after = json.loads(xray_status(x, "--json"))["counters"]
+    assert after["resumed_handshakes"] - before["resumed_handshakes"] >= 10, (before, after)
+    assert after["full_handshakes"] == before["full_handshakes"], (before, after)
+
+    local = forward("--max", "1")
+    with socket.create_connection(("127.0.0.1", local), 10) as first:
+        first.sendall(b"held\n")
+        assert xf.recv_exact(first, 5, timeout=15) == b"held\n"
+        with socket.create_connection(("127.0.0.1", local), 10) as second:
+            assert xf.closed_by_peer(second, 10)
+        first.sendall(b"still\n")
+        assert xf.recv_exact(first, 6, timeout=15) == b"still\n"
+    server.send_signal(signal.SIGTERM)

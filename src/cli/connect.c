@@ -25,11 +25,13 @@
 static void xr_connect_usage(FILE *out)
 {
     fprintf(out, "usage: xray connect OFFICIAL:PORT [--agent HOST:PORT] [--agent-name NAME]\n"
-                 "                    --cert FILE --key FILE --ca FILE [--udp [--idle MS]]\n"
+                 "                    [--cert FILE --key FILE --ca FILE] [--udp [--idle MS]]\n"
                  "\n"
                  "Connect to a server's official address through the XRAY agent and copy\n"
-                 "stdin to it and its answers to stdout.  The agent is --agent, else\n"
-                 "$XRAY_AGENT, else the first line of /etc/xray/agent.\n"
+                 "stdin to it and its answers to stdout.  What no flag gives comes from\n"
+                 "$XRAY_AGENT, $XRAY_AGENT_NAME, $XRAY_CERT, $XRAY_KEY, $XRAY_CA, then from\n"
+                 "the client file ($XRAY_CONFIG, else ~/.config/xray/client.yaml, else\n"
+                 "/etc/xray/client.yaml), then the agent from /etc/xray/agent.\n"
                  "\n"
                  "  --udp   to a UDP server: each read from stdin is a datagram; after the end\n"
                  "          of stdin, wait for answers until none came for --idle ms (1000)\n");
@@ -94,7 +96,7 @@ int xr_connect_main(int argc, char **argv)
     xr_client_conf_t cf = {.timeout_ms = 10000};
     const char *dst_s = NULL, *idle_s = "1000";
     int udp = 0;
-    char agent_buf[256], err[400];
+    char err[400];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **slot = strcmp(a, "--agent") == 0        ? &cf.agent
@@ -130,11 +132,9 @@ int xr_connect_main(int argc, char **argv)
         fprintf(stderr, "xray connect: --idle takes milliseconds (0-3600000)\n");
         return 2;
     }
-    if (cf.agent == NULL)
-        cf.agent = xr_listen_default_agent(agent_buf, sizeof(agent_buf));
-    if (cf.agent == NULL || cf.cert == NULL || cf.key == NULL || cf.ca == NULL) {
-        fprintf(stderr, "xray connect: needs --cert, --key, --ca and an agent (--agent, "
-                        "$XRAY_AGENT or /etc/xray/agent)\n");
+    static xr_client_conf_buf_t found;
+    if (xr_client_conf_fill(&cf, &found, err, sizeof(err)) < 0) {
+        fprintf(stderr, "xray connect: %s\n", err);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -145,6 +145,11 @@ int xr_connect_main(int argc, char **argv)
     }
     int perr = 0, fd = -1, rc = 1;
     xr_link_t *link = NULL;
+    /* The last run's sessions with this agent: this one resumes them. */
+    char sessions[4096];
+    int keep = xr_client_sessions_path(&cf, sessions, sizeof(sessions)) == 0;
+    if (keep)
+        xr_client_sessions_read(c, sessions);
     if (xr_client_open(c, &perr, err, sizeof(err)) < 0 ||
         xr_client_dial_proto(c, udp ? XR_PROTO_UDP : XR_PROTO_TCP, &dst, &link, &fd, &perr, err,
                              sizeof(err)) < 0) {
@@ -154,6 +159,8 @@ int xr_connect_main(int argc, char **argv)
     }
     fprintf(stderr, "xray connect: connected to %s (%s)\n", dst_s,
             link ? "relayed through the agents" : "directly, same network");
+    if (keep)
+        xr_client_sessions_write(c, sessions);
     /* The control session is not needed any more. */
     xr_client_close(c);
     if (udp)

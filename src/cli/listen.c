@@ -51,16 +51,19 @@ static int64_t xr_now_ms(void)
 static void xr_listen_usage(FILE *out)
 {
     fprintf(out, "usage: xray listen PORT [--bind ADDR] [--agent HOST:PORT] [--agent-name NAME]\n"
-                 "                   --cert FILE --key FILE --ca FILE [--exec CMD]\n"
+                 "                   [--cert FILE --key FILE --ca FILE] [--exec CMD]\n"
                  "                   [--private CIDR[,CIDR...]] [--udp [--idle MS]]\n"
                  "\n"
                  "Listen on PORT, register the socket with the XRAY agent and report its official\n"
                  "address; serve connections on stdin/stdout, or run CMD (sh -c) per connection\n"
                  "with the connection as its stdin and stdout.\n"
                  "\n"
-                 "  --agent     the agent (default: $XRAY_AGENT, else the first line of\n"
-                 "              /etc/xray/agent)\n"
-                 "  --agent-name  the name the agent's certificate carries (default: its host)\n"
+                 "  --agent     the agent; --agent-name the name its certificate carries\n"
+                 "              (default: its host).  What no flag gives comes from\n"
+                 "              $XRAY_AGENT, $XRAY_AGENT_NAME, $XRAY_CERT, $XRAY_KEY, $XRAY_CA,\n"
+                 "              then the client file ($XRAY_CONFIG, else\n"
+                 "              ~/.config/xray/client.yaml, else /etc/xray/client.yaml), then\n"
+                 "              the agent from /etc/xray/agent\n"
                  "  --private   networks whose addresses are private, for the binding state when\n"
                  "              the agent cannot be reached (default: 10/8, 172.16/12,\n"
                  "              192.168/16, 100.64/10, fc00::/7)\n"
@@ -69,22 +72,6 @@ static void xr_listen_usage(FILE *out)
                  "              datagram; with --exec, CMD runs per association and each of\n"
                  "              its writes is one datagram back; without, datagrams go to\n"
                  "              stdout and each read from stdin answers the last peer\n");
-}
-
-const char *xr_listen_default_agent(char *buf, size_t n)
-{
-    const char *e = getenv("XRAY_AGENT");
-    if (e != NULL && e[0] != '\0')
-        return e;
-    FILE *f = fopen("/etc/xray/agent", "re");
-    if (f == NULL)
-        return NULL;
-    char *ok = fgets(buf, (int) n, f);
-    fclose(f);
-    if (ok == NULL)
-        return NULL;
-    buf[strcspn(buf, " \t\r\n")] = '\0';
-    return buf[0] ? buf : NULL;
 }
 
 typedef struct {
@@ -583,7 +570,7 @@ int xr_listen_main(int argc, char **argv)
     int udp = 0;
     const char *private_list = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,"
                                "[fc00::]/7";
-    char agent_buf[256], err[300];
+    char err[300];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **slot = strcmp(a, "--bind") == 0         ? &bind_addr
@@ -617,11 +604,9 @@ int xr_listen_main(int argc, char **argv)
         fprintf(stderr, "xray listen: give a PORT (1-65535)\n");
         return 2;
     }
-    if (cf.agent == NULL)
-        cf.agent = xr_listen_default_agent(agent_buf, sizeof(agent_buf));
-    if (cf.agent == NULL || cf.cert == NULL || cf.key == NULL || cf.ca == NULL) {
-        fprintf(stderr, "xray listen: needs --cert, --key, --ca and an agent (--agent, "
-                        "$XRAY_AGENT or /etc/xray/agent)\n");
+    static xr_client_conf_buf_t found;
+    if (xr_client_conf_fill(&cf, &found, err, sizeof(err)) < 0) {
+        fprintf(stderr, "xray listen: %s\n", err);
         return 2;
     }
     xr_private_t priv;

@@ -10,7 +10,4 @@
 /* argv[0] is "listen".  0, 1 (failure or refusal), 2 (bad usage). */
 int xr_listen_main(int argc, char **argv);
 
-/* The agent from $XRAY_AGENT or /etc/xray/agent (buf holds it), or NULL. */
-const char *xr_listen_default_agent(char *buf, size_t n);
-
 #endif /* XR_LISTEN_H */

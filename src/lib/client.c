@@ -163,6 +163,8 @@ void xr_client_free(xr_client_t *c)
     xr_client_close(c);
     if (c->has_link_session)
         mbedtls_ssl_session_free(&c->link_session);
+    if (c->has_ctl_session)
+        mbedtls_ssl_session_free(&c->ctl_session);
     if (c->sconf_ready) {
         mbedtls_ssl_config_free(&c->sconf);
         mbedtls_ssl_ticket_free(&c->ticket);
@@ -298,6 +300,8 @@ int xr_client_open(xr_client_t *c, int *perr, char *err, size_t errlen)
         return -1;
     }
     mbedtls_ssl_set_bio(&c->ssl, &c->net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
+    if (c->has_ctl_session)
+        mbedtls_ssl_set_session(&c->ssl, &c->ctl_session); /* a failed offer is a full one */
     while ((rc = mbedtls_ssl_handshake(&c->ssl)) != 0) {
         if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
             continue;
@@ -315,6 +319,10 @@ int xr_client_open(xr_client_t *c, int *perr, char *err, size_t errlen)
         return -1;
     }
     c->open = 1;
+    if (c->has_ctl_session)
+        mbedtls_ssl_session_free(&c->ctl_session);
+    mbedtls_ssl_session_init(&c->ctl_session);
+    c->has_ctl_session = mbedtls_ssl_get_session(&c->ssl, &c->ctl_session) == 0;
     xr_identity_t aid;
     const mbedtls_x509_crt *acrt = mbedtls_ssl_get_peer_cert(&c->ssl);
     c->agent_key[0] = '\0';
@@ -400,4 +408,55 @@ int xr_client_next(xr_client_t *c, xr_msg_t *m, int timeout_ms, char *err, size_
         return -1;
     }
     return 1;
+}
+
+/* ---- sessions carried from one client to another ---------------------------- */
+
+/* One session: its length (u16, 0: none) and mbedtls_ssl_session_save's
+ * bytes. */
+static size_t xr_client_session_put(const mbedtls_ssl_session *ss, int has, unsigned char *buf,
+                                    size_t cap)
+{
+    size_t n = 0;
+    if (cap < 2)
+        return 0;
+    if (has && mbedtls_ssl_session_save(ss, buf + 2, cap - 2, &n) != 0)
+        n = 0;
+    if (n > 0xffff)
+        n = 0;
+    buf[0] = (unsigned char) (n >> 8);
+    buf[1] = (unsigned char) n;
+    return 2 + n;
+}
+
+static size_t xr_client_session_get(mbedtls_ssl_session *ss, int *has, const unsigned char *buf,
+                                    size_t len)
+{
+    if (len < 2)
+        return len;
+    size_t n = (size_t) buf[0] << 8 | buf[1];
+    if (n == 0 || n > len - 2)
+        return n > len - 2 ? len : 2;
+    if (*has)
+        mbedtls_ssl_session_free(ss);
+    mbedtls_ssl_session_init(ss);
+    *has = mbedtls_ssl_session_load(ss, buf + 2, n) == 0;
+    if (!*has)
+        mbedtls_ssl_session_free(ss);
+    return 2 + n;
+}
+
+size_t xr_client_sessions_save(const xr_client_t *c, unsigned char *buf, size_t cap)
+{
+    size_t a = xr_client_session_put(&c->ctl_session, c->has_ctl_session, buf, cap);
+    size_t b =
+        a > 0 ? xr_client_session_put(&c->link_session, c->has_link_session, buf + a, cap - a) : 0;
+    return a > 0 && b > 0 ? a + b : 0;
+}
+
+void xr_client_sessions_load(xr_client_t *c, const unsigned char *buf, size_t len)
+{
+    size_t a = xr_client_session_get(&c->ctl_session, &c->has_ctl_session, buf, len);
+    if (a < len)
+        xr_client_session_get(&c->link_session, &c->has_link_session, buf + a, len - a);
 }

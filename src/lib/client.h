@@ -24,11 +24,49 @@ typedef struct {
     int timeout_ms;
 } xr_client_conf_t;
 
+/* Storage for what xr_client_conf_fill finds (cf's strings point here). */
+typedef struct {
+    char agent[256], agent_name[256];
+    char cert[4096], key[4096], ca[4096];
+    char file[4096]; /* the client file read, or "" */
+} xr_client_conf_buf_t;
+
+/* Fill in what cf leaves NULL (the caller's flags win): from the
+ * environment, XRAY_AGENT, XRAY_AGENT_NAME, XRAY_CERT, XRAY_KEY and
+ * XRAY_CA; then from one client file, $XRAY_CONFIG if set, else the first
+ * of ~/.config/xray/client.yaml and /etc/xray/client.yaml that exists (a
+ * YAML mapping of agent, agent_name, cert, key and ca; relative paths
+ * are the file's directory's); then the agent from /etc/xray/agent.  0,
+ * or -1 with err (a file's error says file:line:column; a setting still
+ * missing says where it could come from). */
+int xr_client_conf_fill(xr_client_conf_t *cf, xr_client_conf_buf_t *b, char *err, size_t errlen);
+/* The same for a client file's text alone (for its fuzz target): what
+ * cf leaves NULL is filled from it; 0, or -1 with err. */
+int xr_client_conf_parse(const void *text, size_t len, xr_client_conf_t *cf,
+                         xr_client_conf_buf_t *b, char *err, size_t errlen);
+
 typedef struct xr_client_s xr_client_t;
 
 /* Load the certificates; NULL with the reason in err. */
 xr_client_t *xr_client_new(const xr_client_conf_t *cf, char *err, size_t errlen);
 void xr_client_free(xr_client_t *c);
+
+/* The TLS sessions c holds with its agent (the control connection's and
+ * the relay points'), serialized into buf: their length, or 0 if buf is
+ * too small.  Another client of the same agent loads them to resume
+ * instead of doing full handshakes (a session that does not resume costs
+ * a full handshake, nothing else). */
+size_t xr_client_sessions_save(const xr_client_t *c, unsigned char *buf, size_t cap);
+void xr_client_sessions_load(xr_client_t *c, const unsigned char *buf, size_t len);
+
+/* The same kept in a file between processes: path is the user's file
+ * for cf's agent and certificate ($XDG_CACHE_HOME/xray, else
+ * ~/.cache/xray; 0, or -1 when there is no home to keep it in).  Reading
+ * ignores a file that is missing, broken, or not the user's alone
+ * (0600); writing replaces it whole. */
+int xr_client_sessions_path(const xr_client_conf_t *cf, char *path, size_t n);
+void xr_client_sessions_read(xr_client_t *c, const char *path);
+void xr_client_sessions_write(const xr_client_t *c, const char *path);
 
 /* Connect, handshake and HELLO.  0, or -1 with the reason in err and, if
  * the agent refused, its code in *perr (else 0). */

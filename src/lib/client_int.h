@@ -53,9 +53,12 @@ struct xr_client_s {
         int64_t until;
     } expect[XR_EXPECT_MAX];
     size_t nexpect;
-    /* The last session with the agent's relay points (mode 2 links). */
+    /* The last session with the agent's relay points (mode 2 links),
+     * and with the agent itself (the control connection). */
     mbedtls_ssl_session link_session;
     int has_link_session;
+    mbedtls_ssl_session ctl_session;
+    int has_ctl_session;
 };
 
 struct xr_link_s {
