@@ -32,6 +32,7 @@ GCM_CORPUS = REPO / "fuzz" / "corpus" / "gcm"
 PROTO_CORPUS = REPO / "fuzz" / "corpus" / "proto"
 HTTP_CORPUS = REPO / "fuzz" / "corpus" / "http"
 STAGE_CORPUS = REPO / "fuzz" / "corpus" / "stage"
+CLIENT_CORPUS = REPO / "fuzz" / "corpus" / "client"
 
 TIMEOUT = 600
 
@@ -200,4 +201,15 @@ def test_fuzz_stage_corpus_replays(tmp_path):
     files = sorted(p for p in STAGE_CORPUS.iterdir() if p.is_file())
     assert files, "empty corpus: %s" % STAGE_CORPUS
     failed = _replay_each(_build_replay("fuzz_stage", tmp_path), files)
+    assert not failed, "\n".join(failed)
+
+
+def test_fuzz_client_conf_corpus_replays(tmp_path):
+    """fuzz/fuzz_client_conf.c: libxray's client file parser takes every
+    committed file (good, unknown keys, lists, nested mappings, aliases,
+    two documents) without a crash, sets only strings in their buffers,
+    and says what is wrong when it refuses."""
+    files = sorted(p for p in CLIENT_CORPUS.iterdir() if p.is_file())
+    assert files, "empty corpus: %s" % CLIENT_CORPUS
+    failed = _replay_each(_build_replay("fuzz_client_conf", tmp_path), files)
     assert not failed, "\n".join(failed)
