@@ -363,14 +363,30 @@ def _echo_round(conns, tag):
         assert xf.recv_exact(c, len(want), timeout=10) == want, (tag, i)
 
 
+def _chat_until(conns, pred, what, tag, timeout=20):
+    """Echo a round on every connection each 0.3 s until pred() holds:
+    waiting, the connections must not sit idle."""
+    end = time.monotonic() + timeout
+    k = 0
+    while True:
+        v = pred()
+        if v:
+            return v
+        assert time.monotonic() < end, "timed out waiting for %s" % what
+        _echo_round(conns, b"%s%d" % (tag, k))
+        k += 1
+        time.sleep(0.3)
+
+
 @pytest.mark.timeout(120)
 def test_standby_worker_takes_over(xrayd, cleanup):
     """With continuity on, the master keeps a standby worker forked ahead:
     kill -9 of a worker makes that standby (no fork) the replacement,
     which carries on every connection; a new standby follows, and takes
-    over the next death too.  The standby waited longer than idle_timeout
-    before its takeover: the connections it adopts are not idle for it.
-    A standby that dies is forked again, and nothing else notices."""
+    over the next death too.  Each standby waited longer than idle_timeout
+    before its takeover, while the connections kept talking: they are not
+    idle for it.  A standby that dies is forked again, and nothing else
+    notices."""
     srv = xf.EchoServer()
     cleanup.append(srv)
     x = xrayd()
@@ -379,18 +395,14 @@ def test_standby_worker_takes_over(xrayd, cleanup):
     p = x.listen_port()
     _conf(x, p, srv.port, "    idle_timeout: 2s\n")
     x.start()
-    xf.wait_until(lambda: x.standby_pids(), 10, what="a standby worker")
     conns = [xf.connect(p) for _ in range(30)]
     cleanup.extend(conns)
-    _echo_round(conns, b"before")
-    # Older than idle_timeout, the standby's event loop; the connections
-    # keep talking every half second so none is idle for real.
-    for k in range(5):
-        time.sleep(0.5)
-        _echo_round(conns, b"wait%d" % k)
+    standby = _chat_until(conns, x.standby_pids, "a standby worker", b"start")
     for death in range(2):
-        standby = x.standby_pids()
         assert len(standby) == 1, standby
+        # Older than idle_timeout, the standby's event loop.
+        t0 = time.monotonic()
+        _chat_until(conns, lambda: time.monotonic() - t0 > 2.5, "time", b"wait")
         w = {pid: len(os.listdir("/proc/%d/fd" % pid)) for pid in x.worker_pids()}
         victim = max(w, key=w.get)
         os.kill(victim, signal.SIGKILL)
@@ -398,17 +410,13 @@ def test_standby_worker_takes_over(xrayd, cleanup):
                    r"[1-9]\d* connection" % (standby[0], victim), timeout=10)
         _echo_round(conns, b"after%d" % death)
         assert standby[0] in x.worker_pids()
-        xf.wait_until(lambda: x.standby_pids() and x.standby_pids() != standby, 10,
-                      what="a new standby worker")
-        # The new standby must have been up long enough to map the stores.
-        time.sleep(0.5)
-        for k in range(3):
-            time.sleep(0.5)
-            _echo_round(conns, b"idle%d-%d" % (death, k))
+        standby = _chat_until(
+            conns, lambda: x.standby_pids() if x.standby_pids() not in ([], standby) else None,
+            "a new standby worker", b"next%d-" % death)
     assert not x.log_lines(r"idle for \d+ms, closing|cannot resume|resume failed")
-    standby = x.standby_pids()
     os.kill(standby[0], signal.SIGKILL)
     x.wait_log(r"standby worker process %d exited on a signal" % standby[0])
-    xf.wait_until(lambda: x.standby_pids() and x.standby_pids() != standby, 15,
-                  what="the standby forked again")
+    _chat_until(conns,
+                lambda: x.standby_pids() if x.standby_pids() not in ([], standby) else None,
+                "the standby forked again", b"again")
     _echo_round(conns, b"end")
