@@ -40,6 +40,11 @@ Phases, all clients in namespace a, all bounded in count and time:
      utime+stime(+cutime+cstime) of each agent's process tree (master + workers)
      before and after: CPU-s per GB relayed.  The same transfer direct, for the
      throughput comparison.
+  4. xray forward: `xray forward` runs in a (the agent and app-1's certificate
+     given as flags); N_FWD connections through it, one at a time and
+     interleaved with direct ones: connect, a 1 KiB echo, close, timed whole,
+     as curl through it would see it.  Its connections resume its TLS sessions
+     with agent A (the first connection's).
 TLS session resumption: every client (the bench clients in a, the server's links in
 b) keeps the session of its last connection to each address and offers it (Python:
 wrap_socket(session=...), xray_load: mbedtls_ssl_set_session); the agents resume
@@ -318,7 +323,17 @@ class Client:
         info["cipher"] = s.cipher()[0]
         return s, None, info
 
+    def forward_conn(self, timeout=30):
+        """A plain TCP connection to `xray forward` in this namespace, which
+        carries it to the official address through the agents."""
+        s = socket.create_connection(hp(self.cfg["forward"]), timeout)
+        nodelay(s)
+        s.settimeout(timeout)
+        return s, None, {}
+
     def open(self, path, timeout=30):
+        if path == "forward":
+            return self.forward_conn(timeout)
         return self.xray(timeout) if path == "xray" else self.direct_conn(timeout)
 
 
@@ -383,6 +398,42 @@ def cmd_workload(cfg):
             log("workload: phase time bound (%ds) reached, stopping" % cfg["phase_secs"])
             break
     return {"records": recs, "seconds": time.monotonic() - t_phase}
+
+
+def cmd_seq(cfg):
+    """Phase 4: n connections per path, one at a time and interleaved (forward,
+    direct, forward, ...): connect, a 1 KiB echo, close.  Each record is the
+    whole time, as curl through `xray forward` would see it."""
+    cl = Client(cfg)
+    recs = []
+    deadline = time.monotonic() + cfg["phase_secs"]
+    block = os.urandom(1024)
+    for i in range(cfg["warmup"] + cfg["n"]):
+        for path in ("forward", "direct"):
+            t0 = time.monotonic()
+            rec = {"path": path, "warmup": i < cfg["warmup"], "ok": False}
+            c = ctl = None
+            try:
+                c, ctl, _ = cl.open(path)
+                c.sendall(b"E" + struct.pack(">Q", len(block)) + block)
+                got = b""
+                while len(got) < len(block):
+                    d = c.recv(len(block) - len(got))
+                    if not d:
+                        raise EOFError("closed after %d of %d echoed bytes" % (len(got),
+                                                                               len(block)))
+                    got += d
+                rec["ok"] = got == block
+                rec["ms"] = (time.monotonic() - t0) * 1e3
+            except (OSError, EOFError, ssl.SSLError, RuntimeError) as e:
+                rec["error"] = "%s: %s" % (type(e).__name__, e)
+            finally:
+                _close(c, ctl)
+            recs.append(rec)
+        if time.monotonic() > deadline:
+            log("seq: phase time bound (%ds) reached, stopping" % cfg["phase_secs"])
+            break
+    return {"records": recs}
 
 
 def cmd_concurrency(cfg):
@@ -806,6 +857,7 @@ class Bench:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.out = Path(os.environ.get("BENCH_OUT") or "/tmp/xrayd-bench-xray.%s" % stamp)
         self.n_conn = env_int("N_CONN", 100)
+        self.n_fwd = env_int("N_FWD", 100)
         self.warmup = env_int("WARMUP", 3)
         self.mean_gap_ms = env_float("MEAN_GAP_MS", 50)
         self.seed = env_int("SEED", 1)
@@ -1178,6 +1230,33 @@ class Bench:
                                  else r.get("error", "sink got %s" % r.get("sink_got"))))
         self.save("bulk", bulk)
 
+        log("phase 4: %d (+%d warm-up) sequential connections through `xray forward` in a, "
+            "interleaved with direct ones" % (self.n_fwd, self.warmup))
+        fport = 8500
+        fwd = t.popen("a", [str(self.xray), "forward", "127.0.0.1:%d" % fport,
+                            self.ccfg["official"], "--agent", self.ccfg["agent"],
+                            "--agent-name", self.ccfg["agent_name"], "--cert", self.ccfg["crt"],
+                            "--key", self.ccfg["key"], "--ca", self.ccfg["ca"]],
+                      stderr=open(self.out / "logs" / "forward.stderr", "w"),
+                      env=dict(os.environ, HOME=str(self.out)))
+        try:
+            def listening():
+                text = (self.out / "logs" / "forward.stderr").read_text()
+                if fwd.poll() is not None:
+                    raise RuntimeError("xray forward exited: " + text[-2000:])
+                return "listening on" in text
+            wait_for(listening, 20, "xray forward")
+            seq = self.client(t, "seq", {"n": self.n_fwd, "warmup": self.warmup,
+                                         "forward": "127.0.0.1:%d" % fport},
+                              timeout=self.phase_secs + 120)
+        finally:
+            fwd.send_signal(signal.SIGTERM)
+            try:
+                fwd.wait(10)
+            except subprocess.TimeoutExpired:
+                fwd.kill()
+        self.save("forward", seq)
+
     # -- the report --
 
     def report(self):
@@ -1270,6 +1349,20 @@ class Bench:
               for p in ("xray", "direct")}
         rows.append(("concurrent connections failed", "%d/%d" % (cfail["xray"], cn["xray"]),
                      "%d/%d" % (cfail["direct"], cn["direct"]), "", "0"))
+
+        # xray forward, as curl through it would see it
+        fw = [r for r in self.raw.get("forward", {}).get("records", []) if not r["warmup"]]
+        fok = {p: [r["ms"] for r in fw if r["path"] == p and r["ok"]]
+               for p in ("forward", "direct")}
+        fx = statistics.median(fok["forward"]) if fok["forward"] else None
+        fd = statistics.median(fok["direct"]) if fok["direct"] else None
+        rf = ratio(fx, fd)
+        row("xray forward: connect + 1 KiB echo, median ms", fx, fd, rf,
+            "<= 2x direct%s (sequential, sessions resumed)" % verdict(rf, 2.0))
+        rows.append(("xray forward: connections ok / attempted",
+                     "%d/%d" % (len(fok["forward"]), sum(r["path"] == "forward" for r in fw)),
+                     "%d/%d" % (len(fok["direct"]), sum(r["path"] == "direct" for r in fw)),
+                     "", "all"))
 
         # CPU and throughput
         b = self.raw.get("bulk", {})
@@ -1443,6 +1536,7 @@ class Bench:
 
 def main():
     cmds = {"workload": cmd_workload, "concurrency": cmd_concurrency, "bulk": cmd_bulk,
+            "seq": cmd_seq,
             "xserve": cmd_xserve, "dserve": cmd_dserve}
     if len(sys.argv) > 2 and sys.argv[1] in cmds:
         res = cmds[sys.argv[1]](json.loads(sys.argv[2]))

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <strings.h>
 #include <sys/time.h>
@@ -281,6 +282,12 @@ int xr__client_answer(xr_client_t *c, uint32_t id, xr_msg_t *reply, int *perr, c
     }
 }
 
+void xr__nodelay(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
 int xr_client_open(xr_client_t *c, int *perr, char *err, size_t errlen)
 {
     char why[160];
@@ -292,6 +299,7 @@ int xr_client_open(xr_client_t *c, int *perr, char *err, size_t errlen)
         snprintf(err, errlen, "cannot connect to the agent at %s: %s", c->cf.agent, why);
         return -1;
     }
+    xr__nodelay(c->net.fd);
     if ((rc = mbedtls_ssl_setup(&c->ssl, &c->conf)) != 0 ||
         (rc = mbedtls_ssl_set_hostname(&c->ssl, c->cf.agent_name ? c->cf.agent_name : c->host)) !=
             0) {

@@ -68,6 +68,11 @@ struct xr_link_s {
 
 /* client.c */
 int64_t xr__client_now_ms(void);
+/* TCP_NODELAY on fd: a handshake's flights and the protocol's small
+ * frames are written in pieces, and Nagle's algorithm holds the last
+ * piece back until the peer's delayed ACK (about 40 ms) - three times
+ * per connection before this was set. */
+void xr__nodelay(int fd);
 void xr__mberr(int rc, char *buf, size_t n);
 /* Send one frame on the control connection.  0, or -1 with err. */
 int xr__client_send(xr_client_t *c, const xr_msg_t *m, char *err, size_t errlen);

@@ -148,6 +148,7 @@ int xr_client_accept_link(xr_client_t *c, int fd, xr_link_t **link, xr_msg_t *in
     mbedtls_net_init(&l->net);
     mbedtls_ssl_init(&l->ssl);
     l->net.fd = fd;
+    xr__nodelay(fd);
     int rc;
     if (mbedtls_ssl_setup(&l->ssl, &c->sconf) != 0) {
         snprintf(err, errlen, "TLS setup failed");

@@ -41,6 +41,7 @@ static int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errl
             close(fd);
         return -1;
     }
+    xr__nodelay(fd);
     return fd;
 }
 
