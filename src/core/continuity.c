@@ -336,16 +336,20 @@ void xr_cont_adopted(pid_t dead, pid_t pid)
 
 /* ---- the standby ----------------------------------------------------------- */
 
+/* One message on a channel, with nfds descriptors (at most a batch's).
+ * The channels are blocking with a 1 MiB buffer and a 1 s send timeout:
+ * a master that cannot keep up slows new connections down rather than
+ * losing their continuity. */
 static int xr_cont_sendfds(int fd, const void *buf, size_t len, const int *fds, size_t nfds)
 {
     union {
         char buf[CMSG_SPACE(sizeof(int) * XR_CONT_BATCH * XR_CONT_ENDS)];
         struct cmsghdr align;
     } u;
-    memset(&u, 0, sizeof(u));
     struct iovec iov = {(void *) buf, len};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
     if (nfds > 0) {
+        memset(u.buf, 0, CMSG_SPACE(sizeof(int) * nfds));
         mh.msg_control = u.buf;
         mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
@@ -554,33 +558,7 @@ static int xr_cont_send(const xr_cont_msg_t *m, int fd)
 {
     if (xr_ct.wfd < 0)
         return XR_ERROR;
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    memset(&u, 0, sizeof(u));
-    struct iovec iov = {(void *) m, sizeof(*m)};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (fd >= 0) {
-        mh.msg_control = u.buf;
-        mh.msg_controllen = sizeof(u.buf);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &fd, sizeof(int));
-    }
-    /* The channel is blocking with a 1 MiB buffer and a 1 s send timeout:
-     * a master that cannot keep up slows new connections down rather
-     * than losing their continuity. */
-    for (;;) {
-        ssize_t n = sendmsg(xr_ct.wfd, &mh, MSG_NOSIGNAL);
-        if (n == (ssize_t) sizeof(*m))
-            return XR_OK;
-        if (n < 0 && errno == EINTR)
-            continue;
-        return XR_ERROR;
-    }
+    return xr_cont_sendfds(xr_ct.wfd, m, sizeof(*m), &fd, fd >= 0);
 }
 
 int xr_cont_hold(uint64_t id, int which, int fd)

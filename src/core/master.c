@@ -52,12 +52,34 @@ static int xr_master_nprocs(const xr_gen_t *g)
     return n;
 }
 
-static void xr_master_child_close(void)
+/* Fork a worker (or the standby) with a continuity channel of its own:
+ * -1 (logged) on failure; in the child 0, with *child_end its end of the
+ * channel and the master's own descriptors closed; in the master the
+ * child's pid, with *cont_fd the master's end, attached to it. */
+static pid_t xr_master_fork(int *cont_fd, int *child_end)
 {
-    if (xr__m.admin_fd >= 0)
-        close(xr__m.admin_fd);
-    if (xr__m.up.fd >= 0)
-        close(xr__m.up.fd);
+    *cont_fd = xr_cont_channel(child_end);
+    if (*cont_fd < 0) {
+        xr_log_errno(XR_LOG_ALERT, errno, "cannot make a continuity channel");
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        xr_log_errno(XR_LOG_ALERT, errno, "fork() failed");
+        close(*cont_fd);
+        close(*child_end);
+        return -1;
+    }
+    if (pid == 0) {
+        if (xr__m.admin_fd >= 0)
+            close(xr__m.admin_fd);
+        if (xr__m.up.fd >= 0)
+            close(xr__m.up.fd);
+        return 0;
+    }
+    close(*child_end);
+    xr_cont_attach(*cont_fd, pid);
+    return pid;
 }
 
 /* Does g want a standby worker: does a block of it keep its connections
@@ -74,27 +96,14 @@ static int xr_master_wants_standby(const xr_gen_t *g)
 
 static void xr_master_standby_spawn(xr_gen_t *g)
 {
-    int child_end = -1;
-    int cont_fd = xr_cont_channel(&child_end);
-    if (cont_fd < 0) {
-        xr_log_errno(XR_LOG_ALERT, errno, "cannot make the standby worker's channel");
-        xr__m.standby.due = xr_mono_ms() + XR_RESPAWN_MAX_MS;
-        return;
-    }
-    pid_t pid = fork();
+    int cont_fd, child_end;
+    pid_t pid = xr_master_fork(&cont_fd, &child_end);
     if (pid < 0) {
-        xr_log_errno(XR_LOG_ALERT, errno, "fork() failed");
-        close(cont_fd);
-        close(child_end);
         xr__m.standby.due = xr_mono_ms() + XR_RESPAWN_MAX_MS;
         return;
     }
-    if (pid == 0) {
-        xr_master_child_close();
+    if (pid == 0)
         xr_worker_standby_main(g, xr__m.sigfd, child_end);
-    }
-    close(child_end);
-    xr_cont_attach(cont_fd, pid);
     xr__m.standby.pid = pid;
     xr__m.standby.gen = g;
     xr__m.standby.cont_fd = cont_fd;
@@ -176,26 +185,13 @@ int xr__master_spawn_for(xr_gen_t *g, pid_t adopt, const char *adopt_dir, int re
         xr_master_wake_standby(g, slot, singles, adopt,
                                adopt_dir ? adopt_dir : g->main.state_dir) == XR_OK)
         return XR_OK;
-    int child_end = -1;
-    int cont_fd = xr_cont_channel(&child_end);
-    if (cont_fd < 0) {
-        xr_log_errno(XR_LOG_ALERT, errno, "cannot make a continuity channel");
+    int cont_fd, child_end;
+    pid_t pid = xr_master_fork(&cont_fd, &child_end);
+    if (pid < 0)
         return XR_ERROR;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        xr_log_errno(XR_LOG_ALERT, errno, "fork() failed");
-        close(cont_fd);
-        close(child_end);
-        return XR_ERROR;
-    }
-    if (pid == 0) {
-        xr_master_child_close();
+    if (pid == 0)
         xr_worker_main(g, slot, singles, xr__m.sigfd, child_end, adopt,
                        adopt_dir ? adopt_dir : g->main.state_dir, retiring);
-    }
-    close(child_end);
-    xr_cont_attach(cont_fd, pid);
     if (adopt > 0)
         xr_cont_adopted(adopt, pid);
     xr__m.procs[slot].cont_fd = cont_fd;
