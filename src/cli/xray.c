@@ -7,6 +7,7 @@
 #include "core/xrayd.h"
 #include "cli/connect.h"
 #include "cli/forward.h"
+#include "cli/helper.h"
 #include "cli/listen.h"
 #include "cli/pki.h"
 #include "cli/status.h"
@@ -28,6 +29,7 @@ static const xr_xray_cmd_t xr_xray_cmds[] = {
     {"pki", xr_pki_main, "make a CA, issue agent and application certificates, show identities"},
     {"connect", xr_connect_main, "connect to an official address through the agents"},
     {"forward", xr_forward_main, "carry a local port's connections to an official address"},
+    {"helper", xr_helper_main, "carry an application's connections for libxray (started by it)"},
     {"listen", xr_listen_main, "serve on a port bound through the agent (stdin/stdout or --exec)"},
     {"status", xr_status_main, "show an agent's registrations, sessions and counters"},
 };

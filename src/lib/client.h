@@ -104,6 +104,30 @@ int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int 
 int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_link_t **link,
                          int *fd, int *perr, char *err, size_t errlen);
 
+/* The same in steps, for a client shared by threads under their lock:
+ * xr_client_route (lock held) asks the agent and, for a relayed route,
+ * brings up the TLS part of the link (*tls); xr_link_join (no lock: it
+ * touches only the link) presents the token and waits for the end-to-end
+ * acknowledgement, which may take as long as the far side does. */
+typedef struct {
+    int mode;        /* XR_CONNECT_DIRECT or XR_CONNECT_RELAY */
+    xr_paddr_t addr; /* DIRECT: the server's local address; RELAY: the relay point */
+    uint8_t token[XR_PROTO_TOKEN];
+    char key[65]; /* the relay point's key (hex) */
+} xr_route_t;
+int xr_client_route(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_route_t *rt,
+                    xr_link_t **tls, int *perr, char *err, size_t errlen);
+/* TCP and TLS to a relay point, offering the session of the last link
+ * (check_name: the agent's name must be on its certificate; else the
+ * caller checks its key when joining); NULL with err. */
+xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, char *err,
+                       size_t errlen);
+/* On a link whose TLS is up: the relay point's key (hex; NULL: its name
+ * was checked), LINK with token, LINK_OK, ACK both ways.  Frees tls on
+ * failure. */
+xr_link_t *xr_link_join(xr_link_t *tls, const uint8_t *token, const char *want_key, char *err,
+                        size_t errlen);
+
 /* The largest UDP payload (IPv4's). */
 #define XR_UDP_MAX 65507
 
@@ -125,6 +149,11 @@ int xr_client_next(xr_client_t *c, xr_msg_t *m, int timeout_ms, char *err, size_
  * xr_client_from_agent).  0, or -1 with err. */
 int xr_client_take(xr_client_t *c, const xr_msg_t *incoming, xr_link_t **link, char *err,
                    size_t errlen);
+/* The same in steps, for a client shared by threads: under the lock,
+ * the answer and, in mode 2, the TLS part of the link (*tls, else NULL);
+ * then xr_link_join(tls, incoming's token, NULL, ...) without it. */
+int xr_client_take_begin(xr_client_t *c, const xr_msg_t *incoming, xr_link_t **tls, char *err,
+                         size_t errlen);
 /* Is a connection accepted on the server socket from the agent (a mode
  * 1 link) rather than from a direct client?  By its source address: the
  * agent dials from the address the control connection reaches it at. */

@@ -53,9 +53,10 @@ static int xr_client_expected(xr_client_t *c, const uint8_t *token, xr_msg_t *in
     return 0;
 }
 
-int xr_client_take(xr_client_t *c, const xr_msg_t *in, xr_link_t **link, char *err, size_t errlen)
+int xr_client_take_begin(xr_client_t *c, const xr_msg_t *in, xr_link_t **tls, char *err,
+                         size_t errlen)
 {
-    *link = NULL;
+    *tls = NULL;
     xr_msg_t ok = {.type = XR_MSG_INCOMING_OK};
     ok.u.done.id = in->u.incoming.id;
     if (xr__client_send(c, &ok, err, errlen) < 0) {
@@ -68,8 +69,19 @@ int xr_client_take(xr_client_t *c, const xr_msg_t *in, xr_link_t **link, char *e
     }
     /* Mode 2, maybe after a mode 1 whose link the agent could not open. */
     xr_client_expected(c, in->u.incoming.token, NULL);
-    *link = xr__link_open(c, &in->u.incoming.addr, in->u.incoming.token, NULL, err, errlen);
-    return *link != NULL ? 0 : -1;
+    *tls = xr_link_tls(c, &in->u.incoming.addr, 1, err, errlen);
+    return *tls != NULL ? 0 : -1;
+}
+
+int xr_client_take(xr_client_t *c, const xr_msg_t *in, xr_link_t **link, char *err, size_t errlen)
+{
+    xr_link_t *tls;
+    *link = NULL;
+    if (xr_client_take_begin(c, in, &tls, err, errlen) < 0)
+        return -1;
+    if (tls != NULL && (*link = xr_link_join(tls, in->u.incoming.token, NULL, err, errlen)) == NULL)
+        return -1;
+    return 0;
 }
 
 int xr_client_from_agent(const xr_client_t *c, const struct sockaddr_storage *peer)

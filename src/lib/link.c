@@ -118,10 +118,8 @@ int xr__key_is(const mbedtls_ssl_context *ssl, const char *want)
            strcasecmp(id.pubkey_sha256, want) == 0;
 }
 
-/* TCP and TLS to a relay point (offering the session of the last
- * link); NULL with err. */
-static xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, char *err,
-                              size_t errlen)
+xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, char *err,
+                       size_t errlen)
 {
     xr_link_t *l = calloc(1, sizeof(*l));
     if (l == NULL) {
@@ -162,11 +160,8 @@ fail:
     return NULL;
 }
 
-/* On a link whose TLS is up: the relay point's key (hex, from
- * CONNECT_OK; NULL: its name was checked), LINK, LINK_OK, ACK both ways.
- * Frees l on failure. */
-static xr_link_t *xr_link_join(xr_link_t *l, const uint8_t *token, const char *want_key, char *err,
-                               size_t errlen)
+xr_link_t *xr_link_join(xr_link_t *l, const uint8_t *token, const char *want_key, char *err,
+                        size_t errlen)
 {
     if (want_key != NULL && !xr__key_is(&l->ssl, want_key)) {
         snprintf(err, errlen, "the relay point's certificate is not the agent's");
@@ -215,11 +210,10 @@ int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int 
     return xr_client_dial_proto(c, XR_PROTO_TCP, dst, link, fd, perr, err, errlen);
 }
 
-int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_link_t **link,
-                         int *fd, int *perr, char *err, size_t errlen)
+int xr_client_route(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_route_t *rt,
+                    xr_link_t **tls, int *perr, char *err, size_t errlen)
 {
-    *link = NULL;
-    *fd = -1;
+    *tls = NULL;
     *perr = 0;
     if (!c->open) {
         snprintf(err, errlen, "not connected to the agent");
@@ -254,21 +248,37 @@ int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_li
         snprintf(err, errlen, "the agent answered CONNECT with %s", xr_proto_type_name(r.type));
         return -1;
     }
-    if (early != NULL && (r.u.connect_ok.mode != XR_CONNECT_RELAY ||
-                          memcmp(&r.u.connect_ok.addr, &at, sizeof(at)) != 0)) {
+    rt->mode = r.u.connect_ok.mode;
+    rt->addr = r.u.connect_ok.addr;
+    memcpy(rt->token, r.u.connect_ok.token, XR_PROTO_TOKEN);
+    sodium_bin2hex(rt->key, sizeof(rt->key), r.u.connect_ok.peer_key,
+                   sizeof(r.u.connect_ok.peer_key));
+    if (early != NULL &&
+        (rt->mode != XR_CONNECT_RELAY || memcmp(&rt->addr, &at, sizeof(at)) != 0)) {
         xr__link_free(early);
         early = NULL;
     }
-    if (r.u.connect_ok.mode == XR_CONNECT_DIRECT) {
-        *fd = proto == XR_PROTO_UDP
-                  ? xr_udp_to(&r.u.connect_ok.addr, err, errlen)
-                  : xr_tcp_to(&r.u.connect_ok.addr, c->cf.timeout_ms, err, errlen);
+    if (rt->mode != XR_CONNECT_RELAY)
+        return 0;
+    *tls = early ? early : xr_link_tls(c, &rt->addr, 0, err, errlen);
+    return *tls != NULL ? 0 : -1;
+}
+
+int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_link_t **link,
+                         int *fd, int *perr, char *err, size_t errlen)
+{
+    xr_route_t rt;
+    xr_link_t *tls;
+    *link = NULL;
+    *fd = -1;
+    if (xr_client_route(c, proto, dst, &rt, &tls, perr, err, errlen) < 0)
+        return -1;
+    if (rt.mode == XR_CONNECT_DIRECT) {
+        *fd = proto == XR_PROTO_UDP ? xr_udp_to(&rt.addr, err, errlen)
+                                    : xr_tcp_to(&rt.addr, c->cf.timeout_ms, err, errlen);
         return *fd < 0 ? -1 : 0;
     }
-    char key[65];
-    sodium_bin2hex(key, sizeof(key), r.u.connect_ok.peer_key, sizeof(r.u.connect_ok.peer_key));
-    *link = early ? xr_link_join(early, r.u.connect_ok.token, key, err, errlen)
-                  : xr__link_open(c, &r.u.connect_ok.addr, r.u.connect_ok.token, key, err, errlen);
+    *link = xr_link_join(tls, rt.token, rt.key, err, errlen);
     return *link != NULL ? 0 : -1;
 }
 

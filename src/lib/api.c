@@ -1,0 +1,945 @@
+/*
+ * api.c: the XRAY socket API (xray.h) - libxray, and compiled again with
+ * XR_PRELOAD as the body of libxray-preload.so (preload.c).
+ *
+ * The application's descriptors stay kernel descriptors.  A connection
+ * the agent relays becomes one end of a socket pair, put in place of the
+ * application's socket with dup3; the helper process (`xray helper`,
+ * started here on first use) holds the other end and the link.  So the
+ * library needs to know only what the kernel cannot say: a relayed
+ * connection's addresses, whether its non-blocking connect has
+ * completed, and a server socket's official address.  That is a small
+ * table by descriptor, checked against the descriptor's inode before use
+ * (an application may close descriptors behind the library's back:
+ * close_range, an exec).
+ *
+ * Only libc here (and libdl for the shim): no TLS, no threads of our own,
+ * nothing that could disturb the application's process.
+ */
+#include "lib/xray.h"
+#include "lib/helper_msg.h"
+#include "xr_config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef XR_PRELOAD
+#include <dlfcn.h>
+#endif
+
+extern char **environ;
+
+/* ---- the C library's own calls ------------------------------------------ */
+
+/* In the shim the application's calls of these names come here, so the
+ * library reaches libc's through pointers (dlsym RTLD_NEXT). */
+static struct {
+    int (*connect)(int, const struct sockaddr *, socklen_t);
+    int (*listen)(int, int);
+    int (*accept4)(int, struct sockaddr *, socklen_t *, int);
+    int (*getsockname)(int, struct sockaddr *, socklen_t *);
+    int (*getpeername)(int, struct sockaddr *, socklen_t *);
+    int (*getsockopt)(int, int, int, void *, socklen_t *);
+    int (*setsockopt)(int, int, int, const void *, socklen_t);
+    int (*close)(int);
+    int (*dup)(int);
+    int (*dup3)(int, int, int);
+    int (*fcntl)(int, int, ...);
+} xr_libc;
+
+static pthread_once_t xr_libc_once = PTHREAD_ONCE_INIT;
+
+static void xr_libc_init(void)
+{
+#ifdef XR_PRELOAD
+#define XR_LIBC(f) *(void **) &xr_libc.f = dlsym(RTLD_NEXT, #f)
+#else
+#define XR_LIBC(f) xr_libc.f = f
+#endif
+    XR_LIBC(connect);
+    XR_LIBC(listen);
+    XR_LIBC(accept4);
+    XR_LIBC(getsockname);
+    XR_LIBC(getpeername);
+    XR_LIBC(getsockopt);
+    XR_LIBC(setsockopt);
+    XR_LIBC(close);
+    XR_LIBC(dup);
+    XR_LIBC(dup3);
+    XR_LIBC(fcntl);
+#undef XR_LIBC
+}
+
+#define LIBC(f) (pthread_once(&xr_libc_once, xr_libc_init), xr_libc.f)
+
+/* ---- errors and debugging ----------------------------------------------- */
+
+static __thread int xr_last_errno;
+static __thread char xr_last_text[XR_HMSG_TEXT + 64];
+
+static void xr_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void xr_debug(const char *fmt, ...)
+{
+    const char *d = getenv("XRAY_DEBUG");
+    if (d == NULL || d[0] == '\0' || strcmp(d, "0") == 0)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t) n > sizeof(line) - 2)
+        n = (int) sizeof(line) - 2;
+    line[n++] = '\n';
+    char out[600];
+    int m = snprintf(out, sizeof(out), "libxray[%d]: %.*s", (int) getpid(), n, line);
+    if (m > 0 && write(2, out, (size_t) m < sizeof(out) ? (size_t) m : sizeof(out) - 1) < 0)
+        return;
+}
+
+static int xr_fail(int err, const char *text)
+{
+    xr_last_errno = err;
+    if (text != xr_last_text)
+        snprintf(xr_last_text, sizeof(xr_last_text), "%s", text);
+    errno = err;
+    return -1;
+}
+
+const char *xray_strerror(int errnum)
+{
+    if (errnum != 0 && errnum == xr_last_errno && xr_last_text[0] != '\0')
+        return xr_last_text;
+    return strerror(errnum);
+}
+
+static const char *xr_fmt(const struct sockaddr_storage *ss, char *buf, size_t n)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s = (const void *) ss;
+        inet_ntop(AF_INET, &s->sin_addr, ip, sizeof(ip));
+        port = ntohs(s->sin_port);
+        snprintf(buf, n, "%s:%u", ip, port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const void *) ss;
+        inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
+        port = ntohs(s->sin6_port);
+        snprintf(buf, n, "[%s]:%u", ip, port);
+    } else {
+        snprintf(buf, n, "(family %d)", ss->ss_family);
+    }
+    return buf;
+}
+
+static socklen_t xr_sa_len(int family)
+{
+    return family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+}
+
+static void xr_sa_copy(const struct sockaddr_storage *ss, struct sockaddr *addr, socklen_t *len)
+{
+    socklen_t n = xr_sa_len(ss->ss_family);
+    if (addr != NULL && len != NULL) {
+        memcpy(addr, ss, *len < n ? *len : n);
+        *len = n;
+    }
+}
+
+static int xr_is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *) ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *) ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return 0;
+}
+
+/* ---- the helper ---------------------------------------------------------- */
+
+/* One helper per user and client configuration: the socket's name is a
+ * hash of the settings that choose the agent and the certificate. */
+static int xr_helper_path(char *path, size_t n, char *dir, size_t dn)
+{
+    const char *over = getenv("XRAY_HELPER_SOCKET");
+    const char *rt = getenv("XDG_RUNTIME_DIR");
+    if (rt != NULL && rt[0] == '/')
+        snprintf(dir, dn, "%s/xray", rt);
+    else
+        snprintf(dir, dn, "/tmp/xray-%u", (unsigned) geteuid());
+    if (over != NULL && over[0] == '/') {
+        snprintf(path, n, "%s", over);
+        return 0;
+    }
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return -1;
+    struct stat st;
+    if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+        (st.st_mode & 077) != 0) {
+        xr_debug("%s is not a directory of this user's alone: no helper", dir);
+        errno = EPERM;
+        return -1;
+    }
+    static const char *const vars[] = {
+        "XRAY_CONFIG", "XRAY_AGENT", "XRAY_AGENT_NAME", "XRAY_CERT", "XRAY_KEY", "XRAY_CA", "HOME"};
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        const char *v = getenv(vars[i]);
+        for (const char *p = v ? v : ""; *p; p++)
+            h = (h ^ (unsigned char) *p) * 1099511628211ULL;
+        h = (h ^ 0xff) * 1099511628211ULL;
+    }
+    int w = snprintf(path, n, "%s/helper-%016llx.sock", dir, (unsigned long long) h);
+    return w > 0 && (size_t) w < n ? 0 : -1;
+}
+
+/* Start `xray helper` for path: it detaches itself, so the application
+ * has no child of ours to reap beyond this moment. */
+static void xr_helper_spawn(const char *path, const char *dir)
+{
+    const char *bin = getenv("XRAY_HELPER_BIN");
+    if (bin == NULL || bin[0] == '\0')
+        bin = XR_PREFIX "/bin/xray";
+    char log[4200];
+    snprintf(log, sizeof(log), "%.*s.log", (int) (strlen(path) - 5), path);
+    (void) dir;
+    /* Its environment is ours without the shim (it must not load it). */
+    size_t ne = 0;
+    while (environ[ne] != NULL)
+        ne++;
+    char **envp = calloc(ne + 1, sizeof(char *));
+    if (envp == NULL)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < ne; i++)
+        if (strncmp(environ[i], "LD_PRELOAD=", 11) != 0)
+            envp[k++] = environ[i];
+    char *argv[] = {"xray", "helper", "--detach", "--socket", (char *) path, NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    posix_spawnattr_init(&at);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID);
+    pid_t pid;
+    int rc = posix_spawn(&pid, bin, &fa, &at, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    free(envp);
+    if (rc != 0) {
+        xr_debug("cannot start the helper %s: %s", bin, strerror(rc));
+        return;
+    }
+    xr_debug("started the helper %s (log %s)", bin, log);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+}
+
+/* A connection to the helper (started if need be), or -1. */
+static int xr_helper_open(void)
+{
+    char path[4200], dir[4096];
+    if (xr_helper_path(path, sizeof(path), dir, sizeof(dir)) < 0)
+        return -1;
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sun.sun_path))
+        return -1;
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    int started = 0;
+    for (int tries = 0; tries < 600; tries++) { /* 3 s for a helper to come up */
+        int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (s < 0)
+            return -1;
+        if (LIBC(connect)(s, (struct sockaddr *) &sun, sizeof(sun)) == 0)
+            return s;
+        int e = errno;
+        LIBC(close)(s);
+        if (e != ENOENT && e != ECONNREFUSED && e != EAGAIN)
+            return -1;
+        if (!started && getenv("XRAY_HELPER_SOCKET") == NULL) {
+            xr_helper_spawn(path, dir);
+            started = 1;
+        }
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    xr_debug("the helper did not come up at %s", path);
+    return -1;
+}
+
+/* One answer, waiting at most timeout_ms (-1: as long as it takes). */
+static int xr_helper_wait(int h, xr_hmsg_t *m, int *fd, int timeout_ms)
+{
+    struct pollfd p = {h, POLLIN, 0};
+    int n;
+    while ((n = poll(&p, 1, timeout_ms)) < 0 && errno == EINTR)
+        ;
+    if (n == 0) {
+        errno = ETIMEDOUT;
+        return -1;
+    }
+    int got = n < 0 ? -1 : xr_hmsg_recv(h, m, fd);
+    if (got == 0)
+        errno = ECONNRESET; /* the helper went away */
+    return got == 1 ? 0 : -1;
+}
+
+/* ---- the table of the library's descriptors ----------------------------- */
+
+typedef enum { XR_SK_RELAYED = 1, XR_SK_DIRECT, XR_SK_SERVER, XR_SK_ACCEPTED } xr_sk_kind_t;
+
+typedef struct {
+    int refs; /* descriptors that share it (dup) */
+    int kind;
+    dev_t dev;
+    ino_t ino;
+    int domain;
+    int pending;  /* a relayed connect's request, awaiting STATUS; or -1 */
+    int status;   /* a relayed connect: -1 pending, else its errno (0: connected) */
+    int reported; /* its error went out through SO_ERROR */
+    int reg;      /* a server socket's LISTEN connection, or -1 */
+    int bound;    /* xr_bound_state_t */
+    struct sockaddr_storage peer, official;
+} xr_sock_t;
+
+static xr_sock_t **xr_socks;
+static size_t xr_nsocks;
+static pthread_mutex_t xr_socks_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void xr_sock_unref(xr_sock_t *s)
+{
+    if (s == NULL || --s->refs > 0)
+        return;
+    if (s->pending >= 0)
+        LIBC(close)(s->pending);
+    if (s->reg >= 0)
+        LIBC(close)(s->reg);
+    free(s);
+}
+
+static int xr_same_file(int fd, const xr_sock_t *s)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 && st.st_dev == s->dev && st.st_ino == s->ino;
+}
+
+/* The entry of fd, with a reference the caller drops (xr_sock_put). */
+static xr_sock_t *xr_sock_get(int fd)
+{
+    xr_sock_t *s = NULL;
+    if (fd < 0)
+        return NULL;
+    pthread_mutex_lock(&xr_socks_lock);
+    if ((size_t) fd < xr_nsocks && (s = xr_socks[fd]) != NULL) {
+        if (xr_same_file(fd, s)) {
+            s->refs++;
+        } else { /* closed behind our back and the number reused */
+            xr_socks[fd] = NULL;
+            xr_sock_unref(s);
+            s = NULL;
+        }
+    }
+    pthread_mutex_unlock(&xr_socks_lock);
+    return s;
+}
+
+static void xr_sock_put(xr_sock_t *s)
+{
+    pthread_mutex_lock(&xr_socks_lock);
+    xr_sock_unref(s);
+    pthread_mutex_unlock(&xr_socks_lock);
+}
+
+/* Put s at fd (taking one reference of the caller's), dropping what was
+ * there. */
+static void xr_sock_set(int fd, xr_sock_t *s)
+{
+    pthread_mutex_lock(&xr_socks_lock);
+    if ((size_t) fd >= xr_nsocks) {
+        size_t n = xr_nsocks ? xr_nsocks : 64;
+        while (n <= (size_t) fd)
+            n *= 2;
+        xr_sock_t **t = realloc(xr_socks, n * sizeof(*t));
+        if (t == NULL) {
+            xr_sock_unref(s);
+            pthread_mutex_unlock(&xr_socks_lock);
+            return;
+        }
+        memset(t + xr_nsocks, 0, (n - xr_nsocks) * sizeof(*t));
+        xr_socks = t;
+        xr_nsocks = n;
+    }
+    xr_sock_unref(xr_socks[fd]);
+    xr_socks[fd] = s;
+    pthread_mutex_unlock(&xr_socks_lock);
+}
+
+static void xr_sock_forget(int fd)
+{
+    pthread_mutex_lock(&xr_socks_lock);
+    if (fd >= 0 && (size_t) fd < xr_nsocks) {
+        xr_sock_unref(xr_socks[fd]);
+        xr_socks[fd] = NULL;
+    }
+    pthread_mutex_unlock(&xr_socks_lock);
+}
+
+static xr_sock_t *xr_sock_new(int fd, int kind, int domain)
+{
+    xr_sock_t *s = calloc(1, sizeof(*s));
+    struct stat st;
+    if (s == NULL || fstat(fd, &st) != 0) {
+        free(s);
+        return NULL;
+    }
+    s->refs = 1;
+    s->kind = kind;
+    s->dev = st.st_dev;
+    s->ino = st.st_ino;
+    s->domain = domain;
+    s->pending = s->reg = -1;
+    s->status = 0;
+    return s;
+}
+
+/* A fork's child must not inherit the lock held by another thread. */
+static void xr_fork_prepare(void)
+{
+    pthread_mutex_lock(&xr_socks_lock);
+}
+
+static void xr_fork_after(void)
+{
+    pthread_mutex_unlock(&xr_socks_lock);
+}
+
+__attribute__((constructor)) static void xr_api_init(void)
+{
+    pthread_atfork(xr_fork_prepare, xr_fork_after, xr_fork_after);
+}
+
+/* A relayed connect's outcome, if it has come (under no lock: the entry
+ * is the caller's reference). */
+static void xr_sock_settle(xr_sock_t *s)
+{
+    if (s->pending < 0)
+        return;
+    xr_hmsg_t m;
+    if (xr_helper_wait(s->pending, &m, NULL, 0) < 0) {
+        if (errno == ETIMEDOUT)
+            return; /* not yet */
+        m.type = XR_HMSG_STATUS;
+        m.code = ECONNRESET;
+    }
+    pthread_mutex_lock(&xr_socks_lock);
+    if (s->pending >= 0) {
+        s->status = m.type == XR_HMSG_STATUS ? m.code : ECONNREFUSED;
+        LIBC(close)(s->pending);
+        s->pending = -1;
+    }
+    pthread_mutex_unlock(&xr_socks_lock);
+    if (s->status != 0) {
+        xr_last_errno = s->status;
+        snprintf(xr_last_text, sizeof(xr_last_text), "%s", m.text);
+    }
+}
+
+/* ---- connect ------------------------------------------------------------- */
+
+/* Is fd a TCP socket of the library's kind (IPv4 or IPv6)? */
+static int xr_is_tcp(int fd, int *domain)
+{
+    int type = 0;
+    socklen_t l = sizeof(*domain);
+    if (LIBC(getsockopt)(fd, SOL_SOCKET, SO_DOMAIN, domain, &l) != 0 ||
+        (*domain != AF_INET && *domain != AF_INET6))
+        return 0;
+    l = sizeof(type);
+    return LIBC(getsockopt)(fd, SOL_SOCKET, SO_TYPE, &type, &l) == 0 && type == SOCK_STREAM;
+}
+
+int xray_connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    xr_sock_t *s = xr_sock_get(fd);
+    if (s != NULL && s->kind == XR_SK_RELAYED) { /* connect again: how far it got */
+        xr_sock_settle(s);
+        int st = s->status, pend = s->pending >= 0;
+        xr_sock_put(s);
+        if (pend)
+            return xr_fail(EALREADY, "the connection is still being made");
+        return st == 0 ? xr_fail(EISCONN, "already connected") : xr_fail(st, xr_last_text);
+    }
+    xr_sock_put(s);
+    int domain;
+    struct sockaddr_storage dst;
+    if (addr == NULL || len < sizeof(sa_family_t) ||
+        (addr->sa_family != AF_INET && addr->sa_family != AF_INET6) ||
+        len < xr_sa_len(addr->sa_family) || !xr_is_tcp(fd, &domain))
+        return LIBC(connect)(fd, addr, len);
+    memset(&dst, 0, sizeof(dst));
+    memcpy(&dst, addr, xr_sa_len(addr->sa_family));
+    char d[80];
+    xr_fmt(&dst, d, sizeof(d));
+    if (xr_is_loopback(&dst))
+        return LIBC(connect)(fd, addr, len);
+    int fl = LIBC(fcntl)(fd, F_GETFL), fdfl = LIBC(fcntl)(fd, F_GETFD);
+    int h = xr_helper_open();
+    if (h < 0) {
+        xr_debug("connect %s: no helper (%s): directly", d, strerror(errno));
+        return LIBC(connect)(fd, addr, len);
+    }
+    xr_hmsg_t q = {.type = XR_HMSG_CONNECT, .proto = IPPROTO_TCP, .addr = dst}, a;
+    if (fl >= 0 && (fl & O_NONBLOCK))
+        q.flags |= XR_HMSG_NONBLOCK;
+    int rfd = -1;
+    if (xr_hmsg_send(h, &q, -1) < 0 || xr_helper_wait(h, &a, &rfd, 60000) < 0) {
+        int e = errno;
+        LIBC(close)(h);
+        xr_debug("connect %s: the helper failed (%s): directly", d, strerror(e));
+        return LIBC(connect)(fd, addr, len);
+    }
+    if (a.type == XR_HMSG_ERROR) {
+        LIBC(close)(h);
+        xr_debug("connect %s: %s", d, a.text);
+        return xr_fail(a.code > 0 ? a.code : ECONNREFUSED, a.text);
+    }
+    if (a.type == XR_HMSG_DIRECT) {
+        LIBC(close)(h);
+        char to[80];
+        xr_debug("connect %s: directly to %s%s%s", d, xr_fmt(&a.addr, to, sizeof(to)),
+                 a.text[0] ? ": " : "", a.text);
+        int rc = LIBC(connect)(fd, (struct sockaddr *) &a.addr, xr_sa_len(a.addr.ss_family));
+        int e = errno;
+        if ((rc == 0 || e == EINPROGRESS) && memcmp(&a.addr, &dst, xr_sa_len(dst.ss_family)) != 0) {
+            xr_sock_t *n = xr_sock_new(fd, XR_SK_DIRECT, domain);
+            if (n != NULL) { /* its peer is the official address asked for */
+                n->peer = dst;
+                xr_sock_set(fd, n);
+            }
+        }
+        errno = e;
+        return rc;
+    }
+    if (a.type != XR_HMSG_RELAY || rfd < 0) {
+        if (rfd >= 0)
+            LIBC(close)(rfd);
+        LIBC(close)(h);
+        return xr_fail(EPROTO, "the helper answered out of turn");
+    }
+    int cloexec = fdfl >= 0 && (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0;
+    if (!(q.flags & XR_HMSG_NONBLOCK)) { /* blocking: wait for the far end */
+        xr_hmsg_t st = {0};
+        if (xr_helper_wait(h, &st, NULL, -1) < 0 || st.type != XR_HMSG_STATUS || st.code != 0) {
+            int e = errno;
+            LIBC(close)(rfd);
+            LIBC(close)(h);
+            if (st.type == XR_HMSG_STATUS || st.type == XR_HMSG_ERROR) {
+                xr_debug("connect %s: %s", d, st.text);
+                return xr_fail(st.code > 0 ? st.code : ECONNREFUSED, st.text);
+            }
+            return xr_fail(e, "the helper went away");
+        }
+        LIBC(close)(h);
+        h = -1;
+    }
+    if (LIBC(dup3)(rfd, fd, cloexec) < 0) {
+        int e = errno;
+        LIBC(close)(rfd);
+        if (h >= 0)
+            LIBC(close)(h);
+        return xr_fail(e, "cannot put the connection in place");
+    }
+    LIBC(close)(rfd);
+    if (fl >= 0)
+        LIBC(fcntl)(fd, F_SETFL, fl);
+    xr_sock_t *n = xr_sock_new(fd, XR_SK_RELAYED, domain);
+    if (n != NULL) {
+        n->peer = dst;
+        n->pending = h;
+        n->status = h >= 0 ? -1 : 0;
+        xr_sock_set(fd, n);
+    } else if (h >= 0) {
+        LIBC(close)(h);
+    }
+    xr_debug("connect %s: relayed through the agents%s", d, h >= 0 ? " (in progress)" : "");
+    if (h >= 0) {
+        errno = EINPROGRESS;
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- servers ------------------------------------------------------------- */
+
+/* The server's state as the helper last told it. */
+static void xr_sock_bound(xr_sock_t *s, int wait_ms)
+{
+    xr_hmsg_t m;
+    while (s->reg >= 0 && xr_helper_wait(s->reg, &m, NULL, wait_ms) == 0) {
+        if (m.type == XR_HMSG_BOUND) {
+            pthread_mutex_lock(&xr_socks_lock);
+            s->bound = m.code;
+            if (m.addr.ss_family != AF_UNSPEC)
+                s->official = m.addr;
+            pthread_mutex_unlock(&xr_socks_lock);
+            char o[80];
+            xr_debug("server socket: %s%s%s",
+                     m.code == XR_BOUND_FULL   ? "fully bound, official "
+                     : m.code == XR_BOUND_HALF ? "half bound, official "
+                                               : "locally bound",
+                     m.code != XR_BOUND_LOCAL ? xr_fmt(&s->official, o, sizeof(o)) : "", m.text);
+        }
+        wait_ms = 0;
+    }
+}
+
+int xray_listen(int fd, int backlog)
+{
+    int rc = LIBC(listen)(fd, backlog);
+    int domain;
+    if (rc != 0 || !xr_is_tcp(fd, &domain))
+        return rc;
+    xr_sock_t *s = xr_sock_get(fd);
+    if (s != NULL) { /* listen again: a new backlog, the same registration */
+        xr_sock_put(s);
+        return rc;
+    }
+    struct sockaddr_storage at;
+    socklen_t al = sizeof(at);
+    if (LIBC(getsockname)(fd, (struct sockaddr *) &at, &al) != 0 || xr_is_loopback(&at))
+        return rc;
+    int h = xr_helper_open();
+    if (h < 0) {
+        xr_debug("listen: no helper (%s): locally bound", strerror(errno));
+        return rc;
+    }
+    xr_hmsg_t q = {.type = XR_HMSG_LISTEN, .proto = IPPROTO_TCP, .addr = at};
+    if (xr_hmsg_send(h, &q, -1) < 0) {
+        LIBC(close)(h);
+        return rc;
+    }
+    /* The registration lives as long as the server socket does, in this
+     * process or in the children it passes to; and not past an exec the
+     * socket does not survive. */
+    int fdfl = LIBC(fcntl)(fd, F_GETFD);
+    if (fdfl >= 0 && !(fdfl & FD_CLOEXEC))
+        LIBC(fcntl)(h, F_SETFD, 0);
+    s = xr_sock_new(fd, XR_SK_SERVER, domain);
+    if (s == NULL) {
+        LIBC(close)(h);
+        return rc;
+    }
+    s->reg = h;
+    s->bound = XR_BOUND_LOCAL;
+    /* The first answer comes after one attempt at the agent. */
+    xr_sock_bound(s, 15000);
+    xr_sock_set(fd, s);
+    return rc;
+}
+
+/* The real peer of a connection the helper handed to a server socket. */
+static int xr_who(const struct sockaddr_storage *from, struct sockaddr_storage *peer)
+{
+    int h = xr_helper_open();
+    if (h < 0)
+        return -1;
+    xr_hmsg_t q = {.type = XR_HMSG_WHO, .addr = *from}, a;
+    int ok = xr_hmsg_send(h, &q, -1) == 0 && xr_helper_wait(h, &a, NULL, 5000) == 0 &&
+             a.type == XR_HMSG_PEER && a.addr.ss_family != AF_UNSPEC;
+    LIBC(close)(h);
+    if (ok)
+        *peer = a.addr;
+    return ok ? 0 : -1;
+}
+
+int xray_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof(peer);
+    int c = LIBC(accept4)(fd, (struct sockaddr *) &peer, &pl, flags);
+    if (c < 0)
+        return c;
+    xr_sock_t *s = xr_sock_get(fd);
+    struct sockaddr_storage real;
+    /* The helper connects from loopback or from the server's own address. */
+    int mine = 0;
+    if (s != NULL && s->kind == XR_SK_SERVER &&
+        (peer.ss_family == AF_INET || peer.ss_family == AF_INET6)) {
+        struct sockaddr_storage me;
+        socklen_t ml = sizeof(me);
+        int local = xr_is_loopback(&peer);
+        if (!local && LIBC(getsockname)(c, (struct sockaddr *) &me, &ml) == 0)
+            local = peer.ss_family == AF_INET
+                        ? ((struct sockaddr_in *) &peer)->sin_addr.s_addr ==
+                              ((struct sockaddr_in *) &me)->sin_addr.s_addr
+                        : memcmp(&((struct sockaddr_in6 *) &peer)->sin6_addr,
+                                 &((struct sockaddr_in6 *) &me)->sin6_addr, 16) == 0;
+        mine = local && xr_who(&peer, &real) == 0;
+    }
+    if (mine) {
+        xr_sock_t *n = xr_sock_new(c, XR_SK_ACCEPTED, peer.ss_family);
+        if (n != NULL) {
+            n->peer = real;
+            xr_sock_set(c, n);
+        }
+        char p[80];
+        xr_debug("accept: a connection from %s", xr_fmt(&real, p, sizeof(p)));
+        peer = real;
+    } else {
+        xr_sock_forget(c);
+    }
+    xr_sock_put(s);
+    if (addr != NULL && len != NULL) {
+        socklen_t n = mine ? xr_sa_len(peer.ss_family) : pl;
+        memcpy(addr, &peer, *len < n ? *len : n);
+        *len = n;
+    }
+    return c;
+}
+
+int xray_accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    return xray_accept4(fd, addr, len, 0);
+}
+
+/* ---- addresses and options ----------------------------------------------- */
+
+int xray_getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    xr_sock_t *s = xr_sock_get(fd);
+    if (s != NULL && s->kind == XR_SK_SERVER) {
+        xr_sock_bound(s, 0);
+        int have = s->bound != XR_BOUND_LOCAL && s->official.ss_family != AF_UNSPEC;
+        struct sockaddr_storage o = s->official;
+        xr_sock_put(s);
+        if (have) {
+            xr_sa_copy(&o, addr, len);
+            return 0;
+        }
+        return LIBC(getsockname)(fd, addr, len);
+    }
+    if (s != NULL && s->kind == XR_SK_RELAYED) {
+        /* The socket is one end of a pair: no address of its own.  Its
+         * family's unspecified address, as an unbound socket has. */
+        struct sockaddr_storage any;
+        memset(&any, 0, sizeof(any));
+        any.ss_family = (sa_family_t) s->domain;
+        xr_sock_put(s);
+        xr_sa_copy(&any, addr, len);
+        return 0;
+    }
+    xr_sock_put(s);
+    return LIBC(getsockname)(fd, addr, len);
+}
+
+int xray_getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    xr_sock_t *s = xr_sock_get(fd);
+    if (s == NULL || s->kind == XR_SK_SERVER) {
+        xr_sock_put(s);
+        return LIBC(getpeername)(fd, addr, len);
+    }
+    if (s->kind == XR_SK_RELAYED)
+        xr_sock_settle(s);
+    int ok = s->kind != XR_SK_RELAYED || s->status == 0;
+    struct sockaddr_storage p = s->peer;
+    int direct = s->kind == XR_SK_DIRECT;
+    xr_sock_put(s);
+    if (!ok)
+        return xr_fail(ENOTCONN, "not connected");
+    if (direct) { /* connected yet? the kernel knows */
+        struct sockaddr_storage k;
+        socklen_t kl = sizeof(k);
+        if (LIBC(getpeername)(fd, (struct sockaddr *) &k, &kl) != 0)
+            return -1;
+    }
+    xr_sa_copy(&p, addr, len);
+    return 0;
+}
+
+int xray_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+    xr_sock_t *s = xr_sock_get(fd);
+    if (s == NULL || s->kind != XR_SK_RELAYED) {
+        xr_sock_put(s);
+        return LIBC(getsockopt)(fd, level, name, val, len);
+    }
+    int v, have = 1;
+    if (level == SOL_SOCKET && name == SO_ERROR) {
+        xr_sock_settle(s);
+        v = s->status > 0 && !s->reported ? s->status : 0;
+        if (v != 0)
+            s->reported = 1;
+    } else if (level == SOL_SOCKET && name == SO_DOMAIN) {
+        v = s->domain;
+    } else if (level == SOL_SOCKET && name == SO_PROTOCOL) {
+        v = IPPROTO_TCP;
+    } else if (level == IPPROTO_TCP && name == TCP_NODELAY) {
+        v = 1; /* the link's socket has it; the pair has no delay to speak of */
+    } else {
+        have = 0;
+    }
+    xr_sock_put(s);
+    if (!have)
+        return LIBC(getsockopt)(fd, level, name, val, len);
+    if (val == NULL || len == NULL || *len < sizeof(int))
+        return xr_fail(EINVAL, "option buffer too small");
+    memcpy(val, &v, sizeof(int));
+    *len = sizeof(int);
+    return 0;
+}
+
+int xray_setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+{
+    int rc = LIBC(setsockopt)(fd, level, name, val, len);
+    if (rc == 0 || level != IPPROTO_TCP)
+        return rc;
+    /* TCP's options mean nothing on the pair a relayed connection is;
+     * the helper sets what the link needs (no delay). */
+    xr_sock_t *s = xr_sock_get(fd);
+    int relayed = s != NULL && s->kind == XR_SK_RELAYED;
+    xr_sock_put(s);
+    return relayed ? 0 : rc;
+}
+
+/* ---- descriptors ---------------------------------------------------------- */
+
+int xray_close(int fd)
+{
+    xr_sock_forget(fd);
+    return LIBC(close)(fd);
+}
+
+/* After a dup: the new descriptor shares the old one's entry. */
+static int xr_dup_done(int from, int to)
+{
+    if (to < 0 || to == from)
+        return to;
+    xr_sock_t *s = xr_sock_get(from);
+    if (s != NULL)
+        xr_sock_set(to, s); /* takes the reference xr_sock_get gave */
+    else
+        xr_sock_forget(to);
+    return to;
+}
+
+int xray_dup(int fd)
+{
+    return xr_dup_done(fd, LIBC(dup)(fd));
+}
+
+int xray_dup3(int fd, int to, int flags)
+{
+    return xr_dup_done(fd, LIBC(dup3)(fd, to, flags));
+}
+
+int xray_dup2(int fd, int to)
+{
+    if (fd == to) /* dup2's own case: fd valid, nothing done */
+        return LIBC(fcntl)(fd, F_GETFD) < 0 ? -1 : to;
+    return xr_dup_done(fd, LIBC(dup3)(fd, to, 0));
+}
+
+int xray_fcntl(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *); /* every fcntl argument fits (glibc does the same) */
+    va_end(ap);
+    int rc = LIBC(fcntl)(fd, cmd, arg);
+    if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+        return xr_dup_done(fd, rc);
+    return rc;
+}
+
+/* ---- the rest: the kernel's own ------------------------------------------- */
+
+int xray_socket(int domain, int type, int protocol)
+{
+    return socket(domain, type, protocol);
+}
+
+int xray_bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    return bind(fd, addr, len);
+}
+
+int xray_shutdown(int fd, int how)
+{
+    return shutdown(fd, how);
+}
+
+ssize_t xray_send(int fd, const void *buf, size_t n, int flags)
+{
+    return send(fd, buf, n, flags);
+}
+
+ssize_t xray_recv(int fd, void *buf, size_t n, int flags)
+{
+    return recv(fd, buf, n, flags);
+}
+
+ssize_t xray_sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *to,
+                    socklen_t tolen)
+{
+    return sendto(fd, buf, n, flags, to, tolen);
+}
+
+ssize_t xray_recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *from,
+                      socklen_t *fromlen)
+{
+    return recvfrom(fd, buf, n, flags, from, fromlen);
+}
+
+ssize_t xray_read(int fd, void *buf, size_t n)
+{
+    return read(fd, buf, n);
+}
+
+ssize_t xray_write(int fd, const void *buf, size_t n)
+{
+    return write(fd, buf, n);
+}
+
+int xray_poll(struct pollfd *fds, nfds_t n, int timeout_ms)
+{
+    return poll(fds, n, timeout_ms);
+}
+
+int xray_select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *timeout)
+{
+    return select(nfds, r, w, e, timeout);
+}
+
+pid_t xray_fork(void)
+{
+    return fork();
+}
+
+int xray_execve(const char *path, char *const argv[], char *const envp[])
+{
+    return execve(path, argv, envp);
+}

@@ -1,0 +1,98 @@
+/*
+ * preload.c: libxray-preload.so - the socket calls of an unmodified,
+ * dynamically linked program, taken over by libxray:
+ *
+ *   LD_PRELOAD=/usr/local/lib/libxray-preload.so curl http://OFFICIAL/
+ *
+ * Only the calls whose meaning changes are taken: connect, listen,
+ * accept, the address and option queries, and those that copy or close
+ * descriptors (the library's table follows them).  Reading, writing,
+ * poll, select, epoll, fork and exec work on the kernel's descriptors
+ * as they are (api.c says why), so they are not touched.
+ */
+#include "lib/xray.h"
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <unistd.h>
+
+#define XR_EXPORT __attribute__((visibility("default")))
+
+XR_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    return xray_connect(fd, addr, len);
+}
+
+XR_EXPORT int listen(int fd, int backlog)
+{
+    return xray_listen(fd, backlog);
+}
+
+XR_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    return xray_accept(fd, addr, len);
+}
+
+XR_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+    return xray_accept4(fd, addr, len, flags);
+}
+
+XR_EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    return xray_getsockname(fd, addr, len);
+}
+
+XR_EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    return xray_getpeername(fd, addr, len);
+}
+
+XR_EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+    return xray_getsockopt(fd, level, name, val, len);
+}
+
+XR_EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+{
+    return xray_setsockopt(fd, level, name, val, len);
+}
+
+XR_EXPORT int close(int fd)
+{
+    return xray_close(fd);
+}
+
+XR_EXPORT int dup(int fd)
+{
+    return xray_dup(fd);
+}
+
+XR_EXPORT int dup2(int fd, int to)
+{
+    return xray_dup2(fd, to);
+}
+
+XR_EXPORT int dup3(int fd, int to, int flags)
+{
+    return xray_dup3(fd, to, flags);
+}
+
+XR_EXPORT int fcntl(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    return xray_fcntl(fd, cmd, arg);
+}
+
+/* glibc's name for fcntl in programs built with 64-bit file offsets. */
+XR_EXPORT int fcntl64(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    return xray_fcntl(fd, cmd, arg);
+}

@@ -1,0 +1,107 @@
+"""libxray across the two firewalls of t/netns.py: unmodified programs under
+LD_PRELOAD=libxray-preload.so (Python's http.server and curl, OpenBSD nc,
+asyncio), a C program on the API itself, and the helper process the library
+starts.  Agent A on nata serves the client host a, agent B on natb the
+server host b; a and b cannot reach each other but through the agents.
+
+Needs root and `ip netns`; skips otherwise."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+import netns
+import tls_helpers as th
+import xrayd_fixture as xf
+from test_66_agent_topology import _Lines, _two_agents, _wait
+
+topology = netns.topology
+
+_why = netns.unavailable()
+pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
+
+PRELOAD = xf.OBJS / "libxray-preload.so"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return th.Pki(tmp_path_factory.mktemp("pki"))
+
+
+def _env(t, pki, tmp, role, debug=True):
+    """The environment of an XRAY application in a (app-1, agent A) or b
+    (relay-b, agent B): the client settings, a home and a runtime
+    directory of its own, the helper from the build tree."""
+    me = "a" if role == "a" else "b"
+    home = tmp / ("home-" + role)
+    (home / "run").mkdir(parents=True, exist_ok=True)
+    os.chmod(home / "run", 0o700)
+    env = dict(os.environ,
+               HOME=str(home), XDG_RUNTIME_DIR=str(home / "run"),
+               XRAY_AGENT="%s:7000" % t.addr("nat" + me),
+               XRAY_AGENT_NAME="agent-" + me,
+               XRAY_CERT=pki.crt("app-1" if me == "a" else "relay-b"),
+               XRAY_KEY=pki.key("app-1" if me == "a" else "relay-b"),
+               XRAY_CA=pki.ca,
+               XRAY_HELPER_BIN=str(th.XRAY))
+    env.pop("XRAY_CONFIG", None)
+    if debug:
+        env["XRAY_DEBUG"] = "1"
+    return env
+
+
+def _preloaded(env):
+    return dict(env, LD_PRELOAD=str(PRELOAD))
+
+
+def _official(lines):
+    _i, line = lines.wait(r"fully bound, official (\S+)", timeout=30)
+    return re.search(r"official (\S+)", line).group(1)
+
+
+def _http_server_in_b(t, pki, tmp, root):
+    """python3 -m http.server in b, under the preload: its listen()
+    registers with agent B; the official address is in its stderr."""
+    env = _preloaded(_env(t, pki, tmp, "b"))
+    p = t.popen("b", [sys.executable, "-m", "http.server", "8080", "--bind", t.addr("b"),
+                      "--directory", str(root)], env=env, stderr=subprocess.PIPE, text=True)
+    lines = _Lines(p)
+    return p, lines, _official(lines)
+
+
+@pytest.mark.timeout(240)
+def test_curl_fetches_from_http_server_through_the_preload(topology, pki, tmp_path):
+    """Unmodified curl in a fetches a file from an unmodified http.server
+    in b; both sides only have LD_PRELOAD.  The bytes are exact, the
+    server logs the client's real (official) address, and the helper the
+    library started leaves no process of the application behind."""
+    if shutil.which("curl") is None:
+        pytest.skip("no curl")
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    root = tmp_path / "www"
+    root.mkdir()
+    body = os.urandom(3 << 20)
+    (root / "blob").write_bytes(body)
+    server, lines, official = _http_server_in_b(t, pki, tmp_path, root)
+    env = _preloaded(_env(t, pki, tmp_path, "a"))
+    for i in range(3):  # the first starts a's helper, the others find it
+        r = t.run("a", ["curl", "-sS", "--max-time", "60", "-o", "-", "http://%s/blob" % official],
+                  env=env, timeout=90, text=False, errors=None)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == body, "fetch %d: %d of %d bytes" % (i, len(r.stdout), len(body))
+        assert b"relayed through the agents" in r.stderr, r.stderr
+    # http.server's log line names the peer getpeername/accept gave it:
+    # the client host (the address the agents report), not the helper's loopback
+    lines.wait(r"^%s - - .*GET /blob" % re.escape(t.addr("a")))
+    # direct: the agents refuse what the policy does not allow
+    r = t.run("a", ["curl", "-sS", "--max-time", "30", "http://%s:20009/" % t.pub_addr("natb")],
+              env=env, timeout=60)
+    assert r.returncode != 0, r.stdout
+    server.terminate()
+    server.wait(timeout=20)
