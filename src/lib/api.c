@@ -18,7 +18,6 @@
  */
 #include "lib/xray.h"
 #include "lib/helper_msg.h"
-#include "xr_config.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -43,6 +42,11 @@
 #endif
 
 extern char **environ;
+
+/* The installed `xray` (the Makefile says where). */
+#ifndef XR_HELPER_BIN
+#define XR_HELPER_BIN "/usr/local/bin/xray"
+#endif
 
 /* ---- the C library's own calls ------------------------------------------ */
 
@@ -219,7 +223,7 @@ static void xr_helper_spawn(const char *path, const char *dir)
 {
     const char *bin = getenv("XRAY_HELPER_BIN");
     if (bin == NULL || bin[0] == '\0')
-        bin = XR_PREFIX "/bin/xray";
+        bin = XR_HELPER_BIN;
     char log[4200];
     snprintf(log, sizeof(log), "%.*s.log", (int) (strlen(path) - 5), path);
     (void) dir;
