@@ -9,6 +9,7 @@ Needs root and `ip netns`; skips otherwise."""
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -103,5 +104,113 @@ def test_curl_fetches_from_http_server_through_the_preload(topology, pki, tmp_pa
     r = t.run("a", ["curl", "-sS", "--max-time", "30", "http://%s:20009/" % t.pub_addr("natb")],
               env=env, timeout=60)
     assert r.returncode != 0, r.stdout
+    server.terminate()
+    server.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def prog(tmp_path_factory):
+    """t/libxray_prog.c built as an application would be: xray.h and the
+    static library."""
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no cc")
+    exe = tmp_path_factory.mktemp("bin") / "libxray_prog"
+    r = subprocess.run([cc, "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-O1",
+                        "-I", str(xf.REPO / "src" / "lib"), "-o", str(exe),
+                        str(xf.REPO / "t" / "libxray_prog.c"), str(xf.OBJS / "libxray.a"),
+                        "-pthread"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
+class _Out:
+    """Lines of a process's stdout, read by a thread."""
+
+    def __init__(self, proc):
+        import threading
+        self.lines = []
+        threading.Thread(target=self._run, args=(proc,), daemon=True).start()
+
+    def _run(self, proc):
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    def wait(self, regex, timeout=30, start=0):
+        def found():
+            for i, line in enumerate(self.lines[start:], start):
+                if re.search(regex, line):
+                    return (i, line)
+            return None
+        return _wait(found, timeout, "%r in %s" % (regex, "".join(self.lines)))
+
+
+def _prog_server(t, pki, tmp, prog, role="b", env=None):
+    env = env or _env(t, pki, tmp, role)
+    p = t.popen(role, [str(prog), "server", t.addr(role), "8080"], env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return p, _Out(p), _Lines(p)
+
+
+def _split(addr):
+    host, port = addr.rsplit(":", 1)
+    return host, port
+
+
+@pytest.mark.timeout(240)
+def test_the_api_connects_forks_dups_and_bursts(topology, pki, tmp_path, prog):
+    """A C program on the API: a server in b whose official address comes
+    from xray_getsockname and whose forked children see the peer; in a,
+    blocking connect, dup2, fork with the socket inherited, and 200
+    non-blocking connects started at once (poll and select), 200 of 200
+    echoing."""
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    server, out, _err = _prog_server(t, pki, tmp_path, prog)
+    _i, line = out.wait(r"official 198\.19\.0\.2:\d+")
+    official = line.split()[1]
+    host, port = _split(official)
+    env = _env(t, pki, tmp_path, "a", debug=False)
+    r = t.run("a", [str(prog), "client", host, port], env=env, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok blocking %s peer %s:" % (official, t.addr("a")) in r.stdout, r.stdout
+    assert "ok dup2" in r.stdout and "ok fork" in r.stdout, r.stdout
+    r = t.run("a", [str(prog), "burst", host, port, "200"], env=env, timeout=120)
+    assert "in progress 200 of 200" in r.stdout, r.stdout + r.stderr
+    assert "burst 200 of 200" in r.stdout and r.returncode == 0, r.stdout + r.stderr[-3000:]
+    server.terminate()
+    server.wait(timeout=20)
+
+
+def _helper_pid(t, role, tmp):
+    r = subprocess.run(["pgrep", "-f", "xray helper --detach --socket %s" % (tmp / ("home-" + role))],
+                       capture_output=True, text=True)
+    pids = [int(p) for p in r.stdout.split()]
+    assert len(pids) == 1, r
+    return pids[0]
+
+
+@pytest.mark.timeout(240)
+def test_non_blocking_connect_completes_at_the_end_to_end_ack(topology, pki, tmp_path, prog):
+    """While the far side has not answered (b's helper is stopped), a
+    non-blocking connect in a stays unwritable for poll; when it comes
+    back, the connect completes with SO_ERROR 0 and carries bytes."""
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    server, out, _err = _prog_server(t, pki, tmp_path, prog)
+    _i, line = out.wait(r"official 198\.19\.0\.2:\d+")
+    host, port = _split(line.split()[1])
+    helper = _helper_pid(t, "b", tmp_path)
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        client = t.popen("a", [str(prog), "pending", host, port, "1500"],
+                         env=_env(t, pki, tmp_path, "a"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        cout = _Out(client)
+        cout.wait(r"^pending$", timeout=30)
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    cout.wait(r"^connected peer %s:" % re.escape(t.addr("a")), timeout=60)
+    assert client.wait(timeout=30) == 0
     server.terminate()
     server.wait(timeout=20)
