@@ -214,3 +214,118 @@ def test_non_blocking_connect_completes_at_the_end_to_end_ack(topology, pki, tmp
     assert client.wait(timeout=30) == 0
     server.terminate()
     server.wait(timeout=20)
+
+
+@pytest.mark.timeout(240)
+def test_nc_serves_and_connects_through_the_preload(topology, pki, tmp_path):
+    """OpenBSD nc, unmodified: `nc -l` in b under the preload is bound
+    through agent B; `nc` in a sends a file to its official address and
+    the server side writes it out byte-exact."""
+    if shutil.which("nc") is None:
+        pytest.skip("no nc")
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    got = tmp_path / "got"
+    with open(got, "wb") as sink:
+        server = t.popen("b", ["nc", "-l", t.addr("b"), "8080"], stdout=sink,
+                         stderr=subprocess.PIPE, text=True,
+                         env=_preloaded(_env(t, pki, tmp_path, "b")))
+        official = _official(_Lines(server))
+        data = tmp_path / "data"
+        data.write_bytes(os.urandom(8 << 20))
+        host, port = _split(official)
+        with open(data, "rb") as f:
+            r = t.run("a", ["nc", "-N", host, port], stdin=f, timeout=120,
+                      env=_preloaded(_env(t, pki, tmp_path, "a")))
+        assert r.returncode == 0, r.stderr
+        assert server.wait(timeout=60) == 0
+    assert got.read_bytes() == data.read_bytes()
+
+
+ASYNC = r'''
+import asyncio, sys
+
+async def client(host, port, n):
+    async def one(i):
+        r, w = await asyncio.open_connection(host, port)
+        peer = await r.readline()
+        msg = b"asyncio %d\n" % i
+        w.write(msg * 100)
+        await w.drain()
+        back = await r.readexactly(len(msg) * 100)
+        w.close()
+        await w.wait_closed()
+        return back == msg * 100
+    ok = await asyncio.gather(*(one(i) for i in range(n)))
+    print("asyncio %d of %d" % (sum(ok), n), flush=True)
+
+async def server(host, port):
+    async def serve(r, w):
+        peer = w.get_extra_info("peername")
+        w.write(b"peer %s:%d\n" % (peer[0].encode(), peer[1]))
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+        w.close()
+    srv = await asyncio.start_server(serve, host, port)
+    print("official %s:%d" % srv.sockets[0].getsockname()[:2], flush=True)
+    await srv.serve_forever()
+
+if sys.argv[1] == "server":
+    asyncio.run(server(sys.argv[2], int(sys.argv[3])))
+else:
+    asyncio.run(client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+'''
+
+
+@pytest.mark.timeout(240)
+def test_asyncio_client_and_server_through_the_preload(topology, pki, tmp_path):
+    """Python asyncio (epoll, non-blocking sockets) on both sides: the
+    server's getsockname is its official address, 50 concurrent client
+    connections echo exactly."""
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    script = tmp_path / "aio.py"
+    script.write_text(ASYNC)
+    server = t.popen("b", [sys.executable, str(script), "server", t.addr("b"), "8080"],
+                     env=_preloaded(_env(t, pki, tmp_path, "b", debug=False)),
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = _Out(server)
+    _i, line = out.wait(r"official 198\.19\.0\.2:\d+")
+    host, port = _split(line.split()[1])
+    r = t.run("a", [sys.executable, str(script), "client", host, port, "50"],
+              env=_preloaded(_env(t, pki, tmp_path, "a", debug=False)), timeout=120)
+    assert "asyncio 50 of 50" in r.stdout, r.stdout + r.stderr
+    server.terminate()
+    server.wait(timeout=20)
+
+
+@pytest.mark.timeout(240)
+def test_agent_down_at_bind_then_up_and_down_at_connect(topology, pki, tmp_path, prog):
+    """XRAY §5.1 and §6.  A server started before its agent is locally
+    bound (its own address), and fully bound once the agent comes: then
+    reachable from a.  A client whose agent is down connects directly:
+    that works inside its network and fails, with an error, across."""
+    t = topology
+    server, out, _err = _prog_server(t, pki, tmp_path, prog)
+    out.wait(r"official %s:8080" % re.escape(t.addr("b")))  # locally bound
+    _two_agents(t, pki, tmp_path)
+    _i, line = out.wait(r"official 198\.19\.0\.2:\d+", timeout=30)
+    host, port = _split(line.split()[1])
+    r = t.run("a", [str(prog), "client", host, port], timeout=60,
+              env=_env(t, pki, tmp_path, "a", debug=False))
+    assert r.returncode == 0 and "ok fork" in r.stdout, r.stdout + r.stderr
+    # agent A gone: a's connects go direct
+    subprocess.run(["pkill", "-f", str(tmp_path / "agent-a")], check=False)
+    _wait(lambda: subprocess.run(["pgrep", "-f", str(tmp_path / "agent-a")],
+                                 capture_output=True).returncode != 0, 20, "agent A to stop")
+    nata = t.listen("nata", t.addr("nata"), 9000)  # answers with the peer's address
+    env = _preloaded(_env(t, pki, tmp_path, "a"))
+    r = t.run("a", ["nc", "-w", "5", t.addr("nata"), "9000"], env=env, timeout=60)
+    assert r.stdout.strip() == t.addr("a"), r.stdout + r.stderr
+    assert "directly" in r.stderr, r.stderr
+    r = t.run("a", ["nc", "-w", "3", host, port], env=env, timeout=60)
+    assert r.returncode != 0, r.stdout + r.stderr
+    nata.kill()
+    server.terminate()
+    server.wait(timeout=20)
