@@ -381,8 +381,10 @@ the server presents the certificate that registered, and sends LINK; a
 failure fails the connection. <code>connect_out</code>: the library connects
 out to the relay point (mode 2, the GCB technique), for an agent that sits
 outside the server's network and cannot dial it. <code>auto</code> (the
-default) dials, and falls back to mode 2 when the server cannot be dialed or
-does not take the link within 1 s. <code>xray status</code> counts both
+default) dials, and falls back to mode 2 when the server's address does not
+answer within 1 s, or when the server refuses the link or does not finish its
+TLS within <code>handshake_timeout</code> (a burst of connections costs a
+server many handshakes at once: a busy server is not an unreachable one). <code>xray status</code> counts both
 ways (<code>servers_dialed</code>, <code>servers_connected_out</code>).</p>""",
         "example": "agent:\n  incoming: connect_out",
     },

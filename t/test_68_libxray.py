@@ -329,3 +329,124 @@ def test_agent_down_at_bind_then_up_and_down_at_connect(topology, pki, tmp_path,
     nata.kill()
     server.terminate()
     server.wait(timeout=20)
+
+
+ECHO = r'''
+import socket, socketserver, sys
+
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer.request_queue_size = 512
+srv = socketserver.ThreadingTCPServer((sys.argv[1], int(sys.argv[2])), Echo)
+srv.daemon_threads = True
+print("ready", flush=True)
+srv.serve_forever()
+'''
+
+BURST = r'''
+import socket, sys, threading
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ok = [False] * n
+go = threading.Barrier(n)
+
+def one(i):
+    try:
+        go.wait(30)
+        with socket.create_connection((host, port), 60) as c:
+            c.settimeout(60)
+            msg = b"burst %d\n" % i * 50
+            c.sendall(msg)
+            c.shutdown(socket.SHUT_WR)
+            got = b""
+            while data := c.recv(65536):
+                got += data
+            ok[i] = got == msg
+    except Exception as e:
+        print("connection %d: %r" % (i, e), file=sys.stderr)
+
+ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join(120)
+print("burst %d of %d" % (sum(ok), n), flush=True)
+'''
+
+
+def _port_open(t, role, host, port):
+    r = t.run(role, [sys.executable, "-c", "import socket,sys; socket.create_connection"
+                     "((sys.argv[1], int(sys.argv[2])), 2).close()", host, str(port)])
+    return r.returncode == 0
+
+
+def _xray(t, role, env, *args):
+    p = t.popen(role, [str(th.XRAY), *args], env=env, stderr=subprocess.PIPE, text=True)
+    return p, _Lines(p)
+
+
+@pytest.mark.timeout(300)
+def test_tools_publish_and_reach_servers(topology, pki, tmp_path):
+    """The tools for programs the preload cannot reach.  In b, `xray
+    listen 8080 --to` publishes an unmodified http.server and a threaded
+    echo server on loopback.  In a: curl --socks5 through `xray socks`, a
+    static binary speaking SOCKS5 itself, curl through `xray forward`,
+    and 200 connections started at once through `xray forward` to the
+    echo server, 200 of 200 exact."""
+    if shutil.which("curl") is None or shutil.which("cc") is None:
+        pytest.skip("no curl or cc")
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    root = tmp_path / "www"
+    root.mkdir()
+    body = os.urandom(2 << 20)
+    (root / "blob").write_bytes(body)
+    t.popen("b", [sys.executable, "-m", "http.server", "8000", "--bind", "127.0.0.1",
+                  "--directory", str(root)])
+    echo = tmp_path / "echo.py"
+    echo.write_text(ECHO)
+    t.popen("b", [sys.executable, str(echo), "127.0.0.1", "7001"])
+    envb = _env(t, pki, tmp_path, "b", debug=False)
+    _l1, web = _xray(t, "b", envb, "listen", "8080", "--to", "127.0.0.1:8000")
+    _l2, ech = _xray(t, "b", envb, "listen", "8081", "--to", "127.0.0.1:7001")
+    web_o = re.search(r"official (\S+)", web.wait(r"fully bound: official")[1]).group(1)
+    echo_o = re.search(r"official (\S+)", ech.wait(r"fully bound: official")[1]).group(1)
+    _wait(lambda: _port_open(t, "b", "127.0.0.1", 8000), 20, "http.server")
+
+    enva = _env(t, pki, tmp_path, "a", debug=False)
+    _s, socks = _xray(t, "a", enva, "socks")
+    socks.wait(r"listening on 127.0.0.1:1080")
+    r = t.run("a", ["curl", "-sS", "--max-time", "60", "--socks5", "127.0.0.1:1080",
+                    "http://%s/blob" % web_o], timeout=90, text=False, errors=None)
+    assert r.returncode == 0 and r.stdout == body, r.stderr
+    socks.wait(r"connected to %s \(relayed through the agents\)" % re.escape(web_o))
+
+    exe = tmp_path / "socks_static"
+    r = subprocess.run(["cc", "-static", "-O1", "-o", str(exe), str(xf.REPO / "t" / "socks_static.c")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "not a dynamic executable" in subprocess.run(["ldd", str(exe)], capture_output=True,
+                                                        text=True).stdout + \
+        subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stderr
+    host, port = _split(web_o)
+    r = t.run("a", [str(exe), "127.0.0.1", "1080", host, port],
+              input=b"GET /blob HTTP/1.0\r\n\r\n", timeout=90, text=False, errors=None)
+    assert r.returncode == 0 and r.stdout.endswith(body), r.stderr
+
+    _f, fwd = _xray(t, "a", enva, "forward", "9000", web_o)
+    fwd.wait(r"listening on 9000")
+    for _ in range(3):
+        r = t.run("a", ["curl", "-sS", "--max-time", "60", "http://127.0.0.1:9000/blob"],
+                  timeout=90, text=False, errors=None)
+        assert r.returncode == 0 and r.stdout == body, r.stderr
+
+    _f2, fwd2 = _xray(t, "a", enva, "forward", "9001", echo_o, "--max", "400")
+    fwd2.wait(r"listening on 9001")
+    burst = tmp_path / "burst.py"
+    burst.write_text(BURST)
+    r = t.run("a", [sys.executable, str(burst), "127.0.0.1", "9001", "200"], timeout=200)
+    assert "burst 200 of 200" in r.stdout, (r.stdout + r.stderr[-1000:] + "".join(fwd2.lines[-30:])
+                                            + "".join(ech.lines[-30:]))

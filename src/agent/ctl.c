@@ -222,7 +222,8 @@ void xr__ctl_timeout(uv_timer_t *t)
 {
     xr_ctl_t *c = t->data;
     if (c->kind == XR_KIND_LINK_OUT && c->rp != NULL && c->rp->fallback) {
-        xr_log(XR_LOG_INFO, "agent: server %s did not take a link within 1 s", c->peer_addr);
+        xr_log(XR_LOG_INFO, "agent: server %s did not take a link in time (%s)", c->peer_addr,
+               c->state == XR_CTL_CONNECTING ? "no answer within 1 s" : "TLS unfinished");
         xr__ctl_close(c, "no link to the server in time");
         return;
     }
@@ -576,6 +577,11 @@ static void xr_ctl_run(xr_ctl_t *c)
             return;
         }
         c->state = XR_CTL_HANDSHAKE;
+        /* The server answers: it is reachable, and gets the whole TLS
+         * timeout (its handshakes queue behind others' in a burst). */
+        if (c->kind == XR_KIND_LINK_OUT && c->rp != NULL && c->rp->fallback)
+            uv_timer_start(&c->timer, xr__ctl_timeout, (uint64_t) xr__ag.conf->handshake_timeout,
+                           0);
     }
     if (c->state == XR_CTL_HANDSHAKE) {
         int rc = xr_tls_end_handshake(&c->end);

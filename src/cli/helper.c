@@ -18,6 +18,7 @@
  * to a server socket.
  */
 #include "core/xrayd.h"
+#include "cli/carrier.h"
 #include "cli/helper.h"
 #include "lib/client.h"
 #include "lib/helper_msg.h"
@@ -40,8 +41,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define XR_HELPER_CACHE     64
-#define XR_HELPER_CACHE_MS  10000
 #define XR_HELPER_RETRY_MS  1000
 #define XR_HELPER_WHO       1024
 #define XR_HELPER_IDLE_SECS 600
@@ -49,19 +48,6 @@
 typedef struct {
     xr_client_conf_t cf;
     xr_client_conf_buf_t found;
-    /* The control connection every CONNECT shares, and while the agent
-     * cannot be reached, when to try it again. */
-    pthread_mutex_t lock;
-    xr_client_t *ctl;
-    int64_t retry_at;
-    /* Answers that need no link, kept for a while: within the network
-     * a connect then costs the application one local round trip. */
-    struct {
-        int proto;
-        xr_paddr_t dst, to;
-        int64_t until;
-    } cache[XR_HELPER_CACHE];
-    size_t cache_next;
     /* Connections handed to server sockets: the source the application
      * sees, and who it really is (WHO). */
     struct {
@@ -71,7 +57,7 @@ typedef struct {
     atomic_int busy; /* threads at work: the helper is idle when none are */
 } xr_helper_t;
 
-static xr_helper_t xr_helper = {.lock = PTHREAD_MUTEX_INITIALIZER};
+static xr_helper_t xr_helper;
 static pthread_mutex_t xr_helper_tables = PTHREAD_MUTEX_INITIALIZER;
 static volatile sig_atomic_t xr_helper_stop;
 
@@ -97,19 +83,6 @@ static void xr_helper_log(const char *fmt, ...)
     fprintf(stderr, "%s xray helper[%d]: %s\n", ts, (int) getpid(), line);
 }
 
-/* The errno an application gets for an agent's refusal. */
-static int xr_helper_errno(int perr, const char *why)
-{
-    switch (perr) {
-    case XR_PERR_NOT_AUTHORIZED: return EACCES;
-    case XR_PERR_NO_SUCH_ADDRESS: return ECONNREFUSED;
-    case XR_PERR_UNREACHABLE: return EHOSTUNREACH;
-    case XR_PERR_OVER_LIMIT: return EAGAIN;
-    case 0: return strstr(why, "timeout") || strstr(why, "within") ? ETIMEDOUT : ECONNREFUSED;
-    default: return ECONNREFUSED;
-    }
-}
-
 static void xr_helper_answer(int sock, int type, int code, const struct sockaddr_storage *addr,
                              const char *text, int fd)
 {
@@ -128,32 +101,6 @@ static void xr_helper_answer_paddr(int sock, int type, const xr_paddr_t *p, cons
     memset(&ss, 0, sizeof(ss));
     xr_paddr_to_sockaddr(p, &ss);
     xr_helper_answer(sock, type, 0, &ss, text, -1);
-}
-
-static int xr_helper_cached(int proto, const xr_paddr_t *dst, xr_paddr_t *to)
-{
-    int64_t now = xr_helper_now();
-    int hit = 0;
-    pthread_mutex_lock(&xr_helper_tables);
-    for (size_t i = 0; i < XR_HELPER_CACHE && !hit; i++)
-        if (xr_helper.cache[i].until > now && xr_helper.cache[i].proto == proto &&
-            memcmp(&xr_helper.cache[i].dst, dst, sizeof(*dst)) == 0) {
-            *to = xr_helper.cache[i].to;
-            hit = 1;
-        }
-    pthread_mutex_unlock(&xr_helper_tables);
-    return hit;
-}
-
-static void xr_helper_cache(int proto, const xr_paddr_t *dst, const xr_paddr_t *to)
-{
-    pthread_mutex_lock(&xr_helper_tables);
-    size_t i = xr_helper.cache_next++ % XR_HELPER_CACHE;
-    xr_helper.cache[i].proto = proto;
-    xr_helper.cache[i].dst = *dst;
-    xr_helper.cache[i].to = *to;
-    xr_helper.cache[i].until = xr_helper_now() + XR_HELPER_CACHE_MS;
-    pthread_mutex_unlock(&xr_helper_tables);
 }
 
 /* ---- CONNECT ------------------------------------------------------------ */
@@ -193,74 +140,30 @@ static int xr_helper_unfill(int a, int b, size_t n, int sndbuf)
     return 0;
 }
 
-/* The agent's route to dst, on the shared control connection (opened or
- * opened again here).  0 with *rt (and *tls for a relay); -1 with *perr
- * and err; 1 when the agent cannot be reached (the caller goes direct). */
-static int xr_helper_route(int proto, const xr_paddr_t *dst, xr_route_t *rt, xr_link_t **tls,
-                           int *perr, char *err, size_t errlen)
-{
-    xr_helper_t *h = &xr_helper;
-    int rc = 1;
-    pthread_mutex_lock(&h->lock);
-    for (int attempt = 0; attempt < 2; attempt++) {
-        if (!xr_client_is_open(h->ctl)) {
-            if (xr_helper_now() < h->retry_at)
-                break;
-            if (xr_client_open(h->ctl, perr, err, errlen) < 0) {
-                h->retry_at = xr_helper_now() + XR_HELPER_RETRY_MS;
-                xr_helper_log("the agent cannot be reached (%s): connecting directly for %d ms",
-                              err, XR_HELPER_RETRY_MS);
-                break;
-            }
-        }
-        rc = xr_client_route(h->ctl, proto == IPPROTO_UDP ? XR_PROTO_UDP : XR_PROTO_TCP, dst, rt,
-                             tls, perr, err, errlen);
-        if (rc == 0 || *perr != 0)
-            break;
-        rc = 1; /* the control connection failed under us: once more on a new one */
-    }
-    pthread_mutex_unlock(&h->lock);
-    return rc;
-}
-
 static void xr_helper_connect(int *psock, const xr_hmsg_t *q)
 {
-    int sock = *psock;
+    int sock = *psock, eno = 0;
     xr_paddr_t dst, to;
     xr_route_t rt;
     xr_link_t *tls = NULL, *link = NULL;
     char err[400], d[80];
-    int perr = 0;
     xr_paddr_from_sockaddr(&dst, &q->addr);
     xr_paddr_str(&dst, d, sizeof(d));
     if (dst.family == 0 || q->proto != IPPROTO_TCP) {
         xr_helper_answer(sock, XR_HMSG_ERROR, EAFNOSUPPORT, NULL, "only TCP to IPv4 or IPv6", -1);
         return;
     }
-    if (xr_helper_cached(q->proto, &dst, &to)) {
-        xr_helper_answer_paddr(sock, XR_HMSG_DIRECT, &to, "");
+    switch (xr_carrier_route(XR_PROTO_TCP, &dst, &to, &rt, &tls, &eno, err, sizeof(err))) {
+    case XR_CARRY_DIRECT: xr_helper_answer_paddr(sock, XR_HMSG_DIRECT, &to, ""); return;
+    case XR_CARRY_NO_AGENT: /* XRAY §6: inside one network this still works */
+        xr_helper_log("connect %s: the agent cannot be reached (%s): directly", d, err);
+        xr_helper_answer_paddr(sock, XR_HMSG_DIRECT, &to, "the agent cannot be reached");
         return;
-    }
-    int rc = xr_helper_route(q->proto, &dst, &rt, &tls, &perr, err, sizeof(err));
-    if (rc == 1) { /* XRAY §6: inside one network this still works */
-        xr_helper_answer_paddr(sock, XR_HMSG_DIRECT, &dst, "the agent cannot be reached");
-        return;
-    }
-    if (rc < 0 && perr == XR_PERR_UNREACHABLE && strstr(err, "no agent is known") != NULL) {
-        /* Not behind an XRAY agent at all: an ordinary destination. */
-        xr_helper_cache(q->proto, &dst, &dst);
-        xr_helper_answer_paddr(sock, XR_HMSG_DIRECT, &dst, "");
-        return;
-    }
-    if (rc < 0) {
+    case XR_CARRY_REFUSED:
         xr_helper_log("connect %s: %s", d, err);
-        xr_helper_answer(sock, XR_HMSG_ERROR, xr_helper_errno(perr, err), NULL, err, -1);
+        xr_helper_answer(sock, XR_HMSG_ERROR, eno, NULL, err, -1);
         return;
-    }
-    if (rt.mode == XR_CONNECT_DIRECT) {
-        xr_helper_cache(q->proto, &dst, &rt.addr);
-        xr_helper_answer_paddr(sock, XR_HMSG_DIRECT, &rt.addr, "");
-        return;
+    case XR_CARRY_RELAY: break;
     }
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) {
@@ -275,7 +178,7 @@ static void xr_helper_connect(int *psock, const xr_hmsg_t *q)
     link = xr_link_join(tls, rt.token, rt.key, err, sizeof(err));
     if (link == NULL) {
         xr_helper_log("connect %s: %s", d, err);
-        xr_helper_answer(sock, XR_HMSG_STATUS, xr_helper_errno(0, err), NULL, err, -1);
+        xr_helper_answer(sock, XR_HMSG_STATUS, xr_carrier_errno(0, err), NULL, err, -1);
         close(sp[0]);
         close(sp[1]);
         return;
@@ -384,12 +287,16 @@ static void xr_helper_handoff(xr_reg_t *r, xr_link_t *link, int plain,
         ((struct sockaddr_in6 *) &from)->sin6_port = 0;
     int s = socket(r->to.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     socklen_t fl = sizeof(from);
-    if (s < 0 || bind(s, (struct sockaddr *) &from, len) != 0 ||
-        getsockname(s, (struct sockaddr *) &from, &fl) != 0) {
+    if (s < 0) {
         xr_helper_log("cannot make a connection to the server: %s", strerror(errno));
         goto done;
     }
-    xr_helper_who_add(&from, peer);
+    /* From the server's own address (or loopback), known before the
+     * connection is, so that WHO has the answer before accept returns.
+     * A server on another host (listen --to) gets no WHO. */
+    if (bind(s, (struct sockaddr *) &from, len) == 0 &&
+        getsockname(s, (struct sockaddr *) &from, &fl) == 0)
+        xr_helper_who_add(&from, peer);
     if (connect(s, (struct sockaddr *) &r->to, len) != 0) {
         xr_helper_log("the server socket refused a connection: %s", strerror(errno));
         goto done;
@@ -403,6 +310,20 @@ done:
         close(s);
 }
 
+/* Is a connection to lfd the agent's link (INCOMING mode 1) rather than
+ * a direct client?  It comes from the agent's address and opens with a
+ * TLS handshake record (a direct client speaks first only in TLS
+ * protocols, and then not from the agent's host). */
+static int xr_helper_is_link(xr_reg_t *r, int fd, const struct sockaddr_storage *peer)
+{
+    pthread_mutex_lock(&r->lock);
+    int from = xr_client_from_agent(r->c, peer);
+    pthread_mutex_unlock(&r->lock);
+    struct pollfd p = {fd, POLLIN, 0};
+    unsigned char b;
+    return from && poll(&p, 1, 1000) == 1 && recv(fd, &b, 1, MSG_PEEK) == 1 && b == 0x16;
+}
+
 static void *xr_reg_conn(void *arg)
 {
     xr_handoff_t *ho = arg;
@@ -412,24 +333,33 @@ static void *xr_reg_conn(void *arg)
     struct sockaddr_storage peer = ho->peer;
     if (ho->fd < 0) { /* INCOMING mode 2: we connect out to the relay point */
         pthread_mutex_lock(&r->lock);
-        int rc = xr_client_take_begin(r->c, &ho->in, &tls, err, sizeof(err));
+        int rc = xr_client_take_begin(r->c, &ho->in, NULL, err, sizeof(err));
         pthread_mutex_unlock(&r->lock);
-        if (rc == 0 && tls != NULL)
+        if (rc == 0)
+            tls = xr_link_tls(r->c, &ho->in.u.incoming.addr, 1, err, sizeof(err));
+        if (tls != NULL)
             link = xr_link_join(tls, ho->in.u.incoming.token, NULL, err, sizeof(err));
         if (link == NULL)
             xr_helper_log("a relayed connection failed: %s", err);
         memset(&peer, 0, sizeof(peer));
         xr_paddr_to_sockaddr(&ho->in.u.incoming.peer, &peer);
-    } else {
-        pthread_mutex_lock(&r->lock);
-        int is = xr_client_is_link(r->c, ho->fd, &ho->peer);
+    } else if (xr_helper_is_link(r, ho->fd, &ho->peer)) {
+        /* The agent's link: TLS side by side with the others, the lock
+         * only to match its token (the agent gives a link 1 s). */
+        uint8_t token[XR_PROTO_TOKEN];
         xr_msg_t in;
-        int rc = is ? xr_client_accept_link(r->c, ho->fd, &link, &in, err, sizeof(err)) : 0;
-        pthread_mutex_unlock(&r->lock);
-        if (is) {
-            ho->fd = -1; /* the link's now, whatever came of it */
-            if (rc < 0)
-                xr_helper_log("a relayed connection failed: %s", err);
+        int fd = ho->fd;
+        ho->fd = -1; /* the link's now, whatever comes of it */
+        if (xr_link_accept_begin(r->c, fd, &tls, token, err, sizeof(err)) == 0) {
+            pthread_mutex_lock(&r->lock);
+            int rc = xr_client_link_claim(r->c, tls, token, &in, err, sizeof(err));
+            pthread_mutex_unlock(&r->lock);
+            if (rc == 0 && xr_link_accept_finish(tls, err, sizeof(err)) == 0)
+                link = tls;
+        }
+        if (link == NULL)
+            xr_helper_log("a relayed connection failed: %s", err);
+        else {
             memset(&peer, 0, sizeof(peer));
             xr_paddr_to_sockaddr(&in.u.incoming.peer, &peer);
         }
@@ -530,14 +460,14 @@ static int xr_reg_refresh(xr_reg_t *r, char *err, size_t errlen)
     return 0;
 }
 
-/* One server socket, until the library's connection ends. */
-static void xr_helper_listen(int sock, const xr_hmsg_t *q)
+void xr_helper_serve(int sock, const struct sockaddr_storage *app,
+                     const struct sockaddr_storage *bind_at)
 {
     char err[400], at[80];
     xr_reg_t *r = xr_calloc(1, sizeof(*r));
     r->shim = sock;
-    r->app = q->addr;
-    r->to = q->addr;
+    r->app = *app;
+    r->to = *app;
     atomic_init(&r->refs, 1);
     pthread_mutex_init(&r->lock, NULL);
     /* A server on every address is reached at loopback. */
@@ -555,28 +485,29 @@ static void xr_helper_listen(int sock, const xr_hmsg_t *q)
         return;
     }
     xr_addr_format(&r->app, at, sizeof(at));
-    r->c = xr_client_new(&xr_helper.cf, err, sizeof(err));
+    r->c = xr_carrier_client(err, sizeof(err));
     struct sockaddr_storage any;
     memset(&any, 0, sizeof(any));
     any.ss_family = r->to.ss_family;
-    r->lfd = r->c ? socket(any.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+    if (bind_at == NULL)
+        bind_at = &any;
+    int one = 1;
+    r->lfd = r->c ? socket(bind_at->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+    if (r->lfd >= 0)
+        setsockopt(r->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (r->c == NULL || r->lfd < 0 ||
-        bind(r->lfd, (struct sockaddr *) &any,
-             any.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)) !=
-            0 ||
+        bind(r->lfd, (const struct sockaddr *) bind_at,
+             bind_at->ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                           : sizeof(struct sockaddr_in6)) != 0 ||
         listen(r->lfd, 511) != 0) {
-        xr_helper_answer(sock, XR_HMSG_ERROR, EADDRNOTAVAIL, NULL,
-                         r->c ? "cannot listen for the agent's links" : err, -1);
+        if (r->c != NULL)
+            snprintf(err, sizeof(err), "cannot listen for the agent's links: %s", strerror(errno));
+        xr_helper_answer(sock, XR_HMSG_ERROR, EADDRNOTAVAIL, NULL, err, -1);
         if (r->lfd >= 0)
             close(r->lfd);
         xr_reg_unref(r);
         return;
     }
-    pthread_mutex_lock(&xr_helper.lock); /* what the shared connection resumed */
-    unsigned char sessions[8192];
-    size_t ns = xr_client_sessions_save(xr_helper.ctl, sessions, sizeof(sessions));
-    pthread_mutex_unlock(&xr_helper.lock);
-    xr_client_sessions_load(r->c, sessions, ns);
     r->state = -1;
     for (;;) {
         int64_t now = xr_helper_now();
@@ -692,7 +623,7 @@ static void *xr_helper_request(void *arg)
     if (got == 1) {
         switch (q.type) {
         case XR_HMSG_CONNECT: xr_helper_connect(&sock, &q); break;
-        case XR_HMSG_LISTEN: xr_helper_listen(sock, &q); break;
+        case XR_HMSG_LISTEN: xr_helper_serve(sock, &q.addr, NULL); break;
         case XR_HMSG_WHO: xr_helper_who(sock, &q); break;
         default: xr_helper_answer(sock, XR_HMSG_ERROR, EPROTO, NULL, "not a request", -1); break;
         }
@@ -805,7 +736,7 @@ int xr_helper_main(int argc, char **argv)
         return 2;
     }
     if (xr_client_conf_fill(&h->cf, &h->found, err, sizeof(err)) < 0 ||
-        (h->ctl = xr_client_new(&h->cf, err, sizeof(err))) == NULL) {
+        xr_carrier_init(&h->cf, err, sizeof(err)) < 0) {
         xr_helper_log("%s", err);
         return 1;
     }
@@ -820,9 +751,6 @@ int xr_helper_main(int argc, char **argv)
         if (pid > 0)
             _exit(0);
     }
-    char spath[4096];
-    if (xr_client_sessions_path(&h->cf, spath, sizeof(spath)) == 0)
-        xr_client_sessions_read(h->ctl, spath);
     int lfd;
     int rc = xr_helper_bind(path, &lfd, err, sizeof(err));
     if (rc != 0) {
@@ -870,10 +798,7 @@ int xr_helper_main(int argc, char **argv)
         }
     }
     /* The sessions, for the next helper or `xray connect`. */
-    pthread_mutex_lock(&h->lock);
-    if (xr_client_sessions_path(&h->cf, spath, sizeof(spath)) == 0)
-        xr_client_sessions_write(h->ctl, spath);
-    pthread_mutex_unlock(&h->lock);
+    xr_carrier_save();
     unlink(path);
     xr_helper_log("%s", xr_helper_stop ? "stopped" : "idle: leaving");
     return 0;

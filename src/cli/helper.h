@@ -9,4 +9,14 @@
  * helper serves the socket), 1 (failure), 2 (bad usage). */
 int xr_helper_main(int argc, char **argv);
 
+#include <sys/socket.h>
+
+/* A server bound through the agent, until sock (a SOCK_SEQPACKET end)
+ * ends: BOUND messages (helper_msg.h) go out on it at every change of
+ * state.  Links and direct clients come to a socket bound at bind_at
+ * (NULL: any port) and are handed to app, a server's address (a
+ * wildcard one: loopback).  Needs xr_carrier_init. */
+void xr_helper_serve(int sock, const struct sockaddr_storage *app,
+                     const struct sockaddr_storage *bind_at);
+
 #endif /* XR_HELPER_H */

@@ -16,13 +16,17 @@
  */
 #include "core/xrayd.h"
 #include "agent/policy.h"
+#include "cli/carrier.h"
+#include "cli/helper.h"
 #include "cli/listen.h"
+#include "lib/helper_msg.h"
 #include "lib/client.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,28 +54,30 @@ static int64_t xr_now_ms(void)
 
 static void xr_listen_usage(FILE *out)
 {
-    fprintf(out, "usage: xray listen PORT [--bind ADDR] [--agent HOST:PORT] [--agent-name NAME]\n"
-                 "                   [--cert FILE --key FILE --ca FILE] [--exec CMD]\n"
-                 "                   [--private CIDR[,CIDR...]] [--udp [--idle MS]]\n"
-                 "\n"
-                 "Listen on PORT, register the socket with the XRAY agent and report its official\n"
-                 "address; serve connections on stdin/stdout, or run CMD (sh -c) per connection\n"
-                 "with the connection as its stdin and stdout.\n"
-                 "\n"
-                 "  --agent     the agent; --agent-name the name its certificate carries\n"
-                 "              (default: its host).  What no flag gives comes from\n"
-                 "              $XRAY_AGENT, $XRAY_AGENT_NAME, $XRAY_CERT, $XRAY_KEY, $XRAY_CA,\n"
-                 "              then the client file ($XRAY_CONFIG, else\n"
-                 "              ~/.config/xray/client.yaml, else /etc/xray/client.yaml), then\n"
-                 "              the agent from /etc/xray/agent\n"
-                 "  --private   networks whose addresses are private, for the binding state when\n"
-                 "              the agent cannot be reached (default: 10/8, 172.16/12,\n"
-                 "              192.168/16, 100.64/10, fc00::/7)\n"
-                 "  --udp       a UDP server: each peer (relayed, or a direct source address)\n"
-                 "              is an association, ended after --idle ms (60000) without a\n"
-                 "              datagram; with --exec, CMD runs per association and each of\n"
-                 "              its writes is one datagram back; without, datagrams go to\n"
-                 "              stdout and each read from stdin answers the last peer\n");
+    fprintf(out,
+            "usage: xray listen PORT [--bind ADDR] [--agent HOST:PORT] [--agent-name NAME]\n"
+            "                   [--cert FILE --key FILE --ca FILE] [--exec CMD | --to HOST:PORT]\n"
+            "                   [--private CIDR[,CIDR...]] [--udp [--idle MS]]\n"
+            "\n"
+            "Listen on PORT, register the socket with the XRAY agent and report its official\n"
+            "address; serve connections on stdin/stdout, or run CMD (sh -c) per connection\n"
+            "with the connection as its stdin and stdout, or hand each to the running\n"
+            "server at HOST:PORT (--to: connections are served at once, side by side).\n"
+            "\n"
+            "  --agent     the agent; --agent-name the name its certificate carries\n"
+            "              (default: its host).  What no flag gives comes from\n"
+            "              $XRAY_AGENT, $XRAY_AGENT_NAME, $XRAY_CERT, $XRAY_KEY, $XRAY_CA,\n"
+            "              then the client file ($XRAY_CONFIG, else\n"
+            "              ~/.config/xray/client.yaml, else /etc/xray/client.yaml), then\n"
+            "              the agent from /etc/xray/agent\n"
+            "  --private   networks whose addresses are private, for the binding state when\n"
+            "              the agent cannot be reached (default: 10/8, 172.16/12,\n"
+            "              192.168/16, 100.64/10, fc00::/7)\n"
+            "  --udp       a UDP server: each peer (relayed, or a direct source address)\n"
+            "              is an association, ended after --idle ms (60000) without a\n"
+            "              datagram; with --exec, CMD runs per association and each of\n"
+            "              its writes is one datagram back; without, datagrams go to\n"
+            "              stdout and each read from stdin answers the last peer\n");
 }
 
 typedef struct {
@@ -563,10 +569,91 @@ static int xr_listen_udp(xr_listen_t *l, const char *cmd, int64_t idle_ms)
     return 0;
 }
 
+/* ---- --to: hand each connection to a running server ---------------- */
+
+typedef struct {
+    int sock;
+    struct sockaddr_storage to, at;
+} xr_listen_to_t;
+
+static void *xr_listen_to_serve(void *arg)
+{
+    xr_listen_to_t *t = arg;
+    xr_helper_serve(t->sock, &t->to, &t->at);
+    close(t->sock);
+    return NULL;
+}
+
+/* The helper's server (helper.c) in this process: its links and direct
+ * clients are taken side by side, each on a thread, and handed to to_s;
+ * this thread reports the binding state. */
+static int xr_listen_to(const xr_client_conf_t *cf, const struct sockaddr_storage *at,
+                        const char *to_s)
+{
+    static xr_listen_to_t t;
+    xr_paddr_t to;
+    char err[400], o[80];
+    if (xr_paddr_parse(to_s, &to) < 0 || to.port == 0) {
+        fprintf(stderr, "xray listen: --to %s: expected IP:PORT\n", to_s);
+        return 2;
+    }
+    memset(&t.to, 0, sizeof(t.to));
+    xr_paddr_to_sockaddr(&to, &t.to);
+    t.at = *at;
+    int sp[2];
+    if (xr_carrier_init(cf, err, sizeof(err)) < 0 ||
+        socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0) {
+        fprintf(stderr, "xray listen: %s\n", err);
+        return 1;
+    }
+    t.sock = sp[1];
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = xr_listen_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    pthread_t th;
+    if (pthread_create(&th, NULL, xr_listen_to_serve, &t) != 0) {
+        fprintf(stderr, "xray listen: no thread: %s\n", strerror(errno));
+        return 1;
+    }
+    int status = 0;
+    while (!xr_listen_stop) {
+        struct pollfd p = {sp[0], POLLIN, 0};
+        if (poll(&p, 1, 500) <= 0)
+            continue;
+        xr_hmsg_t m;
+        if (xr_hmsg_recv(sp[0], &m, NULL) <= 0) {
+            status = 1;
+            break;
+        }
+        xr_paddr_t off;
+        xr_paddr_from_sockaddr(&off, &m.addr);
+        if (m.type == XR_HMSG_ERROR) {
+            fprintf(stderr, "xray listen: %s\n", m.text);
+            status = 1;
+            break;
+        }
+        if (m.code == XR_BOUND_FULL)
+            fprintf(stderr, "xray listen: fully bound: official %s (to %s)\n",
+                    xr_paddr_str(&off, o, sizeof(o)), to_s);
+        else if (m.code == XR_BOUND_HALF)
+            fprintf(stderr, "xray listen: half bound: official %s (the agent is lost; retrying)\n",
+                    xr_paddr_str(&off, o, sizeof(o)));
+        else
+            fprintf(stderr, "xray listen: locally bound: the agent cannot be reached (retrying)\n");
+        fflush(stderr);
+    }
+    close(sp[0]); /* the server unregisters and leaves */
+    pthread_join(th, NULL);
+    xr_carrier_save();
+    return status;
+}
+
 int xr_listen_main(int argc, char **argv)
 {
     xr_client_conf_t cf = {.timeout_ms = 5000};
     const char *bind_addr = "0.0.0.0", *exec_cmd = NULL, *port_s = NULL, *idle_s = "60000";
+    const char *to_s = NULL;
     int udp = 0;
     const char *private_list = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,"
                                "[fc00::]/7";
@@ -580,6 +667,7 @@ int xr_listen_main(int argc, char **argv)
                             : strcmp(a, "--key") == 0        ? &cf.key
                             : strcmp(a, "--ca") == 0         ? &cf.ca
                             : strcmp(a, "--exec") == 0       ? &exec_cmd
+                            : strcmp(a, "--to") == 0         ? &to_s
                             : strcmp(a, "--private") == 0    ? &private_list
                             : strcmp(a, "--idle") == 0       ? &idle_s
                                                              : NULL;
@@ -644,6 +732,13 @@ int xr_listen_main(int argc, char **argv)
     if (sslen == 0) {
         fprintf(stderr, "xray listen: --bind %s is not an IP address\n", bind_addr);
         return 2;
+    }
+    if (to_s != NULL) {
+        if (exec_cmd != NULL || udp) {
+            fprintf(stderr, "xray listen: --to goes with neither --exec nor --udp\n");
+            return 2;
+        }
+        return xr_listen_to(&cf, &ss, to_s);
     }
     int one = 1;
     l.listen_fd = socket(ss.ss_family, (udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC, 0);

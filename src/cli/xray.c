@@ -10,6 +10,7 @@
 #include "cli/helper.h"
 #include "cli/listen.h"
 #include "cli/pki.h"
+#include "cli/socks.h"
 #include "cli/status.h"
 
 #include <mbedtls/version.h>
@@ -31,6 +32,7 @@ static const xr_xray_cmd_t xr_xray_cmds[] = {
     {"forward", xr_forward_main, "carry a local port's connections to an official address"},
     {"helper", xr_helper_main, "carry an application's connections for libxray (started by it)"},
     {"listen", xr_listen_main, "serve on a port bound through the agent (stdin/stdout or --exec)"},
+    {"socks", xr_socks_main, "a local SOCKS5 front that carries connections through the agents"},
     {"status", xr_status_main, "show an agent's registrations, sessions and counters"},
 };
 

@@ -45,6 +45,7 @@ xr_client_t *xr_client_new(const xr_client_conf_t *cf, char *err, size_t errlen)
         return NULL;
     }
     c->cf = *cf;
+    pthread_mutex_init(&c->session_lock, NULL);
     if (c->cf.timeout_ms <= 0)
         c->cf.timeout_ms = 10000;
     const char *colon = strrchr(cf->agent, ':');
@@ -176,6 +177,7 @@ void xr_client_free(xr_client_t *c)
     mbedtls_x509_crt_free(&c->ca);
     mbedtls_ctr_drbg_free(&c->drbg);
     mbedtls_entropy_free(&c->entropy);
+    pthread_mutex_destroy(&c->session_lock);
     free(c);
 }
 
@@ -456,15 +458,20 @@ static size_t xr_client_session_get(mbedtls_ssl_session *ss, int *has, const uns
 
 size_t xr_client_sessions_save(const xr_client_t *c, unsigned char *buf, size_t cap)
 {
+    pthread_mutex_t *lock = (pthread_mutex_t *) &c->session_lock; /* not c's state */
     size_t a = xr_client_session_put(&c->ctl_session, c->has_ctl_session, buf, cap);
+    pthread_mutex_lock(lock);
     size_t b =
         a > 0 ? xr_client_session_put(&c->link_session, c->has_link_session, buf + a, cap - a) : 0;
+    pthread_mutex_unlock(lock);
     return a > 0 && b > 0 ? a + b : 0;
 }
 
 void xr_client_sessions_load(xr_client_t *c, const unsigned char *buf, size_t len)
 {
     size_t a = xr_client_session_get(&c->ctl_session, &c->has_ctl_session, buf, len);
+    pthread_mutex_lock(&c->session_lock);
     if (a < len)
         xr_client_session_get(&c->link_session, &c->has_link_session, buf + a, len - a);
+    pthread_mutex_unlock(&c->session_lock);
 }

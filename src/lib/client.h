@@ -119,7 +119,8 @@ int xr_client_route(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_route_t
                     xr_link_t **tls, int *perr, char *err, size_t errlen);
 /* TCP and TLS to a relay point, offering the session of the last link
  * (check_name: the agent's name must be on its certificate; else the
- * caller checks its key when joining); NULL with err. */
+ * caller checks its key when joining); NULL with err.  Threads may open
+ * links of one client at once. */
 xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, char *err,
                        size_t errlen);
 /* On a link whose TLS is up: the relay point's key (hex; NULL: its name
@@ -127,6 +128,10 @@ xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, cha
  * failure. */
 xr_link_t *xr_link_join(xr_link_t *tls, const uint8_t *token, const char *want_key, char *err,
                         size_t errlen);
+
+/* A TCP connection to a (blocking, no delay), given up after
+ * timeout_ms; the socket, or -1 with err. */
+int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen);
 
 /* The largest UDP payload (IPv4's). */
 #define XR_UDP_MAX 65507
@@ -150,8 +155,10 @@ int xr_client_next(xr_client_t *c, xr_msg_t *m, int timeout_ms, char *err, size_
 int xr_client_take(xr_client_t *c, const xr_msg_t *incoming, xr_link_t **link, char *err,
                    size_t errlen);
 /* The same in steps, for a client shared by threads: under the lock,
- * the answer and, in mode 2, the TLS part of the link (*tls, else NULL);
- * then xr_link_join(tls, incoming's token, NULL, ...) without it. */
+ * the answer and, in mode 2, the TLS part of the link (*tls, else NULL;
+ * with tls NULL the caller opens it, xr_link_tls(c, incoming's addr, 1,
+ * ...), which needs no lock); then xr_link_join(tls, incoming's token,
+ * NULL, ...) without it. */
 int xr_client_take_begin(xr_client_t *c, const xr_msg_t *incoming, xr_link_t **tls, char *err,
                          size_t errlen);
 /* Is a connection accepted on the server socket from the agent (a mode
@@ -170,6 +177,16 @@ int xr_client_is_link(xr_client_t *c, int fd, const struct sockaddr_storage *pee
  * ways.  *incoming gets the INCOMING.  0, or -1 with err. */
 int xr_client_accept_link(xr_client_t *c, int fd, xr_link_t **link, xr_msg_t *incoming, char *err,
                           size_t errlen);
+/* The same in steps, for a client shared by threads: the TLS and the
+ * LINK frame (no lock; the token into token[XR_PROTO_TOKEN]); matching
+ * the token to its INCOMING (under the lock: it may read the control
+ * connection); LINK_OK and the ACKs (no lock).  Each frees the link on
+ * failure. */
+int xr_link_accept_begin(xr_client_t *c, int fd, xr_link_t **link, uint8_t *token, char *err,
+                         size_t errlen);
+int xr_client_link_claim(xr_client_t *c, xr_link_t *l, const uint8_t *token, xr_msg_t *incoming,
+                         char *err, size_t errlen);
+int xr_link_accept_finish(xr_link_t *l, char *err, size_t errlen);
 int xr_client_fd(const xr_client_t *c);
 /* INCOMING frames queued while a call awaited its answer. */
 int xr_client_pending_incoming(const xr_client_t *c);

@@ -8,6 +8,8 @@
 
 #include "lib/client.h"
 
+#include <pthread.h>
+
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
@@ -57,6 +59,8 @@ struct xr_client_s {
      * and with the agent itself (the control connection). */
     mbedtls_ssl_session link_session;
     int has_link_session;
+    /* link_session, for links opened by several threads at once */
+    pthread_mutex_t session_lock;
     mbedtls_ssl_session ctl_session;
     int has_ctl_session;
 };

@@ -56,7 +56,8 @@ static int xr_client_expected(xr_client_t *c, const uint8_t *token, xr_msg_t *in
 int xr_client_take_begin(xr_client_t *c, const xr_msg_t *in, xr_link_t **tls, char *err,
                          size_t errlen)
 {
-    *tls = NULL;
+    if (tls != NULL)
+        *tls = NULL;
     xr_msg_t ok = {.type = XR_MSG_INCOMING_OK};
     ok.u.done.id = in->u.incoming.id;
     if (xr__client_send(c, &ok, err, errlen) < 0) {
@@ -69,6 +70,8 @@ int xr_client_take_begin(xr_client_t *c, const xr_msg_t *in, xr_link_t **tls, ch
     }
     /* Mode 2, maybe after a mode 1 whose link the agent could not open. */
     xr_client_expected(c, in->u.incoming.token, NULL);
+    if (tls == NULL)
+        return 0; /* the caller opens it */
     *tls = xr_link_tls(c, &in->u.incoming.addr, 1, err, errlen);
     return *tls != NULL ? 0 : -1;
 }
@@ -147,8 +150,8 @@ int xr_client_is_link(xr_client_t *c, int fd, const struct sockaddr_storage *pee
     return poll(&p, 1, 1000) == 1 && recv(fd, &b, 1, MSG_PEEK) == 1 && b == 0x16;
 }
 
-int xr_client_accept_link(xr_client_t *c, int fd, xr_link_t **link, xr_msg_t *incoming, char *err,
-                          size_t errlen)
+int xr_link_accept_begin(xr_client_t *c, int fd, xr_link_t **link, uint8_t *token, char *err,
+                         size_t errlen)
 {
     *link = NULL;
     xr_link_t *l = calloc(1, sizeof(*l));
@@ -185,15 +188,27 @@ int xr_client_accept_link(xr_client_t *c, int fd, xr_link_t **link, xr_msg_t *in
         snprintf(err, errlen, "the agent's link began with %s", xr_proto_type_name(m.type));
         goto fail;
     }
+    memcpy(token, m.u.link.token, XR_PROTO_TOKEN);
+    *link = l;
+    return 0;
+fail:
+    xr__link_free(l);
+    return -1;
+}
+
+int xr_client_link_claim(xr_client_t *c, xr_link_t *l, const uint8_t *token, xr_msg_t *incoming,
+                         char *err, size_t errlen)
+{
     /* The INCOMING may still be on its way on the control connection. */
     int64_t until = xr__client_now_ms() + 2000;
-    while (!xr_client_expected(c, m.u.link.token, incoming)) {
+    while (!xr_client_expected(c, token, incoming)) {
         char e2[200];
         int64_t left = until - xr__client_now_ms();
         int got = left > 0 ? xr_client_absorb(c, (int) left, e2, sizeof(e2)) : 0;
         if (got < 0) {
             snprintf(err, errlen, "control connection lost: %s", e2);
-            goto fail;
+            xr__link_free(l);
+            return -1;
         }
         if (got == 0 && left <= 0) {
             xr_msg_t no = {.type = XR_MSG_ERROR};
@@ -201,17 +216,35 @@ int xr_client_accept_link(xr_client_t *c, int fd, xr_link_t **link, xr_msg_t *in
             xr_pstr_set(&no.u.error.message, "no INCOMING names that token");
             xr__link_send(l, &no, "agent", e2, sizeof(e2));
             snprintf(err, errlen, "a link with a token no INCOMING named");
-            goto fail;
+            xr__link_free(l);
+            return -1;
         }
     }
+    return 0;
+}
+
+int xr_link_accept_finish(xr_link_t *l, char *err, size_t errlen)
+{
     xr_msg_t ok = {.type = XR_MSG_LINK_OK}, ack = {.type = XR_MSG_ACK};
     if (xr__link_send(l, &ok, "agent", err, errlen) < 0 ||
         xr__link_send(l, &ack, "agent", err, errlen) < 0 ||
-        xr__link_expect(l, XR_MSG_ACK, "agent", err, errlen) < 0)
-        goto fail;
+        xr__link_expect(l, XR_MSG_ACK, "agent", err, errlen) < 0) {
+        xr__link_free(l);
+        return -1;
+    }
+    return 0;
+}
+
+int xr_client_accept_link(xr_client_t *c, int fd, xr_link_t **link, xr_msg_t *incoming, char *err,
+                          size_t errlen)
+{
+    uint8_t token[XR_PROTO_TOKEN];
+    xr_link_t *l;
+    *link = NULL;
+    if (xr_link_accept_begin(c, fd, &l, token, err, errlen) < 0 ||
+        xr_client_link_claim(c, l, token, incoming, err, errlen) < 0 ||
+        xr_link_accept_finish(l, err, errlen) < 0)
+        return -1;
     *link = l;
     return 0;
-fail:
-    xr__link_free(l);
-    return -1;
 }

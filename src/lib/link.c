@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen)
+int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t len = xr_paddr_to_sockaddr(a, &ss);
@@ -138,8 +138,10 @@ xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, cha
         snprintf(err, errlen, "TLS setup failed");
         goto fail;
     }
+    pthread_mutex_lock(&c->session_lock);
     if (c->has_link_session)
         mbedtls_ssl_set_session(&l->ssl, &c->link_session); /* a failed offer is a full one */
+    pthread_mutex_unlock(&c->session_lock);
     mbedtls_ssl_set_bio(&l->ssl, &l->net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
     while ((rc = mbedtls_ssl_handshake(&l->ssl)) != 0)
         if (rc != MBEDTLS_ERR_SSL_WANT_READ && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
@@ -150,10 +152,12 @@ xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, cha
         }
     /* The relay points of one agent share its session: the next link
      * resumes. */
+    pthread_mutex_lock(&c->session_lock);
     if (c->has_link_session)
         mbedtls_ssl_session_free(&c->link_session);
     mbedtls_ssl_session_init(&c->link_session);
     c->has_link_session = mbedtls_ssl_get_session(&l->ssl, &c->link_session) == 0;
+    pthread_mutex_unlock(&c->session_lock);
     return l;
 fail:
     xr__link_free(l);
