@@ -213,3 +213,14 @@ def test_fuzz_client_conf_corpus_replays(tmp_path):
     assert files, "empty corpus: %s" % CLIENT_CORPUS
     failed = _replay_each(_build_replay("fuzz_client_conf", tmp_path), files)
     assert not failed, "\n".join(failed)
+
+
+def test_fuzz_helper_msg_corpus_replays(tmp_path):
+    """fuzz/fuzz_helper_msg.c: what libxray reads from its helper (every
+    answer, and packets with a bad version, type, family, text length or
+    trailing bytes) decodes or is refused without a crash, re-encodes to
+    its own bytes, and a refused packet leaves no descriptor open."""
+    files = sorted(p for p in (REPO / "fuzz" / "corpus" / "hmsg").iterdir() if p.is_file())
+    assert len(files) >= 10, files
+    failed = _replay_each(_build_replay("fuzz_helper_msg", tmp_path), files)
+    assert not failed, "\n".join(failed)
