@@ -763,6 +763,7 @@ NAV = [
     ("logging.html", "Logging"),
     ("pki.html", "Certificates"),
     ("agent.html", "Agent"),
+    ("library.html", "Library"),
     ("proxy.html", "Proxies"),
     ("protocol.html", "Protocol"),
 ]
