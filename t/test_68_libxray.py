@@ -281,7 +281,7 @@ else:
 @pytest.mark.timeout(240)
 def test_asyncio_client_and_server_through_the_preload(topology, pki, tmp_path):
     """Python asyncio (epoll, non-blocking sockets) on both sides: the
-    server's getsockname is its official address, 50 concurrent client
+    server's getsockname is its official address, 200 concurrent client
     connections echo exactly."""
     t = topology
     _two_agents(t, pki, tmp_path)
@@ -293,9 +293,9 @@ def test_asyncio_client_and_server_through_the_preload(topology, pki, tmp_path):
     out = _Out(server)
     _i, line = out.wait(r"official 198\.19\.0\.2:\d+")
     host, port = _split(line.split()[1])
-    r = t.run("a", [sys.executable, str(script), "client", host, port, "50"],
+    r = t.run("a", [sys.executable, str(script), "client", host, port, "200"],
               env=_preloaded(_env(t, pki, tmp_path, "a", debug=False)), timeout=120)
-    assert "asyncio 50 of 50" in r.stdout, r.stdout + r.stderr
+    assert "asyncio 200 of 200" in r.stdout, r.stdout + r.stderr
     server.terminate()
     server.wait(timeout=20)
 
@@ -450,3 +450,42 @@ def test_tools_publish_and_reach_servers(topology, pki, tmp_path):
     r = t.run("a", [sys.executable, str(burst), "127.0.0.1", "9001", "200"], timeout=200)
     assert "burst 200 of 200" in r.stdout, (r.stdout + r.stderr[-1000:] + "".join(fwd2.lines[-30:])
                                             + "".join(ech.lines[-30:]))
+
+
+CONNECTS = r'''
+import subprocess, sys, time
+xray, official, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+procs = []
+for i in range(n):
+    procs.append(subprocess.Popen([xray, "connect", official], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+ok = 0
+for i, p in enumerate(procs):
+    try:
+        out, err = p.communicate(b"connect %d\n" % i, timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    if out == b"connect %d\n" % i:
+        ok += 1
+    else:
+        sys.stderr.write("connect %d: rc %s %r\n" % (i, p.returncode, err[-300:]))
+print("connects %d of %d" % (ok, n), flush=True)
+'''
+
+
+@pytest.mark.timeout(300)
+def test_200_xray_connects_at_once_to_xray_listen(topology, pki, tmp_path):
+    """The burst the tools used to collapse under: 200 `xray connect`
+    processes started at the same moment towards one `xray listen --exec
+    cat`; 200 of 200 get their line back."""
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    envb = _env(t, pki, tmp_path, "b", debug=False)
+    _l, lines = _xray(t, "b", envb, "listen", "8080", "--exec", "cat")
+    official = re.search(r"official (\S+)", lines.wait(r"fully bound: official")[1]).group(1)
+    script = tmp_path / "connects.py"
+    script.write_text(CONNECTS)
+    r = t.run("a", [sys.executable, str(script), str(th.XRAY), official, "200"],
+              env=_env(t, pki, tmp_path, "a", debug=False), timeout=280)
+    assert "connects 200 of 200" in r.stdout, r.stdout + r.stderr[-3000:]

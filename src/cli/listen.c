@@ -10,7 +10,10 @@
  * agent takes it back (an agent that restarted gives it back from its
  * state file).  Locally bound: the agent was unreachable at start and the
  * local address is private, so there is no official address, and there
- * will not be one (it would change under the application's feet).
+ * is none until the agent answers; then it is fully bound with the
+ * address the agent gives (XRAY §5.1 keeps a locally bound socket local;
+ * the socket here is the tool's, and a server that gains reach is what
+ * its user wants).
  * Lines on stderr report every transition; "official ADDR" is the line a
  * script waits for.
  */
@@ -178,7 +181,7 @@ static int xr_listen_tick(xr_listen_t *l)
 {
     char err[300];
     int64_t now = xr_now_ms();
-    if (now < l->next || l->state == XR_LOCALLY_BOUND)
+    if (now < l->next)
         return 0;
     if (l->state == XR_FULLY_BOUND) {
         int perr = 0;
@@ -199,11 +202,12 @@ static int xr_listen_tick(xr_listen_t *l)
             l->next = now + l->retry_ms;
         return 0;
     }
+    int was = l->state;
     int rc = xr_listen_register(l, err, sizeof(err));
     if (rc > 0) {
         l->state = XR_FULLY_BOUND;
         l->next = now + xr_client_heartbeat_ms(l->client);
-        xr_listen_report(l, " again");
+        xr_listen_report(l, was == XR_LOCALLY_BOUND ? " (the agent is there now)" : " again");
         return 0;
     }
     if (rc < 0) {
@@ -354,6 +358,117 @@ static void xr_listen_exec(int fd, const char *cmd)
     if (pid < 0)
         fprintf(stderr, "xray listen: fork() failed: %s\n", strerror(errno));
     close(fd);
+}
+
+/* ---- --exec: relayed connections side by side ---------------------------
+
+ * With --exec, links are taken on threads of their own: a burst of relayed
+ * connections is as many TLS handshakes at once, and one at a time they
+ * outlasted the agent's patience.  The lock guards the control connection,
+ * which the main loop shares with these threads (it holds it for every
+ * call it makes on the client). */
+static pthread_mutex_t xr_listen_lock = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct {
+    xr_listen_t *l;
+    int fd;      /* accepted from the agent's address (mode 1, or direct), or -1 */
+    xr_msg_t in; /* mode 2: the INCOMING to connect out for */
+    const char *cmd;
+} xr_listen_job_t;
+
+static void *xr_listen_job(void *arg)
+{
+    xr_listen_job_t *j = arg;
+    xr_listen_t *l = j->l;
+    xr_link_t *tls = NULL, *link = NULL;
+    xr_msg_t in = j->in;
+    char err[300] = "";
+    if (j->fd >= 0) {
+        /* From the agent's host: its link opens with a TLS handshake
+         * record at once; anything else is a direct client there. */
+        struct pollfd p = {j->fd, POLLIN, 0};
+        unsigned char b;
+        if (!(poll(&p, 1, 1000) == 1 && recv(j->fd, &b, 1, MSG_PEEK) == 1 && b == 0x16)) {
+            xr_listen_exec(j->fd, j->cmd);
+            free(j);
+            return NULL;
+        }
+        uint8_t token[XR_PROTO_TOKEN];
+        if (xr_link_accept_begin(l->client, j->fd, &tls, token, err, sizeof(err)) == 0) {
+            pthread_mutex_lock(&xr_listen_lock);
+            int rc = xr_client_link_claim(l->client, tls, token, &in, err, sizeof(err));
+            pthread_mutex_unlock(&xr_listen_lock);
+            if (rc == 0 && xr_link_accept_finish(tls, err, sizeof(err)) == 0)
+                link = tls;
+        }
+    } else {
+        tls = xr_link_tls(l->client, &in.u.incoming.addr, 1, err, sizeof(err));
+        if (tls != NULL)
+            link = xr_link_join(tls, in.u.incoming.token, NULL, err, sizeof(err));
+    }
+    if (link == NULL) {
+        fprintf(stderr, "xray listen: relayed connection failed: %s\n", err);
+        free(j);
+        return NULL;
+    }
+    fprintf(stderr, "xray listen: relayed connection from %s\n", in.u.incoming.client_subject.s);
+    fflush(stderr);
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0) {
+        xr_listen_exec(sp[1], j->cmd); /* the command on one end, the link here */
+        xr_link_pump(link, -1, sp[0], sp[0], 1, NULL, NULL);
+        close(sp[0]);
+    }
+    xr_link_close(link);
+    free(j);
+    return NULL;
+}
+
+static void xr_listen_spawn(xr_listen_t *l, int fd, const xr_msg_t *in, const char *cmd)
+{
+    xr_listen_job_t *j = xr_calloc(1, sizeof(*j));
+    pthread_attr_t attr;
+    pthread_t th;
+    j->l = l;
+    j->fd = fd;
+    j->cmd = cmd;
+    if (in != NULL)
+        j->in = *in;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&th, &attr, xr_listen_job, j) != 0) {
+        fprintf(stderr, "xray listen: no thread for a connection: %s\n", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        free(j);
+    }
+    pthread_attr_destroy(&attr);
+}
+
+/* The INCOMING frames that came, with --exec: answered under the lock,
+ * their links made on threads. */
+static void xr_listen_incoming_threaded(xr_listen_t *l, const char *cmd)
+{
+    char err[300];
+    for (;;) {
+        xr_msg_t m;
+        int rc = xr_client_next(l->client, &m, 0, err, sizeof(err));
+        if (rc < 0) {
+            xr_listen_lost(l, err);
+            return;
+        }
+        if (rc == 0)
+            return;
+        if (m.type != XR_MSG_INCOMING)
+            continue;
+        if (xr_client_take_begin(l->client, &m, NULL, err, sizeof(err)) < 0) {
+            fprintf(stderr, "xray listen: relayed connection from %s failed: %s\n",
+                    m.u.incoming.client_subject.s, err);
+            continue;
+        }
+        if (m.u.incoming.mode != XR_INCOMING_INBOUND)
+            xr_listen_spawn(l, -1, &m, cmd);
+    }
 }
 
 /* ---- UDP: xray listen --udp --------------------------------------------- */
@@ -745,7 +860,7 @@ int xr_listen_main(int argc, char **argv)
     if (l.listen_fd < 0 ||
         setsockopt(l.listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
         bind(l.listen_fd, (struct sockaddr *) &ss, sslen) != 0 ||
-        (!udp && listen(l.listen_fd, 64) != 0)) {
+        (!udp && listen(l.listen_fd, 511) != 0)) {
         fprintf(stderr, "xray listen: cannot listen on %s port %ld: %s\n", bind_addr, port,
                 strerror(errno));
         return 1;
@@ -778,8 +893,9 @@ int xr_listen_main(int argc, char **argv)
         xr_listen_local(&l);
         if (xr_net_rules_cover_addr(priv.rules, priv.n, &l.local)) {
             l.state = XR_LOCALLY_BOUND;
-            xr_listen_report(&l, "no agent, so no official address; connections from this "
-                                 "network only");
+            l.next = xr_now_ms() + l.retry_ms;
+            xr_listen_report(&l, "no agent, so no official address yet; connections from "
+                                 "this network only until it comes");
         } else {
             l.state = XR_HALF_BOUND;
             l.official = l.local;
@@ -788,7 +904,7 @@ int xr_listen_main(int argc, char **argv)
         }
     }
 
-    int status = 0;
+    int status = 0, threaded = !udp && exec_cmd != NULL;
     if (udp && xr_listen_udp(&l, exec_cmd, idle_ms) < 0)
         status = 1;
     while (!udp && !xr_listen_stop) {
@@ -796,9 +912,31 @@ int xr_listen_main(int argc, char **argv)
                               {l.state == XR_FULLY_BOUND ? xr_client_fd(l.client) : -1, POLLIN, 0}};
         int64_t wait = l.state == XR_LOCALLY_BOUND ? 1000 : l.next - xr_now_ms();
         int n = poll(p, 2, (int) (wait < 0 ? 0 : wait > 1000 ? 1000 : wait));
-        if (xr_listen_tick(&l) < 0) {
+        pthread_mutex_lock(&xr_listen_lock);
+        int ticked = xr_listen_tick(&l);
+        if (ticked == 0 && threaded && l.state == XR_FULLY_BOUND)
+            xr_listen_incoming_threaded(&l, exec_cmd);
+        pthread_mutex_unlock(&xr_listen_lock);
+        if (ticked < 0) {
             status = 1;
             break;
+        }
+        if (threaded) {
+            if (n <= 0 || !(p[0].revents & POLLIN))
+                continue;
+            struct sockaddr_storage peer;
+            socklen_t plen = sizeof(peer);
+            int fd = accept4(l.listen_fd, (struct sockaddr *) &peer, &plen, SOCK_CLOEXEC);
+            if (fd < 0)
+                continue;
+            pthread_mutex_lock(&xr_listen_lock);
+            int from = l.state == XR_FULLY_BOUND && xr_client_from_agent(l.client, &peer);
+            pthread_mutex_unlock(&xr_listen_lock);
+            if (from)
+                xr_listen_spawn(&l, fd, NULL, exec_cmd);
+            else
+                xr_listen_exec(fd, exec_cmd);
+            continue;
         }
         if (l.state == XR_FULLY_BOUND && (n > 0 && (p[1].revents & (POLLIN | POLLHUP)))) {
             if (xr_listen_incoming(&l, exec_cmd) < 0)
@@ -836,6 +974,7 @@ int xr_listen_main(int argc, char **argv)
             close(fd);
         }
     }
+    pthread_mutex_lock(&xr_listen_lock); /* kept: threads still at work stop with us */
     if (l.state == XR_FULLY_BOUND && xr_client_is_open(l.client)) {
         int perr;
         xr_msg_t req = {.type = XR_MSG_UNREGISTER}, r;
@@ -843,7 +982,8 @@ int xr_listen_main(int argc, char **argv)
         if (xr_client_call(l.client, &req, &r, &perr, err, sizeof(err)) == 0)
             fprintf(stderr, "xray listen: unregistered\n");
     }
-    xr_client_free(l.client);
+    if (!threaded) /* threads may still use it: the exit frees it */
+        xr_client_free(l.client);
     close(l.listen_fd);
     return status;
 }

@@ -10,6 +10,7 @@
 #include "common/identity.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -302,6 +303,7 @@ int xr_client_open(xr_client_t *c, int *perr, char *err, size_t errlen)
         return -1;
     }
     xr__nodelay(c->net.fd);
+    fcntl(c->net.fd, F_SETFD, FD_CLOEXEC); /* not for the commands a tool runs */
     if ((rc = mbedtls_ssl_setup(&c->ssl, &c->conf)) != 0 ||
         (rc = mbedtls_ssl_set_hostname(&c->ssl, c->cf.agent_name ? c->cf.agent_name : c->host)) !=
             0) {
