@@ -351,9 +351,7 @@ static void *xr_reg_conn(void *arg)
         int fd = ho->fd;
         ho->fd = -1; /* the link's now, whatever comes of it */
         if (xr_link_accept_begin(r->c, fd, &tls, token, err, sizeof(err)) == 0) {
-            pthread_mutex_lock(&r->lock);
-            int rc = xr_client_link_claim(r->c, tls, token, &in, err, sizeof(err));
-            pthread_mutex_unlock(&r->lock);
+            int rc = xr_client_link_claim_shared(r->c, &r->lock, tls, token, &in, err, sizeof(err));
             if (rc == 0 && xr_link_accept_finish(tls, err, sizeof(err)) == 0)
                 link = tls;
         }

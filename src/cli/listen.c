@@ -395,9 +395,8 @@ static void *xr_listen_job(void *arg)
         }
         uint8_t token[XR_PROTO_TOKEN];
         if (xr_link_accept_begin(l->client, j->fd, &tls, token, err, sizeof(err)) == 0) {
-            pthread_mutex_lock(&xr_listen_lock);
-            int rc = xr_client_link_claim(l->client, tls, token, &in, err, sizeof(err));
-            pthread_mutex_unlock(&xr_listen_lock);
+            int rc = xr_client_link_claim_shared(l->client, &xr_listen_lock, tls, token, &in, err,
+                                                 sizeof(err));
             if (rc == 0 && xr_link_accept_finish(tls, err, sizeof(err)) == 0)
                 link = tls;
         }

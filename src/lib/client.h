@@ -11,6 +11,7 @@
 #define XR_CLIENT_H
 
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -181,11 +182,23 @@ int xr_client_accept_link(xr_client_t *c, int fd, xr_link_t **link, xr_msg_t *in
  * LINK frame (no lock; the token into token[XR_PROTO_TOKEN]); matching
  * the token to its INCOMING (under the lock: it may read the control
  * connection); LINK_OK and the ACKs (no lock).  Each frees the link on
- * failure. */
+ * failure.  xr_client_link_claim waits up to 2 s for the INCOMING, lock
+ * held; xr_client_link_match does not wait: 1 matched, 0 not yet (the
+ * caller drops the lock, waits a moment and asks again, and after 2 s
+ * gives up with xr_link_refuse), -1 when the control connection failed. */
 int xr_link_accept_begin(xr_client_t *c, int fd, xr_link_t **link, uint8_t *token, char *err,
                          size_t errlen);
 int xr_client_link_claim(xr_client_t *c, xr_link_t *l, const uint8_t *token, xr_msg_t *incoming,
                          char *err, size_t errlen);
+int xr_client_link_match(xr_client_t *c, const uint8_t *token, xr_msg_t *incoming, char *err,
+                         size_t errlen);
+/* xr_client_link_claim for a client shared under lock: the lock is
+ * taken for each look, never held while waiting. */
+int xr_client_link_claim_shared(xr_client_t *c, pthread_mutex_t *lock, xr_link_t *l,
+                                const uint8_t *token, xr_msg_t *incoming, char *err, size_t errlen);
+/* Tell the agent no INCOMING named the link's token (ERROR BAD_TOKEN),
+ * and free it. */
+void xr_link_refuse(xr_link_t *l);
 int xr_link_accept_finish(xr_link_t *l, char *err, size_t errlen);
 int xr_client_fd(const xr_client_t *c);
 /* INCOMING frames queued while a call awaited its answer. */

@@ -18,9 +18,11 @@
 #include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
-/* INCOMING mode 1 frames whose link has not come yet, and how long one
- * waits (a relay point lives 2 x handshake_timeout, 20 s by default). */
-#define XR_EXPECT_MAX 64
+/* INCOMING mode 1 frames whose link has not come yet (a burst of
+ * relayed connections announces them all before the first link is
+ * taken), and how long one waits (a relay point lives 2 x
+ * handshake_timeout, 20 s by default). */
+#define XR_EXPECT_MAX 1024
 #define XR_EXPECT_MS  30000
 
 struct xr_client_s {

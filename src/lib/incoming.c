@@ -196,6 +196,51 @@ fail:
     return -1;
 }
 
+int xr_client_link_match(xr_client_t *c, const uint8_t *token, xr_msg_t *incoming, char *err,
+                         size_t errlen)
+{
+    if (xr_client_expected(c, token, incoming))
+        return 1;
+    /* Perhaps on its way: what the control connection has, no waiting. */
+    if (xr_client_absorb(c, 0, err, errlen) < 0)
+        return -1;
+    return xr_client_expected(c, token, incoming);
+}
+
+void xr_link_refuse(xr_link_t *l)
+{
+    char e2[200];
+    xr_msg_t no = {.type = XR_MSG_ERROR};
+    no.u.error.code = XR_PERR_BAD_TOKEN;
+    xr_pstr_set(&no.u.error.message, "no INCOMING names that token");
+    xr__link_send(l, &no, "agent", e2, sizeof(e2));
+    xr__link_free(l);
+}
+
+int xr_client_link_claim_shared(xr_client_t *c, pthread_mutex_t *lock, xr_link_t *l,
+                                const uint8_t *token, xr_msg_t *incoming, char *err, size_t errlen)
+{
+    int64_t until = xr__client_now_ms() + 2000;
+    for (;;) {
+        pthread_mutex_lock(lock);
+        int got = xr_client_link_match(c, token, incoming, err, errlen);
+        pthread_mutex_unlock(lock);
+        if (got > 0)
+            return 0;
+        if (got < 0) {
+            xr__link_free(l);
+            return -1;
+        }
+        if (xr__client_now_ms() >= until) {
+            snprintf(err, errlen, "a link with a token no INCOMING named");
+            xr_link_refuse(l);
+            return -1;
+        }
+        struct timespec ts = {0, 2 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 int xr_client_link_claim(xr_client_t *c, xr_link_t *l, const uint8_t *token, xr_msg_t *incoming,
                          char *err, size_t errlen)
 {
@@ -211,12 +256,8 @@ int xr_client_link_claim(xr_client_t *c, xr_link_t *l, const uint8_t *token, xr_
             return -1;
         }
         if (got == 0 && left <= 0) {
-            xr_msg_t no = {.type = XR_MSG_ERROR};
-            no.u.error.code = XR_PERR_BAD_TOKEN;
-            xr_pstr_set(&no.u.error.message, "no INCOMING names that token");
-            xr__link_send(l, &no, "agent", e2, sizeof(e2));
             snprintf(err, errlen, "a link with a token no INCOMING named");
-            xr__link_free(l);
+            xr_link_refuse(l);
             return -1;
         }
     }
