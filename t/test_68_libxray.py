@@ -489,3 +489,62 @@ def test_200_xray_connects_at_once_to_xray_listen(topology, pki, tmp_path):
     r = t.run("a", [sys.executable, str(script), str(th.XRAY), official, "200"],
               env=_env(t, pki, tmp_path, "a", debug=False), timeout=280)
     assert "connects 200 of 200" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+UDP = r'''
+import socket, sys, time
+host, port, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(15)
+
+def exchange(sock, tag, n, connected=False):
+    for i in range(n):
+        msg = b"%s %d" % (tag, i)
+        if connected:
+            sock.send(msg)
+            data, src = sock.recv(65536), (host, port)
+        else:
+            sock.sendto(msg, (host, port))
+            data, src = sock.recvfrom(65536)
+        assert data == msg, (data, msg)
+        assert src == (host, port), src
+
+exchange(s, b"first", 20)
+print("first ok", flush=True)
+time.sleep(pause)  # the mapping idles out
+exchange(s, b"again", 20)
+print("again ok", flush=True)
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(15)
+c.connect((host, port))
+assert c.getpeername() == (host, port), c.getpeername()
+exchange(c, b"connected", 20, connected=True)
+print("connected ok", flush=True)
+'''
+
+
+@pytest.mark.timeout(240)
+def test_udp_through_the_preload_maps_expires_and_maps_again(topology, pki, tmp_path):
+    """UDP across the firewalls under the preload (CODO §4.3's mapping
+    table): an unmodified Python client in a exchanges datagrams with
+    `xray listen --udp --exec cat` in b through its official address; the
+    answers come from that address; the mapping idles out (XRAY_UDP_IDLE
+    1 s), and the next datagram makes a new one; a connected socket works
+    too, and getpeername says the official address."""
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    _l, lines = _xray(t, "b", _env(t, pki, tmp_path, "b", debug=False), "listen", "9000", "--udp",
+                      "--exec", "cat")
+    official = re.search(r"official (\S+)", lines.wait(r"fully bound: official")[1]).group(1)
+    host, port = _split(official)
+    script = tmp_path / "udp.py"
+    script.write_text(UDP)
+    env = dict(_preloaded(_env(t, pki, tmp_path, "a")), XRAY_UDP_IDLE="1000")
+    r = t.run("a", [sys.executable, str(script), host, port, "2.5"], env=env, timeout=120)
+    assert r.returncode == 0 and "connected ok" in r.stdout, r.stdout + r.stderr
+    log = "".join(p.read_text() for p in (tmp_path / "home-a" / "run" / "xray").glob("*.log"))
+    assert len(re.findall(r"udp %s: mapped at 127\.0\.0\.1:\d+ \(until idle\)" % re.escape(official),
+                          log)) == 2, log
+    assert re.search(r"udp %s: mapping at 127\.0\.0\.1:\d+ ended: idle" % re.escape(official),
+                     log), log
+    assert "while the socket is connected" in log, log

@@ -140,6 +140,120 @@ static int xr_helper_unfill(int a, int b, size_t n, int sndbuf)
     return 0;
 }
 
+/* ---- UDP: CODO §4.3's mapping table ----------------------------------- */
+
+#define XR_HELPER_UDP_IDLE_MS 60000
+
+/* One mapping: the application sends dst's datagrams to a socket of ours
+ * on loopback (the first source it hears from is the application's, and
+ * the only one it takes), and they go on over the link; the answers come
+ * back from that socket, which the library presents as dst. */
+static void xr_helper_udp_carry(int *psock, const xr_hmsg_t *q, xr_link_t *link, const char *d)
+{
+    int sock = *psock, hold = (q->flags & XR_HMSG_HOLD) != 0;
+    int idle = q->code > 0 ? q->code : XR_HELPER_UDP_IDLE_MS;
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t ll = sizeof(lo);
+    int u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (u < 0 || bind(u, (struct sockaddr *) &lo, sizeof(lo)) != 0 ||
+        getsockname(u, (struct sockaddr *) &lo, &ll) != 0) {
+        xr_helper_answer(sock, XR_HMSG_ERROR, errno, NULL, "no socket for the mapping", -1);
+        if (u >= 0)
+            close(u);
+        xr_link_close(link);
+        return;
+    }
+    struct sockaddr_storage via;
+    memset(&via, 0, sizeof(via));
+    memcpy(&via, &lo, sizeof(lo));
+    xr_helper_answer(sock, XR_HMSG_MAPPED, idle, &via, "", -1);
+    if (!hold) {
+        close(sock);
+        *psock = sock = -1;
+    }
+    xr_helper_log("udp %s: mapped at 127.0.0.1:%u (%s)", d, ntohs(lo.sin_port),
+                  hold ? "while the socket is connected" : "until idle");
+    struct sockaddr_storage app;
+    socklen_t al = 0;
+    static char buf[XR_UDP_MAX];
+    int64_t last = xr_helper_now();
+    const char *why = "the application's socket closed";
+    for (;;) {
+        struct pollfd p[3] = {{u, POLLIN, 0}, {xr_link_fd(link), POLLIN, 0}, {sock, POLLIN, 0}};
+        int ready = xr_link_pending(link) > 0;
+        int64_t left = hold ? 1000 : idle - (xr_helper_now() - last);
+        if (!hold && left <= 0) {
+            why = "idle";
+            break;
+        }
+        int n = ready ? 0 : poll(p, 3, (int) left);
+        if (n < 0 && errno != EINTR) {
+            why = strerror(errno);
+            break;
+        }
+        if (p[0].revents & POLLIN) {
+            struct sockaddr_storage src;
+            socklen_t sl = sizeof(src);
+            ssize_t r = recvfrom(u, buf, sizeof(buf), 0, (struct sockaddr *) &src, &sl);
+            if (r >= 0 && al == 0) { /* the application, from now on */
+                app = src;
+                al = sl;
+            }
+            if (r >= 0 && sl == al && memcmp(&src, &app, sl) == 0) {
+                if (xr_link_send_dgram(link, buf, (size_t) r) < 0) {
+                    why = "the link failed";
+                    break;
+                }
+                last = xr_helper_now();
+            }
+        }
+        if (ready || (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            size_t len;
+            int r = xr_link_recv_dgram(link, buf, sizeof(buf), &len);
+            if (r <= 0) {
+                why = r == 0 ? "the server ended the association" : "the link failed";
+                break;
+            }
+            if (al > 0)
+                sendto(u, buf, len, 0, (struct sockaddr *) &app, al);
+            last = xr_helper_now();
+        }
+        if (sock >= 0 && (p[2].revents & (POLLIN | POLLHUP | POLLERR))) {
+            xr_hmsg_t m;
+            if (xr_hmsg_recv(sock, &m, NULL) <= 0)
+                break;
+        }
+    }
+    xr_helper_log("udp %s: mapping at 127.0.0.1:%u ended: %s", d, ntohs(lo.sin_port), why);
+    close(u);
+    xr_link_close(link);
+}
+
+static void xr_helper_udp(int *psock, const xr_hmsg_t *q, const xr_paddr_t *dst, const char *d)
+{
+    int sock = *psock, eno = 0;
+    xr_paddr_t to;
+    xr_route_t rt;
+    xr_link_t *tls = NULL, *link;
+    char err[400];
+    switch (xr_carrier_route(XR_PROTO_UDP, dst, &to, &rt, &tls, &eno, err, sizeof(err))) {
+    case XR_CARRY_DIRECT:
+    case XR_CARRY_NO_AGENT: xr_helper_answer_paddr(sock, XR_HMSG_DIRECT, &to, ""); return;
+    case XR_CARRY_REFUSED:
+        xr_helper_log("udp %s: %s", d, err);
+        xr_helper_answer(sock, XR_HMSG_ERROR, eno, NULL, err, -1);
+        return;
+    case XR_CARRY_RELAY: break;
+    }
+    link = xr_link_join(tls, rt.token, rt.key, err, sizeof(err));
+    if (link == NULL) {
+        xr_helper_log("udp %s: %s", d, err);
+        xr_helper_answer(sock, XR_HMSG_ERROR, xr_carrier_errno(0, err), NULL, err, -1);
+        return;
+    }
+    xr_helper_udp_carry(psock, q, link, d);
+}
+
 static void xr_helper_connect(int *psock, const xr_hmsg_t *q)
 {
     int sock = *psock, eno = 0;
@@ -149,8 +263,13 @@ static void xr_helper_connect(int *psock, const xr_hmsg_t *q)
     char err[400], d[80];
     xr_paddr_from_sockaddr(&dst, &q->addr);
     xr_paddr_str(&dst, d, sizeof(d));
-    if (dst.family == 0 || q->proto != IPPROTO_TCP) {
-        xr_helper_answer(sock, XR_HMSG_ERROR, EAFNOSUPPORT, NULL, "only TCP to IPv4 or IPv6", -1);
+    if (dst.family == 0 || (q->proto != IPPROTO_TCP && q->proto != IPPROTO_UDP)) {
+        xr_helper_answer(sock, XR_HMSG_ERROR, EAFNOSUPPORT, NULL, "only TCP or UDP to IPv4 or IPv6",
+                         -1);
+        return;
+    }
+    if (q->proto == IPPROTO_UDP) {
+        xr_helper_udp(psock, q, &dst, d);
         return;
     }
     switch (xr_carrier_route(XR_PROTO_TCP, &dst, &to, &rt, &tls, &eno, err, sizeof(err))) {

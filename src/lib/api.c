@@ -64,6 +64,10 @@ static struct {
     int (*dup)(int);
     int (*dup3)(int, int, int);
     int (*fcntl)(int, int, ...);
+    ssize_t (*sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+    ssize_t (*sendmsg)(int, const struct msghdr *, int);
+    ssize_t (*recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+    ssize_t (*recvmsg)(int, struct msghdr *, int);
 } xr_libc;
 
 static pthread_once_t xr_libc_once = PTHREAD_ONCE_INIT;
@@ -86,6 +90,10 @@ static void xr_libc_init(void)
     XR_LIBC(dup);
     XR_LIBC(dup3);
     XR_LIBC(fcntl);
+    XR_LIBC(sendto);
+    XR_LIBC(sendmsg);
+    XR_LIBC(recvfrom);
+    XR_LIBC(recvmsg);
 #undef XR_LIBC
 }
 
@@ -471,10 +479,8 @@ static void xr_sock_settle(xr_sock_t *s)
     }
 }
 
-/* ---- connect ------------------------------------------------------------- */
-
-/* Is fd a TCP socket of the library's kind (IPv4 or IPv6)? */
-static int xr_is_tcp(int fd, int *domain)
+/* The type of an IPv4 or IPv6 socket (SOCK_STREAM, SOCK_DGRAM), else 0. */
+static int xr_inet_type(int fd, int *domain)
 {
     int type = 0;
     socklen_t l = sizeof(*domain);
@@ -482,8 +488,217 @@ static int xr_is_tcp(int fd, int *domain)
         (*domain != AF_INET && *domain != AF_INET6))
         return 0;
     l = sizeof(type);
-    return LIBC(getsockopt)(fd, SOL_SOCKET, SO_TYPE, &type, &l) == 0 && type == SOCK_STREAM;
+    return LIBC(getsockopt)(fd, SOL_SOCKET, SO_TYPE, &type, &l) == 0 ? type : 0;
 }
+
+/* Is fd a TCP socket of the library's kind (IPv4 or IPv6)? */
+static int xr_is_tcp(int fd, int *domain)
+{
+    return xr_inet_type(fd, domain) == SOCK_STREAM;
+}
+
+/* ---- UDP: the mapping table (CODO §4.3) ------------------------------------
+
+ * A datagram to an official address goes to where the helper says: the
+ * server's local address (same network), the address itself (no agent
+ * serves it), or a helper socket on loopback that carries it over a link
+ * (a mapping).  The table remembers the answer per socket and
+ * destination, refreshed by each datagram, until the mapping idles out
+ * (the helper's time less a margin, so that the library asks again
+ * before the helper forgets); a connected socket's mapping lives as long
+ * as the socket (its request stays open).  Answers from a mapping are
+ * presented as coming from the official address. */
+typedef struct xr_map_s {
+    struct xr_map_s *next;
+    dev_t dev;
+    ino_t ino;
+    struct sockaddr_storage official, via;
+    int64_t used, idle_ms;
+    int hold; /* a connected socket's request, or -1 */
+} xr_map_t;
+
+static xr_map_t *xr_maps;
+static pthread_mutex_t xr_maps_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define XR_MAP_MARGIN_MS 2000
+
+static int64_t xr_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int xr_sa_same(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *) a, *y = (const void *) b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *) a, *y = (const void *) b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+/* An IPv4 address as the socket's family wants it (v4-mapped for IPv6). */
+static void xr_sa_for(int domain, struct sockaddr_storage *a)
+{
+    if (domain != AF_INET6 || a->ss_family != AF_INET)
+        return;
+    struct sockaddr_in v4 = *(struct sockaddr_in *) a;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *) a;
+    memset(a, 0, sizeof(*a));
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = v4.sin_port;
+    v6->sin6_addr.s6_addr[10] = v6->sin6_addr.s6_addr[11] = 0xff;
+    memcpy(&v6->sin6_addr.s6_addr[12], &v4.sin_addr, 4);
+}
+
+/* Drop the mappings of a socket (dev/ino), or the stale ones (dev 0). */
+static void xr_maps_drop(dev_t dev, ino_t ino, int64_t now)
+{
+    pthread_mutex_lock(&xr_maps_lock);
+    for (xr_map_t **pp = &xr_maps; *pp != NULL;) {
+        xr_map_t *m = *pp;
+        int64_t margin = m->idle_ms / 4 < XR_MAP_MARGIN_MS ? m->idle_ms / 4 : XR_MAP_MARGIN_MS;
+        int stale = m->hold < 0 && now - m->used >= m->idle_ms - margin;
+        if ((dev != 0 && m->dev == dev && m->ino == ino) || (dev == 0 && stale)) {
+            *pp = m->next;
+            if (m->hold >= 0)
+                LIBC(close)(m->hold);
+            free(m);
+        } else {
+            pp = &m->next;
+        }
+    }
+    pthread_mutex_unlock(&xr_maps_lock);
+}
+
+/* Where fd's datagrams to dst go (*via); 0, or -1 with errno. */
+static int xr_udp_via(int fd, int domain, const struct sockaddr_storage *dst, int hold,
+                      struct sockaddr_storage *via)
+{
+    struct stat st;
+    int64_t now = xr_now_ms();
+    char d[80];
+    if (fstat(fd, &st) != 0)
+        return -1;
+    xr_maps_drop(0, 0, now);
+    pthread_mutex_lock(&xr_maps_lock);
+    for (xr_map_t *m = xr_maps; m != NULL; m = m->next)
+        if (m->dev == st.st_dev && m->ino == st.st_ino && xr_sa_same(&m->official, dst) &&
+            (!hold || m->hold >= 0)) {
+            m->used = now;
+            *via = m->via;
+            pthread_mutex_unlock(&xr_maps_lock);
+            return 0;
+        }
+    pthread_mutex_unlock(&xr_maps_lock);
+    xr_fmt(dst, d, sizeof(d));
+    *via = *dst;
+    int h = xr_helper_open();
+    if (h < 0) {
+        xr_debug("udp %s: no helper (%s): directly", d, strerror(errno));
+        return 0;
+    }
+    const char *idle_s = getenv("XRAY_UDP_IDLE");
+    long idle = idle_s ? strtol(idle_s, NULL, 10) : 0;
+    xr_hmsg_t q = {.type = XR_HMSG_CONNECT, .proto = IPPROTO_UDP, .addr = *dst}, a;
+    q.code = idle >= 1000 && idle <= 86400000 ? (int32_t) idle : 60000;
+    q.flags = hold ? XR_HMSG_HOLD : 0;
+    if (xr_hmsg_send(h, &q, -1) < 0 || xr_helper_wait(h, &a, NULL, 60000) < 0) {
+        LIBC(close)(h);
+        xr_debug("udp %s: the helper failed: directly", d);
+        return 0;
+    }
+    if (a.type == XR_HMSG_ERROR) {
+        LIBC(close)(h);
+        xr_debug("udp %s: %s", d, a.text);
+        return xr_fail(a.code > 0 ? a.code : ECONNREFUSED, a.text);
+    }
+    xr_map_t *m = calloc(1, sizeof(*m));
+    if (m == NULL || (a.type != XR_HMSG_DIRECT && a.type != XR_HMSG_MAPPED)) {
+        free(m);
+        LIBC(close)(h);
+        return xr_fail(EPROTO, "the helper answered out of turn");
+    }
+    *via = a.addr;
+    xr_sa_for(domain, via);
+    m->dev = st.st_dev;
+    m->ino = st.st_ino;
+    m->official = *dst;
+    m->via = *via;
+    m->used = now;
+    /* A direct answer is the helper's for 10 s too. */
+    m->idle_ms = a.type == XR_HMSG_MAPPED ? a.code : 10000;
+    m->hold = a.type == XR_HMSG_MAPPED && hold ? h : -1;
+    if (m->hold < 0)
+        LIBC(close)(h);
+    pthread_mutex_lock(&xr_maps_lock);
+    m->next = xr_maps;
+    xr_maps = m;
+    pthread_mutex_unlock(&xr_maps_lock);
+    char v[80];
+    xr_debug("udp %s: %s %s", d, a.type == XR_HMSG_MAPPED ? "relayed, mapped at" : "directly to",
+             xr_fmt(via, v, sizeof(v)));
+    return 0;
+}
+
+/* The official address behind src, a source fd heard from; 1 if any. */
+static int xr_udp_official(int fd, const struct sockaddr_storage *src,
+                           struct sockaddr_storage *official)
+{
+    struct stat st;
+    int found = 0;
+    if (xr_maps == NULL || fstat(fd, &st) != 0)
+        return 0;
+    pthread_mutex_lock(&xr_maps_lock);
+    for (xr_map_t *m = xr_maps; m != NULL && !found; m = m->next)
+        if (m->dev == st.st_dev && m->ino == st.st_ino && xr_sa_same(&m->via, src) &&
+            !xr_sa_same(&m->via, &m->official)) {
+            m->used = xr_now_ms();
+            *official = m->official;
+            found = 1;
+        }
+    pthread_mutex_unlock(&xr_maps_lock);
+    return found;
+}
+
+/* A UDP destination the library should ask about: IPv4 or IPv6, not
+ * loopback, on an IPv4 or IPv6 datagram socket. */
+static int xr_udp_dest(int fd, const struct sockaddr *to, socklen_t tolen, int *domain,
+                       struct sockaddr_storage *dst)
+{
+    if (to == NULL || tolen < sizeof(sa_family_t) ||
+        (to->sa_family != AF_INET && to->sa_family != AF_INET6) || tolen < xr_sa_len(to->sa_family))
+        return 0;
+    memset(dst, 0, sizeof(*dst));
+    memcpy(dst, to, xr_sa_len(to->sa_family));
+    return !xr_is_loopback(dst) && xr_inet_type(fd, domain) == SOCK_DGRAM;
+}
+
+static int xr_udp_connect(int fd, int domain, const struct sockaddr *addr, socklen_t len)
+{
+    struct sockaddr_storage dst, via;
+    memset(&dst, 0, sizeof(dst));
+    memcpy(&dst, addr, xr_sa_len(addr->sa_family));
+    if (xr_is_loopback(&dst))
+        return LIBC(connect)(fd, addr, len);
+    if (xr_udp_via(fd, domain, &dst, 1, &via) < 0)
+        return -1;
+    int rc = LIBC(connect)(fd, (struct sockaddr *) &via, xr_sa_len(via.ss_family));
+    if (rc == 0 && !xr_sa_same(&via, &dst)) {
+        xr_sock_t *n = xr_sock_new(fd, XR_SK_DIRECT, domain);
+        if (n != NULL) { /* its peer is the official address */
+            n->peer = dst;
+            xr_sock_set(fd, n);
+        }
+    }
+    return rc;
+}
+
+/* ---- connect ------------------------------------------------------------- */
 
 int xray_connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
@@ -497,12 +712,15 @@ int xray_connect(int fd, const struct sockaddr *addr, socklen_t len)
         return st == 0 ? xr_fail(EISCONN, "already connected") : xr_fail(st, xr_last_text);
     }
     xr_sock_put(s);
-    int domain;
+    int domain, type;
     struct sockaddr_storage dst;
     if (addr == NULL || len < sizeof(sa_family_t) ||
         (addr->sa_family != AF_INET && addr->sa_family != AF_INET6) ||
-        len < xr_sa_len(addr->sa_family) || !xr_is_tcp(fd, &domain))
+        len < xr_sa_len(addr->sa_family) ||
+        ((type = xr_inet_type(fd, &domain)) != SOCK_STREAM && type != SOCK_DGRAM))
         return LIBC(connect)(fd, addr, len);
+    if (type == SOCK_DGRAM)
+        return xr_udp_connect(fd, domain, addr, len);
     memset(&dst, 0, sizeof(dst));
     memcpy(&dst, addr, xr_sa_len(addr->sa_family));
     char d[80];
@@ -834,6 +1052,12 @@ int xray_setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 int xray_close(int fd)
 {
     xr_sock_forget(fd);
+    struct stat st;
+    /* A socket's mappings go with it (with a copy of the descriptor still
+     * open, the next datagram asks the helper again; a connected one
+     * would have to connect again). */
+    if (xr_maps != NULL && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
+        xr_maps_drop(st.st_dev, st.st_ino, 0);
     return LIBC(close)(fd);
 }
 
@@ -909,13 +1133,64 @@ ssize_t xray_recv(int fd, void *buf, size_t n, int flags)
 ssize_t xray_sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *to,
                     socklen_t tolen)
 {
-    return sendto(fd, buf, n, flags, to, tolen);
+    struct sockaddr_storage dst, via;
+    int domain;
+    if (!xr_udp_dest(fd, to, tolen, &domain, &dst))
+        return LIBC(sendto)(fd, buf, n, flags, to, tolen);
+    if (xr_udp_via(fd, domain, &dst, 0, &via) < 0)
+        return -1;
+    return LIBC(sendto)(fd, buf, n, flags, (struct sockaddr *) &via, xr_sa_len(via.ss_family));
+}
+
+ssize_t xray_sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    struct sockaddr_storage dst, via;
+    int domain;
+    if (msg == NULL || !xr_udp_dest(fd, msg->msg_name, msg->msg_namelen, &domain, &dst))
+        return LIBC(sendmsg)(fd, msg, flags);
+    if (xr_udp_via(fd, domain, &dst, 0, &via) < 0)
+        return -1;
+    struct msghdr m = *msg;
+    m.msg_name = &via;
+    m.msg_namelen = xr_sa_len(via.ss_family);
+    return LIBC(sendmsg)(fd, &m, flags);
+}
+
+/* A datagram's source (name: *len bytes of it, cap the room), as the
+ * application should see it: an official address for a mapping's. */
+static void xr_udp_source(int fd, void *name, socklen_t *len, socklen_t cap)
+{
+    struct sockaddr_storage src, official;
+    socklen_t got = *len < cap ? *len : cap;
+    if (xr_maps == NULL || got < sizeof(sa_family_t) || got > sizeof(src))
+        return;
+    memset(&src, 0, sizeof(src));
+    memcpy(&src, name, got);
+    if ((src.ss_family != AF_INET && src.ss_family != AF_INET6) ||
+        !xr_udp_official(fd, &src, &official))
+        return;
+    xr_sa_for(src.ss_family, &official);
+    *len = cap;
+    xr_sa_copy(&official, name, len);
 }
 
 ssize_t xray_recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *from,
                       socklen_t *fromlen)
 {
-    return recvfrom(fd, buf, n, flags, from, fromlen);
+    socklen_t cap = fromlen ? *fromlen : 0;
+    ssize_t r = LIBC(recvfrom)(fd, buf, n, flags, from, fromlen);
+    if (r >= 0 && from != NULL && fromlen != NULL)
+        xr_udp_source(fd, from, fromlen, cap);
+    return r;
+}
+
+ssize_t xray_recvmsg(int fd, struct msghdr *msg, int flags)
+{
+    socklen_t cap = msg ? msg->msg_namelen : 0;
+    ssize_t r = LIBC(recvmsg)(fd, msg, flags);
+    if (r >= 0 && msg != NULL && msg->msg_name != NULL)
+        xr_udp_source(fd, msg->msg_name, &msg->msg_namelen, cap);
+    return r;
 }
 
 ssize_t xray_read(int fd, void *buf, size_t n)

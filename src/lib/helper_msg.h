@@ -8,6 +8,10 @@
  * opens a connection per request:
  *
  *   CONNECT dst      -> DIRECT addr (connect there yourself)
+ *     (UDP)           | MAPPED addr (send dst's datagrams to addr, a
+ *                       helper socket on loopback: CODO §4.3's mapping
+ *                       table; it lives code ms without a datagram, or,
+ *                       with HOLD, while the request stays open)
  *                     | RELAY + descriptor, then STATUS code (0: the
  *                       end-to-end acknowledgement came; else errno)
  *                     | ERROR code text
@@ -39,13 +43,17 @@ typedef enum {
     XR_HMSG_STATUS = 18,
     XR_HMSG_BOUND = 19,
     XR_HMSG_PEER = 20,
-    XR_HMSG_ERROR = 21
+    XR_HMSG_ERROR = 21,
+    XR_HMSG_MAPPED = 22
 } xr_hmsg_type_t;
 
 /* CONNECT's flags: the application's socket is non-blocking (the helper
  * then makes the descriptor unwritable until STATUS, so that poll,
  * select and epoll see the connect complete when it really does). */
 #define XR_HMSG_NONBLOCK 0x01
+/* CONNECT (UDP): the mapping lives while the request connection is open
+ * (a connected socket), not until it idles; its code is the idle ms. */
+#define XR_HMSG_HOLD 0x02
 
 /* BOUND's state (XRAY §5.1). */
 typedef enum {

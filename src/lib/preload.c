@@ -5,8 +5,9 @@
  *   LD_PRELOAD=/usr/local/lib/libxray-preload.so curl http://OFFICIAL/
  *
  * Only the calls whose meaning changes are taken: connect, listen,
- * accept, the address and option queries, and those that copy or close
- * descriptors (the library's table follows them).  Reading, writing,
+ * accept, the address and option queries, those that copy or close
+ * descriptors (the library's table follows them), and for UDP the calls
+ * that name a datagram's address (sendto, sendmsg, recvfrom, recvmsg).  Reading, writing,
  * poll, select, epoll, fork and exec work on the kernel's descriptors
  * as they are (api.c says why), so they are not touched.
  */
@@ -56,6 +57,28 @@ XR_EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 XR_EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 {
     return xray_setsockopt(fd, level, name, val, len);
+}
+
+XR_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *to,
+                         socklen_t tolen)
+{
+    return xray_sendto(fd, buf, n, flags, to, tolen);
+}
+
+XR_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    return xray_sendmsg(fd, msg, flags);
+}
+
+XR_EXPORT ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *from,
+                           socklen_t *fromlen)
+{
+    return xray_recvfrom(fd, buf, n, flags, from, fromlen);
+}
+
+XR_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+    return xray_recvmsg(fd, msg, flags);
 }
 
 XR_EXPORT int close(int fd)

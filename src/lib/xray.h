@@ -22,6 +22,11 @@
  *   xray_accept     returns relayed and direct connections alike;
  *                   xray_getpeername (and accept's address) say who the
  *                   peer really is.
+ *   xray_sendto     (UDP) a datagram to an official address goes through
+ *                   a mapping the helper keeps (CODO §4.3), made on the
+ *                   first datagram and gone when idle (XRAY_UDP_IDLE ms,
+ *                   60000), made again as needed; xray_recvfrom says the
+ *                   answers come from the official address.
  *
  * The agent and the application's certificate come from the environment
  * (XRAY_AGENT, XRAY_CERT, XRAY_KEY, XRAY_CA) or a client file
@@ -68,6 +73,8 @@ XRAY_API ssize_t xray_sendto(int fd, const void *buf, size_t n, int flags,
                              const struct sockaddr *to, socklen_t tolen);
 XRAY_API ssize_t xray_recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *from,
                                socklen_t *fromlen);
+XRAY_API ssize_t xray_sendmsg(int fd, const struct msghdr *msg, int flags);
+XRAY_API ssize_t xray_recvmsg(int fd, struct msghdr *msg, int flags);
 XRAY_API ssize_t xray_read(int fd, void *buf, size_t n);
 XRAY_API ssize_t xray_write(int fd, const void *buf, size_t n);
 XRAY_API int xray_poll(struct pollfd *fds, nfds_t n, int timeout_ms);
