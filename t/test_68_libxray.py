@@ -548,3 +548,50 @@ def test_udp_through_the_preload_maps_expires_and_maps_again(topology, pki, tmp_
     assert re.search(r"udp %s: mapping at 127\.0\.0\.1:\d+ ended: idle" % re.escape(official),
                      log), log
     assert "while the socket is connected" in log, log
+
+
+@pytest.mark.timeout(240)
+def test_ssh_to_sshd_through_the_preload(topology, pki, tmp_path):
+    """OpenSSH, unmodified: sshd in b under the preload is bound through
+    agent B (its per-connection re-exec inherits the relayed socket), ssh
+    in a under the preload logs in with a key at the official address and
+    4 MiB go through `cat` and back byte-exact."""
+    sshd, ssh = "/usr/sbin/sshd", shutil.which("ssh")
+    if not os.path.exists(sshd) or ssh is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("no OpenSSH")
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    d = tmp_path / "ssh"
+    d.mkdir()
+    for name in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                       check=True, timeout=30)
+    (d / "authorized_keys").write_text((d / "user.pub").read_text())
+    (d / "sshd_config").write_text("""Port 8022
+ListenAddress %s
+HostKey %s
+PidFile %s
+AuthorizedKeysFile %s
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin yes
+""" % (t.addr("b"), d / "host", d / "sshd.pid", d / "authorized_keys"))
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege separation directory
+    server = t.popen("b", [sshd, "-D", "-e", "-f", str(d / "sshd_config")],
+                     env=_preloaded(_env(t, pki, tmp_path, "b")), stderr=subprocess.PIPE, text=True)
+    official = _official(_Lines(server))
+    host, port = _split(official)
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(4 << 20))
+    with open(data, "rb") as f:
+        r = t.run("a", [ssh, "-F", "/dev/null", "-i", str(d / "user"), "-p", port,
+                        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                        "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "root@" + host, "cat"],
+                  stdin=f, timeout=120, text=False, errors=None,
+                  env=_preloaded(_env(t, pki, tmp_path, "a", debug=False)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == data.read_bytes(), "%d of %d bytes" % (len(r.stdout), 4 << 20)
+    server.terminate()
+    server.wait(timeout=20)
