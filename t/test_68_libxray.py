@@ -79,8 +79,9 @@ def _http_server_in_b(t, pki, tmp, root):
 def test_curl_fetches_from_http_server_through_the_preload(topology, pki, tmp_path):
     """Unmodified curl in a fetches a file from an unmodified http.server
     in b; both sides only have LD_PRELOAD.  The bytes are exact, the
-    server logs the client's real (official) address, and the helper the
-    library started leaves no process of the application behind."""
+    server logs the client's real address (not the helper's loopback), a
+    name from the XRAY hosts file reaches the official address, and what
+    the policy does not allow fails."""
     if shutil.which("curl") is None:
         pytest.skip("no curl")
     t = topology
@@ -100,6 +101,14 @@ def test_curl_fetches_from_http_server_through_the_preload(topology, pki, tmp_pa
     # http.server's log line names the peer getpeername/accept gave it:
     # the client host (the address the agents report), not the helper's loopback
     lines.wait(r"^%s - - .*GET /blob" % re.escape(t.addr("a")))
+    # a name for the official address, from the XRAY hosts file
+    host, port = _split(official)
+    (tmp_path / "hosts").write_text("# official addresses\n%s web-b.xray web-b\n" % host)
+    r = t.run("a", ["curl", "-sS", "--max-time", "60", "-o", "-",
+                    "http://web-b.xray:%s/blob" % port], env=dict(env, XRAY_HOSTS=str(tmp_path / "hosts")),
+              timeout=90, text=False, errors=None)
+    assert r.returncode == 0 and r.stdout == body, r.stderr
+    assert b"name web-b.xray: " + host.encode() in r.stderr, r.stderr
     # direct: the agents refuse what the policy does not allow
     r = t.run("a", ["curl", "-sS", "--max-time", "30", "http://%s:20009/" % t.pub_addr("natb")],
               env=env, timeout=60)

@@ -22,6 +22,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -31,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -68,6 +70,7 @@ static struct {
     ssize_t (*sendmsg)(int, const struct msghdr *, int);
     ssize_t (*recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
     ssize_t (*recvmsg)(int, struct msghdr *, int);
+    int (*getaddrinfo)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
 } xr_libc;
 
 static pthread_once_t xr_libc_once = PTHREAD_ONCE_INIT;
@@ -94,6 +97,7 @@ static void xr_libc_init(void)
     XR_LIBC(sendmsg);
     XR_LIBC(recvfrom);
     XR_LIBC(recvmsg);
+    XR_LIBC(getaddrinfo);
 #undef XR_LIBC
 }
 
@@ -1101,6 +1105,61 @@ int xray_fcntl(int fd, int cmd, ...)
     if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
         return xr_dup_done(fd, rc);
     return rc;
+}
+
+/* ---- names ----------------------------------------------------------------- */
+
+/* The hosts file that names official addresses: $XRAY_HOSTS, else
+ * ~/.config/xray/hosts, else /etc/xray/hosts; lines "ADDRESS NAME...",
+ * as /etc/hosts, # comments.  The address for node into addr; 1 if
+ * named. */
+static int xr_hosts_lookup(const char *node, char *addr, size_t n)
+{
+    char path[4096];
+    const char *env = getenv("XRAY_HOSTS"), *home = getenv("HOME");
+    FILE *f = NULL;
+    if (env != NULL && env[0] != '\0') {
+        f = fopen(env, "re");
+    } else {
+        if (home != NULL && home[0] == '/') {
+            snprintf(path, sizeof(path), "%s/.config/xray/hosts", home);
+            f = fopen(path, "re");
+        }
+        if (f == NULL)
+            f = fopen("/etc/xray/hosts", "re");
+    }
+    if (f == NULL)
+        return 0;
+    char line[1024];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        line[strcspn(line, "#\r\n")] = '\0';
+        char *save = NULL, *a = strtok_r(line, " \t", &save), *name;
+        while (a != NULL && (name = strtok_r(NULL, " \t", &save)) != NULL)
+            if (strcasecmp(name, node) == 0 && strlen(a) < n) {
+                memcpy(addr, a, strlen(a) + 1);
+                found = 1;
+                break;
+            }
+    }
+    fclose(f);
+    return found;
+}
+
+int xray_getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                     struct addrinfo **res)
+{
+    char addr[INET6_ADDRSTRLEN + 1];
+    if (node == NULL || !xr_hosts_lookup(node, addr, sizeof(addr)))
+        return LIBC(getaddrinfo)(node, service, hints, res);
+    struct addrinfo h;
+    memset(&h, 0, sizeof(h));
+    if (hints != NULL)
+        h = *hints;
+    h.ai_flags |= AI_NUMERICHOST;
+    h.ai_flags &= ~AI_CANONNAME;
+    xr_debug("name %s: %s (the XRAY hosts file)", node, addr);
+    return LIBC(getaddrinfo)(addr, service, &h, res);
 }
 
 /* ---- the rest: the kernel's own ------------------------------------------- */

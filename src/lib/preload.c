@@ -7,13 +7,15 @@
  * Only the calls whose meaning changes are taken: connect, listen,
  * accept, the address and option queries, those that copy or close
  * descriptors (the library's table follows them), and for UDP the calls
- * that name a datagram's address (sendto, sendmsg, recvfrom, recvmsg).  Reading, writing,
+ * that name a datagram's address (sendto, sendmsg, recvfrom, recvmsg);
+ * getaddrinfo, for names of official addresses (the XRAY hosts file).  Reading, writing,
  * poll, select, epoll, fork and exec work on the kernel's descriptors
  * as they are (api.c says why), so they are not touched.
  */
 #include "lib/xray.h"
 
 #include <fcntl.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <unistd.h>
 
@@ -79,6 +81,12 @@ XR_EXPORT ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockad
 XR_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
     return xray_recvmsg(fd, msg, flags);
+}
+
+XR_EXPORT int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                          struct addrinfo **res)
+{
+    return xray_getaddrinfo(node, service, hints, res);
 }
 
 XR_EXPORT int close(int fd)

@@ -82,6 +82,13 @@ XRAY_API int xray_select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timev
 XRAY_API pid_t xray_fork(void);
 XRAY_API int xray_execve(const char *path, char *const argv[], char *const envp[]);
 
+/* getaddrinfo, with names of official addresses from the XRAY hosts
+ * file ($XRAY_HOSTS, ~/.config/xray/hosts, /etc/xray/hosts: lines
+ * "ADDRESS NAME...") before the system's resolver. */
+struct addrinfo;
+XRAY_API int xray_getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                              struct addrinfo **res);
+
 /* The reason behind the last failure of this thread's xray_ call when
  * errnum is its errno (the agent's words: "NOT_AUTHORIZED: ..."), else
  * strerror(errnum). */
