@@ -30,6 +30,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -368,6 +369,7 @@ static void xr_listen_exec(int fd, const char *cmd)
  * which the main loop shares with these threads (it holds it for every
  * call it makes on the client). */
 static pthread_mutex_t xr_listen_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int xr_listen_jobs; /* threads at work */
 
 typedef struct {
     xr_listen_t *l;
@@ -376,7 +378,16 @@ typedef struct {
     const char *cmd;
 } xr_listen_job_t;
 
+static void *xr_listen_job_run(void *arg);
+
 static void *xr_listen_job(void *arg)
+{
+    xr_listen_job_run(arg);
+    atomic_fetch_sub(&xr_listen_jobs, 1);
+    return NULL;
+}
+
+static void *xr_listen_job_run(void *arg)
 {
     xr_listen_job_t *j = arg;
     xr_listen_t *l = j->l;
@@ -435,7 +446,9 @@ static void xr_listen_spawn(xr_listen_t *l, int fd, const xr_msg_t *in, const ch
         j->in = *in;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    atomic_fetch_add(&xr_listen_jobs, 1);
     if (pthread_create(&th, &attr, xr_listen_job, j) != 0) {
+        atomic_fetch_sub(&xr_listen_jobs, 1);
         fprintf(stderr, "xray listen: no thread for a connection: %s\n", strerror(errno));
         if (fd >= 0)
             close(fd);
@@ -981,7 +994,11 @@ int xr_listen_main(int argc, char **argv)
         if (xr_client_call(l.client, &req, &r, &perr, err, sizeof(err)) == 0)
             fprintf(stderr, "xray listen: unregistered\n");
     }
-    if (!threaded) /* threads may still use it: the exit frees it */
+    /* Threads still carrying a connection use the client: give them a
+     * moment, and leave it to the exit if they do not end. */
+    for (int i = 0; i < 200 && atomic_load(&xr_listen_jobs) > 0; i++)
+        usleep(10 * 1000);
+    if (atomic_load(&xr_listen_jobs) == 0)
         xr_client_free(l.client);
     close(l.listen_fd);
     return status;
