@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -27,6 +28,14 @@ _why = netns.unavailable()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 
 PRELOAD = xf.OBJS / "libxray-preload.so"
+_RUNDIRS = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_rundirs():
+    yield
+    for d in _RUNDIRS:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +43,25 @@ def pki(tmp_path_factory):
     return th.Pki(tmp_path_factory.mktemp("pki"))
 
 
-def _env(t, pki, tmp, role, debug=True):
+def _env(t, pki, tmp, role, debug=True, cert=None):
     """The environment of an XRAY application in a (app-1, agent A) or b
     (relay-b, agent B): the client settings, a home and a runtime
     directory of its own, the helper from the build tree."""
     me = "a" if role == "a" else "b"
     home = tmp / ("home-" + role)
-    (home / "run").mkdir(parents=True, exist_ok=True)
-    os.chmod(home / "run", 0o700)
+    home.mkdir(parents=True, exist_ok=True)
+    # a runtime directory short enough for a socket's path (107 bytes)
+    run = home / "run"
+    if not run.exists():
+        short = tempfile.mkdtemp(prefix="xr-run-")
+        _RUNDIRS.append(short)
+        run.symlink_to(short)
     env = dict(os.environ,
-               HOME=str(home), XDG_RUNTIME_DIR=str(home / "run"),
+               HOME=str(home), XDG_RUNTIME_DIR=os.readlink(run),
                XRAY_AGENT="%s:7000" % t.addr("nat" + me),
                XRAY_AGENT_NAME="agent-" + me,
-               XRAY_CERT=pki.crt("app-1" if me == "a" else "relay-b"),
-               XRAY_KEY=pki.key("app-1" if me == "a" else "relay-b"),
+               XRAY_CERT=pki.crt(cert or ("app-1" if me == "a" else "relay-b")),
+               XRAY_KEY=pki.key(cert or ("app-1" if me == "a" else "relay-b")),
                XRAY_CA=pki.ca,
                XRAY_HELPER_BIN=str(th.XRAY))
     env.pop("XRAY_CONFIG", None)
@@ -192,7 +206,8 @@ def test_the_api_connects_forks_dups_and_bursts(topology, pki, tmp_path, prog):
 
 
 def _helper_pid(t, role, tmp):
-    r = subprocess.run(["pgrep", "-f", "xray helper --detach --socket %s" % (tmp / ("home-" + role))],
+    run = os.readlink(tmp / ("home-" + role) / "run")
+    r = subprocess.run(["pgrep", "-f", "xray helper --detach --socket %s/" % run],
                        capture_output=True, text=True)
     pids = [int(p) for p in r.stdout.split()]
     assert len(pids) == 1, r
@@ -604,3 +619,25 @@ PermitRootLogin yes
     assert r.stdout == data.read_bytes(), "%d of %d bytes" % (len(r.stdout), 4 << 20)
     server.terminate()
     server.wait(timeout=20)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("topology", [{"b2": True}], indirect=True)
+def test_same_network_goes_direct_and_is_remembered(topology, pki, tmp_path):
+    """Inside network B, curl under the preload on b2 fetches from the
+    http.server of b by its official address: agent B answers direct (no
+    relay), and the library remembers the answer, so the next connects ask
+    nobody (one decision line for three fetches)."""
+    if shutil.which("curl") is None:
+        pytest.skip("no curl")
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "f").write_bytes(b"same network\n")
+    _server, _lines, official = _http_server_in_b(t, pki, tmp_path, root)
+    env = _preloaded(_env(t, pki, tmp_path, "b2", cert="relay-a"))
+    script = "; ".join(["curl -sS --max-time 30 http://%s/f" % official] * 3)
+    r = t.run("b2", ["sh", "-c", script], env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout == "same network\n" * 3, r.stdout + r.stderr
+    assert r.stderr.count("connect %s: directly to" % official) == 3, r.stderr  # one per process

@@ -195,26 +195,14 @@ static int xr_is_loopback(const struct sockaddr_storage *ss)
 
 /* One helper per user and client configuration: the socket's name is a
  * hash of the settings that choose the agent and the certificate. */
-static int xr_helper_path(char *path, size_t n, char *dir, size_t dn)
+static int xr_helper_path(char *path, size_t n)
 {
     const char *over = getenv("XRAY_HELPER_SOCKET");
     const char *rt = getenv("XDG_RUNTIME_DIR");
-    if (rt != NULL && rt[0] == '/')
-        snprintf(dir, dn, "%s/xray", rt);
-    else
-        snprintf(dir, dn, "/tmp/xray-%u", (unsigned) geteuid());
+    char dir[256];
     if (over != NULL && over[0] == '/') {
         snprintf(path, n, "%s", over);
         return 0;
-    }
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return -1;
-    struct stat st;
-    if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
-        (st.st_mode & 077) != 0) {
-        xr_debug("%s is not a directory of this user's alone: no helper", dir);
-        errno = EPERM;
-        return -1;
     }
     static const char *const vars[] = {
         "XRAY_CONFIG", "XRAY_AGENT", "XRAY_AGENT_NAME", "XRAY_CERT", "XRAY_KEY", "XRAY_CA", "HOME"};
@@ -225,20 +213,37 @@ static int xr_helper_path(char *path, size_t n, char *dir, size_t dn)
             h = (h ^ (unsigned char) *p) * 1099511628211ULL;
         h = (h ^ 0xff) * 1099511628211ULL;
     }
-    int w = snprintf(path, n, "%s/helper-%016llx.sock", dir, (unsigned long long) h);
-    return w > 0 && (size_t) w < n ? 0 : -1;
+    /* A socket's path has 107 bytes at most: a runtime directory too deep
+     * for one gives way to /tmp. */
+    int w = rt != NULL && rt[0] == '/' ? snprintf(dir, sizeof(dir), "%s/xray", rt) : -1;
+    if (w < 0 || (size_t) w + 28 >= sizeof(((struct sockaddr_un *) 0)->sun_path))
+        snprintf(dir, sizeof(dir), "/tmp/xray-%u", (unsigned) geteuid());
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return -1;
+    struct stat st;
+    if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+        (st.st_mode & 077) != 0) {
+        xr_debug("%s is not a directory of this user's alone: no helper", dir);
+        errno = EPERM;
+        return -1;
+    }
+    w = snprintf(path, n, "%s/helper-%016llx.sock", dir, (unsigned long long) h);
+    if (w < 0 || (size_t) w >= n) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return 0;
 }
 
 /* Start `xray helper` for path: it detaches itself, so the application
  * has no child of ours to reap beyond this moment. */
-static void xr_helper_spawn(const char *path, const char *dir)
+static void xr_helper_spawn(const char *path)
 {
     const char *bin = getenv("XRAY_HELPER_BIN");
     if (bin == NULL || bin[0] == '\0')
         bin = XR_HELPER_BIN;
     char log[4200];
     snprintf(log, sizeof(log), "%.*s.log", (int) (strlen(path) - 5), path);
-    (void) dir;
     /* Its environment is ours without the shim (it must not load it). */
     size_t ne = 0;
     while (environ[ne] != NULL)
@@ -277,12 +282,14 @@ static void xr_helper_spawn(const char *path, const char *dir)
 /* A connection to the helper (started if need be), or -1. */
 static int xr_helper_open(void)
 {
-    char path[4200], dir[4096];
-    if (xr_helper_path(path, sizeof(path), dir, sizeof(dir)) < 0)
+    char path[4200];
+    if (xr_helper_path(path, sizeof(path)) < 0)
         return -1;
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(sun.sun_path))
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        errno = ENAMETOOLONG;
         return -1;
+    }
     memcpy(sun.sun_path, path, strlen(path) + 1);
     int started = 0;
     for (int tries = 0; tries < 600; tries++) { /* 3 s for a helper to come up */
@@ -296,7 +303,7 @@ static int xr_helper_open(void)
         if (e != ENOENT && e != ECONNREFUSED && e != EAGAIN)
             return -1;
         if (!started && getenv("XRAY_HELPER_SOCKET") == NULL) {
-            xr_helper_spawn(path, dir);
+            xr_helper_spawn(path);
             started = 1;
         }
         struct timespec ts = {0, 5 * 1000 * 1000};
@@ -704,6 +711,60 @@ static int xr_udp_connect(int fd, int domain, const struct sockaddr *addr, sockl
 
 /* ---- connect ------------------------------------------------------------- */
 
+/* The helper's direct answers, kept in the process as long as the helper
+ * keeps them (10 s): within the agent's network a connect then costs no
+ * round trip at all. */
+#define XR_DIRECT_CACHE    32
+#define XR_DIRECT_CACHE_MS 10000
+
+static struct {
+    struct sockaddr_storage dst, to;
+    int64_t until;
+} xr_direct[XR_DIRECT_CACHE];
+static unsigned xr_direct_next;
+static pthread_mutex_t xr_direct_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int xr_direct_get(const struct sockaddr_storage *dst, struct sockaddr_storage *to)
+{
+    int64_t now = xr_now_ms();
+    int hit = 0;
+    pthread_mutex_lock(&xr_direct_lock);
+    for (unsigned i = 0; i < XR_DIRECT_CACHE && !hit; i++)
+        if (xr_direct[i].until > now && xr_sa_same(&xr_direct[i].dst, dst)) {
+            *to = xr_direct[i].to;
+            hit = 1;
+        }
+    pthread_mutex_unlock(&xr_direct_lock);
+    return hit;
+}
+
+static void xr_direct_put(const struct sockaddr_storage *dst, const struct sockaddr_storage *to)
+{
+    pthread_mutex_lock(&xr_direct_lock);
+    unsigned i = xr_direct_next++ % XR_DIRECT_CACHE;
+    xr_direct[i].dst = *dst;
+    xr_direct[i].to = *to;
+    xr_direct[i].until = xr_now_ms() + XR_DIRECT_CACHE_MS;
+    pthread_mutex_unlock(&xr_direct_lock);
+}
+
+/* Connect fd to to itself, for dst (whose address getpeername says). */
+static int xr_connect_direct(int fd, int domain, const struct sockaddr_storage *dst,
+                             const struct sockaddr_storage *to)
+{
+    int rc = LIBC(connect)(fd, (const struct sockaddr *) to, xr_sa_len(to->ss_family));
+    int e = errno;
+    if ((rc == 0 || e == EINPROGRESS) && !xr_sa_same(to, dst)) {
+        xr_sock_t *n = xr_sock_new(fd, XR_SK_DIRECT, domain);
+        if (n != NULL) { /* its peer is the official address asked for */
+            n->peer = *dst;
+            xr_sock_set(fd, n);
+        }
+    }
+    errno = e;
+    return rc;
+}
+
 int xray_connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     xr_sock_t *s = xr_sock_get(fd);
@@ -731,6 +792,9 @@ int xray_connect(int fd, const struct sockaddr *addr, socklen_t len)
     xr_fmt(&dst, d, sizeof(d));
     if (xr_is_loopback(&dst))
         return LIBC(connect)(fd, addr, len);
+    struct sockaddr_storage to;
+    if (xr_direct_get(&dst, &to))
+        return xr_connect_direct(fd, domain, &dst, &to);
     int fl = LIBC(fcntl)(fd, F_GETFL), fdfl = LIBC(fcntl)(fd, F_GETFD);
     int h = xr_helper_open();
     if (h < 0) {
@@ -754,20 +818,12 @@ int xray_connect(int fd, const struct sockaddr *addr, socklen_t len)
     }
     if (a.type == XR_HMSG_DIRECT) {
         LIBC(close)(h);
-        char to[80];
-        xr_debug("connect %s: directly to %s%s%s", d, xr_fmt(&a.addr, to, sizeof(to)),
+        char t[80];
+        xr_debug("connect %s: directly to %s%s%s", d, xr_fmt(&a.addr, t, sizeof(t)),
                  a.text[0] ? ": " : "", a.text);
-        int rc = LIBC(connect)(fd, (struct sockaddr *) &a.addr, xr_sa_len(a.addr.ss_family));
-        int e = errno;
-        if ((rc == 0 || e == EINPROGRESS) && memcmp(&a.addr, &dst, xr_sa_len(dst.ss_family)) != 0) {
-            xr_sock_t *n = xr_sock_new(fd, XR_SK_DIRECT, domain);
-            if (n != NULL) { /* its peer is the official address asked for */
-                n->peer = dst;
-                xr_sock_set(fd, n);
-            }
-        }
-        errno = e;
-        return rc;
+        if (a.text[0] == '\0') /* not "the agent cannot be reached" */
+            xr_direct_put(&dst, &a.addr);
+        return xr_connect_direct(fd, domain, &dst, &a.addr);
     }
     if (a.type != XR_HMSG_RELAY || rfd < 0) {
         if (rfd >= 0)
