@@ -641,3 +641,47 @@ def test_same_network_goes_direct_and_is_remembered(topology, pki, tmp_path):
     r = t.run("b2", ["sh", "-c", script], env=env, timeout=120)
     assert r.returncode == 0 and r.stdout == "same network\n" * 3, r.stdout + r.stderr
     assert r.stderr.count("connect %s: directly to" % official) == 3, r.stderr  # one per process
+
+
+SOCKS_UDP = r'''
+import socket, struct, sys
+proxy, host, port = ("127.0.0.1", 1080), sys.argv[1], int(sys.argv[2])
+t = socket.create_connection(proxy, 10)
+t.sendall(b"\x05\x01\x00")
+assert t.recv(2) == b"\x05\x00"
+t.sendall(b"\x05\x03\x00\x01" + bytes(4) + bytes(2))  # UDP ASSOCIATE, from anywhere
+r = t.recv(10)
+assert r[:2] == b"\x05\x00" and r[3] == 1, r
+relay = (socket.inet_ntoa(r[4:8]), struct.unpack(">H", r[8:10])[0])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(15)
+head = b"\x00\x00\x00\x01" + socket.inet_aton(host) + struct.pack(">H", port)
+for i in range(20):
+    msg = b"socks datagram %d" % i
+    u.sendto(head + msg, relay)
+    data, src = u.recvfrom(65536)
+    assert src == relay, src
+    assert data == head + msg, data
+print("socks udp ok", flush=True)
+'''
+
+
+@pytest.mark.timeout(240)
+def test_socks_udp_associate_across_the_firewalls(topology, pki, tmp_path):
+    """RFC 1928 UDP ASSOCIATE through `xray socks` in a: datagrams with
+    the SOCKS header to the official address of `xray listen --udp --exec
+    cat` in b come back with the same header (from that address)."""
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    _l, lines = _xray(t, "b", _env(t, pki, tmp_path, "b", debug=False), "listen", "9000", "--udp",
+                      "--exec", "cat")
+    official = re.search(r"official (\S+)", lines.wait(r"fully bound: official")[1]).group(1)
+    _s, socks = _xray(t, "a", _env(t, pki, tmp_path, "a", debug=False), "socks")
+    socks.wait(r"listening on 127.0.0.1:1080")
+    script = tmp_path / "socks_udp.py"
+    script.write_text(SOCKS_UDP)
+    host, port = _split(official)
+    r = t.run("a", [sys.executable, str(script), host, port], timeout=90)
+    assert r.returncode == 0 and "socks udp ok" in r.stdout, r.stdout + r.stderr
+    socks.wait(r"udp to %s \(relayed through the agents\)" % re.escape(official))
+    socks.wait(r"udp associate ended")

@@ -4,10 +4,12 @@
  * cannot reach: static binaries (Go programs), setuid programs, and any
  * program with a proxy setting (curl --socks5, ALL_PROXY).
  *
- * CONNECT only; a request's destination goes through the agent as
+ * CONNECT and UDP ASSOCIATE; a destination goes through the agent as
  * libxray's connect does (carrier.c: relayed, direct in the agent's
- * network, or direct when the agent is down), and the reply is sent once
- * the connection stands end to end.  No authentication on loopback; on
+ * network, or direct when the agent is down); a CONNECT is answered once
+ * the connection stands end to end, an association's datagrams take a
+ * channel per destination (a link, or a connected socket), made on the
+ * first datagram, gone after a minute without one.  No authentication on loopback; on
  * any other address a user name and password (RFC 1929, --user and
  * --password-file: a password on the command line is anyone's to read
  * in ps) are required, since the front lends the certificate to whoever
@@ -28,12 +30,14 @@
 #include <string.h>
 #include <sodium.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define XR_SOCKS_MAX_DEFAULT 256
 #define XR_SOCKS_IO_MS       10000
 
-/* RFC 1928 replies. */
+/* RFC 1928 commands and replies. */
+enum { XR_SOCKS_CONNECT = 1, XR_SOCKS_UDP = 3 };
 enum {
     XR_SOCKS_OK = 0,
     XR_SOCKS_FAILURE = 1,
@@ -59,7 +63,8 @@ static void xr_socks_usage(FILE *out)
             "                  [--agent HOST:PORT] [--agent-name NAME] [--cert FILE --key FILE "
             "--ca FILE]\n"
             "\n"
-            "A SOCKS5 front (CONNECT) on ADDR:PORT (127.0.0.1:1080 unless given) that carries\n"
+            "A SOCKS5 front (CONNECT, UDP ASSOCIATE) on ADDR:PORT (127.0.0.1:1080 unless given) "
+            "that carries\n"
             "each connection to its destination through the XRAY agent, as libxray's connect\n"
             "does.  On an address other than loopback --user is required (the front lends\n"
             "the certificate to whoever it lets in), with the password the first line of\n"
@@ -88,11 +93,36 @@ static int xr_socks_write(int fd, const void *buf, size_t n)
     return write(fd, buf, n) == (ssize_t) n ? 0 : -1;
 }
 
+/* ATYP, address and port of a (IPv4 or IPv6) into p: their length. */
+static size_t xr_socks_put_addr(unsigned char *p, const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *) a;
+        p[0] = 4;
+        memcpy(p + 1, &s->sin6_addr, 16);
+        memcpy(p + 17, &s->sin6_port, 2);
+        return 19;
+    }
+    const struct sockaddr_in *s = (const struct sockaddr_in *) a;
+    p[0] = 1;
+    memcpy(p + 1, a->ss_family == AF_INET ? (const void *) &s->sin_addr : "\0\0\0\0", 4);
+    memcpy(p + 5, a->ss_family == AF_INET ? (const void *) &s->sin_port : "\0\0", 2);
+    return 7;
+}
+
+static void xr_socks_reply_at(int fd, int code, const struct sockaddr_storage *bnd)
+{
+    unsigned char r[3 + 19] = {5, (unsigned char) code, 0};
+    struct sockaddr_storage none;
+    memset(&none, 0, sizeof(none));
+    size_t n = xr_socks_put_addr(r + 3, bnd ? bnd : &none);
+    xr_socks_write(fd, r, 3 + n);
+}
+
 static void xr_socks_reply(int fd, int code)
 {
     /* BND.ADDR 0.0.0.0:0: the clients we serve do not use it. */
-    const unsigned char r[10] = {5, (unsigned char) code, 0, 1, 0, 0, 0, 0, 0, 0};
-    xr_socks_write(fd, r, sizeof(r));
+    xr_socks_reply_at(fd, code, NULL);
 }
 
 /* The method negotiation, and RFC 1929 when asked for: 0 or -1. */
@@ -134,13 +164,14 @@ static int xr_socks_hello(int fd, const xr_socks_t *s, const char *peer)
 }
 
 /* The request's destination; a SOCKS reply code. */
-static int xr_socks_request(int fd, xr_paddr_t *dst, char *d, size_t dn)
+static int xr_socks_request(int fd, int *cmd, xr_paddr_t *dst, char *d, size_t dn)
 {
     unsigned char h[4], a[256], port[2];
     if (xr_socks_read(fd, h, 4) < 0 || h[0] != 5)
         return -1;
-    if (h[1] != 1)
-        return XR_SOCKS_COMMAND; /* BIND and UDP ASSOCIATE are not carried */
+    *cmd = h[1];
+    if (h[1] != XR_SOCKS_CONNECT && h[1] != XR_SOCKS_UDP)
+        return XR_SOCKS_COMMAND; /* BIND is not carried */
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
     if (h[3] == 1 || h[3] == 4) {
@@ -193,6 +224,242 @@ static int xr_socks_code(int eno)
     }
 }
 
+/* ---- UDP ASSOCIATE (RFC 1928 §7) ---------------------------------------- */
+
+#define XR_SOCKS_CHANNELS 64
+#define XR_SOCKS_UDP_IDLE 60000
+
+/* One destination of an association: a connected socket (same network,
+ * or no agent serves it) or a link that carries datagrams. */
+typedef struct {
+    struct sockaddr_storage dst; /* as the client named it */
+    xr_link_t *link;
+    int fd;
+    int64_t used;
+} xr_socks_chan_t;
+
+static int64_t xr_socks_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void xr_socks_chan_close(xr_socks_chan_t *c)
+{
+    if (c->link != NULL)
+        xr_link_close(c->link);
+    if (c->fd >= 0)
+        close(c->fd);
+    memset(c, 0, sizeof(*c));
+    c->fd = -1;
+}
+
+/* A client datagram's header: RSV RSV FRAG ATYP DST.ADDR DST.PORT.  The
+ * data's offset, or 0 when it is not one we carry. */
+static size_t xr_socks_udp_header(const unsigned char *p, size_t n, struct sockaddr_storage *dst)
+{
+    memset(dst, 0, sizeof(*dst));
+    if (n < 4 || p[0] != 0 || p[1] != 0 || p[2] != 0) /* fragments are not reassembled */
+        return 0;
+    if (p[3] == 1 && n >= 10) {
+        struct sockaddr_in *s = (struct sockaddr_in *) dst;
+        s->sin_family = AF_INET;
+        memcpy(&s->sin_addr, p + 4, 4);
+        memcpy(&s->sin_port, p + 8, 2);
+        return 10;
+    }
+    if (p[3] == 4 && n >= 22) {
+        struct sockaddr_in6 *s = (struct sockaddr_in6 *) dst;
+        s->sin6_family = AF_INET6;
+        memcpy(&s->sin6_addr, p + 4, 16);
+        memcpy(&s->sin6_port, p + 20, 2);
+        return 22;
+    }
+    if (p[3] == 3 && n >= 5 && n >= 7u + p[4]) {
+        char name[256], ps[8];
+        memcpy(name, p + 5, p[4]);
+        name[p[4]] = '\0';
+        snprintf(ps, sizeof(ps), "%u", (unsigned) (p[5 + p[4]] << 8 | p[6 + p[4]]));
+        struct addrinfo hints = {.ai_socktype = SOCK_DGRAM, .ai_flags = AI_NUMERICSERV}, *ai;
+        if (getaddrinfo(name, ps, &hints, &ai) != 0)
+            return 0;
+        memcpy(dst, ai->ai_addr, ai->ai_addrlen);
+        freeaddrinfo(ai);
+        return 7u + p[4];
+    }
+    return 0;
+}
+
+/* The channel for dst, made if need be; NULL when it cannot be. */
+static xr_socks_chan_t *xr_socks_chan(xr_socks_chan_t *ch, const struct sockaddr_storage *dst,
+                                      const char *peer)
+{
+    xr_socks_chan_t *free_one = NULL, *oldest = ch;
+    for (int i = 0; i < XR_SOCKS_CHANNELS; i++) {
+        if (ch[i].used == 0) {
+            free_one = free_one ? free_one : &ch[i];
+            continue;
+        }
+        if (ch[i].dst.ss_family == dst->ss_family && memcmp(&ch[i].dst, dst, sizeof(*dst)) == 0)
+            return &ch[i];
+        if (ch[i].used < oldest->used)
+            oldest = &ch[i];
+    }
+    xr_socks_chan_t *c = free_one;
+    if (c == NULL) { /* the least recently used gives way */
+        xr_socks_chan_close(oldest);
+        c = oldest;
+    }
+    xr_paddr_t pd, to;
+    xr_route_t rt;
+    xr_link_t *tls;
+    char err[400], d[80];
+    int eno;
+    xr_paddr_from_sockaddr(&pd, dst);
+    xr_paddr_str(&pd, d, sizeof(d));
+    switch (xr_carrier_route(XR_PROTO_UDP, &pd, &to, &rt, &tls, &eno, err, sizeof(err))) {
+    case XR_CARRY_RELAY:
+        c->link = xr_link_join(tls, rt.token, rt.key, err, sizeof(err));
+        if (c->link == NULL)
+            goto fail;
+        break;
+    case XR_CARRY_DIRECT:
+    case XR_CARRY_NO_AGENT: {
+        struct sockaddr_storage ss;
+        socklen_t sl = xr_paddr_to_sockaddr(&to, &ss);
+        c->fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (c->fd < 0 || connect(c->fd, (struct sockaddr *) &ss, sl) != 0) {
+            snprintf(err, sizeof(err), "%s", strerror(errno));
+            goto fail;
+        }
+        break;
+    }
+    default: goto fail;
+    }
+    c->dst = *dst;
+    c->used = xr_socks_now();
+    fprintf(stderr, "xray socks: %s: udp to %s (%s)\n", peer, d,
+            c->link ? "relayed through the agents" : "directly");
+    return c;
+fail:
+    fprintf(stderr, "xray socks: %s: udp to %s: %s\n", peer, d, err);
+    xr_socks_chan_close(c);
+    return NULL;
+}
+
+static void xr_socks_udp(int fd, const char *peer)
+{
+    enum { cap = 22 + XR_UDP_MAX };
+    unsigned char *buf = xr_malloc(cap);
+    xr_socks_chan_t ch[XR_SOCKS_CHANNELS];
+    struct sockaddr_storage bnd, tcp_peer, client;
+    socklen_t bl = sizeof(bnd), pl = sizeof(tcp_peer), cl = 0;
+    memset(ch, 0, sizeof(ch));
+    for (int i = 0; i < XR_SOCKS_CHANNELS; i++)
+        ch[i].fd = -1;
+    /* The relay socket, on the address the client reached us at. */
+    int u = -1;
+    if (getsockname(fd, (struct sockaddr *) &bnd, &bl) == 0 &&
+        getpeername(fd, (struct sockaddr *) &tcp_peer, &pl) == 0) {
+        if (bnd.ss_family == AF_INET)
+            ((struct sockaddr_in *) &bnd)->sin_port = 0;
+        else
+            ((struct sockaddr_in6 *) &bnd)->sin6_port = 0;
+        u = socket(bnd.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    }
+    bl = sizeof(bnd);
+    if (u < 0 || bind(u, (struct sockaddr *) &bnd, bl) != 0 ||
+        getsockname(u, (struct sockaddr *) &bnd, &bl) != 0) {
+        xr_socks_reply(fd, XR_SOCKS_FAILURE);
+        if (u >= 0)
+            close(u);
+        free(buf);
+        return;
+    }
+    xr_socks_reply_at(fd, XR_SOCKS_OK, &bnd);
+    fprintf(stderr, "xray socks: %s: udp associate\n", peer);
+    for (;;) {
+        struct pollfd p[2 + XR_SOCKS_CHANNELS];
+        int np = 2, ready = 0;
+        p[0] = (struct pollfd){fd, POLLIN, 0};
+        p[1] = (struct pollfd){u, POLLIN, 0};
+        int64_t now = xr_socks_now();
+        for (int i = 0; i < XR_SOCKS_CHANNELS; i++) {
+            if (ch[i].used != 0 && now - ch[i].used > XR_SOCKS_UDP_IDLE)
+                xr_socks_chan_close(&ch[i]);
+            int cfd = ch[i].link ? xr_link_fd(ch[i].link) : ch[i].fd;
+            p[np++] = (struct pollfd){ch[i].used ? cfd : -1, POLLIN, 0};
+            ready |= ch[i].link && xr_link_pending(ch[i].link) > 0;
+        }
+        if (!ready && poll(p, (nfds_t) np, 1000) < 0 && errno != EINTR)
+            break;
+        if (p[0].revents) { /* the association ends with its TCP connection */
+            char c;
+            if (read(fd, &c, 1) <= 0)
+                break;
+        }
+        if (p[1].revents & POLLIN) {
+            struct sockaddr_storage src, dst;
+            socklen_t sl = sizeof(src);
+            ssize_t r = recvfrom(u, buf, cap, 0, (struct sockaddr *) &src, &sl);
+            /* Only the client's host (RFC 1928: from the TCP peer's
+             * address); its first source port is its from then on. */
+            int host_ok = r > 0 && src.ss_family == tcp_peer.ss_family &&
+                          (src.ss_family == AF_INET
+                               ? ((struct sockaddr_in *) &src)->sin_addr.s_addr ==
+                                     ((struct sockaddr_in *) &tcp_peer)->sin_addr.s_addr
+                               : memcmp(&((struct sockaddr_in6 *) &src)->sin6_addr,
+                                        &((struct sockaddr_in6 *) &tcp_peer)->sin6_addr, 16) == 0);
+            if (host_ok && cl == 0) {
+                client = src;
+                cl = sl;
+            }
+            size_t off = host_ok && sl == cl && memcmp(&src, &client, sl) == 0
+                             ? xr_socks_udp_header(buf, (size_t) r, &dst)
+                             : 0;
+            xr_socks_chan_t *c = off ? xr_socks_chan(ch, &dst, peer) : NULL;
+            if (c != NULL) {
+                size_t n = (size_t) r - off;
+                int bad = c->link ? xr_link_send_dgram(c->link, buf + off, n) < 0
+                                  : send(c->fd, buf + off, n, 0) < 0;
+                if (bad)
+                    xr_socks_chan_close(c);
+                else
+                    c->used = xr_socks_now();
+            }
+        }
+        for (int i = 0; i < XR_SOCKS_CHANNELS; i++) {
+            xr_socks_chan_t *c = &ch[i];
+            int pend = c->link && xr_link_pending(c->link) > 0;
+            if (c->used == 0 || !(pend || (p[2 + i].revents & (POLLIN | POLLHUP | POLLERR))))
+                continue;
+            size_t h = xr_socks_put_addr(buf + 3, &c->dst) + 3, len = 0;
+            buf[0] = buf[1] = buf[2] = 0;
+            if (c->link) {
+                if (xr_link_recv_dgram(c->link, buf + h, cap - h, &len) <= 0) {
+                    xr_socks_chan_close(c);
+                    continue;
+                }
+            } else {
+                ssize_t r = recv(c->fd, buf + h, cap - h, 0);
+                if (r < 0)
+                    continue;
+                len = (size_t) r;
+            }
+            c->used = xr_socks_now();
+            if (cl > 0)
+                sendto(u, buf, h + len, 0, (struct sockaddr *) &client, cl);
+        }
+    }
+    for (int i = 0; i < XR_SOCKS_CHANNELS; i++)
+        if (ch[i].used)
+            xr_socks_chan_close(&ch[i]);
+    close(u);
+    free(buf);
+    fprintf(stderr, "xray socks: %s: udp associate ended\n", peer);
+}
+
 static void xr_socks_conn(int fd, const char *peer, void *arg)
 {
     const xr_socks_t *s = arg;
@@ -200,7 +467,12 @@ static void xr_socks_conn(int fd, const char *peer, void *arg)
     char d[300] = "?", err[400];
     if (xr_socks_hello(fd, s, peer) < 0)
         return;
-    int code = xr_socks_request(fd, &dst, d, sizeof(d));
+    int cmd = 0;
+    int code = xr_socks_request(fd, &cmd, &dst, d, sizeof(d));
+    if (code == XR_SOCKS_OK && cmd == XR_SOCKS_UDP) {
+        xr_socks_udp(fd, peer);
+        return;
+    }
     if (code != XR_SOCKS_OK) {
         if (code > 0) {
             xr_socks_reply(fd, code);
