@@ -1,6 +1,6 @@
 /*
  * fuzz_gcm.c: differential libFuzzer target for the vector AES-256-GCM
- * (src/tls/gcm.c) against libsodium's crypto_aead_aes256gcm, the fallback
+ * (src/common/gcm.c) against libsodium's crypto_aead_aes256gcm, the fallback
  * the record layer uses on other CPUs and the reference for this one.
  *
  * Input layout:
@@ -31,7 +31,7 @@
 
 #include <sodium.h>
 
-#include "tls/gcm.h"
+#include "common/gcm.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,6 +1,6 @@
 /*
  * fuzz_record.c: libFuzzer target for the TLS 1.2 record layer
- * (src/tls/record.c), fed as a relay feeds it: bytes arrive in chunks,
+ * (src/common/record.c), fed as a relay feeds it: bytes arrive in chunks,
  * are appended after the unopened tail, and xr_rec_open runs again.
  *
  * Input layout:
@@ -32,7 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tls/record.h"
+#include "common/record.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -75,7 +75,7 @@
 
 #include "wire.h"
 #include "relay/stage_filter.h"
-#include "tls/record.h"
+#include "common/record.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -8,7 +8,7 @@
 #include "core/proctitle.h"
 #include "core/shm.h"
 #include "event/listener.h"
-#include "tls/gcm.h"
+#include "common/gcm.h"
 
 #include <fcntl.h>
 #include <mbedtls/version.h>

@@ -25,7 +25,7 @@
 #define XR_STAGE_FILTER_H
 
 #include "relay/conn.h"
-#include "tls/record.h"
+#include "common/record.h"
 
 extern const xr_stage_t xr_filter_handler;
 

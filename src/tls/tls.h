@@ -15,7 +15,7 @@
 #include "core/conf.h"
 #include "relay/buf.h"
 #include "common/identity.h"
-#include "tls/record.h"
+#include "common/record.h"
 #include "tls/ticket.h"
 
 typedef enum { XR_VERIFY_OFF = 0, XR_VERIFY_OPTIONAL, XR_VERIFY_REQUIRED } xr_verify_t;

@@ -1,5 +1,5 @@
 /*
- * test_gcm.c: the vector AES-256-GCM (src/tls/gcm.c) against the NIST
+ * test_gcm.c: the vector AES-256-GCM (src/common/gcm.c) against the NIST
  * test vectors and against libsodium's implementation, byte for byte, at
  * every length around the 16-, 32-, 64- and 256-byte steps the code
  * branches on, in place and not, with and without additional data, and in
@@ -7,7 +7,7 @@
  * implementation this CPU has (vaes-avx512 and vaes-avx2 on an AVX-512
  * machine, vaes-avx2 alone on Zen 3), whatever XRAYD_AES says.
  */
-#include "tls/gcm.h"
+#include "common/gcm.h"
 
 #include <sys/mman.h>
 

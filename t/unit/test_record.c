@@ -1,5 +1,5 @@
 /*
- * test_record.c: the TLS 1.2 record layer (src/tls/record.c).
+ * test_record.c: the TLS 1.2 record layer (src/common/record.c).
  *
  * The reference is mbedTLS's own record layer: each interop test runs a
  * real ECDHE-ECDSA handshake in memory between an mbedTLS client and
@@ -9,8 +9,8 @@
  * whatever is sealed here must read there, in both roles and both AEADs.
  */
 #include "core/xrayd.h"
-#include "tls/gcm.h"
-#include "tls/record.h"
+#include "common/gcm.h"
+#include "common/record.h"
 
 #include <time.h>
 

@@ -22,7 +22,7 @@
  * wiped afterwards.  The key schedule and the 128-bit helpers are shared,
  * built for the instructions both paths have.
  */
-#include "tls/gcm.h"
+#include "common/gcm.h"
 
 #include <stdatomic.h>
 #include <stdint.h>

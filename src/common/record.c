@@ -9,9 +9,9 @@
  * it lies and slides the plaintext down over the headers and tags already
  * consumed.
  */
-#include "tls/record.h"
+#include "common/record.h"
 
-#include "tls/gcm.h"
+#include "common/gcm.h"
 
 #include <stdlib.h>
 #include <string.h>
