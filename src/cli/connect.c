@@ -167,6 +167,9 @@ int xr_connect_main(int argc, char **argv)
         rc = xr_connect_udp(link, fd, (int) idle_ms) == 0 ? 0 : 1;
     else
         rc = xr_link_pump(link, fd, 0, 1, 0, NULL, NULL) == 0 ? 0 : 1;
+    if (rc != 0)
+        fprintf(stderr, "xray connect: the connection to %s ended on an error: %s\n", dst_s,
+                errno ? strerror(errno) : "a bad record");
     if (link)
         xr_link_close(link);
     if (fd >= 0)

@@ -57,6 +57,25 @@ static size_t xr__body_overhead(xr_aead_t aead)
     return aead == XR_AEAD_AES256GCM ? XR_REC_GCM_EXPLICIT + XR_REC_TAG : XR_REC_TAG;
 }
 
+xr_aead_t xr_rec_suite_aead(int suite)
+{
+    switch (suite) {
+    case 0xC02C: /* TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 */
+    case 0xC030: /* TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 */ return XR_AEAD_AES256GCM;
+    case 0xCCA9: /* TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 */
+    case 0xCCA8: /* TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 */ return XR_AEAD_CHACHA20;
+    default: return XR_AEAD_NONE;
+    }
+}
+
+uint64_t xr_rec_seq(const unsigned char *ctr)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | ctr[i];
+    return v;
+}
+
 int xr_rec_available(xr_aead_t aead)
 {
     /* sodium_init() detects the CPU features that the AES-GCM check reads;

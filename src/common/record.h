@@ -52,6 +52,13 @@ typedef enum {
     XR_REC_ERR_FORMAT    /* bad version, type, or length: decode_error (50) */
 } xr_rec_status_t;
 
+/* The AEAD of a TLS 1.2 cipher suite (its IANA number, as
+ * mbedtls_ssl_get_ciphersuite_id gives it): the ECDHE suites with
+ * AES-256-GCM or ChaCha20-Poly1305, else XR_AEAD_NONE. */
+xr_aead_t xr_rec_suite_aead(int suite);
+/* A sequence number as mbedTLS keeps it (8 bytes, big endian). */
+uint64_t xr_rec_seq(const unsigned char *ctr);
+
 /* Is this AEAD usable on this CPU (AES-GCM needs AES-NI and PCLMUL)? */
 int xr_rec_available(xr_aead_t aead);
 

@@ -114,6 +114,7 @@ xr_client_t *xr_client_new(const xr_client_conf_t *cf, char *err, size_t errlen)
         goto fail;
     }
     mbedtls_ssl_conf_session_tickets(&c->conf, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
+    mbedtls_ssl_conf_export_keys_ext_cb(&c->conf, xr__link_export, NULL);
 
     /* The server side of links the agent dials (INCOMING mode 1). */
     mbedtls_ssl_config_init(&c->sconf);
@@ -136,6 +137,7 @@ xr_client_t *xr_client_new(const xr_client_conf_t *cf, char *err, size_t errlen)
     mbedtls_ssl_conf_read_timeout(&c->sconf, (uint32_t) c->cf.timeout_ms);
     mbedtls_ssl_conf_session_tickets_cb(&c->sconf, mbedtls_ssl_ticket_write,
                                         mbedtls_ssl_ticket_parse, &c->ticket);
+    mbedtls_ssl_conf_export_keys_ext_cb(&c->sconf, xr__link_export, NULL);
     if (mbedtls_ssl_conf_own_cert(&c->sconf, &c->crt, &c->pk) != 0) {
         snprintf(err, errlen, "cannot use certificate %s", cf->cert);
         goto fail;

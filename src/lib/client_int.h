@@ -6,6 +6,7 @@
 #ifndef XR_CLIENT_INT_H
 #define XR_CLIENT_INT_H
 
+#include "common/record.h"
 #include "lib/client.h"
 
 #include <pthread.h>
@@ -69,7 +70,18 @@ struct xr_client_s {
 
 struct xr_link_s {
     mbedtls_net_context net;
-    mbedtls_ssl_context ssl;
+    mbedtls_ssl_context ssl; /* the handshake and the link's frames */
+    /* Then, for an AEAD suite, the record layer (common/record.h), as
+     * the agents seal: the ssl context is freed. */
+    int fast, is_server;
+    xr_rec_t rec;
+    unsigned char *rbuf, *pbuf, *obuf; /* records read, cleartext opened, records sealed */
+    size_t rlen, poff, plen;
+    int eof, bad; /* close_notify came; a record failed or an alert came */
+    /* from the key export hook, wiped once used */
+    unsigned char kb[2 * 32 + 2 * 12];
+    size_t keylen, ivlen;
+    int have_kb;
 };
 
 /* client.c */
@@ -97,6 +109,14 @@ int xr__link_expect(xr_link_t *l, int want, const char *what, char *err, size_t 
 xr_link_t *xr__link_open(xr_client_t *c, const xr_paddr_t *rp, const uint8_t *token,
                          const char *want_key, char *err, size_t errlen);
 void xr__link_free(xr_link_t *l);
+/* link.c: the key export hook of both configurations (it fills the link
+ * whose handshake runs on this thread: xr__link_handshake), and the
+ * switch to the record layer once the link's frames are done. */
+int xr__link_export(void *p, const unsigned char *ms, const unsigned char *kb, size_t maclen,
+                    size_t keylen, size_t ivlen, const unsigned char client_random[32],
+                    const unsigned char server_random[32], mbedtls_tls_prf_types prf);
+int xr__link_handshake(xr_link_t *l);
+void xr__link_fast(xr_link_t *l);
 /* Is the peer's public key of ssl the key want (hex)? */
 int xr__key_is(const mbedtls_ssl_context *ssl, const char *want);
 

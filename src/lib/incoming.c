@@ -170,13 +170,12 @@ int xr_link_accept_begin(xr_client_t *c, int fd, xr_link_t **link, uint8_t *toke
         goto fail;
     }
     mbedtls_ssl_set_bio(&l->ssl, &l->net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
-    while ((rc = mbedtls_ssl_handshake(&l->ssl)) != 0)
-        if (rc != MBEDTLS_ERR_SSL_WANT_READ && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
-            char why[128];
-            xr__mberr(rc, why, sizeof(why));
-            snprintf(err, errlen, "TLS with the agent failed: %s", why);
-            goto fail;
-        }
+    if ((rc = xr__link_handshake(l)) != 0) {
+        char why[128];
+        xr__mberr(rc, why, sizeof(why));
+        snprintf(err, errlen, "TLS with the agent failed: %s", why);
+        goto fail;
+    }
     if (!xr__key_is(&l->ssl, c->agent_key)) {
         snprintf(err, errlen, "the link's certificate is not the agent's");
         goto fail;
@@ -273,6 +272,7 @@ int xr_link_accept_finish(xr_link_t *l, char *err, size_t errlen)
         xr__link_free(l);
         return -1;
     }
+    xr__link_fast(l);
     return 0;
 }
 

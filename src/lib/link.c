@@ -9,6 +9,8 @@
 #include "common/identity.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <strings.h>
@@ -16,10 +18,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <mbedtls/platform_util.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Room for a few sealed records per write. */
+#define XR_LINK_OBUF (4 * (XR_REC_MAX_PLAIN + 64))
 
 int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen)
 {
@@ -107,7 +113,166 @@ void xr__link_free(xr_link_t *l)
 {
     mbedtls_ssl_free(&l->ssl);
     mbedtls_net_free(&l->net);
+    xr_rec_free(&l->rec);
+    free(l->rbuf);
+    free(l->pbuf);
+    free(l->obuf);
+    mbedtls_platform_zeroize(l->kb, sizeof(l->kb));
     free(l);
+}
+
+/* ---- the record layer once a link's frames are done ---------------------- */
+
+static __thread xr_link_t *xr_link_current; /* whose handshake runs on this thread */
+
+int xr__link_export(void *p, const unsigned char *ms, const unsigned char *kb, size_t maclen,
+                    size_t keylen, size_t ivlen, const unsigned char client_random[32],
+                    const unsigned char server_random[32], mbedtls_tls_prf_types prf)
+{
+    xr_link_t *l = xr_link_current;
+    /* Only AEAD suites (no MAC key) fit the record layer; the control
+     * connection's handshake has no link and keeps mbedTLS's records. */
+    if (l == NULL || maclen != 0 || keylen > 32 || ivlen > 12)
+        return 0;
+    memcpy(l->kb, kb, 2 * keylen + 2 * ivlen);
+    l->keylen = keylen;
+    l->ivlen = ivlen;
+    l->have_kb = 1;
+    return 0;
+}
+
+int xr__link_handshake(xr_link_t *l)
+{
+    int rc;
+    xr_link_current = l;
+    while ((rc = mbedtls_ssl_handshake(&l->ssl)) == MBEDTLS_ERR_SSL_WANT_READ ||
+           rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+        ;
+    xr_link_current = NULL;
+    l->is_server = l->ssl.conf->endpoint == MBEDTLS_SSL_IS_SERVER;
+    return rc;
+}
+
+/* Records sealed and opened by the record layer from here on, as the
+ * agents do (about twice the throughput of mbedTLS's GCM), when the
+ * suite is an AEAD one and mbedTLS holds nothing unread. */
+void xr__link_fast(xr_link_t *l)
+{
+    const char *no = getenv("XRAY_LINK_MBEDTLS"); /* for comparisons */
+    int suite = mbedtls_ssl_get_ciphersuite_id(mbedtls_ssl_get_ciphersuite(&l->ssl));
+    xr_aead_t aead = xr_rec_suite_aead(suite);
+    int clean = mbedtls_ssl_get_bytes_avail(&l->ssl) == 0 && !mbedtls_ssl_check_pending(&l->ssl);
+    if ((no == NULL || no[0] == '\0') && l->have_kb && aead != XR_AEAD_NONE && clean &&
+        xr_rec_available(aead) && l->keylen == 32 &&
+        l->ivlen == (aead == XR_AEAD_AES256GCM ? 4u : 12u)) {
+        l->rbuf = malloc(XR_REC_MAX_CIPHER * 2);
+        l->pbuf = malloc(XR_REC_MAX_CIPHER * 2);
+        l->obuf = malloc(XR_LINK_OBUF);
+        uint64_t rx = xr_rec_seq(l->ssl.in_ctr), tx = xr_rec_seq(l->ssl.cur_out_ctr);
+        if (l->rbuf != NULL && l->pbuf != NULL && l->obuf != NULL &&
+            xr_rec_init(&l->rec, aead, l->is_server, l->kb, l->keylen, l->ivlen, rx, tx) == 0) {
+            l->fast = 1;
+            mbedtls_ssl_free(&l->ssl);
+            mbedtls_ssl_init(&l->ssl);
+        }
+    }
+    mbedtls_platform_zeroize(l->kb, sizeof(l->kb));
+    l->have_kb = 0;
+}
+
+/* All of p to the link's socket: 0, or -1. */
+static int xr_link_send_all(xr_link_t *l, const unsigned char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(l->net.fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* the socket's send timeout (it bounded the connect): wait on */
+            struct pollfd pf = {l->net.fd, POLLOUT, 0};
+            poll(&pf, 1, -1);
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t) w;
+    }
+    return 0;
+}
+
+/* Open what rbuf holds: cleartext to pbuf, a partial record kept. */
+static void xr_link_open_buffered(xr_link_t *l)
+{
+    size_t plain = 0, used = 0;
+    uint8_t alert[2];
+    xr_rec_status_t st = xr_rec_open(&l->rec, l->rbuf, l->rlen, &plain, &used, alert);
+    memcpy(l->pbuf, l->rbuf, plain);
+    l->poff = 0;
+    l->plen = plain;
+    memmove(l->rbuf, l->rbuf + used, l->rlen - used);
+    l->rlen -= used;
+    if (st == XR_REC_CLOSE_NOTIFY)
+        l->eof = 1;
+    else if (st != XR_REC_OK)
+        l->bad = 1;
+}
+
+/* Is a whole record waiting in rbuf? */
+static int xr_link_whole(const xr_link_t *l)
+{
+    return l->rlen >= XR_REC_HEADER &&
+           l->rlen >= XR_REC_HEADER + ((size_t) l->rbuf[3] << 8 | l->rbuf[4]);
+}
+
+static ssize_t xr_link_read_fast(xr_link_t *l, void *buf, size_t len)
+{
+    for (;;) {
+        if (l->poff < l->plen) {
+            size_t n = l->plen - l->poff < len ? l->plen - l->poff : len;
+            memcpy(buf, l->pbuf + l->poff, n);
+            l->poff += n;
+            return (ssize_t) n;
+        }
+        if (l->eof)
+            return 0;
+        if (l->bad)
+            return -1;
+        if (xr_link_whole(l)) {
+            xr_link_open_buffered(l);
+            continue;
+        }
+        if (l->rlen == XR_REC_MAX_CIPHER * 2)
+            return -1;
+        ssize_t r = recv(l->net.fd, l->rbuf + l->rlen, XR_REC_MAX_CIPHER * 2 - l->rlen, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd pf = {l->net.fd, POLLIN, 0};
+            poll(&pf, 1, -1);
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            return l->rlen > 0 ? -1 : 0; /* a record cut short, or the end */
+        l->rlen += (size_t) r;
+    }
+}
+
+static ssize_t xr_link_write_fast(xr_link_t *l, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    size_t off = 0;
+    while (off < len) {
+        size_t used = 0;
+        size_t n = xr_rec_seal(&l->rec, XR_REC_TYPE_APPDATA, p + off, len - off, l->obuf,
+                               XR_LINK_OBUF, &used);
+        if (n == 0 || xr_link_send_all(l, l->obuf, n) < 0)
+            return -1;
+        off += used;
+    }
+    return (ssize_t) len;
 }
 
 int xr__key_is(const mbedtls_ssl_context *ssl, const char *want)
@@ -143,13 +308,12 @@ xr_link_t *xr_link_tls(xr_client_t *c, const xr_paddr_t *rp, int check_name, cha
         mbedtls_ssl_set_session(&l->ssl, &c->link_session); /* a failed offer is a full one */
     pthread_mutex_unlock(&c->session_lock);
     mbedtls_ssl_set_bio(&l->ssl, &l->net, mbedtls_net_send, NULL, mbedtls_net_recv_timeout);
-    while ((rc = mbedtls_ssl_handshake(&l->ssl)) != 0)
-        if (rc != MBEDTLS_ERR_SSL_WANT_READ && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
-            char why[128];
-            xr__mberr(rc, why, sizeof(why));
-            snprintf(err, errlen, "TLS with the relay point failed: %s", why);
-            goto fail;
-        }
+    if ((rc = xr__link_handshake(l)) != 0) {
+        char why[128];
+        xr__mberr(rc, why, sizeof(why));
+        snprintf(err, errlen, "TLS with the relay point failed: %s", why);
+        goto fail;
+    }
     /* The relay points of one agent share its session: the next link
      * resumes. */
     pthread_mutex_lock(&c->session_lock);
@@ -187,6 +351,7 @@ xr_link_t *xr_link_join(xr_link_t *l, const uint8_t *token, const char *want_key
     if (xr__link_expect(l, XR_MSG_LINK_OK, "relay point", err, errlen) < 0 ||
         xr__link_expect(l, XR_MSG_ACK, "relay point", err, errlen) < 0)
         goto fail;
+    xr__link_fast(l);
     return l;
 fail:
     xr__link_free(l);
@@ -296,6 +461,8 @@ int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_li
 
 ssize_t xr_link_read(xr_link_t *l, void *buf, size_t len)
 {
+    if (l->fast)
+        return xr_link_read_fast(l, buf, len);
     for (;;) {
         int rc = mbedtls_ssl_read(&l->ssl, buf, len);
         if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_TIMEOUT)
@@ -308,6 +475,8 @@ ssize_t xr_link_read(xr_link_t *l, void *buf, size_t len)
 
 ssize_t xr_link_write(xr_link_t *l, const void *buf, size_t len)
 {
+    if (l->fast)
+        return xr_link_write_fast(l, buf, len);
     size_t off = 0;
     while (off < len) {
         int rc = mbedtls_ssl_write(&l->ssl, (const unsigned char *) buf + off, len - off);
@@ -367,7 +536,13 @@ int xr_link_recv_dgram(xr_link_t *l, void *buf, size_t cap, size_t *len)
 
 void xr_link_shutdown(xr_link_t *l)
 {
-    mbedtls_ssl_close_notify(&l->ssl);
+    if (!l->fast) {
+        mbedtls_ssl_close_notify(&l->ssl);
+        return;
+    }
+    size_t n = xr_rec_alert(&l->rec, 1, 0, l->obuf, XR_LINK_OBUF); /* close_notify */
+    if (n > 0)
+        xr_link_send_all(l, l->obuf, n);
 }
 
 int xr_link_fd(const xr_link_t *l)
@@ -377,6 +552,8 @@ int xr_link_fd(const xr_link_t *l)
 
 size_t xr_link_pending(xr_link_t *l)
 {
+    if (l->fast) /* cleartext, or a whole record to open, or news to report */
+        return l->plen - l->poff + (xr_link_whole(l) || l->eof || l->bad ? 1 : 0);
     return mbedtls_ssl_get_bytes_avail(&l->ssl);
 }
 
@@ -384,7 +561,7 @@ void xr_link_close(xr_link_t *l)
 {
     if (l == NULL)
         return;
-    mbedtls_ssl_close_notify(&l->ssl);
+    xr_link_shutdown(l);
     xr__link_free(l);
 }
 
@@ -392,22 +569,84 @@ void xr_link_drop(xr_link_t *l)
 {
     if (l == NULL)
         return;
-    mbedtls_ssl_free(&l->ssl);
     /* Not mbedtls_net_free(): its shutdown() would end the socket for a
      * child process that shares it too. */
     if (l->net.fd >= 0)
         close(l->net.fd);
-    free(l);
+    l->net.fd = -1;
+    xr__link_free(l);
 }
 
-int xr_link_pump(xr_link_t *link, int sock, int in, int out, int both, void (*tick)(void *),
-                 void *arg)
+/* All of p to fd (blocking): 0, or -1. */
+static int xr_write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t) w;
+    }
+    return 0;
+}
+
+/* The direction in -> connection of a pump, on a thread of its own:
+ * each direction may block on its writes without stopping the other
+ * (one thread for both deadlocked: the far side's answers filled the
+ * buffers while we wrote). */
+typedef struct {
+    xr_link_t *link;
+    int sock, in, stop;
+    int failed;
+} xr_pump_up_t;
+
+static void *xr_pump_up(void *arg)
+{
+    xr_pump_up_t *u = arg;
+    char buf[16384];
+    for (;;) {
+        struct pollfd p[2] = {{u->in, POLLIN, 0}, {u->stop, POLLIN, 0}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            u->failed = 1;
+            return NULL;
+        }
+        if (p[1].revents)
+            return NULL; /* the caller is done */
+        if (!p[0].revents)
+            continue;
+        ssize_t r = read(u->in, buf, sizeof(buf));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) { /* the end of in: passed on */
+            if (u->link)
+                xr_link_shutdown(u->link);
+            else
+                shutdown(u->sock, SHUT_WR);
+            return NULL;
+        }
+        if (u->link ? xr_link_write(u->link, buf, (size_t) r) != r
+                    : xr_write_all(u->sock, buf, (size_t) r) < 0) {
+            u->failed = 1;
+            return NULL;
+        }
+    }
+}
+
+/* mbedTLS's records cannot be read and written from two threads: one
+ * loop for both directions (only links of a suite the record layer does
+ * not take come here). */
+static int xr_link_pump_one(xr_link_t *link, int in, int out, int both, void (*tick)(void *),
+                            void *arg)
 {
     char buf[16384];
-    int cfd = link ? xr_link_fd(link) : sock, in_open = 1, conn_open = 1;
+    int cfd = xr_link_fd(link), in_open = 1, conn_open = 1;
     while (conn_open || (both && in_open)) {
         struct pollfd p[2] = {{conn_open ? cfd : -1, POLLIN, 0}, {in_open ? in : -1, POLLIN, 0}};
-        int ready = conn_open && link != NULL && xr_link_pending(link) > 0;
+        int ready = conn_open && xr_link_pending(link) > 0;
         int n = ready ? 1 : poll(p, 2, 1000);
         if (n < 0 && errno != EINTR)
             return -1;
@@ -416,7 +655,7 @@ int xr_link_pump(xr_link_t *link, int sock, int in, int out, int both, void (*ti
         if (n <= 0)
             continue;
         if (ready || (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
-            ssize_t r = link ? xr_link_read(link, buf, sizeof(buf)) : read(cfd, buf, sizeof(buf));
+            ssize_t r = xr_link_read(link, buf, sizeof(buf));
             if (r < 0)
                 return -1;
             if (r == 0) {
@@ -424,26 +663,76 @@ int xr_link_pump(xr_link_t *link, int sock, int in, int out, int both, void (*ti
                 shutdown(out, SHUT_WR); /* a socket's reader sees the end too */
                 continue;
             }
-            for (ssize_t off = 0; off < r;) {
-                ssize_t w = write(out, buf + off, (size_t) (r - off));
-                if (w <= 0)
-                    return -1;
-                off += w;
-            }
+            if (xr_write_all(out, buf, (size_t) r) < 0)
+                return -1;
         }
         if (in_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
             ssize_t r = read(in, buf, sizeof(buf));
             if (r <= 0) {
                 in_open = 0;
-                if (link)
-                    xr_link_shutdown(link);
-                else
-                    shutdown(cfd, SHUT_WR);
-            } else if ((link ? xr_link_write(link, buf, (size_t) r)
-                             : write(cfd, buf, (size_t) r)) != r) {
+                xr_link_shutdown(link);
+            } else if (xr_link_write(link, buf, (size_t) r) != r) {
                 return -1;
             }
         }
     }
     return 0;
+}
+
+int xr_link_pump(xr_link_t *link, int sock, int in, int out, int both, void (*tick)(void *),
+                 void *arg)
+{
+    if (link != NULL && !link->fast)
+        return xr_link_pump_one(link, in, out, both, tick, arg);
+    int sp[2];
+    xr_pump_up_t u = {.link = link, .sock = sock, .in = in, .stop = -1};
+    pthread_t th;
+    if (pipe2(sp, O_CLOEXEC) != 0)
+        return -1;
+    u.stop = sp[0];
+    if (pthread_create(&th, NULL, xr_pump_up, &u) != 0) {
+        close(sp[0]);
+        close(sp[1]);
+        return -1;
+    }
+    /* This thread: the connection -> out. */
+    char buf[16384];
+    int cfd = link ? xr_link_fd(link) : sock, rc = 0;
+    for (;;) {
+        struct pollfd p = {cfd, POLLIN, 0};
+        int ready = link != NULL && xr_link_pending(link) > 0;
+        int n = ready ? 1 : poll(&p, 1, 1000);
+        if (n < 0 && errno != EINTR) {
+            rc = -1;
+            break;
+        }
+        if (tick != NULL)
+            tick(arg);
+        if (n <= 0)
+            continue;
+        ssize_t r = link ? xr_link_read(link, buf, sizeof(buf)) : read(cfd, buf, sizeof(buf));
+        if (r < 0 && link == NULL && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = -1;
+            break;
+        }
+        if (r == 0) {
+            shutdown(out, SHUT_WR); /* a socket's reader sees the end too */
+            break;
+        }
+        if (xr_write_all(out, buf, (size_t) r) < 0) {
+            rc = -1;
+            break;
+        }
+    }
+    if (!both || rc < 0) { /* the other direction is not waited for */
+        char one = 1;
+        if (write(sp[1], &one, 1) < 0)
+            rc = -1;
+    }
+    pthread_join(th, NULL);
+    close(sp[0]);
+    close(sp[1]);
+    return rc < 0 || u.failed ? -1 : 0;
 }

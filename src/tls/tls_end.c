@@ -416,25 +416,6 @@ int xr_tls_end_start_session(xr_end_t *e, xr_tls_conf_t *c, xr_tls_session_t *sl
     return XR_OK;
 }
 
-static xr_aead_t xr_tls_suite_aead(int id)
-{
-    switch (id) {
-    case MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384:
-    case MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384: return XR_AEAD_AES256GCM;
-    case MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256:
-    case MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: return XR_AEAD_CHACHA20;
-    default: return XR_AEAD_NONE;
-    }
-}
-
-static uint64_t xr_tls_ctr(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
 static void xr_tls_handshake_failed(xr_tls_end_t *t, int rc)
 {
     char err[96];
@@ -523,13 +504,13 @@ int xr_tls_end_handshake(xr_end_t *e)
      * connection keeps does not sit between the handshake's freed blocks
      * (measured: 2 KiB per idle connection). */
     int suite = mbedtls_ssl_get_ciphersuite_id(mbedtls_ssl_get_ciphersuite(ssl));
-    xr_aead_t aead = xr_tls_suite_aead(suite);
+    xr_aead_t aead = xr_rec_suite_aead(suite);
     int clean = mbedtls_ssl_get_bytes_avail(ssl) == 0 && !mbedtls_ssl_check_pending(ssl);
     int fast = aead != XR_AEAD_NONE && t->have_kb && clean && xr_rec_available(aead) &&
                t->keylen == 32 && t->ivlen == (aead == XR_AEAD_AES256GCM ? 4u : 12u);
     rc = XR_OK;
     if (fast) {
-        uint64_t rx_seq = xr_tls_ctr(ssl->in_ctr), tx_seq = xr_tls_ctr(ssl->cur_out_ctr);
+        uint64_t rx_seq = xr_rec_seq(ssl->in_ctr), tx_seq = xr_rec_seq(ssl->cur_out_ctr);
         mbedtls_ssl_free(ssl);
         free(ssl);
         t->ssl = NULL;
