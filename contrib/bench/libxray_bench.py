@@ -66,6 +66,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 TDIR = ROOT / "t"
 sys.path.insert(0, str(TDIR))
+sys.path.insert(0, str(HERE))
+from xray_bench import (agent_conf, cpu_seconds, env_int, fmt, hp, json_lines,  # noqa: E402
+                        log, log_digest, pct, ratio, wait_for)
 
 THIS = str(Path(__file__).resolve())
 PY = "/usr/bin/python3"
@@ -78,19 +81,12 @@ LISTEN_PORT = 8080
 FWD_PORT = 9000
 SOCKS_PORT = 1080
 AGENT_PORT = 7000
-
-
-def env_int(name, default):
-    return int(os.environ.get(name, default))
-
-
-def log(*a):
-    print("#", *a, file=sys.stderr, flush=True)
-
-
-def hp(a):
-    h, p = a.rsplit(":", 1)
-    return (h, int(p))
+# on agent B, besides xray_bench.py's applications: b2's client (CN=app-1) may connect
+# inside network B
+INTRA_APP_B = """  - name: intra
+    match: ["CN=app-1"]
+    outbound: ["198.18.2.0/24"]
+"""
 
 
 # ---- the echo server (b, under the preload) ------------------------------------------
@@ -290,64 +286,6 @@ def cmd_curls(cfg):
 
 # ---- the orchestrator (host namespace, root) ------------------------------------------
 
-def wait_for(pred, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise RuntimeError("timed out (%ds) waiting for %s" % (timeout, what))
-
-
-def json_lines(path):
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
-
-
-def proc_tree(root_pid):
-    kids = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-        except OSError:
-            continue
-        kids.setdefault(int(st[st.rindex(")") + 2:].split()[1]), []).append(int(d))
-    out, todo = [], [root_pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
-    return out
-
-
-def cpu_seconds(root_pid):
-    """utime+stime+cutime+cstime over a process tree (/proc is shared by the
-    namespaces)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for p in proc_tree(root_pid):
-        try:
-            with open("/proc/%d/stat" % p) as f:
-                st = f.read()
-        except OSError:
-            continue
-        total += sum(int(x) for x in st[st.rindex(")") + 2:].split()[11:15])
-    return total / hz
-
-
 def pids_by_cmdline(needle):
     out = []
     for d in os.listdir("/proc"):
@@ -365,101 +303,6 @@ def pids_by_cmdline(needle):
 
 def median(xs):
     return statistics.median(xs) if xs else None
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    if not xs:
-        return None
-    k = (len(xs) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
-def ratio(a, b):
-    return None if a is None or b in (None, 0) else a / b
-
-
-def fmt(v, spec="%.2f"):
-    return "NA" if v is None else spec % v
-
-
-LEVEL_RE = re.compile(r"\[(debug|info|notice|warn|error|crit|alert|emerg)\]")
-
-
-def log_digest(path):
-    """Counts per level and the distinct warn-or-worse messages (numbers masked)."""
-    counts, distinct = {}, {}
-    try:
-        lines = Path(path).read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return {"missing": True}
-    for line in lines:
-        m = LEVEL_RE.search(line)
-        if not m:
-            continue
-        lvl = m.group(1)
-        counts[lvl] = counts.get(lvl, 0) + 1
-        if lvl in ("warn", "error", "crit", "alert", "emerg"):
-            key = "[%s] %s" % (lvl, re.sub(r"\d+", "N", line[m.end():].strip()))
-            distinct.setdefault(key, [0, line])[0] += 1
-    return {"counts": counts,
-            "distinct": [{"n": v[0], "example": v[1]}
-                         for _k, v in sorted(distinct.items(), key=lambda kv: -kv[1][0])]}
-
-
-def agent_conf(t, pki, d, me):
-    """Agent `me` as xray_bench.py's agent_conf() (t/test_66_agent_topology.py's
-    _two_agents()), plus on agent B an application for b2's client: CN=app-1 may
-    connect inside network B."""
-    other = "b" if me == "a" else "a"
-    lan = "198.18.1.0/24" if me == "a" else "198.18.2.0/24"
-    my_pub, other_pub = t.pub_addr("nat" + me), t.pub_addr("nat" + other)
-    if me == "a":
-        apps = """
-  - name: client
-    match: ["CN=app-1"]
-    outbound: ["%s/32:20000-20009"]
-""" % t.pub_addr("natb")
-    else:
-        apps = """
-  - name: server
-    match: ["CN=relay-b"]
-    inbound: on
-  - name: intra
-    match: ["CN=app-1"]
-    outbound: ["198.18.2.0/24"]
-"""
-    conf = d / "agent.yaml"
-    conf.write_text("""
-workers: 2
-daemon: off
-pid: %(d)s/xrayd.pid
-error_log: %(d)s/error.log
-log_level: info
-agent:
-  listen: 0.0.0.0:7000
-  tls:
-    certificate: %(crt)s
-    key: %(key)s
-    client_ca: %(ca)s
-  networks: [%(lan)s]
-  official_pool: ["%(pub)s:20000-20009"]
-  admin_socket: %(d)s/agent.sock
-  peers:
-    - networks: ["%(opub)s/32"]
-      agent: %(opub)s:7000
-      match: ["CN=agent-%(other)s"]
-      tls:
-        ca: %(ca)s
-        certificate: %(crt)s
-        key: %(key)s
-        server_name: agent-%(other)s
-applications:%(apps)s""" % dict(d=d, crt=pki.crt("agent-" + me), key=pki.key("agent-" + me),
-                                   ca=pki.ca, lan=lan, pub=my_pub, opub=other_pub,
-                                   other=other, apps=apps))
-    return conf
 
 
 class Bench:
@@ -683,7 +526,7 @@ class Bench:
             d = self.out / ("agent-" + me)
             d.mkdir(exist_ok=True)
             self.adir[me] = d
-            conf = agent_conf(t, self.pki, d, me)
+            conf = agent_conf(t, self.pki, d, me, extra_apps_b=INTRA_APP_B)
             r = subprocess.run([str(xrayd), "-t", "-c", str(conf)], capture_output=True,
                                text=True, timeout=20)
             if r.returncode != 0:
@@ -1110,7 +953,8 @@ class Bench:
                                        fw.get(k, {}).items()) for k in
                              ("before", "opened", "after"))))
         for me in ("a", "b"):
-            dg = log_digest(self.adir[me] / "error.log")
+            dg = log_digest(self.adir[me] / "error.log",
+                            distinct_levels=("warn", "error", "crit", "alert", "emerg"))
             self.raw.setdefault("agent_logs", {})[me] = dg
             lines.append("agent %s error.log: %s" % (me.upper(), ", ".join(
                 "%s %d" % kv for kv in sorted(dg.get("counts", {}).items()))))

@@ -755,9 +755,10 @@ def json_lines(path):
     return out
 
 
-def agent_conf(t, pki, d, me):
+def agent_conf(t, pki, d, me, extra_apps_b=""):
     """Agent `me` ('a' or 'b') exactly as _two_agents() in
-    t/test_66_agent_topology.py configures it."""
+    t/test_66_agent_topology.py configures it; extra_apps_b (YAML list items) is
+    appended to agent B's applications (libxray_bench.py adds one)."""
     other = "b" if me == "a" else "a"
     lan = "198.18.1.0/24" if me == "a" else "198.18.2.0/24"
     my_pub, other_pub = t.pub_addr("nat" + me), t.pub_addr("nat" + other)
@@ -772,7 +773,7 @@ def agent_conf(t, pki, d, me):
   - name: server
     match: ["CN=relay-b"]
     inbound: on
-"""
+""" + extra_apps_b
     conf = d / "agent.yaml"
     conf.write_text("""
 workers: 2
@@ -827,8 +828,9 @@ def ratio(a, b):
 LEVEL_RE = re.compile(r"\[(debug|info|notice|warn|error|crit|alert|emerg)\]")
 
 
-def log_digest(path):
-    """Counts per level and the distinct notice-or-worse messages (numbers masked)."""
+def log_digest(path, distinct_levels=("notice", "warn", "error", "crit", "alert", "emerg")):
+    """Counts per level and the distinct messages (numbers masked) of distinct_levels
+    (default notice-or-worse)."""
     counts, distinct = {}, {}
     try:
         lines = Path(path).read_text(errors="replace").splitlines()
@@ -840,7 +842,7 @@ def log_digest(path):
             continue
         lvl = m.group(1)
         counts[lvl] = counts.get(lvl, 0) + 1
-        if lvl in ("notice", "warn", "error", "crit", "alert", "emerg"):
+        if lvl in distinct_levels:
             msg = re.sub(r"\d+", "N", line[m.end():].strip())
             key = "[%s] %s" % (lvl, msg)
             if key not in distinct:

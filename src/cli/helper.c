@@ -20,6 +20,7 @@
 #include "core/xrayd.h"
 #include "cli/carrier.h"
 #include "cli/helper.h"
+#include "common/sockaddr.h"
 #include "lib/client.h"
 #include "lib/helper_msg.h"
 
@@ -320,19 +321,6 @@ static void xr_helper_connect(int *psock, const xr_hmsg_t *q)
 
 /* ---- WHO ---------------------------------------------------------------- */
 
-static int xr_helper_same(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *) a, *y = (const void *) b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *) a, *y = (const void *) b;
-    return a->ss_family == AF_INET6 && x->sin6_port == y->sin6_port &&
-           memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
-
 static void xr_helper_who_add(const struct sockaddr_storage *from,
                               const struct sockaddr_storage *peer)
 {
@@ -349,7 +337,7 @@ static void xr_helper_who(int sock, const xr_hmsg_t *q)
     int found = 0;
     pthread_mutex_lock(&xr_helper_tables);
     for (size_t i = 0; i < XR_HELPER_WHO && !found; i++)
-        if (xr_helper_same(&xr_helper.who[i].from, &q->addr)) {
+        if (xr_sockaddr_same(&xr_helper.who[i].from, &q->addr)) {
             peer = xr_helper.who[i].peer;
             found = 1;
         }

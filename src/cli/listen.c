@@ -933,29 +933,13 @@ int xr_listen_main(int argc, char **argv)
             status = 1;
             break;
         }
-        if (threaded) {
-            if (n <= 0 || !(p[0].revents & POLLIN))
-                continue;
-            struct sockaddr_storage peer;
-            socklen_t plen = sizeof(peer);
-            int fd = accept4(l.listen_fd, (struct sockaddr *) &peer, &plen, SOCK_CLOEXEC);
-            if (fd < 0)
-                continue;
-            pthread_mutex_lock(&xr_listen_lock);
-            int from = l.state == XR_FULLY_BOUND && xr_client_from_agent(l.client, &peer);
-            pthread_mutex_unlock(&xr_listen_lock);
-            if (from)
-                xr_listen_spawn(&l, fd, NULL, exec_cmd);
-            else
-                xr_listen_exec(fd, exec_cmd);
-            continue;
-        }
-        if (l.state == XR_FULLY_BOUND && (n > 0 && (p[1].revents & (POLLIN | POLLHUP)))) {
+        if (!threaded && l.state == XR_FULLY_BOUND &&
+            (n > 0 && (p[1].revents & (POLLIN | POLLHUP)))) {
             if (xr_listen_incoming(&l, exec_cmd) < 0)
                 status = 1;
             continue;
         }
-        if (l.state == XR_FULLY_BOUND && xr_listen_queued(&l)) {
+        if (!threaded && l.state == XR_FULLY_BOUND && xr_listen_queued(&l)) {
             xr_listen_incoming(&l, exec_cmd);
             continue;
         }
@@ -966,6 +950,16 @@ int xr_listen_main(int argc, char **argv)
         int fd = accept4(l.listen_fd, (struct sockaddr *) &peer, &plen, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
+        if (threaded) { /* from the agent's address: a thread sorts it out */
+            pthread_mutex_lock(&xr_listen_lock);
+            int from = l.state == XR_FULLY_BOUND && xr_client_from_agent(l.client, &peer);
+            pthread_mutex_unlock(&xr_listen_lock);
+            if (from)
+                xr_listen_spawn(&l, fd, NULL, exec_cmd);
+            else
+                xr_listen_exec(fd, exec_cmd);
+            continue;
+        }
         if (l.state == XR_FULLY_BOUND && xr_client_is_link(l.client, fd, &peer)) {
             /* The agent's link for a relayed connection (INCOMING mode 1). */
             xr_link_t *link = NULL;

@@ -68,6 +68,17 @@ xr_aead_t xr_rec_suite_aead(int suite)
     }
 }
 
+int xr_rec_keyblock(unsigned char *to, size_t *to_keylen, size_t *to_ivlen, const unsigned char *kb,
+                    size_t maclen, size_t keylen, size_t ivlen)
+{
+    if (maclen != 0 || keylen > 32 || ivlen > 12)
+        return 0;
+    memcpy(to, kb, 2 * keylen + 2 * ivlen);
+    *to_keylen = keylen;
+    *to_ivlen = ivlen;
+    return 1;
+}
+
 uint64_t xr_rec_seq(const unsigned char *ctr)
 {
     uint64_t v = 0;

@@ -56,6 +56,11 @@ typedef enum {
  * mbedtls_ssl_get_ciphersuite_id gives it): the ECDHE suites with
  * AES-256-GCM or ChaCha20-Poly1305, else XR_AEAD_NONE. */
 xr_aead_t xr_rec_suite_aead(int suite);
+/* For mbedTLS's key export hook: an AEAD suite's key block (no MAC key,
+ * keys of 32 bytes at most, IVs of 12) into to[2 * 32 + 2 * 12] with its
+ * lengths: 1, or 0 for a suite the record layer does not take. */
+int xr_rec_keyblock(unsigned char *to, size_t *to_keylen, size_t *to_ivlen, const unsigned char *kb,
+                    size_t maclen, size_t keylen, size_t ivlen);
 /* A sequence number as mbedTLS keeps it (8 bytes, big endian). */
 uint64_t xr_rec_seq(const unsigned char *ctr);
 

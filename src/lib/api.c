@@ -16,6 +16,7 @@
  * Only libc here (and libdl for the shim): no TLS, no threads of our own,
  * nothing that could disturb the application's process.
  */
+#include "common/sockaddr.h"
 #include "lib/xray.h"
 #include "lib/helper_msg.h"
 
@@ -540,18 +541,6 @@ static int64_t xr_now_ms(void)
     return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int xr_sa_same(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *) a, *y = (const void *) b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *) a, *y = (const void *) b;
-    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
-
 /* An IPv4 address as the socket's family wants it (v4-mapped for IPv6). */
 static void xr_sa_for(int domain, struct sockaddr_storage *a)
 {
@@ -598,7 +587,7 @@ static int xr_udp_via(int fd, int domain, const struct sockaddr_storage *dst, in
     xr_maps_drop(0, 0, now);
     pthread_mutex_lock(&xr_maps_lock);
     for (xr_map_t *m = xr_maps; m != NULL; m = m->next)
-        if (m->dev == st.st_dev && m->ino == st.st_ino && xr_sa_same(&m->official, dst) &&
+        if (m->dev == st.st_dev && m->ino == st.st_ino && xr_sockaddr_same(&m->official, dst) &&
             (!hold || m->hold >= 0)) {
             m->used = now;
             *via = m->via;
@@ -666,8 +655,8 @@ static int xr_udp_official(int fd, const struct sockaddr_storage *src,
         return 0;
     pthread_mutex_lock(&xr_maps_lock);
     for (xr_map_t *m = xr_maps; m != NULL && !found; m = m->next)
-        if (m->dev == st.st_dev && m->ino == st.st_ino && xr_sa_same(&m->via, src) &&
-            !xr_sa_same(&m->via, &m->official)) {
+        if (m->dev == st.st_dev && m->ino == st.st_ino && xr_sockaddr_same(&m->via, src) &&
+            !xr_sockaddr_same(&m->via, &m->official)) {
             m->used = xr_now_ms();
             *official = m->official;
             found = 1;
@@ -699,7 +688,7 @@ static int xr_udp_connect(int fd, int domain, const struct sockaddr *addr, sockl
     if (xr_udp_via(fd, domain, &dst, 1, &via) < 0)
         return -1;
     int rc = LIBC(connect)(fd, (struct sockaddr *) &via, xr_sa_len(via.ss_family));
-    if (rc == 0 && !xr_sa_same(&via, &dst)) {
+    if (rc == 0 && !xr_sockaddr_same(&via, &dst)) {
         xr_sock_t *n = xr_sock_new(fd, XR_SK_DIRECT, domain);
         if (n != NULL) { /* its peer is the official address */
             n->peer = dst;
@@ -730,7 +719,7 @@ static int xr_direct_get(const struct sockaddr_storage *dst, struct sockaddr_sto
     int hit = 0;
     pthread_mutex_lock(&xr_direct_lock);
     for (unsigned i = 0; i < XR_DIRECT_CACHE && !hit; i++)
-        if (xr_direct[i].until > now && xr_sa_same(&xr_direct[i].dst, dst)) {
+        if (xr_direct[i].until > now && xr_sockaddr_same(&xr_direct[i].dst, dst)) {
             *to = xr_direct[i].to;
             hit = 1;
         }
@@ -754,7 +743,7 @@ static int xr_connect_direct(int fd, int domain, const struct sockaddr_storage *
 {
     int rc = LIBC(connect)(fd, (const struct sockaddr *) to, xr_sa_len(to->ss_family));
     int e = errno;
-    if ((rc == 0 || e == EINPROGRESS) && !xr_sa_same(to, dst)) {
+    if ((rc == 0 || e == EINPROGRESS) && !xr_sockaddr_same(to, dst)) {
         xr_sock_t *n = xr_sock_new(fd, XR_SK_DIRECT, domain);
         if (n != NULL) { /* its peer is the official address asked for */
             n->peer = *dst;

@@ -130,14 +130,10 @@ int xr__link_export(void *p, const unsigned char *ms, const unsigned char *kb, s
                     const unsigned char server_random[32], mbedtls_tls_prf_types prf)
 {
     xr_link_t *l = xr_link_current;
-    /* Only AEAD suites (no MAC key) fit the record layer; the control
-     * connection's handshake has no link and keeps mbedTLS's records. */
-    if (l == NULL || maclen != 0 || keylen > 32 || ivlen > 12)
-        return 0;
-    memcpy(l->kb, kb, 2 * keylen + 2 * ivlen);
-    l->keylen = keylen;
-    l->ivlen = ivlen;
-    l->have_kb = 1;
+    /* The control connection's handshake has no link and keeps mbedTLS's
+     * records. */
+    if (l != NULL)
+        l->have_kb = xr_rec_keyblock(l->kb, &l->keylen, &l->ivlen, kb, maclen, keylen, ivlen);
     return 0;
 }
 

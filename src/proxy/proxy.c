@@ -6,6 +6,7 @@
  * (relay/conn.c), through the HTTP stage in mode: http.
  */
 #include "core/xrayd.h"
+#include "common/sockaddr.h"
 #include "core/log.h"
 #include "proxy/http.h"
 #include "proxy/proxy.h"
@@ -33,18 +34,6 @@ static int xr_proxy_orig_dst(int fd, int intercept, struct sockaddr_storage *dst
     return XR_ERROR;
 }
 
-static int xr_same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *) a, *y = (const void *) b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *) a, *y = (const void *) b;
-    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
-
 static int xr_port(const struct sockaddr_storage *a)
 {
     return a->ss_family == AF_INET ? ((const struct sockaddr_in *) a)->sin_port
@@ -63,7 +52,8 @@ void xr_proxy_start(uv_loop_t *loop, xr_relay_rt_t *rt, int fd,
      * then gives back the local address, TPROXY always does) would loop. */
     int found = xr_proxy_orig_dst(fd, xr_proxy_conf(rc)->intercept, &dst) == XR_OK, self = 0;
     for (size_t i = 0; found && i < rc->listen.n && !self; i++)
-        self = xr_same_addr(&dst, &local) && xr_port(&local) == xr_port(&rc->listen.items[i].sa);
+        self =
+            xr_sockaddr_same(&dst, &local) && xr_port(&local) == xr_port(&rc->listen.items[i].sa);
     if (!found || self) {
         xr_log(XR_LOG_NOTICE,
                "*%llu proxy %s: connection from %s was not redirected (no original "

@@ -63,14 +63,10 @@ int xr_tls_export_keys(void *p, const unsigned char *ms, const unsigned char *kb
                        const unsigned char server_random[32], mbedtls_tls_prf_types prf)
 {
     xr_tls_end_t *t = xr_tls_current;
-    /* Only AEAD suites (no MAC key) fit the record layer; others keep
-     * mbedTLS's records. */
-    if (t == NULL || maclen != 0 || keylen > 32 || ivlen > 12)
-        return 0;
-    memcpy(t->kb, kb, 2 * keylen + 2 * ivlen);
-    t->keylen = keylen;
-    t->ivlen = ivlen;
-    t->have_kb = 1;
+    /* Only AEAD suites fit the record layer; others keep mbedTLS's
+     * records. */
+    if (t != NULL)
+        t->have_kb = xr_rec_keyblock(t->kb, &t->keylen, &t->ivlen, kb, maclen, keylen, ivlen);
     return 0;
 }
 
