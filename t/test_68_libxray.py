@@ -685,3 +685,59 @@ def test_socks_udp_associate_across_the_firewalls(topology, pki, tmp_path):
     assert r.returncode == 0 and "socks udp ok" in r.stdout, r.stdout + r.stderr
     socks.wait(r"udp to %s \(relayed through the agents\)" % re.escape(official))
     socks.wait(r"udp associate ended")
+
+
+UDP_SERVER = r'''
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("official %s:%d" % s.getsockname(), flush=True)
+while True:
+    data, peer = s.recvfrom(65536)
+    s.sendto(b"%s:%d " % (peer[0].encode(), peer[1]) + data, peer)
+'''
+
+UDP_CLIENT = r'''
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(15)
+peers = set()
+for i in range(n):
+    msg = b"datagram %d" % i
+    s.sendto(msg, (host, port))
+    data, src = s.recvfrom(65536)
+    assert src == (host, port), src
+    who, back = data.split(b" ", 1)
+    assert back == msg, data
+    peers.add(who)
+print("udp server ok, peer %s" % b",".join(sorted(peers)).decode(), flush=True)
+'''
+
+
+@pytest.mark.timeout(240)
+def test_udp_server_under_the_preload(topology, pki, tmp_path):
+    """An unmodified Python UDP server in b under the preload: its bind()
+    registers it (getsockname says the official address); a preloaded
+    client in a reaches it across the firewalls, the server sees the
+    client's address (as the agents report it) and its answers go back
+    through the association."""
+    t = topology
+    _two_agents(t, pki, tmp_path)
+    srv = tmp_path / "udp_server.py"
+    srv.write_text(UDP_SERVER)
+    cli = tmp_path / "udp_client.py"
+    cli.write_text(UDP_CLIENT)
+    server = t.popen("b", [sys.executable, str(srv), t.addr("b"), "9001"],
+                     env=_preloaded(_env(t, pki, tmp_path, "b")), stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    out = _Out(server)
+    _i, line = out.wait(r"official 198\.19\.0\.2:\d+")
+    host, port = _split(line.split()[1])
+    r = t.run("a", [sys.executable, str(cli), host, port, "20"],
+              env=_preloaded(_env(t, pki, tmp_path, "a", debug=False)), timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"udp server ok, peer %s:\d+$" % re.escape(t.addr("a")), r.stdout.strip()), \
+        r.stdout
+    server.terminate()
+    server.wait(timeout=20)

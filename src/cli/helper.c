@@ -356,7 +356,8 @@ typedef struct {
     struct sockaddr_storage to;  /* where its connections are handed (app, or loopback) */
     xr_client_t *c;              /* its own control connection (INCOMING comes on it) */
     pthread_mutex_t lock;        /* c, shared with the connection threads */
-    int lfd;                     /* where the agent's links and direct clients come */
+    int lfd;                     /* where the agent's links and direct clients come (TCP) */
+    int udp;                     /* a UDP server: its associations connect out */
     xr_paddr_t official;
     uint64_t handle;
     int state, have_official;
@@ -417,6 +418,57 @@ done:
         close(s);
 }
 
+/* Hand an association to a UDP server socket: its datagrams come from a
+ * socket of ours (WHO maps it to the real peer; the library sends the
+ * server's answers to the peer back to it), until a minute without one. */
+static void xr_helper_handoff_udp(xr_reg_t *r, xr_link_t *link, const struct sockaddr_storage *peer)
+{
+    struct sockaddr_storage from = r->to;
+    socklen_t len =
+        r->to.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    socklen_t fl = sizeof(from);
+    if (from.ss_family == AF_INET)
+        ((struct sockaddr_in *) &from)->sin_port = 0;
+    else
+        ((struct sockaddr_in6 *) &from)->sin6_port = 0;
+    int s = socket(r->to.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0 || bind(s, (struct sockaddr *) &from, len) != 0 ||
+        getsockname(s, (struct sockaddr *) &from, &fl) != 0 ||
+        connect(s, (struct sockaddr *) &r->to, len) != 0) {
+        xr_helper_log("no socket for an association: %s", strerror(errno));
+        if (s >= 0)
+            close(s);
+        return;
+    }
+    xr_helper_who_add(&from, peer);
+    char *buf = xr_malloc(XR_UDP_MAX);
+    int64_t last = xr_helper_now();
+    for (;;) {
+        struct pollfd p[2] = {{s, POLLIN, 0}, {xr_link_fd(link), POLLIN, 0}};
+        int ready = xr_link_pending(link) > 0;
+        int64_t left = XR_HELPER_UDP_IDLE_MS - (xr_helper_now() - last);
+        if (left <= 0)
+            break;
+        if (!ready && poll(p, 2, (int) left) < 0 && errno != EINTR)
+            break;
+        if (p[0].revents & POLLIN) {
+            ssize_t n = recv(s, buf, XR_UDP_MAX, 0);
+            if (n >= 0 && xr_link_send_dgram(link, buf, (size_t) n) < 0)
+                break;
+            last = xr_helper_now();
+        }
+        if (ready || (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            size_t n;
+            if (xr_link_recv_dgram(link, buf, XR_UDP_MAX, &n) <= 0)
+                break;
+            send(s, buf, n, 0);
+            last = xr_helper_now();
+        }
+    }
+    free(buf);
+    close(s);
+}
+
 /* Is a connection to lfd the agent's link (INCOMING mode 1) rather than
  * a direct client?  It comes from the agent's address and opens with a
  * TLS handshake record (a direct client speaks first only in TLS
@@ -469,7 +521,9 @@ static void *xr_reg_conn(void *arg)
             xr_paddr_to_sockaddr(&in.u.incoming.peer, &peer);
         }
     }
-    if (link != NULL || ho->fd >= 0)
+    if (link != NULL && r->udp)
+        xr_helper_handoff_udp(r, link, &peer);
+    else if (link != NULL || ho->fd >= 0)
         xr_helper_handoff(r, link, ho->fd, &peer);
     if (link != NULL)
         xr_link_close(link);
@@ -528,14 +582,18 @@ static int xr_reg_register(xr_reg_t *r, char *err, size_t errlen)
     socklen_t sl = sizeof(ss);
     if (!xr_client_is_open(r->c) && xr_client_open(r->c, &perr, err, errlen) < 0)
         return -1;
-    if (xr_client_local(r->c, &local) != 0 || getsockname(r->lfd, (struct sockaddr *) &ss, &sl))
+    if (xr_client_local(r->c, &local) != 0)
+        return -1;
+    if (r->udp) /* the agent does not dial UDP: direct clients reach the server itself */
+        memcpy(&ss, &r->app, sizeof(ss));
+    else if (getsockname(r->lfd, (struct sockaddr *) &ss, &sl) != 0)
         return -1;
     if (local.ss_family == AF_INET)
         ((struct sockaddr_in *) &local)->sin_port = ((struct sockaddr_in *) &ss)->sin_port;
     else
         ((struct sockaddr_in6 *) &local)->sin6_port = ((struct sockaddr_in6 *) &ss)->sin6_port;
     xr_msg_t m = {.type = XR_MSG_REGISTER}, a;
-    m.u.reg.proto = XR_PROTO_TCP;
+    m.u.reg.proto = r->udp ? XR_PROTO_UDP : XR_PROTO_TCP;
     xr_paddr_from_sockaddr(&m.u.reg.local, &local);
     if (r->have_official)
         m.u.reg.prior = r->official;
@@ -566,11 +624,12 @@ static int xr_reg_refresh(xr_reg_t *r, char *err, size_t errlen)
 }
 
 void xr_helper_serve(int sock, const struct sockaddr_storage *app,
-                     const struct sockaddr_storage *bind_at)
+                     const struct sockaddr_storage *bind_at, int udp)
 {
     char err[400], at[80];
     xr_reg_t *r = xr_calloc(1, sizeof(*r));
     r->shim = sock;
+    r->udp = udp;
     r->app = *app;
     r->to = *app;
     atomic_init(&r->refs, 1);
@@ -597,14 +656,16 @@ void xr_helper_serve(int sock, const struct sockaddr_storage *app,
     if (bind_at == NULL)
         bind_at = &any;
     int one = 1;
-    r->lfd = r->c ? socket(bind_at->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+    r->lfd = r->c && !udp ? socket(bind_at->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
     if (r->lfd >= 0)
         setsockopt(r->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (r->c == NULL || r->lfd < 0 ||
-        bind(r->lfd, (const struct sockaddr *) bind_at,
-             bind_at->ss_family == AF_INET ? sizeof(struct sockaddr_in)
-                                           : sizeof(struct sockaddr_in6)) != 0 ||
-        listen(r->lfd, 511) != 0) {
+    if (udp && r->c != NULL) {
+        /* no socket of ours: its associations connect out */
+    } else if (r->c == NULL || r->lfd < 0 ||
+               bind(r->lfd, (const struct sockaddr *) bind_at,
+                    bind_at->ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                                  : sizeof(struct sockaddr_in6)) != 0 ||
+               listen(r->lfd, 511) != 0) {
         if (r->c != NULL)
             snprintf(err, sizeof(err), "cannot listen for the agent's links: %s", strerror(errno));
         xr_helper_answer(sock, XR_HMSG_ERROR, EADDRNOTAVAIL, NULL, err, -1);
@@ -706,7 +767,8 @@ void xr_helper_serve(int sock, const struct sockaddr_storage *app,
     }
     pthread_mutex_unlock(&r->lock);
     xr_helper_log("server %s: closed", at);
-    close(r->lfd);
+    if (r->lfd >= 0)
+        close(r->lfd);
     xr_reg_unref(r);
 }
 
@@ -728,7 +790,7 @@ static void *xr_helper_request(void *arg)
     if (got == 1) {
         switch (q.type) {
         case XR_HMSG_CONNECT: xr_helper_connect(&sock, &q); break;
-        case XR_HMSG_LISTEN: xr_helper_serve(sock, &q.addr, NULL); break;
+        case XR_HMSG_LISTEN: xr_helper_serve(sock, &q.addr, NULL, q.proto == IPPROTO_UDP); break;
         case XR_HMSG_WHO: xr_helper_who(sock, &q); break;
         default: xr_helper_answer(sock, XR_HMSG_ERROR, EPROTO, NULL, "not a request", -1); break;
         }

@@ -13,10 +13,12 @@ int xr_helper_main(int argc, char **argv);
 
 /* A server bound through the agent, until sock (a SOCK_SEQPACKET end)
  * ends: BOUND messages (helper_msg.h) go out on it at every change of
- * state.  Links and direct clients come to a socket bound at bind_at
- * (NULL: any port) and are handed to app, a server's address (a
- * wildcard one: loopback).  Needs xr_carrier_init. */
+ * state.  TCP: links and direct clients come to a socket bound at
+ * bind_at (NULL: any port) and are handed to app, a server's address (a
+ * wildcard one: loopback).  UDP (udp): app itself is registered (direct
+ * clients send to it), and each relayed association's datagrams come to
+ * it from a socket of the helper's.  Needs xr_carrier_init. */
 void xr_helper_serve(int sock, const struct sockaddr_storage *app,
-                     const struct sockaddr_storage *bind_at);
+                     const struct sockaddr_storage *bind_at, int udp);
 
 #endif /* XR_HELPER_H */

@@ -706,7 +706,7 @@ typedef struct {
 static void *xr_listen_to_serve(void *arg)
 {
     xr_listen_to_t *t = arg;
-    xr_helper_serve(t->sock, &t->to, &t->at);
+    xr_helper_serve(t->sock, &t->to, &t->at, 0);
     close(t->sock);
     return NULL;
 }

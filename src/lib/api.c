@@ -57,6 +57,7 @@ extern char **environ;
  * library reaches libc's through pointers (dlsym RTLD_NEXT). */
 static struct {
     int (*connect)(int, const struct sockaddr *, socklen_t);
+    int (*bind)(int, const struct sockaddr *, socklen_t);
     int (*listen)(int, int);
     int (*accept4)(int, struct sockaddr *, socklen_t *, int);
     int (*getsockname)(int, struct sockaddr *, socklen_t *);
@@ -84,6 +85,7 @@ static void xr_libc_init(void)
 #define XR_LIBC(f) xr_libc.f = f
 #endif
     XR_LIBC(connect);
+    XR_LIBC(bind);
     XR_LIBC(listen);
     XR_LIBC(accept4);
     XR_LIBC(getsockname);
@@ -597,6 +599,13 @@ static int xr_udp_via(int fd, int domain, const struct sockaddr_storage *dst, in
     pthread_mutex_unlock(&xr_maps_lock);
     xr_fmt(dst, d, sizeof(d));
     *via = *dst;
+    /* A server answers whoever asked: a peer the table does not know
+     * came to it directly. */
+    xr_sock_t *srv = xr_sock_get(fd);
+    int server = srv != NULL && srv->kind == XR_SK_SERVER;
+    xr_sock_put(srv);
+    if (server)
+        return 0;
     int h = xr_helper_open();
     if (h < 0) {
         xr_debug("udp %s: no helper (%s): directly", d, strerror(errno));
@@ -645,7 +654,9 @@ static int xr_udp_via(int fd, int domain, const struct sockaddr_storage *dst, in
     return 0;
 }
 
-/* The official address behind src, a source fd heard from; 1 if any. */
+/* The official address behind src, a source fd heard from: 1 with
+ * *official, -1 when src is known to be itself (a direct peer), 0 when
+ * the table does not know it. */
 static int xr_udp_official(int fd, const struct sockaddr_storage *src,
                            struct sockaddr_storage *official)
 {
@@ -655,11 +666,10 @@ static int xr_udp_official(int fd, const struct sockaddr_storage *src,
         return 0;
     pthread_mutex_lock(&xr_maps_lock);
     for (xr_map_t *m = xr_maps; m != NULL && !found; m = m->next)
-        if (m->dev == st.st_dev && m->ino == st.st_ino && xr_sockaddr_same(&m->via, src) &&
-            !xr_sockaddr_same(&m->via, &m->official)) {
+        if (m->dev == st.st_dev && m->ino == st.st_ino && xr_sockaddr_same(&m->via, src)) {
             m->used = xr_now_ms();
             *official = m->official;
-            found = 1;
+            found = xr_sockaddr_same(&m->via, &m->official) ? -1 : 1;
         }
     pthread_mutex_unlock(&xr_maps_lock);
     return found;
@@ -887,30 +897,28 @@ static void xr_sock_bound(xr_sock_t *s, int wait_ms)
     }
 }
 
-int xray_listen(int fd, int backlog)
+/* Register fd, a bound server socket (proto IPPROTO_TCP or
+ * IPPROTO_UDP), with the agent through the helper. */
+static void xr_register(int fd, int domain, int proto)
 {
-    int rc = LIBC(listen)(fd, backlog);
-    int domain;
-    if (rc != 0 || !xr_is_tcp(fd, &domain))
-        return rc;
     xr_sock_t *s = xr_sock_get(fd);
     if (s != NULL) { /* listen again: a new backlog, the same registration */
         xr_sock_put(s);
-        return rc;
+        return;
     }
     struct sockaddr_storage at;
     socklen_t al = sizeof(at);
     if (LIBC(getsockname)(fd, (struct sockaddr *) &at, &al) != 0 || xr_is_loopback(&at))
-        return rc;
+        return;
     int h = xr_helper_open();
     if (h < 0) {
         xr_debug("listen: no helper (%s): locally bound", strerror(errno));
-        return rc;
+        return;
     }
-    xr_hmsg_t q = {.type = XR_HMSG_LISTEN, .proto = IPPROTO_TCP, .addr = at};
+    xr_hmsg_t q = {.type = XR_HMSG_LISTEN, .proto = (uint8_t) proto, .addr = at};
     if (xr_hmsg_send(h, &q, -1) < 0) {
         LIBC(close)(h);
-        return rc;
+        return;
     }
     /* The registration lives as long as the server socket does, in this
      * process or in the children it passes to; and not past an exec the
@@ -921,13 +929,21 @@ int xray_listen(int fd, int backlog)
     s = xr_sock_new(fd, XR_SK_SERVER, domain);
     if (s == NULL) {
         LIBC(close)(h);
-        return rc;
+        return;
     }
     s->reg = h;
     s->bound = XR_BOUND_LOCAL;
     /* The first answer comes after one attempt at the agent. */
     xr_sock_bound(s, 15000);
     xr_sock_set(fd, s);
+}
+
+int xray_listen(int fd, int backlog)
+{
+    int rc = LIBC(listen)(fd, backlog);
+    int domain;
+    if (rc == 0 && xr_is_tcp(fd, &domain))
+        xr_register(fd, domain, IPPROTO_TCP);
     return rc;
 }
 
@@ -1216,7 +1232,15 @@ int xray_socket(int domain, int type, int protocol)
 
 int xray_bind(int fd, const struct sockaddr *addr, socklen_t len)
 {
-    return bind(fd, addr, len);
+    int rc = LIBC(bind)(fd, addr, len), domain;
+    /* A UDP socket bound to a port of its choosing is a server (a client
+     * lets the kernel pick): it is bound through the agent. */
+    if (rc == 0 && addr != NULL && len >= sizeof(sa_family_t) &&
+        (addr->sa_family == AF_INET || addr->sa_family == AF_INET6) &&
+        len >= xr_sa_len(addr->sa_family) && ((const struct sockaddr_in *) addr)->sin_port != 0 &&
+        xr_inet_type(fd, &domain) == SOCK_DGRAM)
+        xr_register(fd, domain, IPPROTO_UDP);
+    return rc;
 }
 
 int xray_shutdown(int fd, int how)
@@ -1260,18 +1284,62 @@ ssize_t xray_sendmsg(int fd, const struct msghdr *msg, int flags)
     return LIBC(sendmsg)(fd, &m, flags);
 }
 
+/* A datagram on a UDP server socket from one of the helper's sockets
+ * (loopback, or the server's own address): a relayed association.  Who
+ * it really is (WHO, asked once per association), remembered both ways
+ * in the mapping table, so the server's answers to that peer go back to
+ * the helper's socket.  1 with *official, else 0. */
+static int xr_udp_learn(int fd, const struct sockaddr_storage *src,
+                        struct sockaddr_storage *official)
+{
+    xr_sock_t *s = xr_sock_get(fd);
+    int server = s != NULL && s->kind == XR_SK_SERVER;
+    xr_sock_put(s);
+    struct sockaddr_storage me;
+    socklen_t ml = sizeof(me);
+    if (!server || LIBC(getsockname)(fd, (struct sockaddr *) &me, &ml) != 0)
+        return 0;
+    int local = xr_is_loopback(src) || (src->ss_family == AF_INET && me.ss_family == AF_INET &&
+                                        ((const struct sockaddr_in *) src)->sin_addr.s_addr ==
+                                            ((struct sockaddr_in *) &me)->sin_addr.s_addr);
+    struct stat st;
+    xr_map_t *m;
+    if (!local || fstat(fd, &st) != 0 || (m = calloc(1, sizeof(*m))) == NULL)
+        return 0;
+    /* A local peer that is not the helper's is remembered as itself, so
+     * that its next datagrams ask nobody. */
+    int relayed = xr_who(src, official) == 0;
+    m->dev = st.st_dev;
+    m->ino = st.st_ino;
+    m->official = relayed ? *official : *src;
+    m->via = *src;
+    m->used = xr_now_ms();
+    m->idle_ms = relayed ? 60000 : 10000; /* the helper's for an association */
+    m->hold = -1;
+    pthread_mutex_lock(&xr_maps_lock);
+    m->next = xr_maps;
+    xr_maps = m;
+    pthread_mutex_unlock(&xr_maps_lock);
+    char a[80], b[80];
+    if (relayed)
+        xr_debug("udp: %s is %s", xr_fmt(src, a, sizeof(a)), xr_fmt(official, b, sizeof(b)));
+    return relayed;
+}
+
 /* A datagram's source (name: *len bytes of it, cap the room), as the
  * application should see it: an official address for a mapping's. */
 static void xr_udp_source(int fd, void *name, socklen_t *len, socklen_t cap)
 {
     struct sockaddr_storage src, official;
     socklen_t got = *len < cap ? *len : cap;
-    if (xr_maps == NULL || got < sizeof(sa_family_t) || got > sizeof(src))
+    if (got < sizeof(sa_family_t) || got > sizeof(src))
         return;
     memset(&src, 0, sizeof(src));
     memcpy(&src, name, got);
-    if ((src.ss_family != AF_INET && src.ss_family != AF_INET6) ||
-        !xr_udp_official(fd, &src, &official))
+    int known = src.ss_family == AF_INET || src.ss_family == AF_INET6
+                    ? xr_udp_official(fd, &src, &official)
+                    : -1;
+    if (known < 0 || (known == 0 && !xr_udp_learn(fd, &src, &official)))
         return;
     xr_sa_for(src.ss_family, &official);
     *len = cap;

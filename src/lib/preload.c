@@ -4,8 +4,8 @@
  *
  *   LD_PRELOAD=/usr/local/lib/libxray-preload.so curl http://OFFICIAL/
  *
- * Only the calls whose meaning changes are taken: connect, listen,
- * accept, the address and option queries, those that copy or close
+ * Only the calls whose meaning changes are taken: connect, bind (a UDP
+ * server's), listen, accept, the address and option queries, those that copy or close
  * descriptors (the library's table follows them), and for UDP the calls
  * that name a datagram's address (sendto, sendmsg, recvfrom, recvmsg);
  * getaddrinfo, for names of official addresses (the XRAY hosts file).  Reading, writing,
@@ -24,6 +24,11 @@
 XR_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     return xray_connect(fd, addr, len);
+}
+
+XR_EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    return xray_bind(fd, addr, len);
 }
 
 XR_EXPORT int listen(int fd, int backlog)
