@@ -20,6 +20,8 @@ import pytest
 import netns
 import tls_helpers as th
 import xrayd_fixture as xf
+from pathlib import Path
+
 from test_66_agent_topology import _Lines, _two_agents, _wait
 
 topology = netns.topology
@@ -741,3 +743,30 @@ def test_udp_server_under_the_preload(topology, pki, tmp_path):
         r.stdout
     server.terminate()
     server.wait(timeout=20)
+
+
+@pytest.mark.timeout(120)
+def test_no_client_configuration_says_so_and_connects_directly(topology, tmp_path):
+    """LD_PRELOAD with no agent or certificate configured: the helper
+    refuses to start (its log says what is missing), the program gets one
+    line on stderr saying so, and its connections go directly, without a
+    wait per connect."""
+    t = topology
+    home = tmp_path / "nobody"
+    home.mkdir()
+    run = tempfile.mkdtemp(prefix="xr-run-")
+    _RUNDIRS.append(run)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XRAY_")}
+    env.update(HOME=str(home), XDG_RUNTIME_DIR=run, XRAY_HELPER_BIN=str(th.XRAY),
+               LD_PRELOAD=str(PRELOAD))
+    nata = t.listen("nata", t.addr("nata"), 9000)  # answers with the peer's address
+    start = time.monotonic()
+    script = "; ".join(["nc -w 5 %s 9000" % t.addr("nata")] * 3)
+    r = t.run("a", ["sh", "-c", script], env=env, timeout=60)
+    took = time.monotonic() - start
+    assert r.stdout.split() == [t.addr("a")] * 3, r.stdout + r.stderr
+    assert r.stderr.count("did not start") == 3, r.stderr  # once per process
+    assert took < 10, took
+    log = "".join(p.read_text() for p in Path(run, "xray").glob("*.log"))
+    assert "no agent: give --agent, set $XRAY_AGENT" in log, log
+    nata.kill()

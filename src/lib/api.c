@@ -196,6 +196,13 @@ static int xr_is_loopback(const struct sockaddr_storage *ss)
 
 /* ---- the helper ---------------------------------------------------------- */
 
+static int64_t xr_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* One helper per user and client configuration: the socket's name is a
  * hash of the settings that choose the agent and the certificate. */
 static int xr_helper_path(char *path, size_t n)
@@ -240,7 +247,7 @@ static int xr_helper_path(char *path, size_t n)
 
 /* Start `xray helper` for path: it detaches itself, so the application
  * has no child of ours to reap beyond this moment. */
-static void xr_helper_spawn(const char *path)
+static int xr_helper_spawn(const char *path)
 {
     const char *bin = getenv("XRAY_HELPER_BIN");
     if (bin == NULL || bin[0] == '\0')
@@ -253,7 +260,7 @@ static void xr_helper_spawn(const char *path)
         ne++;
     char **envp = calloc(ne + 1, sizeof(char *));
     if (envp == NULL)
-        return;
+        return -1;
     size_t k = 0;
     for (size_t i = 0; i < ne; i++)
         if (strncmp(environ[i], "LD_PRELOAD=", 11) != 0)
@@ -274,12 +281,24 @@ static void xr_helper_spawn(const char *path)
     free(envp);
     if (rc != 0) {
         xr_debug("cannot start the helper %s: %s", bin, strerror(rc));
-        return;
+        return -1;
     }
-    xr_debug("started the helper %s (log %s)", bin, log);
-    int status;
+    /* It checks its configuration before it detaches: a failure shows
+     * here, with the reason in its log. */
+    int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        static int told;
+        if (!told++)
+            fprintf(stderr,
+                    "libxray: the XRAY helper (%s) did not start, see %s; connecting "
+                    "directly\n",
+                    bin, log);
+        return -1;
+    }
+    xr_debug("started the helper %s (log %s)", bin, log);
+    return 0;
 }
 
 /* A connection to the helper (started if need be), or -1. */
@@ -294,6 +313,13 @@ static int xr_helper_open(void)
         return -1;
     }
     memcpy(sun.sun_path, path, strlen(path) + 1);
+    /* A helper that could not start is not tried again for a while:
+     * every connect would wait for it. */
+    static int64_t down_until;
+    if (xr_now_ms() < down_until) {
+        errno = ECONNREFUSED;
+        return -1;
+    }
     int started = 0;
     for (int tries = 0; tries < 600; tries++) { /* 3 s for a helper to come up */
         int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -306,13 +332,18 @@ static int xr_helper_open(void)
         if (e != ENOENT && e != ECONNREFUSED && e != EAGAIN)
             return -1;
         if (!started && getenv("XRAY_HELPER_SOCKET") == NULL) {
-            xr_helper_spawn(path);
             started = 1;
+            if (xr_helper_spawn(path) < 0) {
+                down_until = xr_now_ms() + 10000;
+                errno = ECONNREFUSED;
+                return -1;
+            }
         }
         struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
     xr_debug("the helper did not come up at %s", path);
+    down_until = xr_now_ms() + 10000;
     return -1;
 }
 
@@ -535,13 +566,6 @@ static xr_map_t *xr_maps;
 static pthread_mutex_t xr_maps_lock = PTHREAD_MUTEX_INITIALIZER;
 
 #define XR_MAP_MARGIN_MS 2000
-
-static int64_t xr_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* An IPv4 address as the socket's family wants it (v4-mapped for IPv6). */
 static void xr_sa_for(int domain, struct sockaddr_storage *a)
