@@ -281,13 +281,24 @@ class Xrayd:
 
     def standby_pids(self, pids=None):
         """The standby worker, forked ahead of a worker's death when a
-        block has continuity (a list: empty, or one pid)."""
+        block has continuity (a list: empty, or one pid).  By its title,
+        and by the master's log: a standby just forked still has the
+        master's title for a moment, and a test that took it for a worker
+        killed it instead of one."""
+        text = self.log_text()
+        started = {int(m) for m in re.findall(r"start standby worker process (\d+)", text)}
+        promoted = {int(m) for m in re.findall(r"standby worker process (\d+) is the new worker",
+                                               text)}
         out = []
         for p in children_of(self.proc.pid) if pids is None else pids:
+            if p in started and p not in promoted:
+                out.append(p)
+                continue
             try:
                 with open("/proc/%d/cmdline" % p, "rb") as f:
-                    if f.read().startswith(b"xrayd: standby"):
-                        out.append(p)
+                    title = f.read()
+                if title.startswith(b"xrayd: standby") or title.startswith(b"xrayd: master"):
+                    out.append(p)
             except (FileNotFoundError, ProcessLookupError):
                 pass
         return out
