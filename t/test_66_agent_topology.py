@@ -153,16 +153,17 @@ applications:
 
 
 class _Lines:
-    """Lines of a process's stderr, read by a thread (never blocks a test)."""
+    """Lines of a process's stderr (or stdout), read by a thread (never
+    blocks a test)."""
 
-    def __init__(self, proc):
+    def __init__(self, proc, stream="stderr"):
         import threading
         self.lines = []
-        self.t = threading.Thread(target=self._run, args=(proc,), daemon=True)
+        self.t = threading.Thread(target=self._run, args=(getattr(proc, stream),), daemon=True)
         self.t.start()
 
-    def _run(self, proc):
-        for line in proc.stderr:
+    def _run(self, stream):
+        for line in stream:
             self.lines.append(line)
 
     def wait(self, regex, timeout=20, start=0):

@@ -149,32 +149,11 @@ def prog(tmp_path_factory):
     return exe
 
 
-class _Out:
-    """Lines of a process's stdout, read by a thread."""
-
-    def __init__(self, proc):
-        import threading
-        self.lines = []
-        threading.Thread(target=self._run, args=(proc,), daemon=True).start()
-
-    def _run(self, proc):
-        for line in proc.stdout:
-            self.lines.append(line)
-
-    def wait(self, regex, timeout=30, start=0):
-        def found():
-            for i, line in enumerate(self.lines[start:], start):
-                if re.search(regex, line):
-                    return (i, line)
-            return None
-        return _wait(found, timeout, "%r in %s" % (regex, "".join(self.lines)))
-
-
 def _prog_server(t, pki, tmp, prog, role="b", env=None):
     env = env or _env(t, pki, tmp, role)
     p = t.popen(role, [str(prog), "server", t.addr(role), "8080"], env=env,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return p, _Out(p), _Lines(p)
+    return p, _Lines(p, "stdout"), _Lines(p)
 
 
 def _split(addr):
@@ -192,7 +171,7 @@ def test_the_api_connects_forks_dups_and_bursts(topology, pki, tmp_path, prog):
     t = topology
     _two_agents(t, pki, tmp_path)
     server, out, _err = _prog_server(t, pki, tmp_path, prog)
-    _i, line = out.wait(r"official 198\.19\.0\.2:\d+")
+    _i, line = out.wait(r"official 198\.19\.0\.2:\d+", timeout=30)
     official = line.split()[1]
     host, port = _split(official)
     env = _env(t, pki, tmp_path, "a", debug=False)
@@ -224,7 +203,7 @@ def test_non_blocking_connect_completes_at_the_end_to_end_ack(topology, pki, tmp
     t = topology
     _two_agents(t, pki, tmp_path)
     server, out, _err = _prog_server(t, pki, tmp_path, prog)
-    _i, line = out.wait(r"official 198\.19\.0\.2:\d+")
+    _i, line = out.wait(r"official 198\.19\.0\.2:\d+", timeout=30)
     host, port = _split(line.split()[1])
     helper = _helper_pid(t, "b", tmp_path)
     os.kill(helper, signal.SIGSTOP)
@@ -232,7 +211,7 @@ def test_non_blocking_connect_completes_at_the_end_to_end_ack(topology, pki, tmp
         client = t.popen("a", [str(prog), "pending", host, port, "1500"],
                          env=_env(t, pki, tmp_path, "a"), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-        cout = _Out(client)
+        cout = _Lines(client, "stdout")
         cout.wait(r"^pending$", timeout=30)
     finally:
         os.kill(helper, signal.SIGCONT)
@@ -316,8 +295,8 @@ def test_asyncio_client_and_server_through_the_preload(topology, pki, tmp_path):
     server = t.popen("b", [sys.executable, str(script), "server", t.addr("b"), "8080"],
                      env=_preloaded(_env(t, pki, tmp_path, "b", debug=False)),
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = _Out(server)
-    _i, line = out.wait(r"official 198\.19\.0\.2:\d+")
+    out = _Lines(server, "stdout")
+    _i, line = out.wait(r"official 198\.19\.0\.2:\d+", timeout=30)
     host, port = _split(line.split()[1])
     r = t.run("a", [sys.executable, str(script), "client", host, port, "200"],
               env=_preloaded(_env(t, pki, tmp_path, "a", debug=False)), timeout=120)
@@ -334,7 +313,7 @@ def test_agent_down_at_bind_then_up_and_down_at_connect(topology, pki, tmp_path,
     that works inside its network and fails, with an error, across."""
     t = topology
     server, out, _err = _prog_server(t, pki, tmp_path, prog)
-    out.wait(r"official %s:8080" % re.escape(t.addr("b")))  # locally bound
+    out.wait(r"official %s:8080" % re.escape(t.addr("b")), timeout=30)  # locally bound
     _two_agents(t, pki, tmp_path)
     _i, line = out.wait(r"official 198\.19\.0\.2:\d+", timeout=30)
     host, port = _split(line.split()[1])
@@ -733,8 +712,8 @@ def test_udp_server_under_the_preload(topology, pki, tmp_path):
     server = t.popen("b", [sys.executable, str(srv), t.addr("b"), "9001"],
                      env=_preloaded(_env(t, pki, tmp_path, "b")), stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, text=True)
-    out = _Out(server)
-    _i, line = out.wait(r"official 198\.19\.0\.2:\d+")
+    out = _Lines(server, "stdout")
+    _i, line = out.wait(r"official 198\.19\.0\.2:\d+", timeout=30)
     host, port = _split(line.split()[1])
     r = t.run("a", [sys.executable, str(cli), host, port, "20"],
               env=_preloaded(_env(t, pki, tmp_path, "a", debug=False)), timeout=90)

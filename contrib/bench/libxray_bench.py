@@ -67,7 +67,7 @@ ROOT = HERE.parent.parent
 TDIR = ROOT / "t"
 sys.path.insert(0, str(TDIR))
 sys.path.insert(0, str(HERE))
-from xray_bench import (agent_conf, cpu_seconds, env_int, fmt, hp, json_lines,  # noqa: E402
+from xray_bench import (run_bench, agent_conf, cpu_seconds, env_int, fmt, hp, json_lines,  # noqa: E402
                         log, log_digest, pct, ratio, wait_for)
 
 THIS = str(Path(__file__).resolve())
@@ -985,18 +985,7 @@ def main():
     if len(sys.argv) > 1:
         print(__doc__)
         return 2
-    try:
-        import pytest  # noqa: F401 - t/netns.py needs it
-    except ImportError:
-        if os.path.realpath(sys.executable) != os.path.realpath(PY) and os.access(PY, os.X_OK):
-            os.execv(PY, [PY, THIS])  # the interpreter the tests run with
-        print("libxray_bench: t/netns.py needs pytest (%s has none)" % sys.executable,
-              file=sys.stderr)
-        return 2
-    # SIGTERM / SIGHUP / SIGINT: unwind through the finally so everything is torn down
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, f: sys.exit(128 + s))
-    return Bench().run()
+    return run_bench("libxray_bench", THIS, Bench)
 
 
 if __name__ == "__main__":

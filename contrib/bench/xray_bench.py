@@ -755,6 +755,23 @@ def json_lines(path):
     return out
 
 
+def run_bench(name, script, bench_cls):
+    """A benchmark's run in the topology: with the interpreter the tests
+    use (t/netns.py needs pytest), and SIGTERM / SIGHUP unwinding through
+    the run's finally, so that everything is torn down."""
+    try:
+        import pytest  # noqa: F401 - t/netns.py needs it
+    except ImportError:
+        if os.path.realpath(sys.executable) != os.path.realpath(PY) and os.access(PY, os.X_OK):
+            os.execv(PY, [PY, script])  # the interpreter the tests run with
+        print("%s: t/netns.py needs pytest (%s has none)" % (name, sys.executable),
+              file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: sys.exit(128 + s))
+    return bench_cls().run()
+
+
 def agent_conf(t, pki, d, me, extra_apps_b=""):
     """Agent `me` ('a' or 'b') exactly as _two_agents() in
     t/test_66_agent_topology.py configures it; extra_apps_b (YAML list items) is
@@ -1549,18 +1566,7 @@ def main():
     if len(sys.argv) > 1:
         print(__doc__)
         return 2
-    try:
-        import pytest  # noqa: F401 - t/netns.py needs it
-    except ImportError:
-        if os.path.realpath(sys.executable) != os.path.realpath(PY) and os.access(PY, os.X_OK):
-            os.execv(PY, [PY, THIS])  # the interpreter the tests run with
-        print("xray_bench: t/netns.py needs pytest (%s has none)" % sys.executable,
-              file=sys.stderr)
-        return 2
-    # SIGTERM / SIGHUP: unwind through the `with Topology()` so everything is torn down
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, f: sys.exit(128 + s))
-    return Bench().run()
+    return run_bench("xray_bench", THIS, Bench)
 
 
 if __name__ == "__main__":

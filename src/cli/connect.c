@@ -99,13 +99,9 @@ int xr_connect_main(int argc, char **argv)
     char err[400];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char **slot = strcmp(a, "--agent") == 0        ? &cf.agent
-                            : strcmp(a, "--agent-name") == 0 ? &cf.agent_name
-                            : strcmp(a, "--cert") == 0       ? &cf.cert
-                            : strcmp(a, "--key") == 0        ? &cf.key
-                            : strcmp(a, "--ca") == 0         ? &cf.ca
-                            : strcmp(a, "--idle") == 0       ? &idle_s
-                                                             : NULL;
+        const char **slot = xr_client_conf_flag(&cf, a);
+        if (slot == NULL)
+            slot = strcmp(a, "--idle") == 0 ? &idle_s : NULL;
         if (slot != NULL && i + 1 < argc) {
             *slot = argv[++i];
         } else if (strcmp(a, "--udp") == 0 || strcmp(a, "-u") == 0) {

@@ -68,13 +68,9 @@ int xr_forward_main(int argc, char **argv)
     char err[400];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char **slot = strcmp(a, "--agent") == 0        ? &f.cf.agent
-                            : strcmp(a, "--agent-name") == 0 ? &f.cf.agent_name
-                            : strcmp(a, "--cert") == 0       ? &f.cf.cert
-                            : strcmp(a, "--key") == 0        ? &f.cf.key
-                            : strcmp(a, "--ca") == 0         ? &f.cf.ca
-                            : strcmp(a, "--max") == 0        ? &max_s
-                                                             : NULL;
+        const char **slot = xr_client_conf_flag(&f.cf, a);
+        if (slot == NULL)
+            slot = strcmp(a, "--max") == 0 ? &max_s : NULL;
         if (slot != NULL && i + 1 < argc) {
             *slot = argv[++i];
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {

@@ -868,14 +868,9 @@ int xr_helper_main(int argc, char **argv)
     h->cf.timeout_ms = 10000;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char **slot = strcmp(a, "--agent") == 0        ? &h->cf.agent
-                            : strcmp(a, "--agent-name") == 0 ? &h->cf.agent_name
-                            : strcmp(a, "--cert") == 0       ? &h->cf.cert
-                            : strcmp(a, "--key") == 0        ? &h->cf.key
-                            : strcmp(a, "--ca") == 0         ? &h->cf.ca
-                            : strcmp(a, "--socket") == 0     ? &path
-                            : strcmp(a, "--idle") == 0       ? &idle_s
-                                                             : NULL;
+        const char **slot = xr_client_conf_flag(&h->cf, a);
+        if (slot == NULL)
+            slot = strcmp(a, "--socket") == 0 ? &path : strcmp(a, "--idle") == 0 ? &idle_s : NULL;
         if (slot != NULL && i + 1 < argc) {
             *slot = argv[++i];
         } else if (strcmp(a, "--detach") == 0) {

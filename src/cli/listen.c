@@ -787,17 +787,14 @@ int xr_listen_main(int argc, char **argv)
     char err[300];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char **slot = strcmp(a, "--bind") == 0         ? &bind_addr
-                            : strcmp(a, "--agent") == 0      ? &cf.agent
-                            : strcmp(a, "--agent-name") == 0 ? &cf.agent_name
-                            : strcmp(a, "--cert") == 0       ? &cf.cert
-                            : strcmp(a, "--key") == 0        ? &cf.key
-                            : strcmp(a, "--ca") == 0         ? &cf.ca
-                            : strcmp(a, "--exec") == 0       ? &exec_cmd
-                            : strcmp(a, "--to") == 0         ? &to_s
-                            : strcmp(a, "--private") == 0    ? &private_list
-                            : strcmp(a, "--idle") == 0       ? &idle_s
-                                                             : NULL;
+        const char **slot = xr_client_conf_flag(&cf, a);
+        if (slot == NULL)
+            slot = strcmp(a, "--bind") == 0      ? &bind_addr
+                   : strcmp(a, "--exec") == 0    ? &exec_cmd
+                   : strcmp(a, "--to") == 0      ? &to_s
+                   : strcmp(a, "--private") == 0 ? &private_list
+                   : strcmp(a, "--idle") == 0    ? &idle_s
+                                                 : NULL;
         if (slot != NULL && i + 1 < argc) {
             *slot = argv[++i];
         } else if (strcmp(a, "--udp") == 0 || strcmp(a, "-u") == 0) {

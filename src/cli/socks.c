@@ -518,15 +518,12 @@ int xr_socks_main(int argc, char **argv)
     char err[400];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char **slot = strcmp(a, "--agent") == 0           ? &s.cf.agent
-                            : strcmp(a, "--agent-name") == 0    ? &s.cf.agent_name
-                            : strcmp(a, "--cert") == 0          ? &s.cf.cert
-                            : strcmp(a, "--key") == 0           ? &s.cf.key
-                            : strcmp(a, "--ca") == 0            ? &s.cf.ca
-                            : strcmp(a, "--max") == 0           ? &max_s
-                            : strcmp(a, "--user") == 0          ? &s.user
-                            : strcmp(a, "--password-file") == 0 ? &pwfile
-                                                                : NULL;
+        const char **slot = xr_client_conf_flag(&s.cf, a);
+        if (slot == NULL)
+            slot = strcmp(a, "--max") == 0             ? &max_s
+                   : strcmp(a, "--user") == 0          ? &s.user
+                   : strcmp(a, "--password-file") == 0 ? &pwfile
+                                                       : NULL;
         if (slot != NULL && i + 1 < argc) {
             *slot = argv[++i];
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {

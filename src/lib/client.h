@@ -41,6 +41,10 @@ typedef struct {
  * or -1 with err (a file's error says file:line:column; a setting still
  * missing says where it could come from). */
 int xr_client_conf_fill(xr_client_conf_t *cf, xr_client_conf_buf_t *b, char *err, size_t errlen);
+/* The flag that names a setting of cf (--agent, --agent-name, --cert,
+ * --key, --ca): where its value goes, or NULL for another flag. */
+const char **xr_client_conf_flag(xr_client_conf_t *cf, const char *flag);
+
 /* The same for a client file's text alone (for its fuzz target): what
  * cf leaves NULL is filled from it; 0, or -1 with err. */
 int xr_client_conf_parse(const void *text, size_t len, xr_client_conf_t *cf,

@@ -250,3 +250,13 @@ int xr_client_conf_fill(xr_client_conf_t *cf, xr_client_conf_buf_t *b, char *err
     }
     return 0;
 }
+
+const char **xr_client_conf_flag(xr_client_conf_t *cf, const char *flag)
+{
+    return strcmp(flag, "--agent") == 0        ? &cf->agent
+           : strcmp(flag, "--agent-name") == 0 ? &cf->agent_name
+           : strcmp(flag, "--cert") == 0       ? &cf->cert
+           : strcmp(flag, "--key") == 0        ? &cf->key
+           : strcmp(flag, "--ca") == 0         ? &cf->ca
+                                               : NULL;
+}

@@ -176,18 +176,26 @@ void xr__link_fast(xr_link_t *l)
     l->have_kb = 0;
 }
 
+/* After a send or recv on the link's socket that returned r: 1 when it
+ * is to be tried again (interrupted, or the socket's timeout - it bounded
+ * the connect - ran out: then after waiting for events), else 0. */
+static int xr_link_again(const xr_link_t *l, ssize_t r, short events)
+{
+    if (r >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK))
+        return 0;
+    if (errno != EINTR) {
+        struct pollfd pf = {l->net.fd, events, 0};
+        poll(&pf, 1, -1);
+    }
+    return 1;
+}
+
 /* All of p to the link's socket: 0, or -1. */
 static int xr_link_send_all(xr_link_t *l, const unsigned char *p, size_t n)
 {
     while (n > 0) {
         ssize_t w = send(l->net.fd, p, n, MSG_NOSIGNAL);
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            /* the socket's send timeout (it bounded the connect): wait on */
-            struct pollfd pf = {l->net.fd, POLLOUT, 0};
-            poll(&pf, 1, -1);
-            continue;
-        }
-        if (w < 0 && errno == EINTR)
+        if (xr_link_again(l, w, POLLOUT))
             continue;
         if (w <= 0)
             return -1;
@@ -241,12 +249,7 @@ static ssize_t xr_link_read_fast(xr_link_t *l, void *buf, size_t len)
         if (l->rlen == XR_REC_MAX_CIPHER * 2)
             return -1;
         ssize_t r = recv(l->net.fd, l->rbuf + l->rlen, XR_REC_MAX_CIPHER * 2 - l->rlen, 0);
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            struct pollfd pf = {l->net.fd, POLLIN, 0};
-            poll(&pf, 1, -1);
-            continue;
-        }
-        if (r < 0 && errno == EINTR)
+        if (xr_link_again(l, r, POLLIN))
             continue;
         if (r < 0)
             return -1;
