@@ -22,7 +22,7 @@ import tls_helpers as th
 import xrayd_fixture as xf
 from pathlib import Path
 
-from test_66_agent_topology import _Lines, _two_agents, _wait
+from test_66_agent_topology import _Lines, _status, _two_agents, _wait
 
 topology = netns.topology
 
@@ -480,20 +480,40 @@ print("connects %d of %d" % (ok, n), flush=True)
 
 
 @pytest.mark.timeout(300)
-def test_200_xray_connects_at_once_to_xray_listen(topology, pki, tmp_path):
+@pytest.mark.parametrize("peer", ["running", "stopped"])
+def test_200_xray_connects_at_once_to_xray_listen(topology, pki, tmp_path, peer):
     """The burst the tools used to collapse under: 200 `xray connect`
     processes started at the same moment towards one `xray listen --exec
-    cat`; 200 of 200 get their line back."""
+    cat`; 200 of 200 get their line back.  "stopped": agent B is frozen
+    (SIGSTOP) while the burst arrives, so agent A's 200 requests all wait
+    for the one session to B and leave together once B resumes: more than
+    the session's buffer holds, paced by B's reading, none refused."""
     t = topology
-    _two_agents(t, pki, tmp_path)
+    confs = _two_agents(t, pki, tmp_path)
     envb = _env(t, pki, tmp_path, "b", debug=False)
     _l, lines = _xray(t, "b", envb, "listen", "8080", "--exec", "cat")
     official = re.search(r"official (\S+)", lines.wait(r"fully bound: official")[1]).group(1)
     script = tmp_path / "connects.py"
     script.write_text(CONNECTS)
-    r = t.run("a", [sys.executable, str(script), str(th.XRAY), official, "200"],
-              env=_env(t, pki, tmp_path, "a", debug=False), timeout=280)
-    assert "connects 200 of 200" in r.stdout, r.stdout + r.stderr[-3000:]
+    frozen = []
+    if peer == "stopped":
+        frozen = [pid for pid in netns._netns_pids(t.ns("natb"))
+                  if "xrayd" in open("/proc/%d/cmdline" % pid).read()]
+        assert frozen
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        p = t.popen("a", [sys.executable, str(script), str(th.XRAY), official, "200"],
+                    env=_env(t, pki, tmp_path, "a", debug=False), stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
+        if frozen:
+            _wait(lambda: _status(t, "nata", confs["a"])["counters"]["connects"] >= 200, 60,
+                  "200 CONNECTs waiting at agent A")
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    out, err = p.communicate(timeout=280)
+    assert "connects 200 of 200" in out, out + err[-3000:]
 
 
 UDP = r'''

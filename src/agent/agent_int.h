@@ -26,7 +26,7 @@
 /* A session's buffers: input for a frame not yet complete plus a whole
  * TLS record, output for 16 frames of answers. */
 #define XR_CTL_IN  (XR_REC_MAX_CIPHER + XR_REC_HEADER + XR_PROTO_MAX_FRAME)
-#define XR_CTL_OUT (16 * XR_PROTO_MAX_FRAME)
+#define XR_CTL_OUT (3 * XR_PROTO_MAX_FRAME)
 
 /* Where a session is in its life. */
 typedef enum {
@@ -183,6 +183,7 @@ void xr__ctl_free(xr_ctl_t *c);
 int xr__ctl_flush(xr_ctl_t *c);
 /* Queue frame m on c (a peer that does not read is closed). */
 void xr__ctl_send(xr_ctl_t *c, const xr_msg_t *m);
+int xr__ctl_room(xr_ctl_t *c);
 /* Queue an ERROR answering request id with code and a message. */
 void xr__ctl_error(xr_ctl_t *c, uint32_t id, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -225,6 +226,7 @@ void xr__ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m);
 /* Ask rp's peer agent for the server's side on the standing session to
  * it: XR_OK, or XR_ERROR when the peer cannot be dialed. */
 int xr__peer_ask(xr_rp_t *rp);
+void xr__peer_send_asks(xr_ctl_t *s);
 /* Our standing session to a peer agent finished TLS: say HELLO. */
 void xr__peer_out_ready(xr_ctl_t *c);
 /* A frame on our standing session to a peer agent. */

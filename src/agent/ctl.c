@@ -121,12 +121,29 @@ int xr__ctl_flush(xr_ctl_t *c)
 void xr__ctl_send(xr_ctl_t *c, const xr_msg_t *m)
 {
     size_t n = xr_proto_encode(m, c->out + c->outlen, sizeof(c->out) - c->outlen);
+    if (n == 0 && xr__ctl_flush(c) == XR_OK)
+        n = xr_proto_encode(m, c->out + c->outlen, sizeof(c->out) - c->outlen);
     if (n == 0) {
-        /* Only a peer that never reads fills 16 frames of answers. */
+        /* Only a peer that never reads fills its socket and 16 frames of
+         * answers: whatever sends a burst checks for room first
+         * (xr__ctl_room). */
         xr__ctl_close(c, "the peer does not read its answers");
         return;
     }
     c->outlen += n;
+}
+
+/* Is there room for two more frames, after writing what the socket
+ * takes?  When not, c->out_full is set: c reads nothing more until
+ * EPOLLOUT drains it, and then sends what waited (xr_ctl_run). */
+int xr__ctl_room(xr_ctl_t *c)
+{
+    if (sizeof(c->out) - c->outlen >= 2 * XR_PROTO_MAX_FRAME)
+        return 1;
+    if (xr__ctl_flush(c) != XR_OK)
+        return 0; /* the error edge closes c */
+    c->out_full = sizeof(c->out) - c->outlen < 2 * XR_PROTO_MAX_FRAME;
+    return !c->out_full;
 }
 
 void xr__ctl_error(xr_ctl_t *c, uint32_t id, int code, const char *fmt, ...)
@@ -526,14 +543,10 @@ static void xr_ctl_input(xr_ctl_t *c)
          * (a peer that pipelines faster than its socket drains), stop and
          * take the rest once EPOLLOUT makes room, reading nothing more
          * meanwhile. */
-        if (sizeof(c->out) - c->outlen < 2 * XR_PROTO_MAX_FRAME) {
-            if (xr__ctl_flush(c) != XR_OK) {
+        if (!xr__ctl_room(c)) {
+            if (!c->out_full)
                 xr__ctl_close(c, "write failed");
-                return;
-            }
-            c->out_full = sizeof(c->out) - c->outlen < 2 * XR_PROTO_MAX_FRAME;
-            if (c->out_full)
-                return;
+            return;
         }
         xr_msg_t m;
         size_t used;
@@ -631,7 +644,10 @@ static void xr_ctl_run(xr_ctl_t *c)
     }
     if (c->out_full && c->end.writable) {
         c->out_full = 0;
-        xr_ctl_input(c); /* the frames that waited for room */
+        if (c->kind == XR_KIND_PEER_OUT && c->state == XR_CTL_READY)
+            xr__peer_send_asks(c); /* the requests that waited for room */
+        if (!c->out_full && !c->closing)
+            xr_ctl_input(c); /* the frames that waited for room */
         if (c->closing || c->state == XR_CTL_LINKED)
             return;
     }

@@ -67,13 +67,27 @@ int xr__peer_ask(xr_rp_t *rp)
         xr__ag.next_req = 1;
     rp->via_id = xr__ag.next_req;
     rp->asked = 0;
-    if (s->state == XR_CTL_READY) {
-        xr_peer_send_connect(s, rp);
-        /* A failure shows as an error edge on s, which closes it and
-         * fails or re-asks what waits on it. */
-        xr__ctl_flush(s);
-    }
+    if (s->state == XR_CTL_READY && !s->out_full)
+        xr__peer_send_asks(s);
     return XR_OK;
+}
+
+/* Send the requests waiting on session s while its buffer has room; the
+ * rest go once EPOLLOUT drains it, so a burst of connections is paced by
+ * the peer agent's reading, never refused for it.  A write failure shows
+ * as an error edge on s, which closes it and fails or re-asks what waits
+ * on it. */
+void xr__peer_send_asks(xr_ctl_t *s)
+{
+    for (xr_list_t *q = xr__ag.rps.next; q != &xr__ag.rps && !s->closing; q = q->next) {
+        xr_rp_t *rp = xr_container_of(q, xr_rp_t, link);
+        if (rp->via != s || rp->asked)
+            continue;
+        if (!xr__ctl_room(s))
+            return;
+        xr_peer_send_connect(s, rp);
+    }
+    xr__ctl_flush(s);
 }
 
 /* Client agent: a library asks for a connection (steps 2-3, 5). */
@@ -205,11 +219,7 @@ void xr__peer_out_frame(xr_ctl_t *c, const xr_msg_t *m)
         }
         c->state = XR_CTL_READY;
         uv_timer_stop(&c->timer);
-        for (xr_list_t *q = xr__ag.rps.next; q != &xr__ag.rps; q = q->next) {
-            xr_rp_t *rp = xr_container_of(q, xr_rp_t, link);
-            if (rp->via == c && !rp->asked)
-                xr_peer_send_connect(c, rp);
-        }
+        xr__peer_send_asks(c);
         return;
     }
     if (m->type != XR_MSG_RELAY_READY && m->type != XR_MSG_ERROR) {
