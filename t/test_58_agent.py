@@ -608,7 +608,9 @@ def test_tools_find_agent_and_certificates_without_flags(xrayd, pki, cleanup, tm
 def test_xray_forward_carries_concurrent_connections(xrayd, pki, cleanup, tmp_path):
     """`xray forward LOCAL OFFICIAL` (agent and certificates from the
     client file): 10 connections at once to the local port each reach the
-    server registered by `xray listen` and get their own bytes back over
+    server registered by `xray listen` (directly: the agent's own host is
+    its network, so half of them opening with byte 0x16 must not pass for
+    the agent's TLS link) and get their own bytes back over
     the first connection's control session; with --max 1
     a second connection is refused while the first is open."""
     import threading
@@ -637,7 +639,10 @@ def test_xray_forward_carries_concurrent_connections(xrayd, pki, cleanup, tmp_pa
 
     def one(i):
         try:
-            payload = os.urandom(200000) + b"end %d\n" % i
+            # Even ones open with 0x16, a TLS record's first byte: still a
+            # direct client of the server, not the agent's link.
+            head = b"\x16\x00" if i % 2 == 0 else b""
+            payload = head + os.urandom(200000) + b"end %d\n" % i
             with socket.create_connection(("127.0.0.1", local), 10) as c:
                 c.settimeout(30)
                 t = threading.Thread(target=lambda: (c.sendall(payload),

@@ -471,16 +471,14 @@ static void xr_helper_handoff_udp(xr_reg_t *r, xr_link_t *link, const struct soc
 
 /* Is a connection to lfd the agent's link (INCOMING mode 1) rather than
  * a direct client?  It comes from the agent's address and opens with a
- * TLS handshake record (a direct client speaks first only in TLS
- * protocols, and then not from the agent's host). */
+ * TLS ClientHello (a direct client on the agent's host that does is
+ * taken for a link: html-docs/protocol.html says so). */
 static int xr_helper_is_link(xr_reg_t *r, int fd, const struct sockaddr_storage *peer)
 {
     pthread_mutex_lock(&r->lock);
     int from = xr_client_from_agent(r->c, peer);
     pthread_mutex_unlock(&r->lock);
-    struct pollfd p = {fd, POLLIN, 0};
-    unsigned char b;
-    return from && poll(&p, 1, 1000) == 1 && recv(fd, &b, 1, MSG_PEEK) == 1 && b == 0x16;
+    return from && xr_link_opens_with_hello(fd, 1000);
 }
 
 static void *xr_reg_conn(void *arg)

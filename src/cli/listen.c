@@ -397,9 +397,7 @@ static void *xr_listen_job_run(void *arg)
     if (j->fd >= 0) {
         /* From the agent's host: its link opens with a TLS handshake
          * record at once; anything else is a direct client there. */
-        struct pollfd p = {j->fd, POLLIN, 0};
-        unsigned char b;
-        if (!(poll(&p, 1, 1000) == 1 && recv(j->fd, &b, 1, MSG_PEEK) == 1 && b == 0x16)) {
+        if (!xr_link_opens_with_hello(j->fd, 1000)) {
             xr_listen_exec(j->fd, j->cmd);
             free(j);
             return NULL;

@@ -175,6 +175,11 @@ int xr_client_from_agent(const xr_client_t *c, const struct sockaddr_storage *pe
  * handshake record (peeked, up to 1 s): a direct client on the agent's
  * own host is none of these and is served as direct. */
 int xr_client_is_link(xr_client_t *c, int fd, const struct sockaddr_storage *peer);
+/* Does the connection on fd open with a TLS ClientHello record (peeked,
+ * waiting up to timeout_ms for its first six bytes)?  An agent's link
+ * does at once; a direct client whose first byte happens to be 0x16 does
+ * not.  1 or 0. */
+int xr_link_opens_with_hello(int fd, int timeout_ms);
 /* Take such a connection (fd, blocking; owned from here on): TLS as the
  * server, the agent's key checked, LINK with the token of a mode 1
  * INCOMING (read from the control connection for up to 2 s if it has not

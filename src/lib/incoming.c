@@ -144,10 +144,30 @@ int xr_client_is_link(xr_client_t *c, int fd, const struct sockaddr_storage *pee
         return 0;
     if (c->nexpect == 0)
         return 0;
-    /* A link opens with a TLS ClientHello at once: a handshake record. */
-    struct pollfd p = {fd, POLLIN, 0};
-    unsigned char b;
-    return poll(&p, 1, 1000) == 1 && recv(fd, &b, 1, MSG_PEEK) == 1 && b == 0x16;
+    return xr_link_opens_with_hello(fd, 1000);
+}
+
+int xr_link_opens_with_hello(int fd, int timeout_ms)
+{
+    /* The record header and the handshake type: 16 03 0x LL LL 01. */
+    unsigned char b[6];
+    ssize_t n = 0;
+    int64_t until = xr__client_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = until - xr__client_now_ms();
+        struct pollfd p = {fd, POLLIN, 0};
+        if (left <= 0 || poll(&p, 1, (int) left) != 1)
+            return 0;
+        n = recv(fd, b, sizeof(b), MSG_PEEK);
+        if (n <= 0 || b[0] != 0x16)
+            return 0; /* closed, or a direct client's first byte */
+        if (n == (ssize_t) sizeof(b))
+            break;
+        /* A partial header (a slow or split segment): the peek sees the
+         * same bytes until more come, so wait a moment, not a spin. */
+        poll(NULL, 0, 5);
+    }
+    return b[1] == 0x03 && b[2] <= 0x04 && b[5] == 0x01;
 }
 
 int xr_link_accept_begin(xr_client_t *c, int fd, xr_link_t **link, uint8_t *token, char *err,
