@@ -764,6 +764,7 @@ NAV = [
     ("pki.html", "Certificates"),
     ("agent.html", "Agent"),
     ("library.html", "Library"),
+    ("openings.html", "Openings"),
     ("proxy.html", "Proxies"),
     ("protocol.html", "Protocol"),
 ]

@@ -31,7 +31,11 @@ ruleset:
                     traffic (iifname "lan" oifname "lan"), because
                     bridge-nf-call-iptables is 1 so b <-> b2 frames cross
                     this hook too.  No established/related accept: the
-                    box forwards nothing between LAN and public, either way.
+                    box forwards nothing between LAN and public, either way,
+                    except connections marked ct mark 0x5852 - the one rule
+                    an administrator adds for xrayd's openings (CODO), and
+                    nothing carries that mark unless xrayd's own table
+                    (inet xrayd) set it.
 
 The NAT boxes themselves talk freely (no input/output filter): to their LAN
 hosts and to each other over the public segment, where the agents will be.
@@ -114,6 +118,7 @@ table inet filter {
     chain forward {
         type filter hook forward priority filter; policy drop;
         iifname "lan" oifname "lan" accept
+        ct mark & 0x00005852 == 0x00005852 accept
     }
 }
 """

@@ -48,11 +48,15 @@ typedef struct xr_agent_conf_s {
     char *admin_socket;
     int incoming;   /* xr_incoming_t */
     int continuity; /* relay points survive a worker's crash */
+    int traversal;  /* applications' default: 0 relay, 1 open */
+    xr_str_list_t open_pool_text;
     /* parsed */
     xr_net_rule_t *networks;
     size_t nnetworks;
     xr_pool_range_t *pool;
     size_t npool;
+    xr_pool_range_t *open_pool; /* public ports reserved for clients' openings (SNAT) */
+    size_t nopen_pool;
     xr_peer_conf_t *peers;
     size_t npeers;
     struct xr_tls_conf_s *dial_tls; /* the agent's certificate, as a client of servers */

@@ -8,6 +8,7 @@
  * structures it fills in.
  */
 #include "agent/agent.h"
+#include "core/frontdoor.h"
 #include "relay/relay.h"
 #include "tls/tls.h"
 
@@ -66,6 +67,15 @@ const xr_directive_t xr_agent_directives[] = {
     {"continuity", A, XR_T_FLAG, GO(continuity), "off", 0, 0, NULL, NULL, 0,
      "Keep linked relay points across worker crashes and binary upgrades (snapshots in "
      "state_dir, their TLS record layers included)."},
+    {"traversal", A, XR_T_ENUM, GO(traversal), "relay", 0, 0,
+     (const char *const[]){"relay", "open", NULL}, NULL, 0,
+     "How applications' connections cross the firewalls unless an application says: relay "
+     "(through the agents, XRAY) or open (directly through openings in the firewall of this "
+     "host, CODO; needs a firewall block)."},
+    {"open_pool", A, XR_T_STR_LIST, GO(open_pool_text), NULL, 0, 0, NULL, NULL, 0,
+     "Public addresses and ports a client in networks is translated to for an opening, one "
+     "per connection: ADDR:PORT-PORT entries, apart from official_pool and from the ports "
+     "the firewall's own masquerading uses."},
     XR_DIRECTIVES_END};
 
 #undef A
@@ -111,6 +121,18 @@ int xr_agent_set(xr_conf_t *cf, const xr_node_t *n, void *conf, const xr_directi
             XR_OK)
             return xr_conf_error(cf, pn, "\"%s\": %s", a->pool_text.items[i], why);
         a->npool++;
+    }
+    a->open_pool = xr_conf_alloc(cf, (a->open_pool_text.n + 1) * sizeof(xr_pool_range_t));
+    const xr_node_t *on = xr_node_get(n, "open_pool");
+    for (size_t i = 0; i < a->open_pool_text.n; i++) {
+        char why[160];
+        if (xr_pool_range_parse(a->open_pool_text.items[i], &a->open_pool[a->nopen_pool], why,
+                                sizeof(why)) != XR_OK)
+            return xr_conf_error(cf, on, "\"%s\": %s", a->open_pool_text.items[i], why);
+        if (a->open_pool[a->nopen_pool].family != 4)
+            return xr_conf_error(cf, on, "\"%s\": openings are IPv4 only",
+                                 a->open_pool_text.items[i]);
+        a->nopen_pool++;
     }
     if (a->nnetworks > 0 && a->npool == 0)
         return xr_conf_error(cf, n,
@@ -176,8 +198,26 @@ int xr_agent_validate(xr_conf_t *cf, xr_gen_t *g)
     /* Each application's relay points run as a relay block of their own:
      * its filters, the top-level buffer and timeout settings, counters in
      * the shared segment under "agent:NAME". */
+    const xr_frontdoor_t *fw = xr_frontdoor_find("firewall");
+    int have_fw = fw != NULL && xr_gen_fdconf_get(g, fw) != NULL;
     for (size_t i = 0; ag->policy != NULL && i < ag->policy->napps; i++) {
         xr_app_conf_t *app = ag->policy->apps[i];
+        app->open = app->traversal_set == XR_TRAVERSAL_OPEN ||
+                    (app->traversal_set == XR_TRAVERSAL_INHERIT && ag->agent != NULL &&
+                     ag->agent->traversal == 1);
+        if (app->open) {
+            const xr_node_t *tn = xr_node_get(app->node, "traversal");
+            if (tn == NULL)
+                tn = xr_node_get(ag->agent->node, "traversal");
+            if (!have_fw)
+                return xr_conf_error(cf, tn,
+                                     "traversal: open makes openings in this host's firewall: "
+                                     "add a firewall block");
+            if (ag->agent->nnetworks > 0 && ag->agent->nopen_pool == 0 && app->noutbound > 0)
+                return xr_conf_error(cf, tn,
+                                     "traversal: open for clients in networks translates each "
+                                     "to a reserved public port: add open_pool to the agent");
+        }
         xr_relay_conf_t *rc = xr_gen_add_relay(cf, g);
         rc->frontdoor = &xr_agent_frontdoor;
         if (xr_conf_defaults(cf, xr_core_directives, XR_CTX_RELAY, rc, NULL) != XR_OK)

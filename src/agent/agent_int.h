@@ -19,6 +19,8 @@
 #include <uv.h>
 
 #include "agent/agent.h"
+#include "core/admin.h"
+#include "core/firewall.h"
 #include "event/reactor.h"
 #include "relay/relay.h"
 #include "tls/tls.h"
@@ -119,7 +121,20 @@ struct xr_rp_s {
      * client's link with, until the relay point expires. */
     int early, failed, fail_code;
     char fail_why[256];
+    /* Client agent, traversal open: PEER_OPEN, not PEER_CONNECT; the
+     * client socket's address (src is what the peer sees: open_src, or
+     * the public port reserved for it). */
+    int open;
+    xr_paddr_t open_src;
 };
+
+/* An opening this agent made (core/firewall.h), with who it is for. */
+typedef struct {
+    xr_fw_open_t o;
+    char app[64];
+    char who[160];
+    int64_t created, expires; /* wall clock, ms */
+} xr_opening_t;
 
 /* A kept TLS session with a server this agent dialed (INCOMING mode 1),
  * so that the next link to it resumes. */
@@ -158,10 +173,15 @@ typedef struct {
     int64_t started;
     xr_io_t admin;
     ino_t admin_ino; /* of the path we bound, to remove only our own */
+    /* Openings made in this host's firewall (CODO), the latest last, for
+     * status and logs; the firewall expires them, this list follows. */
+    xr_opening_t *openings;
+    size_t nopenings, capopenings;
+    size_t open_cursor; /* the next port of open_pool to hand out */
     struct {
         uint64_t sessions, full, resumed, registered, refreshed, unregistered, expired, refused,
             protocol_errors, connects, direct, relayed, rp_expired, inbound, connect_out,
-            peer_sessions;
+            peer_sessions, opened, open_failed;
     } n;
 } xr__ag_t;
 
@@ -212,6 +232,8 @@ xr_rp_t *xr__rp_new(const xr_app_conf_t *app, const char *what);
 void xr__rp_fail(xr_rp_t *rp, int code, const char *why);
 /* Relay points and running relays of app: what max_relays bounds. */
 size_t xr__rp_count(const xr_app_conf_t *app);
+/* rp served its purpose without links (an opening was made): it goes. */
+void xr__rp_end(xr_rp_t *rp);
 /* c is rp's link on side: with both sides linked, they become a relay. */
 void xr__rp_linked(xr_rp_t *rp, int side, xr_ctl_t *c);
 /* A LINK frame on a connection that came to us. */
@@ -223,6 +245,17 @@ void xr__ctl_link(xr_ctl_t *c, const xr_msg_t *m);
 void xr__ctl_connect(xr_ctl_t *c, const xr_msg_t *m);
 /* Another agent's PEER_CONNECT (the server agent's steps 4 and 6). */
 void xr__ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m);
+
+/* ---- opening.c: traversal open (CODO) ---- */
+/* Client agent: OPEN by an application whose traversal is open, to dst
+ * behind peer (NULL: no agent there, only our side opens). */
+void xr__open_connect(xr_ctl_t *c, const xr_msg_t *m, const xr_peer_conf_t *peer);
+/* Client agent: the peer agent answered rp's PEER_OPEN with OPENED. */
+void xr__open_answered(xr_rp_t *rp, const xr_msg_t *m);
+/* Server agent: PEER_OPEN from a peer agent. */
+void xr__ctl_peer_open(xr_ctl_t *c, const xr_msg_t *m);
+/* The openings, for `xray status` (JSON: fields to add to the object). */
+void xr__open_status(xr_sb_t *b, int json);
 /* Ask rp's peer agent for the server's side on the standing session to
  * it: XR_OK, or XR_ERROR when the peer cannot be dialed. */
 int xr__peer_ask(xr_rp_t *rp);

@@ -57,13 +57,15 @@ static void xr_agent_status(xr_sb_t *b, int json)
                                            "relay_points_expired",
                                            "servers_dialed",
                                            "servers_connected_out",
-                                           "peer_sessions_opened"};
-    uint64_t values[] = {xr__ag.n.sessions,     xr__ag.n.full,      xr__ag.n.resumed,
-                         xr__ag.n.registered,   xr__ag.n.refreshed, xr__ag.n.unregistered,
-                         xr__ag.n.expired,      xr__ag.n.refused,   xr__ag.n.protocol_errors,
-                         xr__ag.n.connects,     xr__ag.n.direct,    xr__ag.n.relayed,
-                         xr__ag.n.rp_expired,   xr__ag.n.inbound,   xr__ag.n.connect_out,
-                         xr__ag.n.peer_sessions};
+                                           "peer_sessions_opened",
+                                           "openings_made",
+                                           "openings_failed"};
+    uint64_t values[] = {xr__ag.n.sessions,      xr__ag.n.full,      xr__ag.n.resumed,
+                         xr__ag.n.registered,    xr__ag.n.refreshed, xr__ag.n.unregistered,
+                         xr__ag.n.expired,       xr__ag.n.refused,   xr__ag.n.protocol_errors,
+                         xr__ag.n.connects,      xr__ag.n.direct,    xr__ag.n.relayed,
+                         xr__ag.n.rp_expired,    xr__ag.n.inbound,   xr__ag.n.connect_out,
+                         xr__ag.n.peer_sessions, xr__ag.n.opened,    xr__ag.n.open_failed};
     if (json) {
         xr_sb_add(b, "{\"version\":\"%s\",\"pid\":%ld,\"generation\":%llu,\"listen\":", XR_VERSION,
                   (long) getpid(), (unsigned long long) xr__ag.gen->number);
@@ -107,7 +109,9 @@ static void xr_agent_status(xr_sb_t *b, int json)
             xr_sb_json(b, xr__ag.conf->peers[i].agent.text);
             xr_sb_add(b, ",\"session\":\"%s\"}", xr_peer_state(i));
         }
-        xr_sb_add(b, "]}\n");
+        xr_sb_add(b, "]");
+        xr__open_status(b, 1);
+        xr_sb_add(b, "}\n");
         return;
     }
     xr_sb_add(b, "agent %s  pid %ld  generation %llu  up %lld s\n", xr__ag.conf->listen.text,
@@ -146,6 +150,7 @@ static void xr_agent_status(xr_sb_t *b, int json)
     xr_sb_add(b, "peers: %zu\n", xr__ag.conf->npeers);
     for (size_t i = 0; i < xr__ag.conf->npeers; i++)
         xr_sb_add(b, "  %s (session %s)\n", xr__ag.conf->peers[i].agent.text, xr_peer_state(i));
+    xr__open_status(b, 0);
 }
 
 void xr__agent_admin(xr_io_t *io, uint32_t events)

@@ -478,6 +478,10 @@ static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
             xr__ctl_peer_connect(c, m);
             return;
         }
+        if (m->type == XR_MSG_PEER_OPEN) {
+            xr__ctl_peer_open(c, m);
+            return;
+        }
         xr__ctl_error(c, 0, XR_PERR_PROTOCOL, "%s is not a request an agent sends to an agent",
                       xr_proto_type_name(m->type));
         xr__ctl_close(c, "unexpected frame");
@@ -520,7 +524,8 @@ static void xr_ctl_frame(xr_ctl_t *c, const xr_msg_t *m)
         r.u.done.id = m->u.refresh.id;
         xr__ctl_send(c, &r);
         break;
-    case XR_MSG_CONNECT: xr__ctl_connect(c, m); break;
+    case XR_MSG_CONNECT:
+    case XR_MSG_OPEN: xr__ctl_connect(c, m); break;
     case XR_MSG_INCOMING_OK: break; /* the library took it; its link will tell */
     case XR_MSG_ERROR:
         /* a library that cannot take an INCOMING: its relay point expires */

@@ -30,7 +30,7 @@ static const xr_peer_conf_t *xr_peer_for(const xr_paddr_t *dst)
 
 static void xr_peer_send_connect(xr_ctl_t *s, xr_rp_t *rp)
 {
-    xr_msg_t pc = {.type = XR_MSG_PEER_CONNECT};
+    xr_msg_t pc = {.type = rp->open ? XR_MSG_PEER_OPEN : XR_MSG_PEER_CONNECT};
     pc.u.peer_connect.id = rp->via_id;
     pc.u.peer_connect.proto = rp->proto;
     pc.u.peer_connect.dst = rp->dst;
@@ -120,6 +120,10 @@ void xr__ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
         return;
     }
     const xr_peer_conf_t *peer = xr_peer_for(&m->u.connect.dst);
+    if (m->type == XR_MSG_OPEN && c->app->open) {
+        xr__open_connect(c, m, peer);
+        return;
+    }
     if (peer == NULL) {
         xr_log(XR_LOG_NOTICE, "agent: CONNECT %s by %s: no peer agent serves it", d, c->who);
         xr__ctl_error(c, id, XR_PERR_UNREACHABLE, "no agent is known for %s", d);
@@ -222,14 +226,16 @@ void xr__peer_out_frame(xr_ctl_t *c, const xr_msg_t *m)
         xr__peer_send_asks(c);
         return;
     }
-    if (m->type != XR_MSG_RELAY_READY && m->type != XR_MSG_ERROR) {
+    if (m->type != XR_MSG_RELAY_READY && m->type != XR_MSG_ERROR && m->type != XR_MSG_OPENED) {
         xr__ctl_error(c, 0, XR_PERR_PROTOCOL, "%s is not an answer to PEER_CONNECT",
                       xr_proto_type_name(m->type));
         c->fail_code = XR_PERR_PROTOCOL;
         xr__ctl_close(c, "unexpected frame from the peer agent");
         return;
     }
-    uint32_t id = m->type == XR_MSG_ERROR ? m->u.error.id : m->u.relay_ready.id;
+    uint32_t id = m->type == XR_MSG_ERROR    ? m->u.error.id
+                  : m->type == XR_MSG_OPENED ? m->u.opened.id
+                                             : m->u.relay_ready.id;
     xr_rp_t *rp = xr_rp_asked(c, id);
     if (rp == NULL)
         return; /* it expired meanwhile; so will the peer's relay point */
@@ -238,6 +244,16 @@ void xr__peer_out_frame(xr_ctl_t *c, const xr_msg_t *m)
         snprintf(why, sizeof(why), "peer agent %s: %s: %s", rp->peer->agent.text,
                  xr_proto_err_name(m->u.error.code), m->u.error.message.s);
         xr__rp_fail(rp, m->u.error.code, why);
+        return;
+    }
+    if ((m->type == XR_MSG_OPENED) != (rp->open != 0)) {
+        snprintf(why, sizeof(why), "peer agent %s answered %s to %s", rp->peer->agent.text,
+                 xr_proto_type_name(m->type), rp->open ? "PEER_OPEN" : "PEER_CONNECT");
+        xr__rp_fail(rp, XR_PERR_PROTOCOL, why);
+        return;
+    }
+    if (m->type == XR_MSG_OPENED) {
+        xr__open_answered(rp, m);
         return;
     }
     /* Step 5-6: our relay point is ready, the links go up in parallel.

@@ -37,6 +37,11 @@ const xr_directive_t xr_app_directives[] = {
      "Relay points it may hold at once."},
     {"max_registrations", XR_CTX_APP, XR_T_INT, AO(max_registrations), "100", 0, 1000000, NULL,
      NULL, 0, "Server sockets it may register at once."},
+    {"traversal", XR_CTX_APP, XR_T_ENUM, AO(traversal_set), "inherit", 0, 0,
+     (const char *const[]){"inherit", "relay", "open", NULL}, NULL, 0,
+     "How its connections cross the firewalls: relay (through the agents), open (directly, "
+     "through openings the agents make in their firewalls), or inherit (the agent's "
+     "traversal)."},
     XR_DIRECTIVES_END};
 
 /* ---- outbound rules ------------------------------------------------------ */

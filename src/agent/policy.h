@@ -41,6 +41,8 @@ typedef struct xr_app_conf_s {
     size_t nservers;
     int64_t max_relays;
     int64_t max_registrations;
+    int traversal_set; /* XR_TRAVERSAL_*: as written (INHERIT: the agent's) */
+    int open;          /* effective: its connections go through openings (CODO) */
     xr_filter_conf_t *filters;
     size_t nfilters;
     const xr_node_t *node;
@@ -54,6 +56,10 @@ typedef struct xr_policy_s {
 
 /* The directives of one `applications:` entry (context "application"). */
 #define XR_CTX_APP 0x20 /* an entry of applications: */
+
+/* How an application's connections cross the firewalls: relayed through
+ * the agents (XRAY), or straight through openings (CODO). */
+enum { XR_TRAVERSAL_INHERIT = 0, XR_TRAVERSAL_RELAY = 1, XR_TRAVERSAL_OPEN = 2 };
 
 extern const xr_directive_t xr_app_directives[];
 

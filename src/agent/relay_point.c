@@ -82,6 +82,14 @@ static void xr_rp_expire(uv_timer_t *t)
     xr__rp_fail(rp, XR_PERR_TIMEOUT, "not linked on both sides in time");
 }
 
+void xr__rp_end(xr_rp_t *rp)
+{
+    rp->requester = NULL;
+    rp->early = 0;
+    rp->failed = 1; /* nothing to log */
+    xr__rp_fail(rp, XR_PERR_INTERNAL, "served");
+}
+
 xr_rp_t *xr__rp_new(const xr_app_conf_t *app, const char *what)
 {
     xr_rp_t *rp = calloc(1, sizeof(*rp));

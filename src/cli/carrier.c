@@ -124,8 +124,8 @@ static void xr_carrier_cache(int proto, const xr_paddr_t *dst, const xr_paddr_t 
     pthread_mutex_unlock(&xr_carrier.cache_lock);
 }
 
-xr_carry_t xr_carrier_route(int proto, const xr_paddr_t *dst, xr_paddr_t *to, xr_route_t *rt,
-                            xr_link_t **tls, int *eno, char *err, size_t errlen)
+xr_carry_t xr_carrier_route(int proto, const xr_paddr_t *dst, const xr_paddr_t *src, xr_paddr_t *to,
+                            xr_route_t *rt, xr_link_t **tls, int *eno, char *err, size_t errlen)
 {
     int perr = 0, rc = 1;
     *tls = NULL;
@@ -142,7 +142,7 @@ xr_carry_t xr_carrier_route(int proto, const xr_paddr_t *dst, xr_paddr_t *to, xr
                 break;
             }
         }
-        rc = xr_client_route(xr_carrier.ctl, proto, dst, rt, tls, &perr, err, errlen);
+        rc = xr_client_route(xr_carrier.ctl, proto, dst, src, rt, tls, &perr, err, errlen);
         if (rc == 0 || perr != 0)
             break;
         rc = 1; /* the control connection failed under us: once more on a new one */
@@ -167,18 +167,40 @@ xr_carry_t xr_carrier_route(int proto, const xr_paddr_t *dst, xr_paddr_t *to, xr
         xr_carrier_cache(proto, dst, to);
         return XR_CARRY_DIRECT;
     }
+    if (rt->mode == XR_ROUTE_OPEN) {
+        *to = rt->addr; /* never cached: each opening is for one socket */
+        return XR_CARRY_OPEN;
+    }
     return XR_CARRY_RELAY;
 }
 
 int xr_carrier_dial(const xr_paddr_t *dst, xr_link_t **link, int *fd, int *eno, char *err,
                     size_t errlen)
 {
-    xr_paddr_t to;
+    xr_paddr_t to, src;
     xr_route_t rt;
     xr_link_t *tls;
     *link = NULL;
     *fd = -1;
-    switch (xr_carrier_route(XR_PROTO_TCP, dst, &to, &rt, &tls, eno, err, errlen)) {
+    /* A socket of our own first, bound: an agent whose application goes
+     * through openings opens the firewalls for its port. */
+    int s = socket(dst->family == 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s >= 0 && xr_open_src(s, &src) < 0) {
+        close(s);
+        s = -1;
+    }
+    xr_carry_t how =
+        xr_carrier_route(XR_PROTO_TCP, dst, s >= 0 ? &src : NULL, &to, &rt, &tls, eno, err, errlen);
+    if (how == XR_CARRY_OPEN) {
+        xr_heartbeat(s, rt.state_ms);
+        *fd = xr_tcp_on(s, &to, xr_carrier.cf.timeout_ms, err, errlen);
+        if (*fd < 0)
+            *eno = errno;
+        return *fd >= 0 ? 0 : -1;
+    }
+    if (s >= 0)
+        close(s);
+    switch (how) {
     case XR_CARRY_RELAY:
         *link = xr_link_join(tls, rt.token, rt.key, err, errlen);
         if (*link == NULL)

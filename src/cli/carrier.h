@@ -26,14 +26,17 @@ typedef enum {
     XR_CARRY_DIRECT = 0,   /* connect to *to yourself */
     XR_CARRY_RELAY = 1,    /* *tls and *rt: xr_link_join finishes the link */
     XR_CARRY_NO_AGENT = 2, /* the agent cannot be reached: *to is dst (XRAY §6) */
+    XR_CARRY_OPEN = 3,     /* the firewalls are open for src: connect to *to from it,
+                              with heartbeats within rt->state_ms (CODO) */
     XR_CARRY_REFUSED = -1  /* *eno and err say why */
 } xr_carry_t;
 
 /* The agent's route to dst (proto XR_PROTO_TCP or XR_PROTO_UDP), on the
- * shared control connection.  A destination no agent serves is an
+ * shared control connection, for the socket at src (NULL: none yet; the
+ * answer is then never OPEN).  A destination no agent serves is an
  * ordinary one: DIRECT to itself. */
-xr_carry_t xr_carrier_route(int proto, const xr_paddr_t *dst, xr_paddr_t *to, xr_route_t *rt,
-                            xr_link_t **tls, int *eno, char *err, size_t errlen);
+xr_carry_t xr_carrier_route(int proto, const xr_paddr_t *dst, const xr_paddr_t *src, xr_paddr_t *to,
+                            xr_route_t *rt, xr_link_t **tls, int *eno, char *err, size_t errlen);
 
 /* The whole of a TCP connection to dst: 0 with *link (relayed) or *fd
  * (a connected socket), or -1 with *eno and err. */

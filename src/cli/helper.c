@@ -230,16 +230,36 @@ static void xr_helper_udp_carry(int *psock, const xr_hmsg_t *q, xr_link_t *link,
     xr_link_close(link);
 }
 
-static void xr_helper_udp(int *psock, const xr_hmsg_t *q, const xr_paddr_t *dst, const char *d)
+/* The application's socket, sent with CONNECT: its address for OPEN
+ * (NULL without one). */
+static const xr_paddr_t *xr_helper_src(int fd, xr_paddr_t *src)
+{
+    return fd >= 0 && xr_open_src(fd, src) == 0 ? src : NULL;
+}
+
+static void xr_helper_udp(int *psock, const xr_hmsg_t *q, const xr_paddr_t *dst, const char *d,
+                          int fd)
 {
     int sock = *psock, eno = 0;
-    xr_paddr_t to;
+    xr_paddr_t to, src;
     xr_route_t rt;
     xr_link_t *tls = NULL, *link;
     char err[400];
-    switch (xr_carrier_route(XR_PROTO_UDP, dst, &to, &rt, &tls, &eno, err, sizeof(err))) {
+    switch (xr_carrier_route(XR_PROTO_UDP, dst, xr_helper_src(fd, &src), &to, &rt, &tls, &eno, err,
+                             sizeof(err))) {
     case XR_CARRY_DIRECT:
     case XR_CARRY_NO_AGENT: xr_helper_answer_paddr(sock, XR_HMSG_DIRECT, &to, ""); return;
+    case XR_CARRY_OPEN: {
+        /* The mapping (to the official address itself) ends well before
+         * the firewalls forget the session: the next datagram opens anew. */
+        xr_hmsg_t a = {.type = XR_HMSG_OPEN, .proto = IPPROTO_UDP};
+        a.code = (int32_t) XR_MIN((int64_t) rt.state_ms / 2, (int64_t) q->code);
+        xr_paddr_to_sockaddr(&to, &a.addr);
+        xr_helper_log("udp %s: the firewalls are open for its port %u, for %d ms idle", d, src.port,
+                      a.code);
+        xr_hmsg_send(sock, &a, -1);
+        return;
+    }
     case XR_CARRY_REFUSED:
         xr_helper_log("udp %s: %s", d, err);
         xr_helper_answer(sock, XR_HMSG_ERROR, eno, NULL, err, -1);
@@ -255,10 +275,10 @@ static void xr_helper_udp(int *psock, const xr_hmsg_t *q, const xr_paddr_t *dst,
     xr_helper_udp_carry(psock, q, link, d);
 }
 
-static void xr_helper_connect(int *psock, const xr_hmsg_t *q)
+static void xr_helper_connect(int *psock, const xr_hmsg_t *q, int fd)
 {
     int sock = *psock, eno = 0;
-    xr_paddr_t dst, to;
+    xr_paddr_t dst, to, src;
     xr_route_t rt;
     xr_link_t *tls = NULL, *link = NULL;
     char err[400], d[80];
@@ -270,11 +290,18 @@ static void xr_helper_connect(int *psock, const xr_hmsg_t *q)
         return;
     }
     if (q->proto == IPPROTO_UDP) {
-        xr_helper_udp(psock, q, &dst, d);
+        xr_helper_udp(psock, q, &dst, d, fd);
         return;
     }
-    switch (xr_carrier_route(XR_PROTO_TCP, &dst, &to, &rt, &tls, &eno, err, sizeof(err))) {
+    switch (xr_carrier_route(XR_PROTO_TCP, &dst, xr_helper_src(fd, &src), &to, &rt, &tls, &eno, err,
+                             sizeof(err))) {
     case XR_CARRY_DIRECT: xr_helper_answer_paddr(sock, XR_HMSG_DIRECT, &to, ""); return;
+    case XR_CARRY_OPEN:
+        /* The application connects its own socket; its heartbeats are
+         * the kernel's, set here on the socket we share with it. */
+        xr_heartbeat(fd, rt.state_ms);
+        xr_helper_answer_paddr(sock, XR_HMSG_OPEN, &to, "");
+        return;
     case XR_CARRY_NO_AGENT: /* XRAY §6: inside one network this still works */
         xr_helper_log("connect %s: the agent cannot be reached (%s): directly", d, err);
         xr_helper_answer_paddr(sock, XR_HMSG_DIRECT, &to, "the agent cannot be reached");
@@ -783,11 +810,9 @@ static void *xr_helper_request(void *arg)
     int got = xr_hmsg_recv(sock, &q, &fd);
     struct timeval none = {0, 0};
     setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
-    if (fd >= 0)
-        close(fd);
     if (got == 1) {
         switch (q.type) {
-        case XR_HMSG_CONNECT: xr_helper_connect(&sock, &q); break;
+        case XR_HMSG_CONNECT: xr_helper_connect(&sock, &q, fd); break;
         case XR_HMSG_LISTEN: xr_helper_serve(sock, &q.addr, NULL, q.proto == IPPROTO_UDP); break;
         case XR_HMSG_WHO: xr_helper_who(sock, &q); break;
         default: xr_helper_answer(sock, XR_HMSG_ERROR, EPROTO, NULL, "not a request", -1); break;
@@ -795,6 +820,8 @@ static void *xr_helper_request(void *arg)
     } else if (got < 0) {
         xr_helper_log("a malformed request: %s", strerror(errno));
     }
+    if (fd >= 0)
+        close(fd);
     if (sock >= 0)
         close(sock);
     atomic_fetch_sub(&xr_helper.busy, 1);

@@ -318,7 +318,7 @@ static xr_socks_chan_t *xr_socks_chan(xr_socks_chan_t *ch, const struct sockaddr
     int eno;
     xr_paddr_from_sockaddr(&pd, dst);
     xr_paddr_str(&pd, d, sizeof(d));
-    switch (xr_carrier_route(XR_PROTO_UDP, &pd, &to, &rt, &tls, &eno, err, sizeof(err))) {
+    switch (xr_carrier_route(XR_PROTO_UDP, &pd, NULL, &to, &rt, &tls, &eno, err, sizeof(err))) {
     case XR_CARRY_RELAY:
         c->link = xr_link_join(tls, rt.token, rt.key, err, sizeof(err));
         if (c->link == NULL)

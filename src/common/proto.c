@@ -177,10 +177,19 @@ static void xr_proto_body(xr_cur_t *c, xr_msg_t *m)
     case XR_MSG_UNREGISTERED:
     case XR_MSG_INCOMING_OK: xr_u32(c, &m->u.done.id, "id"); break;
     case XR_MSG_CONNECT:
+    case XR_MSG_OPEN:
         xr_u32(c, &m->u.connect.id, "id");
         xr_u8(c, &m->u.connect.proto, "proto");
         xr_check(c, xr_proto_ok(m->u.connect.proto), "proto");
         xr_addr(c, &m->u.connect.dst, 0, "dst");
+        if (m->type == XR_MSG_OPEN)
+            xr_addr(c, &m->u.connect.src, 0, "src");
+        break;
+    case XR_MSG_OPENED:
+        xr_u32(c, &m->u.opened.id, "id");
+        xr_addr(c, &m->u.opened.addr, 0, "addr");
+        xr_u32(c, &m->u.opened.state_ms, "state_ms");
+        xr_check(c, m->u.opened.state_ms >= 1000, "state_ms");
         break;
     case XR_MSG_CONNECT_OK:
         xr_u32(c, &m->u.connect_ok.id, "id");
@@ -200,6 +209,7 @@ static void xr_proto_body(xr_cur_t *c, xr_msg_t *m)
         }
         break;
     case XR_MSG_PEER_CONNECT:
+    case XR_MSG_PEER_OPEN:
         xr_u32(c, &m->u.peer_connect.id, "id");
         xr_u8(c, &m->u.peer_connect.proto, "proto");
         xr_check(c, xr_proto_ok(m->u.peer_connect.proto), "proto");
@@ -258,6 +268,9 @@ const char *xr_proto_type_name(int type)
     case XR_MSG_CONNECT_OK: return "CONNECT_OK";
     case XR_MSG_PEER_CONNECT: return "PEER_CONNECT";
     case XR_MSG_RELAY_READY: return "RELAY_READY";
+    case XR_MSG_OPEN: return "OPEN";
+    case XR_MSG_PEER_OPEN: return "PEER_OPEN";
+    case XR_MSG_OPENED: return "OPENED";
     case XR_MSG_INCOMING: return "INCOMING";
     case XR_MSG_INCOMING_OK: return "INCOMING_OK";
     case XR_MSG_LINK: return "LINK";

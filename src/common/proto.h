@@ -41,6 +41,9 @@ typedef enum {
     XR_MSG_CONNECT_OK = 0x21,
     XR_MSG_PEER_CONNECT = 0x22,
     XR_MSG_RELAY_READY = 0x23,
+    XR_MSG_OPEN = 0x24,      /* CONNECT naming the client socket's address (CODO) */
+    XR_MSG_PEER_OPEN = 0x25, /* PEER_CONNECT asking for an opening, not a relay */
+    XR_MSG_OPENED = 0x26,    /* connect straight to addr: the firewalls are open */
     XR_MSG_INCOMING = 0x30,
     XR_MSG_INCOMING_OK = 0x31,
     XR_MSG_LINK = 0x40,
@@ -125,7 +128,8 @@ typedef struct {
             uint32_t id;
             uint8_t proto;
             xr_paddr_t dst;
-        } connect;
+            xr_paddr_t src; /* OPEN: the client socket's local address (0.0.0.0: as seen) */
+        } connect;          /* CONNECT and OPEN */
         struct {
             uint32_t id;
             uint8_t mode;
@@ -140,7 +144,12 @@ typedef struct {
             xr_paddr_t src;                       /* the client's official address */
             uint8_t client_key[XR_PROTO_KEYHASH]; /* the client application's key */
             xr_pstr_t client_subject;
-        } peer_connect;
+        } peer_connect; /* PEER_CONNECT and PEER_OPEN */
+        struct {
+            uint32_t id;
+            xr_paddr_t addr;   /* where the client connects: the server's official address */
+            uint32_t state_ms; /* the shortest idle time the firewalls keep its state */
+        } opened;
         struct {
             uint32_t id;
             xr_paddr_t addr;

@@ -601,6 +601,30 @@ static void xr_maps_drop(dev_t dev, ino_t ino, int64_t now)
     pthread_mutex_unlock(&xr_maps_lock);
 }
 
+/* Give fd a port of its own if it has none (the kernel would at
+ * connect or the first datagram): the helper sends its address with the
+ * request, and where the application's traversal is open, the agents
+ * open the firewalls for exactly this port.  fd to send, or -1. */
+static int xr_bound(int fd, int domain)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (LIBC(getsockname)(fd, (struct sockaddr *) &ss, &len) != 0)
+        return -1;
+    int port = ss.ss_family == AF_INET    ? ((struct sockaddr_in *) &ss)->sin_port
+               : ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *) &ss)->sin6_port
+                                          : -1;
+    if (port < 0)
+        return -1;
+    if (port == 0) {
+        memset(&ss, 0, sizeof(ss));
+        ss.ss_family = (sa_family_t) domain;
+        if (LIBC(bind)(fd, (struct sockaddr *) &ss, xr_sa_len(domain)) != 0)
+            return -1;
+    }
+    return fd;
+}
+
 /* Where fd's datagrams to dst go (*via); 0, or -1 with errno. */
 static int xr_udp_via(int fd, int domain, const struct sockaddr_storage *dst, int hold,
                       struct sockaddr_storage *via)
@@ -640,7 +664,7 @@ static int xr_udp_via(int fd, int domain, const struct sockaddr_storage *dst, in
     xr_hmsg_t q = {.type = XR_HMSG_CONNECT, .proto = IPPROTO_UDP, .addr = *dst}, a;
     q.code = idle >= 1000 && idle <= 86400000 ? (int32_t) idle : 60000;
     q.flags = hold ? XR_HMSG_HOLD : 0;
-    if (xr_hmsg_send(h, &q, -1) < 0 || xr_helper_wait(h, &a, NULL, 60000) < 0) {
+    if (xr_hmsg_send(h, &q, xr_bound(fd, domain)) < 0 || xr_helper_wait(h, &a, NULL, 60000) < 0) {
         LIBC(close)(h);
         xr_debug("udp %s: the helper failed: directly", d);
         return 0;
@@ -651,7 +675,8 @@ static int xr_udp_via(int fd, int domain, const struct sockaddr_storage *dst, in
         return xr_fail(a.code > 0 ? a.code : ECONNREFUSED, a.text);
     }
     xr_map_t *m = calloc(1, sizeof(*m));
-    if (m == NULL || (a.type != XR_HMSG_DIRECT && a.type != XR_HMSG_MAPPED)) {
+    if (m == NULL ||
+        (a.type != XR_HMSG_DIRECT && a.type != XR_HMSG_MAPPED && a.type != XR_HMSG_OPEN)) {
         free(m);
         LIBC(close)(h);
         return xr_fail(EPROTO, "the helper answered out of turn");
@@ -663,8 +688,9 @@ static int xr_udp_via(int fd, int domain, const struct sockaddr_storage *dst, in
     m->official = *dst;
     m->via = *via;
     m->used = now;
-    /* A direct answer is the helper's for 10 s too. */
-    m->idle_ms = a.type == XR_HMSG_MAPPED ? a.code : 10000;
+    /* A direct answer is the helper's for 10 s too; an opening lasts
+     * as long as the firewalls keep the session. */
+    m->idle_ms = a.type == XR_HMSG_MAPPED || a.type == XR_HMSG_OPEN ? a.code : 10000;
     m->hold = a.type == XR_HMSG_MAPPED && hold ? h : -1;
     if (m->hold < 0)
         LIBC(close)(h);
@@ -673,7 +699,10 @@ static int xr_udp_via(int fd, int domain, const struct sockaddr_storage *dst, in
     xr_maps = m;
     pthread_mutex_unlock(&xr_maps_lock);
     char v[80];
-    xr_debug("udp %s: %s %s", d, a.type == XR_HMSG_MAPPED ? "relayed, mapped at" : "directly to",
+    xr_debug("udp %s: %s %s", d,
+             a.type == XR_HMSG_MAPPED ? "relayed, mapped at"
+             : a.type == XR_HMSG_OPEN ? "through openings in the firewalls to"
+                                      : "directly to",
              xr_fmt(via, v, sizeof(v)));
     return 0;
 }
@@ -828,7 +857,7 @@ int xray_connect(int fd, const struct sockaddr *addr, socklen_t len)
     if (fl >= 0 && (fl & O_NONBLOCK))
         q.flags |= XR_HMSG_NONBLOCK;
     int rfd = -1;
-    if (xr_hmsg_send(h, &q, -1) < 0 || xr_helper_wait(h, &a, &rfd, 60000) < 0) {
+    if (xr_hmsg_send(h, &q, xr_bound(fd, domain)) < 0 || xr_helper_wait(h, &a, &rfd, 60000) < 0) {
         int e = errno;
         LIBC(close)(h);
         xr_debug("connect %s: the helper failed (%s): directly", d, strerror(e));
@@ -838,6 +867,13 @@ int xray_connect(int fd, const struct sockaddr *addr, socklen_t len)
         LIBC(close)(h);
         xr_debug("connect %s: %s", d, a.text);
         return xr_fail(a.code > 0 ? a.code : ECONNREFUSED, a.text);
+    }
+    if (a.type == XR_HMSG_OPEN) { /* never cached: an opening is for this socket */
+        LIBC(close)(h);
+        char t[80];
+        xr_debug("connect %s: through openings in the firewalls to %s", d,
+                 xr_fmt(&a.addr, t, sizeof(t)));
+        return xr_connect_direct(fd, domain, &dst, &a.addr);
     }
     if (a.type == XR_HMSG_DIRECT) {
         LIBC(close)(h);

@@ -114,14 +114,30 @@ int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_li
  * brings up the TLS part of the link (*tls); xr_link_join (no lock: it
  * touches only the link) presents the token and waits for the end-to-end
  * acknowledgement, which may take as long as the far side does. */
+/* A route's mode besides XR_CONNECT_DIRECT and _RELAY: the firewalls
+ * are open for the socket whose address went with the request (CODO). */
+#define XR_ROUTE_OPEN 3
 typedef struct {
-    int mode;        /* XR_CONNECT_DIRECT or XR_CONNECT_RELAY */
-    xr_paddr_t addr; /* DIRECT: the server's local address; RELAY: the relay point */
+    int mode;          /* XR_CONNECT_DIRECT, XR_CONNECT_RELAY or XR_ROUTE_OPEN */
+    uint32_t state_ms; /* OPEN: heartbeats keep within this (xr_heartbeat) */
+    xr_paddr_t addr;   /* DIRECT: the server's local address; RELAY: the relay point;
+                          OPEN: where to connect (the official address) */
     uint8_t token[XR_PROTO_TOKEN];
     char key[65]; /* the relay point's key (hex) */
 } xr_route_t;
-int xr_client_route(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_route_t *rt,
-                    xr_link_t **tls, int *perr, char *err, size_t errlen);
+int xr_client_route(xr_client_t *c, int proto, const xr_paddr_t *dst, const xr_paddr_t *src,
+                    xr_route_t *rt, xr_link_t **tls, int *perr, char *err, size_t errlen);
+/* src, when not NULL, is the local address of the socket that will
+ * connect (0.0.0.0:PORT: the agent takes the address it sees): the
+ * request is OPEN, and an application whose traversal is open gets
+ * XR_ROUTE_OPEN. */
+
+/* The local address of socket fd for an OPEN request (binding it to an
+ * ephemeral port first if it has none): 0, or -1 (errno). */
+int xr_open_src(int fd, xr_paddr_t *src);
+/* Keep the firewalls' state of TCP connection fd alive when it idles
+ * (CODO §3): TCP keepalive well within state_ms. */
+void xr_heartbeat(int fd, uint32_t state_ms);
 /* TCP and TLS to a relay point, offering the session of the last link
  * (check_name: the agent's name must be on its certificate; else the
  * caller checks its key when joining); NULL with err.  Threads may open
@@ -137,6 +153,8 @@ xr_link_t *xr_link_join(xr_link_t *tls, const uint8_t *token, const char *want_k
 /* A TCP connection to a (blocking, no delay), given up after
  * timeout_ms; the socket, or -1 with err. */
 int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen);
+/* The same on socket fd (-1: a new one), which is closed on failure. */
+int xr_tcp_on(int fd, const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen);
 
 /* The largest UDP payload (IPv4's). */
 #define XR_UDP_MAX 65507

@@ -37,6 +37,7 @@ struct xr_client_s {
     mbedtls_ssl_context ssl;
     mbedtls_net_context net;
     int open;
+    int opens; /* the agent answered the last OPEN with OPENED */
     uint32_t next_id;
     uint32_t heartbeat_ms;
     uint8_t in[XR_PROTO_MAX_FRAME * 2];

@@ -61,7 +61,8 @@ int xr_hmsg_decode(const uint8_t *b, size_t len, xr_hmsg_t *m)
     case XR_HMSG_BOUND:
     case XR_HMSG_PEER:
     case XR_HMSG_ERROR:
-    case XR_HMSG_MAPPED: break;
+    case XR_HMSG_MAPPED:
+    case XR_HMSG_OPEN: break;
     default: return -1;
     }
     m->proto = b[2];

@@ -8,13 +8,17 @@
  * opens a connection per request:
  *
  *   CONNECT dst      -> DIRECT addr (connect there yourself)
+ *   [+ the socket]
  *     (UDP)           | MAPPED addr (send dst's datagrams to addr, a
  *                       helper socket on loopback: CODO §4.3's mapping
  *                       table; it lives code ms without a datagram, or,
  *                       with HOLD, while the request stays open)
  *                     | RELAY + descriptor, then STATUS code (0: the
  *                       end-to-end acknowledgement came; else errno)
- *                     | ERROR code text
+ *                     | OPEN addr (the firewalls are open for the
+                       socket that came with CONNECT: connect it to
+                       addr yourself, now; UDP: for code ms idle)
+                     | ERROR code text
  *   LISTEN local     -> BOUND state addr, again at every change of state,
  *                       for as long as the library keeps the connection
  *   WHO addr         -> PEER addr (who a connection the helper handed to
@@ -44,7 +48,8 @@ typedef enum {
     XR_HMSG_BOUND = 19,
     XR_HMSG_PEER = 20,
     XR_HMSG_ERROR = 21,
-    XR_HMSG_MAPPED = 22
+    XR_HMSG_MAPPED = 22,
+    XR_HMSG_OPEN = 23
 } xr_hmsg_type_t;
 
 /* CONNECT's flags: the application's socket is non-blocking (the helper

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <strings.h>
 #include <sys/time.h>
@@ -29,14 +30,22 @@
 
 int xr_tcp_to(const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen)
 {
+    return xr_tcp_on(-1, a, timeout_ms, err, errlen);
+}
+
+int xr_tcp_on(int fd, const xr_paddr_t *a, int timeout_ms, char *err, size_t errlen)
+{
     struct sockaddr_storage ss;
     socklen_t len = xr_paddr_to_sockaddr(a, &ss);
     char at[80];
     if (len == 0) {
         snprintf(err, errlen, "bad address");
+        if (fd >= 0)
+            close(fd);
         return -1;
     }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     if (fd >= 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)); /* bounds connect() too */
@@ -386,8 +395,8 @@ int xr_client_dial(xr_client_t *c, const xr_paddr_t *dst, xr_link_t **link, int 
     return xr_client_dial_proto(c, XR_PROTO_TCP, dst, link, fd, perr, err, errlen);
 }
 
-int xr_client_route(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_route_t *rt,
-                    xr_link_t **tls, int *perr, char *err, size_t errlen)
+int xr_client_route(xr_client_t *c, int proto, const xr_paddr_t *dst, const xr_paddr_t *src,
+                    xr_route_t *rt, xr_link_t **tls, int *perr, char *err, size_t errlen)
 {
     *tls = NULL;
     *perr = 0;
@@ -395,11 +404,13 @@ int xr_client_route(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_route_t
         snprintf(err, errlen, "not connected to the agent");
         return -1;
     }
-    xr_msg_t req = {.type = XR_MSG_CONNECT}, r;
+    xr_msg_t req = {.type = src != NULL ? XR_MSG_OPEN : XR_MSG_CONNECT}, r;
     uint32_t id = ++c->next_id;
     req.u.connect.id = id;
     req.u.connect.proto = (uint8_t) proto;
     req.u.connect.dst = *dst;
+    if (src != NULL)
+        req.u.connect.src = *src;
     if (xr__client_send(c, &req, err, errlen) < 0) {
         xr_client_close(c);
         return -1;
@@ -412,11 +423,23 @@ int xr_client_route(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_route_t
     xr_paddr_t at;
     xr_paddr_from_sockaddr(&at, &c->agent_addr);
     char e2[200];
-    xr_link_t *early = at.family ? xr_link_tls(c, &at, 0, e2, sizeof(e2)) : NULL;
+    /* An agent that opened the firewalls last time will again: no link. */
+    xr_link_t *early =
+        at.family && !(src != NULL && c->opens) ? xr_link_tls(c, &at, 0, e2, sizeof(e2)) : NULL;
     if (xr__client_answer(c, id, &r, perr, err, errlen) < 0) {
         if (early)
             xr__link_free(early);
         return -1;
+    }
+    if (src != NULL)
+        c->opens = r.type == XR_MSG_OPENED;
+    if (r.type == XR_MSG_OPENED) {
+        if (early)
+            xr__link_free(early);
+        rt->mode = XR_ROUTE_OPEN;
+        rt->addr = r.u.opened.addr;
+        rt->state_ms = r.u.opened.state_ms;
+        return 0;
     }
     if (r.type != XR_MSG_CONNECT_OK) {
         if (early)
@@ -440,6 +463,46 @@ int xr_client_route(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_route_t
     return *tls != NULL ? 0 : -1;
 }
 
+int xr_open_src(int fd, xr_paddr_t *src)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *) &ss, &len) != 0)
+        return -1;
+    if ((ss.ss_family == AF_INET && ((struct sockaddr_in *) &ss)->sin_port == 0) ||
+        (ss.ss_family == AF_INET6 && ((struct sockaddr_in6 *) &ss)->sin6_port == 0)) {
+        /* The opening is for this socket's port: it needs one now. */
+        struct sockaddr_storage any;
+        memset(&any, 0, sizeof(any));
+        any.ss_family = ss.ss_family;
+        socklen_t alen =
+            ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+        len = sizeof(ss);
+        if (bind(fd, (struct sockaddr *) &any, alen) != 0 ||
+            getsockname(fd, (struct sockaddr *) &ss, &len) != 0)
+            return -1;
+    }
+    xr_paddr_from_sockaddr(src, &ss);
+    if (src->family == 0) {
+        errno = EAFNOSUPPORT;
+        return -1;
+    }
+    return 0;
+}
+
+void xr_heartbeat(int fd, uint32_t state_ms)
+{
+    /* A probe every third of the state's life, 1 s at least and at most
+     * what TCP_KEEPIDLE takes; three unanswered end the connection, as
+     * its state in the firewalls would have ended. */
+    int on = 1, cnt = 3;
+    int every = (int) XR_MIN(XR_MAX(state_ms / 3000, 1u), 32767u);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &every, sizeof(every));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &every, sizeof(every));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+}
+
 int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_link_t **link,
                          int *fd, int *perr, char *err, size_t errlen)
 {
@@ -447,7 +510,7 @@ int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_li
     xr_link_t *tls;
     *link = NULL;
     *fd = -1;
-    if (xr_client_route(c, proto, dst, &rt, &tls, perr, err, errlen) < 0)
+    if (xr_client_route(c, proto, dst, NULL, &rt, &tls, perr, err, errlen) < 0)
         return -1;
     if (rt.mode == XR_CONNECT_DIRECT) {
         *fd = proto == XR_PROTO_UDP ? xr_udp_to(&rt.addr, err, errlen)

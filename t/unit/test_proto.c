@@ -12,14 +12,15 @@
 
 #include "unit.h"
 
-#define NTYPES 18
+#define NTYPES 21
 
 static const xr_msg_type_t all_types[NTYPES] = {
     XR_MSG_HELLO,    XR_MSG_HELLO_OK,    XR_MSG_REGISTER,     XR_MSG_REGISTERED,
     XR_MSG_REFRESH,  XR_MSG_REFRESHED,   XR_MSG_UNREGISTER,   XR_MSG_UNREGISTERED,
     XR_MSG_CONNECT,  XR_MSG_CONNECT_OK,  XR_MSG_PEER_CONNECT, XR_MSG_RELAY_READY,
     XR_MSG_INCOMING, XR_MSG_INCOMING_OK, XR_MSG_LINK,         XR_MSG_LINK_OK,
-    XR_MSG_ACK,      XR_MSG_ERROR};
+    XR_MSG_ACK,      XR_MSG_ERROR,       XR_MSG_OPEN,         XR_MSG_PEER_OPEN,
+    XR_MSG_OPENED};
 
 /* ---- fixtures ------------------------------------------------------------ */
 
@@ -121,12 +122,23 @@ static void make_msg(xr_msg_t *m, xr_msg_type_t type, int variant)
     case XR_MSG_UNREGISTERED:
     case XR_MSG_INCOMING_OK: m->u.done.id = variant == 2 ? 0 : 0xa5a5a5a5; break;
     case XR_MSG_CONNECT:
+    case XR_MSG_OPEN:
         m->u.connect.id = 9;
         m->u.connect.proto = v6 ? XR_PROTO_TCP : XR_PROTO_UDP;
         if (v6)
             addr6(&m->u.connect.dst, 53, 4);
         else
             addr4(&m->u.connect.dst, 53, 8, 8, 4, 4);
+        if (type == XR_MSG_OPEN)
+            addr4(&m->u.connect.src, 40001, 0, 0, 0, 0); /* "as you see me" */
+        break;
+    case XR_MSG_OPENED:
+        m->u.opened.id = 19;
+        if (v6)
+            addr6(&m->u.opened.addr, 8080, 5);
+        else
+            addr4(&m->u.opened.addr, 20001, 198, 19, 0, 2);
+        m->u.opened.state_ms = 432000000;
         break;
     case XR_MSG_CONNECT_OK:
         m->u.connect_ok.id = 10;
@@ -141,6 +153,7 @@ static void make_msg(xr_msg_t *m, xr_msg_type_t type, int variant)
         }
         break;
     case XR_MSG_PEER_CONNECT:
+    case XR_MSG_PEER_OPEN:
         m->u.peer_connect.id = 11;
         m->u.peer_connect.proto = XR_PROTO_TCP;
         if (v6) {
@@ -247,9 +260,17 @@ static void msg_eq(const xr_msg_t *a, const xr_msg_t *b)
     case XR_MSG_UNREGISTERED:
     case XR_MSG_INCOMING_OK: ASSERT_EQ(a->u.done.id, b->u.done.id); break;
     case XR_MSG_CONNECT:
+    case XR_MSG_OPEN:
         ASSERT_EQ(a->u.connect.id, b->u.connect.id);
         ASSERT_EQ(a->u.connect.proto, b->u.connect.proto);
         addr_eq(&a->u.connect.dst, &b->u.connect.dst);
+        if (a->type == XR_MSG_OPEN)
+            addr_eq(&a->u.connect.src, &b->u.connect.src);
+        break;
+    case XR_MSG_OPENED:
+        ASSERT_EQ(a->u.opened.id, b->u.opened.id);
+        addr_eq(&a->u.opened.addr, &b->u.opened.addr);
+        ASSERT_EQ(a->u.opened.state_ms, b->u.opened.state_ms);
         break;
     case XR_MSG_CONNECT_OK:
         ASSERT_EQ(a->u.connect_ok.id, b->u.connect_ok.id);
@@ -259,6 +280,7 @@ static void msg_eq(const xr_msg_t *a, const xr_msg_t *b)
         ASSERT_MEMEQ(a->u.connect_ok.peer_key, b->u.connect_ok.peer_key, XR_PROTO_KEYHASH);
         break;
     case XR_MSG_PEER_CONNECT:
+    case XR_MSG_PEER_OPEN:
         ASSERT_EQ(a->u.peer_connect.id, b->u.peer_connect.id);
         ASSERT_EQ(a->u.peer_connect.proto, b->u.peer_connect.proto);
         addr_eq(&a->u.peer_connect.dst, &b->u.peer_connect.dst);
@@ -398,6 +420,7 @@ TEST(body_lengths)
         {XR_MSG_CONNECT_OK, 88, 0}, {XR_MSG_PEER_CONNECT, 75, 1}, {XR_MSG_RELAY_READY, 55, 0},
         {XR_MSG_INCOMING, 83, 1},   {XR_MSG_INCOMING_OK, 4, 0},   {XR_MSG_LINK, 32, 0},
         {XR_MSG_LINK_OK, 0, 0},     {XR_MSG_ACK, 0, 0},           {XR_MSG_ERROR, 6, 1},
+        {XR_MSG_OPEN, 43, 0},       {XR_MSG_PEER_OPEN, 75, 1},    {XR_MSG_OPENED, 27, 0},
     };
     ASSERT_EQ(sizeof(want) / sizeof(want[0]), NTYPES);
     for (size_t i = 0; i < NTYPES; i++) {
@@ -924,6 +947,8 @@ TEST(encode_refuses_invalid)
         {XR_MSG_CONNECT_OK, 0},  {XR_MSG_PEER_CONNECT, 0}, {XR_MSG_PEER_CONNECT, 1},
         {XR_MSG_RELAY_READY, 0}, {XR_MSG_INCOMING, 0},     {XR_MSG_INCOMING, 1},
         {XR_MSG_ERROR, 0},       {XR_MSG_ERROR, 1},        {XR_MSG_ERROR, 2},
+        {XR_MSG_OPEN, 0},        {XR_MSG_OPEN, 1},         {XR_MSG_OPENED, 0},
+        {XR_MSG_OPENED, 1},      {XR_MSG_PEER_OPEN, 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         xr_msg_t m;
@@ -972,6 +997,19 @@ TEST(encode_refuses_invalid)
         case XR_MSG_UNREGISTER: m.u.refresh.handle = 0; break;
         case XR_MSG_REFRESHED: m.u.refreshed.lease_ms = 99; break;
         case XR_MSG_CONNECT: m.u.connect.proto = 0; break;
+        case XR_MSG_OPEN:
+            if (w == 0)
+                m.u.connect.src.port = 0; /* an opening is for one port */
+            else
+                m.u.connect.src.family = 0;
+            break;
+        case XR_MSG_OPENED:
+            if (w == 0)
+                m.u.opened.state_ms = 999;
+            else
+                m.u.opened.addr.family = 0;
+            break;
+        case XR_MSG_PEER_OPEN: m.u.peer_connect.src.port = 0; break;
         case XR_MSG_CONNECT_OK: m.u.connect_ok.mode = 3; break;
         case XR_MSG_PEER_CONNECT:
             if (w == 0)
