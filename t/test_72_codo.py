@@ -345,6 +345,9 @@ def test_kill_9_then_restart_flushes_only_its_table(topology, pki, tmp_path):
     (confs["b"] / "xrayd.pid").unlink(missing_ok=True)
     _start_agent(t, "b", confs["b"])
     assert _elements(t, "natb") == [] and _elements(t, "natb", what="dnat4") == []
+    assert re.search(r"firewall: flushing an opening a previous run left: tcp %s:\d+ -> %s:\d+"
+                     % (re.escape(t.pub_addr("nata")), re.escape(t.addr("b"))),
+                     (confs["b"] / "error.log").read_text())
     after = t.run("natb", [netns.NFT, "list", "table", "inet", "filter"]).stdout + \
         t.run("natb", [netns.NFT, "list", "table", "ip", "nat"]).stdout
     assert after == admin

@@ -49,6 +49,26 @@ static int xr_nft_run(const char *cmd, char *err, size_t errlen)
     return XR_ERROR;
 }
 
+static int xr_nft_list(xr_fw_entry_t *out, int max, char *err, size_t errlen);
+
+/* What a previous run left in the table (a crash, or a stop: its
+ * openings had not expired yet), said before it goes (CODO §5). */
+static void xr_nft_left_behind(void)
+{
+    static xr_fw_entry_t e[64];
+    char err[256];
+    int n = xr_nft_list(e, (int) XR_ARRAY_SIZE(e), err, sizeof(err));
+    if (n <= 0)
+        return;
+    for (int i = 0; i < n; i++) {
+        char s[80], d[80];
+        xr_log(XR_LOG_NOTICE,
+               "firewall: flushing an opening a previous run left: %s %s -> %s, %lld ms left",
+               e[i].proto == XR_PROTO_UDP ? "udp" : "tcp", xr_paddr_str(&e[i].src, s, sizeof(s)),
+               xr_paddr_str(&e[i].dst, d, sizeof(d)), (long long) e[i].expires_ms);
+    }
+}
+
 static int xr_nft_start(const xr_fw_conf_t *conf, char *err, size_t errlen)
 {
     if (xr_nft == NULL) {
@@ -61,6 +81,7 @@ static int xr_nft_start(const xr_fw_conf_t *conf, char *err, size_t errlen)
         nft_ctx_buffer_error(xr_nft);
     }
     snprintf(xr_nft_table, sizeof(xr_nft_table), "%s", conf->table);
+    xr_nft_left_behind();
     static const char key[] = "ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service";
     static const char tuple[] = "ip saddr . ip daddr . meta l4proto . th sport . th dport";
     char cmd[2048];
