@@ -229,6 +229,14 @@ def test_open_connection_crosses_both_firewalls_directly(topology, pki, tmp_path
     p2.wait(timeout=30)
     assert "relayed through the agents" in p2.stderr.read()
     assert _status(t, "nata", confs["a"])["counters"]["openings_made"] == 1
+    # The tools open too: `xray forward` connects a socket of its own.
+    fwd = t.popen("a", [str(th.XRAY), "forward", "9000", official],
+                  env=_env(t, pki, tmp_path, "a", debug=False), stderr=subprocess.PIPE, text=True)
+    _Lines(fwd).wait(r"listening on 9000")
+    p3, lines3 = _client(t, pki, tmp_path, "127.0.0.1:9000", 1 << 20)
+    assert lines3.wait(r"^first ", timeout=60)[1].strip() == "first True"
+    assert _status(t, "nata", confs["a"])["counters"]["openings_made"] == 2
+    assert _status(t, "natb", confs["b"])["counters"]["openings_made"] == 2
 
 
 @pytest.mark.timeout(240)
