@@ -227,15 +227,18 @@ def test_xray_listen_in_b_half_bound_and_back(topology, pki, tmp_path):
 
 # ---- connection setup across the two firewalls (XRAY §5.2) -----------------------
 
-def _two_agents(t, pki, tmp, server_filters="", b_extra="", continuity=False):
-    """Agent A on nata, agent B on natb, each the other's peer; b_extra:
-    more lines for agent B's agent block; continuity: both agents keep
-    their relay points across a worker's crash."""
+def _two_agents(t, pki, tmp, server_filters="", b_extra="", continuity=False, main_extra="",
+                a_extra="", apps=None):
+    """Agent A on nata, agent B on natb, each the other's peer; b_extra
+    and a_extra: more lines for agent B's or A's agent block; main_extra:
+    more top-level lines for both; apps: {"a": ..., "b": ...} applications
+    entries instead of the usual ones; continuity: both agents keep their
+    relay points across a worker's crash."""
     for name in ("agent-a", "agent-b"):
         if not os.path.exists(pki.crt(name)):
             pki._issue(pki.ca1, name, "--both", "--san", "DNS:" + name)
     confs = {}
-    for me, other, lan, my_pub, other_pub, apps in (
+    for me, other, lan, my_pub, other_pub, my_apps in (
             ("a", "b", "198.18.1.0/24", t.pub_addr("nata"), t.pub_addr("natb"), """
   - name: client
     match: ["CN=app-1"]
@@ -255,10 +258,11 @@ def _two_agents(t, pki, tmp, server_filters="", b_extra="", continuity=False):
         if continuity:
             (d / "state").mkdir()
             main, extra = "state_dir: %s\n" % (d / "state"), "  continuity: on\n"
-        if me == "b":
-            extra += b_extra
+        extra += b_extra if me == "b" else a_extra
+        if apps is not None:
+            my_apps = apps[me]
         conf = d / "agent.yaml"
-        conf.write_text(main + """
+        conf.write_text(main + main_extra + """
 workers: 2
 daemon: off
 pid: %(d)s/xrayd.pid
@@ -284,7 +288,7 @@ agent:
         server_name: agent-%(other)s
 applications:%(apps)s""" % dict(d=d, crt=pki.crt("agent-" + me), key=pki.key("agent-" + me),
                                    ca=pki.ca, lan=lan, pub=my_pub, opub=other_pub,
-                                   other=other, apps=apps, extra=extra))
+                                   other=other, apps=my_apps, extra=extra))
         confs[me] = d
         t.popen("nat" + me, [str(xf.XRAYD_BIN), "-c", str(conf)])
     for me, d in confs.items():

@@ -19,7 +19,7 @@ import pytest
 import netns
 import tls_helpers as th
 import xrayd_fixture as xf
-from test_66_agent_topology import _Lines, _status, _wait
+from test_66_agent_topology import _Lines, _status, _two_agents, _wait
 from test_68_libxray import _env, _official, _preloaded, _remove_rundirs  # noqa: F401
 
 topology = netns.topology
@@ -39,14 +39,16 @@ def pki(tmp_path_factory):
 
 
 def _agents(t, pki, tmp, opening_timeout="10s"):
-    """Agent A on nata and agent B on natb, each with a firewall block.
-    In A: app-1 crosses by openings, app-2 (same agent, same server) by
-    relay, app-3 may connect nowhere.  In B: relay-b serves through
-    openings."""
-    confs = {}
-    for me, other, lan, my_pub, other_pub, extra, apps in (
-            ("a", "b", "198.18.1.0/24", t.pub_addr("nata"), t.pub_addr("natb"),
-             '  open_pool: ["%s:21000-21999"]\n' % t.pub_addr("nata"), """
+    """Agent A on nata and agent B on natb (test_66's _two_agents), each
+    with a firewall block.  In A: app-1 crosses by openings, app-2 (same
+    agent, same server) by relay, app-3 may connect nowhere.  In B:
+    relay-b serves through openings."""
+    opub = t.pub_addr("natb")
+    confs = _two_agents(
+        t, pki, tmp,
+        main_extra="firewall:\n  table: xrayd\n  opening_timeout: %s\n" % opening_timeout,
+        a_extra='  open_pool: ["%s:21000-21999"]\n' % t.pub_addr("nata"),
+        apps={"a": """
   - name: client
     match: ["CN=app-1"]
     outbound: ["%(opub)s/32:20000-20009"]
@@ -56,51 +58,16 @@ def _agents(t, pki, tmp, opening_timeout="10s"):
     outbound: ["%(opub)s/32:20000-20009"]
   - name: nowhere
     match: ["CN=app-3"]
-""" % {"opub": t.pub_addr("natb")}),
-            ("b", "a", "198.18.2.0/24", t.pub_addr("natb"), t.pub_addr("nata"), "", """
+""" % {"opub": opub}, "b": """
   - name: server
     match: ["CN=relay-b"]
     inbound: on
     traversal: open
-""")):
-        d = tmp / ("agent-" + me)
-        d.mkdir()
-        conf = d / "agent.yaml"
-        conf.write_text("""
-workers: 2
-daemon: off
-pid: %(d)s/xrayd.pid
-error_log: %(d)s/error.log
-log_level: info
-firewall:
-  table: xrayd
-  opening_timeout: %(ot)s
-agent:
-  listen: 0.0.0.0:7000
-  tls:
-    certificate: %(crt)s
-    key: %(key)s
-    client_ca: %(ca)s
-  networks: [%(lan)s]
-  official_pool: ["%(pub)s:20000-20009"]
-  admin_socket: %(d)s/agent.sock
-%(extra)s  peers:
-    - networks: ["%(opub)s/32"]
-      agent: %(opub)s:7000
-      match: ["CN=agent-%(other)s"]
-      tls:
-        ca: %(ca)s
-        certificate: %(crt)s
-        key: %(key)s
-        server_name: agent-%(other)s
-applications:%(apps)s""" % dict(d=d, crt=pki.crt("agent-" + me), key=pki.key("agent-" + me),
-                                   ca=pki.ca, lan=lan, pub=my_pub, opub=other_pub, other=other,
-                                   apps=apps, extra=extra, ot=opening_timeout))
-        r = subprocess.run([str(xf.XRAYD_BIN), "-t", "-c", str(conf)], capture_output=True,
-                           text=True, timeout=30)
+"""})
+    for d in confs.values():
+        r = subprocess.run([str(xf.XRAYD_BIN), "-t", "-c", str(d / "agent.yaml")],
+                           capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
-        confs[me] = d
-        _start_agent(t, me, d)
     return confs
 
 

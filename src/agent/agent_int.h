@@ -245,6 +245,9 @@ void xr__ctl_link(xr_ctl_t *c, const xr_msg_t *m);
 void xr__ctl_connect(xr_ctl_t *c, const xr_msg_t *m);
 /* Another agent's PEER_CONNECT (the server agent's steps 4 and 6). */
 void xr__ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m);
+/* The lease of the server PEER_CONNECT or PEER_OPEN m names, with its
+ * control session up; else NULL, the peer agent answered and it logged. */
+xr_lease_t *xr__peer_server(xr_ctl_t *c, const xr_msg_t *m);
 
 /* ---- opening.c: traversal open (CODO) ---- */
 /* Client agent: OPEN by an application whose traversal is open, to dst

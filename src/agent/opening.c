@@ -233,15 +233,9 @@ void xr__ctl_peer_open(xr_ctl_t *c, const xr_msg_t *m)
     char d[80], why[300];
     uint32_t id = m->u.peer_connect.id;
     xr_paddr_str(&m->u.peer_connect.dst, d, sizeof(d));
-    xr_lease_t *l =
-        xr_leases_by_official(&xr__ag.leases, m->u.peer_connect.proto, &m->u.peer_connect.dst);
-    if (l == NULL || l->owner == NULL) {
-        xr_log(XR_LOG_NOTICE, "agent: PEER_OPEN %s from %s: %s", d, c->who,
-               l == NULL ? "no server holds it" : "its server is not connected");
-        xr__ctl_error(c, id, l == NULL ? XR_PERR_NO_SUCH_ADDRESS : XR_PERR_UNREACHABLE,
-                      l == NULL ? "no server holds %s" : "the server of %s is not connected", d);
+    xr_lease_t *l = xr__peer_server(c, m);
+    if (l == NULL)
         return;
-    }
     const xr_app_conf_t *app = ((xr_ctl_t *) l->owner)->app;
     if (app == NULL || !app->inbound || !app->open) {
         xr__ag.n.refused++;

@@ -352,6 +352,22 @@ void xr__rp_connect_out(xr_rp_t *rp, const char *why)
     xr_rp_incoming(rp, XR_INCOMING_CONNECT_OUT);
 }
 
+xr_lease_t *xr__peer_server(xr_ctl_t *c, const xr_msg_t *m)
+{
+    char d[80];
+    xr_paddr_str(&m->u.peer_connect.dst, d, sizeof(d));
+    xr_lease_t *l =
+        xr_leases_by_official(&xr__ag.leases, m->u.peer_connect.proto, &m->u.peer_connect.dst);
+    if (l != NULL && l->owner != NULL)
+        return l;
+    xr_log(XR_LOG_NOTICE, "agent: %s %s from %s: %s", xr_proto_type_name(m->type), d, c->who,
+           l == NULL ? "no server holds it" : "its server is not connected");
+    xr__ctl_error(c, m->u.peer_connect.id,
+                  l == NULL ? XR_PERR_NO_SUCH_ADDRESS : XR_PERR_UNREACHABLE,
+                  l == NULL ? "no server holds %s" : "the server of %s is not connected", d);
+    return NULL;
+}
+
 /* Server agent: another agent asks for a connection to one of our servers
  * (step 4). */
 void xr__ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
@@ -359,15 +375,9 @@ void xr__ctl_peer_connect(xr_ctl_t *c, const xr_msg_t *m)
     char d[80];
     uint32_t id = m->u.peer_connect.id;
     xr_paddr_str(&m->u.peer_connect.dst, d, sizeof(d));
-    xr_lease_t *l =
-        xr_leases_by_official(&xr__ag.leases, m->u.peer_connect.proto, &m->u.peer_connect.dst);
-    if (l == NULL || l->owner == NULL) {
-        xr_log(XR_LOG_NOTICE, "agent: PEER_CONNECT %s from %s: %s", d, c->who,
-               l == NULL ? "no server holds it" : "its server is not connected");
-        xr__ctl_error(c, id, l == NULL ? XR_PERR_NO_SUCH_ADDRESS : XR_PERR_UNREACHABLE,
-                      l == NULL ? "no server holds %s" : "the server of %s is not connected", d);
+    xr_lease_t *l = xr__peer_server(c, m);
+    if (l == NULL)
         return;
-    }
     xr_ctl_t *srv = l->owner;
     const xr_app_conf_t *app = srv->app;
     if (app == NULL || !app->inbound) {
