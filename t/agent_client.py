@@ -140,7 +140,8 @@ class Session:
     def register(self, local, prior=None, proto=6):
         """-> (handle, lease_ms, (official host, port))"""
         rid = self._id()
-        self.send_raw(frame(REGISTER, struct.pack(">IB", rid, proto) + addr(local) + addr(prior)))
+        body = struct.pack(">IB", rid, proto) + addr(local) + addr(prior) + addr(None)  # direct
+        self.send_raw(frame(REGISTER, body))
         body = self.expect(REGISTERED)
         got, handle, lease = struct.unpack(">IQI", body[:16])
         assert got == rid

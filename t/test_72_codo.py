@@ -183,9 +183,8 @@ def test_open_connection_crosses_both_firewalls_directly(topology, pki, tmp_path
     assert o["application"] == "client" and "CN=app-1" in o["identity"], o
     assert o["packets"] >= 1, o  # the SYN and what followed while it was open
     ob = sb["openings"][0]
-    # to the address the server registered (its helper's, which hands the
-    # connection over: it is still the one kernel connection)
-    assert " -> %s (to %s:" % (official, t.addr("b")) in ob["opening"], ob
+    # to the server's own socket (its helper takes the relayed links only)
+    assert ob["opening"].endswith(" -> %s (to %s:8080)" % (official, t.addr("b"))), ob
     log = (confs["a"] / "error.log").read_text()
     assert re.search(r"agent: opened tcp %s -> %s \(as %s:2\d{4}\) in table inet xrayd for client"
                      % (re.escape(local), re.escape(official), re.escape(t.pub_addr("nata"))),
@@ -228,11 +227,11 @@ def test_opening_is_the_exact_5_tuple_and_goes_away(topology, pki, tmp_path):
     c2 = re.search(r": (\S+) \. (\d+)$", sn[0])
     assert c2.group(1) == t.pub_addr("nata"), sn
     eb = _elements(t, "natb")
-    assert len(eb) == 1 and eb[0].startswith("%s . %s . tcp . %s . " % (
+    assert len(eb) == 1 and eb[0].startswith("%s . %s . tcp . %s . 8080 " % (
         c2.group(1), t.addr("b"), c2.group(2))), eb
     dn = _elements(t, "natb", what="dnat4")
     assert len(dn) == 1 and dn[0].startswith("%s . %s . tcp . %s . %s " % (
-        c2.group(1), host, c2.group(2), port)) and ": %s . " % t.addr("b") in dn[0], dn
+        c2.group(1), host, c2.group(2), port)) and dn[0].endswith(": %s . 8080" % t.addr("b")), dn
     # Nothing but that tuple: plain connections, without the preload, from
     # host a (another port) and from another address of host a.
     t.run("a", [netns.IP, "addr", "add", "198.18.1.3/24", "dev", "eth0"], check=True)

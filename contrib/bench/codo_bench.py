@@ -71,10 +71,15 @@ Measurements, the paths interleaved, all bounded in count and time (PHASE_SECS e
      each at once (threads waiting on one start instant, shared through
      CLOCK_MONOTONIC), each connect + 1 KiB echo, held open until all of the
      process's are done; the time from the start instant until the last of the 2 x
-     CONC echoes, CONC_REPS times per path, alternating.
+     CONC echoes, CONC_REPS times per path, alternating, after one uncounted round per
+     path.  Both preloaded processes share a's one helper, as any two programs of one
+     user with one client configuration do.
   5. where an opening's time goes: per open connection of part 1, the client's
      wall-clock start and end of connect() against the agents' info log lines
-     ("opened ... in table inet xrayd", ms stamps): B's opening, A's opening; and
+     ("opened ... in table inet xrayd", ms stamps): B's opening, A's opening (matched
+     by a's port and the public port A reserved); the same for every connection of
+     the open concurrency runs, from the start instant; the CPU the agents and
+     helpers used per open connection of part 1 (/proc, whole ticks); and
      libnftables itself, timed in nata through ctypes on a scratch table of the same
      shape (no chains): NFT_K "add element" transactions of the agent's client-side
      form (open4 + snat4), into an empty set and into one holding NFT_FILL elements,
@@ -1281,8 +1286,8 @@ class Bench:
         for key, w in (self.raw.get("warmup") or {}).items():
             if w.get("echo_ms"):
                 lines.append("warm-up %s: first connection + echo %.1f ms%s" % (
-                    key, w["echo_ms"][0], " (starts the helper)" if "preload" in key or
-                    key.startswith("a-open") else ""))
+                    key, w["echo_ms"][0], " (starts the helper of its host)"
+                    if key in ("a-open", "b2-preload") else ""))
         fw = self.raw.get("firewall_by_hand", {})
         if fw:
             lines.append("by-hand table check a -> %s: before %s; with it %s; after %s" % (

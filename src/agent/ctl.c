@@ -185,8 +185,12 @@ static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
      * host and port, around the checks CONNECT makes. */
     xr_paddr_t from;
     xr_paddr_from_sockaddr(&from, &c->remote);
+    /* Direct clients and openings go to `direct`: the same rules. */
+    const xr_paddr_t *direct = m->u.reg.direct.family != 0 ? &m->u.reg.direct : &m->u.reg.local;
     if (xr_policy_register(c->app, &m->u.reg.local, &from, xr__ag.self, xr__ag.nself, why,
-                           sizeof(why)) != XR_OK) {
+                           sizeof(why)) != XR_OK ||
+        xr_policy_register(c->app, direct, &from, xr__ag.self, xr__ag.nself, why, sizeof(why)) !=
+            XR_OK) {
         xr__ag.n.refused++;
         xr_log(XR_LOG_NOTICE, "agent: REGISTER %s by %s from %s refused: %s", la, c->who,
                c->peer_addr, why);
@@ -216,6 +220,7 @@ static void xr_ctl_register(xr_ctl_t *c, const xr_msg_t *m)
         xr__ctl_error(c, id, err, "%s", why);
         return;
     }
+    l->direct = *direct;
     xr__ag.dirty = 1;
     xr__ag.n.registered++;
     xr_log(XR_LOG_INFO, "agent: %s %s registered %s/%s as %s (handle %llu, %s)", c->app->name,

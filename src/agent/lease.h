@@ -28,10 +28,11 @@ typedef struct {
     uint8_t proto;
     uint8_t leased; /* official address from the pool (else the local one) */
     xr_paddr_t official, local;
-    char key[65];    /* holder's public-key SHA-256, hex */
-    char app[64];    /* application name */
-    int64_t expires; /* wall clock, ms */
-    void *owner;     /* the control session, NULL when none */
+    xr_paddr_t direct; /* where direct clients go: the server's own socket */
+    char key[65];      /* holder's public-key SHA-256, hex */
+    char app[64];      /* application name */
+    int64_t expires;   /* wall clock, ms */
+    void *owner;       /* the control session, NULL when none */
 } xr_lease_t;
 
 typedef struct {

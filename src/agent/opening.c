@@ -249,9 +249,9 @@ void xr__ctl_peer_open(xr_ctl_t *c, const xr_msg_t *m)
     xr_fw_open_t o = {.proto = m->u.peer_connect.proto,
                       .src = m->u.peer_connect.src,
                       .dst = m->u.peer_connect.dst};
-    if (l->leased) {
+    if (l->leased) { /* to the server's own socket: nothing of ours in the path */
         o.nat = XR_FW_NAT_DNAT;
-        o.nat_addr = l->local;
+        o.nat_addr = l->direct.family ? l->direct : l->local;
     }
     char who[440];
     snprintf(who, sizeof(who), "%s via %s", m->u.peer_connect.client_subject.s, c->who);

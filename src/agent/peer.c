@@ -115,7 +115,7 @@ void xr__ctl_connect(xr_ctl_t *c, const xr_msg_t *m)
         xr_msg_t r = {.type = XR_MSG_CONNECT_OK};
         r.u.connect_ok.id = id;
         r.u.connect_ok.mode = XR_CONNECT_DIRECT;
-        r.u.connect_ok.addr = l->local;
+        r.u.connect_ok.addr = l->direct.family ? l->direct : l->local;
         xr__ctl_send(c, &r);
         return;
     }

@@ -620,6 +620,13 @@ static int xr_reg_register(xr_reg_t *r, char *err, size_t errlen)
     xr_msg_t m = {.type = XR_MSG_REGISTER}, a;
     m.u.reg.proto = r->udp ? XR_PROTO_UDP : XR_PROTO_TCP;
     xr_paddr_from_sockaddr(&m.u.reg.local, &local);
+    /* Direct clients (the same network, or through openings in the
+     * firewalls) go to the server socket itself, at that interface. */
+    if (local.ss_family == AF_INET)
+        ((struct sockaddr_in *) &local)->sin_port = ((struct sockaddr_in *) &r->app)->sin_port;
+    else
+        ((struct sockaddr_in6 *) &local)->sin6_port = ((struct sockaddr_in6 *) &r->app)->sin6_port;
+    xr_paddr_from_sockaddr(&m.u.reg.direct, &local);
     if (r->have_official)
         m.u.reg.prior = r->official;
     if (xr_client_call(r->c, &m, &a, &perr, err, errlen) < 0)

@@ -154,6 +154,7 @@ static void xr_proto_body(xr_cur_t *c, xr_msg_t *m)
         xr_check(c, xr_proto_ok(m->u.reg.proto), "proto");
         xr_addr(c, &m->u.reg.local, 0, "local");
         xr_addr(c, &m->u.reg.prior, 1, "prior");
+        xr_addr(c, &m->u.reg.direct, 1, "direct");
         break;
     case XR_MSG_REGISTERED:
         xr_u32(c, &m->u.registered.id, "id");

@@ -105,7 +105,9 @@ typedef struct {
             uint32_t id;
             uint8_t proto;
             xr_paddr_t local;
-            xr_paddr_t prior; /* the official address held before, or family 0 */
+            xr_paddr_t prior;  /* the official address held before, or family 0 */
+            xr_paddr_t direct; /* where direct clients go (the application's own
+                                  socket, when a helper's takes the links), or family 0 */
         } reg;
         struct {
             uint32_t id;

@@ -95,10 +95,13 @@ static void make_msg(xr_msg_t *m, xr_msg_type_t type, int variant)
         if (v6) {
             addr6(&m->u.reg.local, 8443, 1);
             addr6(&m->u.reg.prior, 65535, 2);
+            addr6(&m->u.reg.direct, 8444, 1);
         } else {
             addr4(&m->u.reg.local, 8080, 10, 0, 0, 5);
-            if (variant == 0)
+            if (variant == 0) {
                 addr4(&m->u.reg.prior, 1, 192, 0, 2, 200);
+                addr4(&m->u.reg.direct, 5001, 10, 0, 0, 5);
+            }
         }
         break;
     case XR_MSG_REGISTERED:
@@ -241,6 +244,7 @@ static void msg_eq(const xr_msg_t *a, const xr_msg_t *b)
         ASSERT_EQ(a->u.reg.proto, b->u.reg.proto);
         addr_eq(&a->u.reg.local, &b->u.reg.local);
         addr_eq(&a->u.reg.prior, &b->u.reg.prior);
+        addr_eq(&a->u.reg.direct, &b->u.reg.direct);
         break;
     case XR_MSG_REGISTERED:
         ASSERT_EQ(a->u.registered.id, b->u.registered.id);
@@ -414,7 +418,7 @@ TEST(body_lengths)
         xr_msg_type_t type;
         size_t fixed, strings;
     } want[] = {
-        {XR_MSG_HELLO, 5, 1},       {XR_MSG_HELLO_OK, 6, 1},      {XR_MSG_REGISTER, 43, 0},
+        {XR_MSG_HELLO, 5, 1},       {XR_MSG_HELLO_OK, 6, 1},      {XR_MSG_REGISTER, 62, 0},
         {XR_MSG_REGISTERED, 35, 0}, {XR_MSG_REFRESH, 12, 0},      {XR_MSG_REFRESHED, 8, 0},
         {XR_MSG_UNREGISTER, 12, 0}, {XR_MSG_UNREGISTERED, 4, 0},  {XR_MSG_CONNECT, 24, 0},
         {XR_MSG_CONNECT_OK, 88, 0}, {XR_MSG_PEER_CONNECT, 75, 1}, {XR_MSG_RELAY_READY, 55, 0},
@@ -526,7 +530,7 @@ TEST(golden_hello)
 TEST(golden_register_ipv4)
 {
     static const uint8_t want[] = {
-        0x10, 0x00, 0x00, 0x2b, /* REGISTER, flags, body 43 */
+        0x10, 0x00, 0x00, 0x3e, /* REGISTER, flags, body 62 */
         0x01, 0x02, 0x03, 0x04, /* id */
         0x06,                   /* proto TCP */
         /* local: family 4, port 8080, 10.0.0.5 and 12 bytes of padding */
@@ -534,6 +538,9 @@ TEST(golden_register_ipv4)
         0x00, 0x00, 0x00, 0x00,
         /* prior: family 4, port 65534, 192.0.2.1 */
         0x04, 0xff, 0xfe, 0xc0, 0x00, 0x02, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00,
+        /* direct: family 4, port 5001, 10.0.0.5 */
+        0x04, 0x13, 0x89, 0x0a, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
         0x00, 0x00, 0x00, 0x00};
     xr_msg_t m;
     memset(&m, 0, sizeof(m));
@@ -542,15 +549,15 @@ TEST(golden_register_ipv4)
     m.u.reg.proto = XR_PROTO_TCP;
     addr4(&m.u.reg.local, 8080, 10, 0, 0, 5);
     addr4(&m.u.reg.prior, 65534, 192, 0, 2, 1);
+    addr4(&m.u.reg.direct, 5001, 10, 0, 0, 5);
     golden(&m, want, sizeof(want));
 
-    /* without a prior address: family 0 and 18 zero bytes */
-    static const uint8_t want0[] = {0x10, 0x00, 0x00, 0x2b, 0x01, 0x02, 0x03, 0x04, 0x06, 0x04,
-                                    0x1f, 0x90, 0x0a, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00,
-                                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-                                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-                                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+    /* without a prior or direct address: family 0 and 18 zero bytes each */
+    uint8_t want0[66];
+    memset(want0, 0, sizeof(want0));
+    memcpy(want0, want, 4 + 4 + 1 + 19);
     memset(&m.u.reg.prior, 0, sizeof(m.u.reg.prior));
+    memset(&m.u.reg.direct, 0, sizeof(m.u.reg.direct));
     golden(&m, want0, sizeof(want0));
 }
 
@@ -757,7 +764,7 @@ TEST(body_one_byte_short_or_long)
     refused(f, n - 1, XR_PROTO_E_LENGTH, "message");
     n = frame_of(XR_MSG_REGISTER, f);
     f[3]--;
-    refused(f, n - 1, XR_PROTO_E_LENGTH, "prior");
+    refused(f, n - 1, XR_PROTO_E_LENGTH, "direct");
     /* a body that ends inside the header of a string */
     static const uint8_t cut[] = {0x7f, 0x00, 0x00, 0x06, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01};
     refused(cut, sizeof(cut), XR_PROTO_E_LENGTH, "message");
