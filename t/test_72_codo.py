@@ -42,7 +42,8 @@ def _agents(t, pki, tmp, opening_timeout="10s"):
     """Agent A on nata and agent B on natb (test_66's _two_agents), each
     with a firewall block.  In A: app-1 crosses by openings, app-2 (same
     agent, same server) by relay, app-3 may connect nowhere.  In B:
-    relay-b serves through openings."""
+    relay-b serves through openings, app-2 serves relayed connections
+    only."""
     opub = t.pub_addr("natb")
     confs = _two_agents(
         t, pki, tmp,
@@ -63,6 +64,9 @@ def _agents(t, pki, tmp, opening_timeout="10s"):
     match: ["CN=relay-b"]
     inbound: on
     traversal: open
+  - name: relay-server
+    match: ["CN=app-2"]
+    inbound: on
 """})
     for d in confs.values():
         r = subprocess.run([str(xf.XRAYD_BIN), "-t", "-c", str(d / "agent.yaml")],
@@ -137,11 +141,11 @@ if idle > 0:
 '''
 
 
-def _server_in_b(t, pki, tmp):
+def _server_in_b(t, pki, tmp, cert=None, port=8080):
     script = tmp / "server.py"
     script.write_text(SERVER)
-    p = t.popen("b", [sys.executable, str(script), t.addr("b"), "8080"],
-                env=_preloaded(_env(t, pki, tmp, "b")), stdout=subprocess.DEVNULL,
+    p = t.popen("b", [sys.executable, str(script), t.addr("b"), str(port)],
+                env=_preloaded(_env(t, pki, tmp, "b", cert=cert)), stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, text=True)
     official = _official(_Lines(p))
     assert official.startswith(t.pub_addr("natb") + ":"), official
@@ -293,6 +297,17 @@ def test_unauthorized_application_opens_nothing(topology, pki, tmp_path):
             assert _elements(t, box, what=what) == [], (box, what)
     assert _status(t, "nata", confs["a"])["counters"]["openings_made"] == 0
     assert "refused" in (confs["a"] / "error.log").read_text()
+    # A server whose application relays refuses an opening: the client
+    # gets the refusal, and the side agent A opened meanwhile is taken back.
+    _srv2, official2 = _server_in_b(t, pki, tmp_path, cert="app-2", port=8081)
+    p2, _l2 = _client(t, pki, tmp_path, official2, 1024)
+    p2.wait(timeout=60)
+    err = p2.stderr.read()
+    assert p2.returncode != 0 and "takes relayed connections only" in err, err
+    assert _elements(t, "nata") == [] and _elements(t, "nata", what="snat4") == []
+    assert _elements(t, "natb") == []
+    logb = (confs["b"] / "error.log").read_text()
+    assert "PEER_OPEN %s from CN=agent-a" % official2 in logb, logb
 
 
 @pytest.mark.timeout(300)

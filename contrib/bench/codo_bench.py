@@ -19,14 +19,13 @@ The open path (as t/test_72_codo.py sets it up):
   A connect() of the client in a under LD_PRELOAD=objs/libxray-preload.so to the
   server's official address 198.19.0.2:200xx: the library binds the socket, hands it
   to its helper, the helper sends OPEN to agent A, A reserves the next port C2 of
-  open_pool and sends PEER_OPEN to agent B, B adds the 5-tuple (C2 -> official) with
-  a DNAT to the server helper's listening address to its table inet xrayd (one
-  libnftables transaction), answers OPENED, A adds (C1 -> official) with SNAT to C2
-  (one transaction) and answers; the library then connects its own socket, and the
-  packets cross both boxes marked by xrayd's forward chain.  In b the server's helper
-  accepts the connection (the DNAT target is the helper's socket) and hands it to the
-  server socket: a connection of its own to 198.18.2.2:ECHO_PORT whose bytes the
-  helper copies (two threads per connection).
+  open_pool, sends PEER_OPEN to agent B and, while B works, adds (C1 -> official) with
+  SNAT to C2 to its table inet xrayd (one libnftables transaction); B adds the
+  5-tuple (C2 -> official) with a DNAT to the server socket's own address (the
+  `direct` address its helper registered) and answers OPENED; A answers the helper,
+  the library connects its own socket, and the packets cross both boxes marked by
+  xrayd's forward chain, straight to the server socket: nothing of XRAY's is in the
+  data path.
 
 The by-hand path (no XRAY anywhere): the same client without the preload connects to
 the echo server's real address 198.18.2.2:ECHO_PORT.  This script adds to BOTH NAT
@@ -1225,7 +1224,7 @@ class Bench:
                          "stamps are whole ms, so means are the better estimate):" % len(tl))
             lines.append("  client connect() start -> agent B opened (lib, helper, agent A, "
                          "PEER_OPEN, B's nft): %s" % stat("to_B_opened"))
-            lines.append("  agent B opened -> agent A opened (OPENED to A, A's nft): %s"
+            lines.append("  agent B opened -> agent A opened (A opens while B does: about 0): %s"
                          % stat("B_to_A_opened"))
             lines.append("  agent A opened -> connect() returned (OPENED to the helper, to the "
                          "library, TCP handshake): %s" % stat("A_opened_to_return"))

@@ -255,6 +255,8 @@ xr_lease_t *xr__peer_server(xr_ctl_t *c, const xr_msg_t *m);
 void xr__open_connect(xr_ctl_t *c, const xr_msg_t *m, const xr_peer_conf_t *peer);
 /* Client agent: the peer agent answered rp's PEER_OPEN with OPENED. */
 void xr__open_answered(xr_rp_t *rp, const xr_msg_t *m);
+/* Client agent: rp's PEER_OPEN failed: our side of the opening goes. */
+void xr__open_abandon(xr_rp_t *rp);
 /* Server agent: PEER_OPEN from a peer agent. */
 void xr__ctl_peer_open(xr_ctl_t *c, const xr_msg_t *m);
 /* The openings, for `xray status` (JSON: fields to add to the object). */

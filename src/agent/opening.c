@@ -134,30 +134,25 @@ static void xr_open_answer(xr_ctl_t *c, uint32_t id, const xr_paddr_t *addr, int
     xr__ctl_flush(c);
 }
 
-/* Step 4, at the client agent: our side open, the client told. */
-static void xr_open_client_side(xr_ctl_t *c, uint32_t id, const xr_app_conf_t *app, const char *who,
-                                uint8_t proto, const xr_paddr_t *c1, const xr_paddr_t *c2,
-                                const xr_paddr_t *s1, int64_t peer_state)
+/* Step 4, at the client agent: our side of the opening for c1 -> s1, as
+ * c2 when that is not c1. */
+static void xr_open_ours(xr_fw_open_t *o, uint8_t proto, const xr_paddr_t *c1, const xr_paddr_t *c2,
+                         const xr_paddr_t *s1)
 {
-    xr_fw_open_t o = {.proto = proto, .src = *c1, .dst = *s1};
+    memset(o, 0, sizeof(*o));
+    o->proto = proto;
+    o->src = *c1;
+    o->dst = *s1;
     if (memcmp(c1, c2, sizeof(*c1)) != 0) {
-        o.nat = XR_FW_NAT_SNAT;
-        o.nat_addr = *c2;
+        o->nat = XR_FW_NAT_SNAT;
+        o->nat_addr = *c2;
     }
-    char why[300];
-    if (xr_open_make(&o, app->name, who, why, sizeof(why)) != XR_OK) {
-        xr__ctl_error(c, id, XR_PERR_INTERNAL, "the client's firewall: %s", why);
-        xr__ctl_flush(c);
-        return;
-    }
-    const xr_firewall_t *fw = xr_firewall();
-    xr_open_answer(c, id, s1, XR_MIN(fw->state_timeout(proto), peer_state));
 }
 
 void xr__open_connect(xr_ctl_t *c, const xr_msg_t *m, const xr_peer_conf_t *peer)
 {
     uint32_t id = m->u.connect.id;
-    char d[80];
+    char d[80], why[300];
     xr_paddr_str(&m->u.connect.dst, d, sizeof(d));
     /* An opening is for the client's own host: its socket's port at the
      * address its library reaches us from (a library cannot open for
@@ -178,7 +173,8 @@ void xr__open_connect(xr_ctl_t *c, const xr_msg_t *m, const xr_peer_conf_t *peer
         xr__ctl_error(c, id, XR_PERR_NOT_AUTHORIZED, "an opening is for the client's own address");
         return;
     }
-    if (xr_firewall() == NULL) {
+    const xr_firewall_t *fw = xr_firewall();
+    if (fw == NULL) {
         xr__ctl_error(c, id, XR_PERR_INTERNAL, "the agent's firewall is not running");
         return;
     }
@@ -192,40 +188,69 @@ void xr__open_connect(xr_ctl_t *c, const xr_msg_t *m, const xr_peer_conf_t *peer
         xr__ctl_error(c, id, XR_PERR_INTERNAL, "the agent has no open_pool");
         return;
     }
-    if (peer == NULL) { /* no agent on the far side: only ours to open */
-        xr_open_client_side(c, id, c->app, c->who, m->u.connect.proto, &c1, &c2, &m->u.connect.dst,
-                            INT64_MAX);
+    xr_fw_open_t o;
+    xr_open_ours(&o, m->u.connect.proto, &c1, &c2, &m->u.connect.dst);
+    xr_rp_t *rp = NULL;
+    if (peer != NULL) {
+        /* The server's agent first (step 2), our side while it works. */
+        char what[512];
+        snprintf(what, sizeof(what), "%s (%s) opening to %s%s via %s", c->app->name, c->who, d,
+                 m->u.connect.proto == XR_PROTO_UDP ? "/udp" : "", peer->agent.text);
+        rp = xr__rp_new(c->app, what);
+        if (rp == NULL) {
+            xr__ctl_error(c, id, XR_PERR_INTERNAL, "out of memory");
+            return;
+        }
+        rp->open_src = c1;
+        snprintf(rp->key[0], sizeof(rp->key[0]), "%s", c->key);
+        rp->dst = m->u.connect.dst;
+        rp->proto = m->u.connect.proto;
+        rp->peer = peer;
+        rp->src = c2;
+        rp->requester = c;
+        rp->req_id = id;
+        rp->open = 1;
+        snprintf(rp->subject, sizeof(rp->subject), "%s", c->who);
+        if (xr__peer_ask(rp) != XR_OK) {
+            rp->open = 0; /* nothing of ours to take back yet */
+            xr__rp_fail(rp, XR_PERR_UNREACHABLE, "cannot connect to the peer agent");
+            return;
+        }
+    }
+    if (xr_open_make(&o, c->app->name, c->who, why, sizeof(why)) != XR_OK) {
+        if (rp != NULL) {
+            rp->open = 0; /* nothing of ours to take back */
+            xr__rp_fail(rp, XR_PERR_INTERNAL, why);
+        } else {
+            xr__ctl_error(c, id, XR_PERR_INTERNAL, "the client's firewall: %s", why);
+        }
         return;
     }
-    char what[512];
-    snprintf(what, sizeof(what), "%s (%s) opening to %s%s via %s", c->app->name, c->who, d,
-             m->u.connect.proto == XR_PROTO_UDP ? "/udp" : "", peer->agent.text);
-    xr_rp_t *rp = xr__rp_new(c->app, what);
-    if (rp == NULL) {
-        xr__ctl_error(c, id, XR_PERR_INTERNAL, "out of memory");
-        return;
-    }
-    rp->open = 1;
-    rp->open_src = c1;
-    snprintf(rp->key[0], sizeof(rp->key[0]), "%s", c->key);
-    rp->dst = m->u.connect.dst;
-    rp->proto = m->u.connect.proto;
-    rp->peer = peer;
-    rp->src = c2;
-    rp->requester = c;
-    rp->req_id = id;
-    snprintf(rp->subject, sizeof(rp->subject), "%s", c->who);
-    if (xr__peer_ask(rp) != XR_OK)
-        xr__rp_fail(rp, XR_PERR_UNREACHABLE, "cannot connect to the peer agent");
+    if (rp == NULL) /* no agent on the far side: ours was the only one */
+        xr_open_answer(c, id, &m->u.connect.dst, fw->state_timeout(o.proto));
 }
 
 void xr__open_answered(xr_rp_t *rp, const xr_msg_t *m)
 {
-    xr_ctl_t *c = rp->requester;
-    if (c != NULL)
-        xr_open_client_side(c, rp->req_id, rp->app, rp->subject, rp->proto, &rp->open_src, &rp->src,
-                            &rp->dst, m->u.opened.state_ms);
+    if (rp->requester != NULL)
+        xr_open_answer(
+            rp->requester, rp->req_id, &rp->dst,
+            XR_MIN(xr_firewall()->state_timeout(rp->proto), (int64_t) m->u.opened.state_ms));
+    rp->open = 0; /* its opening stays: the client connects now */
     xr__rp_end(rp);
+}
+
+void xr__open_abandon(xr_rp_t *rp)
+{
+    const xr_firewall_t *fw = xr_firewall();
+    char why[300];
+    xr_fw_open_t o;
+    rp->open = 0;
+    if (fw == NULL)
+        return;
+    xr_open_ours(&o, rp->proto, &rp->open_src, &rp->src, &rp->dst);
+    if (fw->remove(&o, why, sizeof(why)) != XR_OK)
+        xr_log(XR_LOG_NOTICE, "agent: cannot take back an opening the peer did not match: %s", why);
 }
 
 void xr__ctl_peer_open(xr_ctl_t *c, const xr_msg_t *m)

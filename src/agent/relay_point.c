@@ -47,6 +47,8 @@ void xr__rp_fail(xr_rp_t *rp, int code, const char *why)
     }
     rp->dead = 1;
     rp->via = NULL;
+    if (rp->open)
+        xr__open_abandon(rp);
     if (rp->requester != NULL) {
         xr__ctl_error(rp->requester, rp->req_id, code, "%s", why);
         xr__ctl_flush(rp->requester);
