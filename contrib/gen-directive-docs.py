@@ -813,6 +813,11 @@ BLOCKS = {
     "http": ("A proxy's HTTP rules",
              "Directives of a proxy block's <a href=\"#d-proxy-http\">http</a> mapping "
              "(<code>mode: http</code>): what requests may do."),
+    "firewall": ("The firewall",
+                 "Directives of the top-level <a href=\"#d-firewall\">firewall</a> mapping: "
+                 "the nftables table in which the agent opens the firewall of this host for "
+                 "the connections of applications with <code>traversal: open</code> (see "
+                 "<a href=\"openings.html\">Openings</a>)."),
     "application": ("Applications",
                     "Directives of each entry of the top-level "
                     "<a href=\"#d-applications\">applications</a> list: the agent's "

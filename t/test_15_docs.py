@@ -81,7 +81,7 @@ def html_pages():
 # anchored d-BLOCK-NAME.
 # "proxy" is such a block only for a directive no other block takes (the
 # ones shared with relay blocks keep d-NAME).
-BLOCKS = ("tls", "upstream_tls", "agent", "application", "peer", "http", "proxy")
+BLOCKS = ("tls", "upstream_tls", "agent", "application", "peer", "http", "proxy", "firewall")
 
 
 def _blocks(ctx):

@@ -51,7 +51,7 @@ def directives():
 def test_list_directives_format():
     out, rows = directives()
     assert rows, "no output"
-    ctx_re = re.compile(r"^(main|relay|proxy|http|tls|upstream_tls|agent|application|peer|filter:[a-z_][a-z0-9_]*)$")
+    ctx_re = re.compile(r"^(main|relay|proxy|http|tls|upstream_tls|agent|application|peer|firewall|filter:[a-z_][a-z0-9_]*)$")
     seen = set()
     for row in rows:
         assert len(row) == 5, "not 5 TAB-separated fields: %r" % row

@@ -462,7 +462,8 @@ import subprocess, sys, time
 xray, official, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 procs = []
 for i in range(n):
-    procs.append(subprocess.Popen([xray, "connect", official], stdin=subprocess.PIPE,
+    procs.append(subprocess.Popen([xray, "connect", official, "--timeout", "40000"],
+                                  stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE))
 ok = 0
 for i, p in enumerate(procs):
@@ -485,11 +486,14 @@ def test_200_xray_connects_at_once_to_xray_listen(topology, pki, tmp_path, peer)
     """The burst the tools used to collapse under: 200 `xray connect`
     processes started at the same moment towards one `xray listen --exec
     cat`; 200 of 200 get their line back.  "stopped": agent B is frozen
-    (SIGSTOP) while the burst arrives (up to 6 s), so agent A's requests
+    (SIGSTOP) while the burst arrives (up to 8 s), so agent A's requests
     wait for the one session to B and leave together once B resumes: more
     than the session's buffer holds, paced by B's reading, none refused."""
     t = topology
-    confs = _two_agents(t, pki, tmp_path)
+    # Agent A's links dialed to the frozen B wait for its TLS beyond the
+    # freeze: 200 full handshakes (no session to resume yet) when B wakes.
+    confs = _two_agents(t, pki, tmp_path,
+                        a_extra="  handshake_timeout: 30s\n" if peer == "stopped" else "")
     envb = _env(t, pki, tmp_path, "b", debug=False)
     _l, lines = _xray(t, "b", envb, "listen", "8080", "--exec", "cat")
     official = re.search(r"official (\S+)", lines.wait(r"fully bound: official")[1]).group(1)
@@ -507,10 +511,12 @@ def test_200_xray_connects_at_once_to_xray_listen(topology, pki, tmp_path, peer)
                     env=_env(t, pki, tmp_path, "a", debug=False), stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True)
         if frozen:
-            # At most 6 s frozen: the clients wait 10 s for an answer, and
-            # agent A 10 s for its handshake with B.  A fast machine has
-            # all 200 waiting by then, a slow one (a sanitizer build) some.
-            deadline = time.monotonic() + 6
+            # At most 8 s frozen: the clients wait 40 s for their
+            # connections (--timeout), agent A 30 s for its handshakes with
+            # B, which B does all at once when it wakes: 200 full ones.
+            # A fast machine has 150 or more waiting by then (the old
+            # buffer held about 145), a slow one (a sanitizer build) fewer.
+            deadline = time.monotonic() + 8
             while (time.monotonic() < deadline and
                    _status(t, "nata", confs["a"])["counters"]["connects"] < 200):
                 time.sleep(0.1)
@@ -518,7 +524,9 @@ def test_200_xray_connects_at_once_to_xray_listen(topology, pki, tmp_path, peer)
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
     out, err = p.communicate(timeout=280)
-    assert "connects 200 of 200" in out, out + err[-3000:]
+    logs = "".join("\n--- agent %s:\n" % k + "".join(
+        (confs[k] / "error.log").read_text().splitlines(True)[-15:]) for k in ("a", "b"))
+    assert "connects 200 of 200" in out, out + err[-2000:] + logs
 
 
 UDP = r'''

@@ -25,7 +25,8 @@
 static void xr_connect_usage(FILE *out)
 {
     fprintf(out, "usage: xray connect OFFICIAL:PORT [--agent HOST:PORT] [--agent-name NAME]\n"
-                 "                    [--cert FILE --key FILE --ca FILE] [--udp [--idle MS]]\n"
+                 "                    [--cert FILE --key FILE --ca FILE] [--timeout MS]\n"
+                 "                    [--udp [--idle MS]]\n"
                  "\n"
                  "Connect to a server's official address through the XRAY agent and copy\n"
                  "stdin to it and its answers to stdout.  What no flag gives comes from\n"
@@ -33,6 +34,8 @@ static void xr_connect_usage(FILE *out)
                  "the client file ($XRAY_CONFIG, else ~/.config/xray/client.yaml, else\n"
                  "/etc/xray/client.yaml), then the agent from /etc/xray/agent.\n"
                  "\n"
+                 "  --timeout  how long the agent, the connection and each read of it may\n"
+                 "             keep us waiting, in ms (10000)\n"
                  "  --udp   to a UDP server: each read from stdin is a datagram; after the end\n"
                  "          of stdin, wait for answers until none came for --idle ms (1000)\n");
 }
@@ -94,14 +97,16 @@ static int xr_connect_udp(xr_link_t *link, int fd, int idle_ms)
 int xr_connect_main(int argc, char **argv)
 {
     xr_client_conf_t cf = {.timeout_ms = 10000};
-    const char *dst_s = NULL, *idle_s = "1000";
+    const char *dst_s = NULL, *idle_s = "1000", *timeout_s = "10000";
     int udp = 0;
     char err[400];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **slot = xr_client_conf_flag(&cf, a);
         if (slot == NULL)
-            slot = strcmp(a, "--idle") == 0 ? &idle_s : NULL;
+            slot = strcmp(a, "--idle") == 0      ? &idle_s
+                   : strcmp(a, "--timeout") == 0 ? &timeout_s
+                                                 : NULL;
         if (slot != NULL && i + 1 < argc) {
             *slot = argv[++i];
         } else if (strcmp(a, "--udp") == 0 || strcmp(a, "-u") == 0) {
@@ -128,6 +133,12 @@ int xr_connect_main(int argc, char **argv)
         fprintf(stderr, "xray connect: --idle takes milliseconds (0-3600000)\n");
         return 2;
     }
+    long timeout_ms = strtol(timeout_s, &end, 10);
+    if (*end != '\0' || timeout_ms < 100 || timeout_ms > 3600000) {
+        fprintf(stderr, "xray connect: --timeout takes milliseconds (100-3600000)\n");
+        return 2;
+    }
+    cf.timeout_ms = (int) timeout_ms;
     static xr_client_conf_buf_t found;
     if (xr_client_conf_fill(&cf, &found, err, sizeof(err)) < 0) {
         fprintf(stderr, "xray connect: %s\n", err);
