@@ -207,6 +207,11 @@ def test_open_connection_crosses_both_firewalls_directly(topology, pki, tmp_path
     assert lines3.wait(r"^first ", timeout=60)[1].strip() == "first True"
     assert _status(t, "nata", confs["a"])["counters"]["openings_made"] == 2
     assert _status(t, "natb", confs["b"])["counters"]["openings_made"] == 2
+    # and `xray connect` (stdin to the server, its answers to stdout)
+    r = t.run("a", [str(th.XRAY), "connect", official], env=_env(t, pki, tmp_path, "a", debug=False),
+              input="through the openings\n", timeout=30)
+    assert r.returncode == 0 and r.stdout == "through the openings\n", r.stderr
+    assert _status(t, "nata", confs["a"])["counters"]["openings_made"] == 3
 
 
 @pytest.mark.timeout(240)

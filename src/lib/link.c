@@ -508,10 +508,30 @@ int xr_client_dial_proto(xr_client_t *c, int proto, const xr_paddr_t *dst, xr_li
 {
     xr_route_t rt;
     xr_link_t *tls;
+    xr_paddr_t src;
     *link = NULL;
     *fd = -1;
-    if (xr_client_route(c, proto, dst, NULL, &rt, &tls, perr, err, errlen) < 0)
+    /* TCP: a socket of our own, bound first, so that an application whose
+     * traversal is open gets its openings (UDP here is relayed or direct). */
+    int s = proto == XR_PROTO_TCP
+                ? socket(dst->family == 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)
+                : -1;
+    if (s >= 0 && xr_open_src(s, &src) < 0) {
+        close(s);
+        s = -1;
+    }
+    if (xr_client_route(c, proto, dst, s >= 0 ? &src : NULL, &rt, &tls, perr, err, errlen) < 0) {
+        if (s >= 0)
+            close(s);
         return -1;
+    }
+    if (rt.mode == XR_ROUTE_OPEN) {
+        xr_heartbeat(s, rt.state_ms);
+        *fd = xr_tcp_on(s, &rt.addr, c->cf.timeout_ms, err, errlen);
+        return *fd < 0 ? -1 : 0;
+    }
+    if (s >= 0)
+        close(s);
     if (rt.mode == XR_CONNECT_DIRECT) {
         *fd = proto == XR_PROTO_UDP ? xr_udp_to(&rt.addr, err, errlen)
                                     : xr_tcp_to(&rt.addr, c->cf.timeout_ms, err, errlen);
