@@ -317,7 +317,8 @@ def test_unauthorized_application_opens_nothing(topology, pki, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_kill_9_then_restart_flushes_only_its_table(topology, pki, tmp_path):
-    """kill -9 of agent B's xrayd with an opening in place: the connection
+    """A reload keeps the openings in the table.  kill -9 of agent B's
+    xrayd with an opening in place: the connection
     it admitted keeps flowing; on restart xrayd's table is made anew
     (empty), the administrator's tables are untouched, and the server's
     registration comes back (soft state), so a new connection opens
@@ -327,6 +328,11 @@ def test_kill_9_then_restart_flushes_only_its_table(topology, pki, tmp_path):
     _srv, official = _server_in_b(t, pki, tmp_path)
     p, lines = _client(t, pki, tmp_path, official, 1 << 16, idle=1)
     assert lines.wait(r"^first ", timeout=60)[1].strip() == "first True"
+    assert len(_elements(t, "natb")) == 1
+    # A reload keeps what is in the table (openings in flight survive it).
+    os.kill(int((confs["b"] / "xrayd.pid").read_text()), signal.SIGHUP)
+    _wait(lambda: "kept across the reload" in (confs["b"] / "error.log").read_text(), 20,
+          "the reload")
     assert len(_elements(t, "natb")) == 1
     admin = t.run("natb", [netns.NFT, "list", "table", "inet", "filter"]).stdout + \
         t.run("natb", [netns.NFT, "list", "table", "ip", "nat"]).stdout

@@ -165,6 +165,9 @@ void xr_agent_stop(void)
     uv_timer_stop(&xr__ag.tick);
     uv_close((uv_handle_t *) &xr__ag.tick, NULL);
     xr_leases_free(&xr__ag.leases);
+    free(xr__ag.openings);
+    xr__ag.openings = NULL;
+    xr__ag.nopenings = xr__ag.capopenings = 0;
 }
 
 size_t xr_agent_sessions(void)

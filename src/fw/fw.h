@@ -19,11 +19,12 @@ typedef struct {
 } xr_fw_conf_t;
 
 /* A backend: start makes its table anew (whatever a crashed run left
- * goes); the rest are core/firewall.h's operations; stop: the worker
+ * goes), or with keep (a reload) keeps what is in it and makes only its
+ * rules anew; the rest are core/firewall.h's operations; stop: the worker
  * exits. */
 typedef struct {
     const char *name;
-    int (*start)(const xr_fw_conf_t *conf, char *err, size_t errlen);
+    int (*start)(const xr_fw_conf_t *conf, int keep, char *err, size_t errlen);
     int (*open)(const xr_fw_open_t *o, int64_t timeout_ms, char *err, size_t errlen);
     int (*remove)(const xr_fw_open_t *o, char *err, size_t errlen);
     int (*list)(xr_fw_entry_t *out, int max, char *err, size_t errlen);

@@ -135,7 +135,10 @@ static int xr_fw_start(uv_loop_t *loop, xr_gen_t *g)
     const xr_fw_conf_t *c = xr_fw_conf(g);
     const xr_fw_backend_t *b = &xr_fw_nft;
     char err[300];
-    if (b->start(c, err, sizeof(err)) != XR_OK) {
+    /* Generation 1 is a start of xrayd (or a worker that crashed in it):
+     * what is in the table was left by a dead run.  A reload keeps it. */
+    int keep = g->number > 1;
+    if (b->start(c, keep, err, sizeof(err)) != XR_OK) {
         /* Closed by default: nothing will be opened; the agent says so to
          * each application that asks. */
         xr_log(XR_LOG_ERR, "firewall: cannot make table inet %s: %s; no openings will be made",
@@ -155,8 +158,9 @@ static int xr_fw_start(uv_loop_t *loop, xr_gen_t *g)
                                   .opening_timeout = xr_fw_opening_timeout,
                                   .state_timeout = xr_fw_state_timeout};
     xr_firewall_set(&xr_fw_iface);
-    xr_log(XR_LOG_NOTICE, "firewall: %s made anew (%s, mark 0x%08x, openings live %lld ms)", where,
-           b->name, c->mark, (long long) c->opening_timeout);
+    xr_log(XR_LOG_NOTICE, "firewall: %s %s (%s, mark 0x%08x, openings live %lld ms)", where,
+           keep ? "kept across the reload" : "made anew", b->name, c->mark,
+           (long long) c->opening_timeout);
     return XR_OK;
 }
 

@@ -69,7 +69,7 @@ static void xr_nft_left_behind(void)
     }
 }
 
-static int xr_nft_start(const xr_fw_conf_t *conf, char *err, size_t errlen)
+static int xr_nft_start(const xr_fw_conf_t *conf, int keep, char *err, size_t errlen)
 {
     if (xr_nft == NULL) {
         xr_nft = nft_ctx_new(NFT_CTX_DEFAULT);
@@ -81,27 +81,43 @@ static int xr_nft_start(const xr_fw_conf_t *conf, char *err, size_t errlen)
         nft_ctx_buffer_error(xr_nft);
     }
     snprintf(xr_nft_table, sizeof(xr_nft_table), "%s", conf->table);
-    xr_nft_left_behind();
     static const char key[] = "ipv4_addr . ipv4_addr . inet_proto . inet_service . inet_service";
     static const char tuple[] = "ip saddr . ip daddr . meta l4proto . th sport . th dport";
-    char cmd[2048];
+    char body[1024], cmd[2560];
+    snprintf(
+        body, sizeof(body),
+        " chain prerouting { type nat hook prerouting priority dstnat - 10; policy accept; }\n"
+        " chain postrouting { type nat hook postrouting priority srcnat - 10; policy accept; }\n"
+        " chain forward { type filter hook forward priority filter - 10; policy accept; }\n"
+        " set open4 { type %1$s; flags timeout; counter; }\n"
+        " map dnat4 { type %1$s : ipv4_addr . inet_service; flags timeout; }\n"
+        " map snat4 { type %1$s : ipv4_addr . inet_service; flags timeout; }\n",
+        key);
+    char rules[600];
+    snprintf(rules, sizeof(rules),
+             "flush chain inet %1$s prerouting\n"
+             "flush chain inet %1$s postrouting\n"
+             "flush chain inet %1$s forward\n"
+             "add rule inet %1$s prerouting dnat ip to %2$s map @dnat4\n"
+             "add rule inet %1$s postrouting snat ip to %2$s map @snat4\n"
+             "add rule inet %1$s forward %2$s @open4 ct mark set ct mark | 0x%3$08" PRIx32 "\n",
+             conf->table, tuple, conf->mark);
+    if (keep) {
+        /* A reload: the table and its elements stay (openings in flight
+         * are not lost), the rules are made anew (the mark may change),
+         * all in one transaction. */
+        snprintf(cmd, sizeof(cmd), "table inet %s {\n%s}\n%s", conf->table, body, rules);
+        if (xr_nft_run(cmd, err, errlen) == XR_OK)
+            return XR_OK;
+        xr_log(XR_LOG_NOTICE, "firewall: cannot keep table inet %s (%s): making it anew",
+               conf->table, err);
+    }
+    xr_nft_left_behind();
     /* "add table; delete table; table {...}" in one transaction: the old
      * table goes (if a crash left one) and the new one comes, atomically. */
     snprintf(cmd, sizeof(cmd),
-             "add table inet %1$s\n"
-             "delete table inet %1$s\n"
-             "table inet %1$s {\n"
-             " set open4 { type %2$s; flags timeout; counter; }\n"
-             " map dnat4 { type %2$s : ipv4_addr . inet_service; flags timeout; }\n"
-             " map snat4 { type %2$s : ipv4_addr . inet_service; flags timeout; }\n"
-             " chain prerouting { type nat hook prerouting priority dstnat - 10; policy accept;\n"
-             "  dnat ip to %3$s map @dnat4\n }\n"
-             " chain postrouting { type nat hook postrouting priority srcnat - 10; policy accept;\n"
-             "  snat ip to %3$s map @snat4\n }\n"
-             " chain forward { type filter hook forward priority filter - 10; policy accept;\n"
-             "  %3$s @open4 ct mark set ct mark | 0x%4$08" PRIx32 "\n }\n"
-             "}\n",
-             conf->table, key, tuple, conf->mark);
+             "add table inet %1$s\ndelete table inet %1$s\ntable inet %1$s {\n%2$s}\n%3$s",
+             conf->table, body, rules);
     return xr_nft_run(cmd, err, errlen);
 }
 
