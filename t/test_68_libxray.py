@@ -491,9 +491,10 @@ def test_200_xray_connects_at_once_to_xray_listen(topology, pki, tmp_path, peer)
     than the session's buffer holds, paced by B's reading, none refused."""
     t = topology
     # Agent A's links dialed to the frozen B wait for its TLS beyond the
-    # freeze: 200 full handshakes (no session to resume yet) when B wakes.
-    confs = _two_agents(t, pki, tmp_path,
-                        a_extra="  handshake_timeout: 30s\n" if peer == "stopped" else "")
+    # freeze: 200 full handshakes (no session to resume yet) when B wakes;
+    # the relay points on both sides live twice that long.
+    slow = "  handshake_timeout: 30s\n" if peer == "stopped" else ""
+    confs = _two_agents(t, pki, tmp_path, a_extra=slow, b_extra=slow)
     envb = _env(t, pki, tmp_path, "b", debug=False)
     _l, lines = _xray(t, "b", envb, "listen", "8080", "--exec", "cat")
     official = re.search(r"official (\S+)", lines.wait(r"fully bound: official")[1]).group(1)
