@@ -118,8 +118,10 @@ ROOT = HERE.parent.parent
 TDIR = ROOT / "t"
 sys.path.insert(0, str(TDIR))
 sys.path.insert(0, str(HERE))
+import xray_bench  # noqa: E402
 from xray_bench import (run_bench, cpu_seconds, env_int, fmt, hp, json_lines,  # noqa: E402
                         log, log_digest, pct, ratio, wait_for)
+import libxray_bench  # noqa: E402
 from libxray_bench import cmd_serve, median, pids_by_cmdline, read_exact  # noqa: E402
 
 THIS = str(Path(__file__).resolve())
@@ -422,38 +424,9 @@ def agent_conf(t, pki, d, me, opening_timeout, pool):
     match: ["CN=app-1"]
     outbound: ["198.18.2.0/24"]
 """
-    conf = d / "agent.yaml"
-    conf.write_text("""
-workers: 2
-daemon: off
-pid: %(d)s/xrayd.pid
-error_log: %(d)s/error.log
-log_level: info
-firewall:
-  table: xrayd
-  opening_timeout: %(ot)s
-agent:
-  listen: 0.0.0.0:%(port)d
-  tls:
-    certificate: %(crt)s
-    key: %(key)s
-    client_ca: %(ca)s
-  networks: [%(lan)s]
-  official_pool: ["%(pub)s:20000-20009"]
-  admin_socket: %(d)s/agent.sock
-%(extra)s  peers:
-    - networks: ["%(opub)s/32"]
-      agent: %(opub)s:%(port)d
-      match: ["CN=agent-%(other)s"]
-      tls:
-        ca: %(ca)s
-        certificate: %(crt)s
-        key: %(key)s
-        server_name: agent-%(other)s
-applications:%(apps)s""" % dict(d=d, crt=pki.crt("agent-" + me), key=pki.key("agent-" + me),
-                                   ca=pki.ca, lan=lan, pub=my_pub, opub=other_pub, other=other,
-                                   apps=apps, extra=extra, ot=opening_timeout, port=AGENT_PORT))
-    return conf
+    return xray_bench.agent_conf(
+        t, pki, d, me, apps=apps, agent_extra=extra,
+        main_extra="firewall:\n  table: xrayd\n  opening_timeout: %s\n" % opening_timeout)
 
 
 def pool_size(pool):
@@ -523,7 +496,9 @@ class Client:
             pass
 
 
-class Bench:
+class Bench(libxray_bench.Bench):
+    """The orchestrator; its plumbing (status, counters, CPU, logs) is libxray_bench's."""
+
     def __init__(self):
         self.t_begin = time.monotonic()
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -569,9 +544,6 @@ class Bench:
 
     # -- helpers --
 
-    def save(self):
-        (self.out / "raw.json").write_text(json.dumps(self.raw, indent=1))
-
     def role_env(self, t, role):
         """The environment of an XRAY application in `role` (t/test_68_libxray.py's
         _env()): a (app-1, agent A), b (relay-b, agent B), b2 (app-1, agent B)."""
@@ -586,13 +558,6 @@ class Bench:
                 "XRAY_CERT": self.pki.crt(cert), "XRAY_KEY": self.pki.key(cert),
                 "XRAY_CA": self.pki.ca, "XRAY_HELPER_BIN": str(self.xray)}
 
-    def full_env(self, extra):
-        env = dict(os.environ, **extra)
-        for k in ("XRAY_CONFIG", "XRAY_DEBUG", "LD_PRELOAD", "XRAY_HELPER_SOCKET"):
-            if k not in extra:
-                env.pop(k, None)
-        return env
-
     def start(self, t, role, name, argv, env=None, preload=False, pipes=False):
         """A long-running process in `role`, stderr to logs/NAME.stderr; under the
         preload through env(1), so that `ip netns exec` itself is not preloaded."""
@@ -603,11 +568,6 @@ class Bench:
         p = t.popen(role, argv, env=self.full_env(env or {}), stderr=open(errf, "w"), **kw)
         self.procs[name] = p
         return p, errf
-
-    def port_state(self, t, role, host, port):
-        code = ("import socket,sys\ntry:\n socket.create_connection(('%s',%d),2).close();"
-                "print('open')\nexcept OSError as e: print('closed', e)") % (host, port)
-        return t.run(role, [PY, "-c", code], timeout=20).stdout.strip()
 
     def open_by_hand(self, t):
         rules = ("table inet %s {\n chain forward { type filter hook forward priority "
@@ -623,32 +583,12 @@ class Bench:
         for box in ("nata", "natb"):
             t.run(box, [NFT, "delete", "table", "inet", BENCH_TABLE], timeout=20)
 
-    def status(self, t, me):
-        p = t.run("nat" + me, [str(self.xray), "status", "--socket",
-                               str(self.adir[me] / "agent.sock"), "--json"], timeout=20)
-        try:
-            return json.loads(p.stdout)
-        except ValueError:
-            return {"error": "rc %d: %s %s" % (p.returncode, p.stdout[:300], p.stderr[:300])}
-
-    def counters(self, t):
-        return {me: self.status(t, me).get("counters", {}) for me in ("a", "b")}
-
     @staticmethod
     def delta(c0, c1):
         keys = ("connects", "direct", "relayed", "openings_made", "openings_failed", "refused",
                 "full_handshakes", "resumed_handshakes")
         return {me: {k: c1[me].get(k, 0) - c0[me].get(k, 0) for k in keys if k in c1[me]}
                 for me in c1}
-
-    def cpu_snapshot(self):
-        snap = {"agent A": cpu_seconds(self.masters["a"].pid),
-                "agent B": cpu_seconds(self.masters["b"].pid),
-                "server": cpu_seconds(self.procs["serve"].pid)}
-        for role in ("a", "b", "b2"):
-            pids = pids_by_cmdline(str(self.homes / ("home-" + role) / "run") + "/")
-            snap["helper " + role] = sum(cpu_seconds(p) for p in pids)
-        return snap
 
     def call(self, c, req, what):
         """A client's answer; a failed or silent client is recorded, not the end."""
@@ -732,15 +672,6 @@ class Bench:
             if self.homes_tmp is not None:
                 shutil.rmtree(self.homes_tmp, ignore_errors=True)
         return rc
-
-    def collect_logs(self):
-        for role in ("a", "b", "b2"):
-            d = self.homes / ("home-" + role) / "run" / "xray"
-            for f in sorted(d.glob("helper-*.log")) if d.is_dir() else []:
-                try:
-                    shutil.copy(f, self.out / "logs" / ("helper-%s-%s" % (role, f.name)))
-                except OSError:
-                    pass
 
     def _run(self, t, xrayd):
         self.adir, self.masters = {}, {}

@@ -772,14 +772,18 @@ def run_bench(name, script, bench_cls):
     return bench_cls().run()
 
 
-def agent_conf(t, pki, d, me, extra_apps_b=""):
+def agent_conf(t, pki, d, me, extra_apps_b="", main_extra="", agent_extra="", apps=None):
     """Agent `me` ('a' or 'b') exactly as _two_agents() in
     t/test_66_agent_topology.py configures it; extra_apps_b (YAML list items) is
-    appended to agent B's applications (libxray_bench.py adds one)."""
+    appended to agent B's applications (libxray_bench.py adds one); main_extra and
+    agent_extra: more top-level and agent-block lines; apps: the applications
+    entries instead of the usual ones (codo_bench.py)."""
     other = "b" if me == "a" else "a"
     lan = "198.18.1.0/24" if me == "a" else "198.18.2.0/24"
     my_pub, other_pub = t.pub_addr("nat" + me), t.pub_addr("nat" + other)
-    if me == "a":
+    if apps is not None:
+        pass
+    elif me == "a":
         apps = """
   - name: client
     match: ["CN=app-1"]
@@ -792,7 +796,7 @@ def agent_conf(t, pki, d, me, extra_apps_b=""):
     inbound: on
 """ + extra_apps_b
     conf = d / "agent.yaml"
-    conf.write_text("""
+    conf.write_text(main_extra + """
 workers: 2
 daemon: off
 pid: %(d)s/xrayd.pid
@@ -807,7 +811,7 @@ agent:
   networks: [%(lan)s]
   official_pool: ["%(pub)s:20000-20009"]
   admin_socket: %(d)s/agent.sock
-  peers:
+%(extra)s  peers:
     - networks: ["%(opub)s/32"]
       agent: %(opub)s:7000
       match: ["CN=agent-%(other)s"]
@@ -818,7 +822,7 @@ agent:
         server_name: agent-%(other)s
 applications:%(apps)s""" % dict(d=d, crt=pki.crt("agent-" + me), key=pki.key("agent-" + me),
                                    ca=pki.ca, lan=lan, pub=my_pub, opub=other_pub,
-                                   other=other, apps=apps))
+                                   other=other, apps=apps, extra=agent_extra))
     return conf
 
 
